@@ -1,0 +1,253 @@
+"""Settings: one frozen object built once at start-up.
+
+Sources, later ones win:
+
+1. defaults (the dataclass field defaults below);
+2. a TOML file (``extauthz serve --config FILE``), tables named after the sections;
+3. environment variables ``EXTAUTHZ_<SECTION>_<KEY>`` (upper case), e.g.
+   ``EXTAUTHZ_STORE_REDIS_URL=redis://127.0.0.1:6390/0``. Lists are comma separated.
+
+Nothing here reads the environment at import time. A bad value raises
+:class:`~extauthz.errors.SettingsError` whose message is one line naming the key
+(``store.redis_url``) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from extauthz.errors import SettingsError
+
+STRATEGIES = ("central", "sticky", "replicated")
+BACKENDS = ("memory", "redis")
+
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # RFC 9110 token, lower case
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Listening addresses and process identity."""
+
+    grpc_listen: str = "127.0.0.1:9001"
+    http_listen: str = "127.0.0.1:9002"
+    node_id: str = ""  # empty: "<hostname>-<pid>"
+    shutdown_grace_seconds: float = 10.0
+    health_check_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The session store and the strategy that shares it between nodes."""
+
+    strategy: str = "sticky"
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "extauthz:"
+    timeout_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Session lifetime and the session cookie (RFC 6265)."""
+
+    cookie_name: str = "extauthz_session"
+    idle_timeout_seconds: int = 1800
+    absolute_timeout_seconds: int = 43200
+    cookie_secure: bool = True
+    cookie_domain: str = ""
+    # how many copies of the session cookie one request may carry before it is refused
+    max_cookie_candidates: int = 4
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """The JWT minted toward upstream services (RFC 7519)."""
+
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "upstream"
+    lifetime_seconds: int = 300
+    keys_dir: str = "keys"
+    header: str = "authorization"
+    # a cached JWT is reused while at least this fraction of its lifetime is left
+    reuse_min_remaining_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class DenySettings:
+    """How denials look to clients (RFC 6750 challenge, browser redirect)."""
+
+    realm: str = "extauthz"
+    login_url: str = "/auth/login"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    deny: DenySettings = field(default_factory=DenySettings)
+
+    @property
+    def node_id(self) -> str:
+        return self.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from defaults, an optional TOML file and ``environ``.
+
+    :raises SettingsError: unreadable file, unknown table or key, or a bad value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"settings file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path}: not valid TOML: {exc}") from None
+    env = os.environ if environ is None else environ
+    sections: dict[str, Any] = {}
+    section_types = get_type_hints(Settings)
+    for name in raw:
+        if name not in section_types:
+            raise SettingsError(f"{name}: unknown settings table")
+    for name, cls in section_types.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise SettingsError(f"{name}: expected a table")
+        sections[name] = _build_section(name, cls, table, env)
+    settings = Settings(**sections)
+    _validate(settings)
+    return settings
+
+
+def _build_section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key in table:
+        if key not in hints:
+            raise SettingsError(f"{name}.{key}: unknown key")
+    for f in dataclasses.fields(cls):
+        dotted = f"{name}.{f.name}"
+        env_name = f"EXTAUTHZ_{name}_{f.name}".upper()
+        if env_name in env:
+            values[f.name] = _from_text(dotted, hints[f.name], env[env_name])
+        elif f.name in table:
+            values[f.name] = _coerce(dotted, hints[f.name], table[f.name])
+    return cls(**values)
+
+
+def _from_text(dotted: str, kind: Any, text: str) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{dotted}: expected true or false, got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(text.strip())
+        except ValueError:
+            raise SettingsError(f"{dotted}: expected a number, got {text!r}") from None
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def _coerce(dotted: str, kind: Any, value: Any) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{dotted}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{dotted}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{dotted}: expected a number, got {value!r}")
+        return float(value)
+    if kind == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{dotted}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise SettingsError(f"{dotted}: expected a string, got {value!r}")
+    return value
+
+
+def _check_listen(dotted: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
+
+
+def _validate(s: Settings) -> None:
+    _check_listen("server.grpc_listen", s.server.grpc_listen)
+    _check_listen("server.http_listen", s.server.http_listen)
+    if s.server.shutdown_grace_seconds < 0:
+        raise SettingsError("server.shutdown_grace_seconds: must not be negative")
+    if s.server.health_check_interval_seconds <= 0:
+        raise SettingsError("server.health_check_interval_seconds: must be positive")
+    if s.store.strategy not in STRATEGIES:
+        raise SettingsError(
+            f"store.strategy: expected one of {', '.join(STRATEGIES)}, got {s.store.strategy!r}"
+        )
+    if s.store.backend not in BACKENDS:
+        raise SettingsError(
+            f"store.backend: expected one of {', '.join(BACKENDS)}, got {s.store.backend!r}"
+        )
+    if s.store.backend == "memory" and s.store.strategy != "sticky":
+        raise SettingsError(
+            f"store.backend: the in-memory store is node-local and fits only the sticky "
+            f"strategy, not {s.store.strategy!r}"
+        )
+    if s.store.backend == "redis" and not s.store.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise SettingsError("store.redis_url: expected a redis://, rediss:// or unix:// URL")
+    if s.store.timeout_seconds <= 0:
+        raise SettingsError("store.timeout_seconds: must be positive")
+    if not _COOKIE_NAME.match(s.session.cookie_name):
+        raise SettingsError(
+            f"session.cookie_name: not a valid cookie name (RFC 6265 token): "
+            f"{s.session.cookie_name!r}"
+        )
+    if s.session.cookie_name.startswith("__Host-") and s.session.cookie_domain:
+        raise SettingsError("session.cookie_domain: a __Host- cookie must not set a Domain")
+    if s.session.idle_timeout_seconds <= 0:
+        raise SettingsError("session.idle_timeout_seconds: must be positive")
+    if s.session.absolute_timeout_seconds < s.session.idle_timeout_seconds:
+        raise SettingsError(
+            "session.absolute_timeout_seconds: must be at least session.idle_timeout_seconds"
+        )
+    if not 1 <= s.session.max_cookie_candidates <= 16:
+        raise SettingsError("session.max_cookie_candidates: expected 1-16")
+    if not 10 <= s.jwt.lifetime_seconds <= 3600:
+        raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
+    if not 0.0 < s.jwt.reuse_min_remaining_fraction < 1.0:
+        raise SettingsError("jwt.reuse_min_remaining_fraction: expected a fraction in (0, 1)")
+    if not _HEADER_NAME.match(s.jwt.header):
+        raise SettingsError(
+            f"jwt.header: expected a lower-case HTTP header name, got {s.jwt.header!r}"
+        )
+    if not s.jwt.issuer or not s.jwt.audience:
+        raise SettingsError("jwt.issuer and jwt.audience: must not be empty")
+    if not (s.deny.login_url.startswith("/") or s.deny.login_url.startswith("http")):
+        raise SettingsError("deny.login_url: expected a path or an http(s) URL")
+    if '"' in s.deny.realm or "\\" in s.deny.realm:
+        raise SettingsError("deny.realm: must not contain quotes or backslashes")
