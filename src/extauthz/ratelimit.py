@@ -1,0 +1,234 @@
+"""Rate limits: fixed-window counters in Redis or in memory, behind one protocol.
+
+Used by the authentication service to slow down password guessing (``login:user``,
+``login:addr``) and by anything else that needs a per-client budget (``check:addr``).
+
+Semantics (both implementations):
+
+- ``limit`` hits per key are allowed in a window of ``window_seconds`` seconds. The window
+  starts at the first hit on a key and does not move with later hits; when it ends the count
+  starts again from zero. (So at most ``2 * limit`` hits can land in any ``window_seconds``
+  span that straddles two windows; for login throttling that is good enough, and it costs one
+  counter per key.)
+- :meth:`RateLimiter.hit` counts one hit and says whether *this* hit is over the limit.
+- :meth:`RateLimiter.blocked` counts nothing and says whether the *next* hit would be over it,
+  i.e. whether ``limit`` hits have already been spent in the current window.
+- A blocked :class:`Verdict` carries ``retry_after_seconds`` >= 1: whole seconds until the window
+  ends, ready for an HTTP 429 (RFC 6585 §4) ``Retry-After`` header (RFC 9110 §10.2.3).
+
+Keys are :class:`RateKey` values: a fixed namespace plus the SHA-256 of the client-supplied
+subject, so user names or addresses never appear in Redis key names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio
+
+LOGIN_USER = "login:user"
+LOGIN_ADDR = "login:addr"
+CHECK_ADDR = "check:addr"
+
+_NAMESPACE = re.compile(r"[a-z0-9_]+(?::[a-z0-9_]+)*")
+_DIGEST_HEX = 32  # 128 bits of SHA-256: no practical collisions, short keys
+
+
+@dataclass(frozen=True)
+class RateKey:
+    """What a counter is for: ``namespace`` (e.g. ``login:user``) and ``subject`` (the name).
+
+    ``namespace`` is ours: lower-case ``[a-z0-9_]`` words joined by ``:`` (``ValueError``
+    otherwise). ``subject`` is whatever the client sent and is only ever used hashed.
+    """
+
+    namespace: str
+    subject: str
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.fullmatch(self.namespace):
+            raise ValueError(f"invalid rate-limit namespace {self.namespace!r}")
+
+    @property
+    def storage_key(self) -> str:
+        """``<namespace>:<first 32 hex digits of SHA-256(subject as UTF-8)>``."""
+        digest = hashlib.sha256(self.subject.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{self.namespace}:{digest[:_DIGEST_HEX]}"
+
+    @classmethod
+    def for_address(cls, namespace: str, address: str) -> RateKey:
+        """A key for a client address; see :func:`address_subject`."""
+        return cls(namespace, address_subject(address))
+
+
+def address_subject(address: str) -> str:
+    """The part of a client IP address a limit should apply to.
+
+    IPv4 addresses (also IPv4-mapped IPv6) count individually; IPv6 addresses count per /64,
+    the smallest block a single site is normally given (RFC 6177), so one client cannot
+    sidestep the limit by rotating through its own addresses. Anything that does not parse is
+    returned unchanged (it is hashed anyway).
+    """
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one key.
+
+    ``blocked``: over the limit (see the module docstring for hit vs. check).
+    ``retry_after_seconds``: whole seconds until the window ends; >= 1 when blocked, else 0.
+    ``remaining``: hits left in the current window (0 when blocked).
+    """
+
+    blocked: bool
+    retry_after_seconds: int
+    remaining: int
+
+
+class RateLimiter(Protocol):
+    """A counter per :class:`RateKey`. Implementations raise their backend's errors unchanged."""
+
+    limit: int
+    window_seconds: int
+
+    async def hit(self, key: RateKey) -> Verdict:
+        """Count one hit; ``blocked`` if this hit is beyond ``limit`` in the current window."""
+
+    async def blocked(self, key: RateKey) -> Verdict:
+        """Count nothing; ``blocked`` if ``limit`` hits are already spent in the window."""
+
+    async def reset(self, key: RateKey) -> None:
+        """Forget the key's hits (e.g. after a successful login)."""
+
+
+def _check_config(limit: int, window_seconds: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    if isinstance(window_seconds, bool) or not isinstance(window_seconds, int) or window_seconds < 1:
+        raise ValueError(f"window_seconds must be a positive integer, not {window_seconds!r}")
+
+
+def _verdict(count: int, limit: int, ttl_seconds: float, *, is_hit: bool) -> Verdict:
+    over = count > limit if is_hit else count >= limit
+    if not over:
+        return Verdict(False, 0, max(limit - count, 0))
+    return Verdict(True, max(1, math.ceil(ttl_seconds)), 0)
+
+
+# INCR and the expiry in one atomic step. A key without a TTL (left by a crash between two
+# non-atomic commands in older code, or created by hand) would never expire: repair it.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+_PEEK = """
+local count = redis.call('GET', KEYS[1])
+if not count then
+  return {0, 0}
+end
+return {tonumber(count), redis.call('PTTL', KEYS[1])}
+"""
+
+
+class RedisRateLimiter:
+    """Fixed-window counters in Redis at ``<key_prefix>rl:<RateKey.storage_key>``.
+
+    Each key is a counter with a millisecond TTL equal to the window, created and incremented
+    by one Lua script (atomic, one round trip). Shared by every node using the same Redis.
+    ``redis.exceptions.RedisError`` (connection, timeout, ...) propagates unchanged.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, key_prefix: str, limit: int,
+                 window_seconds: int) -> None:
+        _check_config(limit, window_seconds)
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._prefix = key_prefix + "rl:"
+        self._hit = client.register_script(_HIT)
+        self._peek = client.register_script(_PEEK)
+        self._redis = client
+
+    def redis_key(self, key: RateKey) -> str:
+        return self._prefix + key.storage_key
+
+    async def hit(self, key: RateKey) -> Verdict:
+        count, ttl_ms = await self._hit(keys=[self.redis_key(key)],
+                                        args=[self.window_seconds * 1000])
+        return _verdict(int(count), self.limit, int(ttl_ms) / 1000, is_hit=True)
+
+    async def blocked(self, key: RateKey) -> Verdict:
+        count, ttl_ms = await self._peek(keys=[self.redis_key(key)])
+        return _verdict(int(count), self.limit, int(ttl_ms) / 1000, is_hit=False)
+
+    async def reset(self, key: RateKey) -> None:
+        await self._redis.delete(self.redis_key(key))
+
+
+class MemoryRateLimiter:
+    """The same counters in this process (embedded mode and tests); nothing is shared.
+
+    ``clock`` returns seconds (default ``time.monotonic``). Expired counters are swept
+    when the table has doubled since the last sweep, so memory stays proportional to the
+    keys active in one window.
+    """
+
+    def __init__(self, limit: int, window_seconds: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        _check_config(limit, window_seconds)
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._counters: dict[str, tuple[int, float]] = {}  # storage key -> (count, window end)
+        self._sweep_at = 1024
+
+    async def hit(self, key: RateKey) -> Verdict:
+        now = self._clock()
+        skey = key.storage_key
+        count, ends = self._current(skey, now)
+        if count == 0:
+            ends = now + self.window_seconds
+        count += 1
+        self._counters[skey] = (count, ends)
+        if len(self._counters) >= self._sweep_at:
+            self._sweep(now)
+        return _verdict(count, self.limit, ends - now, is_hit=True)
+
+    async def blocked(self, key: RateKey) -> Verdict:
+        now = self._clock()
+        count, ends = self._current(key.storage_key, now)
+        return _verdict(count, self.limit, ends - now, is_hit=False)
+
+    async def reset(self, key: RateKey) -> None:
+        self._counters.pop(key.storage_key, None)
+
+    def _current(self, skey: str, now: float) -> tuple[int, float]:
+        entry = self._counters.get(skey)
+        if entry is None or entry[1] <= now:
+            return 0, now
+        return entry
+
+    def _sweep(self, now: float) -> None:
+        self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        self._sweep_at = max(1024, 2 * len(self._counters))
