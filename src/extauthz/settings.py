@@ -90,12 +90,20 @@ class DenySettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """Access to the project's own admin API (see :mod:`extauthz.admin_service`)."""
+
+    token_file: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
     deny: DenySettings = field(default_factory=DenySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def node_id(self) -> str:

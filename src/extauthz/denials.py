@@ -1,0 +1,132 @@
+"""The family of denial responses, chosen by the kind of client and the reason.
+
+* API clients: 401 with an RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge and a small
+  JSON body ``{"error", "error_description", "reason"}``; 403 ``insufficient_scope``; 400
+  ``invalid_request``; 429 when throttled.
+* Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
+  the same host.
+* A denial that saw the session cookie also clears it (``Max-Age=0``). The login page itself
+  is never redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from extauthz.context import RequestContext
+from extauthz.decisions import Deny
+from extauthz.errors import BadRequest, Denied, Forbidden, Reason
+from extauthz.policy import Policy
+
+_RFC6750_ERROR = {
+    Reason.NO_CREDENTIAL: None,  # §3.1: no error code when no credential was presented
+    Reason.MALFORMED_REQUEST: "invalid_request",
+    Reason.INSUFFICIENT_SCOPE: "insufficient_scope",
+    Reason.INSUFFICIENT_ROLE: "insufficient_scope",
+}
+
+
+def safe_return_to(path_and_query: str) -> str:
+    """A same-host relative reference for ``return_to``: a path beginning with a single
+    ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``."""
+    candidate = path_and_query or "/"
+    if (
+        not candidate.startswith("/")
+        or candidate.startswith("//")
+        or "\\" in candidate
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in candidate)
+        or urlsplit(candidate).netloc
+    ):
+        return "/"
+    return candidate
+
+
+@dataclass(frozen=True)
+class DenialRenderer:
+    realm: str
+    login_url: str
+    cookie_name: str
+    cookie_domain: str = ""
+    cookie_secure: bool = True
+
+    def clear_cookie(self) -> str:
+        """A ``Set-Cookie`` that deletes the session cookie (RFC 6265 §3.1)."""
+        parts = [f"{self.cookie_name}=", "Max-Age=0", "Path=/", "HttpOnly", "SameSite=Lax"]
+        if self.cookie_secure or self.cookie_name.startswith(("__Host-", "__Secure-")):
+            parts.append("Secure")
+        if self.cookie_domain:
+            parts.append(f"Domain={self.cookie_domain}")
+        return "; ".join(parts)
+
+    def _is_login_page(self, ctx: RequestContext) -> bool:
+        return urlsplit(self.login_url).path == ctx.path
+
+    @staticmethod
+    def _is_navigation(ctx: RequestContext, policy: Policy) -> bool:
+        if policy.client == "api" or ctx.method not in ("GET", "HEAD"):
+            return False
+        if policy.client == "browser":
+            return True
+        return "text/html" in (ctx.header("accept") or "").lower()
+
+    def render(
+        self,
+        ctx: RequestContext,
+        policy: Policy,
+        denial: Denied,
+        *,
+        saw_cookie: bool,
+        metadata: dict[str, str],
+    ) -> Deny:
+        headers: list[tuple[str, str]] = [("cache-control", "no-store")]
+        if saw_cookie and not isinstance(denial, Forbidden):
+            headers.append(("set-cookie", self.clear_cookie()))
+        if isinstance(denial, BadRequest):
+            return self._challenge(400, "invalid_request", denial, headers, metadata)
+        if isinstance(denial, Forbidden):
+            return self._challenge(403, "insufficient_scope", denial, headers, metadata)
+        if denial.reason is Reason.RATE_LIMITED:
+            return self._json(429, "rate_limited", denial, headers, metadata)
+        if self._is_navigation(ctx, policy) and not self._is_login_page(ctx):
+            separator = "&" if "?" in self.login_url else "?"
+            target = safe_return_to(ctx.path_and_query)
+            location = f"{self.login_url}{separator}return_to={quote(target, safe='')}"
+            headers.append(("location", location))
+            return Deny(302, tuple(headers), "", metadata)
+        error = _RFC6750_ERROR.get(denial.reason, "invalid_token")
+        return self._challenge(401, error, denial, headers, metadata)
+
+    def _challenge(
+        self,
+        status: int,
+        error: str | None,
+        denial: Denied,
+        headers: list[tuple[str, str]],
+        metadata: dict[str, str],
+    ) -> Deny:
+        params = [f'realm="{self.realm}"']
+        if error is not None:
+            params.append(f'error="{error}"')
+            if denial.detail:
+                params.append(f'error_description="{denial.detail}"')
+        if isinstance(denial, Forbidden) and denial.required_scope:
+            params.append(f'scope="{denial.required_scope}"')
+        headers.append(("www-authenticate", "Bearer " + ", ".join(params)))
+        return self._json(status, error or "unauthenticated", denial, headers, metadata)
+
+    @staticmethod
+    def _json(
+        status: int,
+        error: str,
+        denial: Denied,
+        headers: list[tuple[str, str]],
+        metadata: dict[str, str],
+    ) -> Deny:
+        headers.append(("content-type", "application/json"))
+        body = json.dumps(
+            {"error": error, "error_description": denial.detail, "reason": str(denial.reason)},
+            separators=(",", ":"),
+        )
+        return Deny(status, tuple(headers), body, metadata)

@@ -1,0 +1,81 @@
+"""Exceptions and stable reason codes.
+
+The hierarchy::
+
+    ExtauthzError
+    ├── SettingsError        bad configuration; start-up stops with one line naming the key
+    ├── KeyLoadError         signing keys missing, unreadable or of an unsupported type
+    ├── StoreUnavailable     the session store cannot answer; Check fails with gRPC UNAVAILABLE
+    │                        (Envoy's status_on_error applies), never a denial
+    ├── StoreWriteNotDurable a write reached the primary but not the replicas the strategy
+    │                        relies on (WAIT fell short); the caller must not report success
+    └── Denied               the request is refused; carries a :class:`Reason`
+        ├── Unauthenticated  no valid session: 401 (API) or 302 to login (browser)
+        ├── Forbidden        a valid session that the route's policy refuses: 403
+        └── BadRequest       the request itself is malformed: 400
+
+:class:`Reason` values are stable identifiers: they appear in logs, in metrics, in the
+``reason`` field of Envoy dynamic metadata and in the JSON body of denials.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    SESSION_VALID = "session_valid"
+    NO_CREDENTIAL = "no_credential"
+    MALFORMED_CREDENTIAL = "malformed_credential"
+    AMBIGUOUS_CREDENTIAL = "ambiguous_credential"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_EXPIRED = "session_expired"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    INSUFFICIENT_ROLE = "insufficient_role"
+    MALFORMED_REQUEST = "malformed_request"
+    RATE_LIMITED = "rate_limited"
+
+
+class ExtauthzError(Exception):
+    """Base class of every error extauthz raises on purpose."""
+
+
+class SettingsError(ExtauthzError):
+    """A setting is missing or has a bad value. The message is one line naming the key."""
+
+
+class KeyLoadError(ExtauthzError):
+    """Signing keys could not be loaded."""
+
+
+class StoreUnavailable(ExtauthzError):
+    """The session store did not answer (connection refused, timeout, no primary)."""
+
+
+class StoreWriteNotDurable(StoreUnavailable):
+    """A write was not acknowledged by the replicas the strategy relies on (``WAIT``)."""
+
+
+class Denied(ExtauthzError):
+    """The request is refused for ``reason``; ``detail`` is safe to show to the client."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+        self.detail = detail
+
+
+class Unauthenticated(Denied):
+    """No valid session (RFC 6750 §3.1 ``invalid_token`` or no credential at all)."""
+
+
+class Forbidden(Denied):
+    """The session is valid but the route requires more (RFC 6750 §3.1 ``insufficient_scope``)."""
+
+    def __init__(self, reason: Reason, detail: str = "", required_scope: str = "") -> None:
+        super().__init__(reason, detail)
+        self.required_scope = required_scope
+
+
+class BadRequest(Denied):
+    """The request is malformed (RFC 6750 §3.1 ``invalid_request``)."""

@@ -1,0 +1,81 @@
+"""The in-memory session store: the embedded default for one process (strategy ``sticky``)
+and the test double that satisfies the same protocol as the Redis store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from extauthz.sessions.model import Session
+
+
+class MemorySessionStore:
+    """Sessions in a dict; expired records are dropped on access and on each write."""
+
+    backend = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._by_hash: dict[str, Session] = {}
+        self._hash_by_sid: dict[str, str] = {}
+
+    def _live(self, token_hash: str) -> Session | None:
+        session = self._by_hash.get(token_hash)
+        if session is not None and not session.is_alive(self._clock()):
+            self._drop(token_hash)
+            return None
+        return session
+
+    def _drop(self, token_hash: str) -> Session | None:
+        session = self._by_hash.pop(token_hash, None)
+        if session is not None:
+            self._hash_by_sid.pop(session.sid, None)
+        return session
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        for token_hash in [h for h, s in self._by_hash.items() if not s.is_alive(now)]:
+            self._drop(token_hash)
+
+    async def create(self, token_hash: str, session: Session) -> None:
+        self._sweep()
+        self._by_hash[token_hash] = session
+        self._hash_by_sid[session.sid] = token_hash
+
+    async def get(self, token_hash: str) -> Session | None:
+        return self._live(token_hash)
+
+    async def touch(self, token_hash: str, session: Session) -> bool:
+        if self._live(token_hash) is None:
+            return False
+        self._by_hash[token_hash] = session
+        return True
+
+    async def get_by_sid(self, sid: str) -> Session | None:
+        token_hash = self._hash_by_sid.get(sid)
+        return None if token_hash is None else self._live(token_hash)
+
+    async def revoke(self, token_hash: str) -> Session | None:
+        session = self._live(token_hash)
+        self._drop(token_hash)
+        return session
+
+    async def revoke_sid(self, sid: str) -> Session | None:
+        token_hash = self._hash_by_sid.get(sid)
+        return None if token_hash is None else await self.revoke(token_hash)
+
+    async def revoke_subject(self, sub: str) -> int:
+        hashes = [h for h, s in self._by_hash.items() if s.sub == sub]
+        return sum(1 for h in hashes if await self.revoke(h) is not None)
+
+    async def list_subject(self, sub: str) -> list[Session]:
+        self._sweep()
+        return sorted(
+            (s for s in self._by_hash.values() if s.sub == sub), key=lambda s: s.created_at
+        )
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
