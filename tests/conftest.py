@@ -1,0 +1,140 @@
+"""Shared fixtures: real Redis and Envoy processes on free ports, and log tails on failure.
+
+Missing infrastructure (no ``redis-server``, no Envoy binary) skips the tests that need it on a
+developer's machine and fails them in CI (``CI`` set), where ``make test`` installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `pytest` run without `python -m`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support import (  # noqa: E402
+    RedisServer,
+    Stack,
+    envoy_binaries,
+    envoy_version,
+    start_stack,
+)
+from tests.support import processes as _processes  # noqa: E402
+
+ENVOY_BINARIES = envoy_binaries()
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail in CI: CI is where a missing tool must not hide tests."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI runs `make test`, which installs it)", pytrace=False)
+    pytest.skip(what)
+
+
+def _envoy_id(binary: str | None) -> str:
+    if binary is None:
+        return "no-envoy"
+    version = envoy_version(binary)
+    return f"envoy-{version}" if version != "unknown" else f"envoy-{Path(binary).name}"
+
+
+@pytest.fixture(scope="session", params=ENVOY_BINARIES or [None], ids=_envoy_id)
+def envoy_binary(request: pytest.FixtureRequest) -> str:
+    """Each Envoy binary under test (``EXTAUTHZ_ENVOY_BINARIES``): tests run once per binary."""
+    binary: str | None = request.param
+    if binary is None:
+        missing("no Envoy binary: set EXTAUTHZ_ENVOY_BINARIES or put envoy on PATH")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def process_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logs and data of processes shared by the whole session."""
+    return tmp_path_factory.mktemp("processes")
+
+
+def _need_redis() -> None:
+    if _processes.redis_binary() is None:
+        missing("redis-server is not on PATH")
+
+
+@pytest.fixture(scope="session")
+def redis_server(process_dir: Path) -> Iterator[RedisServer]:
+    """One Redis for the session (tests must use their own key prefixes or flush)."""
+    _need_redis()
+    server = RedisServer(process_dir, name="redis-session").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, free to be killed and restarted."""
+    _need_redis()
+    server = RedisServer(tmp_path, name="redis").start()
+    yield server
+    server.stop()
+
+
+def _need_extauthz() -> None:
+    try:
+        import extauthz.cli  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"extauthz CLI not importable yet: {exc}")
+
+
+@pytest.fixture(scope="session")
+def memory_stack(
+    envoy_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """extauthz (in-memory store) + echo upstream + Envoy with envoy/front-proxy.yaml."""
+    _need_extauthz()
+    stack = start_stack(envoy_binary, tmp_path_factory.mktemp("memory-stack"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_stack(
+    envoy_binary: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """extauthz (Redis store on the session Redis) + echo upstream + Envoy."""
+    _need_extauthz()
+    stack = start_stack(
+        envoy_binary, tmp_path_factory.mktemp("redis-stack"), redis_url=redis_server.url
+    )
+    yield stack
+    stack.stop()
+
+
+# -- process log tails in failure reports ---------------------------------------------------------
+
+_first_process_of_test: dict[str, int] = {}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _first_process_of_test[item.nodeid] = len(_processes.started_processes())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        first = _first_process_of_test.get(item.nodeid, 0)
+        for index, proc in enumerate(_processes.started_processes()):
+            # the processes this test can see: still running, or started during it
+            if proc.running or index >= first:
+                report.sections.append((f"process {proc.name} (pid {proc.pid})", proc.tail(30)))
+    return report  # type: ignore[return-value]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _processes.stop_all()  # a safety net; fixtures stop their own processes

@@ -1,0 +1,188 @@
+"""The repository's own front-proxy config, moved onto free ports for a test run."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .ports import LOOPBACK, free_port
+from .processes import (
+    REPO_ROOT,
+    EchoUpstreamProcess,
+    EnvoyProcess,
+    ExtauthzProcess,
+    ManagedProcess,
+    envoy_version,
+    extauthz_cli,
+)
+
+FRONT_PROXY = REPO_ROOT / "envoy" / "front-proxy.yaml"
+
+# cluster name in envoy/front-proxy.yaml -> StackPorts attribute
+_CLUSTER_PORTS = {"extauthz_grpc": "grpc", "extauthz_http": "http", "upstream": "upstream"}
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Where each part of one stack listens (all on 127.0.0.1)."""
+
+    listener: int
+    admin: int
+    grpc: int
+    http: int
+    upstream: int
+
+    @classmethod
+    def allocate(cls) -> StackPorts:
+        """Fresh free ports for every part."""
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+    @classmethod
+    def defaults(cls) -> StackPorts:
+        """The ports written in envoy/front-proxy.yaml and docs/architecture.md."""
+        return cls(listener=8080, admin=9901, grpc=9001, http=9002, upstream=9003)
+
+
+def _set_port(socket_address: dict[str, Any], port: int) -> None:
+    if "port_value" not in socket_address:
+        raise ValueError(f"socket address without port_value: {socket_address!r}")
+    socket_address["port_value"] = port
+
+
+def render_front_proxy(
+    ports: StackPorts, out_dir: Path, source: Path = FRONT_PROXY, name: str | None = None
+) -> Path:
+    """Write a copy of ``source`` whose socket addresses use ``ports``; return its path.
+
+    Only the listener, the admin interface and the endpoints of the three known clusters change;
+    everything else is the file as committed.
+
+    :raises ValueError: the file has a different number of listeners or an unknown cluster,
+        so the rewrite would silently test something other than what ships.
+    """
+    doc = yaml.safe_load(Path(source).read_text())
+    _set_port(doc["admin"]["address"]["socket_address"], ports.admin)
+
+    listeners = doc["static_resources"]["listeners"]
+    if len(listeners) != 1:
+        raise ValueError(f"{source}: expected one listener, found {len(listeners)}")
+    _set_port(listeners[0]["address"]["socket_address"], ports.listener)
+
+    seen = set()
+    for cluster in doc["static_resources"]["clusters"]:
+        attr = _CLUSTER_PORTS.get(cluster["name"])
+        if attr is None:
+            raise ValueError(f"{source}: unknown cluster {cluster['name']!r}")
+        seen.add(cluster["name"])
+        for locality in cluster["load_assignment"]["endpoints"]:
+            for lb_endpoint in locality["lb_endpoints"]:
+                _set_port(lb_endpoint["endpoint"]["address"]["socket_address"], getattr(ports, attr))
+    missing = set(_CLUSTER_PORTS) - seen
+    if missing:
+        raise ValueError(f"{source}: missing clusters {sorted(missing)}")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / (name or f"{Path(source).stem}-{ports.listener}.yaml")
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+# -- a whole stack: extauthz + echo upstream + Envoy (+ the caller's Redis) ---------------------
+
+DEMO_SETTINGS = REPO_ROOT / "demo" / "extauthz.toml"
+
+
+@dataclass
+class Stack:
+    """One running stack on its own ports. Stop it with :meth:`stop`."""
+
+    ports: StackPorts
+    work_dir: Path
+    extauthz: ExtauthzProcess
+    echo: EchoUpstreamProcess
+    envoy: EnvoyProcess
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.listener}"
+
+    def create_session(self, sub: str, *args: str) -> str:
+        """``extauthz sessions create --sub SUB ARGS`` against this stack; the opaque token."""
+        return self.extauthz.cli("sessions", "create", "--sub", sub,
+                                 "--target", self.extauthz.grpc_target, *args)  # fmt: skip
+
+    def processes(self) -> list[ManagedProcess]:
+        return [self.extauthz, self.echo, self.envoy]
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes()):
+            proc.stop()
+
+
+def start_stack(
+    envoy_binary: str,
+    work_dir: Path,
+    *,
+    redis_url: str | None = None,
+    settings_path: Path = DEMO_SETTINGS,
+    env: dict[str, str] | None = None,
+) -> Stack:
+    """Start extauthz (``settings_path`` plus overrides), the echo upstream and Envoy running
+    the repository's front proxy, each on a free port.
+
+    ``redis_url`` selects the Redis store at that URL; without it the in-memory store (sticky)
+    is used. A signing key is generated into ``work_dir/keys`` when none is there.
+
+    :raises ProcessError: a part did not start; the parts already started are stopped.
+    """
+    work_dir = Path(work_dir)
+    log_dir = work_dir / "logs"
+    keys_dir = work_dir / "keys"
+    ports = StackPorts.allocate()
+    overrides = {"EXTAUTHZ_JWT_KEYS_DIR": str(keys_dir)}
+    if redis_url:
+        overrides |= {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": redis_url}
+    else:
+        overrides |= {"EXTAUTHZ_STORE_BACKEND": "memory", "EXTAUTHZ_STORE_STRATEGY": "sticky"}
+    overrides |= env or {}
+    full_env = dict(os.environ) | overrides
+
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    if not any(keys_dir.iterdir()):
+        extauthz_cli("keys", "generate", "--dir", str(keys_dir), env=full_env)
+
+    with open(settings_path, "rb") as fh:
+        jwt_table = tomllib.load(fh).get("jwt", {})
+    issuer = full_env.get("EXTAUTHZ_JWT_ISSUER", jwt_table.get("issuer", ""))
+    audience = full_env.get("EXTAUTHZ_JWT_AUDIENCE", jwt_table.get("audience", ""))
+
+    started: list[ManagedProcess] = []
+    try:
+        extauthz = ExtauthzProcess(
+            settings_path, log_dir, grpc_port=ports.grpc, http_port=ports.http, env=overrides
+        )
+        started.append(extauthz.start())
+        echo = EchoUpstreamProcess(
+            log_dir,
+            port=ports.upstream,
+            jwks_url=f"http://{LOOPBACK}:{ports.http}/.well-known/jwks.json",
+            issuer=issuer,
+            audience=audience,
+        )
+        started.append(echo.start())
+        config = render_front_proxy(ports, work_dir)
+        envoy = EnvoyProcess(
+            envoy_binary, config, log_dir, name=f"envoy-{envoy_version(envoy_binary)}"
+        )
+        started.append(envoy.start())
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    return Stack(ports, work_dir, extauthz, echo, envoy)
