@@ -43,9 +43,10 @@ class JwtError(Exception):
 class JwksCache:
     """Signing keys from a JWKS URL, by ``kid``.
 
-    Keys are kept for ``max_age`` seconds; an unknown ``kid`` triggers one refetch, but not
-    more often than every ``min_refetch_interval`` seconds (a stream of tokens with made-up
-    ``kid`` values must not turn into a stream of JWKS requests).
+    Keys are kept for ``max_age`` seconds. An unknown ``kid`` triggers a refetch (a key rotated
+    in since the last fetch), but such refetches happen at most once every
+    ``min_refetch_interval`` seconds: a stream of tokens with made-up ``kid`` values must not
+    turn into a stream of JWKS requests.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class JwksCache:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
+        self._refetched_for_kid_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK:
@@ -73,9 +75,12 @@ class JwksCache:
         if kid in self._keys and fresh:
             return self._keys[kid]
         async with self._lock:
-            since = time.monotonic() - self._fetched_at
-            if kid not in self._keys or since >= self._max_age:
-                if since >= self._min_refetch_interval:
+            now = time.monotonic()
+            if now - self._fetched_at >= self._max_age:
+                await self._fetch()
+            elif kid not in self._keys:
+                if now - self._refetched_for_kid_at >= self._min_refetch_interval:
+                    self._refetched_for_kid_at = now
                     await self._fetch()
         if kid not in self._keys:
             raise JwtError(f"no key with kid {kid!r} in the JWKS")
