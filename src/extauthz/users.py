@@ -44,6 +44,8 @@ import redis.asyncio
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from extauthz.errors import ExtauthzError
+
 log = logging.getLogger(__name__)
 
 NAME_MAX = 64
@@ -53,7 +55,7 @@ _TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
 FILE_VERSION = 1
 
 
-class UserStoreError(Exception):
+class UserStoreError(ExtauthzError):
     """A user store holds data that cannot be read (bad file, bad Redis record).
 
     The message names the source (file path or Redis key) and the entry.
@@ -573,7 +575,8 @@ def add_users_parser(
 ) -> argparse.ArgumentParser:
     """Add ``users add|remove|passwd|list --file PATH`` to a CLI; returns the ``users`` parser.
 
-    The parsed namespace has ``users_command`` set; pass it to :func:`run_users_command`.
+    The parsed namespace has ``users_command`` set and ``func`` = :func:`run_users_command`
+    (the convention of ``extauthz.cli``).
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--file", required=True, metavar="PATH",
@@ -593,6 +596,7 @@ def add_users_parser(
     passwd = actions.add_parser("passwd", parents=[common, stdin_flag], help="set a password")
     passwd.add_argument("name")
     actions.add_parser("list", parents=[common], help="list users")
+    users.set_defaults(func=run_users_command)
     return users
 
 
@@ -611,7 +615,10 @@ def run_users_command(
     getpass: Callable[[str], str] = _getpass.getpass,
     parameters: Argon2Parameters = PRODUCTION_PARAMETERS,
 ) -> int:
-    """Run a parsed ``users`` command. Returns the exit status.
+    """Run a parsed ``users`` command and return the exit status.
+
+    Synchronous: it runs its own event loop (``asyncio.run``), so call it from the CLI, not
+    from inside a running loop.
 
     0: done; 1: the command failed (user exists or is unknown, passwords differ, bad user
     file, I/O error); 2: invalid input (name, role, scope, password). Messages go to ``stderr``.
