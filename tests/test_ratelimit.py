@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,6 +12,8 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from tests.support import RedisServer, free_port
 
 from extauthz.ratelimit import (
     CHECK_ADDR,
@@ -26,47 +26,19 @@ from extauthz.ratelimit import (
     address_subject,
 )
 
-REDIS_SERVER = "/usr/bin/redis-server"
 
 
 # ---------------------------------------------------------------- a private redis-server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def redis_port() -> Iterator[int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A redis-server of this module's own (free port, no persistence), stopped by PID."""
+    server = RedisServer(tmp_path_factory.mktemp('redis-ratelimit'), name='redis-ratelimit').start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {port} did not start")
-            time.sleep(0.05)
-        yield port
+        yield server.port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture
@@ -225,7 +197,7 @@ async def test_redis_keys_are_namespaced_hashed_and_independent(
     assert (await rl.blocked(odd)).blocked
     assert not (await rl.blocked(RateKey(LOGIN_USER, "bob"))).blocked
     assert not (await rl.blocked(RateKey(LOGIN_ADDR, "alice"))).blocked
-    keys = sorted(k.decode() for k in await client.keys("*"))
+    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in await client.keys("*"))
     assert len(keys) == 2
     assert all(re.fullmatch(r"t:rl:login:user:[0-9a-f]{32}", k) for k in keys)
 
@@ -251,7 +223,7 @@ async def test_redis_concurrent_hits_count_exactly(redis_port: int) -> None:
         verdicts = await asyncio.gather(*(rl.hit(USER) for _ in range(50)))
         assert sum(not v.blocked for v in verdicts) == 20
         assert sorted(v.remaining for v in verdicts if not v.blocked) == list(range(20))
-        assert int(await c.get(rl.redis_key(USER))) == 50
+        assert await c.get(rl.redis_key(USER)) == b"50"
     finally:
         await c.aclose()
 
@@ -264,7 +236,7 @@ async def test_memory_concurrent_hits_count_exactly() -> None:
 
 async def test_redis_errors_propagate() -> None:
     dead = redis.asyncio.Redis(
-        host="127.0.0.1", port=_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
     try:
         rl = RedisRateLimiter(dead, "t:", limit=1, window_seconds=1)
