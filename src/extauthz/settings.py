@@ -15,6 +15,7 @@ Nothing here reads the environment at import time. A bad value raises
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -23,11 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from extauthz.errors import SettingsError
 
 STRATEGIES = ("central", "sticky", "replicated")
 BACKENDS = ("memory", "redis")
+USER_BACKENDS = ("file", "redis")
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # RFC 9110 token, lower case
@@ -97,6 +100,54 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """The authentication service (``/auth/*``, :mod:`extauthz.auth_service`).
+
+    ``trusted_proxies``: addresses or CIDR blocks of proxies (Envoy) whose
+    ``X-Forwarded-For`` is believed; the client address is the right-most entry they added.
+    ``allowed_origins``: origins (``https://app.example``) accepted by the same-site check
+    besides the request's own (:mod:`extauthz.csrf`).
+    """
+
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    allowed_origins: tuple[str, ...] = ()
+    default_return_to: str = "/"
+    max_body_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class UsersSettings:
+    """Where users and their argon2id password hashes live (:mod:`extauthz.users`).
+
+    ``backend = "file"`` reads ``file`` (managed by ``extauthz users``); ``"redis"`` uses the
+    session store's Redis (``store.redis_url``) under ``store.key_prefix``.
+    """
+
+    backend: str = "file"
+    file: str = "users.json"
+    # argon2 operations that may run at once (each costs the hash's memory, 64 MiB by default)
+    max_concurrent_hashes: int = 4
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Brute-force limits (fixed windows, :mod:`extauthz.ratelimit`); windows in seconds.
+
+    ``login_user_*``: failed logins per user name; ``login_addr_*``: failed logins per client
+    address; ``check_addr_*``: failed token lookups at ``Check`` per client address.
+    Counters live in the session store's Redis when ``store.backend = "redis"``, else in memory.
+    """
+
+    enabled: bool = True
+    login_user_limit: int = 5
+    login_user_window_seconds: int = 300
+    login_addr_limit: int = 20
+    login_addr_window_seconds: int = 300
+    check_addr_limit: int = 50
+    check_addr_window_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -104,6 +155,9 @@ class Settings:
     jwt: JwtSettings = field(default_factory=JwtSettings)
     deny: DenySettings = field(default_factory=DenySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    users: UsersSettings = field(default_factory=UsersSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
     def node_id(self) -> str:
@@ -237,6 +291,10 @@ def _validate(s: Settings) -> None:
         )
     if s.session.cookie_name.startswith("__Host-") and s.session.cookie_domain:
         raise SettingsError("session.cookie_domain: a __Host- cookie must not set a Domain")
+    if s.session.cookie_name.startswith(("__Host-", "__Secure-")) and not s.session.cookie_secure:
+        raise SettingsError(
+            "session.cookie_secure: a __Host- or __Secure- cookie must be Secure (RFC 6265bis)"
+        )
     if s.session.idle_timeout_seconds <= 0:
         raise SettingsError("session.idle_timeout_seconds: must be positive")
     if s.session.absolute_timeout_seconds < s.session.idle_timeout_seconds:
@@ -259,3 +317,40 @@ def _validate(s: Settings) -> None:
         raise SettingsError("deny.login_url: expected a path or an http(s) URL")
     if '"' in s.deny.realm or "\\" in s.deny.realm:
         raise SettingsError("deny.realm: must not contain quotes or backslashes")
+    _validate_auth(s)
+
+
+def _validate_auth(s: Settings) -> None:
+    for entry in s.auth.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"auth.trusted_proxies: not an address or CIDR block: {entry!r}"
+            ) from None
+    for origin in s.auth.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise SettingsError(
+                f"auth.allowed_origins: expected scheme://host[:port], got {origin!r}"
+            )
+    if not s.auth.default_return_to.startswith("/") or s.auth.default_return_to.startswith("//"):
+        raise SettingsError("auth.default_return_to: expected a path beginning with one /")
+    if not 1024 <= s.auth.max_body_bytes <= 1048576:
+        raise SettingsError("auth.max_body_bytes: expected 1024-1048576")
+    if s.users.backend not in USER_BACKENDS:
+        raise SettingsError(
+            f"users.backend: expected one of {', '.join(USER_BACKENDS)}, got {s.users.backend!r}"
+        )
+    if s.users.backend == "file" and not s.users.file:
+        raise SettingsError("users.file: must not be empty when users.backend is file")
+    if s.users.backend == "redis" and s.store.backend != "redis":
+        raise SettingsError("users.backend: redis needs store.backend = redis (its Redis is used)")
+    if not 1 <= s.users.max_concurrent_hashes <= 64:
+        raise SettingsError("users.max_concurrent_hashes: expected 1-64")
+    r = s.ratelimit
+    for name in ("login_user", "login_addr", "check_addr"):
+        if getattr(r, f"{name}_limit") < 1:
+            raise SettingsError(f"ratelimit.{name}_limit: must be at least 1")
+        if getattr(r, f"{name}_window_seconds") < 1:
+            raise SettingsError(f"ratelimit.{name}_window_seconds: must be at least 1")
