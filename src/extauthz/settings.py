@@ -53,9 +53,23 @@ class StoreSettings:
 
     strategy: str = "sticky"
     backend: str = "memory"
+    # the primary when no Sentinels are configured
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "extauthz:"
     timeout_seconds: float = 0.5
+    # Sentinels as "HOST:PORT"; when set, the primary is whatever they name for sentinel_service
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: str = "extauthz"
+    # replicated: this node's local read replica
+    replica_url: str = ""
+    # replicas a login/logout/revocation waits for (WAIT): "auto", "all" or a count.
+    # auto: central 1 with Sentinels (else 0), replicated "all", sticky 0
+    wait_replicas: int | str = "auto"
+    wait_timeout_ms: int = 1000
+    # replicated: a replica whose link to the primary is older is not trusted for positive answers
+    replica_max_staleness_seconds: float = 5.0
+    # node registration in the store (see extauthz.registry)
+    heartbeat_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -227,6 +241,8 @@ def _from_text(dotted: str, kind: Any, text: str) -> Any:
             raise SettingsError(f"{dotted}: expected a number, got {text!r}") from None
     if kind == tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
+    if kind == int | str:
+        return int(text.strip()) if text.strip().isdigit() else text.strip()
     return text
 
 
@@ -247,6 +263,10 @@ def _coerce(dotted: str, kind: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{dotted}: expected a list of strings, got {value!r}")
         return tuple(value)
+    if kind == int | str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SettingsError(f"{dotted}: expected an integer or a string, got {value!r}")
+        return value
     if not isinstance(value, str):
         raise SettingsError(f"{dotted}: expected a string, got {value!r}")
     return value
@@ -256,6 +276,54 @@ def _check_listen(dotted: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _validate_store_topology(s: StoreSettings) -> None:
+    """Does the topology fit the strategy? (docs/strategies.md)"""
+    for address in s.sentinels:
+        _check_listen("store.sentinels", address)
+    if s.sentinels and s.backend != "redis":
+        raise SettingsError(
+            "store.sentinels: Sentinel manages a Redis primary; set store.backend = redis"
+        )
+    if s.sentinels and not s.sentinel_service:
+        raise SettingsError("store.sentinel_service: the Sentinels need a service name")
+    if s.sentinels and s.strategy == "sticky":
+        raise SettingsError(
+            "store.sentinels: the sticky strategy keeps a node-local store; a Sentinel-managed "
+            "primary is shared (use the central or replicated strategy)"
+        )
+    if s.strategy == "replicated":
+        if not s.replica_url:
+            raise SettingsError(
+                "store.replica_url: the replicated strategy needs the node's local replica"
+            )
+        if not s.replica_url.startswith(_REDIS_SCHEMES):
+            raise SettingsError("store.replica_url: expected a redis://, rediss:// or unix:// URL")
+    elif s.replica_url:
+        raise SettingsError(
+            f"store.replica_url: only the replicated strategy reads from a node-local replica, "
+            f"not {s.strategy!r}"
+        )
+    wait = s.wait_replicas
+    if isinstance(wait, str) and wait not in ("auto", "all"):
+        raise SettingsError(f'store.wait_replicas: expected "auto", "all" or a count, got {wait!r}')
+    if isinstance(wait, int) and not 0 <= wait <= 64:
+        raise SettingsError("store.wait_replicas: expected a count 0-64")
+    if s.strategy == "replicated" and wait == 0:
+        raise SettingsError(
+            'store.wait_replicas: the replicated strategy must wait for the replicas before a '
+            'logout returns ("all" or a count, not 0)'
+        )
+    if s.wait_timeout_ms <= 0:
+        raise SettingsError("store.wait_timeout_ms: must be positive")
+    if s.replica_max_staleness_seconds <= 0:
+        raise SettingsError("store.replica_max_staleness_seconds: must be positive")
+    if s.heartbeat_seconds <= 0:
+        raise SettingsError("store.heartbeat_seconds: must be positive")
 
 
 def _validate(s: Settings) -> None:
@@ -284,6 +352,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError("store.redis_url: expected a redis://, rediss:// or unix:// URL")
     if s.store.timeout_seconds <= 0:
         raise SettingsError("store.timeout_seconds: must be positive")
+    _validate_store_topology(s.store)
     if not _COOKIE_NAME.match(s.session.cookie_name):
         raise SettingsError(
             f"session.cookie_name: not a valid cookie name (RFC 6265 token): "
