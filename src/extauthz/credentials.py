@@ -47,17 +47,21 @@ def iter_cookies(header: str) -> Iterator[tuple[str, str]]:
 def strip_cookie(header: str, cookie_name: str) -> str | None:
     """Return the ``Cookie`` header without any ``cookie_name`` pair, or ``None`` if empty.
 
-    Every other piece of the header is kept byte for byte, in order.
+    Pieces are split exactly as :func:`iter_cookies` splits them (so every copy it reads is
+    removed); every other piece and the separator before it are kept byte for byte, in order.
     """
-    kept: list[str] = []
-    for piece in header.split(";"):
-        parts = piece.split(",") if "," in piece else [piece]
-        remaining = [p for p in parts if p.partition("=")[0].strip() != cookie_name]
-        if len(remaining) != len(parts):
-            piece = ",".join(remaining)
-        if piece.strip():
-            kept.append(piece.strip())
-    return "; ".join(kept) if kept else None
+    parts = re.split(r"([;,])", header)
+    pieces, separators = parts[0::2], ["", *parts[1::2]]
+    kept = [
+        (separator, piece)
+        for separator, piece in zip(separators, pieces, strict=True)
+        if piece.partition("=")[0].strip() != cookie_name
+    ]
+    if len(kept) == len(pieces):
+        return header
+    if not any(piece.strip() for _, piece in kept):
+        return None
+    return "".join(sep + piece if i else piece for i, (sep, piece) in enumerate(kept)).strip()
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class CookieExtractor:
         return tuple(values)
 
 
+def _is_bearer(piece: str) -> bool:
+    return piece.strip().partition(" ")[0].lower() == "bearer"
+
+
 @dataclass(frozen=True)
 class BearerExtractor:
     """Finds ``Authorization: Bearer <token>`` (RFC 6750 §2.1; the scheme is
@@ -98,7 +106,10 @@ class BearerExtractor:
         if len(header) > MAX_HEADER_LENGTH:
             raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "authorization header too large")
         if "," in header:
-            # Envoy joins repeated headers with ","; no b64token contains one.
+            # Envoy joins repeated headers with ","; no b64token contains one. Other schemes
+            # may use commas between their parameters (RFC 9110 §11.4): "not mine".
+            if not any(_is_bearer(piece) for piece in header.split(",")):
+                return None
             raise Unauthenticated(
                 Reason.AMBIGUOUS_CREDENTIAL, "more than one Authorization header value"
             )
