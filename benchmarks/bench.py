@@ -1,0 +1,597 @@
+"""Benchmark the real stack with wrk through Envoy: no authorization, Envoy's own jwt_authn
+(ES256), and extauthz (opaque token -> session in Redis -> JWT), side by side from one run.
+
+    .venv/bin/python benchmarks/bench.py                       (or: make bench)
+    .venv/bin/python benchmarks/bench.py --duration 10 --connections 32 --json out.json
+    .venv/bin/python benchmarks/bench.py --smoke               (~2 s of load: checks only)
+
+What runs, all on 127.0.0.1 and on free ports, each process stopped by its PID at the end:
+
+* ``redis-server`` of its own (never the system one), no persistence;
+* ``python -m extauthz serve`` with the Redis session store and a signing key generated into
+  the work directory; one session created through the admin gRPC API
+  (``extauthz sessions create --sub bench``);
+* Envoy with ``benchmarks/envoy-bench.yaml`` (three listeners that differ only by the auth
+  step; the ports and the local JWKS rewritten for this run);
+* ``wrk -t<T> -c<N> -d<D>s --latency -H 'Authorization: Bearer ...'`` once per scenario.
+
+Before any load, every scenario must answer 200 with its credential and 401 without one and
+with a wrong one. After each run, wrk's non-2xx count and socket errors must be 0 and Envoy's
+own counters must show that every request went through the auth step (ext_authz ``ok``,
+jwt_authn ``allowed``) — otherwise the script exits 1: it never reports a fast error path.
+
+Besides wrk's figures the script samples the CPU time of each process over the measured run
+(``/proc/<pid>/stat``; wrk's from ``getrusage(RUSAGE_CHILDREN)``) and Redis' command count, to
+show where the time goes. Exit status: 0 success, 1 a check failed, 2 a tool is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Process management shared with the end-to-end tests: start on free ports, wait until ready
+# (bounded), logs to files, stop by PID.
+from tests.support.ports import LOOPBACK, free_port  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    EnvoyProcess,
+    ExtauthzProcess,
+    ManagedProcess,
+    ProcessError,
+    RedisServer,
+    envoy_version,
+)
+
+BENCH_CONFIG = REPO / "benchmarks" / "envoy-bench.yaml"
+SCENARIOS = ("direct", "jwt_authn", "ext_authz")  # listener names in envoy-bench.yaml
+LABELS = {
+    "direct": "Envoy, no auth (direct_response)",
+    "jwt_authn": "Envoy jwt_authn, ES256 JWT",
+    "ext_authz": "extauthz, valid session (Redis)",
+}
+JWT_ISSUER = "https://bench.invalid"
+JWT_AUDIENCE = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A check failed: the benchmark would measure something other than it claims."""
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JwtMaterial:
+    jwks: str  # the public JWKS, for Envoy's local_jwks
+    token: str  # an ES256 JWT that Envoy must accept
+    foreign_token: str  # same claims, signed by a key Envoy does not know: must be refused
+
+
+def make_jwt_material() -> JwtMaterial:
+    """A fresh ES256 key pair; its public JWKS and a JWT (1 hour) signed with it."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from extauthz.keys import jwk_thumbprint
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    kid = jwk_thumbprint(jwk)
+    jwk.update({"kid": kid, "alg": "ES256", "use": "sig"})
+    now = int(time.time())
+    claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "bench", "iat": now, "nbf": now,
+              "exp": now + 3600}  # fmt: skip
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+    other = ec.generate_private_key(ec.SECP256R1())
+    foreign = jwt.encode(claims, other, algorithm="ES256", headers={"kid": kid})
+    return JwtMaterial(json.dumps({"keys": [jwk]}, separators=(",", ":")), token, foreign)
+
+
+# -- Envoy config -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    admin: int
+    listeners: dict[str, int]
+
+    @classmethod
+    def allocate(cls) -> EnvoyPorts:
+        return cls(free_port(), {name: free_port() for name in SCENARIOS})
+
+
+def render_bench_config(
+    out_dir: Path, ports: EnvoyPorts, grpc_port: int, jwks: str, source: Path = BENCH_CONFIG
+) -> Path:
+    """A copy of ``source`` with the given ports and JWKS; nothing else changes.
+
+    :raises BenchError: the file no longer has the listeners, filter or cluster expected here.
+    """
+    import yaml
+
+    doc = yaml.safe_load(source.read_text())
+    doc["admin"]["address"]["socket_address"]["port_value"] = ports.admin
+    listeners = {item["name"]: item for item in doc["static_resources"]["listeners"]}
+    if set(listeners) != set(SCENARIOS):
+        raise BenchError(f"{source}: expected listeners {SCENARIOS}, found {sorted(listeners)}")
+    for name, port in ports.listeners.items():
+        listeners[name]["address"]["socket_address"]["port_value"] = port
+    jwt_filters = [
+        f
+        for chain in listeners["jwt_authn"]["filter_chains"]
+        for hcm in chain["filters"]
+        for f in hcm["typed_config"]["http_filters"]
+        if f["name"] == "envoy.filters.http.jwt_authn"
+    ]
+    if len(jwt_filters) != 1:
+        raise BenchError(f"{source}: the jwt_authn listener must have one jwt_authn filter")
+    for provider in jwt_filters[0]["typed_config"]["providers"].values():
+        provider["local_jwks"] = {"inline_string": jwks}
+    clusters = doc["static_resources"]["clusters"]
+    if [c["name"] for c in clusters] != ["extauthz_grpc"]:
+        raise BenchError(f"{source}: expected the one cluster extauthz_grpc")
+    for locality in clusters[0]["load_assignment"]["endpoints"]:
+        for endpoint in locality["lb_endpoints"]:
+            endpoint["endpoint"]["address"]["socket_address"]["port_value"] = grpc_port
+    out = out_dir / "envoy-bench.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+
+def http_get(port: int, path: str = "/", bearer: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def envoy_counters(envoy: EnvoyProcess) -> dict[str, int]:
+    status, body = envoy.admin_get("/stats?filter=^http\\.bench_", timeout=5)
+    if status != 200:
+        raise BenchError(f"Envoy admin /stats answered {status}")
+    counters: dict[str, int] = {}
+    for line in body.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+def redis_commands(redis: RedisServer) -> int:
+    import redis as redis_py
+
+    client = redis_py.Redis(host=LOOPBACK, port=redis.port, socket_timeout=5)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- wrk --------------------------------------------------------------------------------------
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise BenchError(f"wrk: cannot read the latency {text!r}")
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """requests/s, latency percentiles (ms), request and error counts from wrk's report."""
+    result: dict[str, Any] = {"non_2xx": 0, "socket_errors": 0}
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise BenchError(f"wrk: no Requests/sec in its output:\n{out}")
+    result["rps"] = float(match.group(1))
+    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if not match:
+        raise BenchError(f"wrk: no request count in its output:\n{out}")
+    result["requests"] = int(match.group(1))
+    result["elapsed_s"] = _ms(match.group(2) + match.group(3)) / 1000
+    for pct in ("50", "75", "90", "99"):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)$", out, re.M)
+        if not match:
+            raise BenchError(f"wrk: no {pct}% latency in its output (run with --latency):\n{out}")
+        result[f"p{pct}_ms"] = _ms(match.group(1))
+    match = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
+    if match:
+        result["avg_ms"], result["max_ms"] = _ms(match.group(1)), _ms(match.group(3))
+    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if match:
+        result["non_2xx"] = int(match.group(1))
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if match:
+        result["socket_errors"] = sum(int(g) for g in match.groups())
+    return result
+
+
+def run_wrk(args: argparse.Namespace, port: int, bearer: str, duration: int) -> str:
+    argv = [
+        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
+        "--timeout", "5s", "-H", f"Authorization: Bearer {bearer}", f"http://{LOOPBACK}:{port}/",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    work_dir: Path
+    redis: RedisServer
+    extauthz: ExtauthzProcess
+    envoy: EnvoyProcess
+    ports: EnvoyPorts
+    credentials: dict[str, str]  # scenario -> bearer that must be accepted
+    wrong: dict[str, str]  # scenario -> bearer that must be refused
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+
+def write_settings(path: Path, redis_url: str, keys_dir: Path) -> None:
+    path.write_text(
+        f"""# extauthz settings for one benchmark run (written by benchmarks/bench.py)
+[server]
+node_id = "bench-1"
+
+[store]
+strategy = "central"
+backend = "redis"
+redis_url = "{redis_url}"
+key_prefix = "bench:"
+
+[session]
+cookie_secure = false
+
+[jwt]
+issuer = "http://127.0.0.1"
+audience = "bench-upstream"
+keys_dir = "{keys_dir}"
+"""
+    )
+
+
+def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[ManagedProcess]) -> Stack:
+    logs = work_dir / "logs"
+    redis = RedisServer(logs, name="redis")
+    processes.append(redis.start())
+    say(f"redis-server pid {redis.pid} on port {redis.port}")
+
+    keys = work_dir / "keys"
+    subprocess.run(
+        [sys.executable, "-m", "extauthz", "keys", "generate", "--dir", str(keys)],
+        cwd=REPO, check=True, timeout=60, capture_output=True,
+    )  # fmt: skip
+    settings = work_dir / "extauthz.toml"
+    write_settings(settings, redis.url, keys)
+    extauthz = ExtauthzProcess(settings, logs, env={"EXTAUTHZ_LOG_LEVEL": "warning"})
+    processes.append(extauthz.start())
+    say(f"extauthz pid {extauthz.pid} on gRPC port {extauthz.grpc_port}")
+    token = extauthz.cli("sessions", "create", "--sub", "bench", "--target", extauthz.grpc_target)
+
+    from extauthz.tokens import mint_token
+
+    material = make_jwt_material()
+    ports = EnvoyPorts.allocate()
+    config = render_bench_config(work_dir, ports, extauthz.grpc_port, material.jwks)
+    envoy = EnvoyProcess(args.envoy, config, logs, admin_port=ports.admin,
+                         concurrency=args.envoy_concurrency)  # fmt: skip
+    processes.append(envoy.start())
+    say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} (--concurrency {args.envoy_concurrency})")
+    return Stack(
+        work_dir, redis, extauthz, envoy, ports,
+        credentials={"direct": token, "jwt_authn": material.token, "ext_authz": token},
+        # a well-formed token that names no session; a JWT signed by an unknown key
+        wrong={"jwt_authn": material.foreign_token, "ext_authz": mint_token()},
+        processes=processes,
+    )  # fmt: skip
+
+
+def verify(stack: Stack) -> None:
+    """Each scenario: 200 "ok" with its credential; 401 without one and with a wrong one."""
+    for name in SCENARIOS:
+        port = stack.ports.listeners[name]
+        status, body = http_get(port, bearer=stack.credentials[name])
+        if status != 200 or body != b"ok\n":
+            raise BenchError(f"{name}: with its credential: {status} {body[:200]!r}, not 200 ok")
+        if name == "direct":
+            continue
+        status, body = http_get(port)
+        if status != 401:
+            raise BenchError(f"{name}: without a credential: {status} {body[:200]!r}, not 401")
+        status, body = http_get(port, bearer=stack.wrong[name])
+        if status != 401:
+            raise BenchError(f"{name}: with a wrong credential: {status} {body[:200]!r}, not 401")
+    say("checks passed: 200 with the credential, 401 without and with a wrong one")
+
+
+def auth_counters(name: str, before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    prefix = f"http.bench_{name}."
+    keys = {
+        "direct": [],
+        "jwt_authn": ["jwt_authn.allowed", "jwt_authn.denied"],
+        "ext_authz": ["ext_authz.ok", "ext_authz.denied", "ext_authz.error",
+                      "ext_authz.failure_mode_allowed"],  # fmt: skip
+    }[name] + ["downstream_rq_2xx", "downstream_rq_4xx", "downstream_rq_5xx"]
+    return {k: after.get(prefix + k, 0) - before.get(prefix + k, 0) for k in keys}
+
+
+def check_run(name: str, result: dict[str, Any]) -> list[str]:
+    problems = []
+    if result["requests"] == 0:
+        problems.append("no request completed")
+    if result["non_2xx"]:
+        problems.append(f"{result['non_2xx']} non-2xx responses")
+    if result["socket_errors"]:
+        problems.append(f"{result['socket_errors']} socket errors")
+    c = result["envoy_counters"]
+    bad = c["downstream_rq_4xx"] + c["downstream_rq_5xx"]
+    if bad:
+        problems.append(f"Envoy counted {bad} 4xx/5xx responses")
+    passed = {"direct": c["downstream_rq_2xx"], "jwt_authn": c.get("jwt_authn.allowed", 0),
+              "ext_authz": c.get("ext_authz.ok", 0)}[name]  # fmt: skip
+    if passed < result["requests"]:
+        problems.append(
+            f"only {passed} requests passed the auth step but wrk counted {result['requests']}"
+        )
+    for k in ("jwt_authn.denied", "ext_authz.denied", "ext_authz.error",
+              "ext_authz.failure_mode_allowed"):  # fmt: skip
+        if c.get(k):
+            problems.append(f"Envoy counted {c[k]} {k}")
+    return [f"{name}: {p}" for p in problems]
+
+
+def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]:
+    port = stack.ports.listeners[name]
+    bearer = stack.credentials[name]
+    if args.warmup:
+        run_wrk(args, port, bearer, args.warmup)
+    pids = {"envoy": stack.envoy.pid, "extauthz": stack.extauthz.pid, "redis": stack.redis.pid}
+    counters_before = envoy_counters(stack.envoy)
+    redis_before = redis_commands(stack.redis)
+    cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items() if pid}
+    wrk_before = children_cpu_seconds()
+    started = time.monotonic()
+    out = run_wrk(args, port, bearer, args.duration)
+    wall = time.monotonic() - started
+    cpu = {k: cpu_seconds(pid) - cpu_before[k] for k, pid in pids.items() if pid}
+    cpu["wrk"] = children_cpu_seconds() - wrk_before
+    result = parse_wrk(out)
+    result["scenario"] = name
+    result["label"] = LABELS[name]
+    result["envoy_counters"] = auth_counters(name, counters_before, envoy_counters(stack.envoy))
+    # INFO itself is one command; everything else is extauthz's
+    result["redis_commands_per_request"] = (
+        (redis_commands(stack.redis) - redis_before - 1) / result["requests"]
+        if result["requests"] else 0.0
+    )  # fmt: skip
+    result["cpu_cores"] = {k: v / wall for k, v in cpu.items()}
+    result["cpu_us_per_request"] = {
+        k: (v * 1e6 / result["requests"] if result["requests"] else 0.0) for k, v in cpu.items()
+    }
+    result["wrk_output"] = out
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def render_table(results: list[dict[str, Any]]) -> str:
+    head = ("scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "requests")
+    rows = [
+        (r["label"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+         f"{r['p99_ms']:.2f}", f"{r.get('max_ms', float('nan')):.2f}", str(r["non_2xx"]),
+         str(r["requests"]))  # fmt: skip
+        for r in results
+    ]
+    cpu_head = ("scenario", "envoy", "extauthz", "redis", "wrk", "redis cmds/req")
+    cpu_rows = [
+        (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} us ({r['cpu_cores'][k]:.2f})"
+                       for k in ("envoy", "extauthz", "redis", "wrk")),
+         f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
+        for r in results
+    ]
+    return (
+        _table(head, rows)
+        + "\n\nCPU per request in microseconds (in parentheses: cores busy over the run)\n"
+        + _table(cpu_head, cpu_rows)
+    )
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                model = text.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def find_envoy(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    beside = Path(sys.executable).parent / "envoy"
+    return str(beside) if beside.exists() else shutil.which("envoy")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds of measured load per scenario")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections (-c)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
+    p.add_argument("--envoy", help="Envoy binary (default: beside this Python, else on PATH)")
+    p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
+    p.add_argument("--wrk", default="wrk", help="wrk binary")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 s per scenario, 4 connections, no warm-up: only checks that every "
+                        "scenario answers 200 with its credential and 401 without")  # fmt: skip
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, config)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup, args.connections = 1, 0, min(args.connections, 4)
+    if args.duration < 1 or args.connections < 1 or args.threads < 1 or args.warmup < 0:
+        p.error("--duration, --connections and --threads must be at least 1")
+    if args.connections < args.threads:
+        p.error("--connections must be at least --threads (wrk needs one per thread)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.envoy = find_envoy(args.envoy)
+    missing = [what for what, ok in (
+        ("wrk (apt-get install wrk, or `make wrk`)", shutil.which(args.wrk)),
+        ("redis-server (apt-get install redis-server, or `make redis`)", shutil.which("redis-server")),
+        ("envoy (`make venv` installs it, or pass --envoy)", args.envoy and os.access(args.envoy, os.X_OK)),
+    ) if not ok]  # fmt: skip
+    if missing:
+        for what in missing:
+            say(f"missing: {what}")
+        return 2
+
+    # SIGTERM (e.g. from a test timeout) stops the children like Ctrl-C does
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
+    work_dir = Path(tempfile.mkdtemp(prefix="extauthz-bench-"))
+    processes: list[ManagedProcess] = []
+    results: list[dict[str, Any]] = []
+    ok = False
+    try:
+        stack = start_stack(args, work_dir, processes)
+        verify(stack)
+        for name in SCENARIOS:
+            say(f"{name}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+                f"(warm-up {args.warmup}s)")  # fmt: skip
+            results.append(measure(args, stack, name))
+        verify(stack)  # still the same answers after the load
+        problems = [p for r in results for p in check_run(r["scenario"], r)]
+        report = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command,
+            "machine": machine(),
+            "envoy": envoy_version(args.envoy),
+            "envoy_concurrency": args.envoy_concurrency,
+            "wrk": tool_version([args.wrk, "--version"]),
+            "redis": tool_version(["redis-server", "--version"]),
+            "params": {"duration_s": args.duration, "warmup_s": args.warmup,
+                       "connections": args.connections, "threads": args.threads},  # fmt: skip
+            "scenarios": results,
+            "problems": problems,
+        }
+        m = report["machine"]
+        print(f"\n{report['date']}  {m['cpus']} CPUs ({m['cpu_model']}), shared by wrk, Envoy, "
+              f"extauthz and Redis")  # fmt: skip
+        print(f"Envoy {report['envoy']} (--concurrency {args.envoy_concurrency}), "
+              f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+              f"Python {m['python']}")  # fmt: skip
+        print(f"command: {command}\n")
+        print(render_table(results))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            say(f"wrote {args.json}")
+        if problems:
+            for p in problems:
+                say(f"FAILED: {p}")
+            return 1
+        ok = True
+        return 0
+    except (BenchError, ProcessError) as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except subprocess.SubprocessError as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        if ok and not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            say(f"logs and config kept in {work_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
