@@ -32,6 +32,7 @@ from tests.support import (
     REPO_ROOT,
     EchoUpstreamProcess,
     EnvoyProcess,
+    Stack,
     StackPorts,
     render_front_proxy,
     validate_envoy_config,
@@ -385,3 +386,31 @@ def test_escaped_slashes_are_rejected(front_proxy: FrontProxy, path: str) -> Non
 def test_headers_with_underscores_are_rejected(front_proxy: FrontProxy) -> None:
     status, _, _ = front_proxy.request("/hello", headers={"x_extauthz_sid": "forged"})
     assert status == 400
+
+
+# -- the front proxy with the real extauthz (tests/support/stack.py) ----------------------------
+
+
+def test_real_stack_replaces_the_opaque_token_with_a_verified_jwt(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("alice", "--scope", "read")
+    conn = http.client.HTTPConnection("127.0.0.1", redis_stack.ports.listener, timeout=5)
+    try:
+        conn.request("GET", "/e2e/bearer", headers={"authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200, body
+    echoed = json.loads(body)
+    assert echoed["jwt"]["verified"] is True, echoed["jwt"]["error"]
+    assert echoed["jwt"]["claims"]["sub"] == "alice"
+    assert token not in body.decode()
+    redis_stack.envoy.wait_until(
+        lambda: any(e.get("path") == "/e2e/bearer" for e in redis_stack.envoy.access_log()),
+        5,
+        "logging",
+    )
+    entry = [e for e in redis_stack.envoy.access_log() if e.get("path") == "/e2e/bearer"]
+    assert entry[-1]["decision"] == "allow"
+    assert entry[-1]["store_strategy"] == "central"
+    assert entry[-1]["sid"] == echoed["jwt"]["claims"]["sid"]
