@@ -204,3 +204,35 @@ def test_graceful_sentinel_failover_demotes_old_primary_to_replica_of_new(
         assert client.execute_command("WAIT", 2, 2000) == 2
     with old.client() as client:
         assert client.get(key) == "moved"
+
+
+async def test_sentinel_client_on_a_demoted_primary_fails_once_then_follows_sentinel(
+    sentinel_topology: ReplicatedTopology,
+) -> None:
+    """What the session store sees when its pooled connection points at a primary that was
+    demoted without being disconnected: redis-py turns the server's READONLY reply into a
+    ``ConnectionError`` and drops the connection; the *next* command asks Sentinel again.
+
+    (Sentinel itself demotes a surviving old primary with ``CLIENT KILL``, so in a normal
+    graceful failover clients are disconnected instead; here we demote it by hand first.)
+    """
+    topo = sentinel_topology
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        topo.sentinel_addresses(), socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    master = sentinel.master_for(topo.service_name, decode_responses=True)
+    try:
+        await master.set("k", "v1")  # the pool now holds a connection to the old primary
+        old = topo.primary()
+        topo.sentinels[0].failover()
+        new = await asyncio.to_thread(topo.wait_for_failover, old.port, FAILOVER_BUDGET_S)
+        old.replicaof("127.0.0.1", new.port)
+
+        with pytest.raises(redis.ConnectionError, match="previous master is now a slave"):
+            await master.set("k", "v2")
+        await master.set("k", "v3")
+        with new.client() as client:
+            assert client.get("k") == "v3"
+    finally:
+        await master.aclose()
+        await sentinel.aclose()

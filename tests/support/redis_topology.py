@@ -504,7 +504,13 @@ class SentinelNode(_Process):
 
     # -- queries (raw replies, independent of redis-py's response parsing)
     def master_address(self) -> tuple[str, int] | None:
-        """``SENTINEL GET-MASTER-ADDR-BY-NAME``: the primary this Sentinel believes in."""
+        """``SENTINEL GET-MASTER-ADDR-BY-NAME``.
+
+        Careful: during a failover this already returns the *promoted* replica while
+        ``SENTINEL MASTER`` (which redis-py's ``Sentinel.discover_master`` reads) still
+        names the old primary until ``+switch-master``. Use :meth:`settled_master` to
+        know what clients will actually be sent to.
+        """
         reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)
         if not reply:
             return None
@@ -513,6 +519,17 @@ class SentinelNode(_Process):
     def master_state(self) -> dict[str, Any]:
         """``SENTINEL MASTER <service>`` as a dict of raw strings."""
         return _pairs(self.command("SENTINEL", "MASTER", self.service_name))
+
+    def settled_master(self) -> tuple[str, int] | None:
+        """The primary this Sentinel reports once no failover is in progress: the
+        ``SENTINEL MASTER`` address when its flags are plain ``master`` (no
+        ``failover_in_progress``, ``s_down``, ``o_down``) and ``GET-MASTER-ADDR-BY-NAME``
+        agrees; otherwise None."""
+        state = self.master_state()
+        if set(str(state.get("flags", "")).split(",")) != {"master"}:
+            return None
+        address = (str(state["ip"]), int(state["port"]))
+        return address if self.master_address() == address else None
 
     def replicas(self) -> list[dict[str, Any]]:
         """``SENTINEL REPLICAS <service>``: one dict of raw strings per known replica."""
@@ -662,17 +679,17 @@ class ReplicatedTopology:
         return [s for s in self.sentinels if s.running]
 
     def primary(self) -> RedisNode:
-        """The current primary: as reported by the Sentinels (the answer most running
-        Sentinels give), or the original primary when there are no Sentinels."""
+        """The current primary: as reported by the Sentinels (the ``SENTINEL MASTER``
+        address most running Sentinels give, i.e. what redis-py's ``Sentinel`` would
+        connect to), or the original primary when there are no Sentinels."""
         if not self.sentinels:
             assert self.original_primary is not None
             return self.original_primary
         votes: dict[int, int] = {}
         for sentinel in self._running_sentinels():
             with contextlib.suppress(redis.RedisError, OSError):
-                address = sentinel.master_address()
-                if address is not None:
-                    votes[address[1]] = votes.get(address[1], 0) + 1
+                port = int(sentinel.master_state()["port"])
+                votes[port] = votes.get(port, 0) + 1
         if not votes:
             raise TopologyError("no running Sentinel reports a primary")
         return self.node_for_port(max(votes, key=lambda port: votes[port]))
@@ -689,7 +706,7 @@ class ReplicatedTopology:
 
         def converged() -> bool:
             sentinels = self._running_sentinels()
-            primary_ports = {s.master_address() for s in sentinels}
+            primary_ports = {s.settled_master() for s in sentinels}
             if len(primary_ports) != 1 or None in primary_ports:
                 return False
             (addr,) = primary_ports
@@ -713,11 +730,17 @@ class ReplicatedTopology:
         )
 
     def wait_for_failover(self, old_primary_port: int, timeout: float = 15.0) -> RedisNode:
-        """Until every running Sentinel reports a primary other than ``old_primary_port``
-        (the same one) and that node answers ``ROLE`` with ``master``; return it."""
+        """Until every running Sentinel has finished failing over to one primary other
+        than ``old_primary_port`` (see :meth:`SentinelNode.settled_master`) and that node
+        answers ``ROLE`` with ``master``; return it.
+
+        After this returns, redis-py's ``Sentinel.discover_master`` finds the new primary.
+        A still-running old primary may remain a (stale) master for ~10 s more until
+        Sentinel reconfigures it; use :meth:`wait_replica_of` for that.
+        """
 
         def promoted() -> RedisNode | None:
-            answers = {s.master_address() for s in self._running_sentinels()}
+            answers = {s.settled_master() for s in self._running_sentinels()}
             if len(answers) != 1:
                 return None
             (addr,) = answers
