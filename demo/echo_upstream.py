@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import html
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -190,10 +192,22 @@ def _html_page(method: str, path: str, result: dict[str, Any]) -> str:
 VERIFIER = web.AppKey("verifier", JwtVerifier)
 
 
+_JWS_COMPACT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def redact_jwts(value: str) -> str:
+    """Replace every JWS compact serialisation in ``value`` with a short digest, so the
+    echo shows that a JWT arrived without handing it to the client (the phantom-token
+    pattern keeps JWTs away from clients)."""
+    return _JWS_COMPACT.sub(
+        lambda m: f"<jwt sha256:{hashlib.sha256(m.group(0).encode()).hexdigest()[:12]}>", value
+    )
+
+
 async def echo(request: web.Request) -> web.StreamResponse:
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
-        headers.setdefault(name.lower(), []).append(value)
+        headers.setdefault(name.lower(), []).append(redact_jwts(value))
     authorization = request.headers.getall("Authorization", [])
     result: dict[str, Any] = {
         "verified": False,

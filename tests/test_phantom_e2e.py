@@ -1,0 +1,174 @@
+"""The phantom-token pattern end to end: the repository's envoy/front-proxy.yaml on real Envoy
+(oldest and newest supported release), extauthz on a real Redis, the echo upstream.
+
+Opaque token in (cookie or bearer) → the upstream sees exactly one ``authorization`` header
+holding a JWT that verifies against the JWKS → the client never sees the JWT, the upstream
+never sees the opaque token.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import RedisServer, Stack, start_stack
+
+JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+COOKIE = "extauthz_session"
+
+pytestmark = pytest.mark.e2e
+
+
+def request(
+    stack: Stack, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.listener, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def assert_no_jwt_reaches_the_client(headers: http.client.HTTPMessage, body: bytes) -> None:
+    for name, value in headers.items():
+        assert not JWS.search(value), f"response header {name} carries a JWT"
+    assert not JWS.search(body.decode("utf-8", "replace")), "response body carries a JWT"
+
+
+def assert_phantom_exchange(echoed: dict, token: str, sub: str) -> None:
+    """What the upstream saw: one authorization header, a verified JWT of ``sub``, no
+    session cookie, and the opaque token nowhere."""
+    assert echoed["jwt"]["header_count"] == 1
+    assert echoed["jwt"]["verified"] is True, echoed["jwt"]["error"]
+    assert echoed["jwt"]["claims"]["sub"] == sub
+    assert len(echoed["headers"]["authorization"]) == 1
+    for value in echoed["headers"].get("cookie", []):
+        assert COOKIE not in value
+    assert token not in json.dumps(echoed)
+
+
+def test_cookie_is_exchanged_for_a_jwt(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("alice", "--scope", "read")
+    status, headers, body = request(
+        redis_stack, "/e2e/cookie", {"cookie": f"theme=dark; {COOKIE}={token}; lang=en"}
+    )
+    assert status == 200, body
+    echoed = json.loads(body)
+    assert_phantom_exchange(echoed, token, "alice")
+    # every other cookie reaches the upstream unchanged, in order
+    assert echoed["headers"]["cookie"] == ["theme=dark; lang=en"]
+    assert echoed["jwt"]["claims"]["scope"] == "read"
+    assert_no_jwt_reaches_the_client(headers, body)
+
+
+def test_bearer_is_exchanged_for_a_jwt(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("bob")
+    status, headers, body = request(
+        redis_stack, "/e2e/bearer", {"authorization": f"bearer {token}", "accept": "application/json"}
+    )
+    assert status == 200, body
+    echoed = json.loads(body)
+    assert_phantom_exchange(echoed, token, "bob")
+    assert "cookie" not in echoed["headers"]
+    assert_no_jwt_reaches_the_client(headers, body)
+
+
+def test_a_client_supplied_jwt_header_is_replaced(redis_stack: Stack) -> None:
+    """A forged ``authorization`` alongside a session cookie never reaches the upstream."""
+    token = redis_stack.create_session("carol")
+    forged = "Basic Zm9yZ2VkOmZvcmdlZA=="
+    status, _, body = request(
+        redis_stack, "/e2e/forged", {"cookie": f"{COOKIE}={token}", "authorization": forged}
+    )
+    assert status == 200, body
+    echoed = json.loads(body)
+    assert_phantom_exchange(echoed, token, "carol")
+    assert forged not in json.dumps(echoed)
+
+
+def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("dave")
+    status, _, body = request(redis_stack, "/e2e/before", {"authorization": f"Bearer {token}"})
+    assert status == 200, body
+    sid = json.loads(body)["jwt"]["claims"]["sid"]
+    assert redis_stack.extauthz.cli(
+        "sessions", "revoke", "--sid", sid, "--target", redis_stack.extauthz.grpc_target
+    ).strip() == "revoked"
+
+    status, headers, body = request(redis_stack, "/e2e/after", {"authorization": f"Bearer {token}"})
+    assert status == 401
+    assert headers["www-authenticate"].startswith('Bearer realm="')
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+    assert json.loads(body)["reason"] == "unknown_session"
+
+    status, headers, _ = request(
+        redis_stack, "/e2e/page?x=1", {"cookie": f"{COOKIE}={token}", "accept": "text/html"}
+    )
+    assert status == 302
+    assert headers["location"] == "/auth/login?return_to=%2Fe2e%2Fpage%3Fx%3D1"
+    # the dead cookie is cleared, so the browser does not keep presenting it
+    assert any(
+        v.startswith(f"{COOKIE}=;") and "Max-Age=0" in v for v in headers.get_all("set-cookie")
+    )
+
+
+def _persistent_redis(tmp_path: Path) -> RedisServer:
+    server = RedisServer(tmp_path, name="redis-aof")
+    # keep sessions across a restart: "Redis back" must not mean "every session lost"
+    server.argv += ["--appendonly", "yes", "--appendfsync", "always"]
+    return server.start()
+
+
+def test_store_outage_is_503_and_recovers_without_a_new_login(
+    envoy_binary: str, tmp_path: Path
+) -> None:
+    redis = _persistent_redis(tmp_path)
+    stack = start_stack(envoy_binary, tmp_path / "stack", redis_url=redis.url)
+    try:
+        token = stack.create_session("erin")
+        cookie = {"cookie": f"{COOKIE}={token}"}
+        assert request(stack, "/e2e/outage", cookie)[0] == 200
+
+        redis.stop()
+        status, headers, body = request(stack, "/e2e/outage", cookie)
+        assert status == 503, body
+        assert headers.get_all("set-cookie") is None  # an outage never logs anyone out
+
+        # a Redis that hangs (SIGSTOP) rather than refuses: the same answer, within the timeout
+        redis.start()
+        assert redis.pid is not None
+        signal_started = time.monotonic()
+        _send(redis.pid, signal.SIGSTOP)
+        try:
+            status, headers, _ = request(stack, "/e2e/outage", cookie)
+            assert status == 503
+            assert headers.get_all("set-cookie") is None
+            assert time.monotonic() - signal_started < 5
+        finally:
+            _send(redis.pid, signal.SIGCONT)
+
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline:
+            status, _, body = request(stack, "/e2e/outage", cookie)
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200, body
+        assert json.loads(body)["jwt"]["claims"]["sub"] == "erin"
+    finally:
+        stack.stop()
+        redis.stop()
+
+
+def _send(pid: int, signum: signal.Signals) -> None:
+    os.kill(pid, signum)
