@@ -19,6 +19,9 @@ from grpc_health.v1 import health
 
 from extauthz import __version__
 from extauthz.admin_service import AdminGuard, SessionAdminServicer, StatusServicer
+from extauthz.auth_service import AuthService, LoginLimits
+from extauthz.cookies import SessionCookie
+from extauthz.csrf import SameSiteCheck
 from extauthz.denials import DenialRenderer
 from extauthz.errors import SettingsError
 from extauthz.grpc_server import StoreHealthReporter, build_server
@@ -26,11 +29,14 @@ from extauthz.http_app import build_http_app
 from extauthz.keys import KeyRing
 from extauthz.minting import JwtMinter
 from extauthz.pipeline import Authorizer
+from extauthz.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import SessionStore
 from extauthz.sessions.redis import RedisSessionStore
 from extauthz.settings import Settings
+from extauthz.throttle import LookupThrottle
+from extauthz.users import FileUserStore, PasswordVerifier, RedisUserStore, UserStore
 
 log = logging.getLogger("extauthz")
 
@@ -43,6 +49,15 @@ class Components:
     keyring: KeyRing
     minter: JwtMinter
     authorizer: Authorizer
+    auth: AuthService
+    verifier: PasswordVerifier
+    # the Redis client of users and rate limits (the session store has its own), if any
+    aux_redis: aioredis.Redis | None = None
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self.aux_redis is not None:
+            await self.aux_redis.aclose()
 
 
 def build_store(settings: Settings) -> SessionStore:
@@ -55,6 +70,65 @@ def build_store(settings: Settings) -> SessionStore:
         socket_connect_timeout=s.timeout_seconds,
     )
     return RedisSessionStore(client, s.key_prefix)
+
+
+def _redis_client(settings: Settings) -> aioredis.Redis:
+    """A client for users and rate limits, on the session store's Redis (its primary)."""
+    s = settings.store
+    return aioredis.Redis.from_url(
+        s.redis_url,
+        socket_timeout=s.timeout_seconds,
+        socket_connect_timeout=s.timeout_seconds,
+    )
+
+
+def build_user_store(settings: Settings, client: aioredis.Redis | None) -> UserStore:
+    if settings.users.backend == "redis":
+        assert client is not None  # settings refuse users.backend=redis without a Redis store
+        return RedisUserStore(client, settings.store.key_prefix)
+    return FileUserStore(settings.users.file)
+
+
+def _limiter(
+    settings: Settings, client: aioredis.Redis | None, limit: int, window: int
+) -> RateLimiter:
+    if client is None:
+        return MemoryRateLimiter(limit, window)
+    return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
+
+
+def build_auth(
+    settings: Settings, sessions: SessionManager, client: aioredis.Redis | None
+) -> tuple[AuthService, PasswordVerifier, LookupThrottle | None]:
+    """The authentication service and the Check throttle, with their users store and
+    rate limiters (in ``client``'s Redis when given, else in memory)."""
+    verifier = PasswordVerifier(
+        build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
+    )
+    r = settings.ratelimit
+    limits: LoginLimits | None = None
+    throttle: LookupThrottle | None = None
+    if r.enabled:
+        limits = LoginLimits(
+            per_user=_limiter(settings, client, r.login_user_limit, r.login_user_window_seconds),
+            per_address=_limiter(
+                settings, client, r.login_addr_limit, r.login_addr_window_seconds
+            ),
+        )
+        throttle = LookupThrottle(
+            _limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
+        )
+    auth = AuthService(
+        sessions,
+        verifier,
+        SessionCookie.from_settings(settings.session),
+        realm=settings.deny.realm,
+        limits=limits,
+        same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
+        trusted_proxies=settings.auth.trusted_proxies,
+        default_return_to=settings.auth.default_return_to,
+    )
+    return auth, verifier, throttle
 
 
 def build_components(settings: Settings, store: SessionStore | None = None) -> Components:
@@ -73,6 +147,8 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         lifetime_seconds=settings.jwt.lifetime_seconds,
         reuse_min_remaining_fraction=settings.jwt.reuse_min_remaining_fraction,
     )
+    aux_redis = _redis_client(settings) if settings.store.backend == "redis" else None
+    auth, verifier, throttle = build_auth(settings, sessions, aux_redis)
     denials = DenialRenderer(
         realm=settings.deny.realm,
         login_url=settings.deny.login_url,
@@ -89,8 +165,12 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         jwt_header=settings.jwt.header,
         store_strategy=settings.store.strategy,
         node_id=settings.node_id,
+        throttle=throttle,
+        same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
     )
-    return Components(settings, store, sessions, keyring, minter, authorizer)
+    return Components(
+        settings, store, sessions, keyring, minter, authorizer, auth, verifier, aux_redis
+    )
 
 
 def _is_loopback(listen: str) -> bool:
@@ -142,7 +222,11 @@ async def serve(settings: Settings) -> int:
     )
     await reporter.check_once()
     await server.start()
-    runner = web.AppRunner(build_http_app(components.keyring), access_log=None)
+    await components.verifier.warm_up()
+    http_app = build_http_app(
+        components.keyring, components.auth, max_body_bytes=settings.auth.max_body_bytes
+    )
+    runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     http_host, _, http_port = settings.server.http_listen.rpartition(":")
     site = web.TCPSite(runner, http_host.strip("[]"), int(http_port))
@@ -159,6 +243,11 @@ async def serve(settings: Settings) -> int:
         settings.server.http_listen,
         components.keyring.signing_key.kid,
     )
+    if not SessionCookie.from_settings(settings.session).is_secure:
+        log.warning(
+            "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
+            "use this only for local development on 127.0.0.1"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -170,6 +259,6 @@ async def serve(settings: Settings) -> int:
         await health_task
     await server.stop(settings.server.shutdown_grace_seconds)
     await runner.cleanup()
-    await components.store.close()
+    await components.close()
     log.info("stopped")
     return 0

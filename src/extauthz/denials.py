@@ -2,10 +2,11 @@
 
 * API clients: 401 with an RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge and a small
   JSON body ``{"error", "error_description", "reason"}``; 403 ``insufficient_scope``; 400
-  ``invalid_request``; 429 when throttled.
+  ``invalid_request``; 403 ``cross_site_request`` (no challenge: no credential would help);
+  429 with ``Retry-After`` when throttled.
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
-* A denial that saw the session cookie also clears it (``Max-Age=0``). The login page itself
+* An ``Unauthenticated`` denial that saw the session cookie also clears it (``Max-Age=0``). The login page itself
   is never redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
 """
 
@@ -17,7 +18,14 @@ from urllib.parse import quote, urlsplit
 
 from extauthz.context import RequestContext
 from extauthz.decisions import Deny
-from extauthz.errors import BadRequest, Denied, Forbidden, Reason
+from extauthz.errors import (
+    BadRequest,
+    Denied,
+    Forbidden,
+    Reason,
+    TooManyRequests,
+    Unauthenticated,
+)
 from extauthz.policy import Policy
 
 _RFC6750_ERROR = {
@@ -81,13 +89,19 @@ class DenialRenderer:
         metadata: dict[str, str],
     ) -> Deny:
         headers: list[tuple[str, str]] = [("cache-control", "no-store")]
-        if saw_cookie and not isinstance(denial, Forbidden):
+        # only a session that is gone is forgotten: a throttled, refused or malformed request
+        # says nothing about the cookie it carried
+        if saw_cookie and isinstance(denial, Unauthenticated):
             headers.append(("set-cookie", self.clear_cookie()))
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
+        if denial.reason is Reason.CROSS_SITE_REQUEST:
+            return self._json(403, "cross_site_request", denial, headers, metadata)
         if isinstance(denial, Forbidden):
             return self._challenge(403, "insufficient_scope", denial, headers, metadata)
         if denial.reason is Reason.RATE_LIMITED:
+            if isinstance(denial, TooManyRequests):
+                headers.append(("retry-after", str(denial.retry_after_seconds)))
             return self._json(429, "rate_limited", denial, headers, metadata)
         if self._is_navigation(ctx, policy) and not self._is_login_page(ctx):
             separator = "&" if "?" in self.login_url else "?"

@@ -12,7 +12,8 @@ The hierarchy::
     └── Denied               the request is refused; carries a :class:`Reason`
         ├── Unauthenticated  no valid session: 401 (API) or 302 to login (browser)
         ├── Forbidden        a valid session that the route's policy refuses: 403
-        └── BadRequest       the request itself is malformed: 400
+        ├── BadRequest       the request itself is malformed: 400
+        └── TooManyRequests  the client is throttled: 429 with ``Retry-After``
 
 :class:`Reason` values are stable identifiers: they appear in logs, in metrics, in the
 ``reason`` field of Envoy dynamic metadata and in the JSON body of denials.
@@ -34,6 +35,7 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_ROLE = "insufficient_role"
     MALFORMED_REQUEST = "malformed_request"
     RATE_LIMITED = "rate_limited"
+    CROSS_SITE_REQUEST = "cross_site_request"
 
 
 class ExtauthzError(Exception):
@@ -79,3 +81,12 @@ class Forbidden(Denied):
 
 class BadRequest(Denied):
     """The request is malformed (RFC 6750 §3.1 ``invalid_request``)."""
+
+
+class TooManyRequests(Denied):
+    """The client is over a rate limit (RFC 6585 §4); ``retry_after_seconds`` >= 1 goes
+    into ``Retry-After`` (RFC 9110 §10.2.3)."""
+
+    def __init__(self, retry_after_seconds: int, detail: str = "too many requests") -> None:
+        super().__init__(Reason.RATE_LIMITED, detail)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))

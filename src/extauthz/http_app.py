@@ -2,12 +2,14 @@
 
 ``GET /.well-known/jwks.json`` — RFC 7517 §5 JWK Set of every published signing key
 (``Content-Type: application/jwk-set+json``), cacheable for five minutes.
+``/auth/*`` — the authentication service (:mod:`extauthz.auth_service`) when one is given.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from extauthz.auth_service import AuthService
 from extauthz.keys import KeyRing
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -27,9 +29,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_http_app(keyring: KeyRing) -> web.Application:
-    app = web.Application()
+def build_http_app(
+    keyring: KeyRing, auth: AuthService | None = None, *, max_body_bytes: int = 16384
+) -> web.Application:
+    """The app; request bodies over ``max_body_bytes`` are refused with 413."""
+    app = web.Application(client_max_size=max_body_bytes)
     app[KEYRING] = keyring
     app.router.add_get(JWKS_PATH, jwks)
     app.router.add_get("/healthz", healthz)
+    if auth is not None:
+        app.add_routes(auth.routes())
     return app

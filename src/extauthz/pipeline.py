@@ -20,12 +20,14 @@ from extauthz.credentials import (
     strip_cookie,
 )
 from extauthz.decisions import Allow, Decision
+from extauthz.csrf import SAFE_METHODS, SameSiteCheck
 from extauthz.denials import DenialRenderer
-from extauthz.errors import Denied, Reason, Unauthenticated
+from extauthz.errors import Denied, Forbidden, Reason, TooManyRequests, Unauthenticated
 from extauthz.minting import JwtMinter
 from extauthz.policy import Policy
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.model import Session
+from extauthz.throttle import LookupThrottle
 
 log = logging.getLogger("extauthz.decision")
 
@@ -45,6 +47,8 @@ class Authorizer:
         jwt_header: str = "authorization",
         store_strategy: str,
         node_id: str,
+        throttle: LookupThrottle | None = None,
+        same_site: SameSiteCheck | None = None,
     ) -> None:
         self.sessions = sessions
         self.minter = minter
@@ -55,6 +59,8 @@ class Authorizer:
         self.jwt_header = jwt_header
         self.store_strategy = store_strategy
         self.node_id = node_id
+        self.throttle = throttle
+        self.same_site = same_site or SameSiteCheck()
 
     def _metadata(self, decision: str, reason: Reason, sid: str = "") -> dict[str, str]:
         return {
@@ -76,7 +82,8 @@ class Authorizer:
             credentials = extract_credentials(ctx, self._cookies, self._bearer)
             if credentials is None:
                 raise Unauthenticated(Reason.NO_CREDENTIAL, "")
-            session = await self._resolve(credentials)
+            self._check_same_site(ctx, policy, credentials)
+            session = await self._resolve_throttled(ctx, credentials)
             policy.check(session)
         except Denied as denial:
             log.info(
@@ -105,6 +112,40 @@ class Authorizer:
             saw_cookie=False,
             metadata=self._metadata("deny", denial.reason),
         )
+
+    def _check_same_site(
+        self, ctx: RequestContext, policy: Policy, credentials: Credentials
+    ) -> None:
+        """Routes with ``same_site: required``: a cookie-authenticated unsafe request from
+        another site is refused before its session is even looked up."""
+        if (
+            not policy.same_site_required
+            or credentials.source != "cookie"
+            or ctx.method in SAFE_METHODS
+        ):
+            return
+        violation = self.same_site.violation(ctx.scheme, ctx.host, ctx.headers)
+        if violation is not None:
+            raise Forbidden(Reason.CROSS_SITE_REQUEST, violation)
+
+    async def _resolve_throttled(self, ctx: RequestContext, credentials: Credentials) -> Session:
+        """:meth:`_resolve`, refused with 429 for an address over its budget of failed
+        lookups (:mod:`extauthz.throttle`); only unknown and malformed tokens count."""
+        if self.throttle is None:
+            return await self._resolve(credentials)
+        wait = self.throttle.retry_after(ctx.peer_address)
+        if wait:
+            raise TooManyRequests(wait, "too many failed token lookups from this address")
+        try:
+            return await self._resolve(credentials)
+        except Unauthenticated as failure:
+            if failure.reason in (Reason.UNKNOWN_SESSION, Reason.MALFORMED_CREDENTIAL):
+                wait = await self.throttle.failed(ctx.peer_address)
+                if wait:
+                    raise TooManyRequests(
+                        wait, "too many failed token lookups from this address"
+                    ) from None
+            raise
 
     async def _resolve(self, credentials: Credentials) -> Session:
         """Look up every candidate token: a single one must be live; of several session

@@ -9,6 +9,10 @@ Keys read (others are ignored; they may belong to another filter):
 ``client``           ``browser``, ``api`` or ``auto`` (default): how denials look. ``api``
                      never redirects; ``browser`` redirects GET/HEAD to the login page;
                      ``auto`` redirects GET/HEAD navigations that accept ``text/html``.
+``same_site``        ``required``: a cookie-authenticated request with an unsafe method
+                     (POST, PUT, PATCH, DELETE, ...) must come from the same site
+                     (:mod:`extauthz.csrf`), else 403 ``cross_site_request``. Anything else
+                     (default): no such check.
 
 Routes that need no authentication are configured in Envoy (ext_authz disabled per route),
 never guessed here from paths.
@@ -30,6 +34,7 @@ class Policy:
     required_scopes: frozenset[str] = frozenset()
     required_roles: frozenset[str] = frozenset()
     client: str = "auto"
+    same_site_required: bool = False
 
     @classmethod
     def from_context_extensions(cls, extensions: Mapping[str, str]) -> Policy:
@@ -40,6 +45,7 @@ class Policy:
             required_scopes=frozenset(extensions.get("required_scopes", "").split()),
             required_roles=frozenset(extensions.get("required_roles", "").split()),
             client=client if client in CLIENT_KINDS else "auto",
+            same_site_required=extensions.get("same_site", "").strip().lower() == "required",
         )
 
     def check(self, session: Session) -> None:

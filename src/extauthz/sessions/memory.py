@@ -66,7 +66,11 @@ class MemorySessionStore:
 
     async def revoke_subject(self, sub: str) -> int:
         hashes = [h for h, s in self._by_hash.items() if s.sub == sub]
-        return sum(1 for h in hashes if await self.revoke(h) is not None)
+        revoked = 0
+        for token_hash in hashes:  # an ``await`` inside sum(...) would make it an async generator
+            if await self.revoke(token_hash) is not None:
+                revoked += 1
+        return revoked
 
     async def list_subject(self, sub: str) -> list[Session]:
         self._sweep()

@@ -1,0 +1,99 @@
+"""Same-site checks for state-changing requests (cross-site request forgery defence).
+
+Used by the authentication service for ``POST /auth/login`` and ``/auth/logout``, and by the
+Check pipeline for routes whose ``context_extensions`` say ``same_site: required`` (there only
+for cookie-authenticated requests with an unsafe method: a bearer token is not sent by a
+browser on its own).
+
+A request is same-site when, in this order of evidence:
+
+1. ``Origin`` (RFC 6454 §7; sent by browsers on every POST) is the request's own origin
+   (its scheme and ``Host``) or one of the configured extra origins. ``Origin: null``
+   (sandboxed frames, some redirects) is never same-site.
+2. without ``Origin``: ``Sec-Fetch-Site`` (Fetch Metadata) is ``same-origin`` or ``none``
+   (the user typed or bookmarked the URL).
+3. without either: the ``Referer``'s origin is the request's own or an extra one.
+4. without any of them: the request is not a browser's cross-site request unless it has a
+   body type that an HTML form can send (``application/x-www-form-urlencoded``,
+   ``multipart/form-data``, ``text/plain``); such a request is refused, anything else (JSON,
+   no body) is a non-browser client and passes. A cross-site page cannot send
+   ``application/json`` without a CORS preflight, which nothing here answers.
+
+The answer is ``None`` (same-site) or a short reason that is safe to show to the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+FORM_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``, lower case, default port dropped; ``None`` when
+    ``url`` has no http(s) scheme and host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type of a ``Content-Type`` value, lower case (``""`` when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class SameSiteCheck:
+    """Decides whether a request comes from the site it is addressed to.
+
+    ``extra_origins``: further origins that count as the same site (``auth.allowed_origins``).
+    """
+
+    extra_origins: frozenset[str] = frozenset()
+
+    @classmethod
+    def with_origins(cls, origins: Iterable[str]) -> SameSiteCheck:
+        normalized = {normalize_origin(o) for o in origins}
+        return cls(frozenset(o for o in normalized if o is not None))
+
+    def violation(self, scheme: str, host: str, headers: Mapping[str, str]) -> str | None:
+        """``None`` when the request is same-site, else why not.
+
+        ``scheme`` and ``host`` are the request's own (``:scheme``/``Host`` as the client sent
+        them); ``headers`` maps lower-case names to values.
+        """
+        own = normalize_origin(f"{scheme or 'http'}://{host}") if host else None
+        allowed = self.extra_origins | ({own} if own else set())
+        origin = headers.get("origin")
+        if origin is not None:
+            if origin.strip().lower() == "null":
+                return "opaque origin (Origin: null)"
+            return None if normalize_origin(origin) in allowed else "cross-site origin"
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None:
+            if fetch_site.strip().lower() in ("same-origin", "none"):
+                return None
+            return f"Sec-Fetch-Site: {fetch_site.strip()[:20]}"
+        referer = headers.get("referer")
+        if referer is not None:
+            return None if normalize_origin(referer) in allowed else "cross-site referer"
+        if media_type(headers.get("content-type")) in FORM_CONTENT_TYPES:
+            return "form post without Origin or Referer"
+        return None
