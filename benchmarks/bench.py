@@ -471,6 +471,25 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}  # fmt: skip
 
 
+def extauthz_source() -> dict[str, Any]:
+    """Which extauthz code ran: its version, where it was imported from, and when that is a git
+    checkout, the commit and whether src/ had uncommitted changes."""
+    import extauthz
+
+    src = Path(extauthz.__file__).resolve().parent
+    info: dict[str, Any] = {"version": extauthz.__version__, "path": str(src)}
+    try:
+        git = ["git", "-C", str(src)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        info |= {"commit": commit, "uncommitted_changes": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -549,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": command,
             "machine": machine(),
+            "extauthz": extauthz_source(),
             "envoy": envoy_version(args.envoy),
             "envoy_concurrency": args.envoy_concurrency,
             "wrk": tool_version([args.wrk, "--version"]),
@@ -564,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Envoy {report['envoy']} (--concurrency {args.envoy_concurrency}), "
               f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
               f"Python {m['python']}")  # fmt: skip
+        src = report["extauthz"]
+        print(f"extauthz {src['version']} from {src['path']}"
+              + (f" at {src['commit'][:12]}" if "commit" in src else "")
+              + (" WITH UNCOMMITTED CHANGES in src/" if src.get("uncommitted_changes") else ""))
         print(f"command: {command}\n")
         print(render_table(results))
         if args.json:

@@ -1,0 +1,246 @@
+"""The benchmark's Envoy config and a short run of the benchmark itself.
+
+``benchmarks/envoy-bench.yaml`` must be accepted by every supported Envoy (as committed and as
+``bench.py`` renders it), its three listeners must differ only by the auth step, and its
+ext_authz step must be configured like the front proxy's. ``bench.py --smoke`` runs the real
+stack for about a second per scenario and must pass its own checks (200 with the credential,
+401 without, no non-2xx, every request through the auth step), so the benchmark cannot
+silently measure errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import FRONT_PROXY, REPO_ROOT, validate_envoy_config
+
+BENCH_DIR = REPO_ROOT / "benchmarks"
+BENCH_CONFIG = BENCH_DIR / "envoy-bench.yaml"
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+ROUTER = "envoy.filters.http.router"
+
+
+def _load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("extauthz_bench", BENCH_DIR / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def _doc(path: Path = BENCH_CONFIG) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    return hcm["typed_config"]
+
+
+def _listeners(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in doc["static_resources"]["listeners"]}
+
+
+def _filter(hcm: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [f for f in hcm["http_filters"] if f["name"] == name]
+    return found
+
+
+# -- validation by the real binaries ----------------------------------------------------------
+
+
+def test_bench_config_validates(envoy_binary: str) -> None:
+    result = validate_envoy_config(envoy_binary, BENCH_CONFIG)
+    assert result.returncode == 0, f"rejected:\n{result.stdout}\n{result.stderr}"
+    assert "OK" in result.stdout
+
+
+def test_rendered_bench_config_validates(envoy_binary: str, tmp_path: Path) -> None:
+    material = bench.make_jwt_material()
+    ports = bench.EnvoyPorts.allocate()
+    rendered = bench.render_bench_config(tmp_path, ports, 50051, material.jwks)
+    result = validate_envoy_config(envoy_binary, rendered)
+    assert result.returncode == 0, f"rejected:\n{result.stdout}\n{result.stderr}"
+
+
+# -- structure --------------------------------------------------------------------------------
+
+
+def test_three_listeners_differ_only_by_the_auth_step() -> None:
+    listeners = _listeners(_doc())
+    assert list(listeners) == list(bench.SCENARIOS)
+    auth_filters = {"direct": [], "jwt_authn": [JWT_AUTHN], "ext_authz": [EXT_AUTHZ]}
+    normalised = []
+    for name, listener in listeners.items():
+        hcm = copy.deepcopy(_hcm(listener))
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert names == [*auth_filters[name], ROUTER], name
+        # what remains once the auth step and the names are taken out must be identical
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] == ROUTER]
+        hcm.pop("stat_prefix")
+        hcm["route_config"].pop("name")
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            for route in vhost["routes"]:
+                route.pop("typed_per_filter_config", None)
+        normalised.append(hcm)
+    assert normalised[0] == normalised[1] == normalised[2]
+    (route,) = normalised[0]["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["direct_response"]["status"] == 200
+    assert "access_log" not in normalised[0]
+
+
+def test_ext_authz_step_is_configured_like_the_front_proxy() -> None:
+    front = yaml.safe_load(FRONT_PROXY.read_text())
+    front_hcm = _hcm(front["static_resources"]["listeners"][0])
+    doc = _doc()
+    hcm = _hcm(_listeners(doc)["ext_authz"])
+    assert _filter(hcm, EXT_AUTHZ) == _filter(front_hcm, EXT_AUTHZ)
+    typed = _filter(hcm, EXT_AUTHZ)["typed_config"]
+    assert typed["transport_api_version"] == "V3"
+    assert typed["failure_mode_allow"] is False
+    assert typed["status_on_error"] == {"code": "ServiceUnavailable"}
+    assert typed["grpc_service"]["timeout"]
+
+    def cluster(d: dict[str, Any]) -> dict[str, Any]:
+        (found,) = [c for c in d["static_resources"]["clusters"] if c["name"] == "extauthz_grpc"]
+        found = copy.deepcopy(found)
+        found.pop("load_assignment")
+        return found
+
+    assert cluster(doc) == cluster(front)
+    assert "http2_protocol_options" in json.dumps(cluster(doc))
+
+
+def test_jwt_authn_requires_an_es256_token_from_a_local_jwks() -> None:
+    typed = _filter(_hcm(_listeners(_doc())["jwt_authn"]), JWT_AUTHN)["typed_config"]
+    (provider,) = typed["providers"].values()
+    (key,) = json.loads(provider["local_jwks"]["inline_string"])["keys"]
+    assert (key["kty"], key["crv"], key["alg"]) == ("EC", "P-256", "ES256")
+    assert "d" not in key  # a public key only
+    assert provider["issuer"] == bench.JWT_ISSUER
+    assert provider["audiences"] == [bench.JWT_AUDIENCE]
+    assert typed["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+
+
+def test_render_changes_only_ports_and_the_jwks(tmp_path: Path) -> None:
+    material = bench.make_jwt_material()
+    ports = bench.EnvoyPorts.allocate()
+    rendered = _doc(bench.render_bench_config(tmp_path, ports, 50051, material.jwks))
+    original = _doc()
+    for name, listener in _listeners(rendered).items():
+        assert listener["address"]["socket_address"] == {
+            "address": "127.0.0.1", "port_value": ports.listeners[name]
+        }  # fmt: skip
+    assert rendered["admin"]["address"]["socket_address"]["port_value"] == ports.admin
+    provider = next(iter(_filter(_hcm(_listeners(rendered)["jwt_authn"]), JWT_AUTHN)
+                         ["typed_config"]["providers"].values()))  # fmt: skip
+    assert provider["local_jwks"]["inline_string"] == material.jwks
+    # put the original values back: nothing else may differ
+    for name, listener in _listeners(rendered).items():
+        listener["address"] = _listeners(original)[name]["address"]
+    rendered["admin"] = original["admin"]
+    provider["local_jwks"] = next(iter(_filter(_hcm(_listeners(original)["jwt_authn"]), JWT_AUTHN)
+                                       ["typed_config"]["providers"].values()))["local_jwks"]  # fmt: skip
+    endpoint = rendered["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address["port_value"] == 50051
+    address["port_value"] = 9001
+    assert rendered == original
+
+
+# -- wrk output -------------------------------------------------------------------------------
+
+WRK_OUTPUT = """\
+Running 10s test @ http://127.0.0.1:40001/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  612.30us  31.02ms   90.12%
+    Req/Sec    15.21k     1.02k   16.80k    71.00%
+  Latency Distribution
+     50%    1.98ms
+     75%    2.25ms
+     90%  812.00us
+     99%    1.20s
+  151234 requests in 10.00s, 12.40MB read
+  Non-2xx or 3xx responses: 7
+  Socket errors: connect 0, read 1, write 0, timeout 2
+Requests/sec:  15120.44
+Transfer/sec:      1.24MB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    result = bench.parse_wrk(WRK_OUTPUT)
+    assert result["rps"] == pytest.approx(15120.44)
+    assert result["requests"] == 151234
+    assert result["p50_ms"] == pytest.approx(1.98)
+    assert result["p90_ms"] == pytest.approx(0.812)
+    assert result["p99_ms"] == pytest.approx(1200.0)
+    assert result["max_ms"] == pytest.approx(31.02)
+    assert result["non_2xx"] == 7
+    assert result["socket_errors"] == 3
+
+
+def test_parse_wrk_without_errors_counts_zero() -> None:
+    clean = "\n".join(
+        line for line in WRK_OUTPUT.splitlines() if "Non-2xx" not in line and "Socket" not in line
+    )
+    result = bench.parse_wrk(clean)
+    assert (result["non_2xx"], result["socket_errors"]) == (0, 0)
+
+
+def test_a_run_with_errors_is_reported_as_failed() -> None:
+    result = bench.parse_wrk(WRK_OUTPUT) | {
+        "envoy_counters": {"ext_authz.ok": 151234, "ext_authz.denied": 0, "ext_authz.error": 7,
+                           "ext_authz.failure_mode_allowed": 0, "downstream_rq_2xx": 151227,
+                           "downstream_rq_4xx": 0, "downstream_rq_5xx": 7},  # fmt: skip
+    }
+    problems = " ".join(bench.check_run("ext_authz", result))
+    assert "7 non-2xx" in problems and "socket errors" in problems and "ext_authz.error" in problems
+
+
+# -- the benchmark, briefly, for real ---------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            if os.environ.get("CI"):
+                pytest.fail(f"{tool} is not on PATH (CI runs `make test`)", pytrace=False)
+            pytest.skip(f"{tool} is not on PATH")
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench.py"), "--smoke", "--envoy", envoy_binary,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"bench.py --smoke failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    assert report["problems"] == []
+    assert [s["scenario"] for s in report["scenarios"]] == list(bench.SCENARIOS)
+    for scenario in report["scenarios"]:
+        assert scenario["requests"] > 0, scenario["scenario"]
+        assert scenario["non_2xx"] == 0 and scenario["socket_errors"] == 0, scenario["scenario"]
+    ext = next(s for s in report["scenarios"] if s["scenario"] == "ext_authz")
+    assert ext["envoy_counters"]["ext_authz.ok"] >= ext["requests"]
+    assert ext["redis_commands_per_request"] > 0  # the session really came from Redis
+    assert "checks passed" in proc.stderr
