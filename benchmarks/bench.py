@@ -205,6 +205,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time spent by every process on the machine so far (all CPUs, not idle/iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -400,11 +406,14 @@ def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]
     redis_before = redis_commands(stack.redis)
     cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items() if pid}
     wrk_before = children_cpu_seconds()
+    busy_before = machine_busy_seconds()
     started = time.monotonic()
     out = run_wrk(args, port, bearer, args.duration)
     wall = time.monotonic() - started
     cpu = {k: cpu_seconds(pid) - cpu_before[k] for k, pid in pids.items() if pid}
     cpu["wrk"] = children_cpu_seconds() - wrk_before
+    # whatever else ran meanwhile (this script, other users of the machine): should be ~0
+    cpu["other"] = max(0.0, machine_busy_seconds() - busy_before - sum(cpu.values()))
     result = parse_wrk(out)
     result["scenario"] = name
     result["label"] = LABELS[name]
@@ -433,16 +442,17 @@ def render_table(results: list[dict[str, Any]]) -> str:
          str(r["requests"]))  # fmt: skip
         for r in results
     ]
-    cpu_head = ("scenario", "envoy", "extauthz", "redis", "wrk", "redis cmds/req")
+    cpu_head = ("scenario", "envoy", "extauthz", "redis", "wrk", "other", "redis cmds/req")
     cpu_rows = [
         (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} us ({r['cpu_cores'][k]:.2f})"
-                       for k in ("envoy", "extauthz", "redis", "wrk")),
+                       for k in ("envoy", "extauthz", "redis", "wrk", "other")),
          f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
         for r in results
     ]
     return (
         _table(head, rows)
-        + "\n\nCPU per request in microseconds (in parentheses: cores busy over the run)\n"
+        + "\n\nCPU per request in microseconds (in parentheses: cores busy over the run; "
+        "other: the rest of the machine)\n"
         + _table(cpu_head, cpu_rows)
     )
 
