@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv redis wrk test demo bench protos clean
+.PHONY: help venv redis wrk browser test demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -58,7 +58,14 @@ wrk:
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; \
 	}
 
-test: venv redis
+# the browser test (tests/test_browser.py) drives Debian's chromium through chromedriver
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "chromium/chromedriver not found: installing Debian's chromium and chromium-driver"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; \
+	}
+
+test: venv redis browser
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
 
 demo: venv redis
