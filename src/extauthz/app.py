@@ -23,17 +23,20 @@ from extauthz.auth_service import AuthService, LoginLimits
 from extauthz.cookies import SessionCookie
 from extauthz.csrf import SameSiteCheck
 from extauthz.denials import DenialRenderer
-from extauthz.errors import SettingsError
+from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.grpc_server import StoreHealthReporter, build_server
 from extauthz.http_app import build_http_app
 from extauthz.keys import KeyRing
 from extauthz.minting import JwtMinter
 from extauthz.pipeline import Authorizer
+from extauthz.registry import NodeRegistry
 from extauthz.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import SessionStore
+from extauthz.sessions import topology
 from extauthz.sessions.redis import RedisSessionStore
+from extauthz.sessions.replicated import ReplicatedSessionStore
 from extauthz.settings import Settings
 from extauthz.throttle import LookupThrottle
 from extauthz.users import FileUserStore, PasswordVerifier, RedisUserStore, UserStore
@@ -61,25 +64,56 @@ class Components:
 
 
 def build_store(settings: Settings) -> SessionStore:
+    """The session store of the configured strategy and topology (docs/strategies.md)."""
     s = settings.store
     if s.backend == "memory":
         return MemorySessionStore()
-    client = aioredis.Redis.from_url(
-        s.redis_url,
-        socket_timeout=s.timeout_seconds,
-        socket_connect_timeout=s.timeout_seconds,
+    primary = RedisSessionStore(
+        topology.primary_client(s),
+        s.key_prefix,
+        wait_replicas=topology.wait_replicas(s),
+        wait_timeout_ms=s.wait_timeout_ms,
     )
-    return RedisSessionStore(client, s.key_prefix)
+    if s.strategy == "replicated":
+        return ReplicatedSessionStore(
+            primary,
+            topology.replica_client(s),
+            s.key_prefix,
+            max_staleness_seconds=s.replica_max_staleness_seconds,
+        )
+    return primary
+
+
+async def register_node(settings: Settings) -> NodeRegistry | None:
+    """Register this node in its store (not for the node-local in-memory store).
+
+    :raises SettingsError: live nodes registered in the same store run another strategy.
+    """
+    s = settings.store
+    if s.backend == "memory":
+        return None
+    registry = NodeRegistry(
+        topology.primary_client(s),
+        s.key_prefix,
+        node_id=settings.node_id,
+        strategy=s.strategy,
+        version=__version__,
+        topology=topology.describe(s),
+        heartbeat_seconds=s.heartbeat_seconds,
+    )
+    try:
+        await registry.register()
+    except StoreUnavailable as exc:
+        log.warning("node not registered yet (%s); the heartbeat registers it later", exc)
+    except SettingsError:
+        await registry.close()
+        raise
+    return registry
 
 
 def _redis_client(settings: Settings) -> aioredis.Redis:
     """A client for users and rate limits, on the session store's Redis (its primary)."""
-    s = settings.store
-    return aioredis.Redis.from_url(
-        s.redis_url,
-        socket_timeout=s.timeout_seconds,
-        socket_connect_timeout=s.timeout_seconds,
-    )
+    return topology.primary_client(settings.store)
 
 
 def build_user_store(settings: Settings, client: aioredis.Redis | None) -> UserStore:
@@ -202,6 +236,11 @@ async def serve(settings: Settings) -> int:
     ``server.shutdown_grace_seconds``, close the store.
     """
     components = build_components(settings)
+    try:
+        registry = await register_node(settings)
+    except SettingsError:
+        await components.store.close()
+        raise
     guard = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = health.aio.HealthServicer()
@@ -233,12 +272,13 @@ async def serve(settings: Settings) -> int:
     await site.start()
     health_task = asyncio.create_task(reporter.run(), name="store-health")
     log.info(
-        "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s grpc=%s http=%s "
-        "signing_kid=%s",
+        "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
+        "grpc=%s http=%s signing_kid=%s",
         __version__,
         node_id,
         settings.store.strategy,
         components.store.backend,
+        topology.describe(settings.store),
         settings.server.grpc_listen,
         settings.server.http_listen,
         components.keyring.signing_key.kid,
@@ -252,13 +292,30 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    exit_code = 0
+    registry_task: asyncio.Task[None] | None = None
+    if registry is not None:
+
+        def on_conflict(exc: SettingsError) -> None:
+            nonlocal exit_code
+            log.error("%s; stopping", exc)
+            exit_code = 2
+            stop.set()
+
+        registry_task = asyncio.create_task(registry.run(on_conflict), name="node-registry")
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.server.shutdown_grace_seconds)
     health_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await health_task
+    if registry is not None and registry_task is not None:
+        registry_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registry_task
+        await registry.deregister()
+        await registry.close()
     await server.stop(settings.server.shutdown_grace_seconds)
     await runner.cleanup()
     await components.close()
     log.info("stopped")
-    return 0
+    return exit_code

@@ -65,7 +65,8 @@ class StoreSettings:
     # replicas a login/logout/revocation waits for (WAIT): "auto", "all" or a count.
     # auto: central 1 with Sentinels (else 0), replicated "all", sticky 0
     wait_replicas: int | str = "auto"
-    wait_timeout_ms: int = 1000
+    # below timeout_seconds: WAIT blocks the connection, whose read timeout that is
+    wait_timeout_ms: int = 250
     # replicated: a replica whose link to the primary is older is not trusted for positive answers
     replica_max_staleness_seconds: float = 5.0
     # node registration in the store (see extauthz.registry)
@@ -318,8 +319,11 @@ def _validate_store_topology(s: StoreSettings) -> None:
             'store.wait_replicas: the replicated strategy must wait for the replicas before a '
             'logout returns ("all" or a count, not 0)'
         )
-    if s.wait_timeout_ms <= 0:
-        raise SettingsError("store.wait_timeout_ms: must be positive")
+    if not 0 < s.wait_timeout_ms < s.timeout_seconds * 1000:
+        raise SettingsError(
+            f"store.wait_timeout_ms: expected 1 ms up to below store.timeout_seconds "
+            f"({s.timeout_seconds * 1000:g} ms), the read timeout that WAIT must finish within"
+        )
     if s.replica_max_staleness_seconds <= 0:
         raise SettingsError("store.replica_max_staleness_seconds: must be positive")
     if s.heartbeat_seconds <= 0:

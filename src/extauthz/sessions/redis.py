@@ -8,25 +8,32 @@ Key layout (``p`` is the configured key prefix)::
 
 Every change publishes the token hash on ``p + "invalidate"`` so in-process caches on
 every node drop it. Writes that must survive a failover (create, revoke) can be made to wait
-for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/); when fewer
+for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
+``"all"``: every replica the primary reports online at the time of the write; when fewer
 acknowledge in ``wait_timeout_ms`` the write raises :class:`StoreWriteNotDurable`.
 
 The client is handed in (a plain ``redis.asyncio.Redis`` or one from
-``Sentinel.master_for``): this module does not know the topology.
+``Sentinel.master_for``): this module does not know the topology. A ``READONLY`` reply (the
+node we are connected to was demoted by a failover) drops every pooled connection, so the
+next one re-resolves the primary, and the operation is tried once more; it never reaches
+the caller as anything but :class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
 from extauthz.sessions.model import Session
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -48,7 +55,7 @@ class RedisSessionStore:
         client: aioredis.Redis,
         key_prefix: str = "extauthz:",
         *,
-        wait_replicas: int = 0,
+        wait_replicas: int | str = 0,
         wait_timeout_ms: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -71,22 +78,45 @@ class RedisSessionStore:
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The primary's client (for components that share the store, e.g. the registry)."""
+        return self._redis
+
+    async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` against the primary; on ``READONLY`` re-resolve and try once more."""
+        async with unavailable_on_redis_error(what):
+            try:
+                return await op()
+            except ReadOnlyError:
+                # A failover demoted the node we are connected to. Dropping the pool's
+                # connections makes the next one ask the Sentinels for the primary again.
+                await self._redis.connection_pool.disconnect()
+                return await op()
+
+    async def online_replicas(self) -> int:
+        """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
+        info = await self._redis.info("replication")
+        return sum(1 for key, value in info.items() if _is_online_replica(key, value))
+
     async def _wait_durable(self) -> None:
-        if self._wait_replicas <= 0:
+        wanted = self._wait_replicas
+        if wanted == "all":
+            wanted = await self.online_replicas()
+        assert isinstance(wanted, int)
+        if wanted <= 0:
             return
-        acked = await self._redis.execute_command(
-            "WAIT", self._wait_replicas, self._wait_timeout_ms
-        )
-        if int(acked) < self._wait_replicas:
+        acked = await self._redis.execute_command("WAIT", wanted, self._wait_timeout_ms)
+        if int(acked) < wanted:
             raise StoreWriteNotDurable(
-                f"redis WAIT: {acked} of {self._wait_replicas} replicas acknowledged "
+                f"redis WAIT: {acked} of {wanted} replicas acknowledged "
                 f"within {self._wait_timeout_ms} ms"
             )
 
     async def create(self, token_hash: str, session: Session) -> None:
-        ttl = self._ttl_ms(session)
-        absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
-        async with unavailable_on_redis_error("create"):
+        async def op() -> None:
+            ttl = self._ttl_ms(session)
+            absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
                 pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
@@ -96,9 +126,10 @@ class RedisSessionStore:
                 await pipe.execute()
             await self._wait_durable()
 
+        await self._run("create", op)
+
     async def get(self, token_hash: str) -> Session | None:
-        async with unavailable_on_redis_error("get"):
-            raw = await self._redis.get(self._session_key(token_hash))
+        raw = await self._run("get", lambda: self._redis.get(self._session_key(token_hash)))
         return self._decode(raw)
 
     @staticmethod
@@ -111,25 +142,28 @@ class RedisSessionStore:
             return None  # a corrupt record names no live session
 
     async def touch(self, token_hash: str, session: Session) -> bool:
-        ttl = self._ttl_ms(session)
-        async with unavailable_on_redis_error("touch"):
+        async def op() -> bool:
+            ttl = self._ttl_ms(session)
             async with self._redis.pipeline(transaction=True) as pipe:
                 # XX: never re-create a record that a logout deleted meanwhile
                 pipe.set(self._session_key(token_hash), session.to_json(), px=ttl, xx=True)
                 pipe.pexpire(self._sid_key(session.sid), ttl)
                 stored, _ = await pipe.execute()
-        return bool(stored)
+            return bool(stored)
+
+        return await self._run("touch", op)
 
     async def get_by_sid(self, sid: str) -> Session | None:
-        async with unavailable_on_redis_error("get_by_sid"):
+        async def op() -> Any:
             token_hash = await self._redis.get(self._sid_key(sid))
             if token_hash is None:
                 return None
-            raw = await self._redis.get(self._session_key(_text(token_hash)))
-        return self._decode(raw)
+            return await self._redis.get(self._session_key(_text(token_hash)))
+
+        return self._decode(await self._run("get_by_sid", op))
 
     async def revoke(self, token_hash: str) -> Session | None:
-        async with unavailable_on_redis_error("revoke"):
+        async def op() -> Session | None:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -140,18 +174,20 @@ class RedisSessionStore:
                 pipe.publish(self.invalidation_channel, token_hash)
                 await pipe.execute()
             await self._wait_durable()
-        return session
+            return session
+
+        return await self._run("revoke", op)
 
     async def revoke_sid(self, sid: str) -> Session | None:
-        async with unavailable_on_redis_error("revoke_sid"):
-            token_hash = await self._redis.get(self._sid_key(sid))
+        token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
         if token_hash is None:
             return None
         return await self.revoke(_text(token_hash))
 
     async def revoke_subject(self, sub: str) -> int:
-        async with unavailable_on_redis_error("revoke_subject"):
-            sids = await self._redis.smembers(self._subject_key(sub))
+        sids = await self._run(
+            "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
+        )
         revoked = 0
         for sid in sorted(_text(s) for s in sids):
             if await self.revoke_sid(sid) is not None:
@@ -159,7 +195,7 @@ class RedisSessionStore:
         return revoked
 
     async def list_subject(self, sub: str) -> list[Session]:
-        async with unavailable_on_redis_error("list_subject"):
+        async def op() -> list[Any]:
             sids = sorted(_text(s) for s in await self._redis.smembers(self._subject_key(sub)))
             if not sids:
                 return []
@@ -170,13 +206,14 @@ class RedisSessionStore:
                 await self._redis.srem(self._subject_key(sub), *stale)
             if not live:
                 return []
-            records = await self._redis.mget([self._session_key(h) for _, h in live])
+            return list(await self._redis.mget([self._session_key(h) for _, h in live]))
+
+        records = await self._run("list_subject", op)
         sessions = [s for s in (self._decode(r) for r in records) if s is not None]
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def ping(self) -> None:
-        async with unavailable_on_redis_error("ping"):
-            await self._redis.ping()
+        await self._run("ping", self._redis.ping)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -184,3 +221,14 @@ class RedisSessionStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _is_online_replica(key: Any, value: Any) -> bool:
+    """One ``slaveN`` entry of a parsed ``INFO replication`` that is ``state=online``."""
+    name = _text(key) if isinstance(key, (bytes, str)) else str(key)
+    if not (name.startswith("slave") and name[5:].isdigit()):
+        return False
+    if isinstance(value, dict):
+        state = value.get("state", value.get(b"state"))
+        return state in ("online", b"online")
+    return "state=online" in _text(value) if isinstance(value, (bytes, str)) else False
