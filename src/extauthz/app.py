@@ -31,6 +31,8 @@ from extauthz.minting import JwtMinter
 from extauthz.pipeline import Authorizer
 from extauthz.registry import NodeRegistry
 from extauthz.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from extauthz.sessions.cache import CachingSessionStore
+from extauthz.sessions.invalidation import AckBarrier, InvalidationSubscriber
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import SessionStore
@@ -67,21 +69,44 @@ def build_store(settings: Settings) -> SessionStore:
     """The session store of the configured strategy and topology (docs/strategies.md)."""
     s = settings.store
     if s.backend == "memory":
-        return MemorySessionStore()
+        return MemorySessionStore()  # node-local: nothing to cache, nothing to invalidate
+    client = topology.primary_client(s)
+    trust_window = settings.cache.trust_window_ms / 1000
     primary = RedisSessionStore(
-        topology.primary_client(s),
+        client,
         s.key_prefix,
         wait_replicas=topology.wait_replicas(s),
         wait_timeout_ms=s.wait_timeout_ms,
+        # revocations wait for every caching node, whether or not this process caches
+        invalidation_barrier=AckBarrier(client, s.key_prefix, trust_window=trust_window),
     )
+    store: SessionStore = primary
+    replica: aioredis.Redis | None = None
     if s.strategy == "replicated":
-        return ReplicatedSessionStore(
+        replica = topology.replica_client(s)
+        store = ReplicatedSessionStore(
             primary,
-            topology.replica_client(s),
+            replica,
             s.key_prefix,
             max_staleness_seconds=s.replica_max_staleness_seconds,
         )
-    return primary
+    if settings.cache.enabled:
+        subscriber = InvalidationSubscriber(
+            client,
+            s.key_prefix,
+            settings.node_id,
+            # subscribe where the node reads, so an invalidation is never read before the
+            # revocation reached that server
+            channel_client=replica,
+            trust_window=trust_window,
+        )
+        store = CachingSessionStore(
+            store,
+            subscriber,
+            max_entries=settings.cache.max_entries,
+            max_age=settings.cache.max_age_seconds,
+        )
+    return store
 
 
 async def register_node(settings: Settings) -> NodeRegistry | None:
@@ -181,6 +206,8 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         lifetime_seconds=settings.jwt.lifetime_seconds,
         reuse_min_remaining_fraction=settings.jwt.reuse_min_remaining_fraction,
     )
+    if isinstance(store, CachingSessionStore):
+        store.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
     aux_redis = _redis_client(settings) if settings.store.backend == "redis" else None
     auth, verifier, throttle = build_auth(settings, sessions, aux_redis)
     denials = DenialRenderer(
@@ -259,6 +286,8 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
     )
+    if isinstance(components.store, CachingSessionStore):
+        await components.store.start()
     await reporter.check_once()
     await server.start()
     await components.verifier.warm_up()

@@ -25,6 +25,7 @@ from extauthz.denials import DenialRenderer
 from extauthz.errors import Denied, Forbidden, Reason, TooManyRequests, Unauthenticated
 from extauthz.minting import JwtMinter
 from extauthz.policy import Policy
+from extauthz.sessions.cache import lookup_source
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.model import Session
 from extauthz.throttle import LookupThrottle
@@ -69,6 +70,8 @@ class Authorizer:
             "sid": sid,
             "store_strategy": self.store_strategy,
             "node_id": self.node_id,
+            # hit / miss / bypass (push channel not trusted) / off: extauthz.sessions.cache
+            "session_cache": lookup_source.get(),
         }
 
     async def authorize(self, ctx: RequestContext) -> Decision:
@@ -76,6 +79,7 @@ class Authorizer:
 
         :raises StoreUnavailable: the session store could not answer.
         """
+        lookup_source.set("off")
         policy = Policy.from_context_extensions(ctx.context_extensions)
         credentials: Credentials | None = None
         try:

@@ -163,6 +163,23 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """The in-process cache of live sessions in front of a Redis store
+    (:mod:`extauthz.sessions.cache`, :mod:`extauthz.sessions.invalidation`).
+
+    An entry is served for at most ``max_age_seconds``, and only while the node's push channel
+    has proved itself alive within the last ``trust_window_ms`` milliseconds; a revocation
+    returns only after every caching node acknowledged it or ``trust_window_ms`` (plus a
+    margin) has passed. Ignored by the in-memory store, which needs no cache.
+    """
+
+    enabled: bool = True
+    max_entries: int = 10000
+    max_age_seconds: float = 5.0
+    trust_window_ms: int = 300
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -173,6 +190,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     users: UsersSettings = field(default_factory=UsersSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @property
     def node_id(self) -> str:
@@ -330,8 +348,18 @@ def _validate_store_topology(s: StoreSettings) -> None:
         raise SettingsError("store.heartbeat_seconds: must be positive")
 
 
+def _validate_cache(c: CacheSettings) -> None:
+    if not 1 <= c.max_entries <= 10_000_000:
+        raise SettingsError("cache.max_entries: expected 1-10000000")
+    if not 0 < c.max_age_seconds <= 300:
+        raise SettingsError("cache.max_age_seconds: expected more than 0, at most 300 seconds")
+    if not 30 <= c.trust_window_ms <= 10_000:
+        raise SettingsError("cache.trust_window_ms: expected 30-10000 milliseconds")
+
+
 def _validate(s: Settings) -> None:
     _check_listen("server.grpc_listen", s.server.grpc_listen)
+    _validate_cache(s.cache)
     _check_listen("server.http_listen", s.server.http_listen)
     if s.server.shutdown_grace_seconds < 0:
         raise SettingsError("server.shutdown_grace_seconds: must not be negative")

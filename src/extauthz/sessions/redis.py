@@ -6,8 +6,11 @@ Key layout (``p`` is the configured key prefix)::
     p + "sid:" + <sid>              the token hash of session <sid>, same expiry
     p + "subject:" + <sub>          a set of the subject's sids (stale members are pruned)
 
-Every change publishes the token hash on ``p + "invalidate"`` so in-process caches on
-every node drop it. Writes that must survive a failover (create, revoke) can be made to wait
+Every revocation increments ``p + "invalidate:seq"`` and publishes ``"<seq>:<token hash>"``
+on ``p + "invalidate"`` in the same transaction, so in-process caches on every node drop it;
+with an ``invalidation_barrier`` the revocation returns only once every caching node has
+acknowledged it (:mod:`extauthz.sessions.invalidation`). Writes that must survive a
+failover (create, revoke) can be made to wait
 for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
 ``"all"``: every replica the primary reports online at the time of the write; when fewer
 acknowledge in ``wait_timeout_ms`` the write raises :class:`StoreWriteNotDurable`.
@@ -28,9 +31,11 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ReadOnlyError, RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
+from extauthz.sessions.invalidation import PUBLISH_SCRIPT
 from extauthz.sessions.model import Session
 
 T = TypeVar("T")
@@ -58,8 +63,10 @@ class RedisSessionStore:
         wait_replicas: int | str = 0,
         wait_timeout_ms: int = 500,
         clock: Callable[[], float] = time.time,
+        invalidation_barrier: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = client
+        self._invalidation_barrier = invalidation_barrier
         self._prefix = key_prefix
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -163,7 +170,7 @@ class RedisSessionStore:
         return self._decode(await self._run("get_by_sid", op))
 
     async def revoke(self, token_hash: str) -> Session | None:
-        async def op() -> Session | None:
+        async def op() -> tuple[Session | None, int]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -171,12 +178,21 @@ class RedisSessionStore:
                 if session is not None:
                     pipe.delete(self._sid_key(session.sid))
                     pipe.srem(self._subject_key(session.sub), session.sid)
-                pipe.publish(self.invalidation_channel, token_hash)
-                await pipe.execute()
+                pipe.eval(
+                    PUBLISH_SCRIPT,
+                    1,
+                    self.invalidation_channel + ":seq",
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                results = await pipe.execute()
             await self._wait_durable()
-            return session
+            return session, int(results[-1])
 
-        return await self._run("revoke", op)
+        session, seq = await self._run("revoke", op)
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+        return session
 
     async def revoke_sid(self, sid: str) -> Session | None:
         token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
@@ -213,7 +229,18 @@ class RedisSessionStore:
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def ping(self) -> None:
-        await self._run("ping", self._redis.ping)
+        """Answer when the primary does. With a Sentinel-managed client, first ask the
+        Sentinels who the primary is: after a graceful failover the old primary keeps
+        accepting connections for seconds, and this re-points the pool (the health reporter
+        calls it every ``server.health_check_interval_seconds``)."""
+
+        async def op() -> None:
+            pool = self._redis.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                await pool.get_master_address()
+            await self._redis.ping()
+
+        await self._run("ping", op)
 
     async def close(self) -> None:
         await self._redis.aclose()
