@@ -33,22 +33,27 @@ _DENY_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 def to_request_context(request: CheckRequest) -> RequestContext:
     """Translate a ``CheckRequest``.
 
-    Header names are lower-cased; when Envoy sends ``header_map`` (``encode_raw_headers``)
-    repeated headers are joined with ``,`` as in ``headers``.
+    Header names are lower-cased; repeated headers, in ``header_map``
+    (``encode_raw_headers``) or as names that differ only in case, are joined with ``,`` as
+    Envoy joins them in ``headers``, so no copy is silently dropped.
 
     :raises BadRequest: the request has no HTTP method or path (not an HTTP check).
     """
     http = request.attributes.request.http
     if not http.method or not http.path:
         raise BadRequest(Reason.MALFORMED_REQUEST, "check request without method or path")
-    headers: dict[str, str] = {}
+    pairs: list[tuple[str, str]]
     if http.header_map.headers:
-        for entry in http.header_map.headers:
-            value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
-            name = entry.key.lower()
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        pairs = [
+            (e.key, e.raw_value.decode("utf-8", "replace") if e.raw_value else e.value)
+            for e in http.header_map.headers
+        ]
     else:
-        headers = {k.lower(): v for k, v in http.headers.items()}
+        pairs = list(http.headers.items())
+    headers: dict[str, str] = {}
+    for key, value in pairs:
+        name = key.lower()
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
     path, _, query = http.path.partition("?")
     source = request.attributes.source.address.socket_address
     return RequestContext(
