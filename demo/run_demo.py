@@ -22,7 +22,7 @@ import tomllib
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".demo"
@@ -170,6 +170,31 @@ def check_ports_free(ports: dict[str, int]) -> None:
         )
 
 
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+
+
+def add_demo_user(settings: dict[str, Any], users_file: Path, env: dict[str, str]) -> None:
+    """Add the user ``demo`` with the password ``demo`` (once). A password that weak is
+    acceptable only because every demo port listens on loopback: refuse otherwise."""
+    listens = [settings["server"]["grpc_listen"], settings["server"]["http_listen"]]
+    if HOST != "127.0.0.1" or not all(a.startswith("127.0.0.1:") for a in listens):
+        raise DemoError("the demo user demo/demo is only for a demo bound to 127.0.0.1")
+    listing = subprocess.run(
+        [sys.executable, "-m", "extauthz", "users", "list", "--file", str(users_file)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if any(line.split("\t")[0] == DEMO_USER for line in listing.stdout.splitlines()):
+        return
+    say(f"adding the user {DEMO_USER!r} (password {DEMO_PASSWORD!r}) to "
+        f"{users_file.relative_to(REPO)}")  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "extauthz", "users", "add", "--file", str(users_file),
+         DEMO_USER, "--password-stdin", "--role", "demo", "--scope", "read"],
+        input=DEMO_PASSWORD + "\n", env=env, cwd=REPO, text=True, check=True, timeout=60,
+    )  # fmt: skip
+
+
 def start(children: list[Child]) -> None:
     STATE.mkdir(exist_ok=True)
     LOGS.mkdir(exist_ok=True)
@@ -206,6 +231,10 @@ def start(children: list[Child]) -> None:
             env=env, cwd=REPO, check=True, timeout=60,
         )  # fmt: skip
 
+    users_file = REPO / settings["users"]["file"]
+    env["EXTAUTHZ_USERS_FILE"] = str(users_file)
+    add_demo_user(settings, users_file, env)
+
     extauthz = Child("extauthz", [sys.executable, "-m", "extauthz", "serve",
                                   "--config", str(SETTINGS)], env=env)  # fmt: skip
     children.append(extauthz)
@@ -229,6 +258,12 @@ def start(children: list[Child]) -> None:
     cli = BIN / "extauthz"
     cli_cmd = str(cli.relative_to(REPO)) if cli.is_relative_to(REPO) else str(cli)
     cookie = settings["session"]["cookie_name"]
+    insecure = ""
+    if not settings["session"].get("cookie_secure", True):
+        insecure = (
+            "\nNOTE: session.cookie_secure = false: the session cookie is sent WITHOUT the Secure\n"
+            "attribute, because this demo is plain HTTP on 127.0.0.1. Never do that in production.\n"
+        )
     print(
         f"""
 extauthz demo is running (Ctrl-C stops it; logs in {LOGS.relative_to(REPO)}/)
@@ -239,8 +274,16 @@ extauthz demo is running (Ctrl-C stops it; logs in {LOGS.relative_to(REPO)}/)
   session store       {store}
   pids                {", ".join(f"{c.name}={c.popen.pid}" for c in children)}
 
-Try it:
+Open http://{HOST}:8080/hello in a browser and sign in as {DEMO_USER} / {DEMO_PASSWORD}
+(loopback only). The page shows the user and the JWT claims the upstream received; log out
+at http://{HOST}:8080/auth/session.
+{insecure}
+Or with curl:
 
+  curl -i -c jar -H 'Content-Type: application/json' \\
+       -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' http://{HOST}:8080/auth/login
+  curl -b jar http://{HOST}:8080/hello
+  curl -b jar -c jar -X POST http://{HOST}:8080/auth/logout
   TOKEN=$({cli_cmd} sessions create --sub alice --scope read)
   curl -H "Authorization: Bearer $TOKEN" http://{HOST}:8080/hello
   curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" http://{HOST}:8080/hello
