@@ -1,5 +1,6 @@
 """Benchmark the real stack with wrk through Envoy: no authorization, Envoy's own jwt_authn
-(ES256), and extauthz (opaque token -> session in Redis -> JWT), side by side from one run.
+(ES256), a no-op Python gRPC Check, and extauthz (opaque token -> session -> JWT) with its
+session cache off and on, side by side from one run.
 
     .venv/bin/python benchmarks/bench.py                       (or: make bench)
     .venv/bin/python benchmarks/bench.py --duration 10 --connections 32 --json out.json
@@ -8,10 +9,13 @@
 What runs, all on 127.0.0.1 and on free ports, each process stopped by its PID at the end:
 
 * ``redis-server`` of its own (never the system one), no persistence;
-* ``python -m extauthz serve`` with the Redis session store and a signing key generated into
-  the work directory; one session created through the admin gRPC API
+* ``python -m extauthz serve`` twice on the same Redis session store and signing key (generated
+  into the work directory): once as configured by default (session cache on), once with
+  ``EXTAUTHZ_CACHE_ENABLED=false``; one session created through the admin gRPC API
   (``extauthz sessions create --sub bench``);
-* Envoy with ``benchmarks/envoy-bench.yaml`` (three listeners that differ only by the auth
+* ``benchmarks/noop_authz.py``: a Check that does nothing, on the same Python gRPC stack as
+  extauthz (the "bare gRPC round trip" of the design's hot-path budget);
+* Envoy with ``benchmarks/envoy-bench.yaml`` (five listeners that differ only by the auth
   step; the ports and the local JWKS rewritten for this run);
 * ``wrk -t<T> -c<N> -d<D>s --latency -H 'Authorization: Bearer ...'`` once per scenario.
 
@@ -51,7 +55,7 @@ if str(REPO) not in sys.path:
 
 # Process management shared with the end-to-end tests: start on free ports, wait until ready
 # (bounded), logs to files, stop by PID.
-from tests.support.ports import LOOPBACK, free_port  # noqa: E402
+from tests.support.ports import LOOPBACK, free_port, port_accepts  # noqa: E402
 from tests.support.processes import (  # noqa: E402
     EnvoyProcess,
     ExtauthzProcess,
@@ -62,11 +66,14 @@ from tests.support.processes import (  # noqa: E402
 )
 
 BENCH_CONFIG = REPO / "benchmarks" / "envoy-bench.yaml"
-SCENARIOS = ("direct", "jwt_authn", "ext_authz")  # listener names in envoy-bench.yaml
+# listener names in envoy-bench.yaml, in the order they run
+SCENARIOS = ("direct", "jwt_authn", "ext_authz_noop", "ext_authz_nocache", "ext_authz")
 LABELS = {
     "direct": "Envoy, no auth (direct_response)",
     "jwt_authn": "Envoy jwt_authn, ES256 JWT",
-    "ext_authz": "extauthz, valid session (Redis)",
+    "ext_authz_noop": "ext_authz -> no-op Python Check",
+    "ext_authz_nocache": "extauthz, session cache off (Redis)",
+    "ext_authz": "extauthz, session cache on (default)",
 }
 JWT_ISSUER = "https://bench.invalid"
 JWT_AUDIENCE = "bench"
@@ -126,9 +133,14 @@ class EnvoyPorts:
 
 
 def render_bench_config(
-    out_dir: Path, ports: EnvoyPorts, grpc_port: int, jwks: str, source: Path = BENCH_CONFIG
+    out_dir: Path,
+    ports: EnvoyPorts,
+    grpc_ports: dict[str, int],
+    jwks: str,
+    source: Path = BENCH_CONFIG,
 ) -> Path:
-    """A copy of ``source`` with the given ports and JWKS; nothing else changes.
+    """A copy of ``source`` with the given ports (``grpc_ports``: cluster name -> port) and
+    JWKS; nothing else changes.
 
     :raises BenchError: the file no longer has the listeners, filter or cluster expected here.
     """
@@ -153,11 +165,13 @@ def render_bench_config(
     for provider in jwt_filters[0]["typed_config"]["providers"].values():
         provider["local_jwks"] = {"inline_string": jwks}
     clusters = doc["static_resources"]["clusters"]
-    if [c["name"] for c in clusters] != ["extauthz_grpc"]:
-        raise BenchError(f"{source}: expected the one cluster extauthz_grpc")
-    for locality in clusters[0]["load_assignment"]["endpoints"]:
-        for endpoint in locality["lb_endpoints"]:
-            endpoint["endpoint"]["address"]["socket_address"]["port_value"] = grpc_port
+    if sorted(c["name"] for c in clusters) != sorted(grpc_ports):
+        raise BenchError(f"{source}: expected the clusters {sorted(grpc_ports)}")
+    for cluster in clusters:
+        for locality in cluster["load_assignment"]["endpoints"]:
+            for endpoint in locality["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                address["port_value"] = grpc_ports[cluster["name"]]
     out = out_dir / "envoy-bench.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
@@ -271,11 +285,26 @@ def run_wrk(args: argparse.Namespace, port: int, bearer: str, duration: int) -> 
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+class NoopAuthzProcess(ManagedProcess):
+    """``benchmarks/noop_authz.py`` on a free port; ready when the port accepts."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.grpc_port = free_port()
+        argv = [sys.executable, str(REPO / "benchmarks" / "noop_authz.py"),
+                "--listen", f"{LOOPBACK}:{self.grpc_port}"]  # fmt: skip
+        super().__init__("noop-authz", argv, log_dir, cwd=REPO)
+
+    def is_ready(self) -> bool:
+        return port_accepts(self.grpc_port)
+
+
 @dataclass
 class Stack:
     work_dir: Path
     redis: RedisServer
     extauthz: ExtauthzProcess
+    extauthz_nocache: ExtauthzProcess
+    noop: NoopAuthzProcess
     envoy: EnvoyProcess
     ports: EnvoyPorts
     credentials: dict[str, str]  # scenario -> bearer that must be accepted
@@ -323,21 +352,35 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     processes.append(extauthz.start())
     say(f"extauthz pid {extauthz.pid} on gRPC port {extauthz.grpc_port}")
     token = extauthz.cli("sessions", "create", "--sub", "bench", "--target", extauthz.grpc_target)
+    nocache = ExtauthzProcess(
+        settings, logs, name="extauthz-nocache",
+        env={"EXTAUTHZ_LOG_LEVEL": "warning", "EXTAUTHZ_CACHE_ENABLED": "false",
+             "EXTAUTHZ_SERVER_NODE_ID": "bench-nocache"},
+    )  # fmt: skip
+    processes.append(nocache.start())
+    say(f"extauthz (cache off) pid {nocache.pid} on gRPC port {nocache.grpc_port}")
+    noop = NoopAuthzProcess(logs)
+    processes.append(noop.start())
+    say(f"no-op authz pid {noop.pid} on gRPC port {noop.grpc_port}")
 
     from extauthz.tokens import mint_token
 
     material = make_jwt_material()
     ports = EnvoyPorts.allocate()
-    config = render_bench_config(work_dir, ports, extauthz.grpc_port, material.jwks)
+    grpc_ports = {"extauthz_grpc": extauthz.grpc_port, "noop_authz_grpc": noop.grpc_port,
+                  "extauthz_nocache_grpc": nocache.grpc_port}  # fmt: skip
+    config = render_bench_config(work_dir, ports, grpc_ports, material.jwks)
     envoy = EnvoyProcess(args.envoy, config, logs, admin_port=ports.admin,
                          concurrency=args.envoy_concurrency)  # fmt: skip
     processes.append(envoy.start())
     say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} (--concurrency {args.envoy_concurrency})")
     return Stack(
-        work_dir, redis, extauthz, envoy, ports,
-        credentials={"direct": token, "jwt_authn": material.token, "ext_authz": token},
-        # a well-formed token that names no session; a JWT signed by an unknown key
-        wrong={"jwt_authn": material.foreign_token, "ext_authz": mint_token()},
+        work_dir, redis, extauthz, nocache, noop, envoy, ports,
+        credentials={"direct": token, "jwt_authn": material.token, "ext_authz_noop": token,
+                     "ext_authz_nocache": token, "ext_authz": token},
+        # a JWT signed by an unknown key; a well-formed token that names no session
+        wrong={"jwt_authn": material.foreign_token, "ext_authz_nocache": mint_token(),
+               "ext_authz": mint_token()},
         processes=processes,
     )  # fmt: skip
 
@@ -354,10 +397,17 @@ def verify(stack: Stack) -> None:
         status, body = http_get(port)
         if status != 401:
             raise BenchError(f"{name}: without a credential: {status} {body[:200]!r}, not 401")
+        if name not in stack.wrong:
+            continue  # the no-op Check accepts any credential
         status, body = http_get(port, bearer=stack.wrong[name])
         if status != 401:
             raise BenchError(f"{name}: with a wrong credential: {status} {body[:200]!r}, not 401")
     say("checks passed: 200 with the credential, 401 without and with a wrong one")
+
+
+def _kind(scenario: str) -> str:
+    """The auth filter of a scenario: ``direct``, ``jwt_authn`` or ``ext_authz``."""
+    return "ext_authz" if scenario.startswith("ext_authz") else scenario
 
 
 def auth_counters(name: str, before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -367,7 +417,7 @@ def auth_counters(name: str, before: dict[str, int], after: dict[str, int]) -> d
         "jwt_authn": ["jwt_authn.allowed", "jwt_authn.denied"],
         "ext_authz": ["ext_authz.ok", "ext_authz.denied", "ext_authz.error",
                       "ext_authz.failure_mode_allowed"],  # fmt: skip
-    }[name] + ["downstream_rq_2xx", "downstream_rq_4xx", "downstream_rq_5xx"]
+    }[_kind(name)] + ["downstream_rq_2xx", "downstream_rq_4xx", "downstream_rq_5xx"]
     return {k: after.get(prefix + k, 0) - before.get(prefix + k, 0) for k in keys}
 
 
@@ -384,7 +434,7 @@ def check_run(name: str, result: dict[str, Any]) -> list[str]:
     if bad:
         problems.append(f"Envoy counted {bad} 4xx/5xx responses")
     passed = {"direct": c["downstream_rq_2xx"], "jwt_authn": c.get("jwt_authn.allowed", 0),
-              "ext_authz": c.get("ext_authz.ok", 0)}[name]  # fmt: skip
+              "ext_authz": c.get("ext_authz.ok", 0)}[_kind(name)]  # fmt: skip
     if passed < result["requests"]:
         problems.append(
             f"only {passed} requests passed the auth step but wrk counted {result['requests']}"
@@ -401,7 +451,11 @@ def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]
     bearer = stack.credentials[name]
     if args.warmup:
         run_wrk(args, port, bearer, args.warmup)
-    pids = {"envoy": stack.envoy.pid, "extauthz": stack.extauthz.pid, "redis": stack.redis.pid}
+    # the no-op server's CPU is reported in the extauthz column (it is what answers Check there)
+    authz = {"ext_authz_noop": stack.noop, "ext_authz_nocache": stack.extauthz_nocache}.get(
+        name, stack.extauthz
+    )
+    pids = {"envoy": stack.envoy.pid, "extauthz": authz.pid, "redis": stack.redis.pid}
     counters_before = envoy_counters(stack.envoy)
     redis_before = redis_commands(stack.redis)
     cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items() if pid}
@@ -442,7 +496,7 @@ def render_table(results: list[dict[str, Any]]) -> str:
          str(r["requests"]))  # fmt: skip
         for r in results
     ]
-    cpu_head = ("scenario", "envoy", "extauthz", "redis", "wrk", "other", "redis cmds/req")
+    cpu_head = ("scenario", "envoy", "authz server", "redis", "wrk", "other", "redis cmds/req")
     cpu_rows = [
         (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} us ({r['cpu_cores'][k]:.2f})"
                        for k in ("envoy", "extauthz", "redis", "wrk", "other")),

@@ -1,8 +1,8 @@
 """The benchmark's Envoy config and a short run of the benchmark itself.
 
 ``benchmarks/envoy-bench.yaml`` must be accepted by every supported Envoy (as committed and as
-``bench.py`` renders it), its three listeners must differ only by the auth step, and its
-ext_authz step must be configured like the front proxy's. ``bench.py --smoke`` runs the real
+``bench.py`` renders it), its listeners must differ only by the auth step, and both ext_authz
+steps (extauthz and the no-op Check) must be configured like the front proxy's. ``bench.py --smoke`` runs the real
 stack for about a second per scenario and must pass its own checks (200 with the credential,
 401 without, no non-2xx, every request through the auth step), so the benchmark cannot
 silently measure errors.
@@ -31,6 +31,7 @@ BENCH_CONFIG = BENCH_DIR / "envoy-bench.yaml"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 ROUTER = "envoy.filters.http.router"
+GRPC_PORTS = {"extauthz_grpc": 50051, "noop_authz_grpc": 50052, "extauthz_nocache_grpc": 50053}
 
 
 def _load_bench() -> ModuleType:
@@ -76,7 +77,7 @@ def test_bench_config_validates(envoy_binary: str) -> None:
 def test_rendered_bench_config_validates(envoy_binary: str, tmp_path: Path) -> None:
     material = bench.make_jwt_material()
     ports = bench.EnvoyPorts.allocate()
-    rendered = bench.render_bench_config(tmp_path, ports, 50051, material.jwks)
+    rendered = bench.render_bench_config(tmp_path, ports, GRPC_PORTS, material.jwks)
     result = validate_envoy_config(envoy_binary, rendered)
     assert result.returncode == 0, f"rejected:\n{result.stdout}\n{result.stderr}"
 
@@ -84,10 +85,11 @@ def test_rendered_bench_config_validates(envoy_binary: str, tmp_path: Path) -> N
 # -- structure --------------------------------------------------------------------------------
 
 
-def test_three_listeners_differ_only_by_the_auth_step() -> None:
+def test_listeners_differ_only_by_the_auth_step() -> None:
     listeners = _listeners(_doc())
     assert list(listeners) == list(bench.SCENARIOS)
-    auth_filters = {"direct": [], "jwt_authn": [JWT_AUTHN], "ext_authz": [EXT_AUTHZ]}
+    auth_filters = {"direct": [], "jwt_authn": [JWT_AUTHN], "ext_authz_noop": [EXT_AUTHZ],
+                    "ext_authz_nocache": [EXT_AUTHZ], "ext_authz": [EXT_AUTHZ]}  # fmt: skip
     normalised = []
     for name, listener in listeners.items():
         hcm = copy.deepcopy(_hcm(listener))
@@ -101,32 +103,39 @@ def test_three_listeners_differ_only_by_the_auth_step() -> None:
             for route in vhost["routes"]:
                 route.pop("typed_per_filter_config", None)
         normalised.append(hcm)
-    assert normalised[0] == normalised[1] == normalised[2]
+    assert all(hcm == normalised[0] for hcm in normalised[1:])
     (route,) = normalised[0]["route_config"]["virtual_hosts"][0]["routes"]
     assert route["direct_response"]["status"] == 200
     assert "access_log" not in normalised[0]
 
 
-def test_ext_authz_step_is_configured_like_the_front_proxy() -> None:
+@pytest.mark.parametrize(("listener", "cluster_name"),
+                         [("ext_authz", "extauthz_grpc"), ("ext_authz_noop", "noop_authz_grpc"),
+                          ("ext_authz_nocache", "extauthz_nocache_grpc")])
+def test_ext_authz_step_is_configured_like_the_front_proxy(listener: str, cluster_name: str) -> None:
     front = yaml.safe_load(FRONT_PROXY.read_text())
     front_hcm = _hcm(front["static_resources"]["listeners"][0])
     doc = _doc()
-    hcm = _hcm(_listeners(doc)["ext_authz"])
-    assert _filter(hcm, EXT_AUTHZ) == _filter(front_hcm, EXT_AUTHZ)
-    typed = _filter(hcm, EXT_AUTHZ)["typed_config"]
+    hcm = _hcm(_listeners(doc)[listener])
+    ours = copy.deepcopy(_filter(hcm, EXT_AUTHZ))
+    assert ours["typed_config"]["grpc_service"]["envoy_grpc"] == {"cluster_name": cluster_name}
+    ours["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = "extauthz_grpc"
+    assert ours == _filter(front_hcm, EXT_AUTHZ)
+    typed = ours["typed_config"]
     assert typed["transport_api_version"] == "V3"
     assert typed["failure_mode_allow"] is False
     assert typed["status_on_error"] == {"code": "ServiceUnavailable"}
     assert typed["grpc_service"]["timeout"]
 
-    def cluster(d: dict[str, Any]) -> dict[str, Any]:
-        (found,) = [c for c in d["static_resources"]["clusters"] if c["name"] == "extauthz_grpc"]
+    def cluster(d: dict[str, Any], name: str) -> dict[str, Any]:
+        (found,) = [c for c in d["static_resources"]["clusters"] if c["name"] == name]
         found = copy.deepcopy(found)
         found.pop("load_assignment")
+        found.pop("name")
         return found
 
-    assert cluster(doc) == cluster(front)
-    assert "http2_protocol_options" in json.dumps(cluster(doc))
+    assert cluster(doc, cluster_name) == cluster(front, "extauthz_grpc")
+    assert "http2_protocol_options" in json.dumps(cluster(doc, cluster_name))
 
 
 def test_jwt_authn_requires_an_es256_token_from_a_local_jwks() -> None:
@@ -143,7 +152,7 @@ def test_jwt_authn_requires_an_es256_token_from_a_local_jwks() -> None:
 def test_render_changes_only_ports_and_the_jwks(tmp_path: Path) -> None:
     material = bench.make_jwt_material()
     ports = bench.EnvoyPorts.allocate()
-    rendered = _doc(bench.render_bench_config(tmp_path, ports, 50051, material.jwks))
+    rendered = _doc(bench.render_bench_config(tmp_path, ports, GRPC_PORTS, material.jwks))
     original = _doc()
     for name, listener in _listeners(rendered).items():
         assert listener["address"]["socket_address"] == {
@@ -159,10 +168,11 @@ def test_render_changes_only_ports_and_the_jwks(tmp_path: Path) -> None:
     rendered["admin"] = original["admin"]
     provider["local_jwks"] = next(iter(_filter(_hcm(_listeners(original)["jwt_authn"]), JWT_AUTHN)
                                        ["typed_config"]["providers"].values()))["local_jwks"]  # fmt: skip
-    endpoint = rendered["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
-    address = endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address["port_value"] == 50051
-    address["port_value"] = 9001
+    for cluster, committed in zip(rendered["static_resources"]["clusters"],
+                                  original["static_resources"]["clusters"], strict=True):  # fmt: skip
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert endpoint["address"]["socket_address"]["port_value"] == GRPC_PORTS[cluster["name"]]
+        cluster["load_assignment"] = committed["load_assignment"]
     assert rendered == original
 
 
@@ -240,7 +250,10 @@ def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
     for scenario in report["scenarios"]:
         assert scenario["requests"] > 0, scenario["scenario"]
         assert scenario["non_2xx"] == 0 and scenario["socket_errors"] == 0, scenario["scenario"]
-    ext = next(s for s in report["scenarios"] if s["scenario"] == "ext_authz")
-    assert ext["envoy_counters"]["ext_authz.ok"] >= ext["requests"]
-    assert ext["redis_commands_per_request"] > 0  # the session really came from Redis
+    by_name = {s["scenario"]: s for s in report["scenarios"]}
+    for name in ("ext_authz_noop", "ext_authz_nocache", "ext_authz"):
+        assert by_name[name]["envoy_counters"]["ext_authz.ok"] >= by_name[name]["requests"]
+    assert by_name["jwt_authn"]["envoy_counters"]["jwt_authn.allowed"] >= by_name["jwt_authn"]["requests"]
+    # without the cache every Check reads the session from Redis; with it, almost none does
+    assert by_name["ext_authz_nocache"]["redis_commands_per_request"] >= 1
     assert "checks passed" in proc.stderr

@@ -1,0 +1,62 @@
+"""A no-op ``envoy.service.auth.v3.Authorization`` server: the "bare gRPC round trip" of the
+design's hot-path budget, on the same stack as extauthz (Python, grpc.aio, one event loop).
+
+    python benchmarks/noop_authz.py --listen 127.0.0.1:PORT
+
+Check answers OK when the request carries an ``authorization`` header and 401 otherwise (so
+the benchmark can check it like every other scenario); it reads nothing else, touches no store,
+signs nothing and sets no header. The gap between this scenario and extauthz's is what the
+pipeline itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.rpc import code_pb2, status_pb2
+
+_OK = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.OK), ok_response=external_auth_pb2.OkHttpResponse()
+)
+_DENIED = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
+    denied_response=external_auth_pb2.DeniedHttpResponse(
+        status=HttpStatus(code=401)  # type: ignore[arg-type]
+    ),
+)
+
+
+class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
+    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+        if "authorization" in request.attributes.request.http.headers:
+            return _OK
+        return _DENIED
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(NoopAuthorization(), server)
+    if server.add_insecure_port(listen) == 0:
+        raise SystemExit(f"noop_authz: cannot bind {listen}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, help="HOST:PORT")
+    asyncio.run(serve(parser.parse_args().listen))
+
+
+if __name__ == "__main__":
+    main()
