@@ -1,0 +1,394 @@
+"""One named regression test per security case (as PyJWT's tests/test_advisory.py does).
+
+Each test says which attack it stops; none may be weakened without a replacement."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import redis.asyncio as aioredis
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from google.rpc import code_pb2
+
+from extauthz import tokens
+from extauthz.denials import safe_return_to
+from extauthz.envoy_adapter import to_request_context
+from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
+from extauthz.grpc_server import AuthorizationServicer
+from extauthz.sessions.memory import MemorySessionStore
+from extauthz.sessions.model import Session, SessionStore
+from extauthz.sessions.redis import RedisSessionStore
+from tests.fixtures.core import (
+    COOKIE,
+    LOGIN_URL,
+    Aborted,
+    FakeClock,
+    FakeServicerContext,
+    Harness,
+    RedisProcess,
+    build_harness,
+    http_request,
+    metadata,
+    ok_headers,
+    response_headers,
+)
+
+
+class ProbeStore(MemorySessionStore):
+    """The in-memory store with a switchable outage and a count of lookups."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.down = False
+        self.gets = 0
+
+    async def get(self, token_hash: str) -> Session | None:
+        self.gets += 1
+        if self.down:
+            raise StoreUnavailable("probe: store down")
+        return await super().get(token_hash)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("probe: store down")
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    clock = FakeClock()
+    return build_harness(tmp_path, store=ProbeStore(clock), clock=clock)
+
+
+def probe(h: Harness) -> ProbeStore:
+    assert isinstance(h.store, ProbeStore)
+    return h.store
+
+
+async def check(h: Harness, request: CheckRequest) -> CheckResponse:
+    return await AuthorizationServicer(h.authorizer).Check(request, FakeServicerContext())
+
+
+def allowed(response: CheckResponse) -> bool:
+    return response.status.code == code_pb2.OK and response.HasField("ok_response")
+
+
+def raw(response: CheckResponse) -> str:
+    return response.SerializeToString().decode("latin-1")
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+
+async def test_jwt_as_opaque_token_is_rejected_without_store_lookup(h: Harness) -> None:
+    """A JWT that leaked from upstream must not be accepted (or even looked up) at the edge."""
+    token, _ = await h.login()
+    minted = ok_headers(await check(h, http_request({"authorization": f"Bearer {token}"})))[0][1]
+    jwt_value = minted.removeprefix("Bearer ")
+    before = probe(h).gets
+    for headers in ({"authorization": f"Bearer {jwt_value}"}, {"cookie": f"{COOKIE}={jwt_value}"}):
+        response = await check(h, http_request(headers))
+        assert not allowed(response)
+        assert response.denied_response.status.code == 401
+        assert metadata(response)["reason"] == "malformed_credential"
+    assert probe(h).gets == before
+
+
+async def test_query_string_token_is_ignored(h: Harness) -> None:
+    """RFC 6750 §2.3 query tokens end up in logs and Referer headers: never accepted."""
+    token, _ = await h.login()
+    for path in (
+        f"/api?access_token={token}",
+        f"/api?{COOKIE}={token}",
+        f"/api?authorization=Bearer%20{token}",
+    ):
+        response = await check(h, http_request({"accept": "application/json"}, path=path))
+        assert not allowed(response)
+        assert response.denied_response.status.code == 401
+        assert metadata(response)["reason"] == "no_credential"
+    assert probe(h).gets == 0
+
+
+async def test_guessed_token_with_a_wrong_checksum_never_reaches_the_store(h: Harness) -> None:
+    """Random guesses are rejected by the CRC before costing a store round trip."""
+    for _ in range(20):
+        guess = tokens.PREFIX + tokens.mint_token()[4:-6] + "000000"
+        if tokens.has_token_shape(guess):
+            continue
+        response = await check(h, http_request({"authorization": f"Bearer {guess}"}))
+        assert response.denied_response.status.code == 401
+    assert probe(h).gets == 0
+
+
+async def test_header_case_duplicates_cannot_smuggle_a_second_credential(h: Harness) -> None:
+    alice, _ = await h.login("alice")
+    bob, _ = await h.login("bob")
+    response = await check(
+        h, http_request({"Authorization": f"Bearer {alice}", "authorization": f"Bearer {bob}"})
+    )
+    assert not allowed(response)
+    assert metadata(response)["reason"] == "ambiguous_credential"
+
+
+async def test_bearer_and_cookie_of_different_sessions_are_denied(h: Harness) -> None:
+    """Cookie tossing: a planted cookie must not silently win over (or lose to) a bearer."""
+    alice, _ = await h.login("alice")
+    mallory, _ = await h.login("mallory")
+    response = await check(
+        h, http_request({"authorization": f"Bearer {alice}", "cookie": f"{COOKIE}={mallory}"})
+    )
+    assert not allowed(response)
+    assert metadata(response)["reason"] == "ambiguous_credential"
+
+
+async def test_tossed_parent_domain_cookie_of_another_user_is_denied(h: Harness) -> None:
+    """Two live session cookies of different users (host + parent domain): no guessing."""
+    alice, _ = await h.login("alice")
+    mallory, _ = await h.login("mallory")
+    for cookie in (f"{COOKIE}={alice}; {COOKIE}={mallory}", f"{COOKIE}={mallory}; {COOKIE}={alice}"):
+        response = await check(h, http_request({"cookie": cookie}))
+        assert not allowed(response)
+        assert metadata(response)["reason"] == "ambiguous_credential"
+
+
+async def test_oversized_cookie_header_is_refused_before_parsing(h: Harness) -> None:
+    response = await check(h, http_request({"cookie": "a=" + "x" * 70_000}))
+    assert response.denied_response.status.code == 401
+    assert probe(h).gets == 0
+
+
+# -- what goes upstream ------------------------------------------------------------------------------
+
+
+async def test_opaque_token_is_never_forwarded_upstream(h: Harness) -> None:
+    token, _ = await h.login()
+    for headers in (
+        {"authorization": f"Bearer {token}"},
+        {"cookie": f"a=1; {COOKIE}={token}; b=2"},
+        {"cookie": f'{COOKIE}="{token}"'},
+        {"cookie": f"{COOKIE}={token}, {COOKIE}={token}"},
+    ):
+        response = await check(h, http_request(headers))
+        assert allowed(response)
+        assert token not in raw(response)
+        names = [k for k, _, _ in ok_headers(response)]
+        assert "authorization" in names
+        if "cookie" in headers and "cookie" not in names:
+            assert list(response.ok_response.headers_to_remove) == ["cookie"]
+
+
+async def test_client_supplied_jwt_header_is_replaced(tmp_path: Path) -> None:
+    """A client cannot forge the identity header upstream trusts."""
+    h = build_harness(tmp_path, jwt_header="x-jwt")
+    token, sid = await h.login()
+    response = await check(
+        h, http_request({"cookie": f"{COOKIE}={token}", "x-jwt": "eyJhbGciOiJub25lIn0.e30."})
+    )
+    assert allowed(response)
+    (header,) = [(k, v, a) for k, v, a in ok_headers(response) if k == "x-jwt"]
+    assert header[2] == 2  # OVERWRITE_IF_EXISTS_OR_ADD
+    assert h.verify(header[1])["sid"] == sid
+
+
+async def test_revocation_is_immediate_despite_the_jwt_cache(h: Harness) -> None:
+    token, _ = await h.login()
+    request = http_request({"authorization": f"Bearer {token}"})
+    assert allowed(await check(h, request))
+    await h.sessions.revoke_token(token)
+    response = await check(h, request)
+    assert response.denied_response.status.code == 401
+    assert metadata(response)["reason"] == "unknown_session"
+
+
+async def test_jwt_never_outlives_the_absolute_session_expiry(tmp_path: Path) -> None:
+    h = build_harness(tmp_path, idle_timeout=600, absolute_timeout=700)
+    token, _ = await h.login()
+    created = h.clock()
+    h.clock.advance(550)
+    await check(h, http_request({"authorization": f"Bearer {token}"}))
+    h.clock.advance(40)
+    response = await check(h, http_request({"authorization": f"Bearer {token}"}))
+    claims = h.verify(ok_headers(response)[0][1].removeprefix("Bearer "))
+    assert claims["exp"] <= created + 700
+
+
+# -- denials -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "//evil.example",
+        "//evil.example/path",
+        "///evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "%2F%2Fevil.example",
+        "https://evil.example",
+        "javascript:alert(1)",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r\nSet-Cookie: x=1",
+        "/\x00/evil.example",
+        "/\x7f/evil.example",
+        " //evil.example",
+        "",
+    ],
+)
+def test_return_to_cannot_leave_the_host(candidate: str) -> None:
+    target = safe_return_to(candidate)
+    assert target == "/" or (
+        target.startswith("/") and not target.startswith("//") and "\\" not in target
+    )
+    assert urlsplit(target).netloc == "" and urlsplit(target).scheme == ""
+    assert target == "/"  # every candidate above is hostile or empty
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//evil.example", "/\\evil.example", "/%2F%2Fevil.example", "/\r\nSet-Cookie:%20x=1", "/a\tb"],
+)
+async def test_login_redirect_stays_on_the_host(h: Harness, path: str) -> None:
+    response = await check(h, http_request({"accept": "text/html"}, path=path))
+    assert response.denied_response.status.code == 302
+    (location,) = [v for k, v in response_headers(response) if k == "location"]
+    assert not any(c in location for c in "\r\n\t\\")
+    assert location.startswith(f"{LOGIN_URL}?return_to=%2F")
+    (target,) = parse_qs(urlsplit(location).query)["return_to"]
+    # what the login page does with it: validate again, then redirect there
+    final = safe_return_to(target)
+    assert final.startswith("/") and not final.startswith("//")
+    assert urlsplit(final).netloc == ""
+
+
+async def test_unsafe_methods_are_never_redirected(h: Harness) -> None:
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        response = await check(
+            h, http_request({"accept": "text/html"}, method=method, context_extensions={"client": "browser"})
+        )
+        assert response.denied_response.status.code == 401
+
+
+async def test_forbidden_keeps_the_cookie_and_authentication_failures_clear_it(h: Harness) -> None:
+    token, _ = await h.login(scopes=["read"])
+    forbidden = await check(
+        h,
+        http_request({"cookie": f"{COOKIE}={token}"}, context_extensions={"required_scopes": "admin"}),
+    )
+    assert forbidden.denied_response.status.code == 403
+    assert "set-cookie" not in [k for k, _ in response_headers(forbidden)]
+    await h.sessions.revoke_token(token)
+    gone = await check(h, http_request({"cookie": f"{COOKIE}={token}"}))
+    assert ("set-cookie", f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure") in (
+        response_headers(gone)
+    )
+
+
+# -- store outages and revocation races ------------------------------------------------------------
+
+
+async def test_store_outage_is_not_a_logout(h: Harness) -> None:
+    """A store that cannot answer fails the RPC (Envoy answers 503); nothing clears the cookie
+    and the session works again once the store is back."""
+    token, sid = await h.login()
+    request = http_request({"cookie": f"a=1; {COOKIE}={token}", "accept": "text/html"})
+    probe(h).down = True
+    with pytest.raises(StoreUnavailable):
+        await h.authorizer.authorize(to_request_context(request))
+    context = FakeServicerContext()
+    with pytest.raises(Aborted) as caught:
+        await AuthorizationServicer(h.authorizer).Check(request, context)
+    assert caught.value.code.name == "UNAVAILABLE"
+    assert caught.value.details == "session store unavailable"
+    probe(h).down = False
+    response = await check(h, request)
+    assert allowed(response)
+    assert metadata(response)["sid"] == sid
+
+
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    if RedisProcess.binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+class LogoutDuringLookup:
+    """Wraps a store: right after ``get`` answers, a concurrent logout revokes the session."""
+
+    def __init__(self, inner: SessionStore) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+
+    async def get(self, token_hash: str) -> Session | None:
+        session = await self.inner.get(token_hash)
+        await self.inner.revoke(token_hash)
+        return session
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_touch_after_revoke_does_not_resurrect(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    clock = FakeClock()
+    client = None
+    inner: SessionStore
+    if backend == "memory":
+        inner = MemorySessionStore(clock)
+    else:
+        server: RedisProcess = request.getfixturevalue("redis_process")
+        client = aioredis.Redis.from_url(server.url)
+        inner = RedisSessionStore(client, "adv:", clock=clock)
+    try:
+        h = build_harness(tmp_path, store=LogoutDuringLookup(inner), clock=clock)  # type: ignore[arg-type]
+        token, _ = await h.login()
+        clock.advance(5)  # the lookup will want to slide the idle deadline
+        with pytest.raises(Unauthenticated) as caught:
+            await h.sessions.lookup(token)
+        assert caught.value.reason is Reason.UNKNOWN_SESSION
+        assert await inner.get(tokens.token_hash(token)) is None
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+# -- logs ---------------------------------------------------------------------------------------------
+
+
+async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    token, _ = await h.login()
+    other, _ = await h.login("bob")
+    seen_jwts: list[str] = []
+    requests = [
+        http_request({"authorization": f"Bearer {token}"}),
+        http_request({"cookie": f"a=1; {COOKIE}={token}"}),
+        http_request({"cookie": f"{COOKIE}={token}; {COOKIE}={other}"}),
+        http_request({"authorization": f"Bearer {token}", "cookie": f"{COOKIE}={other}"}),
+        http_request({"authorization": f"Bearer {token[:-1]}x"}),
+        http_request({"authorization": f"Bearer {token}"}, context_extensions={"required_scopes": "x"}),
+        http_request({"cookie": f"{COOKIE}={token}", "accept": "text/html"}, path="/p"),
+    ]
+    for request in requests:
+        response = await check(h, request)
+        seen_jwts += [v.removeprefix("Bearer ") for k, v, _ in ok_headers(response)]
+    await h.sessions.revoke_token(token)
+    await check(h, requests[0])
+    probe(h).down = True
+    with pytest.raises(Aborted):
+        await AuthorizationServicer(h.authorizer).Check(requests[1], FakeServicerContext())
+    assert seen_jwts, "an allow was expected"
+    assert caplog.records, "the pipeline was expected to log"
+    secrets = [token, other, token[:-1] + "x", tokens.token_hash(token), *seen_jwts]
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.args) + str(record.exc_info or "")
+        for secret in secrets:
+            assert secret not in text, record.getMessage()
