@@ -91,15 +91,36 @@ class RedisSessionStore:
         return self._redis
 
     async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` against the primary; on ``READONLY`` re-resolve and try once more."""
+        """Run ``op`` against the primary. When the node turns out to be demoted
+        (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
+        Sentinels already name another primary, re-resolve the primary and try once more."""
         async with unavailable_on_redis_error(what):
             try:
                 return await op()
-            except ReadOnlyError:
-                # A failover demoted the node we are connected to. Dropping the pool's
-                # connections makes the next one ask the Sentinels for the primary again.
-                await self._redis.connection_pool.disconnect()
-                return await op()
+            except (RedisError, StoreWriteNotDurable) as exc:
+                if not await self._repoint(exc):
+                    raise
+            return await op()
+
+    async def _repoint(self, exc: Exception) -> bool:
+        """After ``exc``: should the operation be tried again on a re-resolved primary?"""
+        pool = self._redis.connection_pool
+        demoted = _demoted(exc)
+        if not demoted and not isinstance(exc, StoreWriteNotDurable):
+            return False
+        if isinstance(pool, SentinelConnectionPool):
+            before = pool.master_address
+            try:
+                after = await pool.get_master_address()
+            except RedisError:
+                return False
+            if not demoted and after == before:
+                return False  # WAIT fell short on the real primary: a genuine failure
+        elif not demoted:
+            return False
+        # Drop every pooled connection: the next ones connect to the primary named now.
+        await pool.disconnect()
+        return True
 
     async def online_replicas(self) -> int:
         """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
@@ -248,6 +269,19 @@ class RedisSessionStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_DEMOTED_SIGNS = (
+    "previous master is now a slave",  # redis-py's Sentinel connection on READONLY
+    "WAIT cannot be used with replica",
+)
+
+
+def _demoted(exc: BaseException) -> bool:
+    """Did ``exc`` come from a node that is no longer the primary?"""
+    if isinstance(exc, ReadOnlyError):
+        return True
+    return isinstance(exc, RedisError) and any(sign in str(exc) for sign in _DEMOTED_SIGNS)
 
 
 def _is_online_replica(key: Any, value: Any) -> bool:

@@ -3,7 +3,8 @@
 - ``central``: one logical Redis. With ``store.sentinels`` the primary is whatever the
   Sentinels name for ``store.sentinel_service`` (redis-py's asyncio
   ``Sentinel.master_for``: a connection that meets a failover re-asks the Sentinels);
-  without them, ``store.redis_url``.
+  without them, ``store.redis_url``. Of the Sentinels' answers, the one with the newest
+  ``config-epoch`` wins (:class:`EpochSentinel`).
 - ``replicated``: the same primary client for every write, plus a client for the node's
   own replica (``store.replica_url``) for reads.
 - ``sticky``: ``store.redis_url`` is the node's own Redis.
@@ -16,12 +17,15 @@ inside Envoy's ext_authz timeout instead of a call that hangs.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from extauthz.settings import StoreSettings
 
@@ -87,6 +91,61 @@ def _connection_kwargs(s: StoreSettings) -> dict[str, Any]:
     }
 
 
+class EpochSentinel(Sentinel):
+    """``Sentinel`` that asks every Sentinel and believes the newest configuration.
+
+    redis-py's ``discover_master`` takes the first Sentinel that answers. Right after a
+    failover a Sentinel that has not yet heard of it still names the old primary, now a
+    replica: the reconnect lands there again and the write meets ``READONLY`` once more. Here
+    every Sentinel is asked at once and the answer with the highest ``config-epoch`` (which a
+    failover increments) wins.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        async def ask(sentinel: aioredis.Redis) -> dict[str, Any] | None:
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                return None
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                return dict(state)
+            return None
+
+        states = [s for s in await asyncio.gather(*(ask(s) for s in self.sentinels)) if s]
+        if not states:
+            raise MasterNotFoundError(f"No master found for {service_name!r}")
+        newest = max(states, key=lambda s: int(s.get("config-epoch", 0)))
+        return str(newest["ip"]), int(newest["port"])
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """Asks the Sentinels for the primary on every (re)connect.
+
+    redis-py 8 reconnects inside a command's retry through ``connect_check_health``, which
+    skips the Sentinel lookup of ``SentinelManagedConnection.connect``: after a failover the
+    retry went back to the demoted primary and met ``READONLY`` again.
+    """
+
+    _in_connect_to = False
+
+    async def connect_to(self, address: Any) -> None:
+        self._in_connect_to = True
+        try:
+            await super().connect_to(address)
+        finally:
+            self._in_connect_to = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected and not self._in_connect_to and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
 class SentinelPrimary(aioredis.Redis):
     """A ``Sentinel.master_for`` client that owns its :class:`Sentinel` (closed with it)."""
 
@@ -103,7 +162,7 @@ def primary_client(s: StoreSettings) -> aioredis.Redis:
     kwargs = _connection_kwargs(s)
     if not s.sentinels:
         return aioredis.Redis.from_url(s.redis_url, **kwargs)
-    sentinel = Sentinel(
+    sentinel = EpochSentinel(
         [parse_address(a) for a in s.sentinels],
         sentinel_kwargs={
             "socket_timeout": s.timeout_seconds,
@@ -112,7 +171,9 @@ def primary_client(s: StoreSettings) -> aioredis.Redis:
         },
         **kwargs,
     )
-    client = sentinel.master_for(s.sentinel_service, redis_class=SentinelPrimary)
+    client = sentinel.master_for(
+        s.sentinel_service, redis_class=SentinelPrimary, connection_class=PrimaryConnection
+    )
     client.sentinel = sentinel
     return client
 
