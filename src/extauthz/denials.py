@@ -36,6 +36,13 @@ _RFC6750_ERROR = {
 }
 
 
+def _is_quotable(value: str) -> bool:
+    """RFC 6750 §3: ``error_description`` and ``scope`` values use only %x20-21 / %x23-5B /
+    %x5D-7E (printable ASCII without ``"`` and ``\\``); anything else would break the
+    challenge or the header (a scope comes from the route's ``context_extensions``)."""
+    return all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in value)
+
+
 def safe_return_to(path_and_query: str) -> str:
     """A same-host relative reference for ``return_to``: a path beginning with a single
     ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``."""
@@ -123,9 +130,13 @@ class DenialRenderer:
         params = [f'realm="{self.realm}"']
         if error is not None:
             params.append(f'error="{error}"')
-            if denial.detail:
+            if denial.detail and _is_quotable(denial.detail):
                 params.append(f'error_description="{denial.detail}"')
-        if isinstance(denial, Forbidden) and denial.required_scope:
+        if (
+            isinstance(denial, Forbidden)
+            and denial.required_scope
+            and _is_quotable(denial.required_scope)
+        ):
             params.append(f'scope="{denial.required_scope}"')
         headers.append(("www-authenticate", "Bearer " + ", ".join(params)))
         return self._json(status, error or "unauthenticated", denial, headers, metadata)
