@@ -16,6 +16,7 @@ from google.rpc import code_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extauthz.credentials import iter_cookies
 from extauthz.grpc_server import AuthorizationServicer
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import Session
@@ -334,13 +335,20 @@ def _ok_header_value(value: str) -> bool:
 
 
 def _assert_sound(response: CheckResponse, headers: dict[str, str], live: list[str]) -> None:
-    raw = response.SerializeToString().decode("latin-1")
-    for token in live:
-        assert token not in raw
     if response.HasField("ok_response"):
         assert response.status.code == code_pb2.OK
         assert any(t in v for t in live for v in headers.values()), headers
+        # the credential is gone from what goes upstream (a copy that the client put into
+        # some other header or cookie name is the client's business)
+        sent = {k: v for k, v, _ in ok_headers(response)}
+        assert sent["authorization"].startswith("Bearer ey")
+        removed = set(response.ok_response.headers_to_remove)
+        cookie = sent.get("cookie", "" if "cookie" in removed else headers.get("cookie", ""))
+        assert not [v for n, v in iter_cookies(cookie) if n == COOKIE]
         return
+    raw = response.SerializeToString().decode("latin-1")
+    for token in live:
+        assert token not in raw
     denied = response.denied_response
     assert response.status.code != code_pb2.OK
     assert denied.status.code in (302, 400, 401, 403)

@@ -462,3 +462,18 @@ async def test_browser_or_api_denial(h: Harness, method: str, accept: str, clien
     assert ("location" in names) is (status == 302)
     assert ("www-authenticate" in names) is (status == 401)
     assert "set-cookie" not in names
+
+
+@pytest.mark.parametrize("scopes", ['a"b', "a\\b", "\x08", "é"])
+async def test_a_scope_that_cannot_be_quoted_is_left_out_of_the_challenge(h: Harness, scopes: str) -> None:
+    token, _ = await h.login()
+    request = http_request(
+        {"authorization": f"Bearer {token}"}, context_extensions={"required_scopes": scopes}
+    )
+    response = await check(h, request)
+    assert response.denied_response.status.code == 403
+    (challenge,) = [v for k, v in response_headers(response) if k == "www-authenticate"]
+    assert challenge == (
+        f'Bearer realm="{REALM}", error="insufficient_scope", '
+        'error_description="the session lacks a required scope"'
+    )

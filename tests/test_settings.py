@@ -44,14 +44,14 @@ def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
     settings = load_settings(
         path,
         environ={
-            "EXTAUTHZ_STORE_TIMEOUT_SECONDS": "0.25",
+            "EXTAUTHZ_STORE_TIMEOUT_SECONDS": "2.5",
             "EXTAUTHZ_SESSION_COOKIE_SECURE": "yes",
             "EXTAUTHZ_SERVER_NODE_ID": "n1",
             "UNRELATED": "x",
         },
     )
     assert settings.store.strategy == "central"
-    assert settings.store.timeout_seconds == 0.25
+    assert settings.store.timeout_seconds == 2.5
     assert settings.session.cookie_secure is True
     assert settings.node_id == "n1"
 
