@@ -422,6 +422,17 @@ def _validate(s: Settings) -> None:
 
 
 def _validate_auth(s: Settings) -> None:
+    if not s.session.cookie_secure:
+        host = s.server.http_listen.rpartition(":")[0].strip("[]")
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            raise SettingsError(
+                "session.cookie_secure: false is only for plain-HTTP local use, with "
+                f"server.http_listen on a loopback address (not {s.server.http_listen!r})"
+            )
     for entry in s.auth.trusted_proxies:
         try:
             ipaddress.ip_network(entry, strict=False)
