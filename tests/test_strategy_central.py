@@ -25,7 +25,13 @@ from extauthz.sessions.manager import SessionManager
 from extauthz.sessions import topology
 from extauthz.sessions.redis import RedisSessionStore
 from tests.support import ExtauthzProcess
-from tests.support.extauthz_nodes import CheckClient, keys_dir, node_settings, write_settings
+from tests.support.extauthz_nodes import (
+    CheckClient,
+    keys_dir,
+    node_settings,
+    settle,
+    write_settings,
+)
 from tests.support.redis_topology import ReplicatedTopology, redis_server_available
 
 pytestmark = pytest.mark.skipif(
@@ -39,6 +45,7 @@ SESSIONS = 8
 @pytest.fixture
 def topo(tmp_path: Path) -> Iterator[ReplicatedTopology]:
     with ReplicatedTopology(tmp_path / "redis", replicas=2, sentinels=3, down_after_ms=500) as t:
+        settle(t)
         yield t
 
 

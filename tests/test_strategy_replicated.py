@@ -23,7 +23,7 @@ from extauthz.envoy_adapter import to_request_context
 from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.sessions.replicated import ReplicatedSessionStore
 from extauthz.settings import load_settings
-from tests.support.extauthz_nodes import check_request, node_settings
+from tests.support.extauthz_nodes import check_request, node_settings, settle
 from tests.support.redis_topology import ReplicatedTopology, redis_server_available
 
 pytestmark = pytest.mark.skipif(
@@ -36,6 +36,7 @@ TRIALS = 1000
 @pytest.fixture
 def topo(tmp_path: Path) -> Iterator[ReplicatedTopology]:
     with ReplicatedTopology(tmp_path / "redis", replicas=3) as t:
+        settle(t)
         yield t
 
 

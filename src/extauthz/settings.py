@@ -337,7 +337,11 @@ def _validate_store_topology(s: StoreSettings) -> None:
             'store.wait_replicas: the replicated strategy must wait for the replicas before a '
             'logout returns ("all" or a count, not 0)'
         )
-    if not 0 < s.wait_timeout_ms < s.timeout_seconds * 1000:
+    if wait == "auto":  # as extauthz.sessions.topology.wait_replicas resolves it
+        waits = s.strategy == "replicated" or (s.strategy == "central" and bool(s.sentinels))
+    else:
+        waits = wait != 0
+    if s.wait_timeout_ms <= 0 or (waits and s.wait_timeout_ms >= s.timeout_seconds * 1000):
         raise SettingsError(
             f"store.wait_timeout_ms: expected 1 ms up to below store.timeout_seconds "
             f"({s.timeout_seconds * 1000:g} ms), the read timeout that WAIT must finish within"

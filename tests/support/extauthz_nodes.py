@@ -17,6 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from extauthz.keys import generate_key
 from extauthz.settings import Settings, load_settings
+from tests.support.redis_topology import ReplicatedTopology
 
 TEST_TABLES: dict[str, dict[str, Any]] = {
     "session": {"cookie_secure": False},
@@ -121,3 +122,18 @@ class CheckClient:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def settle(topo: ReplicatedTopology, timeout_ms: int = 5000) -> None:
+    """Wait until every replica acknowledges a write (``WAIT``).
+
+    A replica that has just finished its first sync acknowledges its first ``WAIT`` only at
+    its next replication cron, up to a second later (measured: 0.9 s) -- longer than a
+    login's ``wait_timeout_ms``. Production sees this once per attached replica; tests start
+    right after attaching, so they let it pass first.
+    """
+    with topo.primary().client(socket_timeout=timeout_ms / 1000 + 1) as client:
+        client.set("settle", "1")
+        acked = client.execute_command("WAIT", len(topo.replicas), timeout_ms)
+        client.delete("settle")
+    assert int(acked) == len(topo.replicas), f"{acked} of {len(topo.replicas)} replicas acknowledged"
