@@ -32,6 +32,7 @@ class _Minted:
     exp: int
     fingerprint: str
     kid: str
+    version: int
 
 
 def _fingerprint(session: Session) -> str:
@@ -70,16 +71,24 @@ class JwtMinter:
         """A compact JWS for ``session``, from the cache when still fresh."""
         now = self._clock()
         key = self.keyring.signing_key
-        fingerprint = _fingerprint(session)
         cached = self._cache.get(session.sid)
+        fingerprint = ""
         if (
             cached is not None
             and cached.kid == key.kid
-            and cached.fingerprint == fingerprint
             and cached.exp - now >= self._min_remaining
         ):
-            self._cache.move_to_end(session.sid)
-            return cached.token
+            # the same record version carries the same claims: skip the fingerprint
+            if cached.version == session.version:
+                self._cache.move_to_end(session.sid)
+                return cached.token
+            fingerprint = _fingerprint(session)
+            if cached.fingerprint == fingerprint:
+                self._cache[session.sid] = _Minted(
+                    cached.token, cached.exp, fingerprint, cached.kid, session.version
+                )
+                self._cache.move_to_end(session.sid)
+                return cached.token
         iat = int(now)
         # a JWT never outlives the session it carries
         exp = min(iat + self.lifetime, int(session.expires_at))
@@ -98,7 +107,9 @@ class JwtMinter:
             "data": dict(session.data),
         }
         token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
-        self._cache[session.sid] = _Minted(token, exp, fingerprint, key.kid)
+        self._cache[session.sid] = _Minted(
+            token, exp, fingerprint or _fingerprint(session), key.kid, session.version
+        )
         self._cache.move_to_end(session.sid)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
