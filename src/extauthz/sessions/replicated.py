@@ -22,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from extauthz.errors import StoreUnavailable
-from extauthz.sessions.model import Session
+from extauthz.sessions.model import Session, SessionStore
 from extauthz.sessions.redis import RedisSessionStore
 
 log = logging.getLogger("extauthz.sessions")
@@ -122,10 +122,14 @@ class ReplicatedSessionStore:
         self._usable = False
         self._checked_at = self._monotonic()
 
-    async def get(self, token_hash: str) -> Session | None:
+    async def _read(
+        self, read: Callable[[SessionStore], Awaitable[Session | None]]
+    ) -> Session | None:
+        """Positive answers from the local replica while it is usable; a miss, a stale or an
+        unreachable replica falls back to the primary."""
         if await self.replica_usable():
             try:
-                session = await self._replica.get(token_hash)
+                session = await read(self._replica)
             except StoreUnavailable:
                 self._distrust()
             else:
@@ -133,20 +137,13 @@ class ReplicatedSessionStore:
                     self.replica_hits += 1
                     return session
         self.primary_reads += 1
-        return await self._primary.get(token_hash)
+        return await read(self._primary)
+
+    async def get(self, token_hash: str) -> Session | None:
+        return await self._read(lambda store: store.get(token_hash))
 
     async def get_by_sid(self, sid: str) -> Session | None:
-        if await self.replica_usable():
-            try:
-                session = await self._replica.get_by_sid(sid)
-            except StoreUnavailable:
-                self._distrust()
-            else:
-                if session is not None:
-                    self.replica_hits += 1
-                    return session
-        self.primary_reads += 1
-        return await self._primary.get_by_sid(sid)
+        return await self._read(lambda store: store.get_by_sid(sid))
 
     async def create(self, token_hash: str, session: Session) -> None:
         await self._primary.create(token_hash, session)
