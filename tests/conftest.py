@@ -25,6 +25,7 @@ from tests.support import (  # noqa: E402
     start_stack,
 )
 from tests.support import processes as _processes  # noqa: E402
+from tests.support.auth_stack import AuthStack, start_auth_stack  # noqa: E402
 
 ENVOY_BINARIES = envoy_binaries()
 
@@ -109,6 +110,19 @@ def redis_stack(
     stack = start_stack(
         envoy_binary, tmp_path_factory.mktemp("redis-stack"), redis_url=redis_server.url
     )
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_stack(
+    envoy_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthStack]:
+    """The login stack (tests/support/auth_stack.py): its own Redis, users file and small
+    limits; one per test module, so one module's rate limits never reach another's."""
+    _need_redis()
+    _need_extauthz()
+    stack = start_auth_stack(envoy_binary, tmp_path_factory.mktemp("auth-stack"))
     yield stack
     stack.stop()
 

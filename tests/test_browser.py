@@ -24,7 +24,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from extauthz import tokens
-from tests.support.auth_stack import COOKIE_NAME, USERS, AuthStack, start_auth_stack
+from tests.support.auth_stack import COOKIE_NAME, USERS, AuthStack
 
 pytestmark = pytest.mark.e2e
 
@@ -32,19 +32,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # a JWS compact serialisation: three base64url parts, the header starting with '{"' (eyJ)
 JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-@pytest.fixture(scope="module")
-def auth_stack(
-    envoy_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AuthStack]:
-    from tests.conftest import _need_extauthz, _need_redis
-
-    _need_redis()
-    _need_extauthz()
-    stack = start_auth_stack(envoy_binary, tmp_path_factory.mktemp("browser-stack"))
-    yield stack
-    stack.stop()
 
 
 @pytest.fixture

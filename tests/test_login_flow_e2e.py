@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,9 @@ from tests.support.auth_stack import (
     AuthStack,
     Client,
     redis_config_set,
-    start_auth_stack,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def auth_stack(
-    envoy_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AuthStack]:
-    from tests.conftest import _need_extauthz, _need_redis
-
-    _need_redis()
-    _need_extauthz()
-    stack = start_auth_stack(envoy_binary, tmp_path_factory.mktemp("auth-stack"))
-    yield stack
-    stack.stop()
 
 
 API = {"Accept": "application/json"}
