@@ -142,3 +142,16 @@ def test_serve_with_a_bad_config_exits_non_zero_with_one_line(
     assert lines[0].startswith(f"extauthz: {key}:"), lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_numbers_are_refused(text: str) -> None:
+    with pytest.raises(SettingsError, match=r"^store\.timeout_seconds: expected a finite number"):
+        load_settings(environ={"EXTAUTHZ_STORE_TIMEOUT_SECONDS": text})
+
+
+def test_non_finite_numbers_in_toml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[server]\nshutdown_grace_seconds = inf\n")
+    with pytest.raises(SettingsError, match=r"^server\.shutdown_grace_seconds: expected a finite"):
+        load_settings(path, environ={})

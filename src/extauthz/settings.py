@@ -15,6 +15,7 @@ Nothing here reads the environment at import time. A bad value raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import ipaddress
 import os
 import re
@@ -255,14 +256,21 @@ def _from_text(dotted: str, kind: Any, text: str) -> Any:
         raise SettingsError(f"{dotted}: expected true or false, got {text!r}")
     if kind in (int, float):
         try:
-            return kind(text.strip())
+            number = kind(text.strip())
         except ValueError:
             raise SettingsError(f"{dotted}: expected a number, got {text!r}") from None
+        return _finite(dotted, number)
     if kind == tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind == int | str:
         return int(text.strip()) if text.strip().isdigit() else text.strip()
     return text
+
+
+def _finite(dotted: str, number: float) -> float:
+    if not math.isfinite(number):
+        raise SettingsError(f"{dotted}: expected a finite number, got {number!r}")
+    return number
 
 
 def _coerce(dotted: str, kind: Any, value: Any) -> Any:
@@ -277,7 +285,7 @@ def _coerce(dotted: str, kind: Any, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{dotted}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(dotted, float(value))
     if kind == tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{dotted}: expected a list of strings, got {value!r}")
