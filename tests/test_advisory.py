@@ -154,6 +154,22 @@ async def test_tossed_parent_domain_cookie_of_another_user_is_denied(h: Harness)
         assert metadata(response)["reason"] == "ambiguous_credential"
 
 
+async def test_cookie_tossing_cannot_log_the_user_out(h: Harness) -> None:
+    """A sibling subdomain that plants session cookies (another user's live one, or more
+    copies than allowed) gets the request denied, but never a Set-Cookie that would delete
+    the victim's own cookie."""
+    alice, _ = await h.login("alice")
+    mallory, _ = await h.login("mallory")
+    tossed = [f"{COOKIE}={alice}; {COOKIE}={mallory}"]
+    tossed.append("; ".join([f"{COOKIE}={alice}"] + [f"{COOKIE}=junk{i}" for i in range(8)]))
+    for cookie in tossed:
+        response = await check(h, http_request({"cookie": cookie}))
+        assert not allowed(response)
+        assert metadata(response)["reason"] == "ambiguous_credential"
+        assert "set-cookie" not in [k for k, _ in response_headers(response)]
+    assert allowed(await check(h, http_request({"cookie": f"{COOKIE}={alice}"})))
+
+
 async def test_oversized_cookie_header_is_refused_before_parsing(h: Harness) -> None:
     response = await check(h, http_request({"cookie": "a=" + "x" * 70_000}))
     assert response.denied_response.status.code == 401

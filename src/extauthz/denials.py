@@ -6,8 +6,9 @@
   429 with ``Retry-After`` when throttled.
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
-* An ``Unauthenticated`` denial that saw the session cookie also clears it (``Max-Age=0``). The login page itself
-  is never redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
+* A denial because the session cookie names no live session (unknown, expired, malformed)
+  also clears it (``Max-Age=0``); an ambiguous one is kept. The login page itself is never
+  redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _is_quotable(value: str) -> bool:
     %x5D-7E (printable ASCII without ``"`` and ``\\``); anything else would break the
     challenge or the header (a scope comes from the route's ``context_extensions``)."""
     return all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in value)
+
+
+_CLEARS_COOKIE = frozenset(
+    {Reason.UNKNOWN_SESSION, Reason.SESSION_EXPIRED, Reason.MALFORMED_CREDENTIAL}
+)
 
 
 def safe_return_to(path_and_query: str) -> str:
@@ -96,9 +102,11 @@ class DenialRenderer:
         metadata: dict[str, str],
     ) -> Deny:
         headers: list[tuple[str, str]] = [("cache-control", "no-store")]
-        # only a session that is gone is forgotten: a throttled, refused or malformed request
-        # says nothing about the cookie it carried
-        if saw_cookie and isinstance(denial, Unauthenticated):
+        # only a cookie that names no live session is forgotten. An ambiguous one (several
+        # session cookies of different users, too many copies, a bearer that disagrees) is
+        # kept: a sibling subdomain that tosses in a cookie of its own must not be able to
+        # log the user out, and a throttled or refused request says nothing about the cookie.
+        if saw_cookie and denial.reason in _CLEARS_COOKIE:
             headers.append(("set-cookie", self.clear_cookie()))
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
