@@ -25,7 +25,6 @@ from extauthz.errors import (
     Forbidden,
     Reason,
     TooManyRequests,
-    Unauthenticated,
 )
 from extauthz.policy import Policy
 
