@@ -83,6 +83,21 @@ def test_production_shaped_central_topology() -> None:
     assert services["envoy"]["image"].startswith("envoyproxy/envoy:")
 
 
+@pytest.mark.parametrize("service", ["extauthz-1", "extauthz-2"])
+def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
+    """The settings file plus the service's environment pass start-up validation: a compose
+    file whose extauthz containers would refuse to start is caught here, without Docker."""
+    from extauthz.settings import load_settings
+
+    env = {k: str(v) for k, v in _services()[service]["environment"].items()}
+    words = _words(_services()[service])
+    config = REPO_ROOT / APP_PATH.match(words[words.index("--config") + 1]).group(1)
+    settings = load_settings(config, environ=env)
+    assert settings.store.strategy == "central"
+    assert settings.session.cookie_secure is True
+    assert settings.server.grpc_listen == "0.0.0.0:9001"
+
+
 def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> None:
     command = _words(_services()["envoy-config"])
     args = [w.replace("/app/", f"{REPO_ROOT}/") for w in command[2:]]
