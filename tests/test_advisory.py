@@ -408,3 +408,134 @@ async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) 
         text = record.getMessage() + repr(record.args) + str(record.exc_info or "")
         for secret in secrets:
             assert secret not in text, record.getMessage()
+
+
+# -- review of the running stack (H1, M3 and M4 also in tests/test_auth_service.py) -----------
+
+
+async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
+    h: Harness,
+) -> None:
+    """M3: Check looks up to 4 session cookies; misses next to a live cookie were never
+    counted, so one's own cookie carried 3 free guesses per request (a hit on another user's
+    session shows as ``ambiguous_credential``). Every failed candidate counts now."""
+    from extauthz.context import RequestContext
+    from extauthz.decisions import Allow, Deny
+    from extauthz.ratelimit import MemoryRateLimiter
+    from extauthz.throttle import LookupThrottle
+
+    h.authorizer.throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
+    own, _ = await h.login("mallory")
+
+    def request() -> RequestContext:
+        guesses = "; ".join(f"{COOKIE}={tokens.mint_token()}" for _ in range(3))
+        return RequestContext(
+            method="GET", scheme="https", host="app.test", path="/api",
+            headers={"cookie": f"{guesses}; {COOKIE}={own}"}, peer_address="198.51.100.9",
+        )
+
+    assert isinstance(await h.authorizer.authorize(request()), Allow)  # 3 misses
+    throttled = await h.authorizer.authorize(request())  # 6 misses: over the limit of 5
+    assert isinstance(throttled, Deny) and throttled.status == 429
+    assert h.authorizer.throttle.retry_after("198.51.100.9") >= 1
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [
+        ("/\u2028/evil.com", "/%E2%80%A8/evil.com"),
+        ("/\u2029x", "/%E2%80%A9x"),
+        ("/\u0085x", "/%C2%85x"),  # C1 control (NEL)
+        ("/\uff0f\uff0fevil.example", "/%EF%BC%8F%EF%BC%8Fevil.example"),  # fullwidth solidus
+        ("/\u202eevil", "/%E2%80%AEevil"),  # bidi override
+        ("/caf\u00e9?q=\u00fc#fr\u00e4g", "/caf%C3%A9?q=%C3%BC#fr%C3%A4g"),
+        ("/already%20encoded/%E2%80%A8", "/already%20encoded/%E2%80%A8"),  # left alone
+        ("/\ud800", "/"),  # a lone surrogate is not text
+        ("//\u00e9vil.example", "/"),
+        ("/\\\u00e9vil.example", "/"),
+    ],
+)
+def test_advisory_l5_return_to_is_ascii_with_non_ascii_percent_encoded(
+    candidate: str, expected: str
+) -> None:
+    """L5: non-ASCII went through unchanged, so the login's ``Location`` carried raw UTF-8."""
+    target = safe_return_to(candidate)
+    assert target == expected
+    assert target.isascii() and target.isprintable()
+    assert target.startswith("/") and not target.startswith("//") and "\\" not in target
+    assert urlsplit(target).netloc == "" and urlsplit(target).scheme == ""
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["alice\r\nsid=forged", "alice\n", "a\x00b", "a\x1b[31mb", "a\x7fb", "a\x85b",
+     "a\u2028b", "a\u2029b", "a\u202eb", "a\u2066b", "a\ud800b"],
+)
+async def test_advisory_l5_subject_with_control_characters_is_refused(
+    h: Harness, sub: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """L5: the admin ``CreateSession`` took a subject with CR/LF/controls, which then landed
+    in log lines and the JWT ``sub``. ``SessionManager.create`` refuses it (ValueError), the
+    admin API answers ``INVALID_ARGUMENT``, and nothing is stored."""
+    from extauthz._proto.extauthz.v1 import admin_pb2
+    from extauthz.admin_service import AdminGuard, SessionAdminServicer
+
+    with pytest.raises(ValueError, match="control characters"):
+        await h.sessions.create(sub)
+    if "\ud800" in sub:
+        return  # protobuf cannot even carry it
+    caplog.set_level(logging.INFO)
+    servicer = SessionAdminServicer(h.sessions, AdminGuard(loopback_only=True, token=None))
+    context = FakeServicerContext()
+    with pytest.raises(Aborted) as caught:
+        await servicer.CreateSession(admin_pb2.CreateSessionRequest(sub=sub), context)
+    assert caught.value.code.name == "INVALID_ARGUMENT"
+    assert await h.store.list_subject(sub) == []
+    # the other admin calls log what they were sent escaped, never raw
+    await servicer.RevokeSubjectSessions(
+        admin_pb2.RevokeSubjectSessionsRequest(sub=sub), FakeServicerContext()
+    )
+    await servicer.RevokeSession(admin_pb2.RevokeSessionRequest(sid=sub), FakeServicerContext())
+    for record in caplog.records:
+        assert record.getMessage().isprintable(), record.getMessage()
+
+
+async def test_ordinary_subjects_are_still_accepted(h: Harness) -> None:
+    for sub in ("alice", "user@example.com", "Zo\u00eb", "\u7528\u6237", "a b", "x" * 256):
+        _, session = await h.sessions.create(sub)
+        assert session.sub == sub
+    for bad in ("", "x" * 257):
+        with pytest.raises(ValueError):
+            await h.sessions.create(bad)
+
+
+def test_advisory_m4_an_open_admin_api_is_announced_at_start_up(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """M4: with a loopback gRPC listener and no ``admin.token_file`` the admin API is open to
+    everyone on the host (and to other containers of a pod): say so, once, loudly."""
+    import dataclasses
+
+    from extauthz.app import _admin_guard
+    from extauthz.settings import AdminSettings, ServerSettings, Settings
+
+    def warnings_for(settings: Settings) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="extauthz"):
+            _admin_guard(settings)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    loopback = Settings(server=ServerSettings(grpc_listen="127.0.0.1:9001"))
+    (message,) = warnings_for(loopback)
+    assert "admin API open without a token" in message
+    assert "anyone on this host" in message and "admin.token_file" in message
+    for listen in ("[::1]:9001", "localhost:9001"):
+        assert len(warnings_for(dataclasses.replace(
+            loopback, server=ServerSettings(grpc_listen=listen)))) == 1  # fmt: skip
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("0123456789abcdef0123\n")
+    with_token = dataclasses.replace(loopback, admin=AdminSettings(token_file=str(token_file)))
+    assert warnings_for(with_token) == []
+    # not loopback and no token: the admin API is closed, nothing to warn about
+    closed = Settings(server=ServerSettings(grpc_listen="0.0.0.0:9001"))
+    assert warnings_for(closed) == []

@@ -3,6 +3,7 @@ store, a user file with cheap argon2id parameters, in-memory rate limits with a 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from extauthz.keys import KeyRing, generate_key
 from extauthz.ratelimit import MemoryRateLimiter
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.memory import MemorySessionStore
-from extauthz.users import FileUserStore, PasswordVerifier
+from extauthz.throttle import LookupThrottle
+from extauthz.users import FileUserStore, PasswordVerifier, User
 
 COOKIE = "sid"
 
@@ -79,6 +81,8 @@ class Harness:
     sessions: SessionManager
     verifier: PasswordVerifier
     clock: FakeClock
+    throttle: LookupThrottle
+    auth: AuthService
 
     @property
     def origin(self) -> str:
@@ -106,15 +110,18 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         per_user=MemoryRateLimiter(3, 60, clock=clock),
         per_address=MemoryRateLimiter(8, 60, clock=clock),
     )
+    # failed token lookups per address (``check:addr``), the budget Check shares
+    throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=clock), clock=clock)
     auth = AuthService(
-        sessions, verifier, SessionCookie(COOKIE, secure=True), realm="test", limits=limits
+        sessions, verifier, SessionCookie(COOKIE, secure=True), realm="test", limits=limits,
+        throttle=throttle,
     )
     generate_key(tmp_path / "keys", "ES256")
     app = build_http_app(KeyRing.from_directory(tmp_path / "keys"), auth)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Harness(client, store, sessions, verifier, clock)
+        yield Harness(client, store, sessions, verifier, clock, throttle, auth)
     finally:
         await client.close()
 
@@ -437,3 +444,202 @@ async def test_request_bodies_are_bounded(harness: Harness) -> None:
         "/auth/login", json={"username": "bob", "password": "x" * 20000}
     )
     assert resp.status == 413
+
+
+# -- advisories: concurrency, lookup throttling, return_to (tests/test_advisory.py style) ----
+
+
+class SlowVerifier:
+    """Counts the logins that reach the password check and holds each one a little, so that
+    concurrent requests really overlap (as argon2 in a worker thread does)."""
+
+    def __init__(self, inner: PasswordVerifier) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def verify(self, name: str, password: str) -> User | None:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        return await self.inner.verify(name, password)
+
+
+def slow_verifier(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> SlowVerifier:
+    spy = SlowVerifier(harness.verifier)
+    monkeypatch.setattr(harness.auth, "verifier", spy)
+    return spy
+
+
+async def test_advisory_h1_parallel_wrong_passwords_cannot_outrun_the_user_limit(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """H1: the limit was checked before the verify and counted after it, so every request in
+    flight passed (12 parallel guesses: 12x401, 0x429). Attempts are now reserved first."""
+    spy = slow_verifier(harness, monkeypatch)
+    responses = await asyncio.gather(
+        *(harness.login_json("alice", f"guess-{i}") for i in range(12))
+    )
+    statuses = sorted(r.status for r in responses)
+    assert spy.calls <= 3  # the per-user limit of the harness
+    assert statuses == [401] * spy.calls + [429] * (12 - spy.calls)
+    for resp in responses:
+        if resp.status == 429:
+            assert 1 <= int(resp.headers["Retry-After"]) <= 60
+            assert "Set-Cookie" not in resp.headers
+    # the budget is spent: the right password is refused too, without a verify
+    assert (await harness.login_json("alice", "correct horse")).status == 429
+    assert spy.calls <= 3
+
+
+async def test_advisory_h1_parallel_guesses_from_a_fresh_address_cannot_outrun_its_limit(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """H1: 40 parallel guesses at 40 names from one fresh address all reached argon2."""
+    spy = slow_verifier(harness, monkeypatch)
+    fresh = {"X-Forwarded-For": "203.0.113.77"}  # set by the trusted proxy (loopback)
+    responses = await asyncio.gather(
+        *(harness.login_json(f"user{i}", "guess", **fresh) for i in range(40))
+    )
+    statuses = [r.status for r in responses]
+    assert spy.calls <= 8  # the per-address limit of the harness
+    assert statuses.count(401) == spy.calls
+    assert statuses.count(429) == 40 - spy.calls
+    assert all("Retry-After" in r.headers for r in responses if r.status == 429)
+    # a refused attempt is not a guess: it does not eat into the budget of the name tried
+    for _ in range(5):  # more than the per-user limit (3)
+        assert (await harness.login_json("alice", "correct horse", **fresh)).status == 429
+    assert (await harness.login_json("alice", "correct horse")).status == 200
+
+
+async def test_successful_logins_do_not_spend_the_address_budget(harness: Harness) -> None:
+    """Attempts are reserved up front; a success takes its own reservation back, so an
+    address (a NAT) still counts failures only."""
+    for _ in range(10):
+        assert (await harness.login_json("bob", "hunter2")).status == 200
+    for i in range(8):
+        assert (await harness.login_json(f"user{i}", "wrong")).status == 401
+    resp = await harness.login_json("bob", "hunter2")
+    assert resp.status == 429  # 8 failures: the address budget is spent
+
+
+async def test_a_store_outage_at_login_does_not_spend_the_budgets(harness: Harness) -> None:
+    harness.store.fail_create = True
+    for _ in range(5):  # more than the per-user limit (3)
+        assert (await harness.login_json("alice", "correct horse")).status == 503
+    harness.store.fail_create = False
+    assert (await harness.login_json("alice", "correct horse")).status == 200
+
+
+async def test_advisory_m3_guessing_tokens_at_auth_session_is_throttled(
+    harness: Harness,
+) -> None:
+    """M3: GET /auth/session looked tokens up without counting failures (70 guessed bearers:
+    70x401). It now shares Check's per-address budget and answers 429 once it is spent,
+    without looking up even a valid token."""
+    statuses = []
+    for _ in range(70):
+        guess = tokens.mint_token()  # the right shape, no such session
+        resp = await harness.client.get(
+            "/auth/session", headers={"Authorization": f"Bearer {guess}"}
+        )
+        statuses.append(resp.status)
+        if resp.status == 429:
+            assert int(resp.headers["Retry-After"]) >= 1
+    assert statuses[:4] == [401] * 4
+    assert set(statuses[5:]) == {429}
+    assert harness.throttle.retry_after("127.0.0.1") >= 1  # Check sees the same block
+    valid, _ = await harness.sessions.create("alice")
+    blocked = await harness.client.get("/auth/session", headers={"Authorization": f"Bearer {valid}"})
+    assert blocked.status == 429
+    assert (await blocked.json())["error"] == "rate_limited"
+
+
+async def test_advisory_m3_failed_lookups_at_check_block_auth_session_and_logout(
+    harness: Harness,
+) -> None:
+    """One budget: an address blocked at Check cannot continue at /auth/* (and back)."""
+    token, _ = await harness.sessions.create("alice")
+    assert await harness.throttle.failed("127.0.0.1", 6)
+    headers = {"Cookie": f"{COOKIE}={token}"}
+    assert (await harness.client.get("/auth/session", headers=headers)).status == 429
+    logout = await harness.client.post("/auth/logout", headers=headers)
+    assert logout.status == 429
+    assert "Set-Cookie" not in logout.headers
+    assert (await harness.sessions.lookup(token)).sub == "alice"  # nothing was looked up
+    # a request without any credential is not a lookup and is not refused
+    assert (await harness.client.get("/auth/session")).status == 401
+
+
+async def test_advisory_m3_guessing_tokens_at_logout_is_throttled(harness: Harness) -> None:
+    """M3: POST /auth/logout ("revoked": n) was an uncounted oracle too."""
+    statuses = []
+    for everywhere in ("0", "1") * 5:
+        guess = tokens.mint_token()
+        resp = await harness.client.post(
+            f"/auth/logout?everywhere={everywhere}", headers={"Authorization": f"Bearer {guess}"}
+        )
+        statuses.append(resp.status)
+    assert statuses[:5] == [200] * 5  # each a miss: counted once, whichever way
+    assert set(statuses[5:]) == {429}
+    # a logout that ends a real session is still told so when its guesses cross the limit
+    harness.clock.now += 61
+    mine, _ = await harness.sessions.create("mallory")
+    await harness.throttle.failed("127.0.0.1", 4)
+    guesses = "; ".join(f"{COOKIE}={tokens.mint_token()}" for _ in range(2))
+    resp = await harness.client.post(
+        "/auth/logout", headers={"Cookie": f"{guesses}; {COOKIE}={mine}"}
+    )
+    assert resp.status == 200 and (await resp.json())["revoked"] == 1
+    assert (await harness.client.post(
+        "/auth/logout", headers={"Cookie": f"{COOKIE}={mine}"})).status == 429  # fmt: skip
+
+
+async def test_advisory_m3_every_failed_cookie_candidate_counts(harness: Harness) -> None:
+    """Up to 4 session cookies are looked up; a valid one must not hide the guesses next to
+    it (nor may several guesses count as one)."""
+    own, _ = await harness.sessions.create("mallory")
+    guesses = "; ".join(f"{COOKIE}={tokens.mint_token()}" for _ in range(3))
+    headers = {"Cookie": f"{guesses}; {COOKIE}={own}"}
+    first = await harness.client.get("/auth/session", headers=headers)
+    assert first.status == 200  # 3 misses counted, under the limit of 5
+    second = await harness.client.get("/auth/session", headers=headers)
+    assert second.status == 429  # 6 misses: over
+
+
+async def test_advisory_l5_login_redirect_location_is_ascii(harness: Harness) -> None:
+    """L5: return_to=/%E2%80%A8/evil.com put raw UTF-8 (U+2028) into the Location header."""
+    for return_to, expected in (
+        ("/\u2028/evil.com", "/%E2%80%A8/evil.com"),
+        ("/caf\u00e9?q=\u00fc", "/caf%C3%A9?q=%C3%BC"),
+        ("/\uff0f\uff0fevil.example", "/%EF%BC%8F%EF%BC%8Fevil.example"),  # fullwidth slashes
+        ("/\u0085x", "/%C2%85x"),  # C1 control (NEL)
+    ):
+        resp = await harness.client.post(
+            "/auth/login",
+            data={"username": "bob", "password": "hunter2", "return_to": return_to},
+            headers=harness.same_site(),
+            allow_redirects=False,
+        )
+        assert resp.status == 303
+        location = resp.headers["Location"]
+        assert location == expected
+        assert location.isascii() and location.isprintable()
+
+
+async def test_login_logs_hash_attempted_names_and_name_session_subjects(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """L5 (decided and documented in the module docstring): a name typed into a failed or
+    throttled login may be anyone's, or a password in the wrong field: only its hash is
+    logged. The subject of a session that was created or ended is logged as it is (audit)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="extauthz")
+    assert (await harness.login_json("hunter2-typed-as-name", "x")).status == 401
+    for _ in range(4):
+        await harness.login_json("alice", "wrong")
+    assert (await harness.login_json("bob", "hunter2")).status == 200
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "hunter2-typed-as-name" not in text
+    assert tokens.log_id("hunter2-typed-as-name") in text
+    assert "alice" not in text and tokens.log_id("alice") in text
+    assert re.search(r"^login sub=bob sid=\S+ addr=", text, re.MULTILINE)

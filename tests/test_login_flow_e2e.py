@@ -221,6 +221,40 @@ def test_a_burst_of_random_tokens_from_one_address_is_throttled_at_check(
     assert guesser.request("GET", "/x", headers=stolen).status == 429
 
 
+def test_parallel_wrong_passwords_cannot_outrun_the_login_limit(auth_stack: AuthStack) -> None:
+    """H1 against the running stack (Redis counters, argon2 in worker threads): 12 parallel
+    guesses at one user gave 12x401; now at most the limit (3) are checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(i: int) -> tuple[int, str | None]:
+        resp = auth_stack.client(source="127.0.0.51").login("dave", f"guess-{i}")
+        return resp.status, resp.header("retry-after")
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(guess, range(12)))
+    statuses = [status for status, _ in answers]
+    assert 1 <= statuses.count(401) <= 3, statuses
+    assert statuses.count(429) == 12 - statuses.count(401), statuses
+    retry_after = max(int(r or "0") for s, r in answers if s == 429)
+    assert retry_after >= 1
+    time.sleep(retry_after + 0.2)  # leave dave's budget as it was found
+    assert auth_stack.client(source="127.0.0.51").login("dave").status == 200
+
+
+def test_guessing_tokens_at_auth_session_is_throttled_like_check(auth_stack: AuthStack) -> None:
+    """M3 against the running stack: /auth/session counts failed lookups in Check's budget."""
+    guesser = auth_stack.client(source="127.0.0.61")
+    statuses = []
+    for _ in range(14):
+        bearer = {**API, "Authorization": f"Bearer {tokens.mint_token()}"}
+        statuses.append(guesser.request("GET", "/auth/session", headers=bearer).status)
+    assert statuses[:10] == [401] * 10
+    assert set(statuses[10:]) == {429}
+    # the same budget: Check refuses that address too
+    bearer = {**API, "Authorization": f"Bearer {tokens.mint_token()}"}
+    assert guesser.request("GET", "/x", headers=bearer).status == 429
+
+
 def test_demo_settings_warn_that_the_cookie_is_not_secure(auth_stack: AuthStack) -> None:
     log = Path(auth_stack.stack.extauthz.stderr_path).read_text()
     assert "session.cookie_secure = false" in log

@@ -248,3 +248,43 @@ async def test_redis_errors_propagate() -> None:
             await rl.reset(USER)
     finally:
         await dead.aclose()
+
+
+# ---------------------------------------------------------------- refund (reserve, then settle)
+
+
+async def test_memory_refund_takes_one_hit_back_within_the_window() -> None:
+    clock = FakeClock()
+    rl = MemoryRateLimiter(limit=2, window_seconds=60, clock=clock)
+    await rl.refund(USER)  # nothing to take back: no negative counts
+    await rl.hit(USER)
+    await rl.hit(USER)
+    assert (await rl.blocked(USER)).blocked
+    await rl.refund(USER)
+    verdict = await rl.blocked(USER)
+    assert not verdict.blocked and verdict.remaining == 1
+    clock.now += 30
+    assert await rl.hit(USER) == Verdict(False, 0, 0)
+    over = await rl.hit(USER)
+    assert over.blocked and over.retry_after_seconds == 30  # the window did not move
+    clock.now += 31
+    await rl.refund(USER)  # the window is over: nothing happens
+    assert (await rl.hit(USER)).remaining == 1
+
+
+async def test_redis_refund_takes_one_hit_back_and_keeps_the_ttl(
+    client: redis.asyncio.Redis,
+) -> None:
+    rl = RedisRateLimiter(client, "t:", limit=2, window_seconds=60)
+    await rl.refund(USER)
+    assert await client.exists(rl.redis_key(USER)) == 0  # no key, no negative count
+    await rl.hit(USER)
+    await rl.hit(USER)
+    assert (await rl.blocked(USER)).blocked
+    await rl.refund(USER)
+    assert not (await rl.blocked(USER)).blocked
+    assert await client.get(rl.redis_key(USER)) == b"1"
+    assert 0 < await client.pttl(rl.redis_key(USER)) <= 60_000
+    await rl.refund(USER)
+    await rl.refund(USER)
+    assert await client.get(rl.redis_key(USER)) == b"0"

@@ -4,7 +4,13 @@
 Admin calls are allowed from any peer when the server listens on loopback only; otherwise
 they require ``authorization: Bearer <admin token>`` metadata, the token being read from
 ``admin.token_file``. Without a token file on a non-loopback listener, admin calls are
-refused with ``PERMISSION_DENIED``.
+refused with ``PERMISSION_DENIED``. "Loopback only" still means every local user and process,
+and every container sharing the pod's network namespace, can create sessions for any subject:
+the server logs a warning at start-up in that case (``extauthz.app``); set a token file.
+
+Subjects are validated by :meth:`SessionManager.create` (no control characters:
+``INVALID_ARGUMENT``); subjects and session ids that callers send to other calls are logged
+through :func:`~extauthz.sessions.manager.printable`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from extauthz import __version__
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.errors import StoreUnavailable
 from extauthz.keys import KeyRing
-from extauthz.sessions.manager import SessionManager
+from extauthz.sessions.manager import SessionManager, printable
 from extauthz.sessions.model import Session
 
 log = logging.getLogger("extauthz.admin")
@@ -119,7 +125,9 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
     async def RevokeSession(self, request: Any, context: Any) -> admin_pb2.RevokeSessionResponse:
         async def run() -> admin_pb2.RevokeSessionResponse:
             revoked = await self._sessions.store.revoke_sid(request.sid)
-            log.info("session revoked sid=%s found=%s", request.sid, revoked is not None)
+            log.info(
+                "session revoked sid=%s found=%s", printable(request.sid), revoked is not None
+            )
             return admin_pb2.RevokeSessionResponse(revoked=revoked is not None)
 
         return await _call(context, self._guard, run)
@@ -129,7 +137,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
     ) -> admin_pb2.RevokeSubjectSessionsResponse:
         async def run() -> admin_pb2.RevokeSubjectSessionsResponse:
             count = await self._sessions.store.revoke_subject(request.sub)
-            log.info("sessions revoked sub=%s count=%d", request.sub, count)
+            log.info("sessions revoked sub=%s count=%d", printable(request.sub), count)
             return admin_pb2.RevokeSubjectSessionsResponse(revoked=count)
 
         return await _call(context, self._guard, run)

@@ -183,6 +183,7 @@ def build_auth(
         SessionCookie.from_settings(settings.session),
         realm=settings.deny.realm,
         limits=limits,
+        throttle=throttle,  # the same one as Check's: one budget of failed lookups
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         trusted_proxies=settings.auth.trusted_proxies,
         default_return_to=settings.auth.default_return_to,
@@ -253,7 +254,19 @@ def _admin_guard(settings: Settings) -> AdminGuard:
             raise SettingsError(f"admin.token_file: {exc.strerror}") from None
         if len(token) < 16:
             raise SettingsError("admin.token_file: the token must be at least 16 characters")
-    return AdminGuard(loopback_only=_is_loopback(settings.server.grpc_listen), token=token)
+    loopback_only = _is_loopback(settings.server.grpc_listen)
+    if token is None and loopback_only:
+        log.warning(
+            "admin API open without a token: server.grpc_listen %s is loopback-only and "
+            "admin.token_file is unset, so anyone on this host (every local user and process, "
+            "and other containers sharing this pod's network namespace) can create sessions for "
+            "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
+            "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
+            "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
+            "--admin-token-file); see docs/authentication.md",
+            settings.server.grpc_listen,
+        )
+    return AdminGuard(loopback_only=loopback_only, token=token)
 
 
 async def serve(settings: Settings) -> int:

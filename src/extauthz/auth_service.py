@@ -18,13 +18,23 @@ ext_authz disabled):
 ``GET  /auth/session``  the caller's own session summary (JSON, or HTML for browsers); never
                         the token. 401 with ``WWW-Authenticate: Bearer`` without a session.
 
-Both POSTs refuse cross-site requests (:mod:`extauthz.csrf`, 403). Failed logins are
-counted per user name and per client address (:class:`LoginLimits`); over a limit a login is
-answered 429 with ``Retry-After`` before any password is checked, the right one included.
+Both POSTs refuse cross-site requests (:mod:`extauthz.csrf`, 403). Login attempts are
+counted per user name and per client address (:class:`LoginLimits`) **before** the password is
+checked, with an atomic increment, so parallel attempts cannot all slip under a limit; over a
+limit a login is answered 429 with ``Retry-After`` and no password is checked, the right one
+included. Only failed attempts keep their count (see :meth:`LoginLimits.reserve`).
+
+Token lookups (``/auth/session``, ``/auth/logout``, the session-fixation revocation at login)
+count their failures in the same per-address :class:`~extauthz.throttle.LookupThrottle` as
+``Check``; a blocked address gets 429 from ``/auth/session`` and ``/auth/logout`` without a
+lookup.
 
 A store that cannot answer (sessions, users or rate-limit counters) is a 503, never a 401.
-Passwords, tokens and cookie values are never logged; user names appear only as
-:func:`extauthz.tokens.log_id` hashes.
+Passwords, tokens and cookie values are never logged. A name typed into a login (a failed or
+throttled attempt: it may be anyone's name, or a password typed into the wrong field) appears
+only as its :func:`extauthz.tokens.log_id` hash; the subject of a session that was created or
+ended (``sub``, a user name of ``[A-Za-z0-9._@-]``, the same value as the JWT ``sub``) is logged
+as it is, because an audit log must say who signed in and out.
 """
 
 from __future__ import annotations
@@ -47,10 +57,11 @@ from extauthz.cookies import SessionCookie
 from extauthz.credentials import BearerExtractor, CookieExtractor
 from extauthz.csrf import SameSiteCheck, media_type
 from extauthz.denials import safe_return_to
-from extauthz.errors import Denied, StoreUnavailable, Unauthenticated
+from extauthz.errors import Denied, Reason, StoreUnavailable, Unauthenticated
 from extauthz.ratelimit import LOGIN_ADDR, LOGIN_USER, RateKey, RateLimiter
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.model import Session
+from extauthz.throttle import LookupThrottle
 from extauthz.users import PasswordVerifier, UserStoreError
 
 log = logging.getLogger("extauthz.auth")
@@ -62,6 +73,8 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 INVALID_LOGIN = "Invalid user name or password."
 # errors of the stores behind a login: users (file or Redis), counters (Redis), sessions
 _BACKEND_ERRORS = (StoreUnavailable, UserStoreError, RedisError, OSError)
+# failed token lookups that count toward the ``check:addr`` throttle (as at ``Check``)
+_LOOKUP_MISSES = (Reason.UNKNOWN_SESSION, Reason.MALFORMED_CREDENTIAL)
 
 
 class _Unavailable(Exception):
@@ -83,7 +96,8 @@ class LoginLimits:
         return keys
 
     async def retry_after(self, name: str, address: str) -> int:
-        """Seconds to wait when either budget is spent, else 0. Backend errors propagate."""
+        """Seconds to wait when either budget is spent, else 0 (counts nothing; a login uses
+        :meth:`reserve`). Backend errors propagate."""
         wait = 0
         for limiter, key in self._keys(name, address):
             verdict = await limiter.blocked(key)
@@ -91,14 +105,55 @@ class LoginLimits:
                 wait = max(wait, verdict.retry_after_seconds)
         return wait
 
-    async def failed(self, name: str, address: str) -> None:
-        for limiter, key in self._keys(name, address):
-            await limiter.hit(key)
+    async def reserve(self, name: str, address: str) -> int:
+        """Count one attempt against both budgets *before* the password is checked; the
+        seconds to wait when either budget was already spent (the attempt is refused), else 0.
 
-    async def succeeded(self, name: str) -> None:
-        """Forget the user's failures (not the address's: one known account must not
-        buy an address more guesses at others)."""
+        Each count is an atomic increment, so of N attempts in flight at once at most
+        ``limit`` get through, whatever their timing. A refused attempt is not a guess: its
+        count is taken back from the budget that still had room (the one over its limit keeps
+        it, which changes nothing in a fixed window). After the password check the caller
+        settles the attempt: a failure keeps both counts, :meth:`succeeded` or
+        :meth:`release` take them back. Backend errors propagate (after taking back what was
+        already counted).
+        """
+        taken: list[tuple[RateLimiter, RateKey]] = []
+        wait = 0
+        try:
+            for limiter, key in self._keys(name, address):
+                verdict = await limiter.hit(key)
+                if verdict.blocked:
+                    wait = max(wait, verdict.retry_after_seconds)
+                else:
+                    taken.append((limiter, key))
+        except BaseException:
+            await _refund_quietly(taken)
+            raise
+        if wait:
+            await _refund_quietly(taken)
+        return wait
+
+    async def succeeded(self, name: str, address: str = "") -> None:
+        """A reserved attempt with the right password: forget the user's failures, and take
+        this attempt back from the address's budget (only this one: one known account must
+        not buy an address more guesses at others)."""
         await self.per_user.reset(RateKey(LOGIN_USER, name))
+        if address:
+            await self.per_address.refund(RateKey.for_address(LOGIN_ADDR, address))
+
+    async def release(self, name: str, address: str) -> None:
+        """Take a reserved attempt back from both budgets (no answer about the password was
+        given: a backend failed)."""
+        for limiter, key in self._keys(name, address):
+            await limiter.refund(key)
+
+
+async def _refund_quietly(taken: Iterable[tuple[RateLimiter, RateKey]]) -> None:
+    for limiter, key in taken:
+        try:
+            await limiter.refund(key)
+        except Exception:
+            log.warning("login: cannot take back a rate-limit count", exc_info=True)
 
 
 def client_address(
@@ -168,6 +223,7 @@ class AuthService:
         *,
         realm: str,
         limits: LoginLimits | None = None,
+        throttle: LookupThrottle | None = None,
         same_site: SameSiteCheck | None = None,
         trusted_proxies: Iterable[str] = ("127.0.0.1/32", "::1/128"),
         default_return_to: str = "/",
@@ -177,6 +233,7 @@ class AuthService:
         self.cookie = cookie
         self.realm = realm
         self.limits = limits
+        self.throttle = throttle
         self.same_site = same_site or SameSiteCheck()
         self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self.default_return_to = default_return_to
@@ -210,6 +267,27 @@ class AuthService:
             except Denied:
                 continue
         return list(dict.fromkeys(found))
+
+    def _lookup_blocked(self, address: str, presented: list[str]) -> int:
+        """Seconds a request carrying ``presented`` tokens from ``address`` must wait before
+        any of them is looked up (the ``check:addr`` throttle shared with ``Check``), else 0."""
+        if self.throttle is None or not presented:
+            return 0
+        return self.throttle.retry_after(address)
+
+    async def _count_misses(self, address: str, misses: int) -> int:
+        """Count failed token lookups; the seconds to wait if the address is now blocked."""
+        if self.throttle is None or not misses:
+            return 0
+        return await self.throttle.failed(address, misses)
+
+    def _lookups_throttled(self, html: bool, wait: int) -> web.Response:
+        log.warning("token lookup refused: too many failed lookups from this address")
+        return self._error(
+            html, 429, "rate_limited",
+            "Too many failed token lookups from this address; please wait and try again.",
+            {"Retry-After": str(wait)},
+        )
 
     def _cross_site(self, request: web.Request) -> str | None:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -334,7 +412,8 @@ class AuthService:
     ) -> web.Response:
         user_id = tokens.log_id(username)
         try:
-            wait = await self.limits.retry_after(username, address) if self.limits else 0
+            # reserved before the verify: concurrent attempts cannot all pass a check
+            wait = await self.limits.reserve(username, address) if self.limits else 0
         except _BACKEND_ERRORS:
             log.error("login: rate-limit counters unavailable", exc_info=True)
             raise _Unavailable from None
@@ -349,29 +428,30 @@ class AuthService:
             user = await self.verifier.verify(username, password)
         except _BACKEND_ERRORS:
             log.error("login: user store unavailable", exc_info=True)
+            await self._release(username, address)  # no password was checked
             raise _Unavailable from None
         if user is None:
-            try:
-                if self.limits:
-                    await self.limits.failed(username, address)
-            except _BACKEND_ERRORS:
-                log.error("login: cannot count a failed login", exc_info=True)
-                raise _Unavailable from None
+            # the reservation stays: this was a failed attempt
             log.info("login failed user_id=%s addr=%s", user_id, address)
             return self._login_failed(html, username, return_to)
         try:
-            # session fixation: nothing presented before the login survives it
+            # session fixation: nothing presented before the login survives it. The answer
+            # does not depend on these revocations, but a miss is still a failed lookup.
+            misses = 0
             for token in self._presented_tokens(request):
-                await self.sessions.revoke_token(token)
+                if await self.sessions.revoke_token(token) is None:
+                    misses += 1
             token, session = await self.sessions.create(
                 user.name, scopes=user.scopes, roles=user.roles
             )
         except StoreUnavailable:
             log.error("login: session store unavailable", exc_info=True)
+            await self._release(username, address)  # the password was right: not a failure
             raise _Unavailable from None
+        await self._count_misses(address, misses)
         if self.limits:
             try:
-                await self.limits.succeeded(username)
+                await self.limits.succeeded(username, address)
             except _BACKEND_ERRORS:
                 log.warning("login: cannot reset the user's failure count", exc_info=True)
         log.info("login sub=%s sid=%s addr=%s", session.sub, session.sid, address)
@@ -383,6 +463,14 @@ class AuthService:
             response = self._json(200, session_summary(session))
         response.headers["Set-Cookie"] = set_cookie
         return response
+
+    async def _release(self, username: str, address: str) -> None:
+        if self.limits is None:
+            return
+        try:
+            await self.limits.release(username, address)
+        except _BACKEND_ERRORS:
+            log.warning("login: cannot take back a rate-limit count", exc_info=True)
 
     def _login_failed(self, html: bool, username: str, return_to: str) -> web.Response:
         challenge = self._challenge(None)
@@ -412,8 +500,13 @@ class AuthService:
         if self._is_form(request):
             everywhere = everywhere or _flag((await request.post()).get("everywhere", ""))
         presented = self._presented_tokens(request)
+        address = client_address(request, self.trusted_proxies)
+        wait = self._lookup_blocked(address, presented)
+        if wait:
+            return self._lookups_throttled(html, wait)
+        missed: set[str] = set()
         try:
-            revoked = await self._revoke(presented, everywhere)
+            revoked = await self._revoke(presented, everywhere, missed)
         except StoreUnavailable:
             # the session still works: do not clear the cookie, do not claim success
             log.error("logout failed: the revocation was not stored", exc_info=True)
@@ -422,6 +515,12 @@ class AuthService:
                 "The session could not be ended; it is still active. Please try again.",
                 {"Retry-After": "5"},
             )
+        finally:
+            wait = await self._count_misses(address, len(missed))
+        if wait and not revoked:
+            # this request used up the budget and ended nothing: it learns nothing (as at
+            # Check). A request that did end a session is told so, truthfully.
+            return self._lookups_throttled(html, wait)
         if html:
             response = web.Response(
                 status=303, headers={"Location": f"{LOGIN_PATH}?logged_out=1"}
@@ -432,8 +531,9 @@ class AuthService:
         response.headers["Set-Cookie"] = self.cookie.clear()
         return response
 
-    async def _revoke(self, presented: list[str], everywhere: bool) -> int:
+    async def _revoke(self, presented: list[str], everywhere: bool, missed: set[str]) -> int:
         """Revoke the presented sessions (or every session of their users); how many.
+        Tokens that matched no session are added to ``missed``.
 
         :raises StoreUnavailable: a revocation was not stored.
         """
@@ -443,7 +543,9 @@ class AuthService:
             for token in presented:
                 try:
                     subjects[(await self.sessions.lookup(token)).sub] = None
-                except Unauthenticated:
+                except Unauthenticated as failure:
+                    if failure.reason in _LOOKUP_MISSES:
+                        missed.add(token)
                     continue
             for sub in subjects:
                 count = await self.sessions.store.revoke_subject(sub)
@@ -454,6 +556,8 @@ class AuthService:
             if gone is not None:
                 log.info("logout sub=%s sid=%s", gone.sub, gone.sid)
                 revoked += 1
+            elif not everywhere:
+                missed.add(token)  # (with ``everywhere`` the lookup above already counted)
         return revoked
 
     # -- GET /auth/session -----------------------------------------------------------------
@@ -461,17 +565,27 @@ class AuthService:
     async def session(self, request: web.Request) -> web.Response:
         html = self._wants_html(request)
         presented = self._presented_tokens(request)
+        address = client_address(request, self.trusted_proxies)
+        wait = self._lookup_blocked(address, presented)
+        if wait:
+            return self._lookups_throttled(html, wait)
         found: Session | None = None
+        misses = 0
         try:
             for token in presented:
                 try:
                     found = await self.sessions.lookup(token)
                     break
-                except Unauthenticated:
+                except Unauthenticated as failure:
+                    misses += failure.reason in _LOOKUP_MISSES
                     continue
         except StoreUnavailable:
             return self._error(html, 503, "temporarily_unavailable", "Please try again shortly.",
                                {"Retry-After": "5"})
+        finally:
+            wait = await self._count_misses(address, misses)
+        if wait:  # this request used up the budget: it learns nothing more (as at Check)
+            return self._lookups_throttled(html, wait)
         if found is None:
             if html:
                 target = f"{LOGIN_PATH}?return_to={quote(SESSION_PATH, safe='')}"

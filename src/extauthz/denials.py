@@ -50,7 +50,13 @@ _CLEARS_COOKIE = frozenset(
 
 def safe_return_to(path_and_query: str) -> str:
     """A same-host relative reference for ``return_to``: a path beginning with a single
-    ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``."""
+    ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``.
+
+    The answer is always printable ASCII, ready for a ``Location`` header: every non-ASCII
+    character is percent-encoded as UTF-8 (RFC 3986 §2.1; ``/\u2028x`` → ``/%E2%80%A8x``), so
+    no raw byte above 0x7E (line separators, C1 controls, look-alike slashes) reaches a header
+    or a browser's URL parser. Text that is not valid Unicode (lone surrogates) becomes ``/``.
+    """
     candidate = path_and_query or "/"
     if (
         not candidate.startswith("/")
@@ -60,7 +66,14 @@ def safe_return_to(path_and_query: str) -> str:
         or urlsplit(candidate).netloc
     ):
         return "/"
-    return candidate
+    if candidate.isascii():
+        return candidate
+    try:
+        # "%" and every ASCII character are left as they are: only non-ASCII is encoded, so
+        # the checks above (all about ASCII) still hold for the result
+        return "".join(c if c.isascii() else quote(c, safe="", errors="strict") for c in candidate)
+    except UnicodeEncodeError:
+        return "/"
 
 
 @dataclass(frozen=True)

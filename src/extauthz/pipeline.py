@@ -134,33 +134,44 @@ class Authorizer:
 
     async def _resolve_throttled(self, ctx: RequestContext, credentials: Credentials) -> Session:
         """:meth:`_resolve`, refused with 429 for an address over its budget of failed
-        lookups (:mod:`extauthz.throttle`); only unknown and malformed tokens count."""
+        lookups (:mod:`extauthz.throttle`). Every unknown or malformed candidate counts, also
+        when another candidate of the same request is live (otherwise one's own cookie would
+        carry a few free guesses in every request)."""
         if self.throttle is None:
-            return await self._resolve(credentials)
+            return await self._resolve(credentials, [])
         wait = self.throttle.retry_after(ctx.peer_address)
         if wait:
             raise TooManyRequests(wait, "too many failed token lookups from this address")
+        misses: list[Unauthenticated] = []
         try:
-            return await self._resolve(credentials)
-        except Unauthenticated as failure:
-            if failure.reason in (Reason.UNKNOWN_SESSION, Reason.MALFORMED_CREDENTIAL):
-                wait = await self.throttle.failed(ctx.peer_address)
-                if wait:
-                    raise TooManyRequests(
-                        wait, "too many failed token lookups from this address"
-                    ) from None
+            session = await self._resolve(credentials, misses)
+        except Unauthenticated:
+            await self._count_misses(ctx, misses)
             raise
+        await self._count_misses(ctx, misses)
+        return session
 
-    async def _resolve(self, credentials: Credentials) -> Session:
-        """Look up every candidate token: a single one must be live; of several session
-        cookies (host and parent-domain cookies sharing a name) the first live one wins,
-        unless live ones belong to different subjects."""
+    async def _count_misses(self, ctx: RequestContext, misses: list[Unauthenticated]) -> None:
+        """:raises TooManyRequests: the misses put the address over its budget."""
+        assert self.throttle is not None
+        counted = sum(
+            m.reason in (Reason.UNKNOWN_SESSION, Reason.MALFORMED_CREDENTIAL) for m in misses
+        )
+        wait = await self.throttle.failed(ctx.peer_address, counted)
+        if wait:
+            raise TooManyRequests(wait, "too many failed token lookups from this address") from None
+
+    async def _resolve(self, credentials: Credentials, misses: list[Unauthenticated]) -> Session:
+        """Look up every candidate token (each failure is appended to ``misses``): a single
+        one must be live; of several session cookies (host and parent-domain cookies sharing
+        a name) the first live one wins, unless live ones belong to different subjects."""
         live: list[Session] = []
         first_failure: Unauthenticated | None = None
         for token in credentials.tokens:
             try:
                 live.append(await self.sessions.lookup(token))
             except Unauthenticated as failure:
+                misses.append(failure)
                 first_failure = first_failure or failure
         if not live:
             assert first_failure is not None

@@ -13,6 +13,9 @@ Semantics (both implementations):
 - :meth:`RateLimiter.hit` counts one hit and says whether *this* hit is over the limit.
 - :meth:`RateLimiter.blocked` counts nothing and says whether the *next* hit would be over it,
   i.e. whether ``limit`` hits have already been spent in the current window.
+- :meth:`RateLimiter.refund` takes one hit back (never below zero, never into a new window), for
+  a caller that reserves with ``hit`` *before* the work it limits and then learns that the
+  attempt must not count (it succeeded, or was refused for another reason).
 - A blocked :class:`Verdict` carries ``retry_after_seconds`` >= 1: whole seconds until the window
   ends, ready for an HTTP 429 (RFC 6585 §4) ``Retry-After`` header (RFC 9110 §10.2.3).
 
@@ -116,6 +119,10 @@ class RateLimiter(Protocol):
     async def reset(self, key: RateKey) -> None:
         """Forget the key's hits (e.g. after a successful login)."""
 
+    async def refund(self, key: RateKey) -> None:
+        """Take back one hit of the current window (nothing if the count is zero or the
+        window has ended); the window's end does not move."""
+
 
 def _check_config(limit: int, window_seconds: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -151,6 +158,15 @@ end
 return {tonumber(count), redis.call('PTTL', KEYS[1])}
 """
 
+# DECR keeps the key's TTL; a missing key (window over, or reset) is left alone
+_REFUND = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
 
 class RedisRateLimiter:
     """Fixed-window counters in Redis at ``<key_prefix>rl:<RateKey.storage_key>``.
@@ -168,6 +184,7 @@ class RedisRateLimiter:
         self._prefix = key_prefix + "rl:"
         self._hit = client.register_script(_HIT)
         self._peek = client.register_script(_PEEK)
+        self._refund = client.register_script(_REFUND)
         self._redis = client
 
     def redis_key(self, key: RateKey) -> str:
@@ -184,6 +201,9 @@ class RedisRateLimiter:
 
     async def reset(self, key: RateKey) -> None:
         await self._redis.delete(self.redis_key(key))
+
+    async def refund(self, key: RateKey) -> None:
+        await self._refund(keys=[self.redis_key(key)])
 
 
 class MemoryRateLimiter:
@@ -222,6 +242,12 @@ class MemoryRateLimiter:
 
     async def reset(self, key: RateKey) -> None:
         self._counters.pop(key.storage_key, None)
+
+    async def refund(self, key: RateKey) -> None:
+        skey = key.storage_key
+        count, ends = self._current(skey, self._clock())
+        if count > 0:
+            self._counters[skey] = (count - 1, ends)
 
     def _current(self, skey: str, now: float) -> tuple[int, float]:
         entry = self._counters.get(skey)

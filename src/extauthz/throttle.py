@@ -1,11 +1,16 @@
-"""Throttling of failed token lookups at ``Check``, per client address.
+"""Throttling of failed token lookups, per client address.
 
 Guessing a token means presenting many tokens that do not exist. Every failed lookup
 (``unknown_session``, or a token without the product's shape) from one address is counted in
 the ``check:addr`` :class:`~extauthz.ratelimit.RateLimiter` (shared by every node when it is in
-Redis). Once an address is over the limit, every request from it that carries a credential is
-answered 429 until the window ends, **without a store lookup**: a blocked guesser learns
-nothing, not even whether a guess was right.
+Redis): **each** failed candidate counts, so several session cookies in one request cost one
+failure each. One :class:`LookupThrottle` serves every place that looks a client's token up:
+``Check`` (:mod:`extauthz.pipeline`) and the auth service's ``GET /auth/session``,
+``POST /auth/logout`` and the session-fixation revocation at ``POST /auth/login``
+(:mod:`extauthz.auth_service`). Once an address is over the limit, every request from it that
+carries a credential to ``Check``, ``/auth/session`` or ``/auth/logout`` is answered 429 until
+the window ends, **without a store lookup**: a blocked guesser learns nothing, not even whether
+a guess was right.
 
 The "blocked until" answer is remembered in this process, so requests from a blocked address
 cost no round trip at all; another node learns of the block on that address's next failed
@@ -57,14 +62,18 @@ class LookupThrottle:
             return 0
         return max(1, int(left + 0.999))
 
-    async def failed(self, address: str) -> int:
-        """Count one failed lookup from ``address``; the seconds to wait if it is now over
-        the limit, else 0."""
-        if not address:
+    async def failed(self, address: str, times: int = 1) -> int:
+        """Count ``times`` failed lookups from ``address``; the seconds to wait if it is now
+        over the limit, else 0."""
+        if not address or times < 1:
             return 0
         subject = address_subject(address)
+        key = RateKey(CHECK_ADDR, subject)
         try:
-            verdict = await self.limiter.hit(RateKey(CHECK_ADDR, subject))
+            for _ in range(times):
+                verdict = await self.limiter.hit(key)
+                if verdict.blocked:
+                    break
         except Exception:
             log.warning("cannot count a failed lookup: rate limiter unavailable", exc_info=True)
             return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -14,6 +15,39 @@ from extauthz.errors import Reason, Unauthenticated
 from extauthz.sessions.model import Session, SessionStore
 
 MAX_DATA_BYTES = 4096
+MAX_SUBJECT_CHARS = 256
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _is_unsafe_char(c: str) -> bool:
+    """Control characters (C0, DEL, C1), line and paragraph separators, lone surrogates and
+    bidirectional overrides/isolates: what could break a log line, a header or how a name
+    is displayed."""
+    return unicodedata.category(c) in _UNSAFE_CATEGORIES or c in _BIDI_CONTROLS
+
+
+def validate_subject(sub: str) -> str:
+    """A session subject: a string of 1-256 characters with no control characters, line
+    separators or bidirectional controls (the subject lands in logs, in the JWT ``sub`` and
+    in the admin API's answers).
+
+    :raises ValueError: not such a string.
+    """
+    if not 1 <= len(sub) <= MAX_SUBJECT_CHARS:
+        raise ValueError(f"subject must be 1-{MAX_SUBJECT_CHARS} characters")
+    if any(_is_unsafe_char(c) for c in sub):
+        raise ValueError("subject must not contain control characters")
+    return sub
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: as it is when it holds none of the characters
+    :func:`validate_subject` refuses, else its ``repr`` (escapes, not raw control characters).
+    For values a client sent that were not validated (e.g. the subject of an admin revocation)."""
+    return text if not any(_is_unsafe_char(c) for c in text) else repr(text)
 
 
 def validate_session_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -71,11 +105,11 @@ class SessionManager:
 
         The token is returned here once and never again.
 
-        :raises ValueError: empty subject or bad session data.
+        :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
+            control characters), or bad session data.
         :raises StoreUnavailable: the store did not take the write (incl. ``WAIT`` failure).
         """
-        if not sub or len(sub) > 256:
-            raise ValueError("subject must be 1-256 characters")
+        validate_subject(sub)
         now = self._clock()
         session = Session(
             sid=secrets.token_urlsafe(16),
