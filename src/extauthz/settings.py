@@ -35,6 +35,20 @@ USER_BACKENDS = ("file", "redis")
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # RFC 9110 token, lower case
+# RFC 1035 host name labels (a leading dot is ignored by RFC 6265 §5.2.3 and allowed here)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"\.?(?:{_LABEL}\.)*{_LABEL}")
+# headers the JWT must never be written into: their values mean something else to HTTP,
+# to Envoy or to the upstream
+_RESERVED_HEADERS = frozenset(
+    {
+        "host", "cookie", "set-cookie", "content-length", "content-type", "content-encoding",
+        "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+        "proxy-authorization", "proxy-connection", "forwarded", "via", "x-request-id",
+        "expect", "range", "origin", "referer",
+    }
+)  # fmt: skip
+_RESERVED_PREFIXES = ("x-forwarded-", "x-envoy-", "sec-", ":")
 
 
 @dataclass(frozen=True)
@@ -397,7 +411,7 @@ def _validate(s: Settings) -> None:
     if s.store.timeout_seconds <= 0:
         raise SettingsError("store.timeout_seconds: must be positive")
     _validate_store_topology(s.store)
-    if not _COOKIE_NAME.match(s.session.cookie_name):
+    if not _COOKIE_NAME.fullmatch(s.session.cookie_name):
         raise SettingsError(
             f"session.cookie_name: not a valid cookie name (RFC 6265 token): "
             f"{s.session.cookie_name!r}"
@@ -420,17 +434,41 @@ def _validate(s: Settings) -> None:
         raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
     if not 0.0 < s.jwt.reuse_min_remaining_fraction < 1.0:
         raise SettingsError("jwt.reuse_min_remaining_fraction: expected a fraction in (0, 1)")
-    if not _HEADER_NAME.match(s.jwt.header):
+    if not _HEADER_NAME.fullmatch(s.jwt.header):
         raise SettingsError(
             f"jwt.header: expected a lower-case HTTP header name, got {s.jwt.header!r}"
         )
-    if not s.jwt.issuer or not s.jwt.audience:
+    if s.jwt.header in _RESERVED_HEADERS or s.jwt.header.startswith(_RESERVED_PREFIXES):
+        raise SettingsError(
+            f"jwt.header: {s.jwt.header!r} has a meaning of its own in HTTP or Envoy; "
+            "use authorization or an x- header of your own"
+        )
+    if not s.jwt.issuer.strip() or not s.jwt.audience.strip():
         raise SettingsError("jwt.issuer and jwt.audience: must not be empty")
-    if not (s.deny.login_url.startswith("/") or s.deny.login_url.startswith("http")):
-        raise SettingsError("deny.login_url: expected a path or an http(s) URL")
+    if s.session.cookie_domain and not _DOMAIN.fullmatch(s.session.cookie_domain):
+        raise SettingsError(
+            f"session.cookie_domain: expected a domain name such as example.com, got "
+            f"{s.session.cookie_domain!r}"
+        )
+    _validate_login_url(s.deny.login_url)
     if '"' in s.deny.realm or "\\" in s.deny.realm:
         raise SettingsError("deny.realm: must not contain quotes or backslashes")
     _validate_auth(s)
+
+
+def _validate_login_url(url: str) -> None:
+    """A same-site path (``/auth/login``) or an absolute http(s) URL of a login host; never a
+    scheme-relative ``//host`` or anything that is neither."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
+        raise SettingsError("deny.login_url: must not contain spaces, control characters or \\")
+    parts = urlsplit(url)
+    if url.startswith("/") and not url.startswith("//"):
+        return
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return
+    raise SettingsError(
+        f"deny.login_url: expected a path such as /auth/login or an http(s) URL, got {url!r}"
+    )
 
 
 def _validate_auth(s: Settings) -> None:
@@ -447,11 +485,16 @@ def _validate_auth(s: Settings) -> None:
             )
     for entry in s.auth.trusted_proxies:
         try:
-            ipaddress.ip_network(entry, strict=False)
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise SettingsError(
                 f"auth.trusted_proxies: not an address or CIDR block: {entry!r}"
             ) from None
+        if network.prefixlen == 0:
+            raise SettingsError(
+                f"auth.trusted_proxies: {entry!r} trusts every address, so any client could "
+                "choose the address its rate limits count under; name your proxies"
+            )
     for origin in s.auth.allowed_origins:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
