@@ -240,3 +240,54 @@ def test_cache_is_bounded(ring: KeyRing) -> None:
     m.mint(session(clock, sid="s2"))
     m.mint(session(clock, sid="s3"))
     assert m.mint(session(clock, sid="s1")) != first
+
+
+# -- rotation: publish first, sign later ----------------------------------------------------------
+
+
+def _aged(path: Path, seconds_ago: float, now: float) -> Path:
+    os.utime(path, (now - seconds_ago, now - seconds_ago))
+    return path
+
+
+def test_a_new_key_is_published_before_it_signs(tmp_path: Path) -> None:
+    """A JWKS-caching upstream must know a key before it sees a JWT signed by it."""
+    clock = FakeClock(1_800_000_000.0)
+    old = _aged(generate_key(tmp_path), 3600, clock.now)
+    ring = KeyRing.from_directory(tmp_path, publish_before_sign=300, clock=clock)
+    old_kid = load_key_file(old).kid
+    assert ring.signing_key.kid == old_kid
+
+    new = _aged(generate_key(tmp_path), 10, clock.now)
+    new_kid = load_key_file(new).kid
+    assert ring.reload() is True
+    assert set(ring.kids) == {old_kid, new_kid}  # published at once ...
+    assert ring.signing_key.kid == old_kid  # ... but not signing yet
+    jwks_kids = {k["kid"] for k in ring.jwks()["keys"]}
+    assert new_kid in jwks_kids
+
+    clock.advance(291)  # the new key is now 301 s old
+    assert ring.reload() is True
+    assert ring.signing_key.kid == new_kid
+    assert ring.reload() is False  # nothing changed since
+
+    old.unlink()  # retired by the operator once its last JWT expired
+    assert ring.reload() is True
+    assert ring.kids == [new_kid]
+
+
+def test_a_first_key_signs_at_once(tmp_path: Path) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    only = _aged(generate_key(tmp_path), 1, clock.now)
+    ring = KeyRing.from_directory(tmp_path, publish_before_sign=300, clock=clock)
+    assert ring.signing_key.kid == load_key_file(only).kid
+
+
+def test_a_broken_reload_keeps_the_keys_in_use(tmp_path: Path) -> None:
+    key = generate_key(tmp_path)
+    ring = KeyRing.from_directory(tmp_path)
+    (tmp_path / "broken.pem").write_text("not a key")
+    with pytest.raises(KeyLoadError, match="broken.pem"):
+        ring.reload()
+    assert ring.kids == [load_key_file(key).kid]
+    assert ring.signing_key.kid == load_key_file(key).kid

@@ -4,7 +4,7 @@
   bits (``RS256``).
 * ``kid`` is the RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key.
 * Every loaded key is published (RFC 7517 JWK Set); the newest file (modification time, then
-  name) signs.
+  name) that has been published long enough signs (see :class:`KeyRing`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import base64
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,36 +86,75 @@ def load_key_file(path: Path) -> SigningKey:
 
 
 class KeyRing:
-    """The loaded keys: every one published, the newest one signing."""
+    """The loaded keys: every one published; the newest *ready* one signs.
 
-    def __init__(self, keys: list[SigningKey]) -> None:
+    Rotation follows "publish first, sign later": a key file is published in the JWKS as soon
+    as it is loaded, but signs only once it is ``publish_before_sign`` seconds old (its
+    modification time), so upstreams that cache the JWKS (``max-age``) know it before they
+    see a JWT it signed. When no key is that old (a first deployment), the oldest key signs.
+    Old keys stay published for as long as their files stay in the directory: remove one no
+    sooner than ``jwt.lifetime_seconds`` after a newer key started signing.
+    """
+
+    def __init__(
+        self,
+        keys: list[SigningKey],
+        *,
+        directory: str | Path | None = None,
+        publish_before_sign: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not keys:
             raise KeyLoadError("no signing keys loaded")
+        self._directory = Path(directory) if directory is not None else None
+        self._publish_before_sign = publish_before_sign
+        self._clock = clock
         self._keys = sorted(keys, key=lambda k: (k.mtime, k.path))
+        self._signing = self._choose()
 
     @classmethod
-    def from_directory(cls, directory: str | Path) -> KeyRing:
+    def from_directory(
+        cls,
+        directory: str | Path,
+        *,
+        publish_before_sign: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> KeyRing:
         """Load every ``*.pem`` in ``directory``.
 
         :raises KeyLoadError: the directory is missing or empty, or a file is bad.
         """
-        root = Path(directory)
-        if not root.is_dir():
-            raise KeyLoadError(
-                f"jwt.keys_dir: {root} is not a directory (create a key with "
-                f"'extauthz keys generate --dir {root}')"
-            )
-        files = sorted(p for p in root.iterdir() if p.suffix == ".pem" and p.is_file())
-        if not files:
-            raise KeyLoadError(
-                f"jwt.keys_dir: no *.pem keys in {root} "
-                f"(create one with 'extauthz keys generate --dir {root}')"
-            )
-        return cls([load_key_file(p) for p in files])
+        return cls(
+            _load_directory(Path(directory)),
+            directory=directory,
+            publish_before_sign=publish_before_sign,
+            clock=clock,
+        )
+
+    def _choose(self) -> SigningKey:
+        ready_before = self._clock() - self._publish_before_sign
+        ready = [k for k in self._keys if k.mtime <= ready_before]
+        return ready[-1] if ready else self._keys[0]
+
+    def reload(self) -> bool:
+        """Re-read the directory (new keys published, removed ones dropped) and re-choose the
+        signing key as time has passed. Returns whether anything changed.
+
+        :raises KeyLoadError: the directory became unusable; the ring is left as it was.
+        """
+        if self._directory is not None:
+            keys = sorted(_load_directory(self._directory), key=lambda k: (k.mtime, k.path))
+        else:
+            keys = self._keys
+        signing = self._signing
+        changed = [k.kid for k in keys] != self.kids
+        self._keys = keys
+        self._signing = self._choose()
+        return changed or self._signing.kid != signing.kid
 
     @property
     def signing_key(self) -> SigningKey:
-        return self._keys[-1]
+        return self._signing
 
     @property
     def kids(self) -> list[str]:
@@ -122,6 +163,21 @@ class KeyRing:
     def jwks(self) -> dict[str, Any]:
         """The RFC 7517 §5 JWK Set of every loaded public key."""
         return {"keys": [dict(k.public_jwk) for k in self._keys]}
+
+
+def _load_directory(root: Path) -> list[SigningKey]:
+    if not root.is_dir():
+        raise KeyLoadError(
+            f"jwt.keys_dir: {root} is not a directory (create a key with "
+            f"'extauthz keys generate --dir {root}')"
+        )
+    files = sorted(p for p in root.iterdir() if p.suffix == ".pem" and p.is_file())
+    if not files:
+        raise KeyLoadError(
+            f"jwt.keys_dir: no *.pem keys in {root} "
+            f"(create one with 'extauthz keys generate --dir {root}')"
+        )
+    return [load_key_file(p) for p in files]
 
 
 def generate_key(directory: str | Path, algorithm: str = "ES256") -> Path:

@@ -112,6 +112,10 @@ class JwtSettings:
     header: str = "authorization"
     # a cached JWT is reused while at least this fraction of its lifetime is left
     reuse_min_remaining_fraction: float = 0.5
+    # rotation: a new key file is published at once and signs once it is this old (seconds;
+    # at least the JWKS max-age upstreams cache for); keys_dir is re-read this often
+    publish_before_sign_seconds: int = 300
+    keys_reload_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -432,6 +436,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError("session.max_cookie_candidates: expected 1-16")
     if not 10 <= s.jwt.lifetime_seconds <= 3600:
         raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
+    if s.jwt.publish_before_sign_seconds < 0:
+        raise SettingsError("jwt.publish_before_sign_seconds: must not be negative")
+    if s.jwt.keys_reload_seconds <= 0:
+        raise SettingsError("jwt.keys_reload_seconds: must be positive")
     if not 0.0 < s.jwt.reuse_min_remaining_fraction < 1.0:
         raise SettingsError("jwt.reuse_min_remaining_fraction: expected a fraction in (0, 1)")
     if not _HEADER_NAME.fullmatch(s.jwt.header):
