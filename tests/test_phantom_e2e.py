@@ -181,3 +181,16 @@ def test_store_outage_is_503_and_recovers_without_a_new_login(
 
 def _send(pid: int, signum: signal.Signals) -> None:
     os.kill(pid, signum)
+
+
+def test_a_token_in_the_query_string_is_neither_used_nor_logged(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("frank")
+    status, _, _ = request(redis_stack, f"/e2e/query?access_token={token}")
+    assert status == 401  # RFC 6750 §2.3 query tokens are not accepted
+    redis_stack.envoy.wait_until(
+        lambda: any(e.get("path") == "/e2e/query" for e in redis_stack.envoy.access_log()),
+        5,
+        "logging",
+    )
+    log_text = redis_stack.envoy.stdout_path.read_text()
+    assert token not in log_text
