@@ -8,6 +8,7 @@ is the full pipeline (``CheckRequest`` -> Envoy adapter -> Authorizer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +22,16 @@ from extauthz.app import Components, build_components
 from extauthz.decisions import Allow
 from extauthz.envoy_adapter import to_request_context
 from extauthz.errors import SettingsError, StoreUnavailable
-from extauthz.sessions.replicated import ReplicatedSessionStore
+from extauthz.sessions.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
 from extauthz.settings import load_settings
 from tests.support.extauthz_nodes import check_request, node_settings, settle
-from tests.support.redis_topology import ReplicatedTopology, redis_server_available
+from tests.support.redis_topology import (
+    RedisNode,
+    ReplicatedTopology,
+    redis_server_available,
+    wait_until,
+)
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.skipif(
     not redis_server_available(), reason="redis-server binary not installed"
@@ -138,6 +145,13 @@ async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bou
         )
     )
     try:
+        store = node.store
+        assert isinstance(store, ReplicatedSessionStore)
+        await store.start()
+        deadline = time.monotonic() + 5
+        while not store.lease.held():  # the replica answers only under a read lease
+            assert time.monotonic() < deadline, "read lease not taken"
+            await asyncio.sleep(0.05)
         token, _ = await node.sessions.create("bob")
         unknown = tokens.mint_token()
         assert await check(node, token) == "allow"
@@ -165,6 +179,127 @@ async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bou
         assert distrusted_at - killed_at < bound + 1.5
     finally:
         await node.close()
+
+
+PARTITION_BOUND = 2.0
+
+
+@pytest.mark.parametrize("cut_off", ["replica-link", "replica-link-and-primary"])
+async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_still_allows(
+    tmp_path: Path, cut_off: str
+) -> None:
+    """node-b reads from replica X1, whose link to the primary runs through a cuttable proxy
+    (and, for ``replica-link-and-primary``, so does node-b's own link to the primary). After
+    the cut, node-a's logout either fails (503) or, once it reports success, node-b never
+    allows the token again. The old code reported success at once while node-b kept
+    allowing from X1 for the whole staleness bound (the primary's ``WAIT "all"`` no longer
+    counted X1)."""
+    with contextlib.ExitStack() as stack:
+        topo = stack.enter_context(ReplicatedTopology(tmp_path / "redis", replicas=1))
+        replica_link = stack.enter_context(TcpProxy(topo.primary().address))
+        b_primary_link = stack.enter_context(TcpProxy(topo.primary().address))
+        x1 = RedisNode(
+            tmp_path / "redis" / "x1",
+            replicaof=replica_link.address,
+            extra_args=["--repl-ping-replica-period", "1"],
+        )
+        stack.callback(x1.kill9)
+        x1.start()
+        topo.replicas.append(x1)
+        wait_until(x1.link_up, timeout=10, description="x1 linked through the proxy")
+        settle(topo)
+        store_a = _store(topo, 0, replica_max_staleness_seconds=PARTITION_BOUND)
+        store_b = {
+            **_store(topo, 1, replica_max_staleness_seconds=PARTITION_BOUND),
+            "redis_url": b_primary_link.url,
+        }
+        a, b = (
+            build_components(node_settings(tmp_path, node, store, cache={"enabled": False}))
+            for node, store in (("node-a", store_a), ("node-b", store_b))
+        )
+        try:
+            stores = [n.store for n in (a, b)]
+            assert all(isinstance(s, ReplicatedSessionStore) for s in stores)
+            for s in stores:
+                await s.start()  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 5
+            while not all(s.lease.held() for s in stores):  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "read leases not taken"
+                await asyncio.sleep(0.05)
+            token, _ = await a.sessions.create("victim")
+            store_b_: ReplicatedSessionStore = b.store  # type: ignore[assignment]
+            deadline = time.monotonic() + 5
+            while True:  # until node-b answers from X1
+                hits = store_b_.replica_hits
+                assert await check(b, token) == "allow"
+                if store_b_.replica_hits > hits:
+                    break
+                assert time.monotonic() < deadline, "node-b never answered from X1"
+                await asyncio.sleep(0.05)
+
+            cut_at = time.monotonic()
+            replica_link.cut()
+            if cut_off == "replica-link-and-primary":
+                b_primary_link.cut()
+            failed_logouts = 0
+            allowed_on_b_before_success = 0
+            succeeded_at: float | None = None
+            after_success: list[str] = []
+            limit = cut_at + PARTITION_BOUND + LEASE_SLACK_SECONDS + 4
+            while time.monotonic() < limit:
+                if succeeded_at is None:
+                    try:
+                        await a.sessions.revoke_token(token)
+                    except StoreUnavailable:
+                        failed_logouts += 1
+                    else:
+                        succeeded_at = time.monotonic()
+                answer = await check(b, token)
+                if succeeded_at is None:
+                    allowed_on_b_before_success += answer == "allow"
+                else:
+                    after_success.append(answer)
+                    if time.monotonic() > succeeded_at + 1.0:
+                        break
+                await asyncio.sleep(0.05)
+            assert succeeded_at is not None, "logout never succeeded"
+            # the point: once logout reported success, node-b never allowed the token again
+            assert "allow" not in after_success, after_success
+            assert set(after_success) <= {"deny:unknown_session", "unavailable"}
+            print(
+                "replicated partition figures:",
+                json.dumps(
+                    {
+                        "cut_off": cut_off,
+                        "bound_s": PARTITION_BOUND,
+                        "cut_to_logout_success_s": round(succeeded_at - cut_at, 2),
+                        "failed_logouts": failed_logouts,
+                        "allowed_on_b_before_success": allowed_on_b_before_success,
+                        "after_success": sorted(set(after_success)),
+                    }
+                ),
+            )
+            if cut_off == "replica-link":
+                # node-b still reaches the primary: it gives up X1's lease and reads there
+                assert succeeded_at - cut_at < 1.5
+            else:
+                # node-b answers from X1 within the bound: logouts fail meanwhile
+                assert allowed_on_b_before_success > 0 and failed_logouts > 0
+                assert succeeded_at - cut_at < PARTITION_BOUND + LEASE_SLACK_SECONDS + 1
+
+            # the link comes back: X1 catches up, node-b takes its lease again, and the
+            # revoked token stays denied
+            replica_link.restore()
+            b_primary_link.restore()
+            wait_until(x1.link_up, timeout=10, description="x1 linked again")
+            deadline = time.monotonic() + 8
+            while not store_b_.lease.held():
+                assert time.monotonic() < deadline, "node-b did not take its lease again"
+                await asyncio.sleep(0.05)
+            assert await check(b, token) == "deny:unknown_session"
+        finally:
+            for n in (a, b):
+                await n.close()
 
 
 def test_replicated_without_a_local_replica_does_not_start() -> None:

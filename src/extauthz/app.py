@@ -38,7 +38,7 @@ from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import SessionStore
 from extauthz.sessions import topology
 from extauthz.sessions.redis import RedisSessionStore
-from extauthz.sessions.replicated import ReplicatedSessionStore
+from extauthz.sessions.replicated import ReplicaAckBarrier, ReplicatedSessionStore
 from extauthz.settings import Settings
 from extauthz.throttle import LookupThrottle
 from extauthz.users import FileUserStore, PasswordVerifier, RedisUserStore, UserStore
@@ -79,6 +79,12 @@ def build_store(settings: Settings) -> SessionStore:
         wait_timeout_ms=s.wait_timeout_ms,
         # revocations wait for every caching node, whether or not this process caches
         invalidation_barrier=AckBarrier(client, s.key_prefix, trust_window=trust_window),
+        # replicated: ... and for the replica of every node that reads from one, or fail
+        replica_barrier=(
+            ReplicaAckBarrier(client, s.key_prefix, timeout=s.wait_timeout_ms / 1000)
+            if s.strategy == "replicated"
+            else None
+        ),
     )
     store: SessionStore = primary
     replica: aioredis.Redis | None = None
@@ -89,6 +95,7 @@ def build_store(settings: Settings) -> SessionStore:
             replica,
             s.key_prefix,
             max_staleness_seconds=s.replica_max_staleness_seconds,
+            node_id=settings.node_id,
         )
     if settings.cache.enabled:
         subscriber = InvalidationSubscriber(
@@ -299,7 +306,7 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
     )
-    if isinstance(components.store, CachingSessionStore):
+    if isinstance(components.store, (CachingSessionStore, ReplicatedSessionStore)):
         await components.store.start()
     await reporter.check_once()
     await server.start()

@@ -188,8 +188,12 @@ class CachingSessionStore:
         await self.inner.ping()
 
     async def start(self) -> None:
-        """Start the push channel (see :class:`TrustSource`)."""
+        """Start the push channel (see :class:`TrustSource`) and the wrapped store's own
+        background work, if it has any (the replicated store's read lease)."""
         await self._trust.start()
+        start_inner = getattr(self.inner, "start", None)
+        if start_inner is not None:
+            await start_inner()
 
     async def close(self) -> None:
         await self._trust.stop()

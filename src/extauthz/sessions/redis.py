@@ -9,7 +9,10 @@ Key layout (``p`` is the configured key prefix)::
 Every revocation increments ``p + "invalidate:seq"`` and publishes ``"<seq>:<token hash>"``
 on ``p + "invalidate"`` in the same transaction, so in-process caches on every node drop it;
 with an ``invalidation_barrier`` the revocation returns only once every caching node has
-acknowledged it (:mod:`extauthz.sessions.invalidation`). Writes that must survive a
+acknowledged it (:mod:`extauthz.sessions.invalidation`), and with a ``replica_barrier``
+(the ``replicated`` strategy) only once every replica that a node reads from has applied it
+(:class:`~extauthz.sessions.replicated.ReplicaAckBarrier`; otherwise
+:class:`StoreWriteNotDurable`). Writes that must survive a
 failover (create, revoke) can be made to wait
 for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
 ``"all"``: every replica the primary reports online at the time of the write; when fewer
@@ -64,9 +67,11 @@ class RedisSessionStore:
         wait_timeout_ms: int = 500,
         clock: Callable[[], float] = time.time,
         invalidation_barrier: Callable[[int], Awaitable[None]] | None = None,
+        replica_barrier: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = client
         self._invalidation_barrier = invalidation_barrier
+        self._replica_barrier = replica_barrier
         self._prefix = key_prefix
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -211,6 +216,8 @@ class RedisSessionStore:
             return session, int(results[-1])
 
         session, seq = await self._run("revoke", op)
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
         return session
