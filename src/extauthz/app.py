@@ -23,7 +23,7 @@ from extauthz.auth_service import AuthService, LoginLimits
 from extauthz.cookies import SessionCookie
 from extauthz.csrf import SameSiteCheck
 from extauthz.denials import DenialRenderer
-from extauthz.errors import SettingsError, StoreUnavailable
+from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
 from extauthz.grpc_server import StoreHealthReporter, build_server
 from extauthz.http_app import build_http_app
 from extauthz.keys import KeyRing
@@ -201,7 +201,9 @@ def build_auth(
 def build_components(settings: Settings, store: SessionStore | None = None) -> Components:
     """Build the pipeline. :raises KeyLoadError: no usable signing key."""
     store = store if store is not None else build_store(settings)
-    keyring = KeyRing.from_directory(settings.jwt.keys_dir)
+    keyring = KeyRing.from_directory(
+        settings.jwt.keys_dir, publish_before_sign=settings.jwt.publish_before_sign_seconds
+    )
     sessions = SessionManager(
         store,
         idle_timeout=settings.session.idle_timeout_seconds,
@@ -276,6 +278,23 @@ def _admin_guard(settings: Settings) -> AdminGuard:
     return AdminGuard(loopback_only=loopback_only, token=token)
 
 
+async def reload_keys(keyring: KeyRing, interval: float) -> None:
+    """Re-read the key directory every ``interval`` seconds: new keys are published, the
+    signing key moves on once a newer one has been published long enough. A directory that
+    became unusable is logged and the keys in use are kept."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if keyring.reload():
+                log.info(
+                    "signing keys reloaded: published=%s signing_kid=%s",
+                    ",".join(keyring.kids),
+                    keyring.signing_key.kid,
+                )
+        except KeyLoadError as exc:
+            log.error("signing keys not reloaded, keeping the current ones: %s", exc)
+
+
 async def serve(settings: Settings) -> int:
     """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code.
 
@@ -320,6 +339,9 @@ async def serve(settings: Settings) -> int:
     site = web.TCPSite(runner, http_host.strip("[]"), int(http_port))
     await site.start()
     health_task = asyncio.create_task(reporter.run(), name="store-health")
+    keys_task = asyncio.create_task(
+        reload_keys(components.keyring, settings.jwt.keys_reload_seconds), name="key-reload"
+    )
     log.info(
         "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
         "grpc=%s http=%s signing_kid=%s",
@@ -354,9 +376,10 @@ async def serve(settings: Settings) -> int:
         registry_task = asyncio.create_task(registry.run(on_conflict), name="node-registry")
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.server.shutdown_grace_seconds)
-    health_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await health_task
+    for task in (health_task, keys_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if registry is not None and registry_task is not None:
         registry_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
