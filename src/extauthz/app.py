@@ -6,7 +6,6 @@ Servers receive their dependencies; nothing else builds a Redis client or reads 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
@@ -29,17 +28,18 @@ from extauthz.http_app import build_http_app
 from extauthz.keys import KeyRing
 from extauthz.minting import JwtMinter
 from extauthz.pipeline import Authorizer
-from extauthz.registry import NodeRegistry
 from extauthz.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from extauthz.registry import NodeRegistry
+from extauthz.sessions import topology
 from extauthz.sessions.cache import CachingSessionStore
 from extauthz.sessions.invalidation import AckBarrier, InvalidationSubscriber
 from extauthz.sessions.manager import SessionManager
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import SessionStore
-from extauthz.sessions import topology
 from extauthz.sessions.redis import RedisSessionStore
 from extauthz.sessions.replicated import ReplicaAckBarrier, ReplicatedSessionStore
 from extauthz.settings import Settings
+from extauthz.tasks import cancel_and_wait
 from extauthz.throttle import LookupThrottle
 from extauthz.users import FileUserStore, PasswordVerifier, RedisUserStore, UserStore
 
@@ -376,14 +376,8 @@ async def serve(settings: Settings) -> int:
         registry_task = asyncio.create_task(registry.run(on_conflict), name="node-registry")
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.server.shutdown_grace_seconds)
-    for task in (health_task, keys_task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if registry is not None and registry_task is not None:
-        registry_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await registry_task
+    await cancel_and_wait([health_task, keys_task, registry_task])
+    if registry is not None:
         await registry.deregister()
         await registry.close()
     await server.stop(settings.server.shutdown_grace_seconds)

@@ -50,6 +50,8 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from extauthz.tasks import cancel_and_wait
+
 log = logging.getLogger("extauthz.cache")
 
 NODE_TTL_SECONDS = 2.0
@@ -192,11 +194,7 @@ class InvalidationSubscriber:
     async def stop(self) -> None:
         """Stop the tasks and deregister, so revokers no longer wait for this instance."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self._lost("stopped")
         with contextlib.suppress(RedisError, OSError):
             async with self._redis.pipeline(transaction=True) as pipe:

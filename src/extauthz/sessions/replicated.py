@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
 from extauthz.sessions.model import Session, SessionStore
 from extauthz.sessions.redis import RedisSessionStore
+from extauthz.tasks import cancel_and_wait
 
 log = logging.getLogger("extauthz.sessions")
 
@@ -194,11 +195,7 @@ class ReplicaReadLease:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         self.subscribed = False
         await self.release()
 
