@@ -194,3 +194,22 @@ def test_a_token_in_the_query_string_is_neither_used_nor_logged(redis_stack: Sta
     )
     log_text = redis_stack.envoy.stdout_path.read_text()
     assert token not in log_text
+
+
+def test_metrics_record_the_strategy_and_the_decisions(redis_stack: Stack) -> None:
+    token = redis_stack.create_session("grace")
+    assert request(redis_stack, "/e2e/metrics", {"authorization": f"Bearer {token}"})[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", redis_stack.ports.http, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 200
+    assert 'extauthz_store_strategy{strategy="central"} 1' in text
+    allowed = [
+        line for line in text.splitlines()
+        if line.startswith('extauthz_check_decisions_total{decision="allow",reason="session_valid"}')
+    ]  # fmt: skip
+    assert allowed and int(allowed[0].rsplit(" ", 1)[1]) >= 1

@@ -26,6 +26,7 @@ from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
 from extauthz.grpc_server import StoreHealthReporter, build_server
 from extauthz.http_app import build_http_app
 from extauthz.keys import KeyRing
+from extauthz.metrics import Metrics
 from extauthz.minting import JwtMinter
 from extauthz.pipeline import Authorizer
 from extauthz.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -227,6 +228,14 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         cookie_domain=settings.session.cookie_domain,
         cookie_secure=settings.session.cookie_secure,
     )
+    metrics = Metrics(
+        {
+            "version": __version__,
+            "node_id": settings.node_id,
+            "store_strategy": settings.store.strategy,
+            "store_backend": store.backend,
+        }
+    )
     authorizer = Authorizer(
         sessions,
         minter,
@@ -238,6 +247,7 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         node_id=settings.node_id,
         throttle=throttle,
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
+        metrics=metrics,
     )
     return Components(
         settings, store, sessions, keyring, minter, authorizer, auth, verifier, aux_redis
@@ -331,7 +341,10 @@ async def serve(settings: Settings) -> int:
     await server.start()
     await components.verifier.warm_up()
     http_app = build_http_app(
-        components.keyring, components.auth, max_body_bytes=settings.auth.max_body_bytes
+        components.keyring,
+        components.auth,
+        max_body_bytes=settings.auth.max_body_bytes,
+        metrics_registry=components.authorizer.metrics,
     )
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()

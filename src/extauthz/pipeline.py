@@ -9,6 +9,7 @@ denial (the transport turns it into gRPC ``UNAVAILABLE``).
 from __future__ import annotations
 
 import logging
+
 from extauthz import tokens
 from extauthz.context import RequestContext
 from extauthz.credentials import (
@@ -19,10 +20,11 @@ from extauthz.credentials import (
     iter_cookies,
     strip_cookie,
 )
-from extauthz.decisions import Allow, Decision
 from extauthz.csrf import SAFE_METHODS, SameSiteCheck
+from extauthz.decisions import Allow, Decision
 from extauthz.denials import DenialRenderer
 from extauthz.errors import Denied, Forbidden, Reason, TooManyRequests, Unauthenticated
+from extauthz.metrics import Metrics
 from extauthz.minting import JwtMinter
 from extauthz.policy import Policy
 from extauthz.sessions.cache import lookup_source
@@ -50,6 +52,7 @@ class Authorizer:
         node_id: str,
         throttle: LookupThrottle | None = None,
         same_site: SameSiteCheck | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
         self.minter = minter
@@ -62,8 +65,11 @@ class Authorizer:
         self.node_id = node_id
         self.throttle = throttle
         self.same_site = same_site or SameSiteCheck()
+        self.metrics = metrics
 
     def _metadata(self, decision: str, reason: Reason, sid: str = "") -> dict[str, str]:
+        if self.metrics is not None:
+            self.metrics.count_decision(decision, reason)
         return {
             "decision": decision,
             "reason": str(reason),

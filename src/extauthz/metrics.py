@@ -1,0 +1,57 @@
+"""Metrics in the Prometheus text exposition format (version 0.0.4), served at ``/metrics`` on
+the HTTP port (not routed by the front proxy).
+
+* ``extauthz_info{version, node_id, store_strategy, store_backend} 1``
+* ``extauthz_store_strategy{strategy}``: 1 for the active strategy, 0 for the others, so a
+  dashboard can alert on nodes of one deployment that disagree
+* ``extauthz_check_decisions_total{decision, reason}``: Check answers since start-up
+  (``reason`` is one of :class:`extauthz.errors.Reason`)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from extauthz.settings import STRATEGIES
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: Mapping[str, str]) -> str:
+    return ",".join(f'{k}="{_label(v)}"' for k, v in pairs.items())
+
+
+class Metrics:
+    """Counters updated on the hot path (a dict increment) and rendered on scrape."""
+
+    def __init__(self, info: Mapping[str, str]) -> None:
+        self.info = dict(info)
+        self.decisions: Counter[tuple[str, str]] = Counter()
+
+    def count_decision(self, decision: str, reason: str) -> None:
+        self.decisions[(decision, reason)] += 1
+
+    def render(self) -> str:
+        strategy = self.info.get("store_strategy", "")
+        lines = [
+            "# HELP extauthz_info Version and configuration of this node.",
+            "# TYPE extauthz_info gauge",
+            f"extauthz_info{{{_labels(self.info)}}} 1",
+            "# HELP extauthz_store_strategy The active session-store strategy (1) and the others (0).",
+            "# TYPE extauthz_store_strategy gauge",
+        ]
+        lines += [
+            f'extauthz_store_strategy{{strategy="{s}"}} {int(s == strategy)}' for s in STRATEGIES
+        ]
+        lines += [
+            "# HELP extauthz_check_decisions_total Check answers by decision and reason.",
+            "# TYPE extauthz_check_decisions_total counter",
+        ]
+        lines += [
+            f"extauthz_check_decisions_total{{{_labels({'decision': d, 'reason': r})}}} {n}"
+            for (d, r), n in sorted(self.decisions.items())
+        ]
+        return "\n".join(lines) + "\n"
