@@ -49,20 +49,20 @@ $(STAMP): pyproject.toml Makefile
 redis:
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server not found: installing Debian's redis-server"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends redis-server; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
 	}
 
 wrk:
 	@command -v wrk >/dev/null || { \
 	  echo "wrk not found: installing Debian's wrk"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
 	}
 
 # the browser test (tests/test_browser.py) drives Debian's chromium through chromedriver
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "chromium/chromedriver not found: installing Debian's chromium and chromium-driver"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
 	}
 
 test: venv redis browser
