@@ -5,6 +5,7 @@ Each test says which attack it stops; none may be weakened without a replacement
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -374,6 +375,42 @@ async def test_touch_after_revoke_does_not_resurrect(
     finally:
         if client is not None:
             await client.aclose()
+
+
+async def test_a_retried_revocation_does_not_succeed_before_the_first_one_landed(
+    redis_process: RedisProcess,
+) -> None:
+    """A revocation whose first try deleted the record but failed its barrier (a node had not
+    acknowledged) leaves nothing for a retry to find; the retry must still wait for that
+    first invalidation, never answer "nothing to revoke" while a node can allow the token."""
+    from extauthz.errors import StoreWriteNotDurable
+
+    client = aioredis.Redis.from_url(redis_process.url)
+    acknowledged = 0  # what every node has applied
+    waited: list[int] = []
+
+    async def barrier(seq: int) -> None:
+        waited.append(seq)
+        if seq > acknowledged:
+            raise StoreWriteNotDurable(f"invalidation {seq} not acknowledged")
+
+    store = RedisSessionStore(client, "adv-retry:", replica_barrier=barrier)
+    try:
+        now = time.time()
+        session = Session("sid-r", "victim", now, now, 600, now + 3600)
+        await store.create("h" * 64, session)
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid("sid-r")  # deleted on the primary, not yet everywhere
+        first = waited[-1]
+        for retry in (store.revoke_sid("sid-r"), store.revoke_subject("victim")):
+            with pytest.raises(StoreWriteNotDurable):
+                await retry
+            assert waited[-1] >= first
+        acknowledged = first  # the partitioned node caught up
+        assert await store.revoke_sid("sid-r") is None
+        assert await store.revoke_subject("victim") == 0
+    finally:
+        await client.aclose()
 
 
 # -- logs ---------------------------------------------------------------------------------------------

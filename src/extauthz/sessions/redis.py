@@ -222,9 +222,30 @@ class RedisSessionStore:
             await self._invalidation_barrier(seq)
         return session
 
+    async def _settle(self, what: str) -> None:
+        """Wait until every revocation made so far, by any node, has passed the barriers.
+
+        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
+        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
+        still not report success before that first invalidation has landed everywhere.
+        Acknowledgements are monotonic, so waiting for the newest sequence number covers
+        every earlier one.
+        """
+        if self._replica_barrier is None and self._invalidation_barrier is None:
+            return
+        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
+        seq = int(_text(raw)) if raw is not None else 0
+        if seq <= 0:
+            return
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+
     async def revoke_sid(self, sid: str) -> Session | None:
         token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
         if token_hash is None:
+            await self._settle("revoke_sid")
             return None
         return await self.revoke(_text(token_hash))
 
@@ -232,6 +253,8 @@ class RedisSessionStore:
         sids = await self._run(
             "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
         )
+        if not sids:
+            await self._settle("revoke_subject")
         revoked = 0
         for sid in sorted(_text(s) for s in sids):
             if await self.revoke_sid(sid) is not None:
