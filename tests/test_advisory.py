@@ -576,3 +576,31 @@ def test_advisory_m4_an_open_admin_api_is_announced_at_start_up(
     # not loopback and no token: the admin API is closed, nothing to warn about
     closed = Settings(server=ServerSettings(grpc_listen="0.0.0.0:9001"))
     assert warnings_for(closed) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "access_token={token}",
+        "a=1&access_token={token}&b=2",
+        "ACCESS_TOKEN={token}",
+        "t={token}",
+        "jwt=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+    ],
+)
+async def test_login_redirect_never_copies_a_credential_into_location(
+    h: Harness, query: str
+) -> None:
+    """A token a client put in the query string (never used as a credential) must not be
+    echoed into the redirect's Location, the browser history and the login form."""
+    token, _ = await h.login()
+    response = await check(
+        h, http_request({"accept": "text/html"}, path="/page?" + query.format(token=token))
+    )
+    assert response.denied_response.status.code == 302
+    location = dict(response_headers(response))["location"]
+    assert token not in location and "eyJ" not in location
+    return_to = parse_qs(urlsplit(location).query)["return_to"][0]
+    assert return_to.startswith("/page")
+    if "a=1" in query:
+        assert parse_qs(urlsplit(return_to).query) == {"a": ["1"], "b": ["2"]}

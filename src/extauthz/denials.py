@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+from extauthz import tokens
 from extauthz.context import RequestContext
 from extauthz.decisions import Deny
 from extauthz.errors import (
@@ -46,6 +48,29 @@ def _is_quotable(value: str) -> bool:
 _CLEARS_COOKIE = frozenset(
     {Reason.UNKNOWN_SESSION, Reason.SESSION_EXPIRED, Reason.MALFORMED_CREDENTIAL}
 )
+
+
+_JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def without_credentials(path: str, query: str) -> str:
+    """``path?query`` without query parameters that carry a credential: ``access_token``
+    (RFC 6750 §2.3, never accepted here) or any value shaped like an access token or a JWT.
+    A login redirect must not copy a credential into ``Location``, browser history and the
+    login form."""
+    if not query:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [
+        (name, value)
+        for name, value in pairs
+        if name.lower() != "access_token"
+        and not tokens.has_token_shape(value)
+        and not _JWS.search(value)
+    ]
+    if len(kept) == len(pairs):
+        return f"{path}?{query}"
+    return f"{path}?{urlencode(kept)}" if kept else path
 
 
 def safe_return_to(path_and_query: str) -> str:
@@ -132,7 +157,7 @@ class DenialRenderer:
             return self._json(429, "rate_limited", denial, headers, metadata)
         if self._is_navigation(ctx, policy) and not self._is_login_page(ctx):
             separator = "&" if "?" in self.login_url else "?"
-            target = safe_return_to(ctx.path_and_query)
+            target = safe_return_to(without_credentials(ctx.path, ctx.query))
             location = f"{self.login_url}{separator}return_to={quote(target, safe='')}"
             headers.append(("location", location))
             return Deny(302, tuple(headers), "", metadata)
