@@ -604,3 +604,13 @@ async def test_login_redirect_never_copies_a_credential_into_location(
     assert return_to.startswith("/page")
     if "a=1" in query:
         assert parse_qs(urlsplit(return_to).query) == {"a": ["1"], "b": ["2"]}
+
+
+@pytest.mark.parametrize("scope", ["read admin", "a\r\nb", 'a"b', "a\\b", "", "é"])
+async def test_a_scope_that_is_not_a_scope_token_is_refused(h: Harness, scope: str) -> None:
+    """The JWT joins scopes with spaces: one admin-created scope "read admin" would reach
+    upstreams as two, one of them admin (RFC 6749 §3.3 scope-token)."""
+    with pytest.raises(ValueError, match="scope token"):
+        await h.sessions.create("alice", scopes=[scope])
+    with pytest.raises(ValueError, match="scope token"):
+        await h.sessions.create("alice", roles=[scope])

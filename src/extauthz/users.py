@@ -45,13 +45,13 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from extauthz.errors import ExtauthzError
+from extauthz.scopes import validate_scope_tokens
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 64
 PASSWORD_MAX = 1024
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
-_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
 FILE_VERSION = 1
 
 
@@ -78,17 +78,6 @@ def validate_password(password: object) -> str:
     if not isinstance(password, str) or not 1 <= len(password) <= PASSWORD_MAX:
         raise ValueError(f"password must be 1-{PASSWORD_MAX} characters")
     return password
-
-
-def _validate_tokens(kind: str, values: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(values, str):
-        raise ValueError(f"{kind} must be a list of strings, not one string")
-    out: dict[str, None] = {}
-    for value in values:
-        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-            raise ValueError(f"invalid {kind[:-1]} {value!r}: must be an RFC 6749 §3.3 scope token")
-        out[value] = None
-    return tuple(out)
 
 
 def _validate_hash(password_hash: object) -> str:
@@ -163,8 +152,8 @@ def _record(name: str, password_hash: str, roles: Iterable[str], scopes: Iterabl
     return UserRecord(
         name=validate_name(name),
         password_hash=_validate_hash(password_hash),
-        roles=_validate_tokens("roles", roles),
-        scopes=_validate_tokens("scopes", scopes),
+        roles=validate_scope_tokens("roles", roles),
+        scopes=validate_scope_tokens("scopes", scopes),
         disabled=disabled,
     )
 
@@ -674,8 +663,8 @@ async def _run(args: argparse.Namespace, stdin: TextIO, out: TextIO,
         return 0
     verifier = PasswordVerifier(store, parameters)
     if command == "add":
-        roles = _validate_tokens("roles", args.role)
-        scopes = _validate_tokens("scopes", args.scope)
+        roles = validate_scope_tokens("roles", args.role)
+        scopes = validate_scope_tokens("scopes", args.scope)
         if await store.get(name) is not None:
             raise _CommandError(f"user {name!r} already exists in {store.path}; use 'users passwd'")
         password_hash = await verifier.hash_password_async(_read_password(args, stdin, getpass))

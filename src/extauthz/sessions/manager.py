@@ -12,6 +12,7 @@ from typing import Any
 
 from extauthz import tokens
 from extauthz.errors import Reason, Unauthenticated
+from extauthz.scopes import validate_scope_tokens
 from extauthz.sessions.model import Session, SessionStore
 
 MAX_DATA_BYTES = 4096
@@ -106,7 +107,8 @@ class SessionManager:
         The token is returned here once and never again.
 
         :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
-            control characters), or bad session data.
+            control characters), a scope or role that is not an RFC 6749 §3.3
+            scope token, or bad session data.
         :raises StoreUnavailable: the store did not take the write (incl. ``WAIT`` failure).
         """
         validate_subject(sub)
@@ -118,8 +120,8 @@ class SessionManager:
             last_seen=now,
             idle_timeout=self.idle_timeout,
             expires_at=now + self.absolute_timeout,
-            scopes=tuple(dict.fromkeys(scopes)),
-            roles=tuple(dict.fromkeys(roles)),
+            scopes=validate_scope_tokens("scopes", scopes),
+            roles=validate_scope_tokens("roles", roles),
             data=validate_session_data(data),
         )
         token = tokens.mint_token()
