@@ -266,7 +266,10 @@ def test_a_new_key_is_published_before_it_signs(tmp_path: Path) -> None:
     jwks_kids = {k["kid"] for k in ring.jwks()["keys"]}
     assert new_kid in jwks_kids
 
-    clock.advance(291)  # the new key is now 301 s old
+    clock.advance(291)  # the file is 301 s old, but this node published it 291 s ago
+    assert ring.reload() is False
+    assert ring.signing_key.kid == old_kid
+    clock.advance(10)  # published 301 s ago
     assert ring.reload() is True
     assert ring.signing_key.kid == new_kid
     assert ring.reload() is False  # nothing changed since
@@ -274,6 +277,21 @@ def test_a_new_key_is_published_before_it_signs(tmp_path: Path) -> None:
     old.unlink()  # retired by the operator once its last JWT expired
     assert ring.reload() is True
     assert ring.kids == [new_kid]
+
+
+def test_a_key_copied_in_with_an_old_file_time_still_waits(tmp_path: Path) -> None:
+    """`cp -p`, `rsync -a` or tar keep a file's old modification time: a key added while
+    running counts from when this node published it, not from its file time."""
+    clock = FakeClock(1_800_000_000.0)
+    old_kid = load_key_file(_aged(generate_key(tmp_path), 7200, clock.now)).kid
+    ring = KeyRing.from_directory(tmp_path, publish_before_sign=300, clock=clock)
+    copied = _aged(generate_key(tmp_path), 3600, clock.now)  # newer than old, but "old"
+    ring.reload()
+    assert load_key_file(copied).kid in ring.kids
+    assert ring.signing_key.kid == old_kid
+    clock.advance(300)
+    ring.reload()
+    assert ring.signing_key.kid == load_key_file(copied).kid
 
 
 def test_a_first_key_signs_at_once(tmp_path: Path) -> None:

@@ -88,10 +88,13 @@ def load_key_file(path: Path) -> SigningKey:
 class KeyRing:
     """The loaded keys: every one published; the newest *ready* one signs.
 
-    Rotation follows "publish first, sign later": a key file is published in the JWKS as soon
-    as it is loaded, but signs only once it is ``publish_before_sign`` seconds old (its
-    modification time), so upstreams that cache the JWKS (``max-age``) know it before they
-    see a JWT it signed. When no key is that old (a first deployment), the oldest key signs.
+    Rotation follows "publish first, sign later": a key is published in the JWKS as soon as
+    it is loaded, but signs only once it has been published for ``publish_before_sign``
+    seconds, so upstreams that cache the JWKS (``max-age``) know it before they see a JWT it
+    signed. A key found by :meth:`reload` counts from the moment this node published it
+    (whatever its file's modification time: ``cp -p`` or ``rsync -a`` keep old times); a key
+    present at start-up counts from its file's modification time, since an earlier process
+    may have published it. When no key is ready (a first deployment), the oldest key signs.
     Old keys stay published for as long as their files stay in the directory: remove one no
     sooner than ``jwt.lifetime_seconds`` after a newer key started signing.
     """
@@ -110,6 +113,8 @@ class KeyRing:
         self._publish_before_sign = publish_before_sign
         self._clock = clock
         self._keys = sorted(keys, key=lambda k: (k.mtime, k.path))
+        # when each key was first published: its file time for the keys found at start-up
+        self._published: dict[str, float] = {k.kid: k.mtime for k in self._keys}
         self._signing = self._choose()
 
     @classmethod
@@ -133,7 +138,7 @@ class KeyRing:
 
     def _choose(self) -> SigningKey:
         ready_before = self._clock() - self._publish_before_sign
-        ready = [k for k in self._keys if k.mtime <= ready_before]
+        ready = [k for k in self._keys if self._published[k.kid] <= ready_before]
         return ready[-1] if ready else self._keys[0]
 
     def reload(self) -> bool:
@@ -148,6 +153,8 @@ class KeyRing:
             keys = self._keys
         signing = self._signing
         changed = [k.kid for k in keys] != self.kids
+        now = self._clock()
+        self._published = {k.kid: self._published.get(k.kid, now) for k in keys}
         self._keys = keys
         self._signing = self._choose()
         return changed or self._signing.kid != signing.kid
