@@ -44,7 +44,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -156,9 +156,9 @@ class InvalidationSubscriber:
         # proof payload -> send time, for proofs not received yet
         self._proofs: dict[str, float] = {}
         self._proof_counter = 0
-        self._acked = 0
-        self._to_ack = 0
-        self._ack_wanted = asyncio.Event()
+        self._acks = SequenceAcks(
+            lambda seq: self._redis.hset(self._acks_key, self.instance, seq), "cache"
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"invalidations": 0, "resets": 0, "reconnects": 0}
 
@@ -188,7 +188,7 @@ class InvalidationSubscriber:
             asyncio.create_task(self._run_channel(), name="cache-invalidation"),
             asyncio.create_task(self._run_proofs(), name="cache-proofs"),
             asyncio.create_task(self._run_heartbeat(), name="cache-heartbeat"),
-            asyncio.create_task(self._run_acks(), name="cache-acks"),
+            asyncio.create_task(self._acks.run(), name="cache-acks"),
         ]
 
     async def stop(self) -> None:
@@ -231,9 +231,7 @@ class InvalidationSubscriber:
                 listener.invalidate(token_hash)
             self.stats["invalidations"] += 1
             seq = int(seq_text) if seq_text.isdigit() else 0
-            if seq > self._to_ack:
-                self._to_ack = seq
-                self._ack_wanted.set()
+            self._acks.want(seq)
         elif kind == "message":  # our proof channel
             sent = self._proofs.pop(_text(message["data"]), None)
             if sent is not None and sent > self._proof_at:
@@ -315,21 +313,38 @@ class InvalidationSubscriber:
                 self._registered_until = sent + NODE_TTL_SECONDS / 2
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
-    async def _run_acks(self) -> None:
+
+class SequenceAcks:
+    """Acknowledges invalidation sequence numbers through ``send``. Acknowledgements are
+    monotonic, so only the newest number pending is sent; a failed send is retried (until
+    then the revoker waits or fails, never reports success early)."""
+
+    def __init__(self, send: Callable[[int], Awaitable[Any]], what: str) -> None:
+        self._send = send
+        self._what = what
+        self.acked = 0
+        self._wanted = 0
+        self._event = asyncio.Event()
+
+    def want(self, seq: int) -> None:
+        if seq > self._wanted:
+            self._wanted = seq
+            self._event.set()
+
+    async def run(self) -> None:
         while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            seq = self._to_ack
-            if seq <= self._acked:
+            await self._event.wait()
+            self._event.clear()
+            seq = self._wanted
+            if seq <= self.acked:
                 continue
             try:
-                await self._redis.hset(self._acks_key, self.instance, seq)
-                self._acked = seq
+                await self._send(seq)
+                self.acked = seq
             except (RedisError, OSError) as exc:
-                # the revoker waits out the trust window instead; try again with the next one
-                log.warning("cache acknowledgement failed: %s", exc.__class__.__name__)
+                log.warning("%s acknowledgement failed: %s", self._what, exc.__class__.__name__)
                 await asyncio.sleep(0.01)
-                self._ack_wanted.set()
+                self._event.set()
 
 
 class AckBarrier:

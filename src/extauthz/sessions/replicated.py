@@ -51,6 +51,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
+from extauthz.sessions.invalidation import SequenceAcks
 from extauthz.sessions.model import Session, SessionStore
 from extauthz.sessions.redis import RedisSessionStore
 from extauthz.tasks import cancel_and_wait
@@ -176,9 +177,7 @@ class ReplicaReadLease:
         self._catch_up_to: int | None = 0
         self._may_hold = False  # the primary may have a lease of ours (withdraw it)
         self.subscribed = False
-        self._acked = 0
-        self._to_ack = 0
-        self._ack_wanted = asyncio.Event()
+        self._acks = SequenceAcks(self._send_ack, "replica")
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"renewals": 0, "acquired": 0, "releases": 0, "acks": 0}
 
@@ -190,7 +189,7 @@ class ReplicaReadLease:
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._run_channel(), name="replica-lease-channel"),
-                asyncio.create_task(self._run_acks(), name="replica-lease-acks"),
+                asyncio.create_task(self._acks.run(), name="replica-lease-acks"),
             ]
 
     async def stop(self) -> None:
@@ -262,10 +261,11 @@ class ReplicaReadLease:
         if message["type"] == "subscribe":
             self.subscribed = True
         elif message["type"] == "message":
-            seq = _seq(_text(message["data"]).partition(":")[0])
-            if seq > self._to_ack:
-                self._to_ack = seq
-                self._ack_wanted.set()
+            self._acks.want(_seq(_text(message["data"]).partition(":")[0]))
+
+    async def _send_ack(self, seq: int) -> None:
+        await self._ack(keys=[self._keys[1]], args=[self.instance, seq])
+        self.stats["acks"] += 1
 
     async def _run_channel(self) -> None:
         backoff = RESUBSCRIBE_BACKOFF_SECONDS[0]
@@ -295,23 +295,6 @@ class ReplicaReadLease:
                     await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_SECONDS[1])
-
-    async def _run_acks(self) -> None:
-        while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            seq = self._to_ack
-            if seq <= self._acked:
-                continue
-            try:
-                await self._ack(keys=[self._keys[1]], args=[self.instance, seq])
-                self._acked = seq
-                self.stats["acks"] += 1
-            except (RedisError, OSError) as exc:
-                # the revoker fails instead of reporting success; try again with the next one
-                log.warning("replica acknowledgement failed: %s", exc.__class__.__name__)
-                await asyncio.sleep(0.01)
-                self._ack_wanted.set()
 
 
 class ReplicaAckBarrier:
