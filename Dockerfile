@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY src/ src/
+COPY extauthz/ extauthz/
 COPY demo/ demo/
 COPY deploy/ deploy/
 COPY envoy/ envoy/

@@ -104,7 +104,7 @@ def make_jwt_material() -> JwtMaterial:
     from cryptography.hazmat.primitives.asymmetric import ec
     from jwt.algorithms import ECAlgorithm
 
-    from extauthz.keys import jwk_thumbprint
+    from extauthz.keys.keyring import jwk_thumbprint
 
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
@@ -537,7 +537,7 @@ def machine() -> dict[str, Any]:
 
 def extauthz_source() -> dict[str, Any]:
     """Which extauthz code ran: its version, where it was imported from, and when that is a git
-    checkout, the commit and whether src/ had uncommitted changes."""
+    checkout, the commit and whether the package had uncommitted changes."""
     import extauthz
 
     src = Path(extauthz.__file__).resolve().parent
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         src = report["extauthz"]
         print(f"extauthz {src['version']} from {src['path']}"
               + (f" at {src['commit'][:12]}" if "commit" in src else "")
-              + (" WITH UNCOMMITTED CHANGES in src/" if src.get("uncommitted_changes") else ""))
+              + (" WITH UNCOMMITTED CHANGES in extauthz/" if src.get("uncommitted_changes") else ""))
         print(f"command: {command}\n")
         print(render_table(results))
         if args.json:

@@ -16,13 +16,13 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.rpc import code_pb2
 
 from extauthz import tokens
-from extauthz.denials import safe_return_to
-from extauthz.envoy_adapter import to_request_context
+from extauthz.check.denials import safe_return_to
+from extauthz.check.envoy_adapter import to_request_context
 from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
-from extauthz.grpc_server import AuthorizationServicer
+from extauthz.server.grpc_server import AuthorizationServicer
 from extauthz.sessions.memory import MemorySessionStore
 from extauthz.sessions.model import Session, SessionStore
-from extauthz.sessions.redis import RedisSessionStore
+from extauthz.sessions.redis.store import RedisSessionStore
 from tests.fixtures.core import (
     COOKIE,
     LOGIN_URL,
@@ -447,7 +447,7 @@ async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) 
             assert secret not in text, record.getMessage()
 
 
-# -- review of the running stack (H1, M3 and M4 also in tests/test_auth_service.py) -----------
+# -- review of the running stack (H1, M3 and M4 also in tests/login/test_auth_service.py) -----------
 
 
 async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
@@ -456,10 +456,10 @@ async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
     """M3: Check looks up to 4 session cookies; misses next to a live cookie were never
     counted, so one's own cookie carried 3 free guesses per request (a hit on another user's
     session shows as ``ambiguous_credential``). Every failed candidate counts now."""
-    from extauthz.context import RequestContext
-    from extauthz.decisions import Allow, Deny
-    from extauthz.ratelimit import MemoryRateLimiter
-    from extauthz.throttle import LookupThrottle
+    from extauthz.check.context import RequestContext
+    from extauthz.check.decisions import Allow, Deny
+    from extauthz.login.ratelimit import MemoryRateLimiter
+    from extauthz.check.throttle import LookupThrottle
 
     h.authorizer.throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
     own, _ = await h.login("mallory")
@@ -515,7 +515,7 @@ async def test_advisory_l5_subject_with_control_characters_is_refused(
     in log lines and the JWT ``sub``. ``SessionManager.create`` refuses it (ValueError), the
     admin API answers ``INVALID_ARGUMENT``, and nothing is stored."""
     from extauthz._proto.extauthz.v1 import admin_pb2
-    from extauthz.admin_service import AdminGuard, SessionAdminServicer
+    from extauthz.server.admin import AdminGuard, SessionAdminServicer
 
     with pytest.raises(ValueError, match="control characters"):
         await h.sessions.create(sub)
@@ -553,7 +553,7 @@ def test_advisory_m4_an_open_admin_api_is_announced_at_start_up(
     everyone on the host (and to other containers of a pod): say so, once, loudly."""
     import dataclasses
 
-    from extauthz.app import _admin_guard
+    from extauthz.server.app import _admin_guard
     from extauthz.settings import AdminSettings, ServerSettings, Settings
 
     def warnings_for(settings: Settings) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from extauthz.keys import generate_key
+from extauthz.keys.keyring import generate_key
 from extauthz.settings import Settings, load_settings
 from tests.support.redis_topology import ReplicatedTopology
 

@@ -1,0 +1,202 @@
+"""The family of denial responses, chosen by the kind of client and the reason.
+
+* API clients: 401 with an RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge and a small
+  JSON body ``{"error", "error_description", "reason"}``; 403 ``insufficient_scope``; 400
+  ``invalid_request``; 403 ``cross_site_request`` (no challenge: no credential would help);
+  429 with ``Retry-After`` when throttled.
+* Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
+  the same host.
+* A denial because the session cookie names no live session (unknown, expired, malformed)
+  also clears it (``Max-Age=0``); an ambiguous one is kept. The login page itself is never
+  redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from extauthz import tokens
+from extauthz.check.context import RequestContext
+from extauthz.check.decisions import Deny
+from extauthz.errors import (
+    BadRequest,
+    Denied,
+    Forbidden,
+    Reason,
+    TooManyRequests,
+)
+from extauthz.check.policy import Policy
+
+_RFC6750_ERROR = {
+    Reason.NO_CREDENTIAL: None,  # §3.1: no error code when no credential was presented
+    Reason.MALFORMED_REQUEST: "invalid_request",
+    Reason.INSUFFICIENT_SCOPE: "insufficient_scope",
+    Reason.INSUFFICIENT_ROLE: "insufficient_scope",
+}
+
+
+def _is_quotable(value: str) -> bool:
+    """RFC 6750 §3: ``error_description`` and ``scope`` values use only %x20-21 / %x23-5B /
+    %x5D-7E (printable ASCII without ``"`` and ``\\``); anything else would break the
+    challenge or the header (a scope comes from the route's ``context_extensions``)."""
+    return all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in value)
+
+
+_CLEARS_COOKIE = frozenset(
+    {Reason.UNKNOWN_SESSION, Reason.SESSION_EXPIRED, Reason.MALFORMED_CREDENTIAL}
+)
+
+
+_JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def without_credentials(path: str, query: str) -> str:
+    """``path?query`` without query parameters that carry a credential: ``access_token``
+    (RFC 6750 §2.3, never accepted here) or any value shaped like an access token or a JWT.
+    A login redirect must not copy a credential into ``Location``, browser history and the
+    login form."""
+    if not query:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [
+        (name, value)
+        for name, value in pairs
+        if name.lower() != "access_token"
+        and not tokens.has_token_shape(value)
+        and not _JWS.search(value)
+    ]
+    if len(kept) == len(pairs):
+        return f"{path}?{query}"
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def safe_return_to(path_and_query: str) -> str:
+    """A same-host relative reference for ``return_to``: a path beginning with a single
+    ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``.
+
+    The answer is always printable ASCII, ready for a ``Location`` header: every non-ASCII
+    character is percent-encoded as UTF-8 (RFC 3986 §2.1; ``/\u2028x`` → ``/%E2%80%A8x``), so
+    no raw byte above 0x7E (line separators, C1 controls, look-alike slashes) reaches a header
+    or a browser's URL parser. Text that is not valid Unicode (lone surrogates) becomes ``/``.
+    """
+    candidate = path_and_query or "/"
+    if (
+        not candidate.startswith("/")
+        or candidate.startswith("//")
+        or "\\" in candidate
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in candidate)
+        or urlsplit(candidate).netloc
+    ):
+        return "/"
+    if candidate.isascii():
+        return candidate
+    try:
+        # "%" and every ASCII character are left as they are: only non-ASCII is encoded, so
+        # the checks above (all about ASCII) still hold for the result
+        return "".join(c if c.isascii() else quote(c, safe="", errors="strict") for c in candidate)
+    except UnicodeEncodeError:
+        return "/"
+
+
+@dataclass(frozen=True)
+class DenialRenderer:
+    realm: str
+    login_url: str
+    cookie_name: str
+    cookie_domain: str = ""
+    cookie_secure: bool = True
+
+    def clear_cookie(self) -> str:
+        """A ``Set-Cookie`` that deletes the session cookie (RFC 6265 §3.1)."""
+        parts = [f"{self.cookie_name}=", "Max-Age=0", "Path=/", "HttpOnly", "SameSite=Lax"]
+        if self.cookie_secure or self.cookie_name.startswith(("__Host-", "__Secure-")):
+            parts.append("Secure")
+        if self.cookie_domain:
+            parts.append(f"Domain={self.cookie_domain}")
+        return "; ".join(parts)
+
+    def _is_login_page(self, ctx: RequestContext) -> bool:
+        return urlsplit(self.login_url).path == ctx.path
+
+    @staticmethod
+    def _is_navigation(ctx: RequestContext, policy: Policy) -> bool:
+        if policy.client == "api" or ctx.method not in ("GET", "HEAD"):
+            return False
+        if policy.client == "browser":
+            return True
+        return "text/html" in (ctx.header("accept") or "").lower()
+
+    def render(
+        self,
+        ctx: RequestContext,
+        policy: Policy,
+        denial: Denied,
+        *,
+        saw_cookie: bool,
+        metadata: dict[str, str],
+    ) -> Deny:
+        headers: list[tuple[str, str]] = [("cache-control", "no-store")]
+        # only a cookie that names no live session is forgotten. An ambiguous one (several
+        # session cookies of different users, too many copies, a bearer that disagrees) is
+        # kept: a sibling subdomain that tosses in a cookie of its own must not be able to
+        # log the user out, and a throttled or refused request says nothing about the cookie.
+        if saw_cookie and denial.reason in _CLEARS_COOKIE:
+            headers.append(("set-cookie", self.clear_cookie()))
+        if isinstance(denial, BadRequest):
+            return self._challenge(400, "invalid_request", denial, headers, metadata)
+        if denial.reason is Reason.CROSS_SITE_REQUEST:
+            return self._json(403, "cross_site_request", denial, headers, metadata)
+        if isinstance(denial, Forbidden):
+            return self._challenge(403, "insufficient_scope", denial, headers, metadata)
+        if denial.reason is Reason.RATE_LIMITED:
+            if isinstance(denial, TooManyRequests):
+                headers.append(("retry-after", str(denial.retry_after_seconds)))
+            return self._json(429, "rate_limited", denial, headers, metadata)
+        if self._is_navigation(ctx, policy) and not self._is_login_page(ctx):
+            separator = "&" if "?" in self.login_url else "?"
+            target = safe_return_to(without_credentials(ctx.path, ctx.query))
+            location = f"{self.login_url}{separator}return_to={quote(target, safe='')}"
+            headers.append(("location", location))
+            return Deny(302, tuple(headers), "", metadata)
+        error = _RFC6750_ERROR.get(denial.reason, "invalid_token")
+        return self._challenge(401, error, denial, headers, metadata)
+
+    def _challenge(
+        self,
+        status: int,
+        error: str | None,
+        denial: Denied,
+        headers: list[tuple[str, str]],
+        metadata: dict[str, str],
+    ) -> Deny:
+        params = [f'realm="{self.realm}"']
+        if error is not None:
+            params.append(f'error="{error}"')
+            if denial.detail and _is_quotable(denial.detail):
+                params.append(f'error_description="{denial.detail}"')
+        if (
+            isinstance(denial, Forbidden)
+            and denial.required_scope
+            and _is_quotable(denial.required_scope)
+        ):
+            params.append(f'scope="{denial.required_scope}"')
+        headers.append(("www-authenticate", "Bearer " + ", ".join(params)))
+        return self._json(status, error or "unauthenticated", denial, headers, metadata)
+
+    @staticmethod
+    def _json(
+        status: int,
+        error: str,
+        denial: Denied,
+        headers: list[tuple[str, str]],
+        metadata: dict[str, str],
+    ) -> Deny:
+        headers.append(("content-type", "application/json"))
+        body = json.dumps(
+            {"error": error, "error_description": denial.detail, "reason": str(denial.reason)},
+            separators=(",", ":"),
+        )
+        return Deny(status, tuple(headers), body, metadata)

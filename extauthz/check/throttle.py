@@ -1,0 +1,91 @@
+"""Throttling of failed token lookups, per client address.
+
+Guessing a token means presenting many tokens that do not exist. Every failed lookup
+(``unknown_session``, or a token without the product's shape) from one address is counted in
+the ``check:addr`` :class:`~extauthz.login.ratelimit.RateLimiter` (shared by every node when it is in
+Redis): **each** failed candidate counts, so several session cookies in one request cost one
+failure each. One :class:`LookupThrottle` serves every place that looks a client's token up:
+``Check`` (:mod:`extauthz.check.authorizer`) and the auth service's ``GET /auth/session``,
+``POST /auth/logout`` and the session-fixation revocation at ``POST /auth/login``
+(:mod:`extauthz.login.service`). Once an address is over the limit, every request from it that
+carries a credential to ``Check``, ``/auth/session`` or ``/auth/logout`` is answered 429 until
+the window ends, **without a store lookup**: a blocked guesser learns nothing, not even whether
+a guess was right.
+
+The "blocked until" answer is remembered in this process, so requests from a blocked address
+cost no round trip at all; another node learns of the block on that address's next failed
+lookup. Valid lookups cost nothing extra. A rate limiter that fails (Redis down) is logged and
+counts as "not blocked": it must not turn a 401 into a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from extauthz.login.ratelimit import CHECK_ADDR, RateKey, RateLimiter, address_subject
+
+log = logging.getLogger("extauthz.check.throttle")
+
+
+class LookupThrottle:
+    """Counts failed lookups per address (``limiter``'s limit and window apply).
+
+    At most ``max_blocked`` blocked addresses are remembered locally; past that the oldest
+    entries are dropped (they are still blocked in a shared limiter).
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_blocked: int = 65536,
+    ) -> None:
+        self.limiter = limiter
+        self._clock = clock
+        self._max_blocked = max_blocked
+        self._blocked_until: dict[str, float] = {}
+
+    def retry_after(self, address: str) -> int:
+        """Seconds until ``address`` may try again (0: not blocked). No I/O."""
+        if not address or not self._blocked_until:  # the hot path: nobody is blocked
+            return 0
+        subject = address_subject(address)
+        until = self._blocked_until.get(subject)
+        if until is None:
+            return 0
+        left = until - self._clock()
+        if left <= 0:
+            del self._blocked_until[subject]
+            return 0
+        return max(1, int(left + 0.999))
+
+    async def failed(self, address: str, times: int = 1) -> int:
+        """Count ``times`` failed lookups from ``address``; the seconds to wait if it is now
+        over the limit, else 0."""
+        if not address or times < 1:
+            return 0
+        subject = address_subject(address)
+        key = RateKey(CHECK_ADDR, subject)
+        try:
+            for _ in range(times):
+                verdict = await self.limiter.hit(key)
+                if verdict.blocked:
+                    break
+        except Exception:
+            log.warning("cannot count a failed lookup: rate limiter unavailable", exc_info=True)
+            return 0
+        if not verdict.blocked:
+            return 0
+        if len(self._blocked_until) >= self._max_blocked:
+            self._blocked_until.pop(next(iter(self._blocked_until)))
+        self._blocked_until[subject] = self._clock() + verdict.retry_after_seconds
+        log.warning(
+            "throttling token lookups from one address for %ds (over %d failures in %ds)",
+            verdict.retry_after_seconds,
+            self.limiter.limit,
+            self.limiter.window_seconds,
+        )
+        return verdict.retry_after_seconds

@@ -1,0 +1,192 @@
+"""The ``extauthz`` command line.
+
+``serve`` runs the service; ``sessions``, ``status`` call a running node's admin API over
+gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``); ``keys generate``
+writes a signing key; ``users`` manages a file-backed user store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from extauthz import __version__
+from extauthz.errors import ExtauthzError
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from extauthz.server.app import serve
+    from extauthz.settings import load_settings
+
+    _configure_logging(args.log_level)
+    settings = load_settings(args.config)
+    return asyncio.run(serve(settings))
+
+
+def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
+    import grpc
+
+    from extauthz._proto.extauthz.v1 import admin_pb2_grpc
+
+    channel = grpc.insecure_channel(args.target)
+    metadata: list[tuple[str, str]] = []
+    if args.admin_token_file:
+        token = Path(args.admin_token_file).read_text().strip()
+        metadata.append(("authorization", f"Bearer {token}"))
+    return (
+        admin_pb2_grpc.SessionAdminStub(channel),
+        admin_pb2_grpc.StatusStub(channel),
+        metadata,
+    )
+
+
+def _print_message(message: Any) -> None:
+    from google.protobuf import json_format
+
+    print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from google.protobuf.struct_pb2 import Struct
+
+    from extauthz._proto.extauthz.v1 import admin_pb2
+
+    sessions, _, metadata = _stub(args)
+    kw = {"metadata": metadata, "timeout": args.timeout}
+    if args.action == "create":
+        data = Struct()
+        if args.data:
+            try:
+                parsed = json.loads(args.data)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"extauthz: --data is not JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise SystemExit("extauthz: --data must be a JSON object")
+            data.update(parsed)
+        reply = sessions.CreateSession(
+            admin_pb2.CreateSessionRequest(
+                sub=args.sub, scopes=args.scope, roles=args.role, data=data
+            ),
+            **kw,
+        )
+        print(reply.access_token)
+        print(f"sid={reply.session.sid} sub={reply.session.sub}", file=sys.stderr)
+    elif args.action == "get":
+        _print_message(sessions.GetSession(admin_pb2.GetSessionRequest(sid=args.sid), **kw))
+    elif args.action == "revoke":
+        if args.sid:
+            reply = sessions.RevokeSession(admin_pb2.RevokeSessionRequest(sid=args.sid), **kw)
+            print("revoked" if reply.revoked else "not found")
+            return 0 if reply.revoked else 1
+        reply = sessions.RevokeSubjectSessions(
+            admin_pb2.RevokeSubjectSessionsRequest(sub=args.sub), **kw
+        )
+        print(f"revoked {reply.revoked}")
+    elif args.action == "list":
+        _print_message(sessions.ListSessions(admin_pb2.ListSessionsRequest(sub=args.sub), **kw))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from extauthz._proto.extauthz.v1 import admin_pb2
+
+    _, status, metadata = _stub(args)
+    _print_message(status.GetStatus(admin_pb2.GetStatusRequest(), metadata=metadata, timeout=args.timeout))
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from extauthz.keys.keyring import generate_key
+
+    path = generate_key(args.dir, args.alg)
+    print(path)
+    return 0
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("EXTAUTHZ_TARGET", "127.0.0.1:9001"),
+        help="gRPC address of a running node (default: $EXTAUTHZ_TARGET or 127.0.0.1:9001)",
+    )
+    parser.add_argument("--admin-token-file", default=os.environ.get("EXTAUTHZ_ADMIN_TOKEN_FILE"))
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extauthz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC and HTTP servers")
+    serve.add_argument("--config", help="settings TOML file (EXTAUTHZ_* variables override it)")
+    serve.add_argument("--log-level", default=os.environ.get("EXTAUTHZ_LOG_LEVEL", "info"))
+    serve.set_defaults(func=_cmd_serve)
+
+    sessions = sub.add_parser("sessions", help="create, inspect and revoke sessions")
+    actions = sessions.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a session; prints the token once")
+    create.add_argument("--sub", required=True)
+    create.add_argument("--scope", action="append", default=[])
+    create.add_argument("--role", action="append", default=[])
+    create.add_argument("--data", help="session data, a JSON object")
+    get = actions.add_parser("get", help="show one session")
+    get.add_argument("--sid", required=True)
+    revoke = actions.add_parser("revoke", help="revoke one session, or every session of a subject")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sid")
+    which.add_argument("--sub")
+    listing = actions.add_parser("list", help="list a subject's sessions")
+    listing.add_argument("--sub", required=True)
+    for p in (create, get, revoke, listing):
+        _client_options(p)
+    sessions.set_defaults(func=_cmd_sessions)
+
+    status = sub.add_parser("status", help="show a node's version, store strategy and keys")
+    _client_options(status)
+    status.set_defaults(func=_cmd_status)
+
+    keys = sub.add_parser("keys", help="signing keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    generate = key_actions.add_parser("generate", help="write a new private key (PEM)")
+    generate.add_argument("--dir", required=True)
+    generate.add_argument("--alg", default="ES256", choices=["ES256", "EdDSA", "RS256"])
+    keys.set_defaults(func=_cmd_keys)
+
+    try:
+        from extauthz.login.users import add_users_parser
+    except ImportError:
+        pass
+    else:
+        add_users_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ExtauthzError as exc:
+        print(f"extauthz: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a gRPC error from a client command
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"extauthz: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,176 @@
+"""The project's own gRPC API (``protos/extauthz/v1/admin.proto``): ``SessionAdmin`` and
+``Status``.
+
+Admin calls are allowed from any peer when the server listens on loopback only; otherwise
+they require ``authorization: Bearer <admin token>`` metadata, the token being read from
+``admin.token_file``. Without a token file on a non-loopback listener, admin calls are
+refused with ``PERMISSION_DENIED``. "Loopback only" still means every local user and process,
+and every container sharing the pod's network namespace, can create sessions for any subject:
+the server logs a warning at start-up in that case (``extauthz.server.app``); set a token file.
+
+Subjects are validated by :meth:`SessionManager.create` (no control characters:
+``INVALID_ARGUMENT``); subjects and session ids that callers send to other calls are logged
+through :func:`~extauthz.sessions.manager.printable`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from extauthz import __version__
+from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz.errors import StoreUnavailable
+from extauthz.keys.keyring import KeyRing
+from extauthz.sessions.manager import SessionManager, printable
+from extauthz.sessions.model import Session
+
+log = logging.getLogger("extauthz.admin")
+
+T = TypeVar("T")
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1_000_000_000))
+    return stamp
+
+
+def session_message(session: Session) -> admin_pb2.Session:
+    data = Struct()
+    data.update(dict(session.data))
+    return admin_pb2.Session(
+        sid=session.sid,
+        sub=session.sub,
+        created_at=_timestamp(session.created_at),
+        last_seen=_timestamp(session.last_seen),
+        expires_at=_timestamp(session.expires_at),
+        idle_timeout_seconds=session.idle_timeout,
+        scopes=list(session.scopes),
+        roles=list(session.roles),
+        data=data,
+    )
+
+
+class AdminGuard:
+    """Decides whether an admin call may run (see the module docstring)."""
+
+    def __init__(self, *, loopback_only: bool, token: str | None) -> None:
+        self._loopback_only = loopback_only
+        self._token = token
+
+    async def check(self, context: grpc.aio.ServicerContext) -> None:
+        if self._token is None:
+            if self._loopback_only:
+                return
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "admin API disabled: the server is not loopback-only and admin.token_file is unset",
+            )
+        presented = dict(context.invocation_metadata() or ()).get("authorization", "")
+        expected = f"Bearer {self._token}"
+        if not hmac.compare_digest(str(presented).encode(), expected.encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token required")
+
+
+async def _call(
+    context: grpc.aio.ServicerContext, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
+) -> T:
+    await guard.check(context)
+    try:
+        return await fn()
+    except StoreUnavailable as exc:
+        log.warning("admin call failed: %s", exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
+    except ValueError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    raise AssertionError("unreachable")  # abort() always raises
+
+
+class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
+    def __init__(self, sessions: SessionManager, guard: AdminGuard) -> None:
+        self._sessions = sessions
+        self._guard = guard
+
+    async def CreateSession(self, request: Any, context: Any) -> admin_pb2.CreateSessionResponse:
+        async def run() -> admin_pb2.CreateSessionResponse:
+            data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
+            token, session = await self._sessions.create(
+                request.sub, scopes=request.scopes, roles=request.roles, data=data
+            )
+            log.info("session created sid=%s sub=%s", session.sid, session.sub)
+            return admin_pb2.CreateSessionResponse(
+                access_token=token, session=session_message(session)
+            )
+
+        return await _call(context, self._guard, run)
+
+    async def GetSession(self, request: Any, context: Any) -> admin_pb2.Session:
+        async def run() -> Session | None:
+            return await self._sessions.store.get_by_sid(request.sid)
+
+        session = await _call(context, self._guard, run)
+        if session is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
+        assert session is not None
+        return session_message(session)
+
+    async def RevokeSession(self, request: Any, context: Any) -> admin_pb2.RevokeSessionResponse:
+        async def run() -> admin_pb2.RevokeSessionResponse:
+            revoked = await self._sessions.store.revoke_sid(request.sid)
+            log.info(
+                "session revoked sid=%s found=%s", printable(request.sid), revoked is not None
+            )
+            return admin_pb2.RevokeSessionResponse(revoked=revoked is not None)
+
+        return await _call(context, self._guard, run)
+
+    async def RevokeSubjectSessions(
+        self, request: Any, context: Any
+    ) -> admin_pb2.RevokeSubjectSessionsResponse:
+        async def run() -> admin_pb2.RevokeSubjectSessionsResponse:
+            count = await self._sessions.store.revoke_subject(request.sub)
+            log.info("sessions revoked sub=%s count=%d", printable(request.sub), count)
+            return admin_pb2.RevokeSubjectSessionsResponse(revoked=count)
+
+        return await _call(context, self._guard, run)
+
+    async def ListSessions(self, request: Any, context: Any) -> admin_pb2.ListSessionsResponse:
+        async def run() -> admin_pb2.ListSessionsResponse:
+            sessions = await self._sessions.store.list_subject(request.sub)
+            return admin_pb2.ListSessionsResponse(sessions=[session_message(s) for s in sessions])
+
+        return await _call(context, self._guard, run)
+
+
+class StatusServicer(admin_pb2_grpc.StatusServicer):
+    def __init__(
+        self, sessions: SessionManager, keyring: KeyRing, *, strategy: str, node_id: str
+    ) -> None:
+        self._sessions = sessions
+        self._keyring = keyring
+        self._strategy = strategy
+        self._node_id = node_id
+
+    async def GetStatus(self, request: Any, context: Any) -> admin_pb2.GetStatusResponse:
+        try:
+            await self._sessions.store.ping()
+            reachable = True
+        except StoreUnavailable:
+            reachable = False
+        return admin_pb2.GetStatusResponse(
+            version=__version__,
+            store_strategy=self._strategy,
+            store_backend=self._sessions.store.backend,
+            store_reachable=reachable,
+            signing_key_ids=self._keyring.kids,
+            active_signing_key_id=self._keyring.signing_key.kid,
+            node_id=self._node_id,
+        )

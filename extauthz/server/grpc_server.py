@@ -1,0 +1,126 @@
+"""The gRPC server (grpc.aio): ``envoy.service.auth.v3.Authorization``,
+``grpc.health.v1.Health``, server reflection and the project's admin API.
+
+``Check`` is a thin wrapper: translate (:mod:`extauthz.check.envoy_adapter`), decide
+(:class:`~extauthz.check.authorizer.Authorizer`), translate back. A store that cannot answer ends the
+RPC with ``UNAVAILABLE`` so Envoy's ``failure_mode_allow: false`` / ``status_on_error``
+decide (503); it is never turned into a denial.
+
+Health: the overall service (``""``) and ``envoy.service.auth.v3.Authorization`` report
+``SERVING`` while the session store answers a ping and ``NOT_SERVING`` otherwise
+(``grpc.health.v1``), re-checked every ``health_check_interval_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.check.envoy_adapter import to_check_response, to_request_context
+from extauthz.errors import BadRequest, StoreUnavailable
+from extauthz.check.authorizer import Authorizer
+from extauthz.sessions.model import SessionStore
+
+log = logging.getLogger("extauthz.grpc")
+
+AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+
+    async def Check(self, request: Any, context: Any) -> external_auth_pb2.CheckResponse:
+        try:
+            ctx = to_request_context(request)
+        except BadRequest as denial:
+            return to_check_response(self._authorizer.reject(denial))
+        try:
+            decision = await self._authorizer.authorize(ctx)
+        except StoreUnavailable as exc:
+            log.warning("check failed closed: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
+        return to_check_response(decision)
+
+
+class StoreHealthReporter:
+    """Keeps the health status in line with the store's reachability."""
+
+    def __init__(
+        self, store: SessionStore, servicer: health.aio.HealthServicer, interval: float
+    ) -> None:
+        self._store = store
+        self._servicer = servicer
+        self._interval = interval
+        self.serving: bool | None = None
+
+    async def check_once(self) -> bool:
+        try:
+            await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 0.5))
+            serving = True
+        except (StoreUnavailable, TimeoutError):
+            serving = False
+        if serving != self.serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in ("", AUTHORIZATION_SERVICE):
+                await self._servicer.set(service, status)
+            (log.info if serving else log.warning)(
+                "session store %s", "reachable" if serving else "unreachable: NOT_SERVING"
+            )
+            self.serving = serving
+        return serving
+
+    async def run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)
+
+
+def build_server(
+    listen: str,
+    authorizer: Authorizer,
+    admin: SessionAdminServicer,
+    status: StatusServicer,
+    health_servicer: health.aio.HealthServicer,
+) -> tuple[grpc.aio.Server, int]:
+    """Create the server with every service registered; return it and the bound port.
+
+    :raises RuntimeError: the address could not be bound.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationServicer(authorizer), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    admin_pb2_grpc.add_SessionAdminServicer_to_server(admin, server)
+    admin_pb2_grpc.add_StatusServicer_to_server(status, server)
+    names = [
+        AUTHORIZATION_SERVICE,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["SessionAdmin"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise RuntimeError(f"server.grpc_listen: cannot bind {listen}")
+    return server, port

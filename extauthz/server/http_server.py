@@ -1,0 +1,60 @@
+"""The HTTP side (aiohttp): the JWKS, and the authentication service's routes.
+
+``GET /.well-known/jwks.json`` — RFC 7517 §5 JWK Set of every published signing key
+(``Content-Type: application/jwk-set+json``), cacheable for five minutes.
+``GET /metrics`` — Prometheus text format (:mod:`extauthz.server.metrics`).
+``/auth/*`` — the authentication service (:mod:`extauthz.login.service`) when one is given.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from extauthz.login.service import AuthService
+from extauthz.keys.keyring import KeyRing
+from extauthz.server.metrics import Metrics
+
+JWKS_PATH = "/.well-known/jwks.json"
+KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring", KeyRing)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    keyring = request.app[KEYRING]
+    return web.json_response(
+        keyring.jwks(),
+        content_type="application/jwk-set+json",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[METRICS].render(),
+        content_type="text/plain",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_http_app(
+    keyring: KeyRing,
+    auth: AuthService | None = None,
+    *,
+    max_body_bytes: int = 16384,
+    metrics_registry: Metrics | None = None,
+) -> web.Application:
+    """The app; request bodies over ``max_body_bytes`` are refused with 413."""
+    app = web.Application(client_max_size=max_body_bytes)
+    app[KEYRING] = keyring
+    app.router.add_get(JWKS_PATH, jwks)
+    if metrics_registry is not None:
+        app[METRICS] = metrics_registry
+        app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    if auth is not None:
+        app.add_routes(auth.routes())
+    return app

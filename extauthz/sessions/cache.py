@@ -1,0 +1,201 @@
+"""An in-process cache of live sessions in front of any session store.
+
+:class:`CachingSessionStore` satisfies the same :class:`~extauthz.sessions.model.SessionStore`
+protocol as the store it wraps. It answers ``get`` from memory only while its
+:class:`TrustSource` (in production an
+:class:`~extauthz.sessions.redis.invalidation.InvalidationSubscriber`) says the push channel is
+provably alive; otherwise every lookup goes to the store ("bypass"). Entries are dropped by
+the push (:meth:`invalidate`), all of them when messages may have been missed
+(:meth:`reset`), and none lives longer than ``max_age`` seconds; at most ``max_entries`` are
+kept (least recently used out first).
+
+A fill comes only from a store read that *started* while the channel was trusted, and is
+discarded when any invalidation or reset happened during the read: the record read may
+predate a revocation whose message was processed meanwhile.
+
+Expiry (idle, absolute) is not the cache's business: the
+:class:`~extauthz.sessions.manager.SessionManager` checks it against the clock on every
+lookup, cached or not. Negative answers are never cached.
+
+How the last lookup in the current task was answered -- ``hit``, ``miss``, ``bypass`` (channel
+not trusted) or ``off`` (no cache) -- is in :data:`lookup_source`, for the decision metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
+
+from extauthz.sessions.model import Session, SessionStore
+
+lookup_source: ContextVar[str] = ContextVar("session_lookup_source", default="off")
+
+
+class TrustSource(Protocol):
+    def trusted(self) -> bool:
+        """Whether cached entries may be served right now."""
+
+    def add_listener(self, listener: object) -> None:
+        """Register the cache for ``invalidate``/``reset`` calls."""
+
+    async def start(self) -> None:
+        """Begin listening (the cache is bypassed until the source trusts itself)."""
+
+    async def stop(self) -> None:
+        """Stop listening; the source never trusts again."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    session: Session
+    filled_at: float
+
+
+class CachingSessionStore:
+    """Wraps ``inner``; durations are seconds; ``clock`` is monotonic.
+
+    :param on_drop: called with the ``sid`` of every entry dropped by an invalidation (the
+        JWT minter forgets that session's cached JWT).
+    """
+
+    def __init__(
+        self,
+        inner: SessionStore,
+        trust: TrustSource,
+        *,
+        max_entries: int = 10_000,
+        max_age: float = 5.0,
+        on_drop: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self._trust = trust
+        self._max_entries = max_entries
+        self._max_age = max_age
+        self._on_drop = on_drop
+        self._clock = clock
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # grows with every invalidation and reset: a fill whose read overlapped one is void
+        self._generation = 0
+        self.stats = {"hits": 0, "misses": 0, "bypasses": 0, "discarded_fills": 0}
+        trust.add_listener(self)
+
+    @property
+    def backend(self) -> str:
+        return self.inner.backend
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- push invalidation ----------------------------------------------------------------------
+
+    def invalidate(self, token_hash: str) -> None:
+        self._generation += 1
+        entry = self._entries.pop(token_hash, None)
+        if entry is not None and self._on_drop is not None:
+            self._on_drop(entry.session.sid)
+
+    def reset(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    def set_on_drop(self, on_drop: Callable[[str], None]) -> None:
+        self._on_drop = on_drop
+
+    # -- the cache --------------------------------------------------------------------------------
+
+    def _put(self, token_hash: str, session: Session) -> None:
+        self._entries[token_hash] = _Entry(session, self._clock())
+        self._entries.move_to_end(token_hash)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def _fresh(self, token_hash: str) -> Session | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if self._clock() - entry.filled_at >= self._max_age:
+            del self._entries[token_hash]
+            return None
+        self._entries.move_to_end(token_hash)
+        return entry.session
+
+    async def get(self, token_hash: str) -> Session | None:
+        trusted = self._trust.trusted()
+        if trusted:
+            session = self._fresh(token_hash)
+            if session is not None:
+                self.stats["hits"] += 1
+                lookup_source.set("hit")
+                return session
+            self.stats["misses"] += 1
+            lookup_source.set("miss")
+        else:
+            self.stats["bypasses"] += 1
+            lookup_source.set("bypass")
+        generation = self._generation
+        session = await self.inner.get(token_hash)
+        if session is not None and trusted:
+            self._fill(token_hash, session, generation)
+        return session
+
+    def _fill(self, token_hash: str, session: Session, generation: int) -> None:
+        if generation == self._generation:
+            self._put(token_hash, session)
+        else:
+            self.stats["discarded_fills"] += 1
+
+    # -- writes go to the store -------------------------------------------------------------
+
+    async def create(self, token_hash: str, session: Session) -> None:
+        await self.inner.create(token_hash, session)
+
+    async def touch(self, token_hash: str, session: Session) -> bool:
+        trusted = self._trust.trusted()
+        generation = self._generation
+        stored = await self.inner.touch(token_hash, session)
+        if stored and trusted:
+            self._fill(token_hash, session, generation)
+        else:
+            self._entries.pop(token_hash, None)
+        return stored
+
+    async def get_by_sid(self, sid: str) -> Session | None:
+        return await self.inner.get_by_sid(sid)
+
+    async def revoke(self, token_hash: str) -> Session | None:
+        # The store publishes the revocation and waits for every caching node (this one
+        # included) to acknowledge it; dropping here as well costs nothing.
+        try:
+            return await self.inner.revoke(token_hash)
+        finally:
+            self.invalidate(token_hash)
+
+    async def revoke_sid(self, sid: str) -> Session | None:
+        return await self.inner.revoke_sid(sid)
+
+    async def revoke_subject(self, sub: str) -> int:
+        return await self.inner.revoke_subject(sub)
+
+    async def list_subject(self, sub: str) -> list[Session]:
+        return await self.inner.list_subject(sub)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def start(self) -> None:
+        """Start the push channel (see :class:`TrustSource`) and the wrapped store's own
+        background work, if it has any (the replicated store's read lease)."""
+        await self._trust.start()
+        start_inner = getattr(self.inner, "start", None)
+        if start_inner is not None:
+            await start_inner()
+
+    async def close(self) -> None:
+        await self._trust.stop()
+        self.reset()
+        await self.inner.close()

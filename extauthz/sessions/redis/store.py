@@ -1,0 +1,325 @@
+"""The Redis session store.
+
+Key layout (``p`` is the configured key prefix)::
+
+    p + "session:" + <token hash>   the session record (JSON), expiring at its deadline
+    p + "sid:" + <sid>              the token hash of session <sid>, same expiry
+    p + "subject:" + <sub>          a set of the subject's sids (stale members are pruned)
+
+Every revocation increments ``p + "invalidate:seq"`` and publishes ``"<seq>:<token hash>"``
+on ``p + "invalidate"`` in the same transaction, so in-process caches on every node drop it;
+with an ``invalidation_barrier`` the revocation returns only once every caching node has
+acknowledged it (:mod:`extauthz.sessions.redis.invalidation`), and with a ``replica_barrier``
+(the ``replicated`` strategy) only once every replica that a node reads from has applied it
+(:class:`~extauthz.sessions.redis.replicated.ReplicaAckBarrier`; otherwise
+:class:`StoreWriteNotDurable`). Writes that must survive a
+failover (create, revoke) can be made to wait
+for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
+``"all"``: every replica the primary reports online at the time of the write; when fewer
+acknowledge in ``wait_timeout_ms`` the write raises :class:`StoreWriteNotDurable`.
+
+The client is handed in (a plain ``redis.asyncio.Redis`` or one from
+``Sentinel.master_for``): this module does not know the topology. A ``READONLY`` reply (the
+node we are connected to was demoted by a failover) drops every pooled connection, so the
+next one re-resolves the primary, and the operation is tried once more; it never reaches
+the caller as anything but :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ReadOnlyError, RedisError
+
+from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
+from extauthz.sessions.redis.invalidation import PUBLISH_SCRIPT
+from extauthz.sessions.model import Session
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def unavailable_on_redis_error(what: str) -> AsyncIterator[None]:
+    """Turn any redis-py error into :class:`StoreUnavailable` naming the operation."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreUnavailable(f"redis {what}: {exc.__class__.__name__}: {exc}") from exc
+    except OSError as exc:
+        raise StoreUnavailable(f"redis {what}: {exc.__class__.__name__}: {exc}") from exc
+
+
+class RedisSessionStore:
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str = "extauthz:",
+        *,
+        wait_replicas: int | str = 0,
+        wait_timeout_ms: int = 500,
+        clock: Callable[[], float] = time.time,
+        invalidation_barrier: Callable[[int], Awaitable[None]] | None = None,
+        replica_barrier: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self._redis = client
+        self._invalidation_barrier = invalidation_barrier
+        self._replica_barrier = replica_barrier
+        self._prefix = key_prefix
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._clock = clock
+        self.invalidation_channel = key_prefix + "invalidate"
+
+    def _session_key(self, token_hash: str) -> str:
+        return f"{self._prefix}session:{token_hash}"
+
+    def _sid_key(self, sid: str) -> str:
+        return f"{self._prefix}sid:{sid}"
+
+    def _subject_key(self, sub: str) -> str:
+        return f"{self._prefix}subject:{sub}"
+
+    def _ttl_ms(self, session: Session) -> int:
+        return max(1, math.ceil((session.deadline - self._clock()) * 1000))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The primary's client (for components that share the store, e.g. the registry)."""
+        return self._redis
+
+    async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` against the primary. When the node turns out to be demoted
+        (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
+        Sentinels already name another primary, re-resolve the primary and try once more."""
+        async with unavailable_on_redis_error(what):
+            try:
+                return await op()
+            except (RedisError, StoreWriteNotDurable) as exc:
+                if not await self._repoint(exc):
+                    raise
+            return await op()
+
+    async def _repoint(self, exc: Exception) -> bool:
+        """After ``exc``: should the operation be tried again on a re-resolved primary?"""
+        pool = self._redis.connection_pool
+        demoted = _demoted(exc)
+        if not demoted and not isinstance(exc, StoreWriteNotDurable):
+            return False
+        if isinstance(pool, SentinelConnectionPool):
+            before = pool.master_address
+            try:
+                after = await pool.get_master_address()
+            except RedisError:
+                return False
+            if not demoted and after == before:
+                return False  # WAIT fell short on the real primary: a genuine failure
+        elif not demoted:
+            return False
+        # Drop every pooled connection: the next ones connect to the primary named now.
+        await pool.disconnect()
+        return True
+
+    async def online_replicas(self) -> int:
+        """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
+        info = await self._redis.info("replication")
+        return sum(1 for key, value in info.items() if _is_online_replica(key, value))
+
+    async def _wait_durable(self) -> None:
+        wanted = self._wait_replicas
+        if wanted == "all":
+            wanted = await self.online_replicas()
+        assert isinstance(wanted, int)
+        if wanted <= 0:
+            return
+        acked = await self._redis.execute_command("WAIT", wanted, self._wait_timeout_ms)
+        if int(acked) < wanted:
+            raise StoreWriteNotDurable(
+                f"redis WAIT: {acked} of {wanted} replicas acknowledged "
+                f"within {self._wait_timeout_ms} ms"
+            )
+
+    async def create(self, token_hash: str, session: Session) -> None:
+        async def op() -> None:
+            ttl = self._ttl_ms(session)
+            absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
+                pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
+                pipe.sadd(self._subject_key(session.sub), session.sid)
+                pipe.pexpire(self._subject_key(session.sub), absolute_ms, gt=True)
+                pipe.pexpire(self._subject_key(session.sub), absolute_ms, nx=True)
+                await pipe.execute()
+            await self._wait_durable()
+
+        await self._run("create", op)
+
+    async def get(self, token_hash: str) -> Session | None:
+        raw = await self._run("get", lambda: self._redis.get(self._session_key(token_hash)))
+        return self._decode(raw)
+
+    @staticmethod
+    def _decode(raw: bytes | str | None) -> Session | None:
+        if raw is None:
+            return None
+        try:
+            return Session.from_json(raw)
+        except ValueError:
+            return None  # a corrupt record names no live session
+
+    async def touch(self, token_hash: str, session: Session) -> bool:
+        async def op() -> bool:
+            ttl = self._ttl_ms(session)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                # XX: never re-create a record that a logout deleted meanwhile
+                pipe.set(self._session_key(token_hash), session.to_json(), px=ttl, xx=True)
+                pipe.pexpire(self._sid_key(session.sid), ttl)
+                stored, _ = await pipe.execute()
+            return bool(stored)
+
+        return await self._run("touch", op)
+
+    async def get_by_sid(self, sid: str) -> Session | None:
+        async def op() -> Any:
+            token_hash = await self._redis.get(self._sid_key(sid))
+            if token_hash is None:
+                return None
+            return await self._redis.get(self._session_key(_text(token_hash)))
+
+        return self._decode(await self._run("get_by_sid", op))
+
+    async def revoke(self, token_hash: str) -> Session | None:
+        async def op() -> tuple[Session | None, int]:
+            raw = await self._redis.get(self._session_key(token_hash))
+            session = self._decode(raw)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._session_key(token_hash))
+                if session is not None:
+                    pipe.delete(self._sid_key(session.sid))
+                    pipe.srem(self._subject_key(session.sub), session.sid)
+                pipe.eval(
+                    PUBLISH_SCRIPT,
+                    1,
+                    self.invalidation_channel + ":seq",
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                results = await pipe.execute()
+            await self._wait_durable()
+            return session, int(results[-1])
+
+        session, seq = await self._run("revoke", op)
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+        return session
+
+    async def _settle(self, what: str) -> None:
+        """Wait until every revocation made so far, by any node, has passed the barriers.
+
+        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
+        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
+        still not report success before that first invalidation has landed everywhere.
+        Acknowledgements are monotonic, so waiting for the newest sequence number covers
+        every earlier one.
+        """
+        if self._replica_barrier is None and self._invalidation_barrier is None:
+            return
+        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
+        seq = int(_text(raw)) if raw is not None else 0
+        if seq <= 0:
+            return
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+
+    async def revoke_sid(self, sid: str) -> Session | None:
+        token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
+        if token_hash is None:
+            await self._settle("revoke_sid")
+            return None
+        return await self.revoke(_text(token_hash))
+
+    async def revoke_subject(self, sub: str) -> int:
+        sids = await self._run(
+            "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
+        )
+        if not sids:
+            await self._settle("revoke_subject")
+        revoked = 0
+        for sid in sorted(_text(s) for s in sids):
+            if await self.revoke_sid(sid) is not None:
+                revoked += 1
+        return revoked
+
+    async def list_subject(self, sub: str) -> list[Session]:
+        async def op() -> list[Any]:
+            sids = sorted(_text(s) for s in await self._redis.smembers(self._subject_key(sub)))
+            if not sids:
+                return []
+            hashes = await self._redis.mget([self._sid_key(s) for s in sids])
+            live = [(sid, _text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
+            stale = [sid for sid, h in zip(sids, hashes, strict=True) if not h]
+            if stale:
+                await self._redis.srem(self._subject_key(sub), *stale)
+            if not live:
+                return []
+            return list(await self._redis.mget([self._session_key(h) for _, h in live]))
+
+        records = await self._run("list_subject", op)
+        sessions = [s for s in (self._decode(r) for r in records) if s is not None]
+        return sorted(sessions, key=lambda s: s.created_at)
+
+    async def ping(self) -> None:
+        """Answer when the primary does. With a Sentinel-managed client, first ask the
+        Sentinels who the primary is: after a graceful failover the old primary keeps
+        accepting connections for seconds, and this re-points the pool (the health reporter
+        calls it every ``server.health_check_interval_seconds``)."""
+
+        async def op() -> None:
+            pool = self._redis.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                await pool.get_master_address()
+            await self._redis.ping()
+
+        await self._run("ping", op)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_DEMOTED_SIGNS = (
+    "previous master is now a slave",  # redis-py's Sentinel connection on READONLY
+    "WAIT cannot be used with replica",
+)
+
+
+def _demoted(exc: BaseException) -> bool:
+    """Did ``exc`` come from a node that is no longer the primary?"""
+    if isinstance(exc, ReadOnlyError):
+        return True
+    return isinstance(exc, RedisError) and any(sign in str(exc) for sign in _DEMOTED_SIGNS)
+
+
+def _is_online_replica(key: Any, value: Any) -> bool:
+    """One ``slaveN`` entry of a parsed ``INFO replication`` that is ``state=online``."""
+    name = _text(key) if isinstance(key, (bytes, str)) else str(key)
+    if not (name.startswith("slave") and name[5:].isdigit()):
+        return False
+    if isinstance(value, dict):
+        state = value.get("state", value.get(b"state"))
+        return state in ("online", b"online")
+    return "state=online" in _text(value) if isinstance(value, (bytes, str)) else False

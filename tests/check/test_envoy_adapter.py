@@ -1,0 +1,152 @@
+"""The one module that speaks Envoy protobuf: CheckRequest → RequestContext, Decision →
+CheckResponse (extauthz.check.envoy_adapter)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
+from google.protobuf import json_format
+from google.rpc import code_pb2
+
+from extauthz.check.decisions import Allow, Deny
+from extauthz.check.envoy_adapter import to_check_response, to_request_context
+from extauthz.errors import BadRequest, Reason
+from extauthz.server.grpc_server import AuthorizationServicer
+from tests.fixtures.core import (
+    FakeServicerContext,
+    build_harness,
+    load_check_request,
+    metadata,
+    parse_check_request,
+    response_headers,
+)
+
+OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+APPEND = HeaderValueOption.HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def test_request_context_from_a_check_request() -> None:
+    ctx = to_request_context(load_check_request("api_bearer", TOKEN="tok"))
+    assert (ctx.method, ctx.scheme, ctx.host) == ("GET", "https", "app.test")
+    assert (ctx.path, ctx.query, ctx.path_and_query) == ("/api/items", "page=2", "/api/items?page=2")
+    assert ctx.header("authorization") == "Bearer tok"
+    assert ctx.header("x-request-id") == "abc"
+    assert ctx.context_extensions == {"client": "auto"}
+    assert ctx.peer_address == "10.0.0.7"
+
+
+def test_header_names_are_lower_cased_and_the_method_upper_cased() -> None:
+    ctx = to_request_context(load_check_request("mixed_case_headers", TOKEN="tok"))
+    assert ctx.method == "GET"
+    assert dict(ctx.headers) == {"authorization": "bEaReR tok", "accept": "application/json"}
+
+
+def test_names_differing_only_in_case_are_joined_not_dropped() -> None:
+    request = parse_check_request(
+        {
+            "attributes": {
+                "request": {
+                    "http": {
+                        "method": "GET",
+                        "path": "/",
+                        "headers": {"Authorization": "Bearer a", "authorization": "Bearer b"},
+                    }
+                }
+            }
+        }
+    )
+    value = to_request_context(request).header("authorization")
+    assert value is not None
+    assert sorted(value.split(",")) == ["Bearer a", "Bearer b"]
+
+
+def test_header_map_raw_values_are_decoded_and_repeats_joined() -> None:
+    request = load_check_request("header_map_raw", RAW1=b64(b"Bearer a"), RAW2=b64(b"Bearer \xff\xfe"))
+    ctx = to_request_context(request)
+    assert ctx.header("authorization") == "Bearer a,Bearer \ufffd\ufffd"
+
+
+def test_a_check_without_method_or_path_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest) as caught:
+        to_request_context(load_check_request("no_http"))
+    assert caught.value.reason is Reason.MALFORMED_REQUEST
+
+
+async def test_check_answers_a_bad_request_with_400(tmp_path: Path) -> None:
+    h = build_harness(tmp_path)
+    response = await AuthorizationServicer(h.authorizer).Check(
+        load_check_request("no_http"), FakeServicerContext()
+    )
+    assert response.denied_response.status.code == 400
+    assert response.status.code != code_pb2.OK
+    assert response_headers(response)[-2:] == [
+        (
+            "www-authenticate",
+            'Bearer realm="extauthz-test", error="invalid_request", '
+            'error_description="check request without method or path"',
+        ),
+        ("content-type", "application/json"),
+    ]
+    assert metadata(response)["reason"] == "malformed_request"
+
+
+def test_allow_becomes_an_ok_http_response() -> None:
+    decision = Allow(
+        headers_to_set=(("authorization", "Bearer j"), ("cookie", "a=1")),
+        headers_to_remove=("x-remove",),
+        response_headers_to_add=(("set-cookie", "s=1"), ("set-cookie", "t=2")),
+        metadata={"decision": "allow", "sid": "s1"},
+    )
+    response = to_check_response(decision)
+    assert response.status.code == code_pb2.OK
+    assert not response.HasField("denied_response")
+    ok = response.ok_response
+    assert [(h.header.key, h.header.value, h.append_action) for h in ok.headers] == [
+        ("authorization", "Bearer j", OVERWRITE),
+        ("cookie", "a=1", OVERWRITE),
+    ]
+    assert not any(h.HasField("append") for h in ok.headers)  # the deprecated bool stays unset
+    assert list(ok.headers_to_remove) == ["x-remove"]
+    assert [(h.header.key, h.header.value, h.append_action) for h in ok.response_headers_to_add] == [
+        ("set-cookie", "s=1", APPEND),
+        ("set-cookie", "t=2", APPEND),
+    ]
+    assert json_format.MessageToDict(response.dynamic_metadata) == {"decision": "allow", "sid": "s1"}
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (401, code_pb2.UNAUTHENTICATED),
+        (403, code_pb2.PERMISSION_DENIED),
+        (302, code_pb2.PERMISSION_DENIED),
+        (400, code_pb2.PERMISSION_DENIED),
+        (429, code_pb2.PERMISSION_DENIED),
+    ],
+)
+def test_deny_becomes_a_denied_http_response(status: int, code: int) -> None:
+    decision = Deny(
+        status,
+        (("set-cookie", "a=; Max-Age=0"), ("set-cookie", "b=; Max-Age=0"), ("location", "/x")),
+        '{"error":"x"}',
+        {"decision": "deny"},
+    )
+    response = to_check_response(decision)
+    assert response.status.code == code
+    assert not response.HasField("ok_response")
+    denied = response.denied_response
+    assert denied.status.code == status
+    assert [(h.header.key, h.header.value, h.append_action) for h in denied.headers] == [
+        ("set-cookie", "a=; Max-Age=0", APPEND),
+        ("set-cookie", "b=; Max-Age=0", APPEND),
+        ("location", "/x", APPEND),
+    ]
+    assert denied.body == '{"error":"x"}'
+    assert json_format.MessageToDict(response.dynamic_metadata) == {"decision": "deny"}

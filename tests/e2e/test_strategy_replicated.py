@@ -1,0 +1,313 @@
+"""The ``replicated`` strategy: three nodes, each reading from its own replica of one primary.
+
+Nodes are built in-process exactly as ``extauthz serve`` builds them (``build_components``
+from a settings file), once with the in-process session cache and once without it; a Check
+is the full pipeline (``CheckRequest`` -> Envoy adapter -> Authorizer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extauthz import tokens
+from extauthz.server.app import Components, build_components
+from extauthz.check.decisions import Allow
+from extauthz.check.envoy_adapter import to_request_context
+from extauthz.errors import SettingsError, StoreUnavailable
+from extauthz.sessions.redis.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
+from extauthz.settings import load_settings
+from tests.support.extauthz_nodes import check_request, node_settings, settle
+from tests.support.redis_topology import (
+    RedisNode,
+    ReplicatedTopology,
+    redis_server_available,
+    wait_until,
+)
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.skipif(
+    not redis_server_available(), reason="redis-server binary not installed"
+)
+
+TRIALS = 1000
+
+
+@pytest.fixture
+def topo(tmp_path: Path) -> Iterator[ReplicatedTopology]:
+    with ReplicatedTopology(tmp_path / "redis", replicas=3) as t:
+        settle(t)
+        yield t
+
+
+def _store(topo: ReplicatedTopology, i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "strategy": "replicated",
+        "backend": "redis",
+        "redis_url": topo.primary().url,
+        "replica_url": topo.replicas[i].url,
+        **extra,
+    }
+
+
+@pytest.fixture
+async def nodes(
+    request: pytest.FixtureRequest, tmp_path: Path, topo: ReplicatedTopology
+) -> AsyncIterator[list[Components]]:
+    cache = getattr(request, "param", True)
+    built = [
+        build_components(
+            node_settings(
+                tmp_path, f"node-{i}", _store(topo, i), cache={"enabled": cache}
+            )
+        )
+        for i in range(3)
+    ]
+    yield built
+    for c in built:
+        await c.close()
+
+
+async def check(node: Components, token: str) -> str:
+    """One Check through the pipeline: allow, deny:<reason> or unavailable (Envoy 503)."""
+    try:
+        decision = await node.authorizer.authorize(to_request_context(check_request(token)))
+    except StoreUnavailable:
+        return "unavailable"
+    if isinstance(decision, Allow):
+        return "allow"
+    return f"deny:{decision.metadata.get('reason')}"
+
+
+@pytest.mark.parametrize("nodes", [True, False], ids=["cache", "no-cache"], indirect=True)
+async def test_logout_on_one_node_is_denied_on_the_other_two_at_once(
+    nodes: list[Components], topo: ReplicatedTopology
+) -> None:
+    started = time.monotonic()
+    login_answers: dict[str, int] = {}
+    logout_answers: dict[str, int] = {}
+    for trial in range(TRIALS):
+        a, b, c = (nodes[(trial + k) % 3] for k in range(3))
+        token, _ = await a.sessions.create(f"user-{trial}")
+        for answer in await asyncio.gather(check(b, token), check(c, token)):
+            login_answers[answer] = login_answers.get(answer, 0) + 1
+        assert await a.sessions.revoke_token(token) is not None
+        for answer in await asyncio.gather(check(b, token), check(c, token)):
+            logout_answers[answer] = logout_answers.get(answer, 0) + 1
+    elapsed = time.monotonic() - started
+    assert login_answers == {"allow": 2 * TRIALS}
+    assert logout_answers == {"deny:unknown_session": 2 * TRIALS}
+    stores = [n.store for n in nodes if isinstance(n.store, ReplicatedSessionStore)]
+    figures = {
+        "trials": TRIALS,
+        "seconds": round(elapsed, 2),
+        "ms_per_trial": round(elapsed / TRIALS * 1000, 2),
+        "replica_hits": sum(s.replica_hits for s in stores),
+        "primary_reads": sum(s.primary_reads for s in stores),
+    }
+    print("replicated logout/login figures:", json.dumps(figures))
+    if stores:  # without the cache: the positive answers came from the local replicas
+        assert figures["replica_hits"] >= TRIALS
+
+
+@pytest.mark.parametrize("nodes", [False], ids=["no-cache"], indirect=True)
+async def test_logout_waits_for_every_replica(
+    nodes: list[Components], topo: ReplicatedTopology
+) -> None:
+    store = nodes[0].store
+    assert isinstance(store, ReplicatedSessionStore)
+    assert await store._primary.online_replicas() == 3
+    token, session = await nodes[0].sessions.create("alice")
+    await nodes[0].sessions.revoke_token(token)
+    for replica in topo.replicas:  # no replica can still answer for the revoked token
+        with replica.client() as r:
+            assert not r.exists(f"extauthz:session:{tokens.token_hash(token)}")
+            assert not r.exists(f"extauthz:sid:{session.sid}")
+
+
+async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bound(
+    tmp_path: Path, topo: ReplicatedTopology
+) -> None:
+    bound = 1.0
+    node = build_components(
+        node_settings(
+            tmp_path,
+            "node-b",
+            _store(topo, 1, replica_max_staleness_seconds=bound),
+            cache={"enabled": False},
+        )
+    )
+    try:
+        store = node.store
+        assert isinstance(store, ReplicatedSessionStore)
+        await store.start()
+        deadline = time.monotonic() + 5
+        while not store.lease.held():  # the replica answers only under a read lease
+            assert time.monotonic() < deadline, "read lease not taken"
+            await asyncio.sleep(0.05)
+        token, _ = await node.sessions.create("bob")
+        unknown = tokens.mint_token()
+        assert await check(node, token) == "allow"
+        killed_at = time.monotonic()
+        topo.primary().kill9()
+        # within the bound: the replica still answers positively, reads survive the partition
+        assert await check(node, token) == "allow"
+        # a miss cannot be confirmed by the primary: a 503, never a denial
+        assert await check(node, unknown) == "unavailable"
+        answers: list[str] = []
+        distrusted_at = None
+        while time.monotonic() < killed_at + 10:
+            answers.append(await check(node, token))
+            if answers[-1] == "unavailable":
+                distrusted_at = time.monotonic()
+                break
+            await asyncio.sleep(0.05)
+        assert distrusted_at is not None, answers
+        assert set(answers) <= {"allow", "unavailable"}
+        print(
+            "replicated staleness figures:",
+            json.dumps({"bound_s": bound, "kill_to_distrust_s": round(distrusted_at - killed_at, 2)}),
+        )
+        # INFO reports whole seconds: distrust comes within a second and a check interval
+        assert distrusted_at - killed_at < bound + 1.5
+    finally:
+        await node.close()
+
+
+PARTITION_BOUND = 2.0
+
+
+@pytest.mark.parametrize("cut_off", ["replica-link", "replica-link-and-primary"])
+async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_still_allows(
+    tmp_path: Path, cut_off: str
+) -> None:
+    """node-b reads from replica X1, whose link to the primary runs through a cuttable proxy
+    (and, for ``replica-link-and-primary``, so does node-b's own link to the primary). After
+    the cut, node-a's logout either fails (503) or, once it reports success, node-b never
+    allows the token again. The old code reported success at once while node-b kept
+    allowing from X1 for the whole staleness bound (the primary's ``WAIT "all"`` no longer
+    counted X1)."""
+    with contextlib.ExitStack() as stack:
+        topo = stack.enter_context(ReplicatedTopology(tmp_path / "redis", replicas=1))
+        replica_link = stack.enter_context(TcpProxy(topo.primary().address))
+        b_primary_link = stack.enter_context(TcpProxy(topo.primary().address))
+        x1 = RedisNode(
+            tmp_path / "redis" / "x1",
+            replicaof=replica_link.address,
+            extra_args=["--repl-ping-replica-period", "1"],
+        )
+        stack.callback(x1.kill9)
+        x1.start()
+        topo.replicas.append(x1)
+        wait_until(x1.link_up, timeout=10, description="x1 linked through the proxy")
+        settle(topo)
+        store_a = _store(topo, 0, replica_max_staleness_seconds=PARTITION_BOUND)
+        store_b = {
+            **_store(topo, 1, replica_max_staleness_seconds=PARTITION_BOUND),
+            "redis_url": b_primary_link.url,
+        }
+        a, b = (
+            build_components(node_settings(tmp_path, node, store, cache={"enabled": False}))
+            for node, store in (("node-a", store_a), ("node-b", store_b))
+        )
+        try:
+            stores = [n.store for n in (a, b)]
+            assert all(isinstance(s, ReplicatedSessionStore) for s in stores)
+            for s in stores:
+                await s.start()  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 5
+            while not all(s.lease.held() for s in stores):  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "read leases not taken"
+                await asyncio.sleep(0.05)
+            token, _ = await a.sessions.create("victim")
+            store_b_: ReplicatedSessionStore = b.store  # type: ignore[assignment]
+            deadline = time.monotonic() + 5
+            while True:  # until node-b answers from X1
+                hits = store_b_.replica_hits
+                assert await check(b, token) == "allow"
+                if store_b_.replica_hits > hits:
+                    break
+                assert time.monotonic() < deadline, "node-b never answered from X1"
+                await asyncio.sleep(0.05)
+
+            cut_at = time.monotonic()
+            replica_link.cut()
+            if cut_off == "replica-link-and-primary":
+                b_primary_link.cut()
+            failed_logouts = 0
+            allowed_on_b_before_success = 0
+            succeeded_at: float | None = None
+            after_success: list[str] = []
+            limit = cut_at + PARTITION_BOUND + LEASE_SLACK_SECONDS + 4
+            while time.monotonic() < limit:
+                if succeeded_at is None:
+                    try:
+                        await a.sessions.revoke_token(token)
+                    except StoreUnavailable:
+                        failed_logouts += 1
+                    else:
+                        succeeded_at = time.monotonic()
+                answer = await check(b, token)
+                if succeeded_at is None:
+                    allowed_on_b_before_success += answer == "allow"
+                else:
+                    after_success.append(answer)
+                    if time.monotonic() > succeeded_at + 1.0:
+                        break
+                await asyncio.sleep(0.05)
+            assert succeeded_at is not None, "logout never succeeded"
+            # the point: once logout reported success, node-b never allowed the token again
+            assert "allow" not in after_success, after_success
+            assert set(after_success) <= {"deny:unknown_session", "unavailable"}
+            print(
+                "replicated partition figures:",
+                json.dumps(
+                    {
+                        "cut_off": cut_off,
+                        "bound_s": PARTITION_BOUND,
+                        "cut_to_logout_success_s": round(succeeded_at - cut_at, 2),
+                        "failed_logouts": failed_logouts,
+                        "allowed_on_b_before_success": allowed_on_b_before_success,
+                        "after_success": sorted(set(after_success)),
+                    }
+                ),
+            )
+            if cut_off == "replica-link":
+                # node-b still reaches the primary: it gives up X1's lease and reads there
+                assert succeeded_at - cut_at < 1.5
+            else:
+                # node-b answers from X1 within the bound: logouts fail meanwhile
+                assert allowed_on_b_before_success > 0 and failed_logouts > 0
+                assert succeeded_at - cut_at < PARTITION_BOUND + LEASE_SLACK_SECONDS + 1
+
+            # the link comes back: X1 catches up, node-b takes its lease again, and the
+            # revoked token stays denied
+            replica_link.restore()
+            b_primary_link.restore()
+            wait_until(x1.link_up, timeout=10, description="x1 linked again")
+            deadline = time.monotonic() + 8
+            while not store_b_.lease.held():
+                assert time.monotonic() < deadline, "node-b did not take its lease again"
+                await asyncio.sleep(0.05)
+            assert await check(b, token) == "deny:unknown_session"
+        finally:
+            for n in (a, b):
+                await n.close()
+
+
+def test_replicated_without_a_local_replica_does_not_start() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            None,
+            {"EXTAUTHZ_STORE_STRATEGY": "replicated", "EXTAUTHZ_STORE_BACKEND": "redis"},
+        )
+    assert str(refused.value) == (
+        "store.replica_url: the replicated strategy needs the node's local replica"
+    )
