@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_cmd_keys)
 
     try:
-        from extauthz.login.users import add_users_parser
+        from extauthz.login.users.cli import add_users_parser
     except ImportError:
         pass
     else:

@@ -15,8 +15,8 @@ Nothing here reads the environment at import time. A bad value raises
 from __future__ import annotations
 
 import dataclasses
-import math
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -184,7 +184,7 @@ class RateLimitSettings:
 @dataclass(frozen=True)
 class CacheSettings:
     """The in-process cache of live sessions in front of a Redis store
-    (:mod:`extauthz.sessions.cache`, :mod:`extauthz.sessions.redis.invalidation`).
+    (:mod:`extauthz.store.cache`, :mod:`extauthz.store.redis.invalidation`).
 
     An entry is served for at most ``max_age_seconds``, and only while the node's push channel
     has proved itself alive within the last ``trust_window_ms`` milliseconds; a revocation
@@ -363,7 +363,7 @@ def _validate_store_topology(s: StoreSettings) -> None:
             'store.wait_replicas: the replicated strategy must wait for the replicas before a '
             'logout returns ("all" or a count, not 0)'
         )
-    if wait == "auto":  # as extauthz.sessions.redis.clients.wait_replicas resolves it
+    if wait == "auto":  # as extauthz.store.redis.clients.wait_replicas resolves it
         waits = s.strategy == "replicated" or (s.strategy == "central" and bool(s.sentinels))
     else:
         waits = wait != 0

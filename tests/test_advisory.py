@@ -20,9 +20,9 @@ from extauthz.check.denials import safe_return_to
 from extauthz.check.envoy_adapter import to_request_context
 from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
 from extauthz.server.grpc_server import AuthorizationServicer
-from extauthz.sessions.memory import MemorySessionStore
-from extauthz.sessions.model import Session, SessionStore
-from extauthz.sessions.redis.store import RedisSessionStore
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import Session, SessionStore
+from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import (
     COOKIE,
     LOGIN_URL,
@@ -458,8 +458,8 @@ async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
     session shows as ``ambiguous_credential``). Every failed candidate counts now."""
     from extauthz.check.context import RequestContext
     from extauthz.check.decisions import Allow, Deny
-    from extauthz.login.ratelimit import MemoryRateLimiter
     from extauthz.check.throttle import LookupThrottle
+    from extauthz.login.ratelimit import MemoryRateLimiter
 
     h.authorizer.throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
     own, _ = await h.login("mallory")

@@ -20,17 +20,17 @@ from extauthz.check.credentials import (
     iter_cookies,
     strip_cookie,
 )
-from extauthz.login.csrf import SAFE_METHODS, SameSiteCheck
 from extauthz.check.decisions import Allow, Decision
 from extauthz.check.denials import DenialRenderer
-from extauthz.errors import Denied, Forbidden, Reason, TooManyRequests, Unauthenticated
-from extauthz.server.metrics import Metrics
 from extauthz.check.minting import JwtMinter
 from extauthz.check.policy import Policy
-from extauthz.sessions.cache import lookup_source
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.model import Session
 from extauthz.check.throttle import LookupThrottle
+from extauthz.errors import Denied, Forbidden, Reason, TooManyRequests, Unauthenticated
+from extauthz.login.csrf import SAFE_METHODS, SameSiteCheck
+from extauthz.server.metrics import Metrics
+from extauthz.store.cache import lookup_source
+from extauthz.store.manager import SessionManager
+from extauthz.store.model import Session
 
 log = logging.getLogger("extauthz.decision")
 
@@ -76,7 +76,7 @@ class Authorizer:
             "sid": sid,
             "store_strategy": self.store_strategy,
             "node_id": self.node_id,
-            # hit / miss / bypass (push channel not trusted) / off: extauthz.sessions.cache
+            # hit / miss / bypass (push channel not trusted) / off: extauthz.store.cache
             "session_cache": lookup_source.get(),
         }
 

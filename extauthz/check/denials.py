@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from extauthz import tokens
 from extauthz.check.context import RequestContext
 from extauthz.check.decisions import Deny
+from extauthz.check.policy import Policy
 from extauthz.errors import (
     BadRequest,
     Denied,
@@ -28,7 +29,6 @@ from extauthz.errors import (
     Reason,
     TooManyRequests,
 )
-from extauthz.check.policy import Policy
 
 _RFC6750_ERROR = {
     Reason.NO_CREDENTIAL: None,  # §3.1: no error code when no credential was presented

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import jwt
 
 from extauthz.keys.keyring import KeyRing
-from extauthz.sessions.model import Session
+from extauthz.store.model import Session
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extauthz.errors import Forbidden, Reason
-from extauthz.sessions.model import Session
+from extauthz.store.model import Session
 
 CLIENT_KINDS = ("auto", "browser", "api")
 

@@ -52,18 +52,18 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from extauthz import tokens
-from extauthz.login import pages as auth_pages
 from extauthz.check.context import RequestContext
-from extauthz.login.cookies import SessionCookie
 from extauthz.check.credentials import BearerExtractor, CookieExtractor
-from extauthz.login.csrf import SameSiteCheck, media_type
 from extauthz.check.denials import safe_return_to
-from extauthz.errors import Denied, Reason, StoreUnavailable, Unauthenticated
-from extauthz.login.ratelimit import LOGIN_ADDR, LOGIN_USER, RateKey, RateLimiter
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.model import Session
 from extauthz.check.throttle import LookupThrottle
+from extauthz.errors import Denied, Reason, StoreUnavailable, Unauthenticated
+from extauthz.login import pages as auth_pages
+from extauthz.login.cookies import SessionCookie
+from extauthz.login.csrf import SameSiteCheck, media_type
+from extauthz.login.ratelimit import LOGIN_ADDR, LOGIN_USER, RateKey, RateLimiter
 from extauthz.login.users import PasswordVerifier, UserStoreError
+from extauthz.store.manager import SessionManager
+from extauthz.store.model import Session
 
 log = logging.getLogger("extauthz.auth")
 

@@ -10,7 +10,7 @@ the server logs a warning at start-up in that case (``extauthz.server.app``); se
 
 Subjects are validated by :meth:`SessionManager.create` (no control characters:
 ``INVALID_ARGUMENT``); subjects and session ids that callers send to other calls are logged
-through :func:`~extauthz.sessions.manager.printable`.
+through :func:`~extauthz.store.manager.printable`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from extauthz import __version__
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.errors import StoreUnavailable
 from extauthz.keys.keyring import KeyRing
-from extauthz.sessions.manager import SessionManager, printable
-from extauthz.sessions.model import Session
+from extauthz.store.manager import SessionManager, printable
+from extauthz.store.model import Session
 
 log = logging.getLogger("extauthz.admin")
 

@@ -17,32 +17,34 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from extauthz import __version__
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
-from extauthz.login.service import AuthService, LoginLimits
+from extauthz.check.authorizer import Authorizer
+from extauthz.check.denials import DenialRenderer
+from extauthz.check.minting import JwtMinter
+from extauthz.check.throttle import LookupThrottle
+from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
+from extauthz.keys.keyring import KeyRing
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
-from extauthz.check.denials import DenialRenderer
-from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
+from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
+from extauthz.login.service import AuthService, LoginLimits
+from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.http_server import build_http_app
-from extauthz.keys.keyring import KeyRing
 from extauthz.server.metrics import Metrics
-from extauthz.check.minting import JwtMinter
-from extauthz.check.authorizer import Authorizer
-from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from extauthz.server.registry import NodeRegistry
-from extauthz.sessions.redis import clients as topology
-from extauthz.sessions.cache import CachingSessionStore
-from extauthz.sessions.redis.invalidation import AckBarrier, InvalidationSubscriber
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.memory import MemorySessionStore
-from extauthz.sessions.model import SessionStore
-from extauthz.sessions.redis.store import RedisSessionStore
-from extauthz.sessions.redis.replicated import ReplicaAckBarrier, ReplicatedSessionStore
-from extauthz.settings import Settings
 from extauthz.server.tasks import cancel_and_wait
-from extauthz.check.throttle import LookupThrottle
-from extauthz.login.users import FileUserStore, PasswordVerifier, RedisUserStore, UserStore
+from extauthz.settings import Settings
+from extauthz.store.cache import CachingSessionStore
+from extauthz.store.manager import SessionManager
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import SessionStore
+from extauthz.store.redis import clients as topology
+from extauthz.store.redis.invalidation import AckBarrier, InvalidationSubscriber
+from extauthz.store.redis.ratelimit import RedisRateLimiter
+from extauthz.store.redis.replicated import ReplicaAckBarrier, ReplicatedSessionStore
+from extauthz.store.redis.store import RedisSessionStore
+from extauthz.store.redis.users import RedisUserStore
 
 log = logging.getLogger("extauthz")
 

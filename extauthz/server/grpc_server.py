@@ -23,11 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
-from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.check.authorizer import Authorizer
 from extauthz.check.envoy_adapter import to_check_response, to_request_context
 from extauthz.errors import BadRequest, StoreUnavailable
-from extauthz.check.authorizer import Authorizer
-from extauthz.sessions.model import SessionStore
+from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.store.model import SessionStore
 
 log = logging.getLogger("extauthz.grpc")
 

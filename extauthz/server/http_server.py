@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from extauthz.login.service import AuthService
 from extauthz.keys.keyring import KeyRing
+from extauthz.login.service import AuthService
 from extauthz.server.metrics import Metrics
 
 JWKS_PATH = "/.well-known/jwks.json"

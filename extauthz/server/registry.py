@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from extauthz.errors import SettingsError, StoreUnavailable
-from extauthz.sessions.redis.store import unavailable_on_redis_error
+from extauthz.store.redis.store import unavailable_on_redis_error
 
 log = logging.getLogger("extauthz.server.registry")
 

@@ -14,8 +14,8 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from extauthz.server.grpc_server import AuthorizationServicer
 from extauthz.keys.keyring import jwk_thumbprint
+from extauthz.server.grpc_server import AuthorizationServicer
 from tests.fixtures.core import (
     COOKIE,
     LOGIN_URL,

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from extauthz import tokens
+from extauthz.check.authorizer import Authorizer
 from extauthz.check.context import RequestContext
-from extauthz.login.csrf import SameSiteCheck
 from extauthz.check.decisions import Allow, Deny
 from extauthz.check.denials import DenialRenderer
-from extauthz.keys.keyring import KeyRing, generate_key
 from extauthz.check.minting import JwtMinter
-from extauthz.check.authorizer import Authorizer
-from extauthz.login.ratelimit import MemoryRateLimiter
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.memory import MemorySessionStore
 from extauthz.check.throttle import LookupThrottle
+from extauthz.keys.keyring import KeyRing, generate_key
+from extauthz.login.csrf import SameSiteCheck
+from extauthz.login.ratelimit import MemoryRateLimiter
+from extauthz.store.manager import SessionManager
+from extauthz.store.memory import MemorySessionStore
 
 COOKIE = "sid"
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from extauthz.check.credentials import iter_cookies
 from extauthz.server.grpc_server import AuthorizationServicer
-from extauthz.sessions.memory import MemorySessionStore
-from extauthz.sessions.model import Session
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import Session
 from extauthz.tokens import mint_token
 from tests.fixtures.core import (
     COOKIE,

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
-from extauthz.server.app import build_store
 from extauthz.errors import StoreUnavailable, Unauthenticated
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.redis import clients as topology
-from extauthz.sessions.redis.store import RedisSessionStore
+from extauthz.server.app import build_store
+from extauthz.store.manager import SessionManager
+from extauthz.store.redis import clients as topology
+from extauthz.store.redis.store import RedisSessionStore
 from tests.support import ExtauthzProcess
 from tests.support.extauthz_nodes import (
     CheckClient,

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from extauthz import tokens
-from extauthz.server.app import Components, build_components
 from extauthz.check.decisions import Allow
 from extauthz.check.envoy_adapter import to_request_context
 from extauthz.errors import SettingsError, StoreUnavailable
-from extauthz.sessions.redis.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
+from extauthz.server.app import Components, build_components
 from extauthz.settings import load_settings
+from extauthz.store.redis.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
 from tests.support.extauthz_nodes import check_request, node_settings, settle
 from tests.support.redis_topology import (
     RedisNode,

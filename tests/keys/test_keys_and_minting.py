@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from extauthz.check.minting import JwtMinter
 from extauthz.errors import KeyLoadError
 from extauthz.keys.keyring import KeyRing, generate_key, jwk_thumbprint, load_key_file
-from extauthz.check.minting import JwtMinter
-from extauthz.sessions.model import Session
+from extauthz.store.model import Session
 from tests.fixtures.core import AUDIENCE, ISSUER, FakeClock, verify_jwt
 
 

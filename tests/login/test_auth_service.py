@@ -16,16 +16,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher, Type
 
 from extauthz import tokens
-from extauthz.login.service import AuthService, LoginLimits, client_address
-from extauthz.login.cookies import SessionCookie
-from extauthz.errors import StoreUnavailable
-from extauthz.server.http_server import build_http_app
-from extauthz.keys.keyring import KeyRing, generate_key
-from extauthz.login.ratelimit import MemoryRateLimiter
-from extauthz.sessions.manager import SessionManager
-from extauthz.sessions.memory import MemorySessionStore
 from extauthz.check.throttle import LookupThrottle
+from extauthz.errors import StoreUnavailable
+from extauthz.keys.keyring import KeyRing, generate_key
+from extauthz.login.cookies import SessionCookie
+from extauthz.login.ratelimit import MemoryRateLimiter
+from extauthz.login.service import AuthService, LoginLimits, client_address
 from extauthz.login.users import FileUserStore, PasswordVerifier, User
+from extauthz.server.http_server import build_http_app
+from extauthz.store.manager import SessionManager
+from extauthz.store.memory import MemorySessionStore
 
 COOKIE = "sid"
 
@@ -289,8 +289,9 @@ async def test_failed_logins_are_limited_per_address_across_user_names(harness: 
 
 
 def test_client_address_believes_only_the_entry_a_trusted_proxy_added() -> None:
-    from aiohttp.test_utils import make_mocked_request
     import ipaddress
+
+    from aiohttp.test_utils import make_mocked_request
 
     loopback = [ipaddress.ip_network("127.0.0.0/8")]
 

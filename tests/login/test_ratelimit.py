@@ -13,20 +13,17 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tests.support import RedisServer, free_port
-
 from extauthz.login.ratelimit import (
     CHECK_ADDR,
     LOGIN_ADDR,
     LOGIN_USER,
     MemoryRateLimiter,
     RateKey,
-    RedisRateLimiter,
     Verdict,
     address_subject,
 )
-
-
+from extauthz.store.redis.ratelimit import RedisRateLimiter
+from tests.support import RedisServer, free_port
 
 # ---------------------------------------------------------------- a private redis-server
 

@@ -23,15 +23,14 @@ from extauthz.login.users import (
     Argon2Parameters,
     FileUserStore,
     PasswordVerifier,
-    RedisUserStore,
     User,
     UserRecord,
     UserStoreError,
-    add_users_parser,
-    run_users_command,
     validate_name,
     validate_password,
 )
+from extauthz.login.users.cli import add_users_parser, run_users_command
+from extauthz.store.redis.users import RedisUserStore
 from tests.support import RedisServer
 
 # Cheap parameters for tests only (argon2's minimum memory is 8 KiB per lane).

@@ -25,12 +25,16 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
-from extauthz.server.grpc_server import AUTHORIZATION_SERVICE, StoreHealthReporter, build_server
 from extauthz.keys.keyring import generate_key
-from extauthz.sessions.redis import clients as topology
-from extauthz.sessions.redis.store import RedisSessionStore
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
+from extauthz.server.grpc_server import (
+    AUTHORIZATION_SERVICE,
+    StoreHealthReporter,
+    build_server,
+)
 from extauthz.settings import StoreSettings
+from extauthz.store.redis import clients as topology
+from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
 from tests.fixtures.core import (
     COOKIE,

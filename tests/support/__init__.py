@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .ports import free_port, wait_for_port
 from .processes import (
+    REPO_ROOT,
     EchoUpstreamProcess,
     EnvoyProcess,
     ExtauthzProcess,
@@ -17,10 +18,18 @@ from .processes import (
     RedisServer,
     envoy_binaries,
     envoy_version,
+    extauthz_cli,
+    grpc_health_serving,
     validate_envoy_config,
 )
-from .processes import REPO_ROOT, extauthz_cli, grpc_health_serving
-from .stack import DEMO_SETTINGS, FRONT_PROXY, Stack, StackPorts, render_front_proxy, start_stack
+from .stack import (
+    DEMO_SETTINGS,
+    FRONT_PROXY,
+    Stack,
+    StackPorts,
+    render_front_proxy,
+    start_stack,
+)
 
 __all__ = [
     "DEMO_SETTINGS",

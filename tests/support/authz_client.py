@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import address_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
 from google.rpc import code_pb2
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
@@ -26,7 +30,7 @@ class CheckResult:
 
     @property
     def cache(self) -> str:
-        """``hit``, ``miss``, ``bypass`` or ``off`` (see extauthz.sessions.cache)."""
+        """``hit``, ``miss``, ``bypass`` or ``off`` (see extauthz.store.cache)."""
         return self.metadata.get("session_cache", "")
 
 

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from extauthz.errors import StoreUnavailable
-from extauthz.sessions.cache import CachingSessionStore, lookup_source
-from extauthz.sessions.redis.invalidation import AckBarrier, InvalidationSubscriber
-from extauthz.sessions.memory import MemorySessionStore
-from extauthz.sessions.model import Session
-from extauthz.sessions.redis.store import RedisSessionStore
+from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.settings import load_settings
-from extauthz.errors import SettingsError
+from extauthz.store.cache import CachingSessionStore, lookup_source
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import Session
+from extauthz.store.redis.invalidation import AckBarrier, InvalidationSubscriber
+from extauthz.store.redis.store import RedisSessionStore
 from tests.support import RedisServer
 
 

@@ -1,4 +1,4 @@
-"""Session lifecycle on top of any :class:`~extauthz.sessions.model.SessionStore`:
+"""Session lifecycle on top of any :class:`~extauthz.store.model.SessionStore`:
 creation, lookup with idle timeout and absolute expiry, sliding, revocation."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from extauthz import tokens
 from extauthz.errors import Reason, Unauthenticated
 from extauthz.scopes import validate_scope_tokens
-from extauthz.sessions.model import Session, SessionStore
+from extauthz.store.model import Session, SessionStore
 
 MAX_DATA_BYTES = 4096
 MAX_SUBJECT_CHARS = 256

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from extauthz.sessions.model import Session
+from extauthz.store.model import Session
 
 
 class MemorySessionStore:

@@ -15,11 +15,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from extauthz import tokens
-from extauthz.errors import Reason, StoreUnavailable, StoreWriteNotDurable, Unauthenticated
-from extauthz.sessions.manager import SessionManager, validate_session_data
-from extauthz.sessions.memory import MemorySessionStore
-from extauthz.sessions.model import Session, SessionStore
-from extauthz.sessions.redis.store import RedisSessionStore
+from extauthz.errors import (
+    Reason,
+    StoreUnavailable,
+    StoreWriteNotDurable,
+    Unauthenticated,
+)
+from extauthz.store.manager import SessionManager, validate_session_data
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import Session, SessionStore
+from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock, RedisProcess, free_port
 
 IDLE = 600

@@ -9,9 +9,9 @@ Key layout (``p`` is the configured key prefix)::
 Every revocation increments ``p + "invalidate:seq"`` and publishes ``"<seq>:<token hash>"``
 on ``p + "invalidate"`` in the same transaction, so in-process caches on every node drop it;
 with an ``invalidation_barrier`` the revocation returns only once every caching node has
-acknowledged it (:mod:`extauthz.sessions.redis.invalidation`), and with a ``replica_barrier``
+acknowledged it (:mod:`extauthz.store.redis.invalidation`), and with a ``replica_barrier``
 (the ``replicated`` strategy) only once every replica that a node reads from has applied it
-(:class:`~extauthz.sessions.redis.replicated.ReplicaAckBarrier`; otherwise
+(:class:`~extauthz.store.redis.replicated.ReplicaAckBarrier`; otherwise
 :class:`StoreWriteNotDurable`). Writes that must survive a
 failover (create, revoke) can be made to wait
 for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
@@ -38,8 +38,8 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ReadOnlyError, RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
-from extauthz.sessions.redis.invalidation import PUBLISH_SCRIPT
-from extauthz.sessions.model import Session
+from extauthz.store.model import Session
+from extauthz.store.redis.invalidation import PUBLISH_SCRIPT
 
 T = TypeVar("T")
 

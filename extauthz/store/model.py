@@ -73,7 +73,7 @@ class Session:
 class SessionStore(Protocol):
     """Storage of sessions keyed by a token hash (:func:`extauthz.tokens.token_hash`).
 
-    Stores keep records; :class:`~extauthz.sessions.manager.SessionManager` decides
+    Stores keep records; :class:`~extauthz.store.manager.SessionManager` decides
     liveness. Every method raises :class:`~extauthz.errors.StoreUnavailable` when the store
     cannot answer; none of them ever returns a guess in that case.
     """

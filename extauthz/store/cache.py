@@ -1,9 +1,9 @@
 """An in-process cache of live sessions in front of any session store.
 
-:class:`CachingSessionStore` satisfies the same :class:`~extauthz.sessions.model.SessionStore`
+:class:`CachingSessionStore` satisfies the same :class:`~extauthz.store.model.SessionStore`
 protocol as the store it wraps. It answers ``get`` from memory only while its
 :class:`TrustSource` (in production an
-:class:`~extauthz.sessions.redis.invalidation.InvalidationSubscriber`) says the push channel is
+:class:`~extauthz.store.redis.invalidation.InvalidationSubscriber`) says the push channel is
 provably alive; otherwise every lookup goes to the store ("bypass"). Entries are dropped by
 the push (:meth:`invalidate`), all of them when messages may have been missed
 (:meth:`reset`), and none lives longer than ``max_age`` seconds; at most ``max_entries`` are
@@ -14,7 +14,7 @@ discarded when any invalidation or reset happened during the read: the record re
 predate a revocation whose message was processed meanwhile.
 
 Expiry (idle, absolute) is not the cache's business: the
-:class:`~extauthz.sessions.manager.SessionManager` checks it against the clock on every
+:class:`~extauthz.store.manager.SessionManager` checks it against the clock on every
 lookup, cached or not. Negative answers are never cached.
 
 How the last lookup in the current task was answered -- ``hit``, ``miss``, ``bypass`` (channel
@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from extauthz.sessions.model import Session, SessionStore
+from extauthz.store.model import Session, SessionStore
 
 lookup_source: ContextVar[str] = ContextVar("session_lookup_source", default="off")
 

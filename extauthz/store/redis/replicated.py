@@ -29,7 +29,7 @@
   A lease that is new (not a continuation) is used only once the replica has caught up
   with every revocation made before it was granted.
 - Every write (create, touch, revoke...) goes to the primary's
-  :class:`~extauthz.sessions.redis.store.RedisSessionStore`, whose ``wait_replicas`` is
+  :class:`~extauthz.store.redis.store.RedisSessionStore`, whose ``wait_replicas`` is
   ``"all"`` by default (``WAIT`` for every replica online at the time of the write, for a
   failover). Creating a session needs no lease barrier: a replica that has not seen a new
   session answers "unknown" and the read falls back to the primary.
@@ -51,12 +51,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
-from extauthz.sessions.redis.invalidation import SequenceAcks
-from extauthz.sessions.model import Session, SessionStore
-from extauthz.sessions.redis.store import RedisSessionStore
 from extauthz.server.tasks import cancel_and_wait
+from extauthz.store.model import Session, SessionStore
+from extauthz.store.redis.invalidation import SequenceAcks
+from extauthz.store.redis.store import RedisSessionStore
 
-log = logging.getLogger("extauthz.sessions")
+log = logging.getLogger("extauthz.store")
 
 FRESHNESS_CHECK_INTERVAL_SECONDS = 0.1
 LEASE_RENEW_SECONDS = 0.25
@@ -349,7 +349,7 @@ class ReplicaAckBarrier:
 
 
 class ReplicatedSessionStore:
-    """Satisfies :class:`~extauthz.sessions.model.SessionStore`.
+    """Satisfies :class:`~extauthz.store.model.SessionStore`.
 
     :param primary: the store on the primary (all writes; the fallback for reads).
     :param replica: a client of this node's replica (reads only).
