@@ -1,0 +1,82 @@
+"""The architecture rules that keep the layout readable (docs/architecture.md), checked on the
+package's source: module size, which modules may speak Redis, Envoy's protobuf, aiohttp, and
+the settings types."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import extauthz
+
+PACKAGE = Path(extauthz.__file__).resolve().parent
+MAX_LINES = 400
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "_proto" not in p.relative_to(PACKAGE).parts)
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(PACKAGE.parent).with_suffix("").as_posix().replace("/", ".")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports (``import a.b`` and ``from a.b import c`` give
+    ``a.b``; relative imports are resolved against the package)."""
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _name(path).split(".")[: -node.level]
+                found.add(".".join([*base, node.module] if node.module else base))
+            elif node.module:
+                found.add(node.module)
+    return found
+
+
+def _importers(prefix: str) -> set[str]:
+    return {
+        _name(p)
+        for p in _modules()
+        if any(m == prefix or m.startswith(prefix + ".") for m in _imports(p))
+    }
+
+
+def test_the_rules_see_the_package() -> None:
+    """The checks below would pass on an empty list: make sure they read the real modules."""
+    names = {_name(p) for p in _modules()}
+    assert {"extauthz.check.envoy_adapter", "extauthz.server.app"} <= names
+    assert "extauthz.store.redis.store" in _importers("redis")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_name)
+def test_no_module_is_over_the_size_limit(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{_name(path)} has {lines} lines (at most {MAX_LINES}): split it"
+
+
+def test_only_the_store_package_speaks_redis() -> None:
+    outside = {m for m in _importers("redis") if not m.startswith("extauthz.store.redis")}
+    assert outside == set(), f"redis imported outside extauthz.store.redis: {sorted(outside)}"
+
+
+def test_only_the_envoy_adapter_speaks_envoys_protobuf() -> None:
+    assert _importers("envoy") <= {"extauthz.check.envoy_adapter", "extauthz.server.grpc_server"}
+    # the server registers the generated servicer; every message is built by the adapter
+    assert "extauthz.check.envoy_adapter" in _importers("envoy")
+
+
+def test_the_domain_does_not_know_the_web_framework() -> None:
+    allowed = {"extauthz.login.http", "extauthz.server.http_server", "extauthz.server.app"}
+    assert _importers("aiohttp") <= allowed, sorted(_importers("aiohttp") - allowed)
+
+
+def test_only_the_composition_root_and_the_cli_read_settings_types() -> None:
+    readers = {m for m in _importers("extauthz.settings") if not m.startswith("extauthz.settings")}
+    assert readers <= {"extauthz.server.app", "extauthz.cli"}, sorted(readers)
