@@ -169,11 +169,6 @@ def _limiter(
     return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
 
 
-def session_cookie(settings: Settings) -> SessionCookie:
-    s = settings.session
-    return SessionCookie(s.cookie_name, secure=s.cookie_secure, domain=s.cookie_domain)
-
-
 def build_auth(
     settings: Settings, sessions: SessionManager, client: aioredis.Redis | None
 ) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
@@ -195,10 +190,11 @@ def build_auth(
         throttle = LookupThrottle(
             _limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
         )
+    c = settings.session
     resolver = SessionResolver(
         sessions,
-        session_cookie(settings),
-        max_cookie_candidates=settings.session.max_cookie_candidates,
+        SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
+        max_cookie_candidates=c.max_cookie_candidates,
         throttle=throttle,
     )
     service = LoginService(
@@ -375,7 +371,7 @@ async def serve(settings: Settings) -> int:
         settings.server.http_listen,
         components.keyring.signing_key.kid,
     )
-    if not session_cookie(settings).is_secure:
+    if not components.authorizer.resolver.cookie.is_secure:
         log.warning(
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"

@@ -15,17 +15,10 @@ from extauthz.login.ratelimit import CHECK_ADDR, MemoryRateLimiter, RateKey, add
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session
+from tests.fixtures.core import FakeClock
 
 COOKIE = "sid"
 PEER = "198.51.100.7"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingStore(MemorySessionStore):
@@ -50,7 +43,7 @@ def store() -> CountingStore:
 
 @pytest.fixture
 def throttle() -> LookupThrottle:
-    clock = Clock()
+    clock = FakeClock(100.0)
     return LookupThrottle(MemoryRateLimiter(5, 60, clock=clock), clock=clock)
 
 
