@@ -172,12 +172,12 @@ def _unavailable(html: bool, message: str) -> web.Response:
 
 
 def _refused(html: bool, denial: Denied) -> web.Response:
-    """403 for a cross-site request, 429 for a throttled one."""
+    """429 with ``Retry-After`` for a throttled request; 403 for any other refusal (a
+    cross-site request: ``cross_site_request``)."""
     if isinstance(denial, TooManyRequests):
         retry = {"Retry-After": str(denial.retry_after_seconds)}
         return _error(html, 429, "rate_limited", denial.detail, retry)
-    assert denial.reason is Reason.CROSS_SITE_REQUEST, denial
-    return _error(html, 403, "cross_site_request", denial.detail)
+    return _error(html, 403, str(denial.reason), denial.detail)
 
 
 class AuthHandlers:

@@ -30,16 +30,6 @@ class LoginLimits:
             keys.append((self.per_address, RateKey.for_address(LOGIN_ADDR, address)))
         return keys
 
-    async def retry_after(self, name: str, address: str) -> int:
-        """Seconds to wait when either budget is spent, else 0 (counts nothing; a login uses
-        :meth:`reserve`). Backend errors propagate."""
-        wait = 0
-        for limiter, key in self._keys(name, address):
-            verdict = await limiter.blocked(key)
-            if verdict.blocked:
-                wait = max(wait, verdict.retry_after_seconds)
-        return wait
-
     async def reserve(self, name: str, address: str) -> int:
         """Count one attempt against both budgets *before* the password is checked; the
         seconds to wait when either budget was already spent (the attempt is refused), else 0.
