@@ -16,9 +16,17 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.rpc import code_pb2
 
 from extauthz import tokens
-from extauthz.check.denials import safe_return_to
+from extauthz.check.context import RequestContext
+from extauthz.check.decisions import Deny
+from extauthz.check.denials import DenialRenderer, safe_return_to
 from extauthz.check.envoy_adapter import to_request_context
-from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
+from extauthz.check.policy import Policy
+from extauthz.check.throttle import LookupThrottle
+from extauthz.errors import Reason, StoreUnavailable, TooManyRequests, Unauthenticated
+from extauthz.login.cookies import SessionCookie
+from extauthz.login.ratelimit import MemoryRateLimiter
+from extauthz.login.service import LoginService
+from extauthz.login.users import FileUserStore, PasswordVerifier
 from extauthz.server.grpc_server import AuthorizationServicer
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore
@@ -456,12 +464,10 @@ async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
     """M3: Check looks up to 4 session cookies; misses next to a live cookie were never
     counted, so one's own cookie carried 3 free guesses per request (a hit on another user's
     session shows as ``ambiguous_credential``). Every failed candidate counts now."""
-    from extauthz.check.context import RequestContext
-    from extauthz.check.decisions import Allow, Deny
-    from extauthz.check.throttle import LookupThrottle
-    from extauthz.login.ratelimit import MemoryRateLimiter
+    from extauthz.check.decisions import Allow
 
-    h.authorizer.throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
+    throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
+    h.authorizer.resolver.throttle = throttle
     own, _ = await h.login("mallory")
 
     def request() -> RequestContext:
@@ -474,7 +480,7 @@ async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
     assert isinstance(await h.authorizer.authorize(request()), Allow)  # 3 misses
     throttled = await h.authorizer.authorize(request())  # 6 misses: over the limit of 5
     assert isinstance(throttled, Deny) and throttled.status == 429
-    assert h.authorizer.throttle.retry_after("198.51.100.9") >= 1
+    assert throttle.retry_after("198.51.100.9") >= 1
 
 
 @pytest.mark.parametrize(
@@ -614,3 +620,77 @@ async def test_a_scope_that_is_not_a_scope_token_is_refused(h: Harness, scope: s
         await h.sessions.create("alice", scopes=[scope])
     with pytest.raises(ValueError, match="scope token"):
         await h.sessions.create("alice", roles=[scope])
+
+
+# -- one session resolver for Check and /auth/* (issue 7) -----------------------------------------
+
+
+def auth_service(h: Harness, tmp_path: Path) -> LoginService:
+    """The login rules over the Check harness's own resolver (no HTTP needed)."""
+    verifier = PasswordVerifier(FileUserStore(tmp_path / "users.json"))
+    return LoginService(h.authorizer.resolver, verifier)
+
+
+def lookup_context(peer: str = "198.51.100.20", **headers: str) -> RequestContext:
+    return RequestContext(
+        method="GET", scheme="https", host="app.test", path="/auth/session",
+        headers=headers, peer_address=peer,
+    )
+
+
+async def test_advisory_host_prefixed_cookie_is_cleared_without_a_domain() -> None:
+    """RFC 6265bis §4.1.3.2: Check's denials cleared the session cookie with ``Domain`` even
+    for a ``__Host-`` name (the logout did not), and a browser ignores such a ``Set-Cookie``:
+    the dead cookie stayed. Both now use one builder that never sends it for ``__Host-``."""
+    cookie = SessionCookie("__Host-s", secure=True, domain="app.test")
+    denial = DenialRenderer(realm="r", login_url=LOGIN_URL, cookie=cookie).render(
+        lookup_context(cookie=f"__Host-s={tokens.mint_token()}"),
+        Policy(client="api"),
+        Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session"),
+        saw_cookie=True,
+        metadata={},
+    )
+    (cleared,) = [v for k, v in denial.headers if k == "set-cookie"]
+    assert cleared == "__Host-s=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
+    assert cleared == cookie.clear()  # the logout's clearing, byte for byte
+
+
+async def test_advisory_m3_a_live_token_first_does_not_hide_guesses_at_auth_session(
+    h: Harness, tmp_path: Path
+) -> None:
+    """M3 at ``GET /auth/session``: it stopped at the first live cookie, so guesses placed
+    after one's own cookie were never looked up nor counted. It now resolves like Check."""
+    throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=h.clock), clock=h.clock)
+    h.authorizer.resolver.throttle = throttle
+    service = auth_service(h, tmp_path)
+    own, _ = await h.login("mallory")
+    guesses = "; ".join(f"{COOKIE}={tokens.mint_token()}" for _ in range(3))
+    ctx = lookup_context(cookie=f"{COOKIE}={own}; {guesses}")
+    assert (await service.session(ctx)).sub == "mallory"  # 3 misses
+    with pytest.raises(TooManyRequests):  # 6 misses: over the limit of 5
+        await service.session(ctx)
+    assert throttle.retry_after(ctx.peer_address) >= 1
+
+
+async def test_advisory_auth_session_and_check_agree_on_who_is_signed_in(
+    h: Harness, tmp_path: Path
+) -> None:
+    """``GET /auth/session`` answered with the first live session where Check denied: live
+    cookies of two users (one tossed in by a sibling subdomain), a bearer token and a cookie
+    of different sessions, a malformed bearer next to a live cookie. Both ask one resolver."""
+    service = auth_service(h, tmp_path)
+    alice, _ = await h.login("alice")
+    mallory, _ = await h.login("mallory")
+    for headers, reason in (
+        ({"cookie": f"{COOKIE}={alice}; {COOKIE}={mallory}"}, Reason.AMBIGUOUS_CREDENTIAL),
+        ({"cookie": f"{COOKIE}={alice}", "authorization": f"Bearer {mallory}"},
+         Reason.AMBIGUOUS_CREDENTIAL),
+        ({"cookie": f"{COOKIE}={alice}", "authorization": "Bearer !!"},
+         Reason.MALFORMED_CREDENTIAL),
+    ):
+        ctx = lookup_context(**headers)
+        decision = await h.authorizer.authorize(ctx)
+        assert isinstance(decision, Deny) and decision.metadata["reason"] == reason
+        with pytest.raises(Unauthenticated) as denied:
+            await service.session(ctx)
+        assert denied.value.reason is reason

@@ -7,7 +7,8 @@
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
 * A denial because the session cookie names no live session (unknown, expired, malformed)
-  also clears it (``Max-Age=0``); an ambiguous one is kept. The login page itself is never
+  also clears it (``Max-Age=0``, built by :class:`~extauthz.login.cookies.SessionCookie`, as
+  at logout); an ambiguous one is kept. The login page itself is never
   redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
 """
 
@@ -29,6 +30,7 @@ from extauthz.errors import (
     Reason,
     TooManyRequests,
 )
+from extauthz.login.cookies import SessionCookie
 
 _RFC6750_ERROR = {
     Reason.NO_CREDENTIAL: None,  # §3.1: no error code when no credential was presented
@@ -101,22 +103,30 @@ def safe_return_to(path_and_query: str) -> str:
         return "/"
 
 
+def bearer_challenge(
+    realm: str, error: str | None = None, description: str = "", scope: str = ""
+) -> str:
+    """A ``WWW-Authenticate`` value (RFC 6750 §3): ``Bearer realm="…"``, then ``error`` and,
+    with an error, ``error_description``; then ``scope``. A description or scope that cannot
+    be quoted is left out."""
+    params = [f'realm="{realm}"']
+    if error is not None:
+        params.append(f'error="{error}"')
+        if description and _is_quotable(description):
+            params.append(f'error_description="{description}"')
+    if scope and _is_quotable(scope):
+        params.append(f'scope="{scope}"')
+    return "Bearer " + ", ".join(params)
+
+
 @dataclass(frozen=True)
 class DenialRenderer:
+    """Renders denials for the realm ``realm``; browsers go to ``login_url``; ``cookie`` is
+    the session cookie (its clearing ``Set-Cookie``)."""
+
     realm: str
     login_url: str
-    cookie_name: str
-    cookie_domain: str = ""
-    cookie_secure: bool = True
-
-    def clear_cookie(self) -> str:
-        """A ``Set-Cookie`` that deletes the session cookie (RFC 6265 §3.1)."""
-        parts = [f"{self.cookie_name}=", "Max-Age=0", "Path=/", "HttpOnly", "SameSite=Lax"]
-        if self.cookie_secure or self.cookie_name.startswith(("__Host-", "__Secure-")):
-            parts.append("Secure")
-        if self.cookie_domain:
-            parts.append(f"Domain={self.cookie_domain}")
-        return "; ".join(parts)
+    cookie: SessionCookie
 
     def _is_login_page(self, ctx: RequestContext) -> bool:
         return urlsplit(self.login_url).path == ctx.path
@@ -144,7 +154,7 @@ class DenialRenderer:
         # kept: a sibling subdomain that tosses in a cookie of its own must not be able to
         # log the user out, and a throttled or refused request says nothing about the cookie.
         if saw_cookie and denial.reason in _CLEARS_COOKIE:
-            headers.append(("set-cookie", self.clear_cookie()))
+            headers.append(("set-cookie", self.cookie.clear()))
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
         if denial.reason is Reason.CROSS_SITE_REQUEST:
@@ -172,18 +182,10 @@ class DenialRenderer:
         headers: list[tuple[str, str]],
         metadata: dict[str, str],
     ) -> Deny:
-        params = [f'realm="{self.realm}"']
-        if error is not None:
-            params.append(f'error="{error}"')
-            if denial.detail and _is_quotable(denial.detail):
-                params.append(f'error_description="{denial.detail}"')
-        if (
-            isinstance(denial, Forbidden)
-            and denial.required_scope
-            and _is_quotable(denial.required_scope)
-        ):
-            params.append(f'scope="{denial.required_scope}"')
-        headers.append(("www-authenticate", "Bearer " + ", ".join(params)))
+        scope = denial.required_scope if isinstance(denial, Forbidden) else ""
+        headers.append(
+            ("www-authenticate", bearer_challenge(self.realm, error, denial.detail, scope))
+        )
         return self._json(status, error or "unauthenticated", denial, headers, metadata)
 
     @staticmethod

@@ -16,22 +16,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from extauthz.settings import SessionSettings
-
 _SECURE_PREFIXES = ("__Host-", "__Secure-")
 
 
 @dataclass(frozen=True)
 class SessionCookie:
-    """Builds ``Set-Cookie`` header values for the session cookie ``name``."""
+    """Builds ``Set-Cookie`` header values for the session cookie ``name``: the one builder
+    behind the login's cookie, the logout's clearing and the clearing by Check's denials.
+
+    ``secure``: add ``Secure`` (always added for a ``__Host-``/``__Secure-`` name);
+    ``domain``: the ``Domain`` attribute, ``""`` for a host-only cookie (never sent for a
+    ``__Host-`` name, RFC 6265bis §4.1.3.2, or the browser would refuse the clearing too).
+    """
 
     name: str
     secure: bool = True
     domain: str = ""
-
-    @classmethod
-    def from_settings(cls, session: SessionSettings) -> SessionCookie:
-        return cls(session.cookie_name, session.cookie_secure, session.cookie_domain)
 
     @property
     def is_secure(self) -> bool:

@@ -20,13 +20,16 @@ from extauthz import __version__
 from extauthz.check.authorizer import Authorizer
 from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
+from extauthz.check.resolver import SessionResolver
 from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
 from extauthz.keys.keyring import KeyRing
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
+from extauthz.login.http import AuthHandlers
+from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
-from extauthz.login.service import AuthService, LoginLimits
+from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
@@ -57,7 +60,7 @@ class Components:
     keyring: KeyRing
     minter: JwtMinter
     authorizer: Authorizer
-    auth: AuthService
+    auth: AuthHandlers
     verifier: PasswordVerifier
     # the Redis client of users and rate limits (the session store has its own), if any
     aux_redis: aioredis.Redis | None = None
@@ -168,9 +171,9 @@ def _limiter(
 
 def build_auth(
     settings: Settings, sessions: SessionManager, client: aioredis.Redis | None
-) -> tuple[AuthService, PasswordVerifier, LookupThrottle | None]:
-    """The authentication service and the Check throttle, with their users store and
-    rate limiters (in ``client``'s Redis when given, else in memory)."""
+) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
+    """The authentication service and the session resolver it shares with Check, with their
+    users store and rate limiters (in ``client``'s Redis when given, else in memory)."""
     verifier = PasswordVerifier(
         build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
     )
@@ -187,18 +190,24 @@ def build_auth(
         throttle = LookupThrottle(
             _limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
         )
-    auth = AuthService(
+    c = settings.session
+    resolver = SessionResolver(
         sessions,
+        SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
+        max_cookie_candidates=c.max_cookie_candidates,
+        throttle=throttle,
+    )
+    service = LoginService(
+        resolver,  # the same one as Check's: one budget of failed lookups
         verifier,
-        SessionCookie.from_settings(settings.session),
-        realm=settings.deny.realm,
         limits=limits,
-        throttle=throttle,  # the same one as Check's: one budget of failed lookups
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
-        trusted_proxies=settings.auth.trusted_proxies,
         default_return_to=settings.auth.default_return_to,
     )
-    return auth, verifier, throttle
+    auth = AuthHandlers(
+        service, realm=settings.deny.realm, trusted_proxies=settings.auth.trusted_proxies
+    )
+    return auth, verifier, resolver
 
 
 def build_components(settings: Settings, store: SessionStore | None = None) -> Components:
@@ -222,13 +231,9 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
     if isinstance(store, CachingSessionStore):
         store.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
     aux_redis = _redis_client(settings) if settings.store.backend == "redis" else None
-    auth, verifier, throttle = build_auth(settings, sessions, aux_redis)
+    auth, verifier, resolver = build_auth(settings, sessions, aux_redis)
     denials = DenialRenderer(
-        realm=settings.deny.realm,
-        login_url=settings.deny.login_url,
-        cookie_name=settings.session.cookie_name,
-        cookie_domain=settings.session.cookie_domain,
-        cookie_secure=settings.session.cookie_secure,
+        realm=settings.deny.realm, login_url=settings.deny.login_url, cookie=resolver.cookie
     )
     metrics = Metrics(
         {
@@ -239,15 +244,12 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         }
     )
     authorizer = Authorizer(
-        sessions,
+        resolver,
         minter,
         denials,
-        cookie_name=settings.session.cookie_name,
-        max_cookie_candidates=settings.session.max_cookie_candidates,
         jwt_header=settings.jwt.header,
         store_strategy=settings.store.strategy,
         node_id=settings.node_id,
-        throttle=throttle,
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         metrics=metrics,
     )
@@ -369,7 +371,7 @@ async def serve(settings: Settings) -> int:
         settings.server.http_listen,
         components.keyring.signing_key.kid,
     )
-    if not SessionCookie.from_settings(settings.session).is_secure:
+    if not components.authorizer.resolver.cookie.is_secure:
         log.warning(
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"

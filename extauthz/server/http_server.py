@@ -3,7 +3,7 @@
 ``GET /.well-known/jwks.json`` — RFC 7517 §5 JWK Set of every published signing key
 (``Content-Type: application/jwk-set+json``), cacheable for five minutes.
 ``GET /metrics`` — Prometheus text format (:mod:`extauthz.server.metrics`).
-``/auth/*`` — the authentication service (:mod:`extauthz.login.service`) when one is given.
+``/auth/*`` — the authentication service's adapter (:mod:`extauthz.login.http`) when one is given.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from extauthz.keys.keyring import KeyRing
-from extauthz.login.service import AuthService
+from extauthz.login.http import AuthHandlers
 from extauthz.server.metrics import Metrics
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -42,7 +42,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_http_app(
     keyring: KeyRing,
-    auth: AuthService | None = None,
+    auth: AuthHandlers | None = None,
     *,
     max_body_bytes: int = 16384,
     metrics_registry: Metrics | None = None,

@@ -14,8 +14,10 @@ from extauthz.check.context import RequestContext
 from extauthz.check.decisions import Allow, Deny
 from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
+from extauthz.check.resolver import SessionResolver
 from extauthz.check.throttle import LookupThrottle
 from extauthz.keys.keyring import KeyRing, generate_key
+from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.ratelimit import MemoryRateLimiter
 from extauthz.store.manager import SessionManager
@@ -50,14 +52,13 @@ def authorizer(tmp_path: Path, sessions: SessionManager, clock: Clock) -> Author
         lifetime_seconds=60,
     )
     throttle = LookupThrottle(MemoryRateLimiter(5, 30, clock=clock), clock=clock)
+    cookie = SessionCookie(COOKIE)
     return Authorizer(
-        sessions,
+        SessionResolver(sessions, cookie, throttle=throttle),
         minter,
-        DenialRenderer(realm="t", login_url="/auth/login", cookie_name=COOKIE),
-        cookie_name=COOKIE,
+        DenialRenderer(realm="t", login_url="/auth/login", cookie=cookie),
         store_strategy="sticky",
         node_id="n1",
-        throttle=throttle,
         same_site=SameSiteCheck.with_origins(["https://partner.example"]),
     )
 

@@ -1,5 +1,6 @@
-"""The authentication service (/auth/*) in-process: aiohttp test server, in-memory session
-store, a user file with cheap argon2id parameters, in-memory rate limits with a fake clock."""
+"""The authentication service (/auth/*) in-process, through its aiohttp adapter: aiohttp test
+server, in-memory session store, a user file with cheap argon2id parameters, in-memory rate
+limits with a fake clock."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher, Type
 
 from extauthz import tokens
+from extauthz.check.resolver import SessionResolver
 from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import StoreUnavailable
 from extauthz.keys.keyring import KeyRing, generate_key
 from extauthz.login.cookies import SessionCookie
+from extauthz.login.http import AuthHandlers, client_address
+from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter
-from extauthz.login.service import AuthService, LoginLimits, client_address
+from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, User
 from extauthz.server.http_server import build_http_app
 from extauthz.store.manager import SessionManager
@@ -82,7 +86,7 @@ class Harness:
     verifier: PasswordVerifier
     clock: FakeClock
     throttle: LookupThrottle
-    auth: AuthService
+    service: LoginService
 
     @property
     def origin(self) -> str:
@@ -112,16 +116,16 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     )
     # failed token lookups per address (``check:addr``), the budget Check shares
     throttle = LookupThrottle(MemoryRateLimiter(5, 60, clock=clock), clock=clock)
-    auth = AuthService(
-        sessions, verifier, SessionCookie(COOKIE, secure=True), realm="test", limits=limits,
-        throttle=throttle,
-    )
+    resolver = SessionResolver(sessions, SessionCookie(COOKIE, secure=True), throttle=throttle)
+    service = LoginService(resolver, verifier, limits=limits)
     generate_key(tmp_path / "keys", "ES256")
-    app = build_http_app(KeyRing.from_directory(tmp_path / "keys"), auth)
+    app = build_http_app(
+        KeyRing.from_directory(tmp_path / "keys"), AuthHandlers(service, realm="test")
+    )
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Harness(client, store, sessions, verifier, clock, throttle, auth)
+        yield Harness(client, store, sessions, verifier, clock, throttle, service)
     finally:
         await client.close()
 
@@ -466,7 +470,7 @@ class SlowVerifier:
 
 def slow_verifier(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> SlowVerifier:
     spy = SlowVerifier(harness.verifier)
-    monkeypatch.setattr(harness.auth, "verifier", spy)
+    monkeypatch.setattr(harness.service, "verifier", spy)
     return spy
 
 
@@ -549,7 +553,9 @@ async def test_advisory_m3_guessing_tokens_at_auth_session_is_throttled(
     assert set(statuses[5:]) == {429}
     assert harness.throttle.retry_after("127.0.0.1") >= 1  # Check sees the same block
     valid, _ = await harness.sessions.create("alice")
-    blocked = await harness.client.get("/auth/session", headers={"Authorization": f"Bearer {valid}"})
+    blocked = await harness.client.get(
+        "/auth/session", headers={"Authorization": f"Bearer {valid}"}
+    )
     assert blocked.status == 429
     assert (await blocked.json())["error"] == "rate_limited"
 

@@ -1,10 +1,9 @@
-"""Same-site checks (extauthz.login.csrf) and the session cookie (extauthz.login.cookies)."""
+"""Same-site checks (extauthz.login.csrf)."""
 
 from __future__ import annotations
 
 import pytest
 
-from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck, normalize_origin
 
 
@@ -50,14 +49,3 @@ CHECK = SameSiteCheck.with_origins(["https://login.example"])
 )
 def test_violation(headers: dict[str, str], same_site: bool) -> None:
     assert (CHECK.violation("https", "app.example", headers) is None) is same_site
-
-
-def test_session_cookie_attributes() -> None:
-    cookie = SessionCookie("__Host-sid", secure=False, domain="")
-    value = cookie.set("xat_abc", 3599.2)
-    assert value == "__Host-sid=xat_abc; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax; Secure"
-    assert cookie.clear() == "__Host-sid=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
-    plain = SessionCookie("sid", secure=False, domain="example.com")
-    assert plain.set("t", 10) == "sid=t; Max-Age=10; Path=/; HttpOnly; SameSite=Lax; Domain=example.com"
-    with pytest.raises(ValueError):
-        plain.set("a;b", 10)
