@@ -101,7 +101,7 @@ def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
     assert status == 200, body
     sid = json.loads(body)["jwt"]["claims"]["sid"]
     assert redis_stack.extauthz.cli(
-        "sessions", "revoke", "--sid", sid, "--target", redis_stack.extauthz.grpc_target
+        "sessions", "revoke", f"--sid={sid}", "--target", redis_stack.extauthz.grpc_target
     ).strip() == "revoked"
 
     status, headers, body = request(redis_stack, "/e2e/after", {"authorization": f"Bearer {token}"})
