@@ -9,17 +9,8 @@ import re
 from urllib.parse import urlsplit
 
 from extauthz.errors import SettingsError
-from extauthz.settings.model import (
-    AuthSettings,
-    CacheSettings,
-    JwtSettings,
-    RateLimitSettings,
-    ServerSettings,
-    SessionSettings,
-    Settings,
-    StoreSettings,
-    UserBackend,
-)
+from extauthz.settings import model
+from extauthz.settings.model import Settings, UserBackend
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
@@ -63,7 +54,7 @@ def _check_listen(dotted: str, value: str) -> None:
         raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
 
 
-def _validate_server(s: ServerSettings) -> None:
+def _validate_server(s: model.ServerSettings) -> None:
     _check_listen("server.grpc_listen", s.grpc_listen)
     _check_listen("server.http_listen", s.http_listen)
     if s.shutdown_grace_seconds < 0:
@@ -72,7 +63,7 @@ def _validate_server(s: ServerSettings) -> None:
         raise SettingsError("server.health_check_interval_seconds: must be positive")
 
 
-def _validate_cache(c: CacheSettings) -> None:
+def _validate_cache(c: model.CacheSettings) -> None:
     if not 1 <= c.max_entries <= 10_000_000:
         raise SettingsError("cache.max_entries: expected 1-10000000")
     if not 0 < c.max_age_seconds <= 300:
@@ -81,7 +72,7 @@ def _validate_cache(c: CacheSettings) -> None:
         raise SettingsError("cache.trust_window_ms: expected 30-10000 milliseconds")
 
 
-def _validate_store(s: StoreSettings) -> None:
+def _validate_store(s: model.StoreSettings) -> None:
     if s.backend == StoreBackend.MEMORY and s.strategy != StoreStrategy.STICKY:
         raise SettingsError(
             f"store.backend: the in-memory store is node-local and fits only the sticky "
@@ -99,7 +90,7 @@ def _validate_store(s: StoreSettings) -> None:
         raise SettingsError("store.heartbeat_seconds: must be positive")
 
 
-def _validate_store_topology(s: StoreSettings) -> None:
+def _validate_store_topology(s: model.StoreSettings) -> None:
     """Does the topology fit the strategy? (docs/strategies.md)"""
     for address in s.sentinels:
         _check_listen("store.sentinels", address)
@@ -128,7 +119,7 @@ def _validate_store_topology(s: StoreSettings) -> None:
         )
 
 
-def _validate_wait(s: StoreSettings) -> None:
+def _validate_wait(s: model.StoreSettings) -> None:
     wait = s.wait_replicas
     if isinstance(wait, str) and wait not in ("auto", "all"):
         raise SettingsError(f'store.wait_replicas: expected "auto", "all" or a count, got {wait!r}')
@@ -147,7 +138,7 @@ def _validate_wait(s: StoreSettings) -> None:
         )
 
 
-def _validate_session(s: SessionSettings, server: ServerSettings) -> None:
+def _validate_session(s: model.SessionSettings, server: model.ServerSettings) -> None:
     if not _COOKIE_NAME.fullmatch(s.cookie_name):
         raise SettingsError(
             f"session.cookie_name: not a valid cookie name (RFC 6265 token): {s.cookie_name!r}"
@@ -178,7 +169,7 @@ def _validate_session(s: SessionSettings, server: ServerSettings) -> None:
         )
 
 
-def _validate_jwt(j: JwtSettings) -> None:
+def _validate_jwt(j: model.JwtSettings) -> None:
     if not 10 <= j.lifetime_seconds <= 3600:
         raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
     if j.publish_before_sign_seconds < 0:
@@ -213,7 +204,7 @@ def _validate_login_url(url: str) -> None:
     )
 
 
-def _validate_auth(a: AuthSettings) -> None:
+def _validate_auth(a: model.AuthSettings) -> None:
     for entry in a.trusted_proxies:
         try:
             network = ipaddress.ip_network(entry, strict=False)
@@ -248,7 +239,7 @@ def _validate_users(s: Settings) -> None:
         raise SettingsError("users.max_concurrent_hashes: expected 1-64")
 
 
-def _validate_ratelimit(r: RateLimitSettings) -> None:
+def _validate_ratelimit(r: model.RateLimitSettings) -> None:
     for name in ("login_user", "login_addr", "check_addr"):
         if getattr(r, f"{name}_limit") < 1:
             raise SettingsError(f"ratelimit.{name}_limit: must be at least 1")
