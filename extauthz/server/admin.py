@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -36,9 +36,16 @@ log = logging.getLogger("extauthz.admin")
 
 T = TypeVar("T")
 
-if TYPE_CHECKING:
-    # the context of any admin call: only abort() and invocation_metadata() are used
-    _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+class CallContext(Protocol):
+    """What the admin servicers use of ``grpc.aio.ServicerContext`` (a test double needs no
+    more)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        """Ends the call with ``code``; never returns (raises)."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None:
+        """The call's metadata as ``(key, value)`` pairs."""
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -70,7 +77,7 @@ class AdminGuard:
         self._loopback_only = loopback_only
         self._token = token
 
-    async def check(self, context: _Context) -> None:
+    async def check(self, context: CallContext) -> None:
         if self._token is None:
             if self._loopback_only:
                 return
@@ -85,7 +92,7 @@ class AdminGuard:
 
 
 async def _call(
-    context: _Context, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
+    context: CallContext, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
 ) -> T:
     await guard.check(context)
     try:
@@ -104,7 +111,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         self._guard = guard
 
     async def CreateSession(
-        self, request: admin_pb2.CreateSessionRequest, context: _Context
+        self, request: admin_pb2.CreateSessionRequest, context: CallContext
     ) -> admin_pb2.CreateSessionResponse:
         async def run() -> admin_pb2.CreateSessionResponse:
             data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
@@ -119,7 +126,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         return await _call(context, self._guard, run)
 
     async def GetSession(
-        self, request: admin_pb2.GetSessionRequest, context: _Context
+        self, request: admin_pb2.GetSessionRequest, context: CallContext
     ) -> admin_pb2.Session:
         async def run() -> Session | None:
             return await self._sessions.store.get_by_sid(request.sid)
@@ -131,7 +138,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         return session_message(session)
 
     async def RevokeSession(
-        self, request: admin_pb2.RevokeSessionRequest, context: _Context
+        self, request: admin_pb2.RevokeSessionRequest, context: CallContext
     ) -> admin_pb2.RevokeSessionResponse:
         async def run() -> admin_pb2.RevokeSessionResponse:
             revoked = await self._sessions.store.revoke_sid(request.sid)
@@ -143,7 +150,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         return await _call(context, self._guard, run)
 
     async def RevokeSubjectSessions(
-        self, request: admin_pb2.RevokeSubjectSessionsRequest, context: _Context
+        self, request: admin_pb2.RevokeSubjectSessionsRequest, context: CallContext
     ) -> admin_pb2.RevokeSubjectSessionsResponse:
         async def run() -> admin_pb2.RevokeSubjectSessionsResponse:
             count = await self._sessions.store.revoke_subject(request.sub)
@@ -153,7 +160,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         return await _call(context, self._guard, run)
 
     async def ListSessions(
-        self, request: admin_pb2.ListSessionsRequest, context: _Context
+        self, request: admin_pb2.ListSessionsRequest, context: CallContext
     ) -> admin_pb2.ListSessionsResponse:
         async def run() -> admin_pb2.ListSessionsResponse:
             sessions = await self._sessions.store.list_subject(request.sub)
@@ -172,7 +179,7 @@ class StatusServicer(admin_pb2_grpc.StatusServicer):
         self._node_id = node_id
 
     async def GetStatus(
-        self, request: admin_pb2.GetStatusRequest, context: _Context
+        self, request: admin_pb2.GetStatusRequest, context: CallContext
     ) -> admin_pb2.GetStatusResponse:
         try:
             await self._sessions.store.ping()
