@@ -1,6 +1,6 @@
 """The settings objects: one frozen dataclass per TOML table, with the defaults.
 
-Values derived from several settings are computed once, when an object is built
+Values derived from other settings are computed once, when an object is built
 (``ServerSettings.grpc_listen_is_loopback``, ``StoreSettings.wait_replicas_resolved``), so
 every reader sees the same answer.
 """
