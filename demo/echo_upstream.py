@@ -80,10 +80,12 @@ class JwksCache:
             now = time.monotonic()
             if now - self._fetched_at >= self._max_age:
                 await self._fetch()
-            elif kid not in self._keys:
-                if now - self._refetched_for_kid_at >= self._min_refetch_interval:
-                    self._refetched_for_kid_at = now
-                    await self._fetch()
+            elif (
+                kid not in self._keys
+                and now - self._refetched_for_kid_at >= self._min_refetch_interval
+            ):
+                self._refetched_for_kid_at = now
+                await self._fetch()
         if kid not in self._keys:
             raise JwtError(f"no key with kid {kid!r} in the JWKS")
         return self._keys[kid]
@@ -96,7 +98,7 @@ class JwksCache:
                 resp.raise_for_status()
                 document = await resp.json(content_type=None)
             jwks = jwt.PyJWKSet.from_dict(document)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, jwt.PyJWTError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
             raise JwtError(f"JWKS {self.url} unavailable: {type(exc).__name__}: {exc}") from exc
         self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
 

@@ -213,7 +213,8 @@ def start(children: list[Child]) -> None:
         data = STATE / "redis"
         data.mkdir(exist_ok=True)
         redis = Child("redis", [redis_server, "--port", str(REDIS_PORT), "--bind", HOST,
-                                "--save", "", "--appendonly", "no", "--dir", str(data)])  # fmt: skip
+                                "--save", "", "--appendonly", "no",
+                                "--dir", str(data)])  # fmt: skip
         children.append(redis)
         redis.wait_ready(lambda: redis_pong(REDIS_PORT), 10)
         env["EXTAUTHZ_STORE_REDIS_URL"] = f"redis://{HOST}:{REDIS_PORT}/0"
@@ -261,8 +262,9 @@ def start(children: list[Child]) -> None:
     insecure = ""
     if not settings["session"].get("cookie_secure", True):
         insecure = (
-            "\nNOTE: session.cookie_secure = false: the session cookie is sent WITHOUT the Secure\n"
-            "attribute, because this demo is plain HTTP on 127.0.0.1. Never do that in production.\n"
+            "\nNOTE: session.cookie_secure = false: the session cookie is sent WITHOUT the\n"
+            "Secure attribute, because this demo is plain HTTP on 127.0.0.1. Never do that in\n"
+            "production.\n"
         )
     print(
         f"""

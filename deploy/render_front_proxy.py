@@ -37,7 +37,9 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def render(source: Path, *, listen: str, admin: str, endpoints: dict[str, list[str]]) -> dict[str, Any]:
+def render(
+    source: Path, *, listen: str, admin: str, endpoints: dict[str, list[str]]
+) -> dict[str, Any]:
     """The rewritten document. :raises SystemExit: the source has another shape."""
     doc: dict[str, Any] = yaml.safe_load(source.read_text())
     doc["admin"]["address"]["socket_address"] = _address(admin)

@@ -62,7 +62,8 @@ def generate(out_dir: Path = DEFAULT_OUT, proto_root: Path | None = None) -> lis
             text = path.read_text()
             path.write_text(
                 text.replace(
-                    "from extauthz.v1 import admin_pb2", "from extauthz._proto.extauthz.v1 import admin_pb2"
+                    "from extauthz.v1 import admin_pb2",
+                    "from extauthz._proto.extauthz.v1 import admin_pb2",
                 )
             )
     return sorted(p for p in out_dir.rglob("*") if p.is_file() and p.suffix in (".py", ".pyi"))

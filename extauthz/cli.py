@@ -105,7 +105,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from extauthz._proto.extauthz.v1 import admin_pb2
 
     _, status, metadata = _stub(args)
-    _print_message(status.GetStatus(admin_pb2.GetStatusRequest(), metadata=metadata, timeout=args.timeout))
+    request = admin_pb2.GetStatusRequest()
+    _print_message(status.GetStatus(request, metadata=metadata, timeout=args.timeout))
     return 0
 
 

@@ -28,7 +28,11 @@ from extauthz.errors import KeyLoadError
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
+_THUMBPRINT_MEMBERS = {
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
+    "RSA": ("e", "kty", "n"),
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def load_key_file(path: Path) -> SigningKey:
         raise KeyLoadError(f"{path}: {exc.strerror}") from None
     except (ValueError, TypeError) as exc:
         raise KeyLoadError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
+    if not isinstance(key, PrivateKey):
         raise KeyLoadError(f"{path}: unsupported key type {type(key).__name__}")
     try:
         algorithm, jwk = _public_jwk(key)

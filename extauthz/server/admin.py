@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -35,6 +35,17 @@ from extauthz.store.model import Session
 log = logging.getLogger("extauthz.admin")
 
 T = TypeVar("T")
+
+
+class CallContext(Protocol):
+    """What the admin servicers use of ``grpc.aio.ServicerContext`` (a test double needs no
+    more)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        """Ends the call with ``code``; never returns (raises)."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None:
+        """The call's metadata as ``(key, value)`` pairs."""
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -66,7 +77,7 @@ class AdminGuard:
         self._loopback_only = loopback_only
         self._token = token
 
-    async def check(self, context: grpc.aio.ServicerContext) -> None:
+    async def check(self, context: CallContext) -> None:
         if self._token is None:
             if self._loopback_only:
                 return
@@ -81,7 +92,7 @@ class AdminGuard:
 
 
 async def _call(
-    context: grpc.aio.ServicerContext, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
+    context: CallContext, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
 ) -> T:
     await guard.check(context)
     try:
@@ -99,7 +110,9 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         self._sessions = sessions
         self._guard = guard
 
-    async def CreateSession(self, request: Any, context: Any) -> admin_pb2.CreateSessionResponse:
+    async def CreateSession(
+        self, request: admin_pb2.CreateSessionRequest, context: CallContext
+    ) -> admin_pb2.CreateSessionResponse:
         async def run() -> admin_pb2.CreateSessionResponse:
             data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
             token, session = await self._sessions.create(
@@ -112,7 +125,9 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
 
         return await _call(context, self._guard, run)
 
-    async def GetSession(self, request: Any, context: Any) -> admin_pb2.Session:
+    async def GetSession(
+        self, request: admin_pb2.GetSessionRequest, context: CallContext
+    ) -> admin_pb2.Session:
         async def run() -> Session | None:
             return await self._sessions.store.get_by_sid(request.sid)
 
@@ -122,7 +137,9 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         assert session is not None
         return session_message(session)
 
-    async def RevokeSession(self, request: Any, context: Any) -> admin_pb2.RevokeSessionResponse:
+    async def RevokeSession(
+        self, request: admin_pb2.RevokeSessionRequest, context: CallContext
+    ) -> admin_pb2.RevokeSessionResponse:
         async def run() -> admin_pb2.RevokeSessionResponse:
             revoked = await self._sessions.store.revoke_sid(request.sid)
             log.info(
@@ -133,7 +150,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         return await _call(context, self._guard, run)
 
     async def RevokeSubjectSessions(
-        self, request: Any, context: Any
+        self, request: admin_pb2.RevokeSubjectSessionsRequest, context: CallContext
     ) -> admin_pb2.RevokeSubjectSessionsResponse:
         async def run() -> admin_pb2.RevokeSubjectSessionsResponse:
             count = await self._sessions.store.revoke_subject(request.sub)
@@ -142,7 +159,9 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
 
         return await _call(context, self._guard, run)
 
-    async def ListSessions(self, request: Any, context: Any) -> admin_pb2.ListSessionsResponse:
+    async def ListSessions(
+        self, request: admin_pb2.ListSessionsRequest, context: CallContext
+    ) -> admin_pb2.ListSessionsResponse:
         async def run() -> admin_pb2.ListSessionsResponse:
             sessions = await self._sessions.store.list_subject(request.sub)
             return admin_pb2.ListSessionsResponse(sessions=[session_message(s) for s in sessions])
@@ -159,7 +178,9 @@ class StatusServicer(admin_pb2_grpc.StatusServicer):
         self._strategy = strategy
         self._node_id = node_id
 
-    async def GetStatus(self, request: Any, context: Any) -> admin_pb2.GetStatusResponse:
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: CallContext
+    ) -> admin_pb2.GetStatusResponse:
         try:
             await self._sessions.store.ping()
             reachable = True

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from extauthz.settings import STRATEGIES
+from extauthz.strategies import StoreStrategy
+
+_STRATEGY_HELP = "The active session-store strategy (1) and the others (0)."
 
 
 def _label(value: str) -> str:
@@ -40,11 +42,11 @@ class Metrics:
             "# HELP extauthz_info Version and configuration of this node.",
             "# TYPE extauthz_info gauge",
             f"extauthz_info{{{_labels(self.info)}}} 1",
-            "# HELP extauthz_store_strategy The active session-store strategy (1) and the others (0).",
+            f"# HELP extauthz_store_strategy {_STRATEGY_HELP}",
             "# TYPE extauthz_store_strategy gauge",
         ]
         lines += [
-            f'extauthz_store_strategy{{strategy="{s}"}} {int(s == strategy)}' for s in STRATEGIES
+            f'extauthz_store_strategy{{strategy="{s}"}} {int(s == strategy)}' for s in StoreStrategy
         ]
         lines += [
             "# HELP extauthz_check_decisions_total Check answers by decision and reason.",

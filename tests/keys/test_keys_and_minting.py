@@ -43,10 +43,12 @@ def test_rfc7638_example_thumbprint() -> None:
     # RFC 7638 §3.1
     jwk = {
         "kty": "RSA",
-        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
-        "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2Qvzq"
-        "Y368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0"
-        "fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "n": (
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+            "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2Qvzq"
+            "Y368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0"
+            "fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+        ),
         "e": "AQAB",
         "alg": "RS256",
         "kid": "2011-04-29",
@@ -79,9 +81,8 @@ def test_ec_kid_is_the_thumbprint_of_the_public_key(tmp_path: Path) -> None:
 def test_eddsa_and_rsa_keys_load(tmp_path: Path) -> None:
     ed = load_key_file(write_pem(tmp_path / "ed.pem", ed25519.Ed25519PrivateKey.generate()))
     assert ed.algorithm == "EdDSA" and ed.public_jwk["crv"] == "Ed25519"
-    rs = load_key_file(
-        write_pem(tmp_path / "rs.pem", rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    )
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rs = load_key_file(write_pem(tmp_path / "rs.pem", rsa_key))
     assert rs.algorithm == "RS256" and "d" not in rs.public_jwk and "p" not in rs.public_jwk
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from extauthz.server.metrics import Metrics
+from extauthz.strategies import StoreStrategy
 
 
 def test_the_active_strategy_is_the_only_one_set() -> None:
@@ -11,6 +12,13 @@ def test_the_active_strategy_is_the_only_one_set() -> None:
     assert 'extauthz_store_strategy{strategy="central"} 0' in text
     assert 'extauthz_store_strategy{strategy="sticky"} 0' in text
     assert 'extauthz_info{version="1",node_id="n1",store_strategy="replicated"} 1' in text
+
+
+def test_every_strategy_has_exactly_one_sample() -> None:
+    text = Metrics({"store_strategy": "sticky"}).render()
+    samples = [line for line in text.splitlines() if line.startswith("extauthz_store_strategy{")]
+    assert [line.split('"')[1] for line in samples] == [s.value for s in StoreStrategy]
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in samples) == 1
 
 
 def test_decisions_are_counted_by_decision_and_reason() -> None:

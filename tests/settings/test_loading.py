@@ -1,4 +1,4 @@
-"""Settings: defaults, TOML, EXTAUTHZ_* overrides, and one-line errors naming the key."""
+"""Loading settings: defaults, TOML, EXTAUTHZ_* overrides, and one-line errors naming the key."""
 
 from __future__ import annotations
 
@@ -81,11 +81,19 @@ def test_node_id_defaults_to_host_and_pid() -> None:
             "session.absolute_timeout_seconds",
         ),
         ('[session]\ncookie_name = "bad name"\n', {}, "session.cookie_name"),
-        ('[session]\ncookie_name = "__Host-s"\ncookie_domain = "a.test"\n', {}, "session.cookie_domain"),
+        (
+            '[session]\ncookie_name = "__Host-s"\ncookie_domain = "a.test"\n',
+            {},
+            "session.cookie_domain",
+        ),
         ("[jwt]\nlifetime_seconds = 1\n", {}, "jwt.lifetime_seconds"),
         ('[jwt]\nheader = "X-JWT"\n', {}, "jwt.header"),
         ('[deny]\nrealm = "a\\"b"\n', {}, "deny.realm"),
-        ('[store]\nbackend = "redis"\nstrategy = "central"\nredis_url = "http://x"\n', {}, "store.redis_url"),
+        (
+            '[store]\nbackend = "redis"\nstrategy = "central"\nredis_url = "http://x"\n',
+            {},
+            "store.redis_url",
+        ),
         ("[store]\nstrategyy = \"sticky\"\n", {}, "store.strategyy"),
         ('[stores]\nstrategy = "sticky"\n', {}, "stores"),
         ('store = "sticky"\n', {}, "store"),
@@ -155,60 +163,3 @@ def test_non_finite_numbers_in_toml_are_refused(tmp_path: Path) -> None:
     path.write_text("[server]\nshutdown_grace_seconds = inf\n")
     with pytest.raises(SettingsError, match=r"^server\.shutdown_grace_seconds: expected a finite"):
         load_settings(path, environ={})
-
-
-# -- unsafe values that look harmless (each one a reviewer's finding) ------------------------
-
-
-@pytest.mark.parametrize(
-    "url", ["//evil.example/login", "httpjunk", "https:///login", "/login\r\nx: y", "/a\\b", "auth/login"]
-)
-def test_login_url_must_be_a_path_or_an_absolute_http_url(url: str) -> None:
-    with pytest.raises(SettingsError, match=r"^deny\.login_url: "):
-        load_settings(environ={"EXTAUTHZ_DENY_LOGIN_URL": url})
-
-
-@pytest.mark.parametrize("url", ["/auth/login", "/login?next=1", "https://login.example.com/auth"])
-def test_login_url_accepts_paths_and_absolute_urls(url: str) -> None:
-    assert load_settings(environ={"EXTAUTHZ_DENY_LOGIN_URL": url}).deny.login_url == url
-
-
-@pytest.mark.parametrize(
-    "domain", ["example.com; SameSite=None", "exa mple.com", "example.com\n", "-bad.com", "a..b"]
-)
-def test_cookie_domain_cannot_inject_cookie_attributes(domain: str) -> None:
-    with pytest.raises(SettingsError, match=r"^session\.cookie_domain: "):
-        load_settings(environ={"EXTAUTHZ_SESSION_COOKIE_DOMAIN": domain})
-
-
-@pytest.mark.parametrize("domain", ["example.com", ".example.com", "auth.example-1.co.uk"])
-def test_cookie_domain_accepts_domain_names(domain: str) -> None:
-    settings = load_settings(environ={"EXTAUTHZ_SESSION_COOKIE_DOMAIN": domain})
-    assert settings.session.cookie_domain == domain
-
-
-@pytest.mark.parametrize("header", ["host", "cookie", "x-forwarded-for", "x-envoy-original-path", "te"])
-def test_jwt_header_cannot_be_a_header_with_a_meaning_of_its_own(header: str) -> None:
-    with pytest.raises(SettingsError, match=r"^jwt\.header: "):
-        load_settings(environ={"EXTAUTHZ_JWT_HEADER": header})
-
-
-@pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0"])
-def test_trusted_proxies_cannot_trust_everyone(network: str) -> None:
-    with pytest.raises(SettingsError, match=r"^auth\.trusted_proxies: "):
-        load_settings(environ={"EXTAUTHZ_AUTH_TRUSTED_PROXIES": network})
-
-
-@pytest.mark.parametrize("key", ["EXTAUTHZ_JWT_AUDIENCE", "EXTAUTHZ_JWT_ISSUER"])
-def test_blank_issuer_or_audience_is_refused(key: str) -> None:
-    with pytest.raises(SettingsError, match=r"^jwt\.issuer and jwt\.audience"):
-        load_settings(environ={key: "   "})
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [("EXTAUTHZ_JWT_HEADER", "x-jwt\n"), ("EXTAUTHZ_SESSION_COOKIE_NAME", "sid\n")],
-)
-def test_a_trailing_newline_is_not_a_valid_name(key: str, value: str) -> None:
-    with pytest.raises(SettingsError):
-        load_settings(environ={key: value})

@@ -1,0 +1,232 @@
+"""The settings objects: one frozen dataclass per TOML table, with the defaults.
+
+Values derived from other settings are computed once, when an object is built
+(``ServerSettings.grpc_listen_is_loopback``, ``StoreSettings.wait_replicas_resolved``), so
+every reader sees the same answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+
+from extauthz.strategies import StoreBackend, StoreStrategy
+
+
+@enum.unique
+class UserBackend(enum.StrEnum):
+    """Where users and their password hashes live (``users.backend``)."""
+
+    FILE = "file"  # a JSON file managed by ``extauthz users``
+    REDIS = "redis"  # the session store's Redis
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``HOST:PORT`` listen address (IPv6 in brackets) is reachable from this host
+    only: ``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_wait_replicas(
+    wait_replicas: int | str, strategy: StoreStrategy, sentinels: tuple[str, ...]
+) -> int | str:
+    """How many replicas a durable write waits for (``WAIT``): a count, or ``"all"`` (every
+    replica the primary reports online at the time of the write). ``"auto"`` resolves per
+    strategy: central 1 with Sentinels (0 without), replicated ``"all"``, sticky 0."""
+    if wait_replicas != "auto":
+        return wait_replicas
+    if strategy == StoreStrategy.REPLICATED:
+        return "all"
+    if strategy == StoreStrategy.CENTRAL and sentinels:
+        return 1
+    return 0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Listening addresses and process identity."""
+
+    grpc_listen: str = "127.0.0.1:9001"
+    http_listen: str = "127.0.0.1:9002"
+    node_id: str = ""  # empty: "<hostname>-<pid>"
+    shutdown_grace_seconds: float = 10.0
+    health_check_interval_seconds: float = 1.0
+    # derived: is_loopback() of the listen addresses
+    grpc_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
+    http_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grpc_listen_is_loopback", is_loopback(self.grpc_listen))
+        object.__setattr__(self, "http_listen_is_loopback", is_loopback(self.http_listen))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The session store and the strategy that shares it between nodes."""
+
+    strategy: StoreStrategy = StoreStrategy.STICKY
+    backend: StoreBackend = StoreBackend.MEMORY
+    # the primary when no Sentinels are configured
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "extauthz:"
+    timeout_seconds: float = 0.5
+    # Sentinels as "HOST:PORT"; when set, the primary is whatever they name for sentinel_service
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: str = "extauthz"
+    # replicated: this node's local read replica
+    replica_url: str = ""
+    # replicas a login/logout/revocation waits for (WAIT): "auto", "all" or a count.
+    # auto: central 1 with Sentinels (else 0), replicated "all", sticky 0
+    wait_replicas: int | str = "auto"
+    # below timeout_seconds: WAIT blocks the connection, whose read timeout that is
+    wait_timeout_ms: int = 250
+    # replicated: a replica whose link to the primary is older is not trusted for positive answers
+    replica_max_staleness_seconds: float = 5.0
+    # node registration in the store (see extauthz.server.registry)
+    heartbeat_seconds: float = 5.0
+    # derived: resolve_wait_replicas(), a count or "all" ("auto" never remains)
+    wait_replicas_resolved: int | str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        resolved = resolve_wait_replicas(self.wait_replicas, self.strategy, self.sentinels)
+        object.__setattr__(self, "wait_replicas_resolved", resolved)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Session lifetime and the session cookie (RFC 6265)."""
+
+    cookie_name: str = "extauthz_session"
+    idle_timeout_seconds: int = 1800
+    absolute_timeout_seconds: int = 43200
+    cookie_secure: bool = True
+    cookie_domain: str = ""
+    # how many copies of the session cookie one request may carry before it is refused
+    max_cookie_candidates: int = 4
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """The JWT minted toward upstream services (RFC 7519)."""
+
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "upstream"
+    lifetime_seconds: int = 300
+    keys_dir: str = "keys"
+    header: str = "authorization"
+    # a cached JWT is reused while at least this fraction of its lifetime is left
+    reuse_min_remaining_fraction: float = 0.5
+    # rotation: a new key file is published at once and signs once it is this old (seconds;
+    # at least the JWKS max-age upstreams cache for); keys_dir is re-read this often
+    publish_before_sign_seconds: int = 300
+    keys_reload_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class DenySettings:
+    """How denials look to clients (RFC 6750 challenge, browser redirect)."""
+
+    realm: str = "extauthz"
+    login_url: str = "/auth/login"
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Access to the project's own admin API (see :mod:`extauthz.server.admin`)."""
+
+    token_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """The authentication service (``/auth/*``, :mod:`extauthz.login.service`).
+
+    ``trusted_proxies``: addresses or CIDR blocks of proxies (Envoy) whose
+    ``X-Forwarded-For`` is believed; the client address is the right-most entry they added.
+    ``allowed_origins``: origins (``https://app.example``) accepted by the same-site check
+    besides the request's own (:mod:`extauthz.login.csrf`).
+    """
+
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    allowed_origins: tuple[str, ...] = ()
+    default_return_to: str = "/"
+    max_body_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class UsersSettings:
+    """Where users and their argon2id password hashes live (:mod:`extauthz.login.users`).
+
+    ``backend = "file"`` reads ``file`` (managed by ``extauthz users``); ``"redis"`` uses the
+    session store's Redis (``store.redis_url``) under ``store.key_prefix``.
+    """
+
+    backend: UserBackend = UserBackend.FILE
+    file: str = "users.json"
+    # argon2 operations that may run at once (each costs the hash's memory, 64 MiB by default)
+    max_concurrent_hashes: int = 4
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Brute-force limits (fixed windows, :mod:`extauthz.login.ratelimit`); windows in seconds.
+
+    ``login_user_*``: failed logins per user name; ``login_addr_*``: failed logins per client
+    address; ``check_addr_*``: failed token lookups at ``Check`` per client address.
+    Counters live in the session store's Redis when ``store.backend = "redis"``, else in memory.
+    """
+
+    enabled: bool = True
+    login_user_limit: int = 5
+    login_user_window_seconds: int = 300
+    login_addr_limit: int = 20
+    login_addr_window_seconds: int = 300
+    check_addr_limit: int = 50
+    check_addr_window_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The in-process cache of live sessions in front of a Redis store
+    (:mod:`extauthz.store.cache`, :mod:`extauthz.store.redis.invalidation`).
+
+    An entry is served for at most ``max_age_seconds``, and only while the node's push channel
+    has proved itself alive within the last ``trust_window_ms`` milliseconds; a revocation
+    returns only after every caching node acknowledged it or ``trust_window_ms`` (plus a
+    margin) has passed. Ignored by the in-memory store, which needs no cache.
+    """
+
+    enabled: bool = True
+    max_entries: int = 10000
+    max_age_seconds: float = 5.0
+    trust_window_ms: int = 300
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every table of the settings file; built by :func:`extauthz.settings.load_settings`."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    deny: DenySettings = field(default_factory=DenySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    users: UsersSettings = field(default_factory=UsersSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+    @property
+    def node_id(self) -> str:
+        """``server.node_id``, or ``"<hostname>-<pid>"`` when it is empty."""
+        return self.server.node_id or f"{socket.gethostname()}-{os.getpid()}"

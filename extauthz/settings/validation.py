@@ -1,0 +1,247 @@
+"""Checks of a built :class:`~extauthz.settings.model.Settings`: ranges, formats, and whether
+the settings fit each other (the store topology and the strategy, cookie rules of RFC 6265bis).
+Each failure is a one-line :class:`~extauthz.errors.SettingsError` naming the dotted key."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from extauthz.errors import SettingsError
+from extauthz.settings import model
+from extauthz.settings.model import Settings, UserBackend
+from extauthz.strategies import StoreBackend, StoreStrategy
+
+_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # RFC 9110 token, lower case
+# RFC 1035 host name labels (a leading dot is ignored by RFC 6265 §5.2.3 and allowed here)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"\.?(?:{_LABEL}\.)*{_LABEL}")
+# headers the JWT must never be written into: their values mean something else to HTTP,
+# to Envoy or to the upstream
+_RESERVED_HEADERS = frozenset(
+    {
+        "host", "cookie", "set-cookie", "content-length", "content-type", "content-encoding",
+        "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
+        "proxy-authorization", "proxy-connection", "forwarded", "via", "x-request-id",
+        "expect", "range", "origin", "referer",
+    }
+)  # fmt: skip
+_RESERVED_PREFIXES = ("x-forwarded-", "x-envoy-", "sec-", ":")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def validate(s: Settings) -> None:
+    """:raises SettingsError: the first setting that is out of range, malformed, or does not
+    fit the others."""
+    _validate_server(s.server)
+    _validate_cache(s.cache)
+    _validate_store(s.store)
+    _validate_session(s.session, s.server)
+    _validate_jwt(s.jwt)
+    _validate_login_url(s.deny.login_url)
+    if '"' in s.deny.realm or "\\" in s.deny.realm:
+        raise SettingsError("deny.realm: must not contain quotes or backslashes")
+    _validate_auth(s.auth)
+    _validate_users(s)
+    _validate_ratelimit(s.ratelimit)
+
+
+def _check_listen(dotted: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
+
+
+def _validate_server(s: model.ServerSettings) -> None:
+    _check_listen("server.grpc_listen", s.grpc_listen)
+    _check_listen("server.http_listen", s.http_listen)
+    if s.shutdown_grace_seconds < 0:
+        raise SettingsError("server.shutdown_grace_seconds: must not be negative")
+    if s.health_check_interval_seconds <= 0:
+        raise SettingsError("server.health_check_interval_seconds: must be positive")
+
+
+def _validate_cache(c: model.CacheSettings) -> None:
+    if not 1 <= c.max_entries <= 10_000_000:
+        raise SettingsError("cache.max_entries: expected 1-10000000")
+    if not 0 < c.max_age_seconds <= 300:
+        raise SettingsError("cache.max_age_seconds: expected more than 0, at most 300 seconds")
+    if not 30 <= c.trust_window_ms <= 10_000:
+        raise SettingsError("cache.trust_window_ms: expected 30-10000 milliseconds")
+
+
+def _validate_store(s: model.StoreSettings) -> None:
+    if s.backend == StoreBackend.MEMORY and s.strategy != StoreStrategy.STICKY:
+        raise SettingsError(
+            f"store.backend: the in-memory store is node-local and fits only the sticky "
+            f"strategy, not '{s.strategy}'"
+        )
+    if s.backend == StoreBackend.REDIS and not s.redis_url.startswith(_REDIS_SCHEMES):
+        raise SettingsError("store.redis_url: expected a redis://, rediss:// or unix:// URL")
+    if s.timeout_seconds <= 0:
+        raise SettingsError("store.timeout_seconds: must be positive")
+    _validate_store_topology(s)
+    _validate_wait(s)
+    if s.replica_max_staleness_seconds <= 0:
+        raise SettingsError("store.replica_max_staleness_seconds: must be positive")
+    if s.heartbeat_seconds <= 0:
+        raise SettingsError("store.heartbeat_seconds: must be positive")
+
+
+def _validate_store_topology(s: model.StoreSettings) -> None:
+    """Does the topology fit the strategy? (docs/strategies.md)"""
+    for address in s.sentinels:
+        _check_listen("store.sentinels", address)
+    if s.sentinels and s.backend != StoreBackend.REDIS:
+        raise SettingsError(
+            "store.sentinels: Sentinel manages a Redis primary; set store.backend = redis"
+        )
+    if s.sentinels and not s.sentinel_service:
+        raise SettingsError("store.sentinel_service: the Sentinels need a service name")
+    if s.sentinels and s.strategy == StoreStrategy.STICKY:
+        raise SettingsError(
+            "store.sentinels: the sticky strategy keeps a node-local store; a Sentinel-managed "
+            "primary is shared (use the central or replicated strategy)"
+        )
+    if s.strategy == StoreStrategy.REPLICATED:
+        if not s.replica_url:
+            raise SettingsError(
+                "store.replica_url: the replicated strategy needs the node's local replica"
+            )
+        if not s.replica_url.startswith(_REDIS_SCHEMES):
+            raise SettingsError("store.replica_url: expected a redis://, rediss:// or unix:// URL")
+    elif s.replica_url:
+        raise SettingsError(
+            f"store.replica_url: only the replicated strategy reads from a node-local replica, "
+            f"not '{s.strategy}'"
+        )
+
+
+def _validate_wait(s: model.StoreSettings) -> None:
+    wait = s.wait_replicas
+    if isinstance(wait, str) and wait not in ("auto", "all"):
+        raise SettingsError(f'store.wait_replicas: expected "auto", "all" or a count, got {wait!r}')
+    if isinstance(wait, int) and not 0 <= wait <= 64:
+        raise SettingsError("store.wait_replicas: expected a count 0-64")
+    if s.strategy == StoreStrategy.REPLICATED and wait == 0:
+        raise SettingsError(
+            "store.wait_replicas: the replicated strategy must wait for the replicas before a "
+            'logout returns ("all" or a count, not 0)'
+        )
+    waits = s.wait_replicas_resolved != 0
+    if s.wait_timeout_ms <= 0 or (waits and s.wait_timeout_ms >= s.timeout_seconds * 1000):
+        raise SettingsError(
+            f"store.wait_timeout_ms: expected 1 ms up to below store.timeout_seconds "
+            f"({s.timeout_seconds * 1000:g} ms), the read timeout that WAIT must finish within"
+        )
+
+
+def _validate_session(s: model.SessionSettings, server: model.ServerSettings) -> None:
+    if not _COOKIE_NAME.fullmatch(s.cookie_name):
+        raise SettingsError(
+            f"session.cookie_name: not a valid cookie name (RFC 6265 token): {s.cookie_name!r}"
+        )
+    if s.cookie_name.startswith("__Host-") and s.cookie_domain:
+        raise SettingsError("session.cookie_domain: a __Host- cookie must not set a Domain")
+    if s.cookie_name.startswith(("__Host-", "__Secure-")) and not s.cookie_secure:
+        raise SettingsError(
+            "session.cookie_secure: a __Host- or __Secure- cookie must be Secure (RFC 6265bis)"
+        )
+    if not s.cookie_secure and not server.http_listen_is_loopback:
+        raise SettingsError(
+            "session.cookie_secure: false is only for plain-HTTP local use, with "
+            f"server.http_listen on a loopback address (not {server.http_listen!r})"
+        )
+    if s.idle_timeout_seconds <= 0:
+        raise SettingsError("session.idle_timeout_seconds: must be positive")
+    if s.absolute_timeout_seconds < s.idle_timeout_seconds:
+        raise SettingsError(
+            "session.absolute_timeout_seconds: must be at least session.idle_timeout_seconds"
+        )
+    if not 1 <= s.max_cookie_candidates <= 16:
+        raise SettingsError("session.max_cookie_candidates: expected 1-16")
+    if s.cookie_domain and not _DOMAIN.fullmatch(s.cookie_domain):
+        raise SettingsError(
+            f"session.cookie_domain: expected a domain name such as example.com, got "
+            f"{s.cookie_domain!r}"
+        )
+
+
+def _validate_jwt(j: model.JwtSettings) -> None:
+    if not 10 <= j.lifetime_seconds <= 3600:
+        raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
+    if j.publish_before_sign_seconds < 0:
+        raise SettingsError("jwt.publish_before_sign_seconds: must not be negative")
+    if j.keys_reload_seconds <= 0:
+        raise SettingsError("jwt.keys_reload_seconds: must be positive")
+    if not 0.0 < j.reuse_min_remaining_fraction < 1.0:
+        raise SettingsError("jwt.reuse_min_remaining_fraction: expected a fraction in (0, 1)")
+    if not _HEADER_NAME.fullmatch(j.header):
+        raise SettingsError(f"jwt.header: expected a lower-case HTTP header name, got {j.header!r}")
+    if j.header in _RESERVED_HEADERS or j.header.startswith(_RESERVED_PREFIXES):
+        raise SettingsError(
+            f"jwt.header: {j.header!r} has a meaning of its own in HTTP or Envoy; "
+            "use authorization or an x- header of your own"
+        )
+    if not j.issuer.strip() or not j.audience.strip():
+        raise SettingsError("jwt.issuer and jwt.audience: must not be empty")
+
+
+def _validate_login_url(url: str) -> None:
+    """A same-site path (``/auth/login``) or an absolute http(s) URL of a login host; never a
+    scheme-relative ``//host`` or anything that is neither."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
+        raise SettingsError("deny.login_url: must not contain spaces, control characters or \\")
+    parts = urlsplit(url)
+    if url.startswith("/") and not url.startswith("//"):
+        return
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return
+    raise SettingsError(
+        f"deny.login_url: expected a path such as /auth/login or an http(s) URL, got {url!r}"
+    )
+
+
+def _validate_auth(a: model.AuthSettings) -> None:
+    for entry in a.trusted_proxies:
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"auth.trusted_proxies: not an address or CIDR block: {entry!r}"
+            ) from None
+        if network.prefixlen == 0:
+            raise SettingsError(
+                f"auth.trusted_proxies: {entry!r} trusts every address, so any client could "
+                "choose the address its rate limits count under; name your proxies"
+            )
+    for origin in a.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise SettingsError(
+                f"auth.allowed_origins: expected scheme://host[:port], got {origin!r}"
+            )
+    if not a.default_return_to.startswith("/") or a.default_return_to.startswith("//"):
+        raise SettingsError("auth.default_return_to: expected a path beginning with one /")
+    if not 1024 <= a.max_body_bytes <= 1048576:
+        raise SettingsError("auth.max_body_bytes: expected 1024-1048576")
+
+
+def _validate_users(s: Settings) -> None:
+    u = s.users
+    if u.backend == UserBackend.FILE and not u.file:
+        raise SettingsError("users.file: must not be empty when users.backend is file")
+    if u.backend == UserBackend.REDIS and s.store.backend != StoreBackend.REDIS:
+        raise SettingsError("users.backend: redis needs store.backend = redis (its Redis is used)")
+    if not 1 <= u.max_concurrent_hashes <= 64:
+        raise SettingsError("users.max_concurrent_hashes: expected 1-64")
+
+
+def _validate_ratelimit(r: model.RateLimitSettings) -> None:
+    for name in ("login_user", "login_addr", "check_addr"):
+        if getattr(r, f"{name}_limit") < 1:
+            raise SettingsError(f"ratelimit.{name}_limit: must be at least 1")
+        if getattr(r, f"{name}_window_seconds") < 1:
+            raise SettingsError(f"ratelimit.{name}_window_seconds: must be at least 1")

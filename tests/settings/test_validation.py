@@ -1,0 +1,109 @@
+"""Validating settings: the authentication service ([auth], [users], [ratelimit]), the cookie
+rules, and unsafe values that look harmless."""
+
+from __future__ import annotations
+
+import pytest
+
+from extauthz.errors import SettingsError
+from extauthz.settings import load_settings
+
+
+def test_defaults_and_environment_overrides() -> None:
+    s = load_settings(environ={
+        "EXTAUTHZ_RATELIMIT_LOGIN_USER_LIMIT": "3",
+        "EXTAUTHZ_AUTH_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+        "EXTAUTHZ_USERS_FILE": "/etc/extauthz/users.json",
+    })  # fmt: skip
+    assert s.ratelimit.login_user_limit == 3
+    assert s.auth.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert s.users.backend == "file" and s.users.file == "/etc/extauthz/users.json"
+    assert s.session.cookie_secure is True
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        # Secure may be off only for plain-HTTP local use
+        ({"EXTAUTHZ_SESSION_COOKIE_SECURE": "false",
+          "EXTAUTHZ_SERVER_HTTP_LISTEN": "0.0.0.0:9002"}, "session.cookie_secure"),
+        ({"EXTAUTHZ_SESSION_COOKIE_SECURE": "false",
+          "EXTAUTHZ_SESSION_COOKIE_NAME": "__Host-sid"}, "session.cookie_secure"),
+        ({"EXTAUTHZ_SESSION_COOKIE_NAME": "__Host-sid",
+          "EXTAUTHZ_SESSION_COOKIE_DOMAIN": "example.com"}, "session.cookie_domain"),
+        ({"EXTAUTHZ_USERS_BACKEND": "redis"}, "users.backend"),
+        ({"EXTAUTHZ_USERS_BACKEND": "ldap"}, "users.backend"),
+        ({"EXTAUTHZ_RATELIMIT_CHECK_ADDR_LIMIT": "0"}, "ratelimit.check_addr_limit"),
+        ({"EXTAUTHZ_AUTH_TRUSTED_PROXIES": "envoy"}, "auth.trusted_proxies"),
+        ({"EXTAUTHZ_AUTH_ALLOWED_ORIGINS": "https://a.example/path"}, "auth.allowed_origins"),
+        ({"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": "//evil.example"}, "auth.default_return_to"),
+    ],
+)
+def test_bad_values_name_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        load_settings(environ=environ)
+
+
+def test_plain_http_cookie_on_loopback_is_allowed() -> None:
+    s = load_settings(environ={"EXTAUTHZ_SESSION_COOKIE_SECURE": "false"})
+    assert s.session.cookie_secure is False
+
+
+# -- unsafe values that look harmless (each one a reviewer's finding) ------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["//evil.example/login", "httpjunk", "https:///login", "/login\r\nx: y", "/a\\b", "auth/login"],
+)
+def test_login_url_must_be_a_path_or_an_absolute_http_url(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"^deny\.login_url: "):
+        load_settings(environ={"EXTAUTHZ_DENY_LOGIN_URL": url})
+
+
+@pytest.mark.parametrize("url", ["/auth/login", "/login?next=1", "https://login.example.com/auth"])
+def test_login_url_accepts_paths_and_absolute_urls(url: str) -> None:
+    assert load_settings(environ={"EXTAUTHZ_DENY_LOGIN_URL": url}).deny.login_url == url
+
+
+@pytest.mark.parametrize(
+    "domain", ["example.com; SameSite=None", "exa mple.com", "example.com\n", "-bad.com", "a..b"]
+)
+def test_cookie_domain_cannot_inject_cookie_attributes(domain: str) -> None:
+    with pytest.raises(SettingsError, match=r"^session\.cookie_domain: "):
+        load_settings(environ={"EXTAUTHZ_SESSION_COOKIE_DOMAIN": domain})
+
+
+@pytest.mark.parametrize("domain", ["example.com", ".example.com", "auth.example-1.co.uk"])
+def test_cookie_domain_accepts_domain_names(domain: str) -> None:
+    settings = load_settings(environ={"EXTAUTHZ_SESSION_COOKIE_DOMAIN": domain})
+    assert settings.session.cookie_domain == domain
+
+
+@pytest.mark.parametrize(
+    "header", ["host", "cookie", "x-forwarded-for", "x-envoy-original-path", "te"]
+)
+def test_jwt_header_cannot_be_a_header_with_a_meaning_of_its_own(header: str) -> None:
+    with pytest.raises(SettingsError, match=r"^jwt\.header: "):
+        load_settings(environ={"EXTAUTHZ_JWT_HEADER": header})
+
+
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0"])
+def test_trusted_proxies_cannot_trust_everyone(network: str) -> None:
+    with pytest.raises(SettingsError, match=r"^auth\.trusted_proxies: "):
+        load_settings(environ={"EXTAUTHZ_AUTH_TRUSTED_PROXIES": network})
+
+
+@pytest.mark.parametrize("key", ["EXTAUTHZ_JWT_AUDIENCE", "EXTAUTHZ_JWT_ISSUER"])
+def test_blank_issuer_or_audience_is_refused(key: str) -> None:
+    with pytest.raises(SettingsError, match=r"^jwt\.issuer and jwt\.audience"):
+        load_settings(environ={key: "   "})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("EXTAUTHZ_JWT_HEADER", "x-jwt\n"), ("EXTAUTHZ_SESSION_COOKIE_NAME", "sid\n")],
+)
+def test_a_trailing_newline_is_not_a_valid_name(key: str, value: str) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(environ={key: value})
