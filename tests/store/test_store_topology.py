@@ -8,7 +8,7 @@ import pytest
 
 from extauthz.errors import SettingsError
 from extauthz.settings import load_settings
-from extauthz.store.redis import clients as topology
+from extauthz.server import store_wiring as topology
 from extauthz.store.redis.replicated import replica_staleness
 
 REDIS = {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": "redis://127.0.0.1:1/0"}
