@@ -210,7 +210,9 @@ async def test_sentinel_failover_surfaces_no_readonly_to_any_caller(
     settings = node_settings(tmp_path, "in-process", _store_table(topo))
     components = build_components(settings)  # as `serve` builds it (with the session cache)
     # touch on every lookup: reads and writes both run across the failover
-    sessions = SessionManager(components.store, idle_timeout=600, absolute_timeout=3600, touch_interval=0)
+    sessions = SessionManager(
+        components.store, idle_timeout=600, absolute_timeout=3600, touch_interval=0
+    )
     errors: list[BaseException] = []
     outcomes: dict[str, int] = {}
     stop = asyncio.Event()
