@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from extauthz.errors import SettingsError
+from extauthz.store.redis.errors import text
 from extauthz.store.redis.membership import CACHE, READER, Membership
 from tests.support import REPO_ROOT, ExtauthzProcess, RedisServer
 from tests.support.extauthz_nodes import keys_dir, write_settings
@@ -156,7 +157,7 @@ async def test_one_instance_id_for_the_record_the_cache_and_the_read_lease(
         assert (continued, current) == (False, 0)
         (record,) = await node.nodes()
         client = node._redis
-        members = {m.decode() for role in (CACHE, READER) for m in await client.zrange(
+        members = {text(m) for role in (CACHE, READER) for m in await client.zrange(
             node.keys(role)[0], 0, -1)}  # fmt: skip
         assert members == {record.instance} == {node.instance}
         await client.set("reg:invalidate:seq", 7)
