@@ -47,7 +47,7 @@ from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.ratelimit import RedisRateLimiter
 from extauthz.store.redis.users import RedisUserStore
 
-__all__ = ["Components", "build_components", "build_store", "reload_keys", "serve"]
+__all__ = ["Components", "build_components", "reload_keys", "serve"]
 
 log = logging.getLogger("extauthz")
 

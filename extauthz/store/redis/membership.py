@@ -209,12 +209,12 @@ class Membership:
         """
         if self._active:
             return
-        self._active = True
         try:
             if not self.registered:
                 await self.register()
         except StoreUnavailable as exc:
             log.warning("node not registered yet (%s); the heartbeat registers it later", exc)
+        self._active = True
         await self._loop.start()
 
     async def stop(self) -> None:
