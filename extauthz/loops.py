@@ -3,9 +3,10 @@
 A :class:`Loop` runs one ``step`` again and again until it is stopped (the first time after
 ``first_delay`` seconds). After a step that returns, it waits ``interval`` seconds (or the
 delay the step returned); after a step that raised, it logs once and backs off exponentially
-(``backoff`` = first and largest delay, seconds). An :class:`~extauthz.errors.ExtauthzError` (a store that did not answer) is logged
-at ``log_level`` without a traceback; anything else is a bug and is logged with one, and the
-loop goes on either way: a background task never dies silently. :meth:`Loop.stop` sets the
+(``backoff`` = first and largest delay, seconds). An
+:class:`~extauthz.errors.ExtauthzError` (a store that did not answer) is logged at
+``log_level`` without a traceback; anything else is a bug and is logged with one, and the loop
+goes on either way: a background task never dies silently. :meth:`Loop.stop` sets the
 stop flag, cancels the step in progress and waits for the task at most ``grace`` seconds.
 """
 

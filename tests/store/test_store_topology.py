@@ -107,7 +107,9 @@ def test_describe_names_the_topology_without_passwords() -> None:
         ({"role": "master"}, None),
     ],
 )  # fmt: skip
-def test_replica_staleness_from_info_replication(info: dict[str, object], staleness: object) -> None:
+def test_replica_staleness_from_info_replication(
+    info: dict[str, object], staleness: object
+) -> None:
     assert replica_staleness(info) == staleness
 
 
