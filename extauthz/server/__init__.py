@@ -1,3 +1,4 @@
-"""The servers and operations: gRPC and HTTP servers, the admin API, node registration,
-metrics, background tasks and the composition root that wires them (docs/architecture.md).
+"""The servers and operations: gRPC and HTTP servers, the admin API, metrics, the key-reload
+loop and the composition root that wires them (app.py; its store part in store_wiring.py)
+(docs/architecture.md).
 """

@@ -6,13 +6,11 @@ Servers receive their dependencies; nothing else builds a Redis client or reads 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from grpc_health.v1 import health
 
@@ -22,7 +20,7 @@ from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
 from extauthz.check.resolver import SessionResolver
 from extauthz.check.throttle import LookupThrottle
-from extauthz.errors import KeyLoadError, SettingsError, StoreUnavailable
+from extauthz.errors import SettingsError
 from extauthz.keys.keyring import KeyRing
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
@@ -31,29 +29,37 @@ from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
+from extauthz.loops import Service, start_all, stop_all
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.http_server import build_http_app
 from extauthz.server.metrics import Metrics
-from extauthz.server.registry import NodeRegistry
-from extauthz.server.tasks import cancel_and_wait
+from extauthz.server.store_wiring import (
+    RedisSide,
+    StoreParts,
+    build_redis_side,
+    build_store,
+    describe,
+)
+from extauthz.server.tasks import KeyReloader, reload_keys
 from extauthz.settings import Settings
-from extauthz.store.cache import CachingSessionStore
 from extauthz.store.manager import SessionManager
-from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import SessionStore
-from extauthz.store.redis import clients as topology
-from extauthz.store.redis.invalidation import AckBarrier, InvalidationSubscriber
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.ratelimit import RedisRateLimiter
-from extauthz.store.redis.replicated import ReplicaAckBarrier, ReplicatedSessionStore
-from extauthz.store.redis.store import RedisSessionStore
 from extauthz.store.redis.users import RedisUserStore
+
+__all__ = ["Components", "build_components", "reload_keys", "serve"]
 
 log = logging.getLogger("extauthz")
 
 
 @dataclass
 class Components:
+    """Everything a node runs, built once. ``services`` have background work: started in
+    order by :meth:`start`, stopped in reverse by :meth:`close`, which then closes the
+    node's Redis clients (the only owner)."""
+
     settings: Settings
     store: SessionStore
     sessions: SessionManager
@@ -62,99 +68,20 @@ class Components:
     authorizer: Authorizer
     auth: AuthHandlers
     verifier: PasswordVerifier
-    # the Redis client of users and rate limits (the session store has its own), if any
-    aux_redis: aioredis.Redis | None = None
+    redis: RedisSide | None = None
+    services: list[Service] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """:raises SettingsError: live nodes in the same store run another strategy."""
+        await start_all(self.services)
 
     async def close(self) -> None:
-        await self.store.close()
-        if self.aux_redis is not None:
-            await self.aux_redis.aclose()
+        await stop_all(self.services)
+        if self.redis is not None:
+            await self.redis.clients.aclose()
 
 
-def build_store(settings: Settings) -> SessionStore:
-    """The session store of the configured strategy and topology (docs/strategies.md)."""
-    s = settings.store
-    if s.backend == "memory":
-        return MemorySessionStore()  # node-local: nothing to cache, nothing to invalidate
-    client = topology.primary_client(s)
-    trust_window = settings.cache.trust_window_ms / 1000
-    primary = RedisSessionStore(
-        client,
-        s.key_prefix,
-        wait_replicas=topology.wait_replicas(s),
-        wait_timeout_ms=s.wait_timeout_ms,
-        # revocations wait for every caching node, whether or not this process caches
-        invalidation_barrier=AckBarrier(client, s.key_prefix, trust_window=trust_window),
-        # replicated: ... and for the replica of every node that reads from one, or fail
-        replica_barrier=(
-            ReplicaAckBarrier(client, s.key_prefix, timeout=s.wait_timeout_ms / 1000)
-            if s.strategy == "replicated"
-            else None
-        ),
-    )
-    store: SessionStore = primary
-    replica: aioredis.Redis | None = None
-    if s.strategy == "replicated":
-        replica = topology.replica_client(s)
-        store = ReplicatedSessionStore(
-            primary,
-            replica,
-            s.key_prefix,
-            max_staleness_seconds=s.replica_max_staleness_seconds,
-            node_id=settings.node_id,
-        )
-    if settings.cache.enabled:
-        subscriber = InvalidationSubscriber(
-            client,
-            s.key_prefix,
-            settings.node_id,
-            # subscribe where the node reads, so an invalidation is never read before the
-            # revocation reached that server
-            channel_client=replica,
-            trust_window=trust_window,
-        )
-        store = CachingSessionStore(
-            store,
-            subscriber,
-            max_entries=settings.cache.max_entries,
-            max_age=settings.cache.max_age_seconds,
-        )
-    return store
-
-
-async def register_node(settings: Settings) -> NodeRegistry | None:
-    """Register this node in its store (not for the node-local in-memory store).
-
-    :raises SettingsError: live nodes registered in the same store run another strategy.
-    """
-    s = settings.store
-    if s.backend == "memory":
-        return None
-    registry = NodeRegistry(
-        topology.primary_client(s),
-        s.key_prefix,
-        node_id=settings.node_id,
-        strategy=s.strategy,
-        version=__version__,
-        topology=topology.describe(s),
-        heartbeat_seconds=s.heartbeat_seconds,
-    )
-    try:
-        await registry.register()
-    except StoreUnavailable as exc:
-        log.warning("node not registered yet (%s); the heartbeat registers it later", exc)
-    except SettingsError:
-        await registry.close()
-        raise
-    return registry
-
-
-def _redis_client(settings: Settings) -> aioredis.Redis:
-    """A client for users and rate limits, on the session store's Redis (its primary)."""
-    return topology.primary_client(settings.store)
-
-
-def build_user_store(settings: Settings, client: aioredis.Redis | None) -> UserStore:
+def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
     if settings.users.backend == "redis":
         assert client is not None  # settings refuse users.backend=redis without a Redis store
         return RedisUserStore(client, settings.store.key_prefix)
@@ -162,7 +89,7 @@ def build_user_store(settings: Settings, client: aioredis.Redis | None) -> UserS
 
 
 def _limiter(
-    settings: Settings, client: aioredis.Redis | None, limit: int, window: int
+    settings: Settings, client: Redis | None, limit: int, window: int
 ) -> RateLimiter:
     if client is None:
         return MemoryRateLimiter(limit, window)
@@ -170,7 +97,7 @@ def _limiter(
 
 
 def build_auth(
-    settings: Settings, sessions: SessionManager, client: aioredis.Redis | None
+    settings: Settings, sessions: SessionManager, client: Redis | None
 ) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
     """The authentication service and the session resolver it shares with Check, with their
     users store and rate limiters (in ``client``'s Redis when given, else in memory)."""
@@ -210,12 +137,17 @@ def build_auth(
     return auth, verifier, resolver
 
 
-def build_components(settings: Settings, store: SessionStore | None = None) -> Components:
-    """Build the pipeline. :raises KeyLoadError: no usable signing key."""
-    store = store if store is not None else build_store(settings)
+def build_components(settings: Settings) -> Components:
+    """Build the pipeline on the node's one Redis client per role (no I/O).
+
+    :raises KeyLoadError: no usable signing key.
+    """
     keyring = KeyRing.from_directory(
         settings.jwt.keys_dir, publish_before_sign=settings.jwt.publish_before_sign_seconds
     )
+    redis = build_redis_side(settings)
+    parts: StoreParts = build_store(settings, redis)
+    store = parts.store
     sessions = SessionManager(
         store,
         idle_timeout=settings.session.idle_timeout_seconds,
@@ -228,10 +160,12 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         lifetime_seconds=settings.jwt.lifetime_seconds,
         reuse_min_remaining_fraction=settings.jwt.reuse_min_remaining_fraction,
     )
-    if isinstance(store, CachingSessionStore):
-        store.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
-    aux_redis = _redis_client(settings) if settings.store.backend == "redis" else None
-    auth, verifier, resolver = build_auth(settings, sessions, aux_redis)
+    if parts.cache is not None:
+        parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
+    # users and rate limits share the session store's primary client
+    auth, verifier, resolver = build_auth(
+        settings, sessions, redis.clients.primary if redis is not None else None
+    )
     denials = DenialRenderer(
         realm=settings.deny.realm, login_url=settings.deny.login_url, cookie=resolver.cookie
     )
@@ -253,19 +187,19 @@ def build_components(settings: Settings, store: SessionStore | None = None) -> C
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         metrics=metrics,
     )
+    services: list[Service] = [redis.membership] if redis is not None else []
     return Components(
-        settings, store, sessions, keyring, minter, authorizer, auth, verifier, aux_redis
+        settings,
+        store,
+        sessions,
+        keyring,
+        minter,
+        authorizer,
+        auth,
+        verifier,
+        redis,
+        [*services, store],
     )
-
-
-def _is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _admin_guard(settings: Settings) -> AdminGuard:
@@ -277,7 +211,7 @@ def _admin_guard(settings: Settings) -> AdminGuard:
             raise SettingsError(f"admin.token_file: {exc.strerror}") from None
         if len(token) < 16:
             raise SettingsError("admin.token_file: the token must be at least 16 characters")
-    loopback_only = _is_loopback(settings.server.grpc_listen)
+    loopback_only = settings.server.grpc_listen_is_loopback
     if token is None and loopback_only:
         log.warning(
             "admin API open without a token: server.grpc_listen %s is loopback-only and "
@@ -292,41 +226,34 @@ def _admin_guard(settings: Settings) -> AdminGuard:
     return AdminGuard(loopback_only=loopback_only, token=token)
 
 
-async def reload_keys(keyring: KeyRing, interval: float) -> None:
-    """Re-read the key directory every ``interval`` seconds: new keys are published, the
-    signing key moves on once a newer one has been published long enough. A directory that
-    became unusable is logged and the keys in use are kept."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            if keyring.reload():
-                log.info(
-                    "signing keys reloaded: published=%s signing_kid=%s",
-                    ",".join(keyring.kids),
-                    keyring.signing_key.kid,
-                )
-        except KeyLoadError as exc:
-            log.error("signing keys not reloaded, keeping the current ones: %s", exc)
-
-
 async def serve(settings: Settings) -> int:
     """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code.
 
     Shutdown is graceful: stop accepting, let in-flight calls finish within
-    ``server.shutdown_grace_seconds``, close the store.
+    ``server.shutdown_grace_seconds``, stop every component, close the Redis clients.
+
+    :raises SettingsError: live nodes in the same store run another strategy.
     """
     components = build_components(settings)
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def on_conflict(exc: SettingsError) -> None:
+        nonlocal exit_code
+        log.error("%s; stopping", exc)
+        exit_code = 2
+        stop.set()
+
+    if components.redis is not None:
+        components.redis.membership.on_conflict = on_conflict
     try:
-        registry = await register_node(settings)
+        await components.start()
     except SettingsError:
-        await components.store.close()
+        await components.close()
         raise
     guard = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = health.aio.HealthServicer()
-    reporter = StoreHealthReporter(
-        components.store, health_servicer, settings.server.health_check_interval_seconds
-    )
     server, grpc_port = build_server(
         settings.server.grpc_listen,
         components.authorizer,
@@ -339,9 +266,13 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
     )
-    if isinstance(components.store, (CachingSessionStore, ReplicatedSessionStore)):
-        await components.store.start()
-    await reporter.check_once()
+    loops: list[Service] = [
+        StoreHealthReporter(
+            components.store, health_servicer, settings.server.health_check_interval_seconds
+        ),
+        KeyReloader(components.keyring, settings.jwt.keys_reload_seconds),
+    ]
+    await start_all(loops)
     await server.start()
     await components.verifier.warm_up()
     http_app = build_http_app(
@@ -355,10 +286,6 @@ async def serve(settings: Settings) -> int:
     http_host, _, http_port = settings.server.http_listen.rpartition(":")
     site = web.TCPSite(runner, http_host.strip("[]"), int(http_port))
     await site.start()
-    health_task = asyncio.create_task(reporter.run(), name="store-health")
-    keys_task = asyncio.create_task(
-        reload_keys(components.keyring, settings.jwt.keys_reload_seconds), name="key-reload"
-    )
     log.info(
         "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
         "grpc=%s http=%s signing_kid=%s",
@@ -366,7 +293,7 @@ async def serve(settings: Settings) -> int:
         node_id,
         settings.store.strategy,
         components.store.backend,
-        topology.describe(settings.store),
+        describe(settings.store),
         settings.server.grpc_listen,
         settings.server.http_listen,
         components.keyring.signing_key.kid,
@@ -376,27 +303,15 @@ async def serve(settings: Settings) -> int:
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"
         )
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    exit_code = 0
-    registry_task: asyncio.Task[None] | None = None
-    if registry is not None:
-
-        def on_conflict(exc: SettingsError) -> None:
-            nonlocal exit_code
-            log.error("%s; stopping", exc)
-            exit_code = 2
-            stop.set()
-
-        registry_task = asyncio.create_task(registry.run(on_conflict), name="node-registry")
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.server.shutdown_grace_seconds)
-    await cancel_and_wait([health_task, keys_task, registry_task])
-    if registry is not None:
-        await registry.deregister()
-        await registry.close()
+    log.info(
+        "shutting down: finishing in-flight calls (grace %.1fs)",
+        settings.server.shutdown_grace_seconds,
+    )
+    await stop_all(loops)
     await server.stop(settings.server.shutdown_grace_seconds)
     await runner.cleanup()
     await components.close()

@@ -26,6 +26,7 @@ from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.check.authorizer import Authorizer
 from extauthz.check.envoy_adapter import to_check_response, to_request_context
 from extauthz.errors import BadRequest, StoreUnavailable
+from extauthz.loops import Loop
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
 from extauthz.store.model import SessionStore
 
@@ -52,7 +53,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
 
 class StoreHealthReporter:
-    """Keeps the health status in line with the store's reachability."""
+    """Keeps the health status in line with the store's reachability: :meth:`start` checks
+    once, then every ``interval`` seconds until :meth:`stop`."""
 
     def __init__(
         self, store: SessionStore, servicer: health.aio.HealthServicer, interval: float
@@ -61,6 +63,7 @@ class StoreHealthReporter:
         self._servicer = servicer
         self._interval = interval
         self.serving: bool | None = None
+        self._loop = Loop("store-health", self._step, interval=interval, logger=log)
 
     async def check_once(self) -> bool:
         try:
@@ -82,10 +85,16 @@ class StoreHealthReporter:
             self.serving = serving
         return serving
 
-    async def run(self) -> None:
-        while True:
+    async def _step(self) -> None:
+        await self.check_once()
+
+    async def start(self) -> None:
+        if not self._loop.running:
             await self.check_once()
-            await asyncio.sleep(self._interval)
+            await self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
 
 
 def build_server(

@@ -1,18 +1,50 @@
-"""Background tasks: one way to stop them."""
+"""The server's own background loop: re-reading the signing keys."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterable
-from typing import Any
+import logging
+
+from extauthz.errors import KeyLoadError
+from extauthz.keys.keyring import KeyRing
+from extauthz.loops import Loop
+
+log = logging.getLogger("extauthz")
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
-    """Cancel every task, then wait until each has finished (its cancellation swallowed)."""
-    pending = [t for t in tasks if t is not None]
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+class KeyReloader:
+    """Re-reads the key directory every ``interval`` seconds (:meth:`start`/:meth:`stop`):
+    new keys are published, the signing key moves on once a newer one has been published
+    long enough. A directory that became unusable is logged and the keys in use are kept."""
+
+    def __init__(self, keyring: KeyRing, interval: float) -> None:
+        self._keyring = keyring
+        self._loop = Loop(
+            "key-reload", self._step, interval=interval, first_delay=interval, logger=log
+        )
+
+    async def _step(self) -> None:
+        ring = self._keyring
+        try:
+            if ring.reload():
+                log.info(
+                    "signing keys reloaded: published=%s signing_kid=%s",
+                    ",".join(ring.kids),
+                    ring.signing_key.kid,
+                )
+        except KeyLoadError as exc:
+            log.error("signing keys not reloaded, keeping the current ones: %s", exc)
+
+    async def run(self) -> None:
+        """The loop in the caller's task, until cancelled."""
+        await self._loop.run()
+
+    async def start(self) -> None:
+        await self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+
+async def reload_keys(keyring: KeyRing, interval: float) -> None:
+    """:class:`KeyReloader` run in the caller's task until cancelled."""
+    await KeyReloader(keyring, interval).run()

@@ -35,11 +35,21 @@ from extauthz.store.model import Session, SessionStore
 lookup_source: ContextVar[str] = ContextVar("session_lookup_source", default="off")
 
 
+class CacheListener(Protocol):
+    """What a cache offers its trust source."""
+
+    def invalidate(self, token_hash: str) -> None:
+        """Drop ``token_hash`` (a revocation or change was published)."""
+
+    def reset(self) -> None:
+        """Drop everything (messages may have been missed)."""
+
+
 class TrustSource(Protocol):
     def trusted(self) -> bool:
         """Whether cached entries may be served right now."""
 
-    def add_listener(self, listener: object) -> None:
+    def add_listener(self, listener: CacheListener) -> None:
         """Register the cache for ``invalidate``/``reset`` calls."""
 
     async def start(self) -> None:
@@ -189,13 +199,11 @@ class CachingSessionStore:
 
     async def start(self) -> None:
         """Start the push channel (see :class:`TrustSource`) and the wrapped store's own
-        background work, if it has any (the replicated store's read lease)."""
+        background work (the replicated store's read lease)."""
         await self._trust.start()
-        start_inner = getattr(self.inner, "start", None)
-        if start_inner is not None:
-            await start_inner()
+        await self.inner.start()
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         await self._trust.stop()
         self.reset()
-        await self.inner.close()
+        await self.inner.stop()

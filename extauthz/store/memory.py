@@ -81,5 +81,8 @@ class MemorySessionStore:
     async def ping(self) -> None:
         return None
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
         return None

@@ -78,7 +78,9 @@ class SessionStore(Protocol):
     cannot answer; none of them ever returns a guess in that case.
     """
 
-    backend: str
+    @property
+    def backend(self) -> str:
+        """``"redis"`` or ``"memory"`` (metrics, logs, the decision metadata)."""
 
     async def create(self, token_hash: str, session: Session) -> None:
         """Store a new session; it expires from the store at ``session.deadline``."""
@@ -108,5 +110,8 @@ class SessionStore(Protocol):
     async def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
 
-    async def close(self) -> None:
-        """Release connections."""
+    async def start(self) -> None:
+        """Begin the store's background work, if it has any (idempotent)."""
+
+    async def stop(self) -> None:
+        """End it (idempotent). Connections belong to whoever built the clients."""

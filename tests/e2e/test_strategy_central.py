@@ -20,9 +20,10 @@ import pytest
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.errors import StoreUnavailable, Unauthenticated
-from extauthz.server.app import build_store
+from extauthz.server import store_wiring as topology
+from extauthz.server.app import build_components
 from extauthz.store.manager import SessionManager
-from extauthz.store.redis import clients as topology
+from extauthz.store.redis.clients import RedisClients
 from extauthz.store.redis.store import RedisSessionStore
 from tests.support import ExtauthzProcess
 from tests.support.extauthz_nodes import (
@@ -207,9 +208,11 @@ async def test_sentinel_failover_surfaces_no_readonly_to_any_caller(
     node = await asyncio.to_thread(_start_node, tmp_path, topo)
     client = CheckClient(node.grpc_target, timeout=2.0)
     settings = node_settings(tmp_path, "in-process", _store_table(topo))
-    store = build_store(settings)  # as `serve` builds it (with the session cache, if enabled)
+    components = build_components(settings)  # as `serve` builds it (with the session cache)
     # touch on every lookup: reads and writes both run across the failover
-    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600, touch_interval=0)
+    sessions = SessionManager(
+        components.store, idle_timeout=600, absolute_timeout=3600, touch_interval=0
+    )
     errors: list[BaseException] = []
     outcomes: dict[str, int] = {}
     stop = asyncio.Event()
@@ -278,7 +281,7 @@ async def test_sentinel_failover_surfaces_no_readonly_to_any_caller(
             assert r.exists(f"extauthz:sid:{session.sid}")
     finally:
         stop.set()
-        await store.close()
+        await components.close()
         client.close()
         await asyncio.to_thread(node.stop)
 
@@ -287,14 +290,13 @@ def test_central_settings_build_a_sentinel_store_waiting_for_one_replica(
     tmp_path: Path, topo: ReplicatedTopology
 ) -> None:
     settings = node_settings(tmp_path, "n", _store_table(topo))
-    assert topology.wait_replicas(settings.store) == 1
+    assert settings.store.wait_replicas_resolved == 1
     assert "sentinel service=extauthz sentinels=3" in topology.describe(settings.store)
-    store = RedisSessionStore(topology.primary_client(settings.store))
-
     async def probe() -> int:
+        clients = RedisClients(topology.redis_endpoints(settings))
         try:
-            return await store.online_replicas()
+            return await RedisSessionStore(clients.primary).online_replicas()
         finally:
-            await store.close()
+            await clients.aclose()
 
     assert asyncio.run(probe()) == 2

@@ -13,6 +13,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from extauthz.errors import StoreUnavailable
 from extauthz.login.ratelimit import (
     CHECK_ADDR,
     LOGIN_ADDR,
@@ -231,17 +232,18 @@ async def test_memory_concurrent_hits_count_exactly() -> None:
     assert sum(not v.blocked for v in verdicts) == 20
 
 
-async def test_redis_errors_propagate() -> None:
+async def test_redis_errors_become_store_unavailable() -> None:
     dead = redis.asyncio.Redis(
         host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
     try:
         rl = RedisRateLimiter(dead, "t:", limit=1, window_seconds=1)
-        with pytest.raises(redis.exceptions.ConnectionError):
+        with pytest.raises(StoreUnavailable) as raised:
             await rl.hit(USER)
-        with pytest.raises(redis.exceptions.RedisError):
+        assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError)
+        with pytest.raises(StoreUnavailable):
             await rl.blocked(USER)
-        with pytest.raises(redis.exceptions.RedisError):
+        with pytest.raises(StoreUnavailable):
             await rl.reset(USER)
     finally:
         await dead.aclose()

@@ -32,8 +32,7 @@ from extauthz.server.grpc_server import (
     StoreHealthReporter,
     build_server,
 )
-from extauthz.settings import StoreSettings
-from extauthz.store.redis import clients as topology
+from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
 from tests.fixtures.core import (
@@ -96,12 +95,10 @@ async def start_node(harness: Harness) -> Node:
     return Node(harness, server, channel, reporter)
 
 
-def redis_store(port: int) -> RedisSessionStore:
-    """The production client (bounded retries) for a Redis on ``port``."""
-    settings = StoreSettings(
-        backend="redis", strategy="sticky", redis_url=f"redis://127.0.0.1:{port}/0", timeout_seconds=0.5
-    )
-    return RedisSessionStore(topology.primary_client(settings), f"g{uuid.uuid4().hex[:8]}:")
+def redis_store(port: int) -> tuple[RedisSessionStore, RedisClients]:
+    """The production client (bounded retries) for a Redis on ``port``, and its owner."""
+    clients = RedisClients(RedisEndpoints(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.5))
+    return RedisSessionStore(clients.primary, f"g{uuid.uuid4().hex[:8]}:"), clients
 
 
 @pytest.fixture
@@ -113,12 +110,12 @@ def redis_binary() -> None:
 @pytest.fixture
 async def dead_port_node(tmp_path: Path, redis_binary: None) -> AsyncIterator[tuple[Node, int]]:
     port = free_port()
-    store = redis_store(port)
+    store, clients = redis_store(port)
     node = await start_node(build_harness(tmp_path, store=store))
     yield node, port
     await node.channel.close()
     await node.server.stop(0)
-    await store.close()
+    await clients.aclose()
 
 
 def save_rdb(port: int) -> None:
@@ -169,7 +166,7 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
 
 async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary: None) -> None:
     redis = RedisProcess(tmp_path / "redis").start()
-    store = redis_store(redis.port)
+    store, clients = redis_store(redis.port)
     node = await start_node(build_harness(tmp_path, store=store))
     try:
         assert await node.health() == SERVING
@@ -196,7 +193,7 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
     finally:
         await node.channel.close()
         await node.server.stop(0)
-        await store.close()
+        await clients.aclose()
         redis.stop()
 
 

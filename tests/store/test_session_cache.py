@@ -1,5 +1,5 @@
 """CachingSessionStore on a hand-driven trust source and clock (no Redis), and the
-InvalidationSubscriber/AckBarrier pair against a real redis-server."""
+InvalidationSubscriber and the cache barrier against a real redis-server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from extauthz.settings import load_settings
 from extauthz.store.cache import CachingSessionStore, lookup_source
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session
-from extauthz.store.redis.invalidation import AckBarrier, InvalidationSubscriber
+from extauthz.store.redis.channel import Channel
+from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barrier
+from extauthz.store.redis.membership import Membership
 from extauthz.store.redis.store import RedisSessionStore
 from tests.support import RedisServer
 
@@ -191,11 +193,17 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.01)
 
 
+def _subscriber(client: aioredis.Redis, node_id: str = "n1") -> InvalidationSubscriber:
+    membership = Membership(client, "t:", node_id)
+    return InvalidationSubscriber(membership, Channel(client, "t:invalidate"), trust_window=0.3)
+
+
 async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
     client: aioredis.Redis,
 ) -> None:
-    sub = InvalidationSubscriber(client, "t:", "n1", trust_window=0.3)
-    inner = RedisSessionStore(client, "t:", invalidation_barrier=AckBarrier(client, "t:"))
+    sub = _subscriber(client)
+    barrier = cache_barrier(Membership(client, "t:", "revoker"))
+    inner = RedisSessionStore(client, "t:", invalidation_barrier=barrier)
     cache = CachingSessionStore(inner, sub)
     assert not sub.trusted()
     await cache.start()
@@ -211,13 +219,13 @@ async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
         assert len(cache) == 0
         assert int(await client.hget("t:cache-acks", sub.instance)) == 1
     finally:
-        await cache.close()
+        await cache.stop()
     assert not sub.trusted()
     assert await client.zscore("t:cache-nodes", sub.instance) is None
 
 
 async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis) -> None:
-    sub = InvalidationSubscriber(client, "t:", "n1", trust_window=0.3)
+    sub = _subscriber(client)
     cache = CachingSessionStore(RedisSessionStore(client, "t:"), sub)
     await cache.start()
     try:
@@ -231,7 +239,7 @@ async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis)
         assert len(cache) == 0
         await _until(sub.trusted)  # it comes back on its own
     finally:
-        await cache.close()
+        await cache.stop()
 
 
 async def test_barrier_waits_out_the_trust_window_for_a_silent_node(
@@ -243,7 +251,7 @@ async def test_barrier_waits_out_the_trust_window_for_a_silent_node(
         1,
         "t:cache-nodes",
     )
-    barrier = AckBarrier(client, "t:", trust_window=0.2, margin=0.05)
+    barrier = cache_barrier(Membership(client, "t:", "n1"), trust_window=0.2, margin=0.05)
     assert await barrier.pending(1) == ["ghost/1"]
     t0 = time.monotonic()
     await barrier(1)

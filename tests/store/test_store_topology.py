@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from extauthz.errors import SettingsError
+from extauthz.server import store_wiring as topology
 from extauthz.settings import load_settings
-from extauthz.store.redis import clients as topology
 from extauthz.store.redis.replicated import replica_staleness
 
 REDIS = {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": "redis://127.0.0.1:1/0"}
@@ -63,7 +63,7 @@ def test_central_with_memory_backend_is_refused() -> None:
     ],
 )  # fmt: skip
 def test_wait_replicas_auto_resolves_per_strategy(environ: dict[str, str], wait: object) -> None:
-    assert topology.wait_replicas(load_settings(None, {**REDIS, **environ}).store) == wait
+    assert load_settings(None, {**REDIS, **environ}).store.wait_replicas_resolved == wait
 
 
 def test_toml_accepts_a_sentinel_list_and_a_count_or_all(tmp_path: Path) -> None:
@@ -107,5 +107,23 @@ def test_describe_names_the_topology_without_passwords() -> None:
         ({"role": "master"}, None),
     ],
 )  # fmt: skip
-def test_replica_staleness_from_info_replication(info: dict[str, object], staleness: object) -> None:
+def test_replica_staleness_from_info_replication(
+    info: dict[str, object], staleness: object
+) -> None:
     assert replica_staleness(info) == staleness
+
+
+def test_the_composition_root_hands_the_store_plain_values() -> None:
+    settings = load_settings(
+        None,
+        {
+            **REDIS,
+            "EXTAUTHZ_STORE_STRATEGY": "central",
+            "EXTAUTHZ_STORE_SENTINELS": SENTINELS,
+            "EXTAUTHZ_SERVER_NODE_ID": "edge 1",
+        },
+    )
+    endpoints = topology.redis_endpoints(settings)
+    assert endpoints.sentinels == (("127.0.0.1", 26001), ("127.0.0.1", 26002), ("127.0.0.1", 26003))
+    assert endpoints.replica_url == "" and endpoints.timeout_seconds == 0.5
+    assert endpoints.client_name("primary") == "extauthz:edge_1:primary"  # no spaces in a name

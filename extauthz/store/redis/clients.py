@@ -1,23 +1,29 @@
-"""The Redis clients a store strategy needs, built from ``[store]`` settings.
+"""The Redis clients of a node: one per role, built once, shared, closed once.
 
-- ``central``: one logical Redis. With ``store.sentinels`` the primary is whatever the
-  Sentinels name for ``store.sentinel_service`` (redis-py's asyncio
-  ``Sentinel.master_for``: a connection that meets a failover re-asks the Sentinels);
-  without them, ``store.redis_url``. Of the Sentinels' answers, the one with the newest
-  ``config-epoch`` wins (:class:`EpochSentinel`).
-- ``replicated``: the same primary client for every write, plus a client for the node's
-  own replica (``store.replica_url``) for reads.
-- ``sticky``: ``store.redis_url`` is the node's own Redis.
+Roles: the **primary** (every write, the reads of ``central``, the node's membership, users
+and rate limits) and, for the ``replicated`` strategy, the node's **local replica** (reads
+and its copy of the invalidation channel). :class:`RedisClients` builds both from plain
+values (:class:`RedisEndpoints`; the composition root converts the settings), does no I/O
+until first use, and is the only owner: components receive a client and never close it.
+
+With Sentinels the primary is whatever they name for the service (redis-py's asyncio
+``Sentinel.master_for``: a connection that meets a failover re-asks the Sentinels). Every
+connection of the node asks through one discovery (:class:`EpochSentinel`): of the
+Sentinels' answers the newest ``config-epoch`` wins, and concurrent questions share the
+one in flight, so a node holds one connection to each Sentinel.
 
 Every client retries a refused or broken connection a bounded number of times with a short
 backoff (:data:`RETRY_COUNT`, :data:`RETRY_BACKOFF_CAP_SECONDS`), so a lost primary turns
 into :class:`~extauthz.errors.StoreUnavailable` (gRPC ``UNAVAILABLE``, Envoy 503) well
-inside Envoy's ext_authz timeout instead of a call that hangs.
+inside Envoy's ext_authz timeout instead of a call that hangs. Connections carry a client
+name (``CLIENT SETNAME``, shown by ``CLIENT LIST``): ``extauthz:<node id>:<role>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,17 +31,43 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
     Sentinel,
+    SentinelConnectionPool,
     SentinelManagedConnection,
 )
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from extauthz.settings import StoreSettings
+from extauthz.store.redis.errors import REDIS_ERRORS
 
 RETRY_COUNT = 2
 RETRY_BACKOFF_BASE_SECONDS = 0.01
 RETRY_BACKOFF_CAP_SECONDS = 0.05
+
+Redis = aioredis.Redis
+
+
+@dataclass(frozen=True)
+class RedisEndpoints:
+    """Where a node's Redis roles are (plain values, converted from ``[store]``).
+
+    :param primary_url: the primary when no Sentinels are given (``redis://``, ``rediss://``,
+        ``unix://``).
+    :param sentinels: ``(host, port)`` of each Sentinel; when given, they name the primary.
+    :param replica_url: the node's local replica (``replicated``), empty for none.
+    :param timeout_seconds: connect and read timeout of every connection.
+    :param name: the node's part of the client name (``CLIENT SETNAME``).
+    """
+
+    primary_url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_service: str = "extauthz"
+    replica_url: str = ""
+    timeout_seconds: float = 0.5
+    name: str = "node"
+
+    def client_name(self, role: str) -> str:
+        """``extauthz:<name>:<role>`` with anything but ``[A-Za-z0-9._/-]`` replaced by
+        ``_`` (a client name may not contain spaces)."""
+        return "extauthz:" + re.sub(r"[^A-Za-z0-9._/-]", "_", self.name) + ":" + role
 
 
 def client_retry() -> Retry:
@@ -50,49 +82,12 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def wait_replicas(s: StoreSettings) -> int | str:
-    """How many replicas a durable write waits for: a count, or ``"all"`` (every replica the
-    primary reports online at the time of the write). ``"auto"`` resolves per strategy:
-    central 1 with Sentinels (0 without), replicated ``"all"``, sticky 0."""
-    if s.wait_replicas != "auto":
-        return s.wait_replicas
-    if s.strategy == "replicated":
-        return "all"
-    if s.strategy == "central" and s.sentinels:
-        return 1
-    return 0
-
-
-def describe(s: StoreSettings) -> str:
-    """One line for the start-up log and the status RPC, e.g.
-    ``sentinel service=extauthz sentinels=3 wait_replicas=1``. Never contains a password."""
-    if s.backend == "memory":
-        return "memory (node-local)"
-    if s.sentinels:
-        primary = f"sentinel service={s.sentinel_service} sentinels={len(s.sentinels)}"
-    else:
-        primary = f"primary={_redact(s.redis_url)}"
-    parts = [primary]
-    if s.strategy == "replicated":
-        parts.append(f"replica={_redact(s.replica_url)}")
-        parts.append(f"replica_max_staleness={s.replica_max_staleness_seconds:g}s")
-    parts.append(f"wait_replicas={wait_replicas(s)}")
-    return " ".join(parts)
-
-
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """``url`` without its password (for logs and the status RPC)."""
     scheme, sep, rest = url.partition("://")
     if sep and "@" in rest:
         rest = rest.rpartition("@")[2]
     return f"{scheme}{sep}{rest}"
-
-
-def _connection_kwargs(s: StoreSettings) -> dict[str, Any]:
-    return {
-        "socket_timeout": s.timeout_seconds,
-        "socket_connect_timeout": s.timeout_seconds,
-        "retry": client_retry(),
-    }
 
 
 class EpochSentinel(Sentinel):
@@ -102,14 +97,26 @@ class EpochSentinel(Sentinel):
     failover a Sentinel that has not yet heard of it still names the old primary, now a
     replica: the reconnect lands there again and the write meets ``READONLY`` once more. Here
     every Sentinel is asked at once and the answer with the highest ``config-epoch`` (which a
-    failover increments) wins.
+    failover increments) wins. Callers that ask while a discovery is in flight share it.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inflight: dict[str, asyncio.Future[tuple[str, int]]] = {}
+
     async def discover_master(self, service_name: str) -> tuple[str, int]:
+        pending = self._inflight.get(service_name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._discover(service_name))
+            self._inflight[service_name] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(service_name, None))
+        return await asyncio.shield(pending)
+
+    async def _discover(self, service_name: str) -> tuple[str, int]:
         async def ask(sentinel: aioredis.Redis) -> dict[str, Any] | None:
             try:
                 masters = await sentinel.sentinel_masters()
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except REDIS_ERRORS:
                 return None
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):
@@ -150,38 +157,62 @@ class PrimaryConnection(SentinelManagedConnection):
         )
 
 
-class SentinelPrimary(aioredis.Redis):
-    """A ``Sentinel.master_for`` client that owns its :class:`Sentinel` (closed with it)."""
+class RedisClients:
+    """One client per role of a node (module docstring); the owner of every connection.
 
-    sentinel: Sentinel | None = None
+    ``primary`` is a ``redis.asyncio.Redis`` (Sentinel-managed when Sentinels are given),
+    ``replica`` one of the local replica or ``None``. No I/O here; :meth:`aclose` closes
+    both and the Sentinel discovery, once.
+    """
 
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+    def __init__(self, endpoints: RedisEndpoints) -> None:
+        self.endpoints = endpoints
+        e = endpoints
+        self._sentinel: EpochSentinel | None = None
+        if e.sentinels:
+            self._sentinel = EpochSentinel(
+                list(e.sentinels),
+                sentinel_kwargs={
+                    **self._timeouts(),
+                    "retry": Retry(NoBackoff(), 0),
+                    "client_name": e.client_name("sentinel"),
+                },
+                **self._kwargs("primary"),
+            )
+            self.primary: Redis = self._sentinel.master_for(
+                e.sentinel_service, connection_class=PrimaryConnection
+            )
+        else:
+            self.primary = aioredis.Redis.from_url(e.primary_url, **self._kwargs("primary"))
+        self.replica: Redis | None = (
+            aioredis.Redis.from_url(e.replica_url, **self._kwargs("replica"))
+            if e.replica_url
+            else None
+        )
+        self._closed = False
 
+    def _timeouts(self) -> dict[str, Any]:
+        t = self.endpoints.timeout_seconds
+        return {"socket_timeout": t, "socket_connect_timeout": t}
 
-def primary_client(s: StoreSettings) -> aioredis.Redis:
-    """A client of the primary (no I/O here; connections open on first use)."""
-    kwargs = _connection_kwargs(s)
-    if not s.sentinels:
-        return aioredis.Redis.from_url(s.redis_url, **kwargs)
-    sentinel = EpochSentinel(
-        [parse_address(a) for a in s.sentinels],
-        sentinel_kwargs={
-            "socket_timeout": s.timeout_seconds,
-            "socket_connect_timeout": s.timeout_seconds,
-            "retry": Retry(NoBackoff(), 0),
-        },
-        **kwargs,
-    )
-    client = sentinel.master_for(
-        s.sentinel_service, redis_class=SentinelPrimary, connection_class=PrimaryConnection
-    )
-    client.sentinel = sentinel
-    return client
+    def _kwargs(self, role: str) -> dict[str, Any]:
+        return {
+            **self._timeouts(),
+            "retry": client_retry(),
+            "client_name": self.endpoints.client_name(role),
+        }
 
+    def sentinel_managed(self) -> bool:
+        """Whether the primary is named by Sentinels."""
+        return isinstance(self.primary.connection_pool, SentinelConnectionPool)
 
-def replica_client(s: StoreSettings) -> aioredis.Redis:
-    """A client of this node's replica (``store.replica_url``; the replicated strategy)."""
-    return aioredis.Redis.from_url(s.replica_url, **_connection_kwargs(s))
+    async def aclose(self) -> None:
+        """Close every connection of the node (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.primary.aclose()
+        if self.replica is not None:
+            await self.replica.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()

@@ -10,12 +10,12 @@
   ``master_link_down_since_seconds`` once it is down. Beyond the bound its positive answers
   are not used (a revocation may not have reached it); its negative answers never are.
 - **Read lease.** On top of that, the replica gives positive answers only while this node
-  holds a *read lease* on the primary (:class:`ReplicaReadLease`): an entry in
-  ``p+"replica-readers"`` (a sorted set scored by the lease's expiry, Redis server time).
-  Every revocation waits (:class:`ReplicaAckBarrier`) until each node holding a live lease
+  holds a *read lease* on the primary (:class:`ReplicaReadLease`): its membership of
+  :data:`~extauthz.store.redis.membership.READER`, scored by the lease's expiry (Redis server
+  time). Every revocation waits (:func:`replica_barrier`) until each node holding a live lease
   has acknowledged that *its own* replica applied the revocation -- the node reads the
   revocation's sequence number from its replica's copy of the invalidation channel and
-  writes it to ``p+"replica-acks"`` -- and fails with
+  acknowledges it as a READER member -- and fails with
   :class:`~extauthz.errors.StoreWriteNotDurable` otherwise. ``WAIT`` alone cannot do this:
   it counts the replicas connected at the time of the write, and a replica whose link has
   just dropped is not among them while its node still trusts it within the staleness bound.
@@ -40,20 +40,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
-from extauthz.server.tasks import cancel_and_wait
+from extauthz.loops import Loop
 from extauthz.store.model import Session, SessionStore
-from extauthz.store.redis.invalidation import SequenceAcks
+from extauthz.store.redis.barrier import AckBarrier, SequenceAcks
+from extauthz.store.redis.channel import Channel
+from extauthz.store.redis.errors import StoreUnavailable, store_errors, text
+from extauthz.store.redis.membership import READER, Membership
 from extauthz.store.redis.store import RedisSessionStore
 
 log = logging.getLogger("extauthz.store")
@@ -67,61 +66,18 @@ LEASE_SLACK_SECONDS = 1.5
 LEASE_LOCAL_MARGIN = 0.02
 # leases expired for longer than this are removed by the next renewal of any node
 LEASE_FORGET_SECONDS = 60.0
-RESUBSCRIBE_BACKOFF_SECONDS = (0.05, 1.0)
-
-# KEYS[1] = p+"replica-readers" (instance -> lease expiry, Redis ms), KEYS[2] =
-# p+"replica-acks" (instance -> newest revocation seq its replica has applied),
-# KEYS[3] = p+"invalidate:seq". ARGV[1] = instance, ARGV[2] = lease (ms), ARGV[3] = a seq
-# the replica has applied (0 for none), ARGV[4] = forget after (ms).
-# Returns {1 when this continues a lease that had not expired else 0, the current seq}.
-_RENEW_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
-local continued = 0
-if old and old >= now then continued = 1 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
-for _, id in ipairs(stale) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-end
-return {continued, tonumber(redis.call('GET', KEYS[3]) or '0')}
-"""
-
-# KEYS[2] as above; ARGV[1] = instance, ARGV[2] = seq. Acknowledgements only grow.
-_ACK_SCRIPT = """
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-return 1
-"""
-
-# KEYS[1], KEYS[2] as in _RENEW_SCRIPT; ARGV[1] = seq. Live leases not acknowledging seq.
-_PENDING_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-local out = {}
-for _, id in ipairs(ids) do
-  if tonumber(redis.call('HGET', KEYS[2], id) or '0') < tonumber(ARGV[1]) then
-    out[#out + 1] = id
-  end
-end
-return out
-"""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _seq(value: Any) -> int:
-    text = _text(value) if value is not None else "0"
-    return int(text) if text.isdigit() else 0
+    digits = text(value) if value is not None else "0"
+    return int(digits) if digits.isdigit() else 0
+
+
+def replica_barrier(membership: Membership, *, timeout: float) -> AckBarrier:
+    """The revoker's end: return once every live read lease has acknowledged ``seq``, or
+    raise :class:`~extauthz.errors.StoreWriteNotDurable` after ``timeout`` seconds (some node
+    may still read the revoked session from a replica that has not applied the revocation)."""
+    return AckBarrier(lambda seq: membership.pending(READER, seq), timeout=timeout, strict=True)
 
 
 def replica_staleness(info: dict[str, Any]) -> float | None:
@@ -145,88 +101,77 @@ def replica_staleness(info: dict[str, Any]) -> float | None:
 class ReplicaReadLease:
     """This node's permission to take positive answers from its replica (module docstring).
 
-    :param primary: a client of the primary (leases and acknowledgements).
-    :param replica: a client of this node's replica (its copy of the invalidation channel
-        and of ``p+"invalidate:seq"``).
+    :param membership: the process's membership (the lease is its READER membership).
+    :param replica: a client of this node's replica (its copy of ``p+"invalidate:seq"``).
+    :param channel: the node's subscription on that replica (its copy of the invalidations).
     :param lease_seconds: how long one renewal lasts.
     :param clock: monotonic seconds.
     """
 
     def __init__(
         self,
-        primary: aioredis.Redis,
+        membership: Membership,
         replica: aioredis.Redis,
+        channel: Channel,
         key_prefix: str,
-        node_id: str,
         *,
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._primary = primary
+        self._membership = membership
         self._replica = replica
-        self.instance = f"{node_id}/{secrets.token_hex(4)}"
-        self._keys = [key_prefix + "replica-readers", key_prefix + "replica-acks"]
+        self._channel = channel
+        self.instance = membership.instance
         self._seq_key = key_prefix + "invalidate:seq"
-        self.channel = key_prefix + "invalidate"
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self._renew = primary.register_script(_RENEW_SCRIPT)
-        self._ack = primary.register_script(_ACK_SCRIPT)
         self._valid_until = float("-inf")
         # None: caught up; else the seq the replica must reach before the lease is used
         self._catch_up_to: int | None = 0
         self._may_hold = False  # the primary may have a lease of ours (withdraw it)
-        self.subscribed = False
-        self._acks = SequenceAcks(self._send_ack, "replica")
-        self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"renewals": 0, "acquired": 0, "releases": 0, "acks": 0}
+        self.is_subscribed = False
+        channel.add_listener(self, ping_interval=1.0, silence=3.0)
+        self._acks = SequenceAcks(lambda seq: membership.ack(READER, seq), "replica")
+        self.stats = {"renewals": 0, "acquired": 0, "releases": 0}
 
     def held(self) -> bool:
         """Whether the replica may give positive answers now, as far as the lease goes."""
         return self._catch_up_to is None and self._clock() < self._valid_until
 
-    def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._run_channel(), name="replica-lease-channel"),
-                asyncio.create_task(self._acks.run(), name="replica-lease-acks"),
-            ]
+    async def start(self) -> None:
+        await self._channel.start()
+        await self._acks.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(tasks)
-        self.subscribed = False
+        await self._acks.stop()
+        await self._channel.stop()
+        self.is_subscribed = False
         await self.release()
 
     async def replica_seq(self) -> int:
         """The newest revocation the replica has applied.
 
-        :raises RedisError: the replica did not answer.
+        :raises StoreUnavailable: the replica did not answer.
         """
-        return _seq(await self._replica.get(self._seq_key))
+        async with store_errors("replica seq"):
+            return _seq(await self._replica.get(self._seq_key))
 
     async def renew(self) -> None:
         """Take or extend the lease (the replica is fresh and its channel is read).
 
-        :raises RedisError: the primary or the replica did not answer; a lease already held
-            runs until it expires.
+        :raises StoreUnavailable: the primary or the replica did not answer; a lease already
+            held runs until it expires.
         """
         applied = await self.replica_seq()
         sent = self._clock()
         self._may_hold = True
-        continued, current = await self._renew(
-            keys=[*self._keys, self._seq_key],
-            args=[
-                self.instance,
-                int(self.lease_seconds * 1000),
-                applied,
-                int(LEASE_FORGET_SECONDS * 1000),
-            ],
+        continued, current = await self._membership.renew_lease(
+            self.lease_seconds, applied, LEASE_FORGET_SECONDS
         )
         self.stats["renewals"] += 1
-        if not int(continued):
+        if not continued:
             # a new lease: revocations made before it did not wait for this node
-            self._catch_up_to = max(_seq(current), self._catch_up_to or 0)
+            self._catch_up_to = max(current, self._catch_up_to or 0)
         self._valid_until = sent + self.lease_seconds * (1 - LEASE_LOCAL_MARGIN)
         if self._catch_up_to is not None and await self.replica_seq() >= self._catch_up_to:
             self._catch_up_to = None
@@ -242,12 +187,9 @@ class ReplicaReadLease:
         if not self._may_hold:
             return
         try:
-            async with self._primary.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._keys[0], self.instance)
-                pipe.hdel(self._keys[1], self.instance)
-                removed, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.debug("replica read lease not withdrawn: %s", exc.__class__.__name__)
+            removed = await self._membership.leave(READER)
+        except StoreUnavailable as exc:
+            log.debug("replica read lease not withdrawn: %s", exc)
             return
         self._may_hold = False
         if removed:
@@ -255,109 +197,31 @@ class ReplicaReadLease:
             if was:
                 log.info("replica read lease %s released: reads go to the primary", self.instance)
 
-    # -- acknowledgements: the revocations this node's replica has applied ------------------
+    # -- the channel: the revocations this node's replica has applied --------------------------
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        if message["type"] == "subscribe":
-            self.subscribed = True
-        elif message["type"] == "message":
-            self._acks.want(_seq(_text(message["data"]).partition(":")[0]))
+    def subscribed(self) -> None:
+        self.is_subscribed = True
 
-    async def _send_ack(self, seq: int) -> None:
-        await self._ack(keys=[self._keys[1]], args=[self.instance, seq])
-        self.stats["acks"] += 1
+    def message(self, channel: str, data: str) -> None:
+        if channel == self._channel.channel:
+            self._acks.want(_seq(data.partition(":")[0]))
 
-    async def _run_channel(self) -> None:
-        backoff = RESUBSCRIBE_BACKOFF_SECONDS[0]
-        while True:
-            pubsub = self._replica.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                heard = self._clock()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        if self._clock() - heard > 3.0:
-                            # not even a pong: a half-open connection
-                            raise ConnectionError("replica invalidation channel silent")
-                        await pubsub.ping()
-                        continue
-                    heard = self._clock()
-                    self._on_message(message)
-                    backoff = RESUBSCRIBE_BACKOFF_SECONDS[0]
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                self.subscribed = False
-                log.debug("replica invalidation channel lost: %s", exc.__class__.__name__)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_SECONDS[1])
-
-
-class ReplicaAckBarrier:
-    """The revoker's end: return once every live read lease has acknowledged ``seq``, or
-    raise :class:`StoreWriteNotDurable` after ``timeout`` seconds (some node may still read
-    the revoked session from a replica that has not applied the revocation)."""
-
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        key_prefix: str,
-        *,
-        timeout: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._keys = [key_prefix + "replica-readers", key_prefix + "replica-acks"]
-        self._pending = client.register_script(_PENDING_SCRIPT)
-        self.timeout = timeout
-        self._clock = clock
-        self.stats = {"waits": 0, "failures": 0}
-
-    async def pending(self, seq: int) -> list[str]:
-        """Live lease holders whose replica has not acknowledged ``seq`` yet.
-
-        :raises RedisError: the primary could not be asked.
-        """
-        return sorted(_text(i) for i in await self._pending(keys=self._keys, args=[seq]))
-
-    async def __call__(self, seq: int) -> None:
-        deadline = self._clock() + self.timeout
-        self.stats["waits"] += 1
-        delay = 0.0005
-        while True:
-            try:
-                waiting = await asyncio.wait_for(
-                    self.pending(seq), timeout=max(0.001, deadline - self._clock())
-                )
-            except (RedisError, OSError, TimeoutError) as exc:
-                waiting = [f"? ({exc.__class__.__name__})"]
-            if not waiting:
-                return
-            left = deadline - self._clock()
-            if left <= 0:
-                self.stats["failures"] += 1
-                raise StoreWriteNotDurable(
-                    f"revocation {seq} not applied within {self.timeout * 1000:.0f} ms by the "
-                    f"replicas that nodes {', '.join(waiting)} read from: they may still "
-                    "answer for it; retry"
-                )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 0.01)
+    def lost(self, why: str) -> None:
+        self.is_subscribed = False
+        log.debug("replica invalidation channel lost: %s", why)
 
 
 class ReplicatedSessionStore:
     """Satisfies :class:`~extauthz.store.model.SessionStore`.
 
     :param primary: the store on the primary (all writes; the fallback for reads).
-    :param replica: a client of this node's replica (reads only).
+    :param replica: a client of this node's replica (reads only; not owned).
+    :param membership: the process's membership (the read lease is its READER membership).
+    :param channel: the node's subscription on the replica.
     :param max_staleness_seconds: see the module docstring.
-    :param node_id: names this node's read lease (``<node_id>/<random>``).
 
-    The read lease is kept by a background task started by :meth:`start`, or by the first
-    read; until it is held, reads go to the primary.
+    The read lease is kept by a loop started by :meth:`start`, or by the first read; until
+    it is held, reads go to the primary.
     """
 
     backend = "redis"
@@ -366,12 +230,13 @@ class ReplicatedSessionStore:
         self,
         primary: RedisSessionStore,
         replica: aioredis.Redis,
+        membership: Membership,
+        channel: Channel,
         key_prefix: str = "extauthz:",
         *,
         max_staleness_seconds: float = 5.0,
         freshness_check_interval: float = FRESHNESS_CHECK_INTERVAL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
-        node_id: str = "node",
     ) -> None:
         self._primary = primary
         self._replica_client = replica
@@ -383,14 +248,17 @@ class ReplicatedSessionStore:
         self._usable = False
         self._lock = asyncio.Lock()
         self.lease = ReplicaReadLease(
-            primary.client,
+            membership,
             replica,
+            channel,
             key_prefix,
-            node_id,
             lease_seconds=max_staleness_seconds + LEASE_SLACK_SECONDS,
             clock=monotonic,
         )
-        self._maintainer: asyncio.Task[None] | None = None
+        self._maintainer = Loop(
+            "replica-lease", self.maintain_lease, interval=LEASE_RENEW_SECONDS, logger=log
+        )
+        self._started = False
         self.invalidation_channel = primary.invalidation_channel
         # counters for tests and the status page: where reads were answered
         self.replica_hits = 0
@@ -403,22 +271,27 @@ class ReplicatedSessionStore:
 
     async def start(self) -> None:
         """Start keeping the read lease (idempotent)."""
-        self._ensure_started()
+        if not self._started:
+            self._started = True
+            await self.lease.start()
+            await self._maintainer.start()
 
-    def _ensure_started(self) -> None:
-        if self._maintainer is None:
-            self.lease.start()
-            self._maintainer = asyncio.create_task(self._maintain(), name="replica-lease")
+    async def stop(self) -> None:
+        """Withdraw the read lease (revokers stop waiting for this node)."""
+        if self._started:
+            self._started = False
+            await self._maintainer.stop()
+            await self.lease.stop()
 
-    async def _maintain(self) -> None:
-        while True:
-            try:
-                await self.maintain_lease()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the lease task die silently
-                log.exception("replica read lease upkeep failed")
-            await asyncio.sleep(LEASE_RENEW_SECONDS)
+    async def _replication(self) -> tuple[float | None, bool]:
+        """The replica's staleness (:func:`replica_staleness`) and whether its link is up;
+        ``(None, False)`` when it does not answer."""
+        try:
+            async with store_errors("replica info"):
+                info = await self._replica_client.info("replication")
+        except StoreUnavailable:
+            return None, False
+        return replica_staleness(info), str(info.get("master_link_status")) == "up"
 
     async def maintain_lease(self) -> None:
         """One round of lease upkeep (every :data:`LEASE_RENEW_SECONDS`):
@@ -430,30 +303,25 @@ class ReplicatedSessionStore:
           staleness bound runs out (reads survive the partition; revocations fail);
         - replica unusable: release the lease.
         """
-        try:
-            info = await self._replica_client.info("replication")
-            staleness = replica_staleness(info)
-            link_up = str(info.get("master_link_status")) == "up"
-        except (RedisError, OSError):
-            staleness, link_up = None, False
+        staleness, link_up = await self._replication()
         fresh = staleness is not None and staleness <= self._max_staleness
-        if fresh and link_up and self.lease.subscribed:
+        if fresh and link_up and self.lease.is_subscribed:
             try:
                 await self.lease.renew()
-            except (RedisError, OSError) as exc:
-                log.debug("replica read lease not renewed: %s", exc.__class__.__name__)
+            except StoreUnavailable as exc:
+                log.debug("replica read lease not renewed: %s", exc)
             return
         if fresh and self.lease.held():
             try:
-                await self._primary.client.ping()
-            except (RedisError, OSError):
+                await self._primary.ping()
+            except StoreUnavailable:
                 return  # cut off from the primary as well: keep reading from the replica
         await self.lease.release()
 
     async def replica_usable(self) -> bool:
         """Whether the replica may give positive answers now: fresh (cached for the check
         interval) and the read lease held."""
-        self._ensure_started()
+        await self.start()
         return await self._replica_fresh() and self.lease.held()
 
     async def _replica_fresh(self) -> bool:
@@ -462,11 +330,7 @@ class ReplicatedSessionStore:
         async with self._lock:
             if self._monotonic() - self._checked_at < self._interval:
                 return self._usable
-            try:
-                info = await self._replica_client.info("replication")
-                staleness = replica_staleness(info)
-            except (RedisError, OSError):
-                staleness = None
+            staleness, _ = await self._replication()
             usable = staleness is not None and staleness <= self._max_staleness
             if usable != self._usable:
                 (log.info if usable else log.warning)(
@@ -532,14 +396,3 @@ class ReplicatedSessionStore:
         except StoreUnavailable:
             if not await self.replica_usable():
                 raise
-
-    async def close(self) -> None:
-        """Withdraw the read lease (revokers stop waiting for this node), then close."""
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
-            self._maintainer = None
-        await self.lease.stop()
-        await self._primary.close()
-        await self._replica.close()

@@ -11,7 +11,7 @@ on ``p + "invalidate"`` in the same transaction, so in-process caches on every n
 with an ``invalidation_barrier`` the revocation returns only once every caching node has
 acknowledged it (:mod:`extauthz.store.redis.invalidation`), and with a ``replica_barrier``
 (the ``replicated`` strategy) only once every replica that a node reads from has applied it
-(:class:`~extauthz.store.redis.replicated.ReplicaAckBarrier`; otherwise
+(:func:`~extauthz.store.redis.replicated.replica_barrier`; otherwise
 :class:`StoreWriteNotDurable`). Writes that must survive a
 failover (create, revoke) can be made to wait
 for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
@@ -19,7 +19,8 @@ for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a 
 acknowledge in ``wait_timeout_ms`` the write raises :class:`StoreWriteNotDurable`.
 
 The client is handed in (a plain ``redis.asyncio.Redis`` or one from
-``Sentinel.master_for``): this module does not know the topology. A ``READONLY`` reply (the
+``Sentinel.master_for``; owned by :class:`~extauthz.store.redis.clients.RedisClients`, never
+closed here): this module does not know the topology. A ``READONLY`` reply (the
 node we are connected to was demoted by a failover) drops every pooled connection, so the
 next one re-resolves the primary, and the operation is tried once more; it never reaches
 the caller as anything but :class:`StoreUnavailable`.
@@ -29,30 +30,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import ReadOnlyError, RedisError
 
-from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
 from extauthz.store.model import Session
-from extauthz.store.redis.invalidation import PUBLISH_SCRIPT
+from extauthz.store.redis import scripts
+from extauthz.store.redis.errors import (
+    StoreUnavailable,
+    StoreWriteNotDurable,
+    demoted,
+    store_errors,
+    text,
+    translated,
+)
 
 T = TypeVar("T")
-
-
-@asynccontextmanager
-async def unavailable_on_redis_error(what: str) -> AsyncIterator[None]:
-    """Turn any redis-py error into :class:`StoreUnavailable` naming the operation."""
-    try:
-        yield
-    except RedisError as exc:
-        raise StoreUnavailable(f"redis {what}: {exc.__class__.__name__}: {exc}") from exc
-    except OSError as exc:
-        raise StoreUnavailable(f"redis {what}: {exc.__class__.__name__}: {exc}") from exc
 
 
 class RedisSessionStore:
@@ -99,43 +94,49 @@ class RedisSessionStore:
         """Run ``op`` against the primary. When the node turns out to be demoted
         (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
         Sentinels already name another primary, re-resolve the primary and try once more."""
-        async with unavailable_on_redis_error(what):
-            try:
+        try:
+            async with store_errors(what):
                 return await op()
-            except (RedisError, StoreWriteNotDurable) as exc:
-                if not await self._repoint(exc):
-                    raise
+        except StoreUnavailable as exc:  # StoreWriteNotDurable included
+            if not await self._repoint(exc):
+                raise
+        async with store_errors(what):
             return await op()
 
-    async def _repoint(self, exc: Exception) -> bool:
+    async def _repoint(self, exc: StoreUnavailable) -> bool:
         """After ``exc``: should the operation be tried again on a re-resolved primary?"""
         pool = self._redis.connection_pool
-        demoted = _demoted(exc)
-        if not demoted and not isinstance(exc, StoreWriteNotDurable):
+        was_demoted = demoted(exc)
+        if not was_demoted and not isinstance(exc, StoreWriteNotDurable):
             return False
         if isinstance(pool, SentinelConnectionPool):
             before = pool.master_address
             try:
-                after = await pool.get_master_address()
-            except RedisError:
+                async with store_errors("discover primary"):
+                    after = await pool.get_master_address()
+            except StoreUnavailable:
                 return False
-            if not demoted and after == before:
+            if not was_demoted and after == before:
                 return False  # WAIT fell short on the real primary: a genuine failure
-        elif not demoted:
+        elif not was_demoted:
             return False
         # Drop every pooled connection: the next ones connect to the primary named now.
         await pool.disconnect()
         return True
 
+    @translated("online replicas")
     async def online_replicas(self) -> int:
         """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
+        return await self._online_replicas()
+
+    async def _online_replicas(self) -> int:
         info = await self._redis.info("replication")
         return sum(1 for key, value in info.items() if _is_online_replica(key, value))
 
     async def _wait_durable(self) -> None:
         wanted = self._wait_replicas
         if wanted == "all":
-            wanted = await self.online_replicas()
+            wanted = await self._online_replicas()
         assert isinstance(wanted, int)
         if wanted <= 0:
             return
@@ -191,7 +192,7 @@ class RedisSessionStore:
             token_hash = await self._redis.get(self._sid_key(sid))
             if token_hash is None:
                 return None
-            return await self._redis.get(self._session_key(_text(token_hash)))
+            return await self._redis.get(self._session_key(text(token_hash)))
 
         return self._decode(await self._run("get_by_sid", op))
 
@@ -205,7 +206,7 @@ class RedisSessionStore:
                     pipe.delete(self._sid_key(session.sid))
                     pipe.srem(self._subject_key(session.sub), session.sid)
                 pipe.eval(
-                    PUBLISH_SCRIPT,
+                    scripts.PUBLISH,
                     1,
                     self.invalidation_channel + ":seq",
                     self.invalidation_channel,
@@ -234,7 +235,7 @@ class RedisSessionStore:
         if self._replica_barrier is None and self._invalidation_barrier is None:
             return
         raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
-        seq = int(_text(raw)) if raw is not None else 0
+        seq = int(text(raw)) if raw is not None else 0
         if seq <= 0:
             return
         if self._replica_barrier is not None:
@@ -247,7 +248,7 @@ class RedisSessionStore:
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
-        return await self.revoke(_text(token_hash))
+        return await self.revoke(text(token_hash))
 
     async def revoke_subject(self, sub: str) -> int:
         sids = await self._run(
@@ -256,18 +257,18 @@ class RedisSessionStore:
         if not sids:
             await self._settle("revoke_subject")
         revoked = 0
-        for sid in sorted(_text(s) for s in sids):
+        for sid in sorted(text(s) for s in sids):
             if await self.revoke_sid(sid) is not None:
                 revoked += 1
         return revoked
 
     async def list_subject(self, sub: str) -> list[Session]:
         async def op() -> list[Any]:
-            sids = sorted(_text(s) for s in await self._redis.smembers(self._subject_key(sub)))
+            sids = sorted(text(s) for s in await self._redis.smembers(self._subject_key(sub)))
             if not sids:
                 return []
             hashes = await self._redis.mget([self._sid_key(s) for s in sids])
-            live = [(sid, _text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
+            live = [(sid, text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
             stale = [sid for sid, h in zip(sids, hashes, strict=True) if not h]
             if stale:
                 await self._redis.srem(self._subject_key(sub), *stale)
@@ -293,33 +294,19 @@ class RedisSessionStore:
 
         await self._run("ping", op)
 
-    async def close(self) -> None:
-        await self._redis.aclose()
+    async def start(self) -> None:
+        """Nothing runs in the background here."""
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-_DEMOTED_SIGNS = (
-    "previous master is now a slave",  # redis-py's Sentinel connection on READONLY
-    "WAIT cannot be used with replica",
-)
-
-
-def _demoted(exc: BaseException) -> bool:
-    """Did ``exc`` come from a node that is no longer the primary?"""
-    if isinstance(exc, ReadOnlyError):
-        return True
-    return isinstance(exc, RedisError) and any(sign in str(exc) for sign in _DEMOTED_SIGNS)
+    async def stop(self) -> None:
+        """Nothing to stop: the client belongs to its owner."""
 
 
 def _is_online_replica(key: Any, value: Any) -> bool:
     """One ``slaveN`` entry of a parsed ``INFO replication`` that is ``state=online``."""
-    name = _text(key) if isinstance(key, (bytes, str)) else str(key)
+    name = text(key)
     if not (name.startswith("slave") and name[5:].isdigit()):
         return False
     if isinstance(value, dict):
         state = value.get("state", value.get(b"state"))
         return state in ("online", b"online")
-    return "state=online" in _text(value) if isinstance(value, (bytes, str)) else False
+    return isinstance(value, (bytes, str)) and "state=online" in text(value)

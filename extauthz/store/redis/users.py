@@ -1,5 +1,4 @@
-"""The Redis-backed user store: one Redis hash per user at ``<key_prefix>user:<name>``.
-"""
+"""The Redis-backed user store: one Redis hash per user at ``<key_prefix>user:<name>``."""
 
 from __future__ import annotations
 
@@ -17,19 +16,8 @@ from extauthz.login.users.records import (
     _validate_hash,
     validate_name,
 )
-
-# Only touch an existing hash: HSET on a missing key would create a record without roles.
-_SET_HASH_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'password_hash', ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+from extauthz.store.redis import scripts
+from extauthz.store.redis.errors import text, translated
 
 
 def _json_list(fields: Mapping[str, str], key: str) -> list[str]:
@@ -49,24 +37,25 @@ class RedisUserStore:
     Fields: ``password_hash`` (PHC string), ``roles`` and ``scopes`` (JSON lists of strings),
     ``disabled`` (``"0"``/``"1"``). Every command touches one key, so the store also works on
     Redis Cluster. ``names()`` uses ``SCAN``. Works with ``decode_responses`` on or off.
-    Raises ``redis.exceptions.RedisError`` when Redis fails and :class:`UserStoreError`
-    naming the key when a stored record is malformed.
+    Raises :class:`~extauthz.errors.StoreUnavailable` when Redis fails and
+    :class:`UserStoreError` naming the key when a stored record is malformed.
     """
 
     def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "extauthz:") -> None:
         self._redis = client
         self._prefix = key_prefix + "user:"
-        self._set_hash = client.register_script(_SET_HASH_IF_EXISTS)
+        self._set_hash = client.register_script(scripts.SET_HASH_IF_EXISTS)
 
     def key(self, name: str) -> str:
         return self._prefix + validate_name(name)
 
+    @translated("user get")
     async def get(self, name: str) -> UserRecord | None:
         key = self.key(name)
         raw = await self._redis.hgetall(key)
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         try:
             return _record(
                 name,
@@ -78,6 +67,7 @@ class RedisUserStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise UserStoreError(f"redis key {key!r}: malformed user record: {exc}") from None
 
+    @translated("user put")
     async def put(self, name: str, password_hash: str, roles: Iterable[str],
                   scopes: Iterable[str], *, disabled: bool = False) -> None:
         record = _record(name, password_hash, roles, scopes, disabled)
@@ -92,17 +82,20 @@ class RedisUserStore:
             })
             await pipe.execute()
 
+    @translated("user remove")
     async def remove(self, name: str) -> bool:
         return bool(await self._redis.delete(self.key(name)))
 
+    @translated("user set password hash")
     async def set_password_hash(self, name: str, password_hash: str) -> bool:
         key = self.key(name)
         return bool(await self._set_hash(keys=[key], args=[_validate_hash(password_hash)]))
 
+    @translated("user names")
     async def names(self) -> list[str]:
         found = set()
         async for key in self._redis.scan_iter(match=_glob_escape(self._prefix) + "*", count=500):
-            name = _text(key)[len(self._prefix):]
+            name = text(key)[len(self._prefix):]
             if _NAME.fullmatch(name):
                 found.add(name)
         return sorted(found)

@@ -1,5 +1,6 @@
-"""Node registration (extauthz.server.registry): each live node is recorded in its store, and a node
-that finds live nodes with another strategy under the same store refuses to start."""
+"""The node's membership (extauthz.store.redis.membership): each live node is recorded in its
+store under one instance id, and a node that finds live nodes with another strategy under the
+same store refuses to start."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from extauthz.errors import SettingsError
-from extauthz.server.registry import NodeRegistry
+from extauthz.store.redis.errors import text
+from extauthz.store.redis.membership import CACHE, READER, Membership
 from tests.support import REPO_ROOT, ExtauthzProcess, RedisServer
 from tests.support.extauthz_nodes import keys_dir, write_settings
 
@@ -25,11 +27,18 @@ async def client(fresh_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await c.aclose()
 
 
-def _registry(redis_url: str, node_id: str, strategy: str, heartbeat: float = 5.0) -> NodeRegistry:
-    return NodeRegistry(
+class _Node(Membership):
+    """A membership that owns its client (each stands for a process of its own)."""
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _registry(redis_url: str, node_id: str, strategy: str, heartbeat: float = 5.0) -> _Node:
+    return _Node(
         aioredis.Redis.from_url(redis_url),
         "reg:",
-        node_id=node_id,
+        node_id,
         strategy=strategy,
         version="test",
         topology="primary=test",
@@ -43,6 +52,7 @@ async def test_register_records_strategy_version_and_heartbeat(fresh_redis: Redi
         await node.register()
         (record,) = await node.nodes()
         assert (record.node_id, record.strategy, record.version) == ("node-a", "central", "test")
+        assert record.instance == node.instance and node.instance.startswith("node-a/")
         assert record.ttl == 15.0 and record.live(record.heartbeat + 1)
         first = record.heartbeat
         await asyncio.sleep(0.05)
@@ -122,18 +132,44 @@ async def test_a_conflict_found_by_the_heartbeat_is_reported(fresh_redis: RedisS
         # a node that registered while `late` could not see it (e.g. across a partition that
         # has now healed): written without the check
         await other._call("beat")
-        task = asyncio.create_task(late.run(found.append))
+        late.on_conflict = found.append
+        await late.start()
         for _ in range(40):
             if found:
                 break
             await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await late.stop()
         assert found and "other (replicated)" in str(found[0])
+        assert [r.node_id for r in await late.nodes()] == ["other"]  # stop() deregistered
     finally:
         await late.close()
         await other.close()
+
+
+async def test_one_instance_id_for_the_record_the_cache_and_the_read_lease(
+    fresh_redis: RedisServer,
+) -> None:
+    node = _registry(fresh_redis.url, "node-a", "replicated")
+    try:
+        await node.register()
+        await node.beat(CACHE, forget_after=60)
+        continued, current = await node.renew_lease(5.0, applied=0, forget_after=60)
+        assert (continued, current) == (False, 0)
+        (record,) = await node.nodes()
+        client = node._redis
+        members = {text(m) for role in (CACHE, READER) for m in await client.zrange(
+            node.keys(role)[0], 0, -1)}  # fmt: skip
+        assert members == {record.instance} == {node.instance}
+        await client.set("reg:invalidate:seq", 7)
+        assert await node.pending(CACHE, 7) == await node.pending(READER, 7) == [node.instance]
+        await node.ack(CACHE, 7)
+        await node.ack(READER, 7)
+        await node.ack(READER, 3)  # a lease's acknowledgements never go back
+        assert await node.pending(CACHE, 7) == await node.pending(READER, 7) == []
+        assert await node.leave(CACHE) and await node.leave(READER)
+        assert not await node.leave(READER)
+    finally:
+        await node.close()
 
 
 # ---------------------------------------------------------------------------- processes

@@ -1,0 +1,133 @@
+"""The composition root's store part: settings in, the Redis side of a node out.
+
+The only place where ``[store]`` settings become plain values for the store package
+(:class:`~extauthz.store.redis.clients.RedisEndpoints`, prefixes, counts, seconds), and where
+the store of the configured strategy is assembled (docs/strategies.md) on the node's one
+:class:`~extauthz.store.redis.clients.RedisClients` and one
+:class:`~extauthz.store.redis.membership.Membership`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extauthz import __version__
+from extauthz.settings import Settings, StoreSettings
+from extauthz.store.cache import CachingSessionStore
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import SessionStore
+from extauthz.store.redis.channel import Channel
+from extauthz.store.redis.clients import RedisClients, RedisEndpoints, parse_address, redact
+from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barrier
+from extauthz.store.redis.membership import Membership
+from extauthz.store.redis.replicated import ReplicatedSessionStore, replica_barrier
+from extauthz.store.redis.store import RedisSessionStore
+
+
+def describe(s: StoreSettings) -> str:
+    """One line for the start-up log and the status RPC, e.g.
+    ``sentinel service=extauthz sentinels=3 wait_replicas=1``. Never contains a password."""
+    if s.backend == "memory":
+        return "memory (node-local)"
+    if s.sentinels:
+        primary = f"sentinel service={s.sentinel_service} sentinels={len(s.sentinels)}"
+    else:
+        primary = f"primary={redact(s.redis_url)}"
+    parts = [primary]
+    if s.strategy == "replicated":
+        parts.append(f"replica={redact(s.replica_url)}")
+        parts.append(f"replica_max_staleness={s.replica_max_staleness_seconds:g}s")
+    parts.append(f"wait_replicas={s.wait_replicas_resolved}")
+    return " ".join(parts)
+
+
+def redis_endpoints(settings: Settings) -> RedisEndpoints:
+    """Where this node's Redis roles are, as plain values."""
+    s = settings.store
+    return RedisEndpoints(
+        primary_url=s.redis_url,
+        sentinels=tuple(parse_address(a) for a in s.sentinels),
+        sentinel_service=s.sentinel_service,
+        replica_url=s.replica_url if s.strategy == "replicated" else "",
+        timeout_seconds=s.timeout_seconds,
+        name=settings.node_id,
+    )
+
+
+@dataclass
+class RedisSide:
+    """A node's Redis: its clients (one per role) and its membership, each built once."""
+
+    clients: RedisClients
+    membership: Membership
+
+
+def build_redis_side(settings: Settings) -> RedisSide | None:
+    """The node's clients and membership; ``None`` for the in-memory store. No I/O."""
+    s = settings.store
+    if s.backend == "memory":
+        return None
+    clients = RedisClients(redis_endpoints(settings))
+    membership = Membership(
+        clients.primary,
+        s.key_prefix,
+        settings.node_id,
+        strategy=str(s.strategy),
+        version=__version__,
+        topology=describe(s),
+        heartbeat_seconds=s.heartbeat_seconds,
+    )
+    return RedisSide(clients, membership)
+
+
+@dataclass
+class StoreParts:
+    """The assembled store, and its cache when there is one (for the JWT minter)."""
+
+    store: SessionStore
+    cache: CachingSessionStore | None = None
+
+
+def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
+    """The session store of the configured strategy and topology (docs/strategies.md)."""
+    s = settings.store
+    if redis is None:
+        return StoreParts(MemorySessionStore())  # node-local: nothing to cache or invalidate
+    client, replica, membership = redis.clients.primary, redis.clients.replica, redis.membership
+    trust_window = settings.cache.trust_window_ms / 1000
+    primary = RedisSessionStore(
+        client,
+        s.key_prefix,
+        wait_replicas=s.wait_replicas_resolved,
+        wait_timeout_ms=s.wait_timeout_ms,
+        # revocations wait for every caching node, whether or not this process caches
+        invalidation_barrier=cache_barrier(membership, trust_window=trust_window),
+        # replicated: ... and for the replica of every node that reads from one, or fail
+        replica_barrier=(
+            replica_barrier(membership, timeout=s.wait_timeout_ms / 1000)
+            if replica is not None
+            else None
+        ),
+    )
+    # the node's one subscription, where it reads sessions: an invalidation is never read
+    # before the revocation reached that server
+    channel = Channel(replica if replica is not None else client, primary.invalidation_channel)
+    store: SessionStore = primary
+    if replica is not None:
+        store = ReplicatedSessionStore(
+            primary,
+            replica,
+            membership,
+            channel,
+            s.key_prefix,
+            max_staleness_seconds=s.replica_max_staleness_seconds,
+        )
+    if not settings.cache.enabled:
+        return StoreParts(store)
+    cache = CachingSessionStore(
+        store,
+        InvalidationSubscriber(membership, channel, trust_window=trust_window),
+        max_entries=settings.cache.max_entries,
+        max_age=settings.cache.max_age_seconds,
+    )
+    return StoreParts(cache, cache)

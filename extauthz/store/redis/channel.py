@@ -1,0 +1,134 @@
+"""The node's one subscription to the revocation channel, reconnecting by itself.
+
+One pub/sub connection, on the server the node reads sessions from (the primary, or the
+node's own replica for ``replicated``: an invalidation is then read only after that server
+applied the revocation), carries ``p+"invalidate"`` and whatever else the node's listeners
+ask for (the cache's liveness proofs). Each listener is told when the subscription is
+(re)established, of every message, and when it is lost (messages may have been missed). The
+connection pings every ``ping_interval`` seconds and counts as lost after ``silence``
+seconds without any reply (a half-open connection raises no error); both are the smallest
+any listener asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from extauthz.loops import Loop
+from extauthz.store.redis.errors import REDIS_ERRORS, StoreUnavailable, text
+
+log = logging.getLogger("extauthz.store.channel")
+
+RECONNECT_BACKOFF_SECONDS = (0.05, 1.0)
+
+
+class ChannelListener(Protocol):
+    def subscribed(self) -> None:
+        """The subscription is (re)established: what was published meanwhile is unknown."""
+
+    def message(self, channel: str, data: str) -> None:
+        """A message published on ``channel``."""
+
+    def lost(self, why: str) -> None:
+        """The subscription is gone; it is re-established by itself."""
+
+
+class Channel:
+    """A reconnecting subscription of ``client`` (not owned) to ``channel`` and to every
+    channel a listener adds. Each listener that needs it calls :meth:`start` and, when done,
+    :meth:`stop`: the subscription runs while one of them does. ``clock`` is monotonic
+    seconds."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self.channel = channel
+        self._channels = [channel]
+        self._listeners: list[ChannelListener] = []
+        self.ping_interval = float("inf")
+        self.silence = float("inf")
+        self._clock = clock
+        self._loop = Loop(
+            "invalidation-channel",
+            self._session,
+            interval=0,
+            backoff=RECONNECT_BACKOFF_SECONDS,
+            log_level=logging.DEBUG,
+            logger=log,
+        )
+        self._users = 0
+        self.stats = {"reconnects": 0}
+
+    def add_listener(
+        self,
+        listener: ChannelListener,
+        *,
+        extra_channels: tuple[str, ...] = (),
+        ping_interval: float,
+        silence: float,
+    ) -> None:
+        """Also tell ``listener``; subscribe ``extra_channels`` too (before :meth:`start`)."""
+        self._listeners.append(listener)
+        self._channels += [c for c in extra_channels if c not in self._channels]
+        self.ping_interval = min(self.ping_interval, ping_interval)
+        self.silence = min(self.silence, silence)
+
+    async def start(self) -> None:
+        self._users += 1
+        await self._loop.start()
+
+    async def stop(self) -> None:
+        if self._users == 0:
+            return
+        self._users -= 1
+        if self._users == 0:
+            await self._loop.stop()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        for listener in self._listeners:
+            if kind == "message":
+                listener.message(text(message["channel"]), text(message["data"]))
+            elif kind == "subscribe":
+                listener.subscribed()
+
+    async def _session(self) -> None:
+        """One subscription, until it is lost (raises :class:`StoreUnavailable` then)."""
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(*self._channels)
+            heard = next_ping = self._clock()
+            while True:
+                now = self._clock()
+                if now - heard > self.silence:
+                    raise ConnectionError(f"subscription silent for {self.silence:g} s")
+                if now >= next_ping:
+                    # keeps a quiet connection audibly alive even when nothing is published
+                    # (primary down); the pong itself proves nothing
+                    await pubsub.ping()
+                    next_ping = now + self.ping_interval
+                message = await pubsub.get_message(timeout=max(0.001, next_ping - self._clock()))
+                if message is not None:
+                    heard = self._clock()
+                    self._dispatch(message)
+                    self._loop.reset_backoff()
+        except REDIS_ERRORS as exc:
+            self.stats["reconnects"] += 1
+            why = f"{exc.__class__.__name__}: {exc}"
+            for listener in self._listeners:
+                listener.lost(why)
+            raise StoreUnavailable(f"invalidation channel lost ({why})") from exc
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

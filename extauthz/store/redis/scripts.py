@@ -1,0 +1,160 @@
+"""Every Lua script extauthz runs on Redis, in one place.
+
+Scripts that need the time read the Redis server's clock (``TIME``) through one prologue,
+:data:`CLOCK`, which defines ``now_ms`` (integer milliseconds) and ``now_s`` (float
+seconds): node clocks never meet. ``p`` below is the configured key prefix; scores and TTLs
+kept in Redis are milliseconds unless a script says otherwise.
+"""
+
+from __future__ import annotations
+
+CLOCK = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# -- revocation: the sequence number and the invalidation message ------------------------------
+
+# KEYS[1] = p+"invalidate:seq"; ARGV[1] = channel, ARGV[2] = token hash. Returns the seq.
+PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
+return seq
+"""
+
+# -- membership (extauthz.store.redis.membership) ----------------------------------------------
+
+# KEYS[1] = a role's members (zset: instance -> Redis ms), KEYS[2] = its acks (hash: instance
+# -> seq); ARGV[1] = instance, ARGV[2] = forget after (ms). Records the instance as live now
+# and removes members silent for longer than ARGV[2]. Returns now (ms).
+BEAT = CLOCK + """
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[2]))
+for _, id in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return now_ms
+"""
+
+# KEYS[1] = p+"replica-readers" (instance -> lease expiry, Redis ms), KEYS[2] =
+# p+"replica-acks" (instance -> newest revocation seq its replica has applied),
+# KEYS[3] = p+"invalidate:seq". ARGV[1] = instance, ARGV[2] = lease (ms), ARGV[3] = a seq
+# the replica has applied (0 for none), ARGV[4] = forget after (ms).
+# Returns {1 when this continues a lease that had not expired else 0, the current seq}.
+RENEW_LEASE = CLOCK + """
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+local continued = 0
+if old and old >= now_ms then continued = 1 end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[4]))
+for _, id in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return {continued, tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS[1] = acks hash; ARGV[1] = instance, ARGV[2] = seq. Acknowledgements only grow.
+ACK_GROWING = """
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+# KEYS[1] = a role's members, KEYS[2] = its acks; ARGV[1] = seq, ARGV[2] = how long (ms) a
+# member stays live after its score (0 when scores are expiries). Returns the live members
+# that have not acknowledged seq.
+PENDING = CLOCK + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms - tonumber(ARGV[2]), '+inf')
+local out = {}
+for _, id in ipairs(ids) do
+  if tonumber(redis.call('HGET', KEYS[2], id) or '0') < tonumber(ARGV[1]) then
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+# KEYS[1] = p+"nodes" (hash: node id -> JSON record, times in Unix seconds); ARGV = node id,
+# strategy, version, ttl (s), topology, mode, instance. Mode "check": do not register when a
+# live node runs another strategy. Returns {registered 0/1, "<node id>=<strategy>", ...} of
+# the conflicting live nodes; entries dead for ten ttls (at least a minute) are removed.
+REGISTER_NODE = CLOCK + """
+local entries = redis.call('HGETALL', KEYS[1])
+local conflicts = {}
+local started = now_s
+for i = 1, #entries, 2 do
+  local id = entries[i]
+  local ok, rec = pcall(cjson.decode, entries[i + 1])
+  if not ok or type(rec) ~= 'table' then
+    redis.call('HDEL', KEYS[1], id)
+  elseif id == ARGV[1] then
+    if rec.strategy == ARGV[2] and tonumber(rec.started) then started = tonumber(rec.started) end
+  else
+    local age = now_s - (tonumber(rec.heartbeat) or 0)
+    local ttl = tonumber(rec.ttl) or 0
+    if age <= ttl then
+      if rec.strategy ~= ARGV[2] then
+        table.insert(conflicts, id .. '=' .. tostring(rec.strategy))
+      end
+    elseif age > math.max(ttl * 10, 60) then
+      redis.call('HDEL', KEYS[1], id)
+    end
+  end
+end
+if #conflicts > 0 and ARGV[6] == 'check' then
+  return {0, unpack(conflicts)}
+end
+local record = cjson.encode({strategy = ARGV[2], version = ARGV[3], ttl = tonumber(ARGV[4]),
+  topology = ARGV[5], started = started, heartbeat = now_s, instance = ARGV[7]})
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return {1, unpack(conflicts)}
+"""
+
+# -- users (extauthz.store.redis.users) --------------------------------------------------------
+
+# Only touch an existing hash: HSET on a missing key would create a record without roles.
+SET_HASH_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'password_hash', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# -- rate limits (extauthz.store.redis.ratelimit) ----------------------------------------------
+
+# INCR and the expiry in one atomic step. A key without a TTL (left by a crash between two
+# non-atomic commands in older code, or created by hand) would never expire: repair it.
+RATE_HIT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+RATE_PEEK = """
+local count = redis.call('GET', KEYS[1])
+if not count then
+  return {0, 0}
+end
+return {tonumber(count), redis.call('PTTL', KEYS[1])}
+"""
+
+# DECR keeps the key's TTL; a missing key (window over, or reset) is left alone
+RATE_REFUND = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
