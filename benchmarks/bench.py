@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# Process management shared with the end-to-end tests: start on free ports, wait until ready
-# (bounded), logs to files, stop by PID.
-from tests.support.ports import LOOPBACK, free_port, port_accepts  # noqa: E402
-from tests.support.processes import (  # noqa: E402
-    EnvoyProcess,
-    ExtauthzProcess,
-    ManagedProcess,
-    ProcessError,
-    RedisServer,
-    envoy_version,
-)
+# The repository's process harness, shared with the demo and the tests: start on free ports,
+# wait until ready (bounded), logs to files, stop by PID.
+from harness.envoy import EnvoyProcess, envoy_version, find_envoy  # noqa: E402
+from harness.extauthz import ExtauthzProcess, ensure_signing_key  # noqa: E402
+from harness.ports import LOOPBACK, free_port, port_accepts  # noqa: E402
+from harness.process import ManagedProcess, ProcessError  # noqa: E402
+from harness.redis import RedisServer, redis_binary  # noqa: E402
 
 BENCH_CONFIG = REPO / "benchmarks" / "envoy-bench.yaml"
 # listener names in envoy-bench.yaml, in the order they run
@@ -342,10 +339,7 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     say(f"redis-server pid {redis.pid} on port {redis.port}")
 
     keys = work_dir / "keys"
-    subprocess.run(
-        [sys.executable, "-m", "extauthz", "keys", "generate", "--dir", str(keys)],
-        cwd=REPO, check=True, timeout=60, capture_output=True,
-    )  # fmt: skip
+    ensure_signing_key(keys)
     settings = work_dir / "extauthz.toml"
     write_settings(settings, redis.url, keys)
     extauthz = ExtauthzProcess(settings, logs, env={"EXTAUTHZ_LOG_LEVEL": "warning"})
@@ -373,7 +367,8 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     envoy = EnvoyProcess(args.envoy, config, logs, admin_port=ports.admin,
                          concurrency=args.envoy_concurrency)  # fmt: skip
     processes.append(envoy.start())
-    say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} (--concurrency {args.envoy_concurrency})")
+    say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} "
+        f"(--concurrency {args.envoy_concurrency})")
     return Stack(
         work_dir, redis, extauthz, nocache, noop, envoy, ports,
         credentials={"direct": token, "jwt_authn": material.token, "ext_authz_noop": token,
@@ -511,13 +506,12 @@ def render_table(results: list[dict[str, Any]]) -> str:
     )
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
 
     return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
 
@@ -565,13 +559,6 @@ def tool_version(argv: list[str]) -> str:
 # -- main -------------------------------------------------------------------------------------
 
 
-def find_envoy(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if beside.exists() else shutil.which("envoy")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=int, default=10, help="seconds of measured load per scenario")
@@ -598,11 +585,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.envoy = find_envoy(args.envoy)
+    args.envoy = args.envoy or find_envoy()
+    envoy_ok = bool(args.envoy and os.access(args.envoy, os.X_OK))
     missing = [what for what, ok in (
         ("wrk (apt-get install wrk, or `make wrk`)", shutil.which(args.wrk)),
-        ("redis-server (apt-get install redis-server, or `make redis`)", shutil.which("redis-server")),
-        ("envoy (`make venv` installs it, or pass --envoy)", args.envoy and os.access(args.envoy, os.X_OK)),
+        ("redis-server (apt-get install redis-server, or `make redis`)", redis_binary()),
+        ("envoy (`make venv` installs it, or pass --envoy)", envoy_ok),
     ) if not ok]  # fmt: skip
     if missing:
         for what in missing:
@@ -614,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
+    command = shlex.join([Path(sys.executable).name, *sys.argv] if argv is None else argv)
     work_dir = Path(tempfile.mkdtemp(prefix="extauthz-bench-"))
     processes: list[ManagedProcess] = []
     results: list[dict[str, Any]] = []
@@ -651,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         src = report["extauthz"]
         print(f"extauthz {src['version']} from {src['path']}"
               + (f" at {src['commit'][:12]}" if "commit" in src else "")
-              + (" WITH UNCOMMITTED CHANGES in extauthz/" if src.get("uncommitted_changes") else ""))
+              + (" WITH UNCOMMITTED CHANGES in extauthz/" if src.get("uncommitted_changes")
+                 else ""))  # fmt: skip
         print(f"command: {command}\n")
         print(render_table(results))
         if args.json:

@@ -456,6 +456,7 @@ async def client(redis_port: int, request: pytest.FixtureRequest,
 PREFIX = "ex*[1]:"  # glob characters in the prefix must not widen SCAN
 
 
+@pytest.mark.e2e
 async def test_redis_store_round_trip(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, PREFIX)
     assert await store.get("alice") is None
@@ -481,6 +482,7 @@ async def test_redis_store_round_trip(client: redis.asyncio.Redis) -> None:
     assert await store.get("alice") == UserRecord("alice", h, (), ("read",))
 
 
+@pytest.mark.e2e
 async def test_redis_store_mutations(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     await store.put("alice", fast_hash("pw"), ["admin"], [])
@@ -495,6 +497,7 @@ async def test_redis_store_mutations(client: redis.asyncio.Redis) -> None:
     assert await store.names() == []
 
 
+@pytest.mark.e2e
 async def test_redis_store_malformed_record_names_the_key(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     await client.hset("t:user:alice", mapping={"password_hash": fast_hash("pw"), "roles": "{}"})
@@ -504,6 +507,7 @@ async def test_redis_store_malformed_record_names_the_key(client: redis.asyncio.
         await store.get("a*")
 
 
+@pytest.mark.e2e
 async def test_verifier_over_redis_store(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     verifier = PasswordVerifier(store, FAST)

@@ -36,15 +36,9 @@ from extauthz.settings import StoreSettings
 from extauthz.store.redis import clients as topology
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
-from tests.fixtures.core import (
-    COOKIE,
-    Harness,
-    RedisProcess,
-    build_harness,
-    free_port,
-    http_request,
-    wait_until,
-)
+from harness.redis import redis_binary as find_redis_server
+from tests.fixtures.core import COOKIE, Harness, build_harness, http_request
+from tests.support import RedisServer, free_port, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -106,7 +100,7 @@ def redis_store(port: int) -> RedisSessionStore:
 
 @pytest.fixture
 def redis_binary() -> None:
-    if RedisProcess.binary() is None:
+    if find_redis_server() is None:
         missing("redis-server is not on PATH")
 
 
@@ -140,6 +134,7 @@ async def assert_unavailable(node: Node, request: CheckRequest, token: str) -> N
     assert token not in repr(error)
 
 
+@pytest.mark.e2e
 async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
     dead_port_node: tuple[Node, int], tmp_path: Path
 ) -> None:
@@ -156,7 +151,7 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
     reply = await node.check(http_request({"authorization": "Basic x"}))
     assert reply.denied_response.status.code == 401  # type: ignore[attr-defined]
     # Redis comes up on that port: SERVING, and sessions work
-    redis = RedisProcess(tmp_path / "redis", port=port).start()
+    redis = RedisServer(tmp_path / "redis", port=port).start()
     try:
         assert await node.reporter.check_once() is True
         assert await node.health() == SERVING
@@ -167,8 +162,9 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
         redis.stop()
 
 
+@pytest.mark.e2e
 async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary: None) -> None:
-    redis = RedisProcess(tmp_path / "redis").start()
+    redis = RedisServer(tmp_path / "redis").start()
     store = redis_store(redis.port)
     node = await start_node(build_harness(tmp_path, store=store))
     try:
@@ -186,7 +182,7 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
         assert await node.reporter.check_once() is False
         assert await node.health() == NOT_SERVING
 
-        redis = RedisProcess(tmp_path / "redis", port=redis.port).start()
+        redis = RedisServer(tmp_path / "redis", port=redis.port).start()
         assert await node.reporter.check_once() is True
         assert await node.health() == SERVING
         for request in (bearer, cookie):
@@ -285,7 +281,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
             return False
 
     try:
-        wait_until(ready, 20, "extauthz serve listening")
+        wait_until(ready, timeout=20, description="extauthz serve listening")
         assert proc.poll() is None, node.tail()
         yield node
     finally:
@@ -305,6 +301,7 @@ def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.e2e
 def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     listing = grpcurl(served.target, "list")
     assert listing.returncode == 0, listing.stderr + served.tail()

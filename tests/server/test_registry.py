@@ -17,6 +17,8 @@ from extauthz.server.registry import NodeRegistry
 from tests.support import REPO_ROOT, ExtauthzProcess, RedisServer
 from tests.support.extauthz_nodes import keys_dir, write_settings
 
+pytestmark = pytest.mark.e2e  # every test runs its own Redis
+
 
 @pytest.fixture
 async def client(fresh_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:

@@ -191,6 +191,7 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.e2e
 async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
     client: aioredis.Redis,
 ) -> None:
@@ -216,6 +217,7 @@ async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
     assert await client.zscore("t:cache-nodes", sub.instance) is None
 
 
+@pytest.mark.e2e
 async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis) -> None:
     sub = InvalidationSubscriber(client, "t:", "n1", trust_window=0.3)
     cache = CachingSessionStore(RedisSessionStore(client, "t:"), sub)
@@ -234,6 +236,7 @@ async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis)
         await cache.close()
 
 
+@pytest.mark.e2e
 async def test_barrier_waits_out_the_trust_window_for_a_silent_node(
     client: aioredis.Redis,
 ) -> None:
