@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis and Envoy processes on free ports, and log tails on failure.
 
-Every fixture here that starts a process is for tests marked ``e2e``.
+Every fixture here that starts a process is for tests marked ``e2e``; the plugin
+:mod:`tests.support.e2e_guard` fails a test that starts a process without that marker.
 
 Missing infrastructure (no ``redis-server``, no Envoy binary) skips the tests that need it on a
 developer's machine and fails them in CI (``CI`` set), where ``make test`` installs both.
@@ -29,6 +30,8 @@ from tests.support import (  # noqa: E402
     start_stack,
 )
 from tests.support.auth_stack import AuthStack, start_auth_stack  # noqa: E402
+
+pytest_plugins = ["tests.support.e2e_guard"]
 
 ENVOY_BINARIES: list[str | None] = [*envoy_binaries()]
 

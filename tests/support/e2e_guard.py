@@ -1,0 +1,99 @@
+"""A pytest plugin: a test that starts a process must carry ``@pytest.mark.e2e``.
+
+An audit hook (PEP 578) sees every process this interpreter starts (``subprocess.Popen``,
+``os.posix_spawn``, ``os.fork``, ``os.system``, ``os.exec*``). While a test without the marker
+runs (its fixtures' set-up and tear-down included), starting one raises
+:class:`UnmarkedProcessError` and the test fails, even if the code that tried swallowed the
+exception. So ``pytest -m "not e2e"`` runs without any process, and the marker cannot rot.
+Processes started outside a test (collection, ``pytest_sessionfinish``) are not judged.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Sequence
+from typing import Any, Protocol, cast
+
+import pytest
+
+MARKER = "e2e"
+SPAWN_EVENTS = frozenset(
+    {"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.exec", "os.fork", "os.forkpty",
+     "os.system", "pty.spawn"}  # fmt: skip
+)
+
+
+class UnmarkedProcessError(RuntimeError):
+    """A test without the ``e2e`` marker tried to start a process."""
+
+
+class _Item(Protocol):
+    nodeid: str
+
+    def get_closest_marker(self, name: str) -> object | None: ...
+
+
+def _what(event: str, args: Sequence[Any]) -> str:
+    if event in {"subprocess.Popen", "os.posix_spawn", "os.exec"} and len(args) > 1:
+        argv = args[1]
+        if isinstance(argv, (list, tuple)) and argv:
+            return f"{event}: {' '.join(str(a) for a in argv)[:200]}"
+        return f"{event}: {argv!s:.200}"
+    return event
+
+
+class ProcessGuard:
+    """Judges every process start against the test that runs now (``current``)."""
+
+    def __init__(self) -> None:
+        self.current: _Item | None = None
+        self.violations: dict[str, list[str]] = {}
+
+    def audit(self, event: str, args: Sequence[Any]) -> None:
+        """The audit hook. :raises UnmarkedProcessError: a spawn during an unmarked test."""
+        if event not in SPAWN_EVENTS:
+            return
+        item = self.current
+        if item is None or item.get_closest_marker(MARKER) is not None:
+            return
+        what = _what(event, args)
+        self.violations.setdefault(item.nodeid, []).append(what)
+        raise UnmarkedProcessError(
+            f"{item.nodeid} starts a process without @pytest.mark.{MARKER} ({what})"
+        )
+
+
+GUARD = ProcessGuard()
+_installed = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _installed
+    config.addinivalue_line("markers", f"{MARKER}: starts real processes (Redis, Envoy, ...)")
+    if not _installed:  # an audit hook cannot be removed: install it once per interpreter
+        sys.addaudithook(lambda event, args: GUARD.audit(event, args))
+        _installed = True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    GUARD.current = cast(_Item, item)
+    try:
+        return (yield)
+    finally:
+        GUARD.current = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    spawned = GUARD.violations.pop(item.nodeid, None)
+    if spawned and not report.failed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} started a process without @pytest.mark.{MARKER}:\n  "
+            + "\n  ".join(spawned)
+        )
+    return report
