@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -29,13 +29,9 @@ from tests.support import RedisServer, free_port
 
 
 @pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A redis-server of this module's own (free port, no persistence), stopped by PID."""
-    server = RedisServer(tmp_path_factory.mktemp('redis-ratelimit'), name='redis-ratelimit').start()
-    try:
-        yield server.port
-    finally:
-        server.stop()
+def redis_port(redis_process: RedisServer) -> int:
+    """The port of this module's own redis-server (tests/conftest.py)."""
+    return redis_process.port
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -433,13 +433,9 @@ async def test_loose_file_mode_is_warned_about(tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A redis-server of this module's own (free port, no persistence), stopped by PID."""
-    server = RedisServer(tmp_path_factory.mktemp('redis-users'), name='redis-users').start()
-    try:
-        yield server.port
-    finally:
-        server.stop()
+def redis_port(redis_process: RedisServer) -> int:
+    """The port of this module's own redis-server (tests/conftest.py)."""
+    return redis_process.port
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
