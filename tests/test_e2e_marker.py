@@ -37,6 +37,18 @@ def test_a_spawn_during_an_unmarked_test_is_refused_and_recorded() -> None:
         guard.audit("os.fork", ())
 
 
+def test_an_unmarked_user_of_a_fixture_that_spawned_is_recorded() -> None:
+    guard = ProcessGuard()
+    guard.spawning_fixtures.add("redis_server")
+    guard.check_fixtures(FakeItem("t::marked", marked=True), ["redis_server"])
+    guard.check_fixtures(FakeItem("t::unit", marked=False), ["tmp_path"])
+    assert guard.violations == {}
+    guard.check_fixtures(FakeItem("t::unmarked", marked=False), ["tmp_path", "redis_server"])
+    assert guard.violations == {
+        "t::unmarked": ["uses the fixture 'redis_server', which starts processes"]
+    }
+
+
 def test_a_marked_test_and_code_outside_tests_may_spawn() -> None:
     guard = ProcessGuard()
     guard.audit("subprocess.Popen", POPEN_ARGS)  # collection, session finish
@@ -81,6 +93,23 @@ def test_marked_spawn(child):
 
 def test_no_spawn():
     assert True
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.e2e
+def test_marked_user_of_a_shared_server(shared_server):
+    assert shared_server.poll() is None
+
+
+def test_unmarked_user_of_a_server_a_marked_test_started(shared_server):
+    assert shared_server.poll() is None
 '''
 
 
@@ -100,4 +129,7 @@ def test_the_plugin_fails_unmarked_tests_in_a_real_pytest_run(tmp_path: Path) ->
     assert "ERROR test_inner.py::test_unmarked_spawn_in_a_fixture" in out
     assert "PASSED test_inner.py::test_marked_spawn" in out
     assert "PASSED test_inner.py::test_no_spawn" in out
+    assert "PASSED test_inner.py::test_marked_user_of_a_shared_server" in out
+    assert "FAILED test_inner.py::test_unmarked_user_of_a_server_a_marked_test_started" in out
+    assert "uses the fixture 'shared_server', which starts processes" in out
     assert "without @pytest.mark.e2e" in out

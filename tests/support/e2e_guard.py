@@ -4,8 +4,10 @@ An audit hook (PEP 578) sees every process this interpreter starts (``subprocess
 ``os.posix_spawn``, ``os.fork``, ``os.system``, ``os.exec*``). While a test without the marker
 runs (its fixtures' set-up and tear-down included), starting one raises
 :class:`UnmarkedProcessError` and the test fails, even if the code that tried swallowed the
-exception. So ``pytest -m "not e2e"`` runs without any process, and the marker cannot rot.
-Processes started outside a test (collection, ``pytest_sessionfinish``) are not judged.
+exception. A fixture seen starting a process (a session-wide Redis, a stack) makes every
+unmarked test that uses it fail too, even when a marked test started it first. So
+``pytest -m "not e2e"`` runs without any process, and the marker cannot rot. Processes started
+outside a test (collection, ``pytest_sessionfinish``) are not judged.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ class ProcessGuard:
     def __init__(self) -> None:
         self.current: _Item | None = None
         self.violations: dict[str, list[str]] = {}
+        self.spawns = 0  # every process start seen, allowed or not
+        self.spawning_fixtures: set[str] = set()
 
     def audit(self, event: str, args: Sequence[Any]) -> None:
         """The audit hook. :raises UnmarkedProcessError: a spawn during an unmarked test."""
         if event not in SPAWN_EVENTS:
             return
+        self.spawns += 1
         item = self.current
         if item is None or item.get_closest_marker(MARKER) is not None:
             return
@@ -61,6 +66,15 @@ class ProcessGuard:
         raise UnmarkedProcessError(
             f"{item.nodeid} starts a process without @pytest.mark.{MARKER} ({what})"
         )
+
+    def check_fixtures(self, item: _Item, fixturenames: Sequence[str]) -> None:
+        """Record a violation when an unmarked ``item`` uses a fixture that starts processes."""
+        if item.get_closest_marker(MARKER) is not None:
+            return
+        for name in sorted(self.spawning_fixtures.intersection(fixturenames)):
+            self.violations.setdefault(item.nodeid, []).append(
+                f"uses the fixture {name!r}, which starts processes"
+            )
 
 
 GUARD = ProcessGuard()
@@ -82,6 +96,22 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         return (yield)
     finally:
         GUARD.current = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    before = GUARD.spawns
+    try:
+        return (yield)
+    finally:
+        if GUARD.spawns != before:
+            GUARD.spawning_fixtures.add(fixturedef.argname)
+
+
+def pytest_runtest_call(item: pytest.Item) -> None:
+    GUARD.check_fixtures(cast(_Item, item), getattr(item, "fixturenames", ()))
 
 
 @pytest.hookimpl(wrapper=True)
