@@ -74,7 +74,7 @@ from benchmarks.scenarios import (  # noqa: E402
 )
 from harness.envoy import EnvoyProcess, envoy_version, find_envoy  # noqa: E402
 from harness.extauthz import ExtauthzProcess, ensure_signing_key  # noqa: E402
-from harness.ports import LOOPBACK, free_port, port_accepts  # noqa: E402
+from harness.ports import LOOPBACK, free_port  # noqa: E402
 from harness.process import ManagedProcess, ProcessError  # noqa: E402
 from harness.redis import RedisServer, redis_binary  # noqa: E402
 
@@ -104,10 +104,7 @@ class NoopAuthzProcess(ManagedProcess):
         self.grpc_port = free_port()
         argv = [sys.executable, str(REPO / "benchmarks" / "noop_authz.py"),
                 "--listen", f"{LOOPBACK}:{self.grpc_port}"]  # fmt: skip
-        super().__init__("noop-authz", argv, log_dir, cwd=REPO)
-
-    def is_ready(self) -> bool:
-        return port_accepts(self.grpc_port)
+        super().__init__("noop-authz", argv, log_dir, cwd=REPO, ready_port=self.grpc_port)
 
 
 @dataclass

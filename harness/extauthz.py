@@ -156,7 +156,4 @@ class EchoUpstreamProcess(ManagedProcess):
             "--jwks-url", jwks_url, "--issuer", issuer, "--audience", audience,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        super().__init__(name, argv, log_dir, env=env, cwd=REPO_ROOT)
-
-    def is_ready(self) -> bool:
-        return port_accepts(self.port)
+        super().__init__(name, argv, log_dir, env=env, cwd=REPO_ROOT, ready_port=self.port)

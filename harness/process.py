@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Self, TypeVar
 
+from .ports import port_accepts
+
 T = TypeVar("T")
 
 INTERRUPTED = threading.Event()
@@ -105,8 +107,9 @@ def tail_lines(path: Path, lines: int) -> str:
 class ManagedProcess:
     """One child process with captured output, started by :meth:`start`, stopped by PID.
 
-    Subclasses override :meth:`is_ready` (when the process serves) and, when the command line
-    depends on state chosen at start (a port picked again), :meth:`prepare`.
+    It is ready once ``ready_port`` (if given) accepts connections; subclasses override
+    :meth:`is_ready` for more (a health check) and, when the command line depends on state
+    chosen at start (a port picked again), :meth:`prepare`.
     """
 
     ready_timeout: float = 20.0
@@ -120,8 +123,10 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        ready_port: int | None = None,
     ) -> None:
         self.name = name
+        self.ready_port = ready_port
         self.argv = [str(a) for a in argv]
         self.log_dir = Path(log_dir)
         self.env = dict(os.environ if env is None else env)
@@ -168,8 +173,16 @@ class ManagedProcess:
         return self
 
     def is_ready(self) -> bool:
-        """Overridden: whether the started process serves; the default only needs it running."""
-        return True
+        """Whether the started process serves: ``ready_port`` accepts (or there is none)."""
+        return self.ready_port is None or port_accepts(self.ready_port)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to exit; its exit status (None when it
+        was never started).
+
+        :raises subprocess.TimeoutExpired: it still runs.
+        """
+        return None if self._popen is None else self._popen.wait(timeout)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit status."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO_ROOT
-from tests.support.e2e_guard import MARKER, ProcessGuard, UnmarkedProcessError
+from tests.support.e2e_guard import MARKER, ProcessGuard, UnmarkedProcessError, fixture_label
 
 
 class FakeItem:
@@ -47,6 +47,16 @@ def test_an_unmarked_user_of_a_fixture_that_spawned_is_recorded() -> None:
     assert guard.violations == {
         "t::unmarked": ["uses the fixture 'redis_server', which starts processes"]
     }
+
+
+def test_a_fixture_is_judged_per_parameter() -> None:
+    guard = ProcessGuard()
+    guard.spawning_fixtures.add(fixture_label("store", "redis"))
+    guard.check_fixtures(FakeItem("t::memory", marked=False), [fixture_label("store", "memory")])
+    assert guard.violations == {}
+    guard.check_fixtures(FakeItem("t::redis", marked=False), [fixture_label("store", "redis")])
+    (problem,) = guard.violations["t::redis"]
+    assert problem == "uses the fixture \"store['redis']\", which starts processes"
 
 
 def test_a_marked_test_and_code_outside_tests_may_spawn() -> None:
@@ -110,6 +120,25 @@ def test_marked_user_of_a_shared_server(shared_server):
 
 def test_unmarked_user_of_a_server_a_marked_test_started(shared_server):
     assert shared_server.poll() is None
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(params=[pytest.param("process", marks=pytest.mark.e2e), "memory"])
+def backend(request):
+    if request.param == "process":
+        return request.getfixturevalue("own_server")
+    return None
+
+
+def test_each_backend(backend):
+    assert backend is None or backend.poll() is None
 '''
 
 
@@ -132,4 +161,7 @@ def test_the_plugin_fails_unmarked_tests_in_a_real_pytest_run(tmp_path: Path) ->
     assert "PASSED test_inner.py::test_marked_user_of_a_shared_server" in out
     assert "FAILED test_inner.py::test_unmarked_user_of_a_server_a_marked_test_started" in out
     assert "uses the fixture 'shared_server', which starts processes" in out
+    # the fixture that only requested the process-starting one is not blamed for it
+    assert "PASSED test_inner.py::test_each_backend[memory]" in out
+    assert "PASSED test_inner.py::test_each_backend[process]" in out
     assert "without @pytest.mark.e2e" in out

@@ -38,7 +38,7 @@ from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
 from harness.redis import redis_binary as find_redis_server
 from tests.fixtures.core import COOKIE, Harness, build_harness, http_request
-from tests.support import RedisServer, free_port, wait_until
+from tests.support import ManagedProcess, RedisServer, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -234,16 +234,15 @@ def grpcurl_binary() -> str:
 
 @dataclass
 class Served:
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
     grpc_port: int
-    log: Path
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.proc.tail(200)
 
 
 @pytest.fixture
@@ -259,35 +258,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
         f'[jwt]\nkeys_dir = "{keys}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp_path,
-        )
-    node = Served(proc, grpc_port, log)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            return True
-        try:
-            with socket.create_connection(("127.0.0.1", grpc_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
+    argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
+    # start() raises with the log tail when it exits or does not listen within 20 s
+    proc = ManagedProcess("serve", argv, tmp_path, env=env, cwd=tmp_path, ready_port=grpc_port)
     try:
-        wait_until(ready, timeout=20, description="extauthz serve listening")
-        assert proc.poll() is None, node.tail()
-        yield node
+        yield Served(proc.start(), grpc_port)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        proc.kill9()
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ outside a test (collection, ``pytest_sessionfinish``) are not judged.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any, Protocol, cast
 
 import pytest
@@ -51,7 +51,8 @@ class ProcessGuard:
         self.current: _Item | None = None
         self.violations: dict[str, list[str]] = {}
         self.spawns = 0  # every process start seen, allowed or not
-        self.spawning_fixtures: set[str] = set()
+        self.attributed = 0  # of those, started by a fixture's own code (not a nested one)
+        self.spawning_fixtures: set[str] = set()  # labels, see fixture_label
 
     def audit(self, event: str, args: Sequence[Any]) -> None:
         """The audit hook. :raises UnmarkedProcessError: a spawn during an unmarked test."""
@@ -67,14 +68,24 @@ class ProcessGuard:
             f"{item.nodeid} starts a process without @pytest.mark.{MARKER} ({what})"
         )
 
-    def check_fixtures(self, item: _Item, fixturenames: Sequence[str]) -> None:
-        """Record a violation when an unmarked ``item`` uses a fixture that starts processes."""
+    def check_fixtures(self, item: _Item, labels: Iterable[str]) -> None:
+        """Record a violation when an unmarked ``item`` uses a fixture (by
+        :func:`fixture_label`) that started processes."""
         if item.get_closest_marker(MARKER) is not None:
             return
-        for name in sorted(self.spawning_fixtures.intersection(fixturenames)):
+        for label in sorted(self.spawning_fixtures.intersection(labels)):
             self.violations.setdefault(item.nodeid, []).append(
-                f"uses the fixture {name!r}, which starts processes"
+                f"uses the fixture {label!r}, which starts processes"
             )
+
+
+_NO_PARAM = object()
+
+
+def fixture_label(name: str, param: object = _NO_PARAM) -> str:
+    """``name``, or ``name[param]`` for one parameter of a parametrized fixture (a process may
+    start for one parameter only, e.g. ``store[redis]`` but not ``store[memory]``)."""
+    return name if param is _NO_PARAM else f"{name}[{param!r}]"
 
 
 GUARD = ProcessGuard()
@@ -102,16 +113,26 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
-    before = GUARD.spawns
+    spawns, attributed = GUARD.spawns, GUARD.attributed
     try:
         return (yield)
     finally:
-        if GUARD.spawns != before:
-            GUARD.spawning_fixtures.add(fixturedef.argname)
+        # a fixture that requests another one (getfixturevalue) does not own what that one starts
+        own = (GUARD.spawns - spawns) - (GUARD.attributed - attributed)
+        if own > 0:
+            GUARD.attributed += own
+            label = fixture_label(fixturedef.argname, getattr(request, "param", _NO_PARAM))
+            GUARD.spawning_fixtures.add(label)
 
 
 def pytest_runtest_call(item: pytest.Item) -> None:
-    GUARD.check_fixtures(cast(_Item, item), getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, object] = dict(callspec.params) if callspec is not None else {}
+    labels = [
+        fixture_label(name, params.get(name, _NO_PARAM))
+        for name in getattr(item, "fixturenames", ())
+    ]
+    GUARD.check_fixtures(cast(_Item, item), labels)
 
 
 @pytest.hookimpl(wrapper=True)
