@@ -113,6 +113,17 @@ def shared_server():
     proc.wait()
 
 
+@pytest.fixture(params=[pytest.param("process", marks=pytest.mark.e2e), "memory"])
+def backend(request):
+    if request.param == "process":  # the process starts here, in shared_server's own code
+        return request.getfixturevalue("shared_server")
+    return None
+
+
+def test_each_backend(backend):
+    assert backend is None or backend.poll() is None
+
+
 @pytest.mark.e2e
 def test_marked_user_of_a_shared_server(shared_server):
     assert shared_server.poll() is None
@@ -120,25 +131,6 @@ def test_marked_user_of_a_shared_server(shared_server):
 
 def test_unmarked_user_of_a_server_a_marked_test_started(shared_server):
     assert shared_server.poll() is None
-
-
-@pytest.fixture(scope="module")
-def own_server():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
-@pytest.fixture(params=[pytest.param("process", marks=pytest.mark.e2e), "memory"])
-def backend(request):
-    if request.param == "process":
-        return request.getfixturevalue("own_server")
-    return None
-
-
-def test_each_backend(backend):
-    assert backend is None or backend.poll() is None
 '''
 
 
