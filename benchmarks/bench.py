@@ -32,12 +32,8 @@ show where the time goes. Exit status: 0 success, 1 a check failed, 2 a tool is 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import platform
-import re
-import resource
 import shlex
 import shutil
 import signal
@@ -53,233 +49,49 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# Process management shared with the end-to-end tests: start on free ports, wait until ready
-# (bounded), logs to files, stop by PID.
-from tests.support.ports import LOOPBACK, free_port, port_accepts  # noqa: E402
-from tests.support.processes import (  # noqa: E402
-    EnvoyProcess,
-    ExtauthzProcess,
-    ManagedProcess,
-    ProcessError,
-    RedisServer,
-    envoy_version,
+# harness/ is the repository's process harness, shared with the demo and the tests: start on
+# free ports, wait until ready (bounded), logs to files, stop by PID.
+from benchmarks.probes import (  # noqa: E402
+    children_cpu_seconds,
+    cpu_seconds,
+    envoy_counters,
+    http_get,
+    machine_busy_seconds,
+    parse_wrk,
+    redis_commands,
+    run_wrk,
 )
+from benchmarks.report import extauthz_source, machine, render_table, tool_version  # noqa: E402
+from benchmarks.scenarios import (  # noqa: E402
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    LABELS,
+    SCENARIOS,
+    BenchError,
+    EnvoyPorts,
+    make_jwt_material,
+    render_bench_config,
+)
+from harness.envoy import EnvoyProcess, envoy_version, find_envoy  # noqa: E402
+from harness.extauthz import ExtauthzProcess, ensure_signing_key  # noqa: E402
+from harness.ports import LOOPBACK, free_port  # noqa: E402
+from harness.process import ManagedProcess, ProcessError  # noqa: E402
+from harness.redis import RedisServer, redis_binary  # noqa: E402
 
-BENCH_CONFIG = REPO / "benchmarks" / "envoy-bench.yaml"
-# listener names in envoy-bench.yaml, in the order they run
-SCENARIOS = ("direct", "jwt_authn", "ext_authz_noop", "ext_authz_nocache", "ext_authz")
-LABELS = {
-    "direct": "Envoy, no auth (direct_response)",
-    "jwt_authn": "Envoy jwt_authn, ES256 JWT",
-    "ext_authz_noop": "ext_authz -> no-op Python Check",
-    "ext_authz_nocache": "extauthz, session cache off (Redis)",
-    "ext_authz": "extauthz, session cache on (default)",
-}
-JWT_ISSUER = "https://bench.invalid"
-JWT_AUDIENCE = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """A check failed: the benchmark would measure something other than it claims."""
+__all__ = [  # what tests/e2e/test_bench_config.py reads from this script
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "SCENARIOS",
+    "EnvoyPorts",
+    "check_run",
+    "make_jwt_material",
+    "parse_wrk",
+    "render_bench_config",
+]
 
 
 def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-# -- credentials ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JwtMaterial:
-    jwks: str  # the public JWKS, for Envoy's local_jwks
-    token: str  # an ES256 JWT that Envoy must accept
-    foreign_token: str  # same claims, signed by a key Envoy does not know: must be refused
-
-
-def make_jwt_material() -> JwtMaterial:
-    """A fresh ES256 key pair; its public JWKS and a JWT (1 hour) signed with it."""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from jwt.algorithms import ECAlgorithm
-
-    from extauthz.keys.keyring import jwk_thumbprint
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    kid = jwk_thumbprint(jwk)
-    jwk.update({"kid": kid, "alg": "ES256", "use": "sig"})
-    now = int(time.time())
-    claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "bench", "iat": now, "nbf": now,
-              "exp": now + 3600}  # fmt: skip
-    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
-    other = ec.generate_private_key(ec.SECP256R1())
-    foreign = jwt.encode(claims, other, algorithm="ES256", headers={"kid": kid})
-    return JwtMaterial(json.dumps({"keys": [jwk]}, separators=(",", ":")), token, foreign)
-
-
-# -- Envoy config -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EnvoyPorts:
-    admin: int
-    listeners: dict[str, int]
-
-    @classmethod
-    def allocate(cls) -> EnvoyPorts:
-        return cls(free_port(), {name: free_port() for name in SCENARIOS})
-
-
-def render_bench_config(
-    out_dir: Path,
-    ports: EnvoyPorts,
-    grpc_ports: dict[str, int],
-    jwks: str,
-    source: Path = BENCH_CONFIG,
-) -> Path:
-    """A copy of ``source`` with the given ports (``grpc_ports``: cluster name -> port) and
-    JWKS; nothing else changes.
-
-    :raises BenchError: the file no longer has the listeners, filter or cluster expected here.
-    """
-    import yaml
-
-    doc = yaml.safe_load(source.read_text())
-    doc["admin"]["address"]["socket_address"]["port_value"] = ports.admin
-    listeners = {item["name"]: item for item in doc["static_resources"]["listeners"]}
-    if set(listeners) != set(SCENARIOS):
-        raise BenchError(f"{source}: expected listeners {SCENARIOS}, found {sorted(listeners)}")
-    for name, port in ports.listeners.items():
-        listeners[name]["address"]["socket_address"]["port_value"] = port
-    jwt_filters = [
-        f
-        for chain in listeners["jwt_authn"]["filter_chains"]
-        for hcm in chain["filters"]
-        for f in hcm["typed_config"]["http_filters"]
-        if f["name"] == "envoy.filters.http.jwt_authn"
-    ]
-    if len(jwt_filters) != 1:
-        raise BenchError(f"{source}: the jwt_authn listener must have one jwt_authn filter")
-    for provider in jwt_filters[0]["typed_config"]["providers"].values():
-        provider["local_jwks"] = {"inline_string": jwks}
-    clusters = doc["static_resources"]["clusters"]
-    if sorted(c["name"] for c in clusters) != sorted(grpc_ports):
-        raise BenchError(f"{source}: expected the clusters {sorted(grpc_ports)}")
-    for cluster in clusters:
-        for locality in cluster["load_assignment"]["endpoints"]:
-            for endpoint in locality["lb_endpoints"]:
-                address = endpoint["endpoint"]["address"]["socket_address"]
-                address["port_value"] = grpc_ports[cluster["name"]]
-    out = out_dir / "envoy-bench.yaml"
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out
-
-
-# -- probes -----------------------------------------------------------------------------------
-
-
-def http_get(port: int, path: str = "/", bearer: str | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
-    try:
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
-        conn.request("GET", path, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def envoy_counters(envoy: EnvoyProcess) -> dict[str, int]:
-    status, body = envoy.admin_get("/stats?filter=^http\\.bench_", timeout=5)
-    if status != 200:
-        raise BenchError(f"Envoy admin /stats answered {status}")
-    counters: dict[str, int] = {}
-    for line in body.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and value.strip().isdigit():
-            counters[name] = int(value)
-    return counters
-
-
-def redis_commands(redis: RedisServer) -> int:
-    import redis as redis_py
-
-    client = redis_py.Redis(host=LOOPBACK, port=redis.port, socket_timeout=5)
-    try:
-        return int(client.info("stats")["total_commands_processed"])
-    finally:
-        client.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
-
-
-def machine_busy_seconds() -> float:
-    """CPU time spent by every process on the machine so far (all CPUs, not idle/iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-# -- wrk --------------------------------------------------------------------------------------
-
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not match:
-        raise BenchError(f"wrk: cannot read the latency {text!r}")
-    return float(match.group(1)) * _UNIT_MS[match.group(2)]
-
-
-def parse_wrk(out: str) -> dict[str, Any]:
-    """requests/s, latency percentiles (ms), request and error counts from wrk's report."""
-    result: dict[str, Any] = {"non_2xx": 0, "socket_errors": 0}
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise BenchError(f"wrk: no Requests/sec in its output:\n{out}")
-    result["rps"] = float(match.group(1))
-    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
-    if not match:
-        raise BenchError(f"wrk: no request count in its output:\n{out}")
-    result["requests"] = int(match.group(1))
-    result["elapsed_s"] = _ms(match.group(2) + match.group(3)) / 1000
-    for pct in ("50", "75", "90", "99"):
-        match = re.search(rf"^\s+{pct}%\s+(\S+)$", out, re.M)
-        if not match:
-            raise BenchError(f"wrk: no {pct}% latency in its output (run with --latency):\n{out}")
-        result[f"p{pct}_ms"] = _ms(match.group(1))
-    match = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
-    if match:
-        result["avg_ms"], result["max_ms"] = _ms(match.group(1)), _ms(match.group(3))
-    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if match:
-        result["non_2xx"] = int(match.group(1))
-    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if match:
-        result["socket_errors"] = sum(int(g) for g in match.groups())
-    return result
-
-
-def run_wrk(args: argparse.Namespace, port: int, bearer: str, duration: int) -> str:
-    argv = [
-        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
-        "--timeout", "5s", "-H", f"Authorization: Bearer {bearer}", f"http://{LOOPBACK}:{port}/",
-    ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 # -- the benchmark ----------------------------------------------------------------------------
@@ -292,10 +104,7 @@ class NoopAuthzProcess(ManagedProcess):
         self.grpc_port = free_port()
         argv = [sys.executable, str(REPO / "benchmarks" / "noop_authz.py"),
                 "--listen", f"{LOOPBACK}:{self.grpc_port}"]  # fmt: skip
-        super().__init__("noop-authz", argv, log_dir, cwd=REPO)
-
-    def is_ready(self) -> bool:
-        return port_accepts(self.grpc_port)
+        super().__init__("noop-authz", argv, log_dir, cwd=REPO, ready_port=self.grpc_port)
 
 
 @dataclass
@@ -342,10 +151,7 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     say(f"redis-server pid {redis.pid} on port {redis.port}")
 
     keys = work_dir / "keys"
-    subprocess.run(
-        [sys.executable, "-m", "extauthz", "keys", "generate", "--dir", str(keys)],
-        cwd=REPO, check=True, timeout=60, capture_output=True,
-    )  # fmt: skip
+    ensure_signing_key(keys)
     settings = work_dir / "extauthz.toml"
     write_settings(settings, redis.url, keys)
     extauthz = ExtauthzProcess(settings, logs, env={"EXTAUTHZ_LOG_LEVEL": "warning"})
@@ -373,7 +179,8 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     envoy = EnvoyProcess(args.envoy, config, logs, admin_port=ports.admin,
                          concurrency=args.envoy_concurrency)  # fmt: skip
     processes.append(envoy.start())
-    say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} (--concurrency {args.envoy_concurrency})")
+    say(f"envoy {envoy_version(args.envoy)} pid {envoy.pid} "
+        f"(--concurrency {args.envoy_concurrency})")
     return Stack(
         work_dir, redis, extauthz, nocache, noop, envoy, ports,
         credentials={"direct": token, "jwt_authn": material.token, "ext_authz_noop": token,
@@ -484,92 +291,7 @@ def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]
     result["wrk_output"] = out
     return result
 
-
-# -- report -----------------------------------------------------------------------------------
-
-
-def render_table(results: list[dict[str, Any]]) -> str:
-    head = ("scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "requests")
-    rows = [
-        (r["label"], f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-         f"{r['p99_ms']:.2f}", f"{r.get('max_ms', float('nan')):.2f}", str(r["non_2xx"]),
-         str(r["requests"]))  # fmt: skip
-        for r in results
-    ]
-    cpu_head = ("scenario", "envoy", "authz server", "redis", "wrk", "other", "redis cmds/req")
-    cpu_rows = [
-        (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} us ({r['cpu_cores'][k]:.2f})"
-                       for k in ("envoy", "extauthz", "redis", "wrk", "other")),
-         f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
-        for r in results
-    ]
-    return (
-        _table(head, rows)
-        + "\n\nCPU per request in microseconds (in parentheses: cores busy over the run; "
-        "other: the rest of the machine)\n"
-        + _table(cpu_head, cpu_rows)
-    )
-
-
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                model = text.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "python": platform.python_version()}  # fmt: skip
-
-
-def extauthz_source() -> dict[str, Any]:
-    """Which extauthz code ran: its version, where it was imported from, and when that is a git
-    checkout, the commit and whether the package had uncommitted changes."""
-    import extauthz
-
-    src = Path(extauthz.__file__).resolve().parent
-    info: dict[str, Any] = {"version": extauthz.__version__, "path": str(src)}
-    try:
-        git = ["git", "-C", str(src)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        info |= {"commit": commit, "uncommitted_changes": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def tool_version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
-
-
 # -- main -------------------------------------------------------------------------------------
-
-
-def find_envoy(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if beside.exists() else shutil.which("envoy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -598,11 +320,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.envoy = find_envoy(args.envoy)
+    args.envoy = args.envoy or find_envoy()
+    envoy_ok = bool(args.envoy and os.access(args.envoy, os.X_OK))
     missing = [what for what, ok in (
         ("wrk (apt-get install wrk, or `make wrk`)", shutil.which(args.wrk)),
-        ("redis-server (apt-get install redis-server, or `make redis`)", shutil.which("redis-server")),
-        ("envoy (`make venv` installs it, or pass --envoy)", args.envoy and os.access(args.envoy, os.X_OK)),
+        ("redis-server (apt-get install redis-server, or `make redis`)", redis_binary()),
+        ("envoy (`make venv` installs it, or pass --envoy)", envoy_ok),
     ) if not ok]  # fmt: skip
     if missing:
         for what in missing:
@@ -614,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
+    command = shlex.join([Path(sys.executable).name, *sys.argv] if argv is None else argv)
     work_dir = Path(tempfile.mkdtemp(prefix="extauthz-bench-"))
     processes: list[ManagedProcess] = []
     results: list[dict[str, Any]] = []
@@ -651,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         src = report["extauthz"]
         print(f"extauthz {src['version']} from {src['path']}"
               + (f" at {src['commit'][:12]}" if "commit" in src else "")
-              + (" WITH UNCOMMITTED CHANGES in extauthz/" if src.get("uncommitted_changes") else ""))
+              + (" WITH UNCOMMITTED CHANGES in extauthz/" if src.get("uncommitted_changes")
+                 else ""))  # fmt: skip
         print(f"command: {command}\n")
         print(render_table(results))
         if args.json:

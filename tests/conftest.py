@@ -1,5 +1,8 @@
 """Shared fixtures: real Redis and Envoy processes on free ports, and log tails on failure.
 
+Every fixture here that starts a process is for tests marked ``e2e``; the plugin
+:mod:`tests.support.e2e_guard` fails a test that starts a process without that marker.
+
 Missing infrastructure (no ``redis-server``, no Envoy binary) skips the tests that need it on a
 developer's machine and fails them in CI (``CI`` set), where ``make test`` installs both.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +20,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `pytest` run without `python -m`
     sys.path.insert(0, str(REPO_ROOT))
 
+from harness import process as _processes  # noqa: E402
 from tests.support import (  # noqa: E402
     RedisServer,
     Stack,
     envoy_binaries,
     envoy_version,
+    redis_binary,
     start_stack,
 )
-from tests.support import processes as _processes  # noqa: E402
 from tests.support.auth_stack import AuthStack, start_auth_stack  # noqa: E402
 
-ENVOY_BINARIES = envoy_binaries()
+pytest_plugins = ["tests.support.e2e_guard"]
+
+ENVOY_BINARIES: list[str | None] = [*envoy_binaries()]
 
 
 def missing(what: str) -> None:
@@ -61,7 +67,7 @@ def process_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _need_redis() -> None:
-    if _processes.redis_binary() is None:
+    if redis_binary() is None:
         missing("redis-server is not on PATH")
 
 
@@ -70,6 +76,15 @@ def redis_server(process_dir: Path) -> Iterator[RedisServer]:
     """One Redis for the session (tests must use their own key prefixes or flush)."""
     _need_redis()
     server = RedisServer(process_dir, name="redis-session").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of the test module's own."""
+    _need_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), name="redis-module").start()
     yield server
     server.stop()
 
@@ -139,15 +154,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
-    report: pytest.TestReport = yield
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         first = _first_process_of_test.get(item.nodeid, 0)
         for index, proc in enumerate(_processes.started_processes()):
             # the processes this test can see: still running, or started during it
             if proc.running or index >= first:
                 report.sections.append((f"process {proc.name} (pid {proc.pid})", proc.tail(30)))
-    return report  # type: ignore[return-value]
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

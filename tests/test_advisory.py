@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,13 +37,13 @@ from tests.fixtures.core import (
     FakeClock,
     FakeServicerContext,
     Harness,
-    RedisProcess,
     build_harness,
     http_request,
     metadata,
     ok_headers,
     response_headers,
 )
+from tests.support import RedisServer
 
 
 class ProbeStore(MemorySessionStore):
@@ -334,15 +333,6 @@ async def test_store_outage_is_not_a_logout(h: Harness) -> None:
     assert metadata(response)["sid"] == sid
 
 
-@pytest.fixture(scope="module")
-def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    if RedisProcess.binary() is None:
-        pytest.skip("redis-server is not on PATH")
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 class LogoutDuringLookup:
     """Wraps a store: right after ``get`` answers, a concurrent logout revokes the session."""
 
@@ -359,7 +349,7 @@ class LogoutDuringLookup:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.e2e)])
 async def test_touch_after_revoke_does_not_resurrect(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
@@ -369,7 +359,7 @@ async def test_touch_after_revoke_does_not_resurrect(
     if backend == "memory":
         inner = MemorySessionStore(clock)
     else:
-        server: RedisProcess = request.getfixturevalue("redis_process")
+        server: RedisServer = request.getfixturevalue("redis_process")
         client = aioredis.Redis.from_url(server.url)
         inner = RedisSessionStore(client, "adv:", clock=clock)
     try:
@@ -385,8 +375,9 @@ async def test_touch_after_revoke_does_not_resurrect(
             await client.aclose()
 
 
+@pytest.mark.e2e
 async def test_a_retried_revocation_does_not_succeed_before_the_first_one_landed(
-    redis_process: RedisProcess,
+    redis_process: RedisServer,
 ) -> None:
     """A revocation whose first try deleted the record but failed its barrier (a node had not
     acknowledged) leaves nothing for a retry to find; the retry must still wait for that

@@ -68,12 +68,14 @@ def _filter(hcm: dict[str, Any], name: str) -> dict[str, Any]:
 # -- validation by the real binaries ----------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_bench_config_validates(envoy_binary: str) -> None:
     result = validate_envoy_config(envoy_binary, BENCH_CONFIG)
     assert result.returncode == 0, f"rejected:\n{result.stdout}\n{result.stderr}"
     assert "OK" in result.stdout
 
 
+@pytest.mark.e2e
 def test_rendered_bench_config_validates(envoy_binary: str, tmp_path: Path) -> None:
     material = bench.make_jwt_material()
     ports = bench.EnvoyPorts.allocate()

@@ -98,6 +98,7 @@ def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
     assert settings.server.grpc_listen == "0.0.0.0:9001"
 
 
+@pytest.mark.e2e
 def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> None:
     command = _words(_services()["envoy-config"])
     args = [w.replace("/app/", f"{REPO_ROOT}/") for w in command[2:]]
@@ -130,6 +131,7 @@ def _without_addresses(doc: dict[str, Any]) -> Any:
     return strip(doc)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("service", ["keys-init"])
 def test_key_init_checks_for_the_files_keys_generate_writes(service: str, tmp_path: Path) -> None:
     from tests.support import extauthz_cli

@@ -51,6 +51,7 @@ def test_front_proxy_is_among_the_validated_configs() -> None:
     assert FRONT_PROXY in ENVOY_CONFIGS
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("config", ENVOY_CONFIGS, ids=lambda p: p.name)
 def test_config_validates(envoy_binary: str, config: Path) -> None:
     result = validate_envoy_config(envoy_binary, config)
@@ -58,6 +59,7 @@ def test_config_validates(envoy_binary: str, config: Path) -> None:
     assert "OK" in result.stdout
 
 
+@pytest.mark.e2e
 def test_validation_rejects_a_broken_config(envoy_binary: str, tmp_path: Path) -> None:
     # the validation test above must be able to fail: a misspelt field is an error
     doc = yaml.safe_load(FRONT_PROXY.read_text())
@@ -68,6 +70,7 @@ def test_validation_rejects_a_broken_config(envoy_binary: str, tmp_path: Path) -
     assert validate_envoy_config(envoy_binary, broken).returncode != 0
 
 
+@pytest.mark.e2e
 def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> None:
     rendered = render_front_proxy(StackPorts.allocate(), tmp_path)
     result = validate_envoy_config(envoy_binary, rendered)
@@ -303,6 +306,7 @@ def front_proxy(
         server.stop(grace=None)
 
 
+@pytest.mark.e2e
 def test_allowed_request_reaches_upstream_with_the_authz_headers(front_proxy: FrontProxy) -> None:
     status, _, body = front_proxy.request(
         "/hello?x=1", headers={"authorization": "Bearer opaque-client-token"}
@@ -317,6 +321,7 @@ def test_allowed_request_reaches_upstream_with_the_authz_headers(front_proxy: Fr
     assert check.attributes.request.http.headers["authorization"] == "Bearer opaque-client-token"
 
 
+@pytest.mark.e2e
 def test_access_log_shows_the_authz_decision(front_proxy: FrontProxy) -> None:
     front_proxy.request("/logged")
     entry = front_proxy.log_for("/logged")
@@ -329,6 +334,7 @@ def test_access_log_shows_the_authz_decision(front_proxy: FrontProxy) -> None:
     assert entry["node_id"] == "fake-1"
 
 
+@pytest.mark.e2e
 def test_denial_is_passed_to_the_client(front_proxy: FrontProxy) -> None:
     status, headers, body = front_proxy.request("/deny/me")
     assert status == 401
@@ -337,12 +343,14 @@ def test_denial_is_passed_to_the_client(front_proxy: FrontProxy) -> None:
     assert front_proxy.log_for("/deny/me")["decision"] == "deny"
 
 
+@pytest.mark.e2e
 def test_authz_error_is_503_not_an_allow(front_proxy: FrontProxy) -> None:
     status, _, body = front_proxy.request("/unavailable/x")
     assert status == 503
     assert b"echo" not in body and b"headers" not in body
 
 
+@pytest.mark.e2e
 def test_direct_health_route_needs_no_authz(front_proxy: FrontProxy) -> None:
     before = len(front_proxy.authz.requests)
     status, _, body = front_proxy.request("/health/direct")
@@ -350,6 +358,7 @@ def test_direct_health_route_needs_no_authz(front_proxy: FrontProxy) -> None:
     assert len(front_proxy.authz.requests) == before
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/auth/login"])
 def test_exempt_routes_go_to_the_auth_service_without_authz(
     front_proxy: FrontProxy, path: str
@@ -363,6 +372,7 @@ def test_exempt_routes_go_to_the_auth_service_without_authz(
     assert "UAEX" not in front_proxy.log_for(path)["flags"]
 
 
+@pytest.mark.e2e
 def test_dot_segments_cannot_escape_into_an_exempt_route(front_proxy: FrontProxy) -> None:
     # without normalize_path, "/auth/../deny/x" would match the authz-free /auth/ prefix
     status, _, _ = front_proxy.request("/auth/../deny/x")
@@ -370,12 +380,14 @@ def test_dot_segments_cannot_escape_into_an_exempt_route(front_proxy: FrontProxy
     assert front_proxy.authz.requests[-1].attributes.request.http.path == "/deny/x"
 
 
+@pytest.mark.e2e
 def test_merged_slashes_reach_authz_normalised(front_proxy: FrontProxy) -> None:
     status, _, _ = front_proxy.request("//deny//x")
     assert status == 401
     assert front_proxy.authz.requests[-1].attributes.request.http.path == "/deny/x"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["/auth%2F..%2Fdeny", "/hello%2fworld", "/a%5Cb"])
 def test_escaped_slashes_are_rejected(front_proxy: FrontProxy, path: str) -> None:
     before = len(front_proxy.authz.requests)
@@ -384,6 +396,7 @@ def test_escaped_slashes_are_rejected(front_proxy: FrontProxy, path: str) -> Non
     assert len(front_proxy.authz.requests) == before
 
 
+@pytest.mark.e2e
 def test_headers_with_underscores_are_rejected(front_proxy: FrontProxy) -> None:
     status, _, _ = front_proxy.request("/hello", headers={"x_extauthz_sid": "forged"})
     assert status == 400
@@ -392,6 +405,7 @@ def test_headers_with_underscores_are_rejected(front_proxy: FrontProxy) -> None:
 # -- the front proxy with the real extauthz (tests/support/stack.py) ----------------------------
 
 
+@pytest.mark.e2e
 def test_real_stack_replaces_the_opaque_token_with_a_verified_jwt(redis_stack: Stack) -> None:
     token = redis_stack.create_session("alice", "--scope", "read")
     conn = http.client.HTTPConnection("127.0.0.1", redis_stack.ports.listener, timeout=5)

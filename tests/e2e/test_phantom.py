@@ -122,10 +122,9 @@ def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
 
 
 def _persistent_redis(tmp_path: Path) -> RedisServer:
-    server = RedisServer(tmp_path, name="redis-aof")
     # keep sessions across a restart: "Redis back" must not mean "every session lost"
-    server.argv += ["--appendonly", "yes", "--appendfsync", "always"]
-    return server.start()
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]
+    return RedisServer(tmp_path, name="redis-aof", extra_args=aof).start()
 
 
 def test_store_outage_is_503_and_recovers_without_a_new_login(

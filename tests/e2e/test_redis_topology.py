@@ -25,13 +25,11 @@ from tests.support.redis_topology import (
     ReplicatedTopology,
     TopologyTimeout,
     free_port,
-    redis_server_available,
+    needs_redis_server,
     wait_until,
 )
 
-pytestmark = pytest.mark.skipif(
-    not redis_server_available(), reason="redis-server binary not installed"
-)
+pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 FAILOVER_BUDGET_S = 15.0
 

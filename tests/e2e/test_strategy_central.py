@@ -33,11 +33,9 @@ from tests.support.extauthz_nodes import (
     settle,
     write_settings,
 )
-from tests.support.redis_topology import ReplicatedTopology, redis_server_available
+from tests.support.redis_topology import ReplicatedTopology, needs_redis_server
 
-pytestmark = pytest.mark.skipif(
-    not redis_server_available(), reason="redis-server binary not installed"
-)
+pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 FAILOVER_BUDGET_S = 20.0
 SESSIONS = 8

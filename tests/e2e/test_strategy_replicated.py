@@ -24,18 +24,17 @@ from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.server.app import Components, build_components
 from extauthz.settings import load_settings
 from extauthz.store.redis.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
-from tests.support.extauthz_nodes import check_request, node_settings, settle
+from tests.fixtures.core import bearer_request
+from tests.support.extauthz_nodes import node_settings, settle
 from tests.support.redis_topology import (
     RedisNode,
     ReplicatedTopology,
-    redis_server_available,
+    needs_redis_server,
     wait_until,
 )
 from tests.support.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.skipif(
-    not redis_server_available(), reason="redis-server binary not installed"
-)
+pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 TRIALS = 1000
 
@@ -78,7 +77,7 @@ async def nodes(
 async def check(node: Components, token: str) -> str:
     """One Check through the pipeline: allow, deny:<reason> or unavailable (Envoy 503)."""
     try:
-        decision = await node.authorizer.authorize(to_request_context(check_request(token)))
+        decision = await node.authorizer.authorize(to_request_context(bearer_request(token)))
     except StoreUnavailable:
         return "unavailable"
     if isinstance(decision, Allow):

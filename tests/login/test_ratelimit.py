@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -30,13 +30,9 @@ from tests.support import RedisServer, free_port
 
 
 @pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A redis-server of this module's own (free port, no persistence), stopped by PID."""
-    server = RedisServer(tmp_path_factory.mktemp('redis-ratelimit'), name='redis-ratelimit').start()
-    try:
-        yield server.port
-    finally:
-        server.stop()
+def redis_port(redis_process: RedisServer) -> int:
+    """The port of this module's own redis-server (tests/conftest.py)."""
+    return redis_process.port
 
 
 @pytest.fixture
@@ -158,6 +154,7 @@ async def test_memory_sweeps_expired_counters() -> None:
 # ---------------------------------------------------------------- redis limiter
 
 
+@pytest.mark.e2e
 async def test_redis_blocks_after_limit_and_recovers_after_window(
     client: redis.asyncio.Redis,
 ) -> None:
@@ -176,6 +173,7 @@ async def test_redis_blocks_after_limit_and_recovers_after_window(
     assert not (await rl.hit(USER)).blocked
 
 
+@pytest.mark.e2e
 async def test_redis_retry_after_reflects_the_window(client: redis.asyncio.Redis) -> None:
     rl = RedisRateLimiter(client, "t:", limit=1, window_seconds=30)
     await rl.hit(USER)
@@ -185,6 +183,7 @@ async def test_redis_retry_after_reflects_the_window(client: redis.asyncio.Redis
     assert 29_000 < ttl_ms <= 30_000
 
 
+@pytest.mark.e2e
 async def test_redis_keys_are_namespaced_hashed_and_independent(
     client: redis.asyncio.Redis,
 ) -> None:
@@ -204,6 +203,7 @@ async def test_redis_keys_are_namespaced_hashed_and_independent(
     assert (await rl.blocked(odd)).blocked
 
 
+@pytest.mark.e2e
 async def test_redis_repairs_a_counter_without_ttl(client: redis.asyncio.Redis) -> None:
     rl = RedisRateLimiter(client, "t:", limit=5, window_seconds=60)
     await client.set(rl.redis_key(USER), 7)  # e.g. left behind without an expiry
@@ -212,6 +212,7 @@ async def test_redis_repairs_a_counter_without_ttl(client: redis.asyncio.Redis) 
     assert await client.ttl(rl.redis_key(USER)) > 0
 
 
+@pytest.mark.e2e
 async def test_redis_concurrent_hits_count_exactly(redis_port: int) -> None:
     # a pool of many connections, so the 50 INCRs really interleave on the server
     c = redis.asyncio.Redis(host="127.0.0.1", port=redis_port, max_connections=50)
@@ -271,6 +272,7 @@ async def test_memory_refund_takes_one_hit_back_within_the_window() -> None:
     assert (await rl.hit(USER)).remaining == 1
 
 
+@pytest.mark.e2e
 async def test_redis_refund_takes_one_hit_back_and_keeps_the_ttl(
     client: redis.asyncio.Redis,
 ) -> None:

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -433,13 +433,9 @@ async def test_loose_file_mode_is_warned_about(tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A redis-server of this module's own (free port, no persistence), stopped by PID."""
-    server = RedisServer(tmp_path_factory.mktemp('redis-users'), name='redis-users').start()
-    try:
-        yield server.port
-    finally:
-        server.stop()
+def redis_port(redis_process: RedisServer) -> int:
+    """The port of this module's own redis-server (tests/conftest.py)."""
+    return redis_process.port
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
@@ -456,6 +452,7 @@ async def client(redis_port: int, request: pytest.FixtureRequest,
 PREFIX = "ex*[1]:"  # glob characters in the prefix must not widen SCAN
 
 
+@pytest.mark.e2e
 async def test_redis_store_round_trip(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, PREFIX)
     assert await store.get("alice") is None
@@ -481,6 +478,7 @@ async def test_redis_store_round_trip(client: redis.asyncio.Redis) -> None:
     assert await store.get("alice") == UserRecord("alice", h, (), ("read",))
 
 
+@pytest.mark.e2e
 async def test_redis_store_mutations(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     await store.put("alice", fast_hash("pw"), ["admin"], [])
@@ -495,6 +493,7 @@ async def test_redis_store_mutations(client: redis.asyncio.Redis) -> None:
     assert await store.names() == []
 
 
+@pytest.mark.e2e
 async def test_redis_store_malformed_record_names_the_key(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     await client.hset("t:user:alice", mapping={"password_hash": fast_hash("pw"), "roles": "{}"})
@@ -504,6 +503,7 @@ async def test_redis_store_malformed_record_names_the_key(client: redis.asyncio.
         await store.get("a*")
 
 
+@pytest.mark.e2e
 async def test_verifier_over_redis_store(client: redis.asyncio.Redis) -> None:
     store = RedisUserStore(client, "t:")
     verifier = PasswordVerifier(store, FAST)

@@ -35,15 +35,9 @@ from extauthz.server.grpc_server import (
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
-from tests.fixtures.core import (
-    COOKIE,
-    Harness,
-    RedisProcess,
-    build_harness,
-    free_port,
-    http_request,
-    wait_until,
-)
+from harness.redis import redis_binary as find_redis_server
+from tests.fixtures.core import COOKIE, Harness, build_harness, http_request
+from tests.support import ManagedProcess, RedisServer, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -103,7 +97,7 @@ def redis_store(port: int) -> tuple[RedisSessionStore, RedisClients]:
 
 @pytest.fixture
 def redis_binary() -> None:
-    if RedisProcess.binary() is None:
+    if find_redis_server() is None:
         missing("redis-server is not on PATH")
 
 
@@ -137,6 +131,7 @@ async def assert_unavailable(node: Node, request: CheckRequest, token: str) -> N
     assert token not in repr(error)
 
 
+@pytest.mark.e2e
 async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
     dead_port_node: tuple[Node, int], tmp_path: Path
 ) -> None:
@@ -153,7 +148,7 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
     reply = await node.check(http_request({"authorization": "Basic x"}))
     assert reply.denied_response.status.code == 401  # type: ignore[attr-defined]
     # Redis comes up on that port: SERVING, and sessions work
-    redis = RedisProcess(tmp_path / "redis", port=port).start()
+    redis = RedisServer(tmp_path / "redis", port=port).start()
     try:
         assert await node.reporter.check_once() is True
         assert await node.health() == SERVING
@@ -164,8 +159,9 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
         redis.stop()
 
 
+@pytest.mark.e2e
 async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary: None) -> None:
-    redis = RedisProcess(tmp_path / "redis").start()
+    redis = RedisServer(tmp_path / "redis").start()
     store, clients = redis_store(redis.port)
     node = await start_node(build_harness(tmp_path, store=store))
     try:
@@ -183,7 +179,7 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
         assert await node.reporter.check_once() is False
         assert await node.health() == NOT_SERVING
 
-        redis = RedisProcess(tmp_path / "redis", port=redis.port).start()
+        redis = RedisServer(tmp_path / "redis", port=redis.port).start()
         assert await node.reporter.check_once() is True
         assert await node.health() == SERVING
         for request in (bearer, cookie):
@@ -235,16 +231,15 @@ def grpcurl_binary() -> str:
 
 @dataclass
 class Served:
-    proc: subprocess.Popen[bytes]
+    proc: ManagedProcess
     grpc_port: int
-    log: Path
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.proc.tail(200)
 
 
 @pytest.fixture
@@ -260,35 +255,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
         f'[jwt]\nkeys_dir = "{keys}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp_path,
-        )
-    node = Served(proc, grpc_port, log)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            return True
-        try:
-            with socket.create_connection(("127.0.0.1", grpc_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
+    argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
+    # start() raises with the log tail when it exits or does not listen within 20 s
+    proc = ManagedProcess("serve", argv, tmp_path, env=env, cwd=tmp_path, ready_port=grpc_port)
     try:
-        wait_until(ready, 20, "extauthz serve listening")
-        assert proc.poll() is None, node.tail()
-        yield node
+        yield Served(proc.start(), grpc_port)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        proc.kill9()
 
 
 def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -302,6 +275,7 @@ def grpcurl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.e2e
 def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     listing = grpcurl(served.target, "list")
     assert listing.returncode == 0, listing.stderr + served.tail()

@@ -140,6 +140,7 @@ def _serve(tmp_path: Path, text: str, **env: str) -> subprocess.CompletedProcess
         ("", {"EXTAUTHZ_STORE_TIMEOUT_SECONDS": "abc"}, "store.timeout_seconds"),
     ],
 )
+@pytest.mark.e2e
 def test_serve_with_a_bad_config_exits_non_zero_with_one_line(
     tmp_path: Path, text: str, env: dict[str, str], key: str
 ) -> None:

@@ -24,9 +24,14 @@ import pytest
 import redis
 
 from extauthz import tokens
-from tests.support import DEMO_SETTINGS, ExtauthzProcess, RedisServer, extauthz_cli
+from tests.support import (
+    DEMO_SETTINGS,
+    ExtauthzProcess,
+    RedisServer,
+    extauthz_cli,
+    redis_binary,
+)
 from tests.support.authz_client import AuthzClient
-from tests.support.processes import redis_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -19,6 +19,8 @@ from extauthz.store.redis.membership import CACHE, READER, Membership
 from tests.support import REPO_ROOT, ExtauthzProcess, RedisServer
 from tests.support.extauthz_nodes import keys_dir, write_settings
 
+pytestmark = pytest.mark.e2e  # every test runs its own Redis
+
 
 @pytest.fixture
 async def client(fresh_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:

@@ -198,6 +198,7 @@ def _subscriber(client: aioredis.Redis, node_id: str = "n1") -> InvalidationSubs
     return InvalidationSubscriber(membership, Channel(client, "t:invalidate"), trust_window=0.3)
 
 
+@pytest.mark.e2e
 async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
     client: aioredis.Redis,
 ) -> None:
@@ -224,6 +225,7 @@ async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
     assert await client.zscore("t:cache-nodes", sub.instance) is None
 
 
+@pytest.mark.e2e
 async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis) -> None:
     sub = _subscriber(client)
     cache = CachingSessionStore(RedisSessionStore(client, "t:"), sub)
@@ -242,6 +244,7 @@ async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis)
         await cache.stop()
 
 
+@pytest.mark.e2e
 async def test_barrier_waits_out_the_trust_window_for_a_silent_node(
     client: aioredis.Redis,
 ) -> None:

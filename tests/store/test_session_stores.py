@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -25,23 +25,15 @@ from extauthz.store.manager import SessionManager, validate_session_data
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore
 from extauthz.store.redis.store import RedisSessionStore
-from tests.fixtures.core import FakeClock, RedisProcess, free_port
+from tests.fixtures.core import FakeClock
+from tests.support import RedisServer, free_port
 
 IDLE = 600
 ABSOLUTE = 3600
 
 
-@pytest.fixture(scope="module")
-def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    if RedisProcess.binary() is None:
-        pytest.skip("redis-server is not on PATH")
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-async def redis_client(redis_process: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+async def redis_client(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_process.url)
     yield client
     await client.aclose()
@@ -52,12 +44,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         yield MemorySessionStore(clock=clock)
         return
-    server: RedisProcess = request.getfixturevalue("redis_process")
+    server: RedisServer = request.getfixturevalue("redis_process")
     client = aioredis.Redis.from_url(server.url)
     yield RedisSessionStore(client, f"t{uuid.uuid4().hex[:8]}:", clock=clock)
     await client.aclose()
@@ -271,6 +263,7 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}:"
 
 
+@pytest.mark.e2e
 async def test_redis_ttl_follows_the_deadline(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
@@ -290,6 +283,7 @@ async def test_redis_ttl_follows_the_deadline(redis_client: aioredis.Redis, cloc
     assert 98_000 < await redis_client.pttl(f"{p}sid:{s.sid}") <= 100_000
 
 
+@pytest.mark.e2e
 async def test_redis_touch_after_revoke_leaves_no_key(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
@@ -301,6 +295,7 @@ async def test_redis_touch_after_revoke_leaves_no_key(redis_client: aioredis.Red
     assert await redis_client.exists(f"{p}session:{h}", f"{p}sid:{s.sid}") == 0
 
 
+@pytest.mark.e2e
 async def test_redis_keys_never_contain_the_token(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     p = prefix()
     m = manager(RedisSessionStore(redis_client, p, clock=clock), clock)
@@ -313,6 +308,7 @@ async def test_redis_keys_never_contain_the_token(redis_client: aioredis.Redis, 
         assert token.encode() not in value
 
 
+@pytest.mark.e2e
 async def test_redis_corrupt_record_is_no_session(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
@@ -321,6 +317,7 @@ async def test_redis_corrupt_record_is_no_session(redis_client: aioredis.Redis, 
     assert await store.get(h) is None
 
 
+@pytest.mark.e2e
 async def test_redis_revoke_publishes_an_invalidation(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
@@ -337,6 +334,7 @@ async def test_redis_revoke_publishes_an_invalidation(redis_client: aioredis.Red
         await pubsub.aclose()
 
 
+@pytest.mark.e2e
 async def test_redis_wait_without_replicas_is_not_durable(redis_client: aioredis.Redis, clock: FakeClock) -> None:
     store = RedisSessionStore(redis_client, prefix(), wait_replicas=1, wait_timeout_ms=50, clock=clock)
     with pytest.raises(StoreWriteNotDurable, match="0 of 1 replicas"):

@@ -1,28 +1,28 @@
-"""Helpers for tests that run real processes (Redis, Envoy, extauthz, the echo upstream).
+"""Test support: the repository's process harness (:mod:`harness`) plus what only tests use.
 
-Every process is started on free loopback ports, has its stdout and stderr captured to files in
-a temporary directory, is waited for with a bounded timeout, and is stopped by its own PID.
-``tests/conftest.py`` turns these into fixtures and prints the log tails of failing tests.
+The processes themselves (Redis, Envoy, extauthz, the echo upstream, a whole stack) come from
+the top-level ``harness`` package, shared with the demo and the benchmark, and are re-exported
+here. The modules beside this one add test-only pieces: Redis topologies with replicas and
+Sentinels, the sticky-strategy cluster, the login stack, gRPC clients and a TCP relay that can
+cut a link. ``tests/conftest.py`` turns them into fixtures, prints the log tails of failing
+tests, and (with :mod:`tests.support.e2e_guard`) fails a test that starts a process without the
+``e2e`` marker.
 """
 
 from __future__ import annotations
 
-from .ports import free_port, wait_for_port
-from .processes import (
-    REPO_ROOT,
+from harness import REPO_ROOT
+from harness.envoy import EnvoyProcess, envoy_binaries, envoy_version, validate_envoy_config
+from harness.extauthz import (
     EchoUpstreamProcess,
-    EnvoyProcess,
     ExtauthzProcess,
-    ManagedProcess,
-    ProcessError,
-    RedisServer,
-    envoy_binaries,
-    envoy_version,
     extauthz_cli,
     grpc_health_serving,
-    validate_envoy_config,
 )
-from .stack import (
+from harness.ports import LOOPBACK, free_port, port_accepts
+from harness.process import ManagedProcess, ProcessError, WaitTimeout, wait_until
+from harness.redis import RedisServer, redis_binary
+from harness.stack import (
     DEMO_SETTINGS,
     FRONT_PROXY,
     Stack,
@@ -34,6 +34,7 @@ from .stack import (
 __all__ = [
     "DEMO_SETTINGS",
     "FRONT_PROXY",
+    "LOOPBACK",
     "REPO_ROOT",
     "EchoUpstreamProcess",
     "EnvoyProcess",
@@ -43,13 +44,16 @@ __all__ = [
     "RedisServer",
     "Stack",
     "StackPorts",
+    "WaitTimeout",
     "envoy_binaries",
     "envoy_version",
     "extauthz_cli",
     "free_port",
     "grpc_health_serving",
+    "port_accepts",
+    "redis_binary",
     "render_front_proxy",
     "start_stack",
     "validate_envoy_config",
-    "wait_for_port",
+    "wait_until",
 ]

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
-from .ports import LOOPBACK
-from .processes import REPO_ROOT, ProcessError, RedisServer
-from .stack import Stack, start_stack
+from harness.extauthz import add_user
+from harness.ports import LOOPBACK
+from harness.process import ProcessError
+from harness.redis import RedisServer
+from harness.stack import Stack, start_stack
 
 COOKIE_NAME = "extauthz_session"  # demo/extauthz.toml
 # the users every test may sign in as: name -> (password, roles, scopes)
@@ -36,21 +36,6 @@ LIMITS = {
     "EXTAUTHZ_RATELIMIT_CHECK_ADDR_LIMIT": "10",
     "EXTAUTHZ_RATELIMIT_CHECK_ADDR_WINDOW_SECONDS": "60",
 }
-
-
-def add_user(users_file: Path, name: str, password: str, roles: list[str],
-             scopes: list[str]) -> None:  # fmt: skip
-    """``extauthz users add --file F NAME --password-stdin [--role R] [--scope S]``."""
-    argv = [sys.executable, "-m", "extauthz", "users", "add", "--file", str(users_file), name,
-            "--password-stdin"]  # fmt: skip
-    for role in roles:
-        argv += ["--role", role]
-    for scope in scopes:
-        argv += ["--scope", scope]
-    proc = subprocess.run(argv, input=password + "\n", capture_output=True, text=True,
-                          timeout=60, cwd=REPO_ROOT, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        raise ProcessError(f"extauthz users add {name} exited {proc.returncode}: {proc.stderr}")
 
 
 @dataclass
@@ -127,9 +112,17 @@ class Client:
     source: str = LOOPBACK
     cookies: dict[str, str] = field(default_factory=dict)
 
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                body: bytes | str | None = None, json_body: Any = None,
-                form: dict[str, str] | None = None, send_cookies: bool = True) -> Response:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | str | None = None,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        send_cookies: bool = True,
+    ) -> Response:
         from urllib.parse import urlencode
 
         all_headers = dict(headers or {})

@@ -9,15 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from envoy.config.core.v3 import address_pb2
-from envoy.service.auth.v3 import (
-    attribute_context_pb2,
-    external_auth_pb2,
-    external_auth_pb2_grpc,
-)
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.rpc import code_pb2
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from tests.fixtures.core import bearer_request
 
 
 @dataclass(frozen=True)
@@ -34,29 +30,6 @@ class CheckResult:
         return self.metadata.get("session_cache", "")
 
 
-def check_request(token: str, path: str = "/resource") -> external_auth_pb2.CheckRequest:
-    """A CheckRequest as Envoy sends it for ``GET path`` with ``Authorization: Bearer token``."""
-    http = attribute_context_pb2.AttributeContext.HttpRequest(
-        method="GET",
-        scheme="http",
-        host="app.test",
-        path=path,
-        headers={"authorization": f"Bearer {token}", "accept": "application/json"},
-    )
-    peer = attribute_context_pb2.AttributeContext.Peer(
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=40000)
-        )
-    )
-    return external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            source=peer,
-            request=attribute_context_pb2.AttributeContext.Request(http=http),
-            context_extensions={"client": "api"},
-        )
-    )
-
-
 class AuthzClient:
     """Async gRPC client of one extauthz node (``target`` is ``HOST:PORT``)."""
 
@@ -69,7 +42,7 @@ class AuthzClient:
 
     async def check(self, token: str, path: str = "/resource") -> CheckResult:
         """:raises grpc.aio.AioRpcError: the RPC itself failed (e.g. ``UNAVAILABLE``)."""
-        resp = await self._authz.Check(check_request(token, path), timeout=self.timeout)
+        resp = await self._authz.Check(bearer_request(token, path), timeout=self.timeout)
         metadata = {k: str(v) for k, v in resp.dynamic_metadata.items()}
         return CheckResult(resp.status.code == code_pb2.OK, resp.status.code, metadata)
 

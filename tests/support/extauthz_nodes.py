@@ -17,6 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from extauthz.keys.keyring import generate_key
 from extauthz.settings import Settings, load_settings
+from tests.fixtures.core import bearer_request
 from tests.support.redis_topology import ReplicatedTopology
 
 TEST_TABLES: dict[str, dict[str, Any]] = {
@@ -76,20 +77,6 @@ def node_settings(
     return load_settings(path, environ={})
 
 
-def check_request(token: str, path: str = "/api/data") -> external_auth_pb2.CheckRequest:
-    """A ``CheckRequest`` for an API call carrying ``Authorization: Bearer <token>``."""
-    request = external_auth_pb2.CheckRequest()
-    http = request.attributes.request.http
-    http.method = "GET"
-    http.scheme = "http"
-    http.host = "app.example"
-    http.path = path
-    http.headers["authorization"] = f"Bearer {token}"
-    http.headers["accept"] = "application/json"
-    request.attributes.source.address.socket_address.address = "127.0.0.1"
-    return request
-
-
 def classify(response: external_auth_pb2.CheckResponse) -> str:
     fields = response.dynamic_metadata.fields
     if response.HasField("ok_response"):
@@ -109,7 +96,7 @@ class CheckClient:
 
     def check(self, token: str) -> str:
         try:
-            response = self._stub.Check(check_request(token), timeout=self.timeout)
+            response = self._stub.Check(bearer_request(token), timeout=self.timeout)
         except grpc.RpcError as exc:
             code = exc.code()
             return "unavailable" if code == grpc.StatusCode.UNAVAILABLE else f"error:{code.name}"
@@ -117,7 +104,7 @@ class CheckClient:
 
     def metadata(self, token: str) -> dict[str, str]:
         """The dynamic metadata of one answer (raises on a gRPC error)."""
-        response = self._stub.Check(check_request(token), timeout=self.timeout)
+        response = self._stub.Check(bearer_request(token), timeout=self.timeout)
         return {k: v.string_value for k, v in response.dynamic_metadata.fields.items()}
 
     def close(self) -> None:
@@ -136,4 +123,5 @@ def settle(topo: ReplicatedTopology, timeout_ms: int = 5000) -> None:
         client.set("settle", "1")
         acked = client.execute_command("WAIT", len(topo.replicas), timeout_ms)
         client.delete("settle")
-    assert int(acked) == len(topo.replicas), f"{acked} of {len(topo.replicas)} replicas acknowledged"
+    expected = len(topo.replicas)
+    assert int(acked) == expected, f"{acked} of {expected} replicas acknowledged"

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import TracebackType
 from typing import Self
 
-from tests.support.redis_topology import HOST, free_port
+from harness.ports import LOOPBACK as HOST
+from harness.ports import free_port
 
 
 class TcpProxy:
@@ -117,10 +117,5 @@ class TcpProxy:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

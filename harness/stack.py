@@ -1,27 +1,30 @@
-"""The repository's own front-proxy config, moved onto free ports for a test run."""
+"""The repository's front proxy on chosen ports, with extauthz and the echo upstream behind it.
+
+One stack is what ``make demo`` runs and what the end-to-end tests run on free ports: extauthz
+(``demo/extauthz.toml`` plus ``EXTAUTHZ_*`` overrides), the echo upstream verifying the JWT
+against extauthz's JWKS, and Envoy running ``envoy/front-proxy.yaml`` (or the sidecar, which has
+the same shape) rewritten onto the stack's ports. Redis, when used, is the caller's.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import REPO_ROOT
+from .envoy import EnvoyProcess, envoy_version
+from .extauthz import EchoUpstreamProcess, ExtauthzProcess, ensure_signing_key
 from .ports import LOOPBACK, free_port
-from .processes import (
-    REPO_ROOT,
-    EchoUpstreamProcess,
-    EnvoyProcess,
-    ExtauthzProcess,
-    ManagedProcess,
-    envoy_version,
-    extauthz_cli,
-)
+from .process import ManagedProcess
 
 FRONT_PROXY = REPO_ROOT / "envoy" / "front-proxy.yaml"
+DEMO_SETTINGS = REPO_ROOT / "demo" / "extauthz.toml"
 
 # cluster name in envoy/front-proxy.yaml -> StackPorts attribute
 _CLUSTER_PORTS = {"extauthz_grpc": "grpc", "extauthz_http": "http", "upstream": "upstream"}
@@ -48,10 +51,21 @@ class StackPorts:
         return cls(listener=8080, admin=9901, grpc=9001, http=9002, upstream=9003)
 
 
-def _set_port(socket_address: dict[str, Any], port: int) -> None:
+def set_port(socket_address: dict[str, Any], port: int) -> None:
+    """Set ``port_value`` of an Envoy ``SocketAddress`` mapping.
+
+    :raises ValueError: it has no ``port_value`` (a named port or a pipe would be missed).
+    """
     if "port_value" not in socket_address:
         raise ValueError(f"socket address without port_value: {socket_address!r}")
     socket_address["port_value"] = port
+
+
+def write_config(doc: Mapping[str, Any], out: Path) -> Path:
+    """Write an Envoy config document as YAML (the directory is created); return ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+    return out
 
 
 def render_front_proxy(
@@ -66,12 +80,12 @@ def render_front_proxy(
         so the rewrite would silently test something other than what ships.
     """
     doc = yaml.safe_load(Path(source).read_text())
-    _set_port(doc["admin"]["address"]["socket_address"], ports.admin)
+    set_port(doc["admin"]["address"]["socket_address"], ports.admin)
 
     listeners = doc["static_resources"]["listeners"]
     if len(listeners) != 1:
         raise ValueError(f"{source}: expected one listener, found {len(listeners)}")
-    _set_port(listeners[0]["address"]["socket_address"], ports.listener)
+    set_port(listeners[0]["address"]["socket_address"], ports.listener)
 
     seen = set()
     for cluster in doc["static_resources"]["clusters"]:
@@ -81,21 +95,11 @@ def render_front_proxy(
         seen.add(cluster["name"])
         for locality in cluster["load_assignment"]["endpoints"]:
             for lb_endpoint in locality["lb_endpoints"]:
-                _set_port(lb_endpoint["endpoint"]["address"]["socket_address"], getattr(ports, attr))
+                set_port(lb_endpoint["endpoint"]["address"]["socket_address"], getattr(ports, attr))
     missing = set(_CLUSTER_PORTS) - seen
     if missing:
         raise ValueError(f"{source}: missing clusters {sorted(missing)}")
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / (name or f"{Path(source).stem}-{ports.listener}.yaml")
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out
-
-
-# -- a whole stack: extauthz + echo upstream + Envoy (+ the caller's Redis) ---------------------
-
-DEMO_SETTINGS = REPO_ROOT / "demo" / "extauthz.toml"
+    return write_config(doc, Path(out_dir) / (name or f"{Path(source).stem}-{ports.listener}.yaml"))
 
 
 @dataclass
@@ -120,6 +124,11 @@ class Stack:
     def processes(self) -> list[ManagedProcess]:
         return [self.extauthz, self.echo, self.envoy]
 
+    def kill9(self) -> None:
+        """Every process of the stack gets SIGKILL (a lost node)."""
+        for proc in self.processes():
+            proc.kill9()
+
     def stop(self) -> None:
         for proc in reversed(self.processes()):
             proc.stop()
@@ -131,20 +140,29 @@ def start_stack(
     *,
     redis_url: str | None = None,
     settings_path: Path = DEMO_SETTINGS,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    ports: StackPorts | None = None,
+    keys_dir: Path | None = None,
+    log_dir: Path | None = None,
+    envoy_source: Path = FRONT_PROXY,
+    name_prefix: str = "",
+    envoy_name: str | None = None,
 ) -> Stack:
     """Start extauthz (``settings_path`` plus overrides), the echo upstream and Envoy running
-    the repository's front proxy, each on a free port.
+    ``envoy_source`` rewritten onto ``ports`` (default: free ones).
 
     ``redis_url`` selects the Redis store at that URL; without it the in-memory store (sticky)
-    is used. A signing key is generated into ``work_dir/keys`` when none is there.
+    is used. A signing key is generated into ``keys_dir`` (default ``work_dir/keys``) when none
+    is there. Logs go to ``log_dir`` (default ``work_dir/logs``), each process named
+    ``<name_prefix>extauthz``, ``<name_prefix>echo`` and ``envoy_name`` (default
+    ``envoy-<version>``).
 
     :raises ProcessError: a part did not start; the parts already started are stopped.
     """
     work_dir = Path(work_dir)
-    log_dir = work_dir / "logs"
-    keys_dir = work_dir / "keys"
-    ports = StackPorts.allocate()
+    log_dir = log_dir or work_dir / "logs"
+    keys_dir = keys_dir or work_dir / "keys"
+    ports = ports or StackPorts.allocate()
     overrides = {"EXTAUTHZ_JWT_KEYS_DIR": str(keys_dir)}
     if redis_url:
         overrides |= {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": redis_url}
@@ -152,10 +170,7 @@ def start_stack(
         overrides |= {"EXTAUTHZ_STORE_BACKEND": "memory", "EXTAUTHZ_STORE_STRATEGY": "sticky"}
     overrides |= env or {}
     full_env = dict(os.environ) | overrides
-
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    if not any(keys_dir.iterdir()):
-        extauthz_cli("keys", "generate", "--dir", str(keys_dir), env=full_env)
+    ensure_signing_key(keys_dir, env=full_env)
 
     with open(settings_path, "rb") as fh:
         jwt_table = tomllib.load(fh).get("jwt", {})
@@ -165,21 +180,18 @@ def start_stack(
     started: list[ManagedProcess] = []
     try:
         extauthz = ExtauthzProcess(
-            settings_path, log_dir, grpc_port=ports.grpc, http_port=ports.http, env=overrides
-        )
+            settings_path, log_dir, grpc_port=ports.grpc, http_port=ports.http, env=overrides,
+            name=f"{name_prefix}extauthz",
+        )  # fmt: skip
         started.append(extauthz.start())
         echo = EchoUpstreamProcess(
-            log_dir,
-            port=ports.upstream,
-            jwks_url=f"http://{LOOPBACK}:{ports.http}/.well-known/jwks.json",
-            issuer=issuer,
-            audience=audience,
-        )
+            log_dir, port=ports.upstream, jwks_url=extauthz.jwks_url, issuer=issuer,
+            audience=audience, name=f"{name_prefix}echo",
+        )  # fmt: skip
         started.append(echo.start())
-        config = render_front_proxy(ports, work_dir)
-        envoy = EnvoyProcess(
-            envoy_binary, config, log_dir, name=f"envoy-{envoy_version(envoy_binary)}"
-        )
+        config = render_front_proxy(ports, work_dir, source=envoy_source)
+        name = envoy_name or f"envoy-{envoy_version(envoy_binary)}"
+        envoy = EnvoyProcess(envoy_binary, config, log_dir, name=name)
         started.append(envoy.start())
     except BaseException:
         for proc in reversed(started):

@@ -1,0 +1,125 @@
+"""What the benchmark measures with: HTTP probes, Envoy's and Redis' counters, CPU time from
+``/proc``, and wrk (run and report parsing)."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import resource
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scenarios import BenchError
+from harness.envoy import EnvoyProcess
+from harness.ports import LOOPBACK
+from harness.redis import RedisServer
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+
+def http_get(port: int, path: str = "/", bearer: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def envoy_counters(envoy: EnvoyProcess) -> dict[str, int]:
+    status, body = envoy.admin_get("/stats?filter=^http\\.bench_", timeout=5)
+    if status != 200:
+        raise BenchError(f"Envoy admin /stats answered {status}")
+    counters: dict[str, int] = {}
+    for line in body.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+def redis_commands(redis: RedisServer) -> int:
+    import redis as redis_py
+
+    client = redis_py.Redis(host=LOOPBACK, port=redis.port, socket_timeout=5)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by every process on the machine so far (all CPUs, not idle/iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- wrk --------------------------------------------------------------------------------------
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise BenchError(f"wrk: cannot read the latency {text!r}")
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """requests/s, latency percentiles (ms), request and error counts from wrk's report."""
+    result: dict[str, Any] = {"non_2xx": 0, "socket_errors": 0}
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise BenchError(f"wrk: no Requests/sec in its output:\n{out}")
+    result["rps"] = float(match.group(1))
+    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if not match:
+        raise BenchError(f"wrk: no request count in its output:\n{out}")
+    result["requests"] = int(match.group(1))
+    result["elapsed_s"] = _ms(match.group(2) + match.group(3)) / 1000
+    for pct in ("50", "75", "90", "99"):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)$", out, re.M)
+        if not match:
+            raise BenchError(f"wrk: no {pct}% latency in its output (run with --latency):\n{out}")
+        result[f"p{pct}_ms"] = _ms(match.group(1))
+    match = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
+    if match:
+        result["avg_ms"], result["max_ms"] = _ms(match.group(1)), _ms(match.group(3))
+    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if match:
+        result["non_2xx"] = int(match.group(1))
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if match:
+        result["socket_errors"] = sum(int(g) for g in match.groups())
+    return result
+
+
+def run_wrk(args: argparse.Namespace, port: int, bearer: str, duration: int) -> str:
+    argv = [
+        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
+        "--timeout", "5s", "-H", f"Authorization: Bearer {bearer}", f"http://{LOOPBACK}:{port}/",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout

@@ -1,0 +1,159 @@
+"""extauthz as a process (``serve`` and its CLI) and the demo's echo upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import REPO_ROOT
+from .ports import LOOPBACK, free_port, port_accepts
+from .process import ManagedProcess, ProcessError
+
+
+def grpc_health_serving(port: int, service: str = "", timeout: float = 1.0) -> bool:
+    """True when ``grpc.health.v1.Health/Check`` on ``127.0.0.1:port`` answers SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def extauthz_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+    input: str | None = None,  # noqa: A002 (subprocess.run's name)
+) -> str:
+    """Run ``python -m extauthz ARGS`` (``input`` on its stdin) and return its stdout, stripped.
+
+    :raises ProcessError: non-zero exit; the message carries stderr.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "extauthz", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ if env is None else env),
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ProcessError(
+            f"extauthz {' '.join(args)} exited {proc.returncode}\n{proc.stderr.strip()}"
+        )
+    return proc.stdout.strip()
+
+
+def ensure_signing_key(keys_dir: Path, env: Mapping[str, str] | None = None) -> bool:
+    """``extauthz keys generate --dir keys_dir`` unless the directory already holds a key.
+
+    Returns True when a key was generated.
+    """
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    if any(keys_dir.iterdir()):
+        return False
+    extauthz_cli("keys", "generate", "--dir", str(keys_dir), env=env, timeout=60)
+    return True
+
+
+def add_user(
+    users_file: Path,
+    name: str,
+    password: str,
+    roles: Sequence[str] = (),
+    scopes: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """``extauthz users add --file F NAME --password-stdin [--role R] [--scope S]``.
+
+    :raises ProcessError: the CLI refused (e.g. the user exists).
+    """
+    argv = ["users", "add", "--file", str(users_file), name, "--password-stdin"]
+    for role in roles:
+        argv += ["--role", role]
+    for scope in scopes:
+        argv += ["--scope", scope]
+    extauthz_cli(*argv, env=env, timeout=60, input=password + "\n")
+
+
+class ExtauthzProcess(ManagedProcess):
+    """``python -m extauthz serve --config FILE`` with ``EXTAUTHZ_*`` overrides.
+
+    The listen addresses come from ``grpc_port``/``http_port`` (as environment overrides, so the
+    settings file stays the one under test). Ready when both ports accept and gRPC health says
+    SERVING, which the server reports once its session store answers.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        log_dir: Path,
+        *,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str = "extauthz",
+    ) -> None:
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{LOOPBACK}:{self.grpc_port}"
+        full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{LOOPBACK}:{self.http_port}"
+        full_env["PYTHONUNBUFFERED"] = "1"
+        argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)]
+        super().__init__(name, argv, log_dir, env=full_env, cwd=REPO_ROOT)
+        self.ready_timeout = 30.0
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}/.well-known/jwks.json"
+
+    def is_ready(self) -> bool:
+        return (
+            port_accepts(self.grpc_port)
+            and port_accepts(self.http_port)
+            and grpc_health_serving(self.grpc_port)
+        )
+
+    def cli(self, *args: str, timeout: float = 30.0) -> str:
+        """Run an ``extauthz`` subcommand with this server's environment (same store, keys)."""
+        return extauthz_cli(*args, env=self.env, timeout=timeout)
+
+
+class EchoUpstreamProcess(ManagedProcess):
+    """``demo/echo_upstream.py``: echoes each request as JSON and verifies its JWT."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        port: int | None = None,
+        jwks_url: str,
+        issuer: str,
+        audience: str,
+        name: str = "echo",
+    ) -> None:
+        self.port = port or free_port()
+        argv = [
+            sys.executable, str(REPO_ROOT / "demo" / "echo_upstream.py"),
+            "--listen", f"{LOOPBACK}:{self.port}",
+            "--jwks-url", jwks_url, "--issuer", issuer, "--audience", audience,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        super().__init__(name, argv, log_dir, env=env, cwd=REPO_ROOT, ready_port=self.port)
