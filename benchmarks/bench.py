@@ -14,7 +14,7 @@ What runs, all on 127.0.0.1 and on free ports, each process stopped by its PID a
   ``EXTAUTHZ_CACHE_ENABLED=false``; one session created through the admin gRPC API
   (``extauthz sessions create --sub bench``);
 * ``benchmarks/noop_authz.py``: a Check that does nothing, on the same Python gRPC stack as
-  extauthz (the "bare gRPC round trip" of the design's hot-path budget);
+  extauthz (the "bare gRPC round trip" of the hot-path budget, docs/benchmarks.md);
 * Envoy with ``benchmarks/envoy-bench.yaml`` (five listeners that differ only by the auth
   step; the ports and the local JWKS rewritten for this run);
 * ``wrk -t<T> -c<N> -d<D>s --latency -H 'Authorization: Bearer ...'`` once per scenario.

@@ -1,5 +1,6 @@
 """A no-op ``envoy.service.auth.v3.Authorization`` server: the "bare gRPC round trip" of the
-design's hot-path budget, on the same stack as extauthz (Python, grpc.aio, one event loop).
+hot-path budget (docs/benchmarks.md), on the same stack as extauthz (Python, grpc.aio, one event
+loop).
 
     python benchmarks/noop_authz.py --listen 127.0.0.1:PORT
 

@@ -446,7 +446,7 @@ async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) 
             assert secret not in text, record.getMessage()
 
 
-# -- review of the running stack (H1, M3 and M4 also in tests/login/test_auth_service.py) -----------
+# -- attacks on the running stack (H1, M3 and M4 also in tests/login/test_auth_service.py) ---------
 
 
 async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
@@ -613,7 +613,7 @@ async def test_a_scope_that_is_not_a_scope_token_is_refused(h: Harness, scope: s
         await h.sessions.create("alice", roles=[scope])
 
 
-# -- one session resolver for Check and /auth/* (issue 7) -----------------------------------------
+# -- one session resolver for Check and /auth/* ---------------------------------------------------
 
 
 def auth_service(h: Harness, tmp_path: Path) -> LoginService:

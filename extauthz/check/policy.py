@@ -1,21 +1,8 @@
 """Per-route requirements, carried by Envoy ``context_extensions``
-(``ExtAuthzPerRoute.check_settings.context_extensions`` in the route configuration).
-
-Keys read (others are ignored; they may belong to another filter):
-
-``required_scopes``  space-separated; the session must hold **every** one (403
-                     ``insufficient_scope`` otherwise, RFC 6750 §3.1).
-``required_roles``   space-separated; the session must hold **at least one** (403).
-``client``           ``browser``, ``api`` or ``auto`` (default): how denials look. ``api``
-                     never redirects; ``browser`` redirects GET/HEAD to the login page;
-                     ``auto`` redirects GET/HEAD navigations that accept ``text/html``.
-``same_site``        ``required``: a cookie-authenticated request with an unsafe method
-                     (POST, PUT, PATCH, DELETE, ...) must come from the same site
-                     (:mod:`extauthz.login.csrf`), else 403 ``cross_site_request``. Anything else
-                     (default): no such check.
-
-Routes that need no authentication are configured in Envoy (ext_authz disabled per route),
-never guessed here from paths.
+(``ExtAuthzPerRoute.check_settings.context_extensions`` in the route configuration):
+``required_scopes``, ``required_roles``, ``client`` and ``same_site``. What each key means, and
+that routes without authentication are configured in Envoy, never guessed here from paths:
+README.md, 'Putting it in front of your services'.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""Throttling of failed token lookups, per client address.
+"""Throttling of failed token lookups (``check:addr``), per client address.
 
-Guessing a token means presenting many tokens that do not exist. Every failed lookup
-(``unknown_session``, or a token without the product's shape) from one address is counted in the
-``check:addr`` :class:`~extauthz.login.ratelimit.RateLimiter` (shared by every node when it is in
-Redis): **each** failed candidate counts, so several session cookies in one request cost one failure
-each. One :class:`LookupThrottle`, through the one
-:class:`~extauthz.check.resolver.SessionResolver`, serves every place that looks a client's token
-up: ``Check`` and the auth service's ``GET /auth/session``, ``POST /auth/logout`` and the
-session-fixation revocation at ``POST /auth/login`` (:mod:`extauthz.login.service`). Once an address
-is over the limit, every request from it that carries a credential to ``Check``, ``/auth/session``
-or ``/auth/logout`` is answered 429 until the window ends, **without a store lookup**: a blocked
-guesser learns nothing, not even whether a guess was right.
-
-The "blocked until" answer is remembered in this process, so requests from a blocked address
-cost no round trip at all; another node learns of the block on that address's next failed
-lookup. Valid lookups cost nothing extra. A rate limiter that fails (Redis down) is logged and
-counts as "not blocked": it must not turn a 401 into a 503.
+One :class:`LookupThrottle`, through the one :class:`~extauthz.check.resolver.SessionResolver`,
+serves ``Check`` and the auth service's ``/auth/*``. Every failed candidate counts; an address
+over the limit is answered 429 without a store lookup; the block is remembered in this process;
+a failing rate limiter counts as "not blocked" (docs/authentication.md, 'Brute force').
 """
 
 from __future__ import annotations

@@ -2,24 +2,10 @@
 
 Used by the authentication service for ``POST /auth/login`` and ``/auth/logout``, and by the
 Check pipeline for routes whose ``context_extensions`` say ``same_site: required`` (there only
-for cookie-authenticated requests with an unsafe method: a bearer token is not sent by a
-browser on its own).
-
-A request is same-site when, in this order of evidence:
-
-1. ``Origin`` (RFC 6454 §7; sent by browsers on every POST) is the request's own origin
-   (its scheme and ``Host``) or one of the configured extra origins. ``Origin: null``
-   (sandboxed frames, some redirects) is never same-site.
-2. without ``Origin``: ``Sec-Fetch-Site`` (Fetch Metadata) is ``same-origin`` or ``none``
-   (the user typed or bookmarked the URL).
-3. without either: the ``Referer``'s origin is the request's own or an extra one.
-4. without any of them: the request is not a browser's cross-site request unless it has a
-   body type that an HTML form can send (``application/x-www-form-urlencoded``,
-   ``multipart/form-data``, ``text/plain``); such a request is refused, anything else (JSON,
-   no body) is a non-browser client and passes. A cross-site page cannot send
-   ``application/json`` without a CORS preflight, which nothing here answers.
-
-The answer is ``None`` (same-site) or a short reason that is safe to show to the client.
+for cookie-authenticated requests with an unsafe method). The evidence, in order (``Origin``,
+``Sec-Fetch-Site``, ``Referer``, the body type): docs/authentication.md, 'Cross-site
+protection'. The answer is ``None`` (same-site) or a short reason that is safe to show to the
+client.
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """The aiohttp adapter of the authentication service: parses requests for
-:class:`~extauthz.login.service.LoginService` and renders what it returns or raises.
-
-Routes (mounted by :mod:`extauthz.server.http_server`; Envoy routes ``/auth/*`` here with
-ext_authz disabled):
-
-``GET  /auth/login``    the login form (HTML, no JavaScript); ``?return_to=/path``
-``POST /auth/login``    form (``username``, ``password``, ``return_to``) or JSON
-                        (``{"username", "password"}``). Success: the session cookie
-                        (:mod:`extauthz.login.cookies`) and 303 to the validated same-host
-                        ``return_to`` (forms) or 200 with the session summary (JSON).
-                        Failure: 401 with ``WWW-Authenticate: Bearer``; a bad body 400, a body
-                        that is neither form nor JSON 415.
-``GET  /auth/logout``   a page with the logout buttons
-``POST /auth/logout``   revoke the presented session (``everywhere=1`` in the query or the
-                        form: every session of its user), then clear the cookie. A revocation
-                        the store did not take is a 503 (JSON) without ``Set-Cookie``.
-``GET  /auth/session``  the caller's own session summary (JSON, or HTML for browsers); never
-                        the token. 401 with ``WWW-Authenticate: Bearer`` without a session.
-
-Forms get HTML answers, other clients JSON (``/auth/logout`` and ``/auth/session`` also answer
-HTML to ``Accept: text/html``). Refusals: 403 ``cross_site_request``, 429 ``rate_limited`` with
-``Retry-After`` (RFC 6585 §4), 503 ``temporarily_unavailable`` with ``Retry-After: 5``.
+:class:`~extauthz.login.service.LoginService` and renders what it returns or raises, HTML for
+forms and browsers, JSON for other clients. The routes ``/auth/login``, ``/auth/logout`` and
+``/auth/session`` (mounted by :mod:`extauthz.server.http_server`; Envoy routes ``/auth/*`` here
+with ext_authz disabled) and their answers: docs/authentication.md, 'Endpoints'.
 """
 
 from __future__ import annotations

@@ -1,26 +1,10 @@
-"""Rate limits: fixed-window counters in Redis or in memory, behind one protocol.
+"""Rate limits: fixed-window counters in Redis or in memory, behind one protocol
+(:class:`RateLimiter`), keyed by :class:`RateKey` (a namespace plus a hash of the subject).
 
 Used by the authentication service to slow down password guessing (``login:user``,
-``login:addr``) and by anything else that needs a per-client budget (``check:addr``).
-
-Semantics (both implementations):
-
-- ``limit`` hits per key are allowed in a window of ``window_seconds`` seconds. The window
-  starts at the first hit on a key and does not move with later hits; when it ends the count
-  starts again from zero. (So at most ``2 * limit`` hits can land in any ``window_seconds``
-  span that straddles two windows; for login throttling that is good enough, and it costs one
-  counter per key.)
-- :meth:`RateLimiter.hit` counts one hit and says whether *this* hit is over the limit.
-- :meth:`RateLimiter.blocked` counts nothing and says whether the *next* hit would be over it,
-  i.e. whether ``limit`` hits have already been spent in the current window.
-- :meth:`RateLimiter.refund` takes one hit back (never below zero, never into a new window), for
-  a caller that reserves with ``hit`` *before* the work it limits and then learns that the
-  attempt must not count (it succeeded, or was refused for another reason).
-- A blocked :class:`Verdict` carries ``retry_after_seconds`` >= 1: whole seconds until the window
-  ends, ready for an HTTP 429 (RFC 6585 §4) ``Retry-After`` header (RFC 9110 §10.2.3).
-
-Keys are :class:`RateKey` values: a fixed namespace plus the SHA-256 of the client-supplied
-subject, so user names or addresses never appear in Redis key names.
+``login:addr``) and by anything else that needs a per-client budget (``check:addr``). The
+semantics of ``hit`` (count, and say whether *this* hit is over), ``blocked`` (count nothing;
+would the *next* hit be over) and ``refund``: docs/authentication.md, 'The counters'.
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """The login rules: sign in, sign out, the caller's own session. No HTTP framework here: the
-aiohttp adapter (:mod:`extauthz.login.http`, which documents the routes) turns a request into a
+aiohttp adapter (:mod:`extauthz.login.http`) turns a request into a
 :class:`~extauthz.check.context.RequestContext` (``peer_address`` is the client's address,
-``scheme`` the one the client used) and renders what this service returns or raises.
-
-* Sign in: a **new** session for a right name and password (:class:`SignedIn`); any token
-  presented with the request is revoked first (session fixation). A wrong password and an
-  unknown user get the same :class:`LoginFailed` at the same cost (one argon2 verify).
-  Attempts are counted in :class:`~extauthz.login.limits.LoginLimits` before the password is
-  checked; over a limit the attempt is refused and no password is checked, the right one
-  included.
-* Sign out: revoke the presented sessions (or every session of their users) **first**, then
-  clear the cookie (:class:`SignedOut`).
-* The session: what :class:`~extauthz.check.resolver.SessionResolver` finds, the same answer
-  ``Check`` would get, with the same per-address throttle of failed lookups.
-
-Refusals are :class:`~extauthz.errors.Denied` errors: :class:`~extauthz.errors.Forbidden`
-(``cross_site_request``, :mod:`extauthz.login.csrf`, checked before anything else),
-:class:`~extauthz.errors.TooManyRequests`, :class:`~extauthz.errors.Unauthenticated` (the
-session endpoint). A store that cannot answer (sessions, users or rate-limit counters) raises
-:class:`~extauthz.errors.StoreUnavailable`: a 503, never a 401.
-
-Passwords, tokens and cookie values are never logged. A name typed into a login (a failed or
-throttled attempt: it may be anyone's name, or a password typed into the wrong field) appears
-only as its :func:`extauthz.tokens.log_id` hash; the subject of a session that was created or
-ended (``sub``, a user name of ``[A-Za-z0-9._@-]``, the same value as the JWT ``sub``) is logged
-as it is, because an audit log must say who signed in and out.
+``scheme`` the one the client used) and renders what this service returns (:class:`SignedIn`,
+:class:`LoginFailed`, :class:`SignedOut`, a session) or raises: a
+:class:`~extauthz.errors.Denied`, or :class:`~extauthz.errors.StoreUnavailable` (a 503, never a
+401). The rules (session fixation, revoke before clearing the cookie, login budgets, what is
+logged): docs/authentication.md, 'Login and logout rules', 'Brute force' and 'Logs'.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """The project's own gRPC API (``protos/extauthz/v1/admin.proto``): ``SessionAdmin`` and
 ``Status``.
 
-Admin calls are allowed from any peer when the server listens on loopback only; otherwise
-they require ``authorization: Bearer <admin token>`` metadata, the token being read from
-``admin.token_file``. Without a token file on a non-loopback listener, admin calls are
-refused with ``PERMISSION_DENIED``. "Loopback only" still means every local user and process,
-and every container sharing the pod's network namespace, can create sessions for any subject:
-the server logs a warning at start-up in that case (``extauthz.server.app``); set a token file.
-
-Subjects are validated by :meth:`SessionManager.create` (no control characters:
-``INVALID_ARGUMENT``); subjects and session ids that callers send to other calls are logged
-through :func:`~extauthz.store.manager.printable`.
+Admin calls are allowed from any peer when the server listens on loopback only; otherwise they
+require ``authorization: Bearer <admin token>`` metadata (``admin.token_file``), and without a
+token file they are refused with ``PERMISSION_DENIED``. Why loopback-only is still wide open,
+and how subjects are validated and logged: docs/authentication.md, 'The admin API'.
 """
 
 from __future__ import annotations

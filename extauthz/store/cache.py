@@ -1,24 +1,10 @@
 """An in-process cache of live sessions in front of any session store.
 
-:class:`CachingSessionStore` satisfies the same :class:`~extauthz.store.model.SessionStore`
-protocol as the store it wraps. It answers ``get`` from memory only while its
-:class:`TrustSource` (in production an
-:class:`~extauthz.store.redis.invalidation.InvalidationSubscriber`) says the push channel is
-provably alive; otherwise every lookup goes to the store ("bypass"). Entries are dropped by
-the push (:meth:`invalidate`), all of them when messages may have been missed
-(:meth:`reset`), and none lives longer than ``max_age`` seconds; at most ``max_entries`` are
-kept (least recently used out first).
-
-A fill comes only from a store read that *started* while the channel was trusted, and is
-discarded when any invalidation or reset happened during the read: the record read may
-predate a revocation whose message was processed meanwhile.
-
-Expiry (idle, absolute) is not the cache's business: the
-:class:`~extauthz.store.manager.SessionManager` checks it against the clock on every
-lookup, cached or not. Negative answers are never cached.
-
-How the last lookup in the current task was answered -- ``hit``, ``miss``, ``bypass`` (channel
-not trusted) or ``off`` (no cache) -- is in :data:`lookup_source`, for the decision metadata.
+:class:`CachingSessionStore` answers ``get`` from memory only while its :class:`TrustSource` (in
+production an :class:`~extauthz.store.redis.invalidation.InvalidationSubscriber`) says the push
+channel is provably alive; :data:`lookup_source` tells how the last lookup of the current task
+was answered (``hit``, ``miss``, ``bypass``, ``off``). Fills, drops and limits:
+docs/strategies.md, 'The session cache'.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One Redis client per role in a running node (issue 7).
+"""One Redis client per role in a running node (docs/strategies.md, 'Redis clients').
 
 A real ``extauthz serve`` (``central`` over three Sentinels, the session cache on, users and
 rate-limit counters in Redis: everything that once built a Redis client of its own) does its

@@ -1,4 +1,5 @@
-"""Revocation with warm caches on three extauthz replicas sharing one Redis (issue 4).
+"""Revocation with warm caches on three extauthz replicas sharing one Redis (docs/strategies.md,
+'Revocation').
 
 Three real ``extauthz serve`` processes (central strategy, cache on) share one
 ``redis-server``. Each connects as its own Redis ACL user, so that one node's push channel

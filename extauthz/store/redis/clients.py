@@ -1,22 +1,10 @@
 """The Redis clients of a node: one per role, built once, shared, closed once.
 
-Roles: the **primary** (every write, the reads of ``central``, the node's membership, users
-and rate limits) and, for the ``replicated`` strategy, the node's **local replica** (reads
-and its copy of the invalidation channel). :class:`RedisClients` builds both from plain
-values (:class:`RedisEndpoints`; the composition root converts the settings), does no I/O
-until first use, and is the only owner: components receive a client and never close it.
-
-With Sentinels the primary is whatever they name for the service (redis-py's asyncio
-``Sentinel.master_for``: a connection that meets a failover re-asks the Sentinels). Every
-connection of the node asks through one discovery (:class:`EpochSentinel`): of the
-Sentinels' answers the newest ``config-epoch`` wins, and concurrent questions share the
-one in flight, so a node holds one connection to each Sentinel.
-
-Every client retries a refused or broken connection a bounded number of times with a short
-backoff (:data:`RETRY_COUNT`, :data:`RETRY_BACKOFF_CAP_SECONDS`), so a lost primary turns
-into :class:`~extauthz.errors.StoreUnavailable` (gRPC ``UNAVAILABLE``, Envoy 503) well
-inside Envoy's ext_authz timeout instead of a call that hangs. Connections carry a client
-name (``CLIENT SETNAME``, shown by ``CLIENT LIST``): ``extauthz:<node id>:<role>``.
+Roles: the **primary** and, for the ``replicated`` strategy, the node's **local replica**.
+:class:`RedisClients` is their only owner; every connection asks one Sentinel discovery
+(:class:`EpochSentinel`) and retries a bounded number of times (:data:`RETRY_COUNT`,
+:data:`RETRY_BACKOFF_CAP_SECONDS`). Who uses which role, and why: docs/strategies.md,
+'Redis clients'.
 """
 
 from __future__ import annotations

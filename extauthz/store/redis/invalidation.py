@@ -1,37 +1,9 @@
 """Push invalidation of in-process session caches, made synchronous with revocation.
 
-A pub/sub message can still be in flight (or unread in a busy event loop) when the revoking
-call returns, so "publish and hope" lets a cache answer for a revoked session once in a
-while. The protocol here closes that gap:
-
-1. **Publish with a sequence number.** A revocation deletes the record and, in the same
-   ``MULTI``, runs :data:`~extauthz.store.redis.scripts.PUBLISH`: ``INCR p+"invalidate:seq"``
-   and ``PUBLISH p+"invalidate" "<seq>:<token hash>"`` (``p`` is the key prefix).
-2. **Subscribe, drop, acknowledge.** Every caching node (:class:`InvalidationSubscriber`)
-   reads the channel (:class:`~extauthz.store.redis.channel.Channel`), drops the hash from
-   its cache and then acknowledges the sequence number as a
-   :data:`~extauthz.store.redis.membership.CACHE` member.
-3. **Trust only a provably live channel.** Every third of the trust window the subscriber
-   publishes a proof ``<n>`` through the primary on its own channel
-   ``p+"invalidate:proof:<instance>"``, subscribed on the same connection as the
-   invalidations. Redis delivers messages in the order they were published (also through
-   a replica's replication stream), so receiving proof ``n`` shows that every invalidation
-   published before proof ``n`` was sent has been read and applied. The cache is used only
-   while the newest such proof is younger than ``trust_window`` (and the node's membership is
-   current); a lost connection also clears the cache, since messages may have been missed.
-4. **Wait for the acknowledgements.** The revoker
-   (:class:`~extauthz.store.redis.barrier.AckBarrier`, not strict) waits until every live
-   CACHE member has acknowledged the sequence number, at most ``trust_window`` plus a
-   margin. A node that has not acknowledged by then stopped trusting its cache by
-   construction: its newest proof predates the revocation, so it is older than the trust
-   window. When the revocation returns, no node answers from a stale cache.
-
-Membership: the instance is live for revokers while its beat is younger than
-``CACHE.live_for`` by the Redis clock; the instance itself trusts its cache only until half
-that time after its last successful beat was sent, and clears the cache when its membership
-lapsed, so a revoker that did not see it cannot leave it serving a stale entry.
-
-Durations: ``trust_window`` and friends are seconds (floats).
+The caching node's end, :class:`InvalidationSubscriber` (drop the revoked hash, acknowledge its
+sequence number, prove the channel live so the cache may answer), and the revoker's end,
+:func:`cache_barrier` (wait for every live caching node). The protocol, step by step:
+docs/strategies.md, 'Revocation'. Durations (``trust_window`` and friends) are seconds (floats).
 """
 
 from __future__ import annotations

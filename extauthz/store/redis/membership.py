@@ -1,20 +1,9 @@
 """The one live-node registry: who this process is in the store, and who else is there.
 
-A process has one identity, ``instance = "<node id>/<random>"``, new per process, and one
-:class:`Membership` that writes every entry it has in Redis (``p`` is the key prefix):
-
-- **the node record** ``p+"nodes"`` (hash: node id -> JSON ``{"strategy", "version",
-  "topology", "instance", "started", "heartbeat", "ttl"}``, Unix seconds from the Redis
-  clock). A node is live while ``now - heartbeat <= ttl``, three heartbeat intervals.
-  :meth:`Membership.start` checks and registers in one Lua script (two nodes starting at once
-  cannot both miss each other) and raises :class:`~extauthz.errors.SettingsError` naming the
-  live nodes that run another strategy; its heartbeat loop reports a conflict found later
-  (the store was unreachable at start-up, or a partition healed) to ``on_conflict``.
-- **role memberships**, one sorted set and one acknowledgement hash per :class:`Role`:
-  :data:`CACHE` (``cache-nodes``/``cache-acks``: the node caches sessions and acknowledges
-  invalidations, scored by its last beat) and :data:`READER` (``replica-readers``/
-  ``replica-acks``: the node reads from its replica under a lease, scored by the lease's
-  expiry). Revokers wait on :meth:`Membership.pending` (:mod:`~extauthz.store.redis.barrier`).
+One identity per process (``instance``) and one :class:`Membership` that writes every entry it
+has in Redis: the node record (strategy, heartbeat; a node of another strategy is refused) and
+the role memberships :data:`CACHE` and :data:`READER` that revokers wait on
+(docs/strategies.md, 'Node registry and memberships').
 
 Every method raises :class:`~extauthz.errors.StoreUnavailable` when Redis does not answer.
 """

@@ -1,40 +1,11 @@
 """The ``replicated`` strategy's store: reads from the node's own replica, writes to the primary.
 
-- ``get`` / ``get_by_sid`` ask the node-local replica first. A miss falls back to the
-  primary (a session created a moment ago through another node is found), and so does a
-  replica that cannot answer or is stale.
-- Stale: the replica's ``INFO replication`` is consulted at most once per
-  ``freshness_check_interval`` seconds (default 0.1 s). It is trusted while it is a replica
-  (``role:slave``), not in a full sync, and its link to the primary is younger than
-  ``max_staleness_seconds`` -- ``master_last_io_seconds_ago`` while the link is up,
-  ``master_link_down_since_seconds`` once it is down. Beyond the bound its positive answers
-  are not used (a revocation may not have reached it); its negative answers never are.
-- **Read lease.** On top of that, the replica gives positive answers only while this node
-  holds a *read lease* on the primary (:class:`ReplicaReadLease`): its membership of
-  :data:`~extauthz.store.redis.membership.READER`, scored by the lease's expiry (Redis server
-  time). Every revocation waits (:func:`replica_barrier`) until each node holding a live lease
-  has acknowledged that *its own* replica applied the revocation -- the node reads the
-  revocation's sequence number from its replica's copy of the invalidation channel and
-  acknowledges it as a READER member -- and fails with
-  :class:`~extauthz.errors.StoreWriteNotDurable` otherwise. ``WAIT`` alone cannot do this:
-  it counts the replicas connected at the time of the write, and a replica whose link has
-  just dropped is not among them while its node still trusts it within the staleness bound.
-- The lease is renewed every :data:`LEASE_RENEW_SECONDS` while the replica is fresh, its
-  link is up and the node reads its invalidation channel; it lasts ``max_staleness_seconds
-  + LEASE_SLACK_SECONDS``. When the replica is partitioned but the primary answers, the
-  node releases the lease and reads from the primary (cheaper and safer than failing every
-  logout); when neither answers (the node and its replica are cut off together), it keeps
-  reading from the replica until the staleness bound or the lease runs out, and meanwhile
-  every revocation fails -- it never reports success while that replica can still answer.
-  A lease that is new (not a continuation) is used only once the replica has caught up
-  with every revocation made before it was granted.
-- Every write (create, touch, revoke...) goes to the primary's
-  :class:`~extauthz.store.redis.store.RedisSessionStore`, whose ``wait_replicas`` is
-  ``"all"`` by default (``WAIT`` for every replica online at the time of the write, for a
-  failover). Creating a session needs no lease barrier: a replica that has not seen a new
-  session answers "unknown" and the read falls back to the primary.
-- When the replica is unusable and the primary does not answer, reads raise
-  :class:`~extauthz.errors.StoreUnavailable` (Envoy 503), never a denial.
+A read asks the replica first and falls back to the primary on a miss, or when the replica
+cannot answer or is stale (its link to the primary older than ``max_staleness_seconds``). The
+replica's positive answers count only while this node holds its read lease
+(:class:`ReplicaReadLease`); every revocation waits until the replica of each lease holder
+applied it (:func:`replica_barrier`) or fails with :class:`~extauthz.errors.StoreWriteNotDurable`.
+The protocol and its failure cases: docs/strategies.md, 'replicated'.
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
-"""The Redis session store.
+"""The Redis session store: session records, the per-subject index, revocations that publish
+an invalidation (and wait for the barriers they are given), and ``WAIT`` for the replicas before
+a write counts (else :class:`StoreWriteNotDurable`).
 
-Key layout (``p`` is the configured key prefix)::
-
-    p + "session:" + <token hash>   the session record (JSON), expiring at its deadline
-    p + "sid:" + <sid>              the token hash of session <sid>, same expiry
-    p + "subject:" + <sub>          a set of the subject's sids (stale members are pruned)
-
-Every revocation increments ``p + "invalidate:seq"`` and publishes ``"<seq>:<token hash>"``
-on ``p + "invalidate"`` in the same transaction, so in-process caches on every node drop it;
-with an ``invalidation_barrier`` the revocation returns only once every caching node has
-acknowledged it (:mod:`extauthz.store.redis.invalidation`), and with a ``replica_barrier``
-(the ``replicated`` strategy) only once every replica that a node reads from has applied it
-(:func:`~extauthz.store.redis.replicated.replica_barrier`; otherwise
-:class:`StoreWriteNotDurable`). Writes that must survive a
-failover (create, revoke) can be made to wait
-for ``wait_replicas`` replicas (``WAIT``, https://redis.io/commands/wait/) -- a count, or
-``"all"``: every replica the primary reports online at the time of the write; when fewer
-acknowledge in ``wait_timeout_ms`` the write raises :class:`StoreWriteNotDurable`.
-
-The client is handed in (a plain ``redis.asyncio.Redis`` or one from
-``Sentinel.master_for``; owned by :class:`~extauthz.store.redis.clients.RedisClients`, never
-closed here): this module does not know the topology. A ``READONLY`` reply (the
-node we are connected to was demoted by a failover) drops every pooled connection, so the
-next one re-resolves the primary, and the operation is tried once more; it never reaches
-the caller as anything but :class:`StoreUnavailable`.
+The client is handed in (owned by :class:`~extauthz.store.redis.clients.RedisClients`, never
+closed here): this module does not know the topology. Key layout, ``WAIT`` and ``READONLY``
+handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 """
 
 from __future__ import annotations
