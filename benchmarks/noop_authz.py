@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -27,13 +28,14 @@ _OK = external_auth_pb2.CheckResponse(
 _DENIED = external_auth_pb2.CheckResponse(
     status=status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
     denied_response=external_auth_pb2.DeniedHttpResponse(
-        status=HttpStatus(code=401)  # type: ignore[arg-type]
+        status=HttpStatus(code=401)
     ),
 )
 
 
-class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
-    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+# xds-protos ships no type information, so its servicer base class is Any to mypy
+class NoopAuthorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if "authorization" in request.attributes.request.http.headers:
             return _OK
         return _DENIED

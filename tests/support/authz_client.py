@@ -60,4 +60,4 @@ class AuthzClient:
         return bool(resp.revoked)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)

@@ -46,7 +46,7 @@ def _command(port: int, *args: Any, timeout: float = 1.0) -> Any:
         decode_responses=True,
     )
     with client:
-        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        return client.execute_command(*args)
 
 
 def pairs(reply: Any) -> dict[str, Any]:

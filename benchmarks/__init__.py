@@ -1,0 +1,1 @@
+"""The benchmark of the real stack (`make bench`, docs/benchmarks.md)."""
