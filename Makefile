@@ -59,7 +59,7 @@ wrk:
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
 	}
 
-# the browser test (tests/test_browser.py) drives Debian's chromium through chromedriver
+# the browser test (tests/e2e/test_browser.py) drives Debian's chromium through chromedriver
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "chromium/chromedriver not found: installing Debian's chromium and chromium-driver"; \
@@ -71,7 +71,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv redis browser
+test: venv redis browser wrk
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
 
 demo: venv redis
