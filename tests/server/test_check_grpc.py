@@ -22,7 +22,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.rpc import code_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.keys.keyring import generate_key
@@ -32,6 +32,7 @@ from extauthz.server.grpc_server import (
     StoreHealthReporter,
     build_server,
 )
+from extauthz.server.health import HealthServicer
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
@@ -79,7 +80,7 @@ class Node:
 
 
 async def start_node(harness: Harness) -> Node:
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     guard = AdminGuard(loopback_only=True, token=None)
     server, port = build_server(
         f"127.0.0.1:{free_port()}",

@@ -75,7 +75,9 @@ class PasswordVerifier:
         self._store = store
         self._hasher = hasher if hasher is not None else parameters.hasher()
         if self._hasher.type is not Type.ID:
-            raise ValueError(f"password hasher must use argon2id (RFC 9106), not {self._hasher.type}")
+            raise ValueError(
+                f"password hasher must use argon2id (RFC 9106), not {self._hasher.type}"
+            )
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -121,7 +123,9 @@ class PasswordVerifier:
         if new_hash is not None:
             try:
                 if await self._store.set_password_hash(name, new_hash):
-                    log.info("rehashed the password of user %s with current argon2 parameters", name)
+                    log.info(
+                        "rehashed the password of user %s with current argon2 parameters", name
+                    )
             except Exception:
                 log.warning("could not store the rehashed password of user %s", name, exc_info=True)
         return record.user
