@@ -47,10 +47,10 @@ class AuthorizationServicer:
         self._authorizer = authorizer
 
     async def Check(
-        self,
-        request: external_auth_pb2.CheckRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
+        """One ``CheckRequest``; ``context`` is the call's ``grpc.aio.ServicerContext``, of which
+        only ``abort`` is used (the in-process tests pass a stand-in)."""
         try:
             ctx = to_request_context(request)
         except BadRequest as denial:

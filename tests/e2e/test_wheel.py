@@ -29,11 +29,8 @@ def _run(argv: list[str], cwd: Path, timeout: float = 120.0) -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO_ROOT)],
-        cwd=out,
-        timeout=INSTALL_TIMEOUT,
-    )
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+    _run([*pip_wheel, "-w", str(out), str(REPO_ROOT)], cwd=out, timeout=INSTALL_TIMEOUT)
     (built,) = out.glob("extauthz-*.whl")
     return built
 
