@@ -103,7 +103,8 @@ class Verdict:
 
 
 class RateLimiter(Protocol):
-    """A counter per :class:`RateKey`. Implementations raise their backend's errors unchanged."""
+    """A counter per :class:`RateKey`. A backend that cannot answer raises
+    :class:`~extauthz.errors.StoreUnavailable`."""
 
     limit: int
     window_seconds: int

@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from extauthz.login.users.records import (
     _NAME,
     PASSWORD_MAX,
+    USER_STORE_ERRORS,
     User,
     UserRecord,
     UserStore,
@@ -108,8 +109,9 @@ class PasswordVerifier:
         a dummy hash for unknown users), so they cost the same and answer the same. Inputs that
         break the public shape rules (name, password length) return ``None`` with no store
         lookup and no argon2 work. A hash with outdated parameters is replaced after a
-        successful login (``check_needs_rehash``); failing to store it is logged, not raised.
-        Store failures propagate.
+        successful login (``check_needs_rehash``); when the store cannot take it (one of
+        :data:`~extauthz.login.users.records.USER_STORE_ERRORS`) that is logged, not raised.
+        The lookup's store failures propagate.
         """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             return None
@@ -126,7 +128,7 @@ class PasswordVerifier:
                     log.info(
                         "rehashed the password of user %s with current argon2 parameters", name
                     )
-            except Exception:
+            except USER_STORE_ERRORS:
                 log.warning("could not store the rehashed password of user %s", name, exc_info=True)
         return record.user
 
