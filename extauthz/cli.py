@@ -128,6 +128,10 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
 
 
+# a session id is URL-safe base64 and may start with "-", which argparse reads as an option
+SID_HELP = "the session id; write --sid=ID (an id may start with '-')"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
@@ -146,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", action="append", default=[])
     create.add_argument("--data", help="session data, a JSON object")
     get = actions.add_parser("get", help="show one session")
-    get.add_argument("--sid", required=True)
+    get.add_argument("--sid", required=True, help=SID_HELP)
     revoke = actions.add_parser("revoke", help="revoke one session, or every session of a subject")
     which = revoke.add_mutually_exclusive_group(required=True)
-    which.add_argument("--sid")
+    which.add_argument("--sid", help=SID_HELP)
     which.add_argument("--sub")
     listing = actions.add_parser("list", help="list a subject's sessions")
     listing.add_argument("--sub", required=True)

@@ -81,11 +81,12 @@ async def check(h: Harness, request: CheckRequest) -> CheckResponse:
 
 
 def allowed(response: CheckResponse) -> bool:
-    return response.status.code == code_pb2.OK and response.HasField("ok_response")
+    return bool(response.status.code == code_pb2.OK and response.HasField("ok_response"))
 
 
 def raw(response: CheckResponse) -> str:
-    return response.SerializeToString().decode("latin-1")
+    wire: bytes = response.SerializeToString()
+    return wire.decode("latin-1")
 
 
 # -- credentials ---------------------------------------------------------------------------------
@@ -156,7 +157,10 @@ async def test_tossed_parent_domain_cookie_of_another_user_is_denied(h: Harness)
     """Two live session cookies of different users (host + parent domain): no guessing."""
     alice, _ = await h.login("alice")
     mallory, _ = await h.login("mallory")
-    for cookie in (f"{COOKIE}={alice}; {COOKIE}={mallory}", f"{COOKIE}={mallory}; {COOKIE}={alice}"):
+    for cookie in (
+        f"{COOKIE}={alice}; {COOKIE}={mallory}",
+        f"{COOKIE}={mallory}; {COOKIE}={alice}",
+    ):
         response = await check(h, http_request({"cookie": cookie}))
         assert not allowed(response)
         assert metadata(response)["reason"] == "ambiguous_credential"
@@ -184,7 +188,7 @@ async def test_oversized_cookie_header_is_refused_before_parsing(h: Harness) -> 
     assert probe(h).gets == 0
 
 
-# -- what goes upstream ------------------------------------------------------------------------------
+# -- what goes upstream ----------------------------------------------------------------------------
 
 
 async def test_opaque_token_is_never_forwarded_upstream(h: Harness) -> None:
@@ -291,7 +295,10 @@ async def test_login_redirect_stays_on_the_host(h: Harness, path: str) -> None:
 async def test_unsafe_methods_are_never_redirected(h: Harness) -> None:
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         response = await check(
-            h, http_request({"accept": "text/html"}, method=method, context_extensions={"client": "browser"})
+            h,
+            http_request(
+                {"accept": "text/html"}, method=method, context_extensions={"client": "browser"}
+            ),
         )
         assert response.denied_response.status.code == 401
 
@@ -300,7 +307,9 @@ async def test_forbidden_keeps_the_cookie_and_authentication_failures_clear_it(h
     token, _ = await h.login(scopes=["read"])
     forbidden = await check(
         h,
-        http_request({"cookie": f"{COOKIE}={token}"}, context_extensions={"required_scopes": "admin"}),
+        http_request(
+            {"cookie": f"{COOKIE}={token}"}, context_extensions={"required_scopes": "admin"}
+        ),
     )
     assert forbidden.denied_response.status.code == 403
     assert "set-cookie" not in [k for k, _ in response_headers(forbidden)]
@@ -412,7 +421,7 @@ async def test_a_retried_revocation_does_not_succeed_before_the_first_one_landed
         await client.aclose()
 
 
-# -- logs ---------------------------------------------------------------------------------------------
+# -- logs ------------------------------------------------------------------------------------------
 
 
 async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
@@ -426,7 +435,9 @@ async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) 
         http_request({"cookie": f"{COOKIE}={token}; {COOKIE}={other}"}),
         http_request({"authorization": f"Bearer {token}", "cookie": f"{COOKIE}={other}"}),
         http_request({"authorization": f"Bearer {token[:-1]}x"}),
-        http_request({"authorization": f"Bearer {token}"}, context_extensions={"required_scopes": "x"}),
+        http_request(
+            {"authorization": f"Bearer {token}"}, context_extensions={"required_scopes": "x"}
+        ),
         http_request({"cookie": f"{COOKIE}={token}", "accept": "text/html"}, path="/p"),
     ]
     for request in requests:
@@ -446,7 +457,7 @@ async def test_token_never_logged(h: Harness, caplog: pytest.LogCaptureFixture) 
             assert secret not in text, record.getMessage()
 
 
-# -- attacks on the running stack (H1, M3 and M4 also in tests/login/test_auth_service.py) ---------
+# -- attacks on the running stack (H1, M3 and M4 also in tests/login/test_auth_service.py) ------
 
 
 async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(

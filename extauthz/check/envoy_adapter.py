@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import (
     CheckRequest,
@@ -68,9 +70,9 @@ def to_request_context(request: CheckRequest) -> RequestContext:
     )
 
 
-def _metadata(values: dict[str, str] | object) -> Struct:
+def _metadata(values: Mapping[str, str]) -> Struct:
     struct = Struct()
-    struct.update(dict(values))  # type: ignore[call-overload]
+    struct.update(values)
     return struct
 
 
@@ -96,7 +98,7 @@ def to_check_response(decision: Decision) -> CheckResponse:
     return CheckResponse(
         status=status_pb2.Status(code=_DENY_CODE.get(decision.status, code_pb2.PERMISSION_DENIED)),
         denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=HttpStatus(code=decision.status),
             headers=[_option(k, v, _APPEND) for k, v in decision.headers],
             body=decision.body,
         ),

@@ -106,7 +106,9 @@ class JwtMinter:
             "roles": list(session.roles),
             "data": dict(session.data),
         }
-        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+        )
         self._cache[session.sid] = _Minted(
             token, exp, fingerprint or _fingerprint(session), key.kid, session.version
         )

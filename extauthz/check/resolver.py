@@ -89,7 +89,8 @@ class SessionResolver:
 
     async def count_misses(self, address: str, misses: int) -> int:
         """Count ``misses`` failed lookups from ``address``; the seconds to wait if it is now
-        over its budget, else 0. Never raises (a failing rate limiter counts nothing)."""
+        over its budget, else 0. A rate limiter that cannot answer counts nothing (no
+        :class:`~extauthz.errors.StoreUnavailable` leaves here)."""
         if self.throttle is None or misses < 1:
             return 0
         return await self.throttle.failed(address, misses)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from extauthz.errors import StoreUnavailable
 from extauthz.login.ratelimit import CHECK_ADDR, RateKey, RateLimiter, address_subject
 
 log = logging.getLogger("extauthz.check.throttle")
@@ -62,7 +63,7 @@ class LookupThrottle:
                 verdict = await self.limiter.hit(key)
                 if verdict.blocked:
                     break
-        except Exception:
+        except StoreUnavailable:
             log.warning("cannot count a failed lookup: rate limiter unavailable", exc_info=True)
             return 0
         if not verdict.blocked:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from extauthz.errors import StoreUnavailable
 from extauthz.login.ratelimit import LOGIN_ADDR, LOGIN_USER, RateKey, RateLimiter
 
 log = logging.getLogger("extauthz.auth")
@@ -77,5 +78,5 @@ async def _refund_quietly(taken: Iterable[tuple[RateLimiter, RateKey]]) -> None:
     for limiter, key in taken:
         try:
             await limiter.refund(key)
-        except Exception:
+        except StoreUnavailable:
             log.warning("login: cannot take back a rate-limit count", exc_info=True)

@@ -87,7 +87,8 @@ class Verdict:
 
 
 class RateLimiter(Protocol):
-    """A counter per :class:`RateKey`. Implementations raise their backend's errors unchanged."""
+    """A counter per :class:`RateKey`. A backend that cannot answer raises
+    :class:`~extauthz.errors.StoreUnavailable`."""
 
     limit: int
     window_seconds: int
@@ -107,10 +108,9 @@ class RateLimiter(Protocol):
 
 
 def _check_config(limit: int, window_seconds: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, not {limit!r}")
-    if isinstance(window_seconds, bool) or not isinstance(window_seconds, int) or window_seconds < 1:
-        raise ValueError(f"window_seconds must be a positive integer, not {window_seconds!r}")
+    for name, value in (("limit", limit), ("window_seconds", window_seconds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _verdict(count: int, limit: int, ttl_seconds: float, *, is_hit: bool) -> Verdict:

@@ -23,7 +23,8 @@ from extauthz.check.resolver import SessionResolver, is_miss
 from extauthz.errors import Forbidden, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.limits import LoginLimits
-from extauthz.login.users import PasswordVerifier, UserStoreError
+from extauthz.login.users import PasswordVerifier
+from extauthz.login.users.records import USER_STORE_ERRORS
 from extauthz.store.model import Session
 
 log = logging.getLogger("extauthz.auth")
@@ -34,9 +35,9 @@ SESSION_PATH = "/auth/session"
 INVALID_LOGIN = "Invalid user name or password."
 LOGINS_THROTTLED = "Too many failed sign-in attempts; please wait and try again."
 LOOKUPS_THROTTLED = "Too many failed token lookups from this address; please wait and try again."
-# errors of the stores behind a login other than the session store: users (file or Redis)
-# and rate-limit counters; the Redis ones raise StoreUnavailable
-_BACKEND_ERRORS = (StoreUnavailable, UserStoreError, OSError)
+# what the stores behind a login other than the session store raise when they cannot answer:
+# the user store's errors, and StoreUnavailable (among them) from the rate-limit counters
+_BACKEND_ERRORS = USER_STORE_ERRORS
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from grpc_health.v1 import health
 
 from extauthz import __version__
 from extauthz.check.authorizer import Authorizer
@@ -32,6 +31,7 @@ from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
 from extauthz.loops import Service, start_all, stop_all
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
+from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
 from extauthz.server.metrics import Metrics
 from extauthz.server.store_wiring import (
@@ -253,7 +253,7 @@ async def serve(settings: Settings) -> int:
         raise
     guard = _admin_guard(settings)
     node_id = settings.node_id
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     server, grpc_port = build_server(
         settings.server.grpc_listen,
         components.authorizer,

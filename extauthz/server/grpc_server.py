@@ -2,8 +2,8 @@
 ``grpc.health.v1.Health``, server reflection and the project's admin API.
 
 ``Check`` is a thin wrapper: translate (:mod:`extauthz.check.envoy_adapter`), decide
-(:class:`~extauthz.check.authorizer.Authorizer`), translate back. A store that cannot answer ends the
-RPC with ``UNAVAILABLE`` so Envoy's ``failure_mode_allow: false`` / ``status_on_error``
+(:class:`~extauthz.check.authorizer.Authorizer`), translate back. A store that cannot answer
+ends the RPC with ``UNAVAILABLE`` so Envoy's ``failure_mode_allow: false`` / ``status_on_error``
 decide (503); it is never turned into a denial.
 
 Health: the overall service (``""``) and ``envoy.service.auth.v3.Authorization`` report
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
@@ -28,6 +28,7 @@ from extauthz.check.envoy_adapter import to_check_response, to_request_context
 from extauthz.errors import BadRequest, StoreUnavailable
 from extauthz.loops import Loop
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.server.health import HealthServicer
 from extauthz.store.model import SessionStore
 
 log = logging.getLogger("extauthz.grpc")
@@ -35,11 +36,21 @@ log = logging.getLogger("extauthz.grpc")
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
+class AuthorizationServicer:
+    """``envoy.service.auth.v3.Authorization``.
+
+    Not derived from the generated ``AuthorizationServicer``, which xds-protos ships without
+    types: ``add_AuthorizationServicer_to_server`` needs only :meth:`Check`.
+    """
+
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def Check(self, request: Any, context: Any) -> external_auth_pb2.CheckResponse:
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: Any
+    ) -> external_auth_pb2.CheckResponse:
+        """One ``CheckRequest``; ``context`` is the call's ``grpc.aio.ServicerContext``, of which
+        only ``abort`` is used (the in-process tests pass a stand-in)."""
         try:
             ctx = to_request_context(request)
         except BadRequest as denial:
@@ -57,7 +68,7 @@ class StoreHealthReporter:
     once, then every ``interval`` seconds until :meth:`stop`."""
 
     def __init__(
-        self, store: SessionStore, servicer: health.aio.HealthServicer, interval: float
+        self, store: SessionStore, servicer: HealthServicer, interval: float
     ) -> None:
         self._store = store
         self._servicer = servicer
@@ -102,7 +113,7 @@ def build_server(
     authorizer: Authorizer,
     admin: SessionAdminServicer,
     status: StatusServicer,
-    health_servicer: health.aio.HealthServicer,
+    health_servicer: HealthServicer,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
 

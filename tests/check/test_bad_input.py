@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -98,7 +98,11 @@ async def denied_401(
 async def test_junk_cookies_around_an_unknown_session_cookie(h: Harness) -> None:
     request = load_check_request("junk_cookies", TOKEN=mint_token())
     await denied_401(
-        h, request, invalid_token("unknown or revoked session"), cleared=True, reason="unknown_session"
+        h,
+        request,
+        invalid_token("unknown or revoked session"),
+        cleared=True,
+        reason="unknown_session",
     )
 
 
@@ -120,7 +124,11 @@ async def test_junk_cookies_without_a_session_cookie_are_no_credential(h: Harnes
 async def test_session_cookie_with_a_junk_value(h: Harness, value: str) -> None:
     request = http_request({"cookie": f"a=1; {COOKIE}={value}; b=2"})
     await denied_401(
-        h, request, invalid_token("not an access token"), cleared=True, reason="malformed_credential"
+        h,
+        request,
+        invalid_token("not an access token"),
+        cleared=True,
+        reason="malformed_credential",
     )
     assert gets(h) == 0
 
@@ -155,7 +163,9 @@ def big_cookie_header(session_value: str, size: int) -> str:
         filler.append(piece)
         length += len(piece) + 2
         i += 1
-    return "; ".join([*filler[: len(filler) // 2], f"{COOKIE}={session_value}", *filler[len(filler) // 2 :]])
+    return "; ".join(
+        [*filler[: len(filler) // 2], f"{COOKIE}={session_value}", *filler[len(filler) // 2 :]]
+    )
 
 
 async def test_a_60kb_cookie_header(h: Harness) -> None:
@@ -261,9 +271,13 @@ async def test_mixed_case_header_names(h: Harness) -> None:
     )
 
 
-@pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", 'Digest username="a", realm="b"', "Token x"])
+@pytest.mark.parametrize(
+    "value", ["Basic dXNlcjpwYXNz", 'Digest username="a", realm="b"', "Token x"]
+)
 async def test_other_authorization_schemes_are_no_credential(h: Harness, value: str) -> None:
-    await denied_401(h, http_request({"authorization": value}), NO_CREDENTIAL, reason="no_credential")
+    await denied_401(
+        h, http_request({"authorization": value}), NO_CREDENTIAL, reason="no_credential"
+    )
 
 
 async def test_bearer_in_the_query_string_is_not_used(h: Harness) -> None:
@@ -288,10 +302,11 @@ async def test_browser_navigation_with_bad_input_is_redirected(h: Harness) -> No
     ]
 
 
-# -- property: arbitrary headers never raise and never allow without a live token ---------------------
+# -- property: arbitrary headers never raise and never allow without a live token ------------------
 
+_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # unencodable as UTF-8: no header carries them
 _TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), max_codepoint=0x1F700), max_size=40
+    alphabet=st.characters(exclude_categories=_SURROGATES, max_codepoint=0x1F700), max_size=40
 )
 _NAMES = st.sampled_from(
     ["authorization", "Authorization", "AUTHORIZATION", "cookie", "Cookie", "accept", "x-other"]
@@ -302,12 +317,16 @@ _SEPARATORS = st.sampled_from([";", "; ", ",", " ; ", ";;", ", "])
 def _cookie_piece(tokens: dict[str, str]) -> st.SearchStrategy[str]:
     token = st.sampled_from(sorted(tokens.values())) | _TEXT
     name = st.sampled_from([COOKIE, COOKIE.upper(), "a", ""]) | _TEXT
-    return st.builds(lambda n, sep, v: f"{n}{sep}{v}", name, st.sampled_from(["=", " = ", "", "=\""]), token)
+    return st.builds(
+        lambda n, sep, v: f"{n}{sep}{v}", name, st.sampled_from(["=", " = ", "", '="']), token
+    )
 
 
 def _cookie_header(tokens: dict[str, str]) -> st.SearchStrategy[str]:
     return st.builds(
-        lambda pieces, sep: sep.join(pieces), st.lists(_cookie_piece(tokens), max_size=6), _SEPARATORS
+        lambda pieces, sep: sep.join(pieces),
+        st.lists(_cookie_piece(tokens), max_size=6),
+        _SEPARATORS,
     )
 
 
@@ -327,7 +346,9 @@ def _headers(tokens: dict[str, str]) -> st.SearchStrategy[dict[str, str]]:
             "accept": st.sampled_from(["text/html", "application/json", "*/*"]),
         },
     )
-    return st.builds(lambda a, b: {**b, **a}, structured, st.dictionaries(_NAMES, _TEXT, max_size=4))
+    return st.builds(
+        lambda a, b: {**b, **a}, structured, st.dictionaries(_NAMES, _TEXT, max_size=4)
+    )
 
 
 def _ok_header_value(value: str) -> bool:

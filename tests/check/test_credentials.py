@@ -69,7 +69,8 @@ def test_strip_cookie_keeps_every_other_byte_in_order(header: str, expected: str
 
 
 @pytest.mark.parametrize(
-    "header", ["extauthz_session=T", " extauthz_session=T ", "extauthz_session=S; extauthz_session=T"]
+    "header",
+    ["extauthz_session=T", " extauthz_session=T ", "extauthz_session=S; extauthz_session=T"],
 )
 def test_strip_cookie_returns_none_when_only_the_session_cookie_was_there(header: str) -> None:
     assert strip_cookie(header, COOKIE) is None
@@ -172,12 +173,15 @@ def test_bearer_accepts_b64token_padding() -> None:
 
 
 def test_extract_credentials_none_when_nothing_is_there() -> None:
-    assert extract_credentials(ctx(accept="*/*"), CookieExtractor(COOKIE), BearerExtractor()) is None
+    found = extract_credentials(ctx(accept="*/*"), CookieExtractor(COOKIE), BearerExtractor())
+    assert found is None
 
 
 def test_extract_credentials_bearer_and_matching_cookie() -> None:
     found = extract_credentials(
-        ctx(authorization="Bearer t1", cookie=f"{COOKIE}=t1"), CookieExtractor(COOKIE), BearerExtractor()
+        ctx(authorization="Bearer t1", cookie=f"{COOKIE}=t1"),
+        CookieExtractor(COOKIE),
+        BearerExtractor(),
     )
     assert found is not None and (found.source, found.tokens) == ("bearer", ("t1",))
 

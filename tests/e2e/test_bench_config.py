@@ -2,10 +2,10 @@
 
 ``benchmarks/envoy-bench.yaml`` must be accepted by every supported Envoy (as committed and as
 ``bench.py`` renders it), its listeners must differ only by the auth step, and both ext_authz
-steps (extauthz and the no-op Check) must be configured like the front proxy's. ``bench.py --smoke`` runs the real
-stack for about a second per scenario and must pass its own checks (200 with the credential,
-401 without, no non-2xx, every request through the auth step), so the benchmark cannot
-silently measure errors.
+steps (extauthz and the no-op Check) must be configured like the front proxy's.
+``bench.py --smoke`` runs the real stack for about a second per scenario and must pass its own
+checks (200 with the credential, 401 without, no non-2xx, every request through the auth
+step), so the benchmark cannot silently measure errors.
 """
 
 from __future__ import annotations
@@ -47,13 +47,15 @@ bench = _load_bench()
 
 
 def _doc(path: Path = BENCH_CONFIG) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    return doc
 
 
 def _hcm(listener: dict[str, Any]) -> dict[str, Any]:
     (chain,) = listener["filter_chains"]
     (hcm,) = chain["filters"]
-    return hcm["typed_config"]
+    typed: dict[str, Any] = hcm["typed_config"]
+    return typed
 
 
 def _listeners(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -61,8 +63,22 @@ def _listeners(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _filter(hcm: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [f for f in hcm["http_filters"] if f["name"] == name]
     return found
+
+
+def _jwt_filter(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``typed_config`` of the ``jwt_authn`` listener's JWT filter."""
+    typed: dict[str, Any] = _filter(_hcm(_listeners(doc)["jwt_authn"]), JWT_AUTHN)["typed_config"]
+    return typed
+
+
+def _jwt_provider(doc: dict[str, Any]) -> dict[str, Any]:
+    """The one provider of :func:`_jwt_filter`."""
+    provider: dict[str, Any]
+    (provider,) = _jwt_filter(doc)["providers"].values()
+    return provider
 
 
 # -- validation by the real binaries ----------------------------------------------------------
@@ -114,7 +130,9 @@ def test_listeners_differ_only_by_the_auth_step() -> None:
 @pytest.mark.parametrize(("listener", "cluster_name"),
                          [("ext_authz", "extauthz_grpc"), ("ext_authz_noop", "noop_authz_grpc"),
                           ("ext_authz_nocache", "extauthz_nocache_grpc")])
-def test_ext_authz_step_is_configured_like_the_front_proxy(listener: str, cluster_name: str) -> None:
+def test_ext_authz_step_is_configured_like_the_front_proxy(
+    listener: str, cluster_name: str
+) -> None:
     front = yaml.safe_load(FRONT_PROXY.read_text())
     front_hcm = _hcm(front["static_resources"]["listeners"][0])
     doc = _doc()
@@ -130,6 +148,7 @@ def test_ext_authz_step_is_configured_like_the_front_proxy(listener: str, cluste
     assert typed["grpc_service"]["timeout"]
 
     def cluster(d: dict[str, Any], name: str) -> dict[str, Any]:
+        found: dict[str, Any]
         (found,) = [c for c in d["static_resources"]["clusters"] if c["name"] == name]
         found = copy.deepcopy(found)
         found.pop("load_assignment")
@@ -141,8 +160,8 @@ def test_ext_authz_step_is_configured_like_the_front_proxy(listener: str, cluste
 
 
 def test_jwt_authn_requires_an_es256_token_from_a_local_jwks() -> None:
-    typed = _filter(_hcm(_listeners(_doc())["jwt_authn"]), JWT_AUTHN)["typed_config"]
-    (provider,) = typed["providers"].values()
+    typed = _jwt_filter(_doc())
+    provider = _jwt_provider(_doc())
     (key,) = json.loads(provider["local_jwks"]["inline_string"])["keys"]
     assert (key["kty"], key["crv"], key["alg"]) == ("EC", "P-256", "ES256")
     assert "d" not in key  # a public key only
@@ -161,17 +180,16 @@ def test_render_changes_only_ports_and_the_jwks(tmp_path: Path) -> None:
             "address": "127.0.0.1", "port_value": ports.listeners[name]
         }  # fmt: skip
     assert rendered["admin"]["address"]["socket_address"]["port_value"] == ports.admin
-    provider = next(iter(_filter(_hcm(_listeners(rendered)["jwt_authn"]), JWT_AUTHN)
-                         ["typed_config"]["providers"].values()))  # fmt: skip
+    provider = _jwt_provider(rendered)
     assert provider["local_jwks"]["inline_string"] == material.jwks
     # put the original values back: nothing else may differ
     for name, listener in _listeners(rendered).items():
         listener["address"] = _listeners(original)[name]["address"]
     rendered["admin"] = original["admin"]
-    provider["local_jwks"] = next(iter(_filter(_hcm(_listeners(original)["jwt_authn"]), JWT_AUTHN)
-                                       ["typed_config"]["providers"].values()))["local_jwks"]  # fmt: skip
-    for cluster, committed in zip(rendered["static_resources"]["clusters"],
-                                  original["static_resources"]["clusters"], strict=True):  # fmt: skip
+    provider["local_jwks"] = _jwt_provider(original)["local_jwks"]
+    clusters = rendered["static_resources"]["clusters"]
+    committed_clusters = original["static_resources"]["clusters"]
+    for cluster, committed in zip(clusters, committed_clusters, strict=True):
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         assert endpoint["address"]["socket_address"]["port_value"] == GRPC_PORTS[cluster["name"]]
         cluster["load_assignment"] = committed["load_assignment"]
@@ -255,7 +273,8 @@ def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
     by_name = {s["scenario"]: s for s in report["scenarios"]}
     for name in ("ext_authz_noop", "ext_authz_nocache", "ext_authz"):
         assert by_name[name]["envoy_counters"]["ext_authz.ok"] >= by_name[name]["requests"]
-    assert by_name["jwt_authn"]["envoy_counters"]["jwt_authn.allowed"] >= by_name["jwt_authn"]["requests"]
+    jwt_authn = by_name["jwt_authn"]
+    assert jwt_authn["envoy_counters"]["jwt_authn.allowed"] >= jwt_authn["requests"]
     # without the cache every Check reads the session from Redis; with it, almost none does
     assert by_name["ext_authz_nocache"]["redis_commands_per_request"] >= 1
     assert "checks passed" in proc.stderr

@@ -126,6 +126,8 @@ def test_browser_signs_in_sees_the_page_and_signs_out(
 
     # and the old token is dead on the server, not only forgotten by the browser
     client = auth_stack.client()
-    stale = client.request("GET", "/account", headers={
-        "Accept": "application/json", "Cookie": f"{COOKIE_NAME}={session_cookie['value']}"})  # fmt: skip
+    old_cookie = f"{COOKIE_NAME}={session_cookie['value']}"
+    stale = client.request(
+        "GET", "/account", headers={"Accept": "application/json", "Cookie": old_cookie}
+    )
     assert stale.status == 401

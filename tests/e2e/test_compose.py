@@ -22,11 +22,13 @@ APP_PATH = re.compile(r"/app/([\w./-]+)")
 
 
 def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return compose
 
 
 def _services() -> dict[str, dict[str, Any]]:
-    return _compose()["services"]
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
 
 
 def _words(service: dict[str, Any]) -> list[str]:
@@ -91,7 +93,9 @@ def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
 
     env = {k: str(v) for k, v in _services()[service]["environment"].items()}
     words = _words(_services()[service])
-    config = REPO_ROOT / APP_PATH.match(words[words.index("--config") + 1]).group(1)
+    in_app = APP_PATH.match(words[words.index("--config") + 1])
+    assert in_app is not None, words
+    config = REPO_ROOT / in_app.group(1)
     settings = load_settings(config, environ=env)
     assert settings.store.strategy == "central"
     assert settings.session.cookie_secure is True
@@ -120,10 +124,11 @@ def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> No
 
 
 def _without_addresses(doc: dict[str, Any]) -> Any:
+    addressing = ("socket_address", "load_assignment", "type", "dns_lookup_family")
+
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items()
-                    if k not in ("socket_address", "load_assignment", "type", "dns_lookup_family")}  # fmt: skip
+            return {k: strip(v) for k, v in node.items() if k not in addressing}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node

@@ -182,7 +182,8 @@ async def test_tampered_signature_is_rejected(env: Env) -> None:
 
 async def test_alg_none_is_rejected(env: Env) -> None:
     env.sign()  # publishes key-1
-    token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory"}, None,
+    # PyJWT's "none" algorithm takes no key: None or ""
+    token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory"}, "",
                        algorithm="none", headers={"kid": "key-1"})  # fmt: skip
     assert "not allowed" in _reason(await _echo(env, token))
 
@@ -221,8 +222,8 @@ async def test_eddsa_keys_are_accepted(env: Env) -> None:
     env.jwks.publish("ed-1", {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
                               "x": jwt.utils.base64url_encode(public).decode()})  # fmt: skip
     now = int(time.time())
-    token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "bob", "iat": now,
-                        "exp": now + 60}, key, algorithm="EdDSA", headers={"kid": "ed-1"})  # fmt: skip
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bob", "iat": now, "exp": now + 60}
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "ed-1"})
     body = await _echo(env, token)
     assert body["jwt"]["verified"] is True, body["jwt"]["error"]
 

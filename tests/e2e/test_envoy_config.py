@@ -81,7 +81,8 @@ def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> No
 
 
 def _front() -> dict[str, Any]:
-    return yaml.safe_load(FRONT_PROXY.read_text())
+    doc: dict[str, Any] = yaml.safe_load(FRONT_PROXY.read_text())
+    return doc
 
 
 def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
     (hcm_filter,) = [
         f for f in chain["filters"] if f["name"] == "envoy.filters.network.http_connection_manager"
     ]
-    return hcm_filter["typed_config"]
+    typed: dict[str, Any] = hcm_filter["typed_config"]
+    return typed
 
 
 def _ext_authz(doc: dict[str, Any]) -> dict[str, Any]:
@@ -98,14 +100,15 @@ def _ext_authz(doc: dict[str, Any]) -> dict[str, Any]:
     names = [f["name"] for f in filters]
     assert names[-1] == "envoy.filters.http.router"
     assert names.count(EXT_AUTHZ) == 1
-    config = filters[names.index(EXT_AUTHZ)]["typed_config"]
+    config: dict[str, Any] = filters[names.index(EXT_AUTHZ)]["typed_config"]
     assert config["@type"] == EXT_AUTHZ_TYPE
     return config
 
 
 def _routes(doc: dict[str, Any]) -> list[dict[str, Any]]:
     (vhost,) = _hcm(doc)["route_config"]["virtual_hosts"]
-    return vhost["routes"]
+    routes: list[dict[str, Any]] = vhost["routes"]
+    return routes
 
 
 def _route(doc: dict[str, Any], **match: str) -> dict[str, Any]:
@@ -168,7 +171,9 @@ def test_everything_else_needs_authz() -> None:
 
 
 def test_authz_cluster_speaks_http2() -> None:
-    (cluster,) = [c for c in _front()["static_resources"]["clusters"] if c["name"] == "extauthz_grpc"]
+    (cluster,) = [
+        c for c in _front()["static_resources"]["clusters"] if c["name"] == "extauthz_grpc"
+    ]
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
@@ -184,7 +189,8 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
         return [d for k in a for d in _differences(a[k], b[k], f"{path}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in _differences(x, y, f"{path}[{i}]")]
     return [] if a == b else [path]
 
 
@@ -203,8 +209,12 @@ def test_render_changes_only_socket_addresses(tmp_path: Path) -> None:
 
 
 @dataclass
-class FakeAuthz(auth_grpc.AuthorizationServicer):
-    """Answers by path prefix: /deny -> 401, /unavailable -> gRPC UNAVAILABLE, else allow."""
+class FakeAuthz:
+    """Answers by path prefix: /deny -> 401, /unavailable -> gRPC UNAVAILABLE, else allow.
+
+    Not derived from the generated servicer, which xds-protos ships without types:
+    ``add_AuthorizationServicer_to_server`` needs only ``Check``.
+    """
 
     requests: list[auth_pb2.CheckRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -164,7 +164,8 @@ def test_a_logout_whose_revocation_cannot_be_written_is_an_error(auth_stack: Aut
     # Redis keeps answering reads but refuses every write (no replica to write to)
     redis_config_set(auth_stack.redis, "min-replicas-to-write", "1")
     try:
-        for form in (None, {}):
+        forms: tuple[dict[str, str] | None, ...] = (None, {})
+        for form in forms:
             headers = {**API, "Origin": auth_stack.origin}
             resp = client.request("POST", "/auth/logout", headers=headers, form=form)
             assert resp.status == 503, resp.text
@@ -210,7 +211,9 @@ def test_a_burst_of_random_tokens_from_one_address_is_throttled_at_check(
             assert int(resp.header("retry-after") or "0") >= 1
     assert statuses[:10] == [401] * 10
     assert set(statuses[10:]) == {429}
-    junk = guesser.request("GET", "/x", headers={**API, "Authorization": "Bearer " + secrets.token_hex(8)})
+    junk = guesser.request(
+        "GET", "/x", headers={**API, "Authorization": "Bearer " + secrets.token_hex(8)}
+    )
     assert junk.status == 429
 
     honest = auth_stack.client()  # another address is not throttled

@@ -15,6 +15,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def assert_no_jwt_reaches_the_client(headers: http.client.HTTPMessage, body: byt
     assert not JWS.search(body.decode("utf-8", "replace")), "response body carries a JWT"
 
 
-def assert_phantom_exchange(echoed: dict, token: str, sub: str) -> None:
+def assert_phantom_exchange(echoed: dict[str, Any], token: str, sub: str) -> None:
     """What the upstream saw: one authorization header, a verified JWT of ``sub``, no
     session cookie, and the opaque token nowhere."""
     assert echoed["jwt"]["header_count"] == 1
@@ -73,7 +74,9 @@ def test_cookie_is_exchanged_for_a_jwt(redis_stack: Stack) -> None:
 def test_bearer_is_exchanged_for_a_jwt(redis_stack: Stack) -> None:
     token = redis_stack.create_session("bob")
     status, headers, body = request(
-        redis_stack, "/e2e/bearer", {"authorization": f"bearer {token}", "accept": "application/json"}
+        redis_stack,
+        "/e2e/bearer",
+        {"authorization": f"bearer {token}", "accept": "application/json"},
     )
     assert status == 200, body
     echoed = json.loads(body)
@@ -117,7 +120,8 @@ def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
     assert headers["location"] == "/auth/login?return_to=%2Fe2e%2Fpage%3Fx%3D1"
     # the dead cookie is cleared, so the browser does not keep presenting it
     assert any(
-        v.startswith(f"{COOKIE}=;") and "Max-Age=0" in v for v in headers.get_all("set-cookie")
+        v.startswith(f"{COOKIE}=;") and "Max-Age=0" in v
+        for v in headers.get_all("set-cookie") or ()
     )
 
 
@@ -141,7 +145,7 @@ def test_store_outage_is_503_and_recovers_without_a_new_login(
         # The session cache may answer until the node notices its push channel is gone (at
         # most cache.trust_window_ms): no revocation can be missed meanwhile, since revoking
         # needs the store. After that every answer is 503; none is a denial or a logout.
-        statuses = []
+        statuses: list[int] = []
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and statuses[-2:] != [503, 503]:
             status, headers, body = request(stack, "/e2e/outage", cookie)
@@ -207,8 +211,6 @@ def test_metrics_record_the_strategy_and_the_decisions(redis_stack: Stack) -> No
         conn.close()
     assert resp.status == 200
     assert 'extauthz_store_strategy{strategy="central"} 1' in text
-    allowed = [
-        line for line in text.splitlines()
-        if line.startswith('extauthz_check_decisions_total{decision="allow",reason="session_valid"}')
-    ]  # fmt: skip
+    counter = 'extauthz_check_decisions_total{decision="allow",reason="session_valid"}'
+    allowed = [line for line in text.splitlines() if line.startswith(counter)]
     assert allowed and int(allowed[0].rsplit(" ", 1)[1]) >= 1

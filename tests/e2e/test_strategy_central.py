@@ -59,7 +59,9 @@ def _store_table(topo: ReplicatedTopology) -> dict[str, Any]:
     }
 
 
-def _start_node(tmp_path: Path, topo: ReplicatedTopology, name: str = "central-1") -> ExtauthzProcess:
+def _start_node(
+    tmp_path: Path, topo: ReplicatedTopology, name: str = "central-1"
+) -> ExtauthzProcess:
     config = write_settings(
         tmp_path / f"{name}.toml",
         {

@@ -172,7 +172,9 @@ async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bou
         assert set(answers) <= {"allow", "unavailable"}
         print(
             "replicated staleness figures:",
-            json.dumps({"bound_s": bound, "kill_to_distrust_s": round(distrusted_at - killed_at, 2)}),
+            json.dumps(
+                {"bound_s": bound, "kill_to_distrust_s": round(distrusted_at - killed_at, 2)}
+            ),
         )
         # INFO reports whole seconds: distrust comes within a second and a check interval
         assert distrusted_at - killed_at < bound + 1.5
@@ -217,16 +219,18 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
             for node, store in (("node-a", store_a), ("node-b", store_b))
         )
         try:
-            stores = [n.store for n in (a, b)]
-            assert all(isinstance(s, ReplicatedSessionStore) for s in stores)
+            stores: list[ReplicatedSessionStore] = []
+            for node in (a, b):
+                assert isinstance(node.store, ReplicatedSessionStore)
+                stores.append(node.store)
             for s in stores:
-                await s.start()  # type: ignore[attr-defined]
+                await s.start()
             deadline = time.monotonic() + 5
-            while not all(s.lease.held() for s in stores):  # type: ignore[attr-defined]
+            while not all(s.lease.held() for s in stores):
                 assert time.monotonic() < deadline, "read leases not taken"
                 await asyncio.sleep(0.05)
             token, _ = await a.sessions.create("victim")
-            store_b_: ReplicatedSessionStore = b.store  # type: ignore[assignment]
+            store_b_ = stores[1]
             deadline = time.monotonic() + 5
             while True:  # until node-b answers from X1
                 hits = store_b_.replica_hits

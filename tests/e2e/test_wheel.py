@@ -3,6 +3,7 @@ its ``extauthz`` command runs there, outside the checkout (so nothing is importe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -19,8 +20,11 @@ INSTALL_TIMEOUT = 600.0  # seconds: a cold pip cache downloads grpcio, cryptogra
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 120.0) -> str:
+    # without PYTHONPATH: a checkout on it (a worktree's test run) would make pip take the
+    # checkout's extauthz.egg-info for an installed extauthz and skip the wheel
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -29,11 +33,8 @@ def _run(argv: list[str], cwd: Path, timeout: float = 120.0) -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO_ROOT)],
-        cwd=out,
-        timeout=INSTALL_TIMEOUT,
-    )
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+    _run([*pip_wheel, "-w", str(out), str(REPO_ROOT)], cwd=out, timeout=INSTALL_TIMEOUT)
     (built,) = out.glob("extauthz-*.whl")
     return built
 

@@ -1,4 +1,5 @@
-"""Tests for extauthz.login.ratelimit: memory limiter with a fake clock, Redis limiter on a real server."""
+"""Tests for extauthz.login.ratelimit: the memory limiter on a fake clock, the Redis limiter on a
+real server."""
 
 from __future__ import annotations
 

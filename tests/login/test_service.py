@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from argon2 import PasswordHasher, Type
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 import extauthz
 from extauthz import tokens
@@ -19,17 +22,31 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter, RateKey
 from extauthz.login.service import LoginFailed, LoginForm, LoginService, SignedIn
-from extauthz.login.users import FileUserStore, PasswordVerifier, UserRecord, UserStoreError
+from extauthz.login.users import (
+    FileUserStore,
+    PasswordVerifier,
+    UserRecord,
+    UserStore,
+    UserStoreError,
+)
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
+from extauthz.store.redis.users import RedisUserStore
+from tests.support import free_port
 
 COOKIE = "__Host-sid"
 SAME_SITE = {"origin": "https://app.test"}
 
 
 class BrokenUsers(FileUserStore):
+    """A user file whose reads raise ``error``."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error = error
+
     async def get(self, name: str) -> UserRecord | None:
-        raise UserStoreError("users.json: not valid JSON")
+        raise self.error
 
 
 @pytest.fixture
@@ -98,16 +115,35 @@ async def test_a_wrong_password_is_a_login_failure_that_keeps_its_count(
     assert left.remaining == 2
 
 
-async def test_a_broken_user_store_is_unavailable_and_costs_no_attempt(
-    service: LoginService, tmp_path: Path
-) -> None:
-    service.verifier = PasswordVerifier(BrokenUsers(tmp_path / "broken.json"))
+async def assert_unavailable_at_no_cost(service: LoginService, users: UserStore) -> None:
+    service.verifier = PasswordVerifier(users)
     for _ in range(5):  # more than the per-user limit (3)
         with pytest.raises(StoreUnavailable):
             await service.login(ctx(**SAME_SITE), form("alice", "correct horse"))
     assert service.limits is not None
     left = await service.limits.per_user.blocked(RateKey("login:user", "alice"))
     assert left.remaining == 3
+
+
+@pytest.mark.parametrize(
+    "error", [UserStoreError("users.json: not valid JSON"), PermissionError("users.json")]
+)
+async def test_a_broken_user_file_is_unavailable_and_costs_no_attempt(
+    service: LoginService, tmp_path: Path, error: Exception
+) -> None:
+    await assert_unavailable_at_no_cost(service, BrokenUsers(tmp_path / "broken.json", error))
+
+
+async def test_a_user_store_in_a_redis_that_does_not_answer_is_unavailable_at_no_cost(
+    service: LoginService,
+) -> None:
+    dead = redis.asyncio.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        await assert_unavailable_at_no_cost(service, RedisUserStore(dead, "t:"))
+    finally:
+        await dead.aclose()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 from argon2 import PasswordHasher, Type, extract_parameters
 
+from extauthz.errors import StoreUnavailable
 from extauthz.login.users import (
     PRODUCTION_PARAMETERS,
     Argon2Parameters,
@@ -245,18 +246,40 @@ async def test_argon2i_hash_is_upgraded_to_argon2id(store_with_alice: MemoryUser
     assert extract_parameters(store_with_alice.records["carol"].password_hash).type is Type.ID
 
 
-async def test_failed_rehash_store_is_logged_not_raised(
-    store_with_alice: MemoryUserStore, caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def broken(name: str, password_hash: str) -> bool:
-        raise ConnectionError("store down")
+def rehash_fails(store: MemoryUserStore, error: Exception) -> PasswordVerifier:
+    """A verifier with stronger parameters than alice's hash, over ``store`` whose
+    ``set_password_hash`` raises ``error``."""
 
-    store_with_alice.set_password_hash = broken  # type: ignore[method-assign]
-    verifier = PasswordVerifier(store_with_alice, Argon2Parameters(time_cost=2, memory_cost_kib=8,
-                                                                   parallelism=1))
+    async def broken(name: str, password_hash: str) -> bool:
+        raise error
+
+    store.set_password_hash = broken  # type: ignore[method-assign]
+    return PasswordVerifier(store, Argon2Parameters(time_cost=2, memory_cost_kib=8, parallelism=1))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StoreUnavailable("redis user set password hash: ConnectionError: refused"),  # Redis
+        ConnectionError("store down"),  # an OSError: the file store's I/O
+        UserStoreError("users.json: not valid JSON"),  # the file store's bad file
+    ],
+)
+async def test_failed_rehash_store_is_logged_not_raised(
+    store_with_alice: MemoryUserStore, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    verifier = rehash_fails(store_with_alice, error)
     with caplog.at_level(logging.DEBUG, logger="extauthz.login.users"):
         assert await verifier.verify("alice", "s3cret") is not None
     assert "could not store the rehashed password of user alice" in caplog.text
+
+
+async def test_a_bug_while_storing_the_rehash_is_not_taken_for_an_outage(
+    store_with_alice: MemoryUserStore,
+) -> None:
+    verifier = rehash_fails(store_with_alice, RuntimeError("a bug, not an outage"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await verifier.verify("alice", "s3cret")
 
 
 async def test_unreadable_stored_hash_denies(store_with_alice: MemoryUserStore) -> None:

@@ -22,7 +22,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.rpc import code_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.keys.keyring import generate_key
@@ -32,6 +32,7 @@ from extauthz.server.grpc_server import (
     StoreHealthReporter,
     build_server,
 )
+from extauthz.server.health import HealthServicer
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
@@ -41,6 +42,7 @@ from tests.support import ManagedProcess, RedisServer, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CHECK_RPC = "envoy.service.auth.v3.Authorization/Check"
 
 
 def missing(what: str) -> None:
@@ -73,7 +75,7 @@ class Node:
 
 
 async def start_node(harness: Harness) -> Node:
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     guard = AdminGuard(loopback_only=True, token=None)
     server, port = build_server(
         f"127.0.0.1:{free_port()}",
@@ -107,7 +109,7 @@ async def dead_port_node(tmp_path: Path, redis_binary: None) -> AsyncIterator[tu
     store, clients = redis_store(port)
     node = await start_node(build_harness(tmp_path, store=store))
     yield node, port
-    await node.channel.close()
+    await node.channel.close(grace=None)
     await node.server.stop(0)
     await clients.aclose()
 
@@ -125,9 +127,11 @@ async def assert_unavailable(node: Node, request: CheckRequest, token: str) -> N
     error = caught.value
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "session store unavailable"
-    trailing = [(k, v) for k, v in (error.trailing_metadata() or ())]
-    initial = [(k, v) for k, v in (error.initial_metadata() or ())]
-    assert not any("cookie" in k.lower() for k, _ in trailing + initial)
+    # grpc-stubs gives AioRpcError the sync RpcError's trailing_metadata() (_Metadatum objects);
+    # grpc.aio returns an aio.Metadata of (key, value) pairs, as initial_metadata() does
+    trailing: grpc.aio.Metadata | None = error.trailing_metadata()  # type: ignore[assignment]
+    names = [k for k, _ in (*(trailing or ()), *(error.initial_metadata() or ()))]
+    assert not any("cookie" in k.lower() for k in names)
     assert token not in repr(error)
 
 
@@ -187,7 +191,7 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
             assert reply.status.code == code_pb2.OK  # type: ignore[attr-defined]
             assert reply.dynamic_metadata["sid"] == sid  # type: ignore[attr-defined]
     finally:
-        await node.channel.close()
+        await node.channel.close(grace=None)
         await node.server.stop(0)
         await clients.aclose()
         redis.stop()
@@ -213,11 +217,11 @@ async def test_admin_and_status_services_answer(tmp_path: Path) -> None:
             "sticky", "memory", True,
         )  # fmt: skip
     finally:
-        await node.channel.close()
+        await node.channel.close(grace=None)
         await node.server.stop(0)
 
 
-# -- a real `python -m extauthz serve` and grpcurl ---------------------------------------------------
+# -- a real `python -m extauthz serve` and grpcurl -------------------------------------------------
 
 
 def grpcurl_binary() -> str:
@@ -307,9 +311,7 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
             }
         }
     }
-    checked = grpcurl(
-        "-d", "@", served.target, "envoy.service.auth.v3.Authorization/Check", stdin=json.dumps(request)
-    )
+    checked = grpcurl("-d", "@", served.target, CHECK_RPC, stdin=json.dumps(request))
     assert checked.returncode == 0, checked.stderr + served.tail()
     reply = json.loads(checked.stdout)
     assert reply.get("status", {}).get("code", 0) == 0
@@ -324,9 +326,7 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     assert token not in checked.stdout
 
     request["attributes"]["request"]["http"]["headers"] = {"authorization": "Bearer"}
-    denied = grpcurl(
-        "-d", "@", served.target, "envoy.service.auth.v3.Authorization/Check", stdin=json.dumps(request)
-    )
+    denied = grpcurl("-d", "@", served.target, CHECK_RPC, stdin=json.dumps(request))
     assert denied.returncode == 0, denied.stderr
     assert json.loads(denied.stdout)["denied_response"]["status"]["code"] == "Unauthorized"
 

@@ -218,7 +218,8 @@ async def test_subscriber_trusts_only_after_proofs_and_acks_revocations(
         await inner.revoke("h1")  # through the store, not the cache: only the push drops it
         assert time.monotonic() - t0 < 0.3  # acknowledged, not waited out
         assert len(cache) == 0
-        assert int(await client.hget("t:cache-acks", sub.instance)) == 1
+        acks = await client.hget("t:cache-acks", sub.instance)
+        assert acks is not None and int(acks) == 1
     finally:
         await cache.stop()
     assert not sub.trusted()

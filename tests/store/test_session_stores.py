@@ -55,7 +55,9 @@ async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterat
     await client.aclose()
 
 
-def new_session(clock: FakeClock, sub: str = "alice", sid: str | None = None, **kw: object) -> Session:
+def new_session(
+    clock: FakeClock, sub: str = "alice", sid: str | None = None, **kw: object
+) -> Session:
     now = clock()
     values: dict[str, object] = {
         "sid": sid or uuid.uuid4().hex,
@@ -100,7 +102,9 @@ async def test_touch_replaces_the_record(store: SessionStore, clock: FakeClock) 
     assert (await store.get(h)).version == s.version + 1  # type: ignore[union-attr]
 
 
-async def test_touch_never_resurrects_a_revoked_session(store: SessionStore, clock: FakeClock) -> None:
+async def test_touch_never_resurrects_a_revoked_session(
+    store: SessionStore, clock: FakeClock
+) -> None:
     s = new_session(clock)
     h = a_hash()
     await store.create(h, s)
@@ -157,12 +161,18 @@ async def test_ping_and_close(store: SessionStore) -> None:
     assert store.backend in ("memory", "redis")
 
 
-# -- the manager (idle timeout, absolute expiry, sliding) on an injected clock ----------------------
+# -- the manager (idle timeout, absolute expiry, sliding) on an injected clock ---------------------
 
 
-def manager(store: SessionStore, clock: FakeClock, touch_interval: float | None = 0.0) -> SessionManager:
+def manager(
+    store: SessionStore, clock: FakeClock, touch_interval: float | None = 0.0
+) -> SessionManager:
     return SessionManager(
-        store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=touch_interval
+        store,
+        idle_timeout=IDLE,
+        absolute_timeout=ABSOLUTE,
+        clock=clock,
+        touch_interval=touch_interval,
     )
 
 
@@ -206,7 +216,9 @@ async def test_absolute_expiry_wins_over_sliding(store: SessionStore, clock: Fak
     await expect_denied(m, token, Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
 
 
-async def test_lookup_writes_at_most_once_per_touch_interval(store: SessionStore, clock: FakeClock) -> None:
+async def test_lookup_writes_at_most_once_per_touch_interval(
+    store: SessionStore, clock: FakeClock
+) -> None:
     m = manager(store, clock, touch_interval=60)
     token, created = await m.create("alice")
     clock.advance(59)
@@ -232,7 +244,9 @@ async def test_lookup_rejects_a_bad_shape_without_touching_the_store(clock: Fake
 
     m = manager(NoStore(clock), clock)
     token = tokens.mint_token()
-    await expect_denied(m, token[:-1] + ("A" if token[-1] != "A" else "B"), Reason.MALFORMED_CREDENTIAL)
+    await expect_denied(
+        m, token[:-1] + ("A" if token[-1] != "A" else "B"), Reason.MALFORMED_CREDENTIAL
+    )
 
 
 async def test_create_validates_subject_and_data(clock: FakeClock) -> None:
@@ -256,7 +270,7 @@ def test_session_json_round_trip_and_corrupt_records() -> None:
             Session.from_json(bad)
 
 
-# -- Redis only ----------------------------------------------------------------------------------------
+# -- Redis only ------------------------------------------------------------------------------------
 
 
 def prefix() -> str:
@@ -264,7 +278,9 @@ def prefix() -> str:
 
 
 @pytest.mark.e2e
-async def test_redis_ttl_follows_the_deadline(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+async def test_redis_ttl_follows_the_deadline(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     s = new_session(clock, expires_at=clock() + 2 * IDLE)
@@ -284,7 +300,9 @@ async def test_redis_ttl_follows_the_deadline(redis_client: aioredis.Redis, cloc
 
 
 @pytest.mark.e2e
-async def test_redis_touch_after_revoke_leaves_no_key(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+async def test_redis_touch_after_revoke_leaves_no_key(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     s = new_session(clock)
@@ -296,20 +314,25 @@ async def test_redis_touch_after_revoke_leaves_no_key(redis_client: aioredis.Red
 
 
 @pytest.mark.e2e
-async def test_redis_keys_never_contain_the_token(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+async def test_redis_keys_never_contain_the_token(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
     p = prefix()
     m = manager(RedisSessionStore(redis_client, p, clock=clock), clock)
     token, _ = await m.create("alice")
     keys = [k.decode() async for k in redis_client.scan_iter(match=f"{p}*")]
     assert keys and not any(token in k for k in keys)
     for key in keys:
-        kind = (await redis_client.type(key)).decode()
-        value = await redis_client.get(key) if kind == "string" else b""
-        assert token.encode() not in value
+        kind = await redis_client.type(key)
+        assert isinstance(kind, bytes)
+        value = await redis_client.get(key) if kind == b"string" else b""
+        assert isinstance(value, bytes) and token.encode() not in value
 
 
 @pytest.mark.e2e
-async def test_redis_corrupt_record_is_no_session(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+async def test_redis_corrupt_record_is_no_session(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     h = a_hash()
@@ -318,7 +341,9 @@ async def test_redis_corrupt_record_is_no_session(redis_client: aioredis.Redis, 
 
 
 @pytest.mark.e2e
-async def test_redis_revoke_publishes_an_invalidation(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+async def test_redis_revoke_publishes_an_invalidation(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     h = a_hash()
@@ -335,8 +360,12 @@ async def test_redis_revoke_publishes_an_invalidation(redis_client: aioredis.Red
 
 
 @pytest.mark.e2e
-async def test_redis_wait_without_replicas_is_not_durable(redis_client: aioredis.Redis, clock: FakeClock) -> None:
-    store = RedisSessionStore(redis_client, prefix(), wait_replicas=1, wait_timeout_ms=50, clock=clock)
+async def test_redis_wait_without_replicas_is_not_durable(
+    redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    store = RedisSessionStore(
+        redis_client, prefix(), wait_replicas=1, wait_timeout_ms=50, clock=clock
+    )
     with pytest.raises(StoreWriteNotDurable, match="0 of 1 replicas"):
         await store.create(a_hash(), new_session(clock))
 

@@ -147,7 +147,9 @@ class FileUserStore:
             return {}
         if st.st_mode & 0o077 and not self._warned_mode:
             self._warned_mode = True
-            log.warning("user file %s has mode %o; it should be 0600", self.path, st.st_mode & 0o777)
+            log.warning(
+                "user file %s has mode %o; it should be 0600", self.path, st.st_mode & 0o777
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

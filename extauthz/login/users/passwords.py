@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from extauthz.login.users.records import (
     _NAME,
     PASSWORD_MAX,
+    USER_STORE_ERRORS,
     User,
     UserRecord,
     UserStore,
@@ -75,7 +76,9 @@ class PasswordVerifier:
         self._store = store
         self._hasher = hasher if hasher is not None else parameters.hasher()
         if self._hasher.type is not Type.ID:
-            raise ValueError(f"password hasher must use argon2id (RFC 9106), not {self._hasher.type}")
+            raise ValueError(
+                f"password hasher must use argon2id (RFC 9106), not {self._hasher.type}"
+            )
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -106,8 +109,9 @@ class PasswordVerifier:
         a dummy hash for unknown users), so they cost the same and answer the same. Inputs that
         break the public shape rules (name, password length) return ``None`` with no store
         lookup and no argon2 work. A hash with outdated parameters is replaced after a
-        successful login (``check_needs_rehash``); failing to store it is logged, not raised.
-        Store failures propagate.
+        successful login (``check_needs_rehash``); when the store cannot take it (one of
+        :data:`~extauthz.login.users.records.USER_STORE_ERRORS`) that is logged, not raised.
+        The lookup's store failures propagate.
         """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             return None
@@ -121,8 +125,10 @@ class PasswordVerifier:
         if new_hash is not None:
             try:
                 if await self._store.set_password_hash(name, new_hash):
-                    log.info("rehashed the password of user %s with current argon2 parameters", name)
-            except Exception:
+                    log.info(
+                        "rehashed the password of user %s with current argon2 parameters", name
+                    )
+            except USER_STORE_ERRORS:
                 log.warning("could not store the rehashed password of user %s", name, exc_info=True)
         return record.user
 

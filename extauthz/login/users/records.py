@@ -15,7 +15,7 @@ from typing import Protocol
 from argon2 import extract_parameters
 from argon2.exceptions import InvalidHashError
 
-from extauthz.errors import ExtauthzError
+from extauthz.errors import ExtauthzError, StoreUnavailable
 from extauthz.scopes import validate_scope_tokens
 
 NAME_MAX = 64
@@ -25,10 +25,14 @@ FILE_VERSION = 1
 
 
 class UserStoreError(ExtauthzError):
-    """A user store holds data that cannot be read (bad file, bad Redis record).
+    """A user store holds data that cannot be read (a bad file, a malformed record).
 
-    The message names the source (file path or Redis key) and the entry.
+    The message names the source (file path or key) and the entry.
     """
+
+
+# what a UserStore raises when it cannot answer (see UserStore)
+USER_STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, UserStoreError, OSError)
 
 
 def validate_name(name: object) -> str:
@@ -87,8 +91,9 @@ class UserRecord:
 class UserStore(Protocol):
     """Where users live. Names are validated by every method (``ValueError`` when bad).
 
-    Store failures propagate (``OSError``/:class:`UserStoreError` for files,
-    ``redis.exceptions.RedisError`` for Redis); callers map them to "unavailable".
+    Store failures propagate, as one of :data:`USER_STORE_ERRORS`: ``OSError`` or
+    :class:`UserStoreError` from a file, :class:`~extauthz.errors.StoreUnavailable` from a
+    store that does not answer; callers map them to "unavailable".
     """
 
     async def get(self, name: str) -> UserRecord | None: ...

@@ -131,4 +131,4 @@ class Channel:
             raise StoreUnavailable(f"invalidation channel lost ({why})") from exc
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
