@@ -333,8 +333,10 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     health_reply = grpcurl(served.target, "grpc.health.v1.Health/Check")
     assert json.loads(health_reply.stdout)["status"] == "SERVING"
 
+    pid = served.proc.pid
+    assert pid is not None
     started = time.monotonic()
-    os.kill(served.proc.pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
     assert served.proc.wait(timeout=15) == 0, served.tail()
     assert time.monotonic() - started < 10
     assert token not in served.tail()
