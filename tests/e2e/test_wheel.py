@@ -4,6 +4,7 @@ its ``extauthz`` command runs there, outside the checkout (so nothing is importe
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,9 +33,19 @@ def _run(argv: list[str], cwd: Path, timeout: float = 120.0) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built from a copy of the checkout's files: setuptools leaves ``build/`` and
+    ``*.egg-info`` in the source tree, and a stale ``build/lib`` would ship deleted modules."""
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source") / "extauthz"
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".demo", "build", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
-    _run([*pip_wheel, "-w", str(out), str(REPO_ROOT)], cwd=out, timeout=INSTALL_TIMEOUT)
+    _run([*pip_wheel, "-w", str(out), str(source)], cwd=out, timeout=INSTALL_TIMEOUT)
     (built,) = out.glob("extauthz-*.whl")
     return built
 
