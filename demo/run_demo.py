@@ -169,10 +169,10 @@ at http://{HOST}:8080/auth/session.
 {insecure}
 Or with curl:
 
-  curl -i -c jar -H 'Content-Type: application/json' \\
+  curl -i -c /tmp/extauthz-jar -H 'Content-Type: application/json' \\
        -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' http://{HOST}:8080/auth/login
-  curl -b jar http://{HOST}:8080/hello
-  curl -b jar -c jar -X POST http://{HOST}:8080/auth/logout
+  curl -b /tmp/extauthz-jar http://{HOST}:8080/hello
+  curl -b /tmp/extauthz-jar -c /tmp/extauthz-jar -X POST http://{HOST}:8080/auth/logout
   TOKEN=$({cli_cmd} sessions create --sub alice --scope read)
   curl -H "Authorization: Bearer $TOKEN" http://{HOST}:8080/hello
   curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" http://{HOST}:8080/hello

@@ -91,7 +91,7 @@ class StoreSettings:
     wait_timeout_ms: int = 250
     # replicated: a replica whose link to the primary is older is not trusted for positive answers
     replica_max_staleness_seconds: float = 5.0
-    # node registration in the store (see extauthz.server.registry)
+    # node registration in the store (see extauthz.store.redis.membership)
     heartbeat_seconds: float = 5.0
     # derived: resolve_wait_replicas(), a count or "all" ("auto" never remains)
     wait_replicas_resolved: int | str = field(init=False, repr=False, compare=False)

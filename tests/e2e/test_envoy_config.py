@@ -412,7 +412,7 @@ def test_headers_with_underscores_are_rejected(front_proxy: FrontProxy) -> None:
     assert status == 400
 
 
-# -- the front proxy with the real extauthz (tests/support/stack.py) ----------------------------
+# -- the front proxy with the real extauthz (harness/stack.py) ----------------------------
 
 
 @pytest.mark.e2e

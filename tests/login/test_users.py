@@ -623,3 +623,20 @@ def test_cli_requires_file_and_action() -> None:
         _parse(["users", "list"])
     with pytest.raises(SystemExit):
         _parse(["users"])
+
+
+def test_cli_add_without_a_terminal_says_how_to_pass_the_password(tmp_path: Path) -> None:
+    """getpass raises EOFError when there is no terminal and stdin is empty (a script that
+    forgot --password-stdin): one line naming the flag, exit 2, no user, no traceback."""
+    f = str(tmp_path / "users.json")
+
+    def no_terminal(prompt: str) -> str:
+        raise EOFError
+
+    out, err = io.StringIO(), io.StringIO()
+    code = run_users_command(_parse(["users", "add", "carol", "--file", f]),
+                             stdin=io.StringIO(""), stdout=out, stderr=err,
+                             getpass=no_terminal, parameters=FAST)
+    assert code == 2 and "--password-stdin" in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert not Path(f).exists() or asyncio.run(FileUserStore(f).names()) == []

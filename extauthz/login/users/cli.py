@@ -99,8 +99,13 @@ def _read_password(args: argparse.Namespace, stdin: TextIO,
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
     else:
-        password = getpass(f"Password for {args.name}: ")
-        if getpass("Repeat password: ") != password:
+        try:
+            password = getpass(f"Password for {args.name}: ")
+            repeated = getpass("Repeat password: ")
+        except EOFError:  # no terminal and nothing on stdin: a script without the flag
+            raise _CommandError("no password given: type it on a terminal or pass "
+                                "--password-stdin and write it to standard input", 2) from None
+        if repeated != password:
             raise _CommandError("passwords do not match")
     try:
         return validate_password(password)
