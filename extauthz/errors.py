@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     RATE_LIMITED = "rate_limited"
     CROSS_SITE_REQUEST = "cross_site_request"
+    SESSION_TOO_LARGE = "session_too_large"
 
 
 class ExtauthzError(Exception):

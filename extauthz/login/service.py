@@ -183,6 +183,10 @@ class LoginService:
             log.error("login: session store unavailable", exc_info=True)
             await self._release(username, address)  # the password was right: not a failure
             raise
+        except ValueError as exc:  # the user's roles and scopes make a JWT over jwt.max_bytes
+            log.error("login refused user_id=%s: %s", user_id, exc)
+            await self._release(username, address)
+            raise Forbidden(Reason.SESSION_TOO_LARGE, str(exc)) from None
         await self.resolver.count_misses(address, misses)
         if self.limits:
             try:

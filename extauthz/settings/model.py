@@ -129,6 +129,9 @@ class JwtSettings:
     # at least the JWKS max-age upstreams cache for); keys_dir is re-read this often
     publish_before_sign_seconds: int = 300
     keys_reload_seconds: float = 30.0
+    # the largest JWT a session may produce (bytes of the compact JWS); a session whose roles,
+    # scopes and data would exceed it is refused when it is created (docs/operations.md)
+    max_bytes: int = 4096
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,8 @@ def _validate_session(s: model.SessionSettings, server: model.ServerSettings) ->
 def _validate_jwt(j: model.JwtSettings) -> None:
     if not 10 <= j.lifetime_seconds <= 3600:
         raise SettingsError("jwt.lifetime_seconds: expected 10-3600 seconds")
+    if not 1024 <= j.max_bytes <= 65536:
+        raise SettingsError("jwt.max_bytes: expected 1024-65536 bytes")
     if j.publish_before_sign_seconds < 0:
         raise SettingsError("jwt.publish_before_sign_seconds: must not be negative")
     if j.keys_reload_seconds <= 0:

@@ -75,6 +75,9 @@ class SessionManager:
     The idle deadline slides on use, but the record is rewritten at most once per
     ``touch_interval`` seconds (default: a tenth of the idle timeout, at most 60 s), so a busy
     session does not cost a store write per request.
+
+    :param check_session: called with every new session before it is stored; raises
+        :class:`ValueError` to refuse it (the JWT minter's size bound, ``jwt.max_bytes``).
     """
 
     def __init__(
@@ -85,11 +88,13 @@ class SessionManager:
         absolute_timeout: int,
         clock: Callable[[], float] = time.time,
         touch_interval: float | None = None,
+        check_session: Callable[[Session], None] | None = None,
     ) -> None:
         self.store = store
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
         self._clock = clock
+        self._check_session = check_session
         self._touch_interval = (
             touch_interval if touch_interval is not None else min(60.0, idle_timeout / 10)
         )
@@ -108,7 +113,8 @@ class SessionManager:
 
         :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
             control characters), a scope or role that is not an RFC 6749 §3.3
-            scope token, or bad session data.
+            scope token, bad session data, or a session that ``check_session`` refuses (its
+            JWT would exceed ``jwt.max_bytes``).
         :raises StoreUnavailable: the store did not take the write (incl. ``WAIT`` failure).
         """
         validate_subject(sub)
@@ -124,6 +130,8 @@ class SessionManager:
             roles=validate_scope_tokens("roles", roles),
             data=validate_session_data(data),
         )
+        if self._check_session is not None:
+            self._check_session(session)
         token = tokens.mint_token()
         await self.store.create(tokens.token_hash(token), session)
         return token, session

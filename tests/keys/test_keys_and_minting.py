@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from extauthz.check.minting import JwtMinter
+from extauthz.check.minting import JwtMinter, JwtTooLarge
+from extauthz.clock import JWT_BACKDATE_SECONDS, MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import KeyLoadError
 from extauthz.keys.keyring import KeyRing, generate_key, jwk_thumbprint, load_key_file
 from extauthz.store.model import Session
@@ -174,7 +175,7 @@ def test_minted_jwt_carries_the_session_and_verifies_against_the_jwks(ring: KeyR
     claims = verify_jwt(ring, token)
     assert claims["iss"] == ISSUER and claims["aud"] == AUDIENCE
     assert (claims["sub"], claims["sid"]) == ("alice", "sid-1")
-    assert claims["iat"] == claims["nbf"] == int(clock())
+    assert claims["iat"] == claims["nbf"] == int(clock()) - JWT_BACKDATE_SECONDS
     assert claims["exp"] == int(clock()) + 300
     assert claims["auth_time"] == int(s.created_at)
     assert claims["scope"] == "read write" and claims["roles"] == ["admin"]
@@ -209,7 +210,8 @@ def test_cached_jwt_is_reused_while_fresh_and_reminted_when_little_is_left(ring:
     second = m.mint(s)
     assert second != first
     claims = verify_jwt(ring, second, leeway=200)
-    assert claims["iat"] == int(clock()) and claims["exp"] == int(clock()) + 300
+    assert claims["iat"] == int(clock()) - JWT_BACKDATE_SECONDS
+    assert claims["exp"] == int(clock()) + 300
     assert claims["jti"] != verify_jwt(ring, first, verify_exp=False)["jti"]
 
 
@@ -338,3 +340,37 @@ async def test_the_reload_task_publishes_a_new_key_while_serving(tmp_path: Path)
         assert set(ring.kids) == {first, second}
     finally:
         task.cancel()
+
+
+# -- the clock contract and the size bound (issue 14) -----------------------------------------
+
+
+@pytest.mark.parametrize("ahead", [2.0, 2 * MAX_CLOCK_OFFSET_SECONDS])
+def test_a_verifier_with_no_leeway_accepts_a_jwt_from_a_node_whose_clock_is_ahead(
+    ring: KeyRing, ahead: float
+) -> None:
+    """A node within the contract (here up to twice the bound: node and verifier each at the
+    edge, on opposite sides of the store's clock) mints a JWT that PyJWT's defaults accept
+    (no leeway: ``iat`` and ``nbf`` must not lie in the verifier's future)."""
+    verifier_clock = FakeClock()
+    node_clock = FakeClock(verifier_clock() + ahead)
+    token = minter(ring, node_clock).mint(session(node_clock))
+    claims = verify_jwt(ring, token, leeway=0)  # would raise ImmatureSignatureError
+    assert claims["nbf"] <= verifier_clock() and claims["iat"] <= verifier_clock()
+    assert claims["exp"] == int(node_clock()) + 300  # the lifetime is not stretched by exp
+
+
+def test_the_jwt_size_bound_refuses_a_session_whose_jwt_would_not_fit(ring: KeyRing) -> None:
+    clock = FakeClock()
+    bounded = JwtMinter(
+        ring, issuer=ISSUER, audience=AUDIENCE, clock=clock, max_bytes=4096
+    )
+    small = session(clock)
+    bounded.check_size(small)  # fits
+    assert bounded.size(small) == len(bounded.mint(small))
+    roles = tuple(f"role-{i:03d}-with-a-long-name" for i in range(300))
+    big = Session(sid="sid-2", sub="alice", created_at=clock(), last_seen=clock(),
+                  idle_timeout=600, expires_at=clock() + 3600, roles=roles)  # fmt: skip
+    assert bounded.size(big) > 4096
+    with pytest.raises(JwtTooLarge, match=r"jwt.max_bytes \(4096\).*roles \(300\)"):
+        bounded.check_size(big)
