@@ -54,10 +54,13 @@ def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
     )
 
 
-def _print_message(message: Any) -> None:
+def _print_message(message: Any, *, with_defaults: bool = False) -> None:
     from google.protobuf import json_format
 
-    print(json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True))
+    as_dict = json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=with_defaults
+    )
+    print(json.dumps(as_dict, indent=2, sort_keys=True))
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
@@ -106,7 +109,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     _, status, metadata = _stub(args)
     request = admin_pb2.GetStatusRequest()
-    _print_message(status.GetStatus(request, metadata=metadata, timeout=args.timeout))
+    reply = status.GetStatus(request, metadata=metadata, timeout=args.timeout)
+    # zeros matter here (no bypasses, channel down for 0 s): print every field
+    _print_message(reply, with_defaults=True)
+    if reply.cache_channel == "down":
+        print(
+            f"extauthz: the cache's invalidation channel has been down for "
+            f"{reply.cache_channel_down_seconds:.1f} s (lookups go to the store)",
+            file=sys.stderr,
+        )
+    if (
+        reply.HasField("clock_offset_seconds")
+        and abs(reply.clock_offset_seconds) > reply.clock_offset_max_seconds
+    ):
+        print(
+            f"extauthz: clock offset {reply.clock_offset_seconds:+.3f} s from the store is "
+            f"outside the contract (+-{reply.clock_offset_max_seconds:g} s)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -161,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         _client_options(p)
     sessions.set_defaults(func=_cmd_sessions)
 
-    status = sub.add_parser("status", help="show a node's version, store strategy and keys")
+    status = sub.add_parser(
+        "status",
+        help="show a node's version, store strategy, keys, push channel and clock offset",
+    )
     _client_options(status)
     status.set_defaults(func=_cmd_status)
 

@@ -21,8 +21,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from extauthz import __version__
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import StoreUnavailable
 from extauthz.keys.keyring import KeyRing
+from extauthz.server.metrics import NodeState
 from extauthz.store.manager import SessionManager, printable
 from extauthz.store.model import Session
 
@@ -164,13 +166,23 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
 
 
 class StatusServicer(admin_pb2_grpc.StatusServicer):
+    """``GetStatus``; ``state`` (a :class:`~extauthz.server.metrics.NodeProbe`) gives the push
+    channel and the clock offset."""
+
     def __init__(
-        self, sessions: SessionManager, keyring: KeyRing, *, strategy: str, node_id: str
+        self,
+        sessions: SessionManager,
+        keyring: KeyRing,
+        *,
+        strategy: str,
+        node_id: str,
+        state: Callable[[], NodeState] = NodeState,
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
         self._strategy = strategy
         self._node_id = node_id
+        self._state = state
 
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: CallContext
@@ -180,6 +192,7 @@ class StatusServicer(admin_pb2_grpc.StatusServicer):
             reachable = True
         except StoreUnavailable:
             reachable = False
+        state = self._state()
         return admin_pb2.GetStatusResponse(
             version=__version__,
             store_strategy=self._strategy,
@@ -188,4 +201,9 @@ class StatusServicer(admin_pb2_grpc.StatusServicer):
             signing_key_ids=self._keyring.kids,
             active_signing_key_id=self._keyring.signing_key.kid,
             node_id=self._node_id,
+            cache_channel=state.cache_channel,
+            cache_channel_down_seconds=state.channel_down_seconds,
+            cache_bypasses=state.cache_bypasses,
+            clock_offset_seconds=state.clock_offset_seconds,
+            clock_offset_max_seconds=MAX_CLOCK_OFFSET_SECONDS,
         )

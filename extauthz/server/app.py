@@ -33,7 +33,7 @@ from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServic
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
-from extauthz.server.metrics import Metrics
+from extauthz.server.metrics import Metrics, NodeProbe
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
@@ -70,6 +70,7 @@ class Components:
     verifier: PasswordVerifier
     redis: RedisSide | None = None
     services: list[Service] = field(default_factory=list)
+    probe: NodeProbe = field(default_factory=NodeProbe)
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -148,17 +149,19 @@ def build_components(settings: Settings) -> Components:
     redis = build_redis_side(settings)
     parts: StoreParts = build_store(settings, redis)
     store = parts.store
-    sessions = SessionManager(
-        store,
-        idle_timeout=settings.session.idle_timeout_seconds,
-        absolute_timeout=settings.session.absolute_timeout_seconds,
-    )
     minter = JwtMinter(
         keyring,
         issuer=settings.jwt.issuer,
         audience=settings.jwt.audience,
         lifetime_seconds=settings.jwt.lifetime_seconds,
         reuse_min_remaining_fraction=settings.jwt.reuse_min_remaining_fraction,
+        max_bytes=settings.jwt.max_bytes,
+    )
+    sessions = SessionManager(
+        store,
+        idle_timeout=settings.session.idle_timeout_seconds,
+        absolute_timeout=settings.session.absolute_timeout_seconds,
+        check_session=minter.check_size,  # a session whose JWT would be too large is refused
     )
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
@@ -169,13 +172,18 @@ def build_components(settings: Settings) -> Components:
     denials = DenialRenderer(
         realm=settings.deny.realm, login_url=settings.deny.login_url, cookie=resolver.cookie
     )
+    membership = redis.membership if redis is not None else None
+    probe = NodeProbe(
+        parts.cache, lambda: membership.clock_offset if membership is not None else None
+    )
     metrics = Metrics(
         {
             "version": __version__,
             "node_id": settings.node_id,
             "store_strategy": settings.store.strategy,
             "store_backend": store.backend,
-        }
+        },
+        state=probe,
     )
     authorizer = Authorizer(
         resolver,
@@ -199,6 +207,7 @@ def build_components(settings: Settings) -> Components:
         verifier,
         redis,
         [*services, store],
+        probe,
     )
 
 
@@ -263,6 +272,7 @@ async def serve(settings: Settings) -> int:
             components.keyring,
             strategy=settings.store.strategy,
             node_id=node_id,
+            state=components.probe,
         ),
         health_servicer,
     )

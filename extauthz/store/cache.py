@@ -3,7 +3,9 @@
 :class:`CachingSessionStore` answers ``get`` from memory only while its :class:`TrustSource` (in
 production an :class:`~extauthz.store.redis.invalidation.InvalidationSubscriber`) says the push
 channel is provably alive; :data:`lookup_source` tells how the last lookup of the current task
-was answered (``hit``, ``miss``, ``bypass``, ``off``). Fills, drops and limits:
+was answered (``hit``, ``miss``, ``bypass``, ``off``); ``stats["bypasses"]`` counts the lookups
+that bypassed the cache, :meth:`CachingSessionStore.channel_down_seconds` how long the push
+channel has been down (``extauthz_cache_*`` metrics, ``extauthz status``). Fills, drops and limits:
 docs/strategies.md, 'The session cache'.
 """
 
@@ -37,6 +39,9 @@ class TrustSource(Protocol):
 
     def add_listener(self, listener: CacheListener) -> None:
         """Register the cache for ``invalidate``/``reset`` calls."""
+
+    def down_seconds(self) -> float | None:
+        """Seconds the push channel has been down; ``None`` while it is up."""
 
     async def start(self) -> None:
         """Begin listening (the cache is bypassed until the source trusts itself)."""
@@ -98,6 +103,10 @@ class CachingSessionStore:
     def reset(self) -> None:
         self._generation += 1
         self._entries.clear()
+
+    def channel_down_seconds(self) -> float | None:
+        """Seconds the push channel has been down (``None`` while it is up)."""
+        return self._trust.down_seconds()
 
     def set_on_drop(self, on_drop: Callable[[str], None]) -> None:
         self._on_drop = on_drop

@@ -5,14 +5,17 @@ same store refuses to start."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import SettingsError
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.membership import CACHE, READER, Membership
@@ -214,3 +217,21 @@ def test_second_node_with_another_strategy_refuses_to_start(
         third.stop()
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("ahead", [0.0, 2.0, -10.0])
+async def test_the_clock_offset_from_redis_time_is_measured_and_warned_beyond_the_contract(
+    client: aioredis.Redis, caplog: pytest.LogCaptureFixture, ahead: float
+) -> None:
+    node = Membership(client, "clk:", "n1", wall_clock=lambda: time.time() + ahead)
+    assert node.clock_offset is None
+    with caplog.at_level(logging.WARNING, logger="extauthz.store.membership"):
+        await node.start()
+        try:
+            assert node.clock_offset is not None
+            assert abs(node.clock_offset - ahead) < 0.5  # same host: Redis TIME is our clock
+            warned = [r for r in caplog.records if "clock offset" in r.getMessage()]
+            # one warning on start when outside the contract, none within it
+            assert len(warned) == (1 if abs(ahead) > MAX_CLOCK_OFFSET_SECONDS else 0)
+        finally:
+            await node.stop()

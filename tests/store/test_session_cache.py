@@ -30,6 +30,9 @@ class Trust:
     def trusted(self) -> bool:
         return self.ok
 
+    def down_seconds(self) -> float | None:
+        return None if self.ok else 1.0
+
     def add_listener(self, listener: object) -> None:
         assert isinstance(listener, CachingSessionStore)
         self.listeners.append(listener)

@@ -74,6 +74,7 @@ class InvalidationSubscriber:
         # state read by the cache on every lookup
         self.epoch = 0  # grows on every (re)subscription and every loss
         self.is_subscribed = False
+        self._down_since = clock()  # monotonic; the channel counts as down until subscribed
         self._proof_at = float("-inf")  # send time of the newest proof received
         self._registered_until = float("-inf")
         # proof payload -> send time, for proofs not received yet
@@ -105,6 +106,11 @@ class InvalidationSubscriber:
             and now < self._registered_until
             and now - self._proof_at < self.trust_window
         )
+
+    def down_seconds(self) -> float | None:
+        """Seconds since the subscription was lost (or since this subscriber was built, when
+        it never was established); ``None`` while it is established."""
+        return None if self.is_subscribed else self._clock() - self._down_since
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -140,6 +146,8 @@ class InvalidationSubscriber:
     def lost(self, why: str) -> None:
         was = self.is_subscribed
         self.is_subscribed = False
+        if was:
+            self._down_since = self._clock()
         self._proof_at = float("-inf")
         self._reset(why)
         if was and why != "stopped":

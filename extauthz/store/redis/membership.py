@@ -3,7 +3,8 @@
 One identity per process (``instance``) and one :class:`Membership` that writes every entry it
 has in Redis: the node record (strategy, heartbeat; a node of another strategy is refused) and
 the role memberships :data:`CACHE` and :data:`READER` that revokers wait on
-(docs/strategies.md, 'Node registry and memberships').
+(docs/strategies.md, 'Node registry and memberships'); and this node's clock offset from the
+store's clock (Redis ``TIME``), measured on start and on every heartbeat (:mod:`extauthz.clock`).
 
 Every method raises :class:`~extauthz.errors.StoreUnavailable` when Redis does not answer.
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import SettingsError
 from extauthz.loops import Loop
 from extauthz.store.redis import scripts
@@ -66,6 +69,7 @@ class Membership:
 
     :param client: a client of the primary (not owned: never closed here).
     :param heartbeat_seconds: interval of the node record's heartbeat; live for three.
+    :param wall_clock: this node's clock, epoch seconds (what JWTs are minted with).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Membership:
         version: str = "",
         topology: str = "",
         heartbeat_seconds: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
         self._prefix = key_prefix
@@ -90,6 +95,10 @@ class Membership:
         self.heartbeat_seconds = heartbeat_seconds
         self.registered = False
         self.on_conflict: Callable[[SettingsError], None] | None = None
+        self._wall_clock = wall_clock
+        # seconds this node's clock is ahead of the store's (negative: behind); None until
+        # measured
+        self.clock_offset: float | None = None
         self._active = False
         self._register = client.register_script(scripts.REGISTER_NODE)
         self._beat = client.register_script(scripts.BEAT)
@@ -151,7 +160,32 @@ class Membership:
         self.registered = self.registered or registered
         return conflicts
 
+    @translated("measure clock offset")
+    async def measure_clock_offset(self) -> float:
+        """Seconds this node's clock is ahead of the store's (``TIME``, read halfway through
+        the round trip), also kept in :attr:`clock_offset`; a warning is logged whenever it
+        moves outside the contract (:data:`~extauthz.clock.MAX_CLOCK_OFFSET_SECONDS`)."""
+        before = self._wall_clock()
+        seconds, micros = await self._redis.time()
+        offset = (before + self._wall_clock()) / 2 - (int(seconds) + int(micros) / 1e6)
+        was_within = self.clock_offset is None or abs(self.clock_offset) <= MAX_CLOCK_OFFSET_SECONDS
+        self.clock_offset = offset
+        if was_within and abs(offset) > MAX_CLOCK_OFFSET_SECONDS:
+            log.warning(
+                "clock offset %+.3f s from the store's clock (Redis TIME) is outside the "
+                "contract of +-%g s: upstream verifiers may reject the JWTs this node mints "
+                "(iat/nbf in the future) or accept them for longer; synchronise this host's "
+                "clock (NTP). See docs/operations.md, 'Clocks'.",
+                offset,
+                MAX_CLOCK_OFFSET_SECONDS,
+            )
+        return offset
+
     async def _heartbeat_step(self) -> None:
+        try:
+            await self.measure_clock_offset()
+        except StoreUnavailable as exc:
+            log.debug("clock offset not measured: %s", exc)
         conflicts = await self.heartbeat()
         if conflicts and self.on_conflict is not None:
             self.on_conflict(self._conflict_error(conflicts))
@@ -199,6 +233,7 @@ class Membership:
         if self._active:
             return
         try:
+            await self.measure_clock_offset()
             if not self.registered:
                 await self.register()
         except StoreUnavailable as exc:

@@ -99,7 +99,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("version", "store_strategy", "store_backend", "store_reachable", "signing_key_ids", "active_signing_key_id", "node_id")
+    __slots__ = ("version", "store_strategy", "store_backend", "store_reachable", "signing_key_ids", "active_signing_key_id", "node_id", "cache_channel", "cache_channel_down_seconds", "cache_bypasses", "clock_offset_seconds", "clock_offset_max_seconds")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STORE_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STORE_BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,11 @@ class GetStatusResponse(_message.Message):
     SIGNING_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CACHE_CHANNEL_DOWN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYPASSES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     version: str
     store_strategy: str
     store_backend: str
@@ -114,4 +119,9 @@ class GetStatusResponse(_message.Message):
     signing_key_ids: _containers.RepeatedScalarFieldContainer[str]
     active_signing_key_id: str
     node_id: str
-    def __init__(self, version: _Optional[str] = ..., store_strategy: _Optional[str] = ..., store_backend: _Optional[str] = ..., store_reachable: _Optional[bool] = ..., signing_key_ids: _Optional[_Iterable[str]] = ..., active_signing_key_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    cache_channel: str
+    cache_channel_down_seconds: float
+    cache_bypasses: int
+    clock_offset_seconds: float
+    clock_offset_max_seconds: float
+    def __init__(self, version: _Optional[str] = ..., store_strategy: _Optional[str] = ..., store_backend: _Optional[str] = ..., store_reachable: _Optional[bool] = ..., signing_key_ids: _Optional[_Iterable[str]] = ..., active_signing_key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., cache_channel: _Optional[str] = ..., cache_channel_down_seconds: _Optional[float] = ..., cache_bypasses: _Optional[int] = ..., clock_offset_seconds: _Optional[float] = ..., clock_offset_max_seconds: _Optional[float] = ...) -> None: ...
