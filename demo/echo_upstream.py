@@ -12,9 +12,14 @@ or, when the ``Accept`` header prefers ``text/html``, a small page with the user
 the verified claims (never the JWT itself).
 
 The JWT is verified as an upstream service should: signature with a key from the JWKS chosen by
-``kid`` (keys cached, the JWKS fetched again when an unknown ``kid`` shows up, at most once per
-second), an explicit algorithm list (ES256, EdDSA, RS256) that must also match the key,
-``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` (RFC 7519 section 4.1).
+``kid``, an explicit algorithm list (ES256, EdDSA, RS256) that must also match the key,
+``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` (RFC 7519 section 4.1), with no leeway (the
+clock contract: extauthz backdates ``iat``/``nbf``). The JWKS is cached for at most
+``--jwks-max-age`` seconds (default 30) after the last successful fetch and fetched again when an
+unknown ``kid`` shows up (at most once per second); every fetch replaces the key set, so a key
+removed from the JWKS is refused at most ``--jwks-max-age`` seconds after extauthz stopped
+publishing it, and while the JWKS cannot be fetched past that age every JWT is refused (docs/
+operations.md, 'Emergency key removal').
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import jwt
 from aiohttp import web
 
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
-LEEWAY_SECONDS = 5
+# the clock contract (extauthz/clock.py): extauthz backdates iat and nbf, so no leeway is needed
+LEEWAY_SECONDS = 0
+# how long a fetched JWKS is trusted: the bound on accepting a key after its removal
+JWKS_MAX_AGE_SECONDS = 30.0
 log = logging.getLogger("echo_upstream")
 
 
@@ -45,10 +53,13 @@ class JwtError(Exception):
 class JwksCache:
     """Signing keys from a JWKS URL, by ``kid``.
 
-    Keys are kept for ``max_age`` seconds. An unknown ``kid`` triggers a refetch (a key rotated
-    in since the last fetch), but such refetches happen at most once every
-    ``min_refetch_interval`` seconds: a stream of tokens with made-up ``kid`` values must not
-    turn into a stream of JWKS requests.
+    The key set of the last successful fetch is used for ``max_age`` seconds (whatever the
+    response's ``Cache-Control`` says); then it is fetched again, and a key no longer published
+    is gone. While the JWKS cannot be fetched, a set older than ``max_age`` is not used: every
+    JWT is refused (fail closed) and a fetch is tried again at most every
+    ``min_refetch_interval`` seconds. An unknown ``kid`` triggers a refetch (a key rotated in
+    since the last fetch), at most once every ``min_refetch_interval`` seconds: a stream of
+    tokens with made-up ``kid`` values must not turn into a stream of JWKS requests.
     """
 
     def __init__(
@@ -56,7 +67,7 @@ class JwksCache:
         url: str,
         session: aiohttp.ClientSession,
         *,
-        max_age: float = 300.0,
+        max_age: float = JWKS_MAX_AGE_SECONDS,
         min_refetch_interval: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
@@ -67,31 +78,35 @@ class JwksCache:
         self._min_refetch_interval = min_refetch_interval
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = float("-inf")
-        self._refetched_for_kid_at = float("-inf")
+        # monotonic times: the last successful fetch, the last failed one, the last refetch
+        # for an unknown kid
+        self._fetched_at = self._failed_at = self._refetched_for_kid_at = float("-inf")
         self._lock = asyncio.Lock()
 
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._fetched_at < self._max_age
+
     async def key(self, kid: str) -> jwt.PyJWK:
-        """The key with this ``kid``. :raises JwtError: unknown kid or the JWKS unreachable."""
-        fresh = time.monotonic() - self._fetched_at < self._max_age
-        if kid in self._keys and fresh:
+        """The key with this ``kid``. :raises JwtError: unknown kid, or the JWKS unreachable
+        and the last fetched set older than ``max_age``."""
+        if kid in self._keys and self._fresh():
             return self._keys[kid]
         async with self._lock:
-            now = time.monotonic()
-            if now - self._fetched_at >= self._max_age:
-                await self._fetch()
-            elif (
-                kid not in self._keys
-                and now - self._refetched_for_kid_at >= self._min_refetch_interval
-            ):
+            now, every = time.monotonic(), self._min_refetch_interval
+            if not self._fresh():
+                if now - self._failed_at >= every:  # an unreachable JWKS is not hammered
+                    await self._fetch()
+            elif kid not in self._keys and now - self._refetched_for_kid_at >= every:
                 self._refetched_for_kid_at = now
                 await self._fetch()
+        if not self._fresh():
+            raise JwtError(f"JWKS {self.url} not fetched within {self._max_age:g} s")
         if kid not in self._keys:
             raise JwtError(f"no key with kid {kid!r} in the JWKS")
         return self._keys[kid]
 
     async def _fetch(self) -> None:
-        self._fetched_at = time.monotonic()
+        started = time.monotonic()
         self.fetches += 1
         try:
             async with self._session.get(self.url, timeout=self._timeout) as resp:
@@ -99,8 +114,11 @@ class JwksCache:
                 document = await resp.json(content_type=None)
             jwks = jwt.PyJWKSet.from_dict(document)
         except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
+            self._failed_at = started
             raise JwtError(f"JWKS {self.url} unavailable: {type(exc).__name__}: {exc}") from exc
+        # the whole set is replaced: a key no longer published is dropped here
         self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
+        self._fetched_at = started
 
 
 class JwtVerifier:
@@ -233,13 +251,16 @@ async def echo(request: web.Request) -> web.StreamResponse:
     return web.json_response(body)
 
 
-def create_app(jwks_url: str, issuer: str, audience: str) -> web.Application:
+def create_app(
+    jwks_url: str, issuer: str, audience: str, *, jwks_max_age: float = JWKS_MAX_AGE_SECONDS
+) -> web.Application:
     """The echo application; its HTTP client for the JWKS lives as long as the app."""
     app = web.Application()
 
     async def client_session(app: web.Application) -> Any:
         async with aiohttp.ClientSession() as session:
-            app[VERIFIER] = JwtVerifier(JwksCache(jwks_url, session), issuer, audience)
+            jwks = JwksCache(jwks_url, session, max_age=jwks_max_age)
+            app[VERIFIER] = JwtVerifier(jwks, issuer, audience)
             yield
 
     app.cleanup_ctx.append(client_session)
@@ -255,11 +276,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--issuer", default="http://127.0.0.1:8080", help="expected iss")
     parser.add_argument("--audience", default="demo-upstream", help="expected aud")
+    parser.add_argument(
+        "--jwks-max-age",
+        type=float,
+        default=JWKS_MAX_AGE_SECONDS,
+        help="seconds a fetched JWKS is used: a removed key is refused at most this long after "
+        "extauthz stopped publishing it",
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s echo %(levelname)s %(message)s")
     log.info("echo upstream on %s, JWKS %s", args.listen, args.jwks_url)
-    app = create_app(args.jwks_url, args.issuer, args.audience)
+    app = create_app(args.jwks_url, args.issuer, args.audience, jwks_max_age=args.jwks_max_age)
     web.run_app(app, host=host, port=int(port), print=None)
 
 

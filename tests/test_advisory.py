@@ -11,9 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import test_utils, web
+from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.rpc import code_pb2
+from jwt.algorithms import ECAlgorithm
 
+from demo.echo_upstream import create_app
 from extauthz import tokens
 from extauthz.check.context import RequestContext
 from extauthz.check.decisions import Deny
@@ -696,3 +700,53 @@ async def test_advisory_auth_session_and_check_agree_on_who_is_signed_in(
         with pytest.raises(Unauthenticated) as denied:
             await service.session(ctx)
         assert denied.value.reason is reason
+
+
+async def test_advisory_a_removed_signing_key_is_refused_by_the_reference_upstream(
+    h: Harness,
+) -> None:
+    """A compromised key taken out of the JWKS was still accepted by demo/echo_upstream.py for
+    its 300 s JWKS cache. Now a key set is used for at most ``jwks_max_age`` seconds after
+    the last successful fetch: a token signed by the removed key is refused within that bound,
+    and past it an unreachable JWKS refuses everything rather than trusting the old set."""
+    published = {"keys": h.keyring.jwks()["keys"]}
+    reachable = [True]
+
+    async def serve_jwks(request: web.Request) -> web.Response:
+        if not reachable[0]:
+            raise web.HTTPServiceUnavailable()
+        return web.json_response(published)
+
+    jwks_app = web.Application()
+    jwks_app.router.add_get("/jwks.json", serve_jwks)
+    async with test_utils.TestServer(jwks_app) as jwks_server:
+        _, session = await h.sessions.create("alice")
+        captured = h.minter.mint(session)
+        upstream = create_app(
+            str(jwks_server.make_url("/jwks.json")), h.minter.issuer, h.minter.audience,
+            jwks_max_age=0.3,
+        )  # fmt: skip
+        async with test_utils.TestClient(test_utils.TestServer(upstream)) as client:
+
+            async def verdict() -> dict[str, object]:
+                resp = await client.get("/", headers={"Authorization": f"Bearer {captured}"})
+                body: dict[str, dict[str, object]] = await resp.json()
+                return body["jwt"]
+
+            assert (await verdict())["verified"] is True
+            # the emergency removal: extauthz publishes only the replacement key
+            replacement = ec.generate_private_key(ec.SECP256R1()).public_key()
+            published["keys"] = [
+                ECAlgorithm.to_jwk(replacement, as_dict=True)
+                | {"kid": "replacement", "alg": "ES256", "use": "sig"}
+            ]
+            assert (await verdict())["verified"] is True  # inside the documented bound
+            time.sleep(0.35)
+            refused = await verdict()
+            assert refused["verified"] is False and "kid" in str(refused["error"])
+            # the key back in the JWKS but the JWKS unreachable: an old set is not trusted
+            published["keys"] = h.keyring.jwks()["keys"]
+            assert (await verdict())["verified"] is True
+            reachable[0] = False
+            time.sleep(0.35)
+            assert (await verdict())["verified"] is False

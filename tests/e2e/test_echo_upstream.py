@@ -3,6 +3,7 @@ a throw-away aiohttp app with freshly generated keys."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ class Env:
     jwks: Jwks
     client: test_utils.TestClient[web.Request, web.Application]
     sign: Callable[..., str]
+    jwks_url: str = ""
 
 
 def _ec_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
@@ -76,7 +78,7 @@ async def env() -> AsyncIterator[Env]:
     client = test_utils.TestClient(test_utils.TestServer(create_app(url, ISSUER, AUDIENCE)))
     await client.start_server()
     try:
-        yield Env(jwks, client, sign)
+        yield Env(jwks, client, sign, url)
     finally:
         await client.close()
         await jwks_server.close()
@@ -303,3 +305,33 @@ def test_prefers_html(accept: str, html: bool) -> None:
 
 def test_algorithm_list_is_explicit() -> None:
     assert echo_upstream.ALGORITHMS == ("ES256", "EdDSA", "RS256")
+
+
+# -- PyJWT's PyJWKClient, as docs/operations.md ('Emergency key removal') describes it -----------
+
+
+def _pyjwk_client_accepts(client: jwt.PyJWKClient, token: str) -> bool:
+    try:
+        key = client.get_signing_key_from_jwt(token)
+    except jwt.PyJWKClientError:
+        return False
+    jwt.decode(token, key.key, algorithms=["ES256"], audience=AUDIENCE, issuer=ISSUER)
+    return True
+
+
+async def test_pyjwkclient_drops_a_removed_key_only_after_its_lifespan_and_never_with_cache_keys(
+    env: Env,
+) -> None:
+    """What upstreams using PyJWT (the range pinned in pyproject.toml) must know: the JWK Set
+    cache (``lifespan``) forgets a removed key when it expires; ``cache_keys=True`` keeps a key
+    it has seen until the process restarts."""
+    token = env.sign(kid="compromised")
+    default = jwt.PyJWKClient(env.jwks_url, lifespan=0.3)
+    keyed = jwt.PyJWKClient(env.jwks_url, lifespan=0.3, cache_keys=True)
+    for client in (default, keyed):
+        assert await asyncio.to_thread(_pyjwk_client_accepts, client, token)
+    env.jwks.published.pop("compromised")
+    env.sign(kid="replacement")  # the JWKS now holds only the replacement key
+    await asyncio.sleep(0.35)
+    assert not await asyncio.to_thread(_pyjwk_client_accepts, default, token)
+    assert await asyncio.to_thread(_pyjwk_client_accepts, keyed, token)  # still accepted
