@@ -108,6 +108,18 @@ class StoreHealthReporter:
         await self._loop.stop()
 
 
+# The keepalive contract (docs/operations.md, 'gRPC keepalive'): a client may send HTTP/2 PINGs
+# with or without calls in flight, at most one every MIN_PING_INTERVAL_MS; more often counts as
+# a strike and, after grpc's max_ping_strikes (2), the connection is closed with GOAWAY
+# "too_many_pings". Envoy's connection_keepalive.interval toward extauthz must be at least this.
+MIN_PING_INTERVAL_MS = 5000
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+]
+
+
 def build_server(
     listen: str,
     authorizer: Authorizer,
@@ -119,13 +131,7 @@ def build_server(
 
     :raises RuntimeError: the address could not be bound.
     """
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 1024 * 1024),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ]
-    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(authorizer), server
     )

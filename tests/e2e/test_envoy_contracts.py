@@ -1,0 +1,207 @@
+"""Every ext_authz filter Envoy may run fails closed, and every cluster toward extauthz keeps
+the gRPC keepalive contract (issue 14, item 18).
+
+"Every" means: each ``envoy.filters.http.ext_authz`` filter, wherever it sits (any listener, any
+filter chain), in every config the repository ships (``envoy/*.yaml``,
+``benchmarks/envoy-bench.yaml``) and every config it renders (the tests' and the demo's
+``harness.stack.render_front_proxy`` of the front proxy and the sidecar, the sticky front,
+``deploy/render_front_proxy.py`` for docker-compose, the benchmark's ``render_bench_config``).
+Structural only: no process is started.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from benchmarks.scenarios import EnvoyPorts, render_bench_config
+from extauthz.server.grpc_server import MIN_PING_INTERVAL_MS, SERVER_OPTIONS
+from tests.support import FRONT_PROXY, REPO_ROOT, StackPorts, render_front_proxy
+from tests.support.sticky import SIDECAR, render_sticky_front
+
+EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+SHIPPED = [
+    *sorted((REPO_ROOT / "envoy").glob("*.yaml")),
+    REPO_ROOT / "benchmarks" / "envoy-bench.yaml",
+]
+# the longest an authz call may take before Envoy answers status_on_error
+MAX_TIMEOUT_SECONDS = 1.0
+
+
+def _deploy_render() -> Callable[..., dict[str, Any]]:
+    spec = importlib.util.spec_from_file_location(
+        "render_front_proxy", REPO_ROOT / "deploy" / "render_front_proxy.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    render: Callable[..., dict[str, Any]] = module.render
+    return render
+
+
+def _load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    return doc
+
+
+def rendered_configs(out: Path) -> dict[str, dict[str, Any]]:
+    """Every config the repository renders, by a name for the test ids."""
+    ports = StackPorts.allocate()
+    grpc_ports = {"extauthz_grpc": 50051, "noop_authz_grpc": 50052, "extauthz_nocache_grpc": 50053}
+    return {
+        "stack front-proxy": _load(render_front_proxy(ports, out, source=FRONT_PROXY)),
+        "stack sidecar": _load(render_front_proxy(ports, out, source=SIDECAR)),
+        "sticky front": _load(render_sticky_front(18080, 19901, [18081, 18082, 18083], out)),
+        "compose front-proxy": _deploy_render()(
+            FRONT_PROXY, listen="0.0.0.0:8080", admin="0.0.0.0:9901",
+            endpoints={"grpc": ["extauthz-1:9001", "extauthz-2:9001"],
+                       "http": ["extauthz-1:9002"], "upstream": ["echo:9003"]},
+        ),  # fmt: skip
+        "bench rendered": _load(
+            render_bench_config(out, EnvoyPorts.allocate(), grpc_ports, '{"keys": []}')
+        ),
+    }
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def ext_authz_filters(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The typed_config of every ext_authz HTTP filter anywhere in ``doc``."""
+    return [node for node in _walk(doc) if node.get("@type") == EXT_AUTHZ_TYPE]
+
+
+def _seconds(duration: object) -> float | None:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(duration))
+    return float(match.group(1)) if match else None
+
+
+def fail_open_problems(doc: dict[str, Any]) -> list[str]:
+    """Why an ext_authz filter of ``doc`` could let a request through, or answer anything but
+    503, when extauthz cannot answer (empty: every filter fails closed)."""
+    problems = []
+    for i, typed in enumerate(ext_authz_filters(doc)):
+        if typed.get("failure_mode_allow") is not False:
+            problems.append(f"filter {i}: failure_mode_allow is not an explicit false")
+        if typed.get("status_on_error", {}).get("code") not in ("ServiceUnavailable", 503):
+            problems.append(f"filter {i}: status_on_error is not 503")
+        timeout = _seconds(typed.get("grpc_service", {}).get("timeout"))
+        if timeout is None or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+            problems.append(f"filter {i}: no grpc_service.timeout of at most 1 s")
+        if "envoy_grpc" not in typed.get("grpc_service", {}):
+            problems.append(f"filter {i}: not a gRPC service through an Envoy cluster")
+        if typed.get("transport_api_version") != "V3":
+            problems.append(f"filter {i}: transport_api_version is not V3")
+    return problems
+
+
+def authz_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clusters the ext_authz filters of ``doc`` call."""
+    names = {t["grpc_service"]["envoy_grpc"]["cluster_name"] for t in ext_authz_filters(doc)}
+    clusters: list[dict[str, Any]] = doc["static_resources"]["clusters"]
+    return [c for c in clusters if c["name"] in names]
+
+
+def keepalive_problems(doc: dict[str, Any]) -> list[str]:
+    """Clusters toward extauthz without HTTP/2 keepalive, or pinging more often than the
+    server accepts (``MIN_PING_INTERVAL_MS``)."""
+    problems = []
+    for cluster in authz_clusters(doc):
+        h2 = [n["http2_protocol_options"] for n in _walk(cluster) if "http2_protocol_options" in n]
+        keepalive = h2[0].get("connection_keepalive") if len(h2) == 1 else None
+        if not keepalive:
+            problems.append(f"{cluster['name']}: no http2_protocol_options.connection_keepalive")
+            continue
+        interval = _seconds(keepalive.get("interval"))
+        if interval is None or interval * 1000 < MIN_PING_INTERVAL_MS:
+            problems.append(
+                f"{cluster['name']}: keepalive interval {keepalive.get('interval')} is shorter "
+                f"than the server's {MIN_PING_INTERVAL_MS} ms"
+            )
+        if _seconds(keepalive.get("timeout")) is None:
+            problems.append(f"{cluster['name']}: keepalive without a timeout")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return rendered_configs(tmp_path_factory.mktemp("rendered"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_ext_authz_filter_fails_closed(path: Path) -> None:
+    doc = _load(path)
+    assert fail_open_problems(doc) == []
+    if path.name != "sticky-front.yaml":  # it only pins users to nodes, whose sidecars authorise
+        assert ext_authz_filters(doc), f"{path.name}: no ext_authz filter found"
+
+
+def test_every_rendered_ext_authz_filter_fails_closed(rendered: dict[str, dict[str, Any]]) -> None:
+    for name, doc in rendered.items():
+        assert fail_open_problems(doc) == [], name
+    counts = {name: len(ext_authz_filters(doc)) for name, doc in rendered.items()}
+    assert counts == {"stack front-proxy": 1, "stack sidecar": 1, "sticky front": 0,
+                      "compose front-proxy": 1, "bench rendered": 3}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda t: t.__setitem__("failure_mode_allow", True), "failure_mode_allow"),
+        (lambda t: t.pop("failure_mode_allow"), "failure_mode_allow"),
+        (lambda t: t.pop("status_on_error"), "status_on_error"),
+        (lambda t: t.__setitem__("status_on_error", {"code": "Forbidden"}), "status_on_error"),
+        (lambda t: t["grpc_service"].pop("timeout"), "timeout"),
+        (lambda t: t["grpc_service"].__setitem__("timeout", "30s"), "timeout"),
+    ],
+)
+def test_a_fail_open_sidecar_is_caught(
+    change: Callable[[dict[str, Any]], object], problem: str
+) -> None:
+    doc = copy.deepcopy(_load(SIDECAR))
+    (typed,) = ext_authz_filters(doc)
+    change(typed)
+    problems = fail_open_problems(doc)
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_the_server_states_the_keepalive_contract() -> None:
+    options = dict(SERVER_OPTIONS)
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == MIN_PING_INTERVAL_MS
+    assert options["grpc.keepalive_permit_without_calls"] == 1  # idle connections may ping
+
+
+def test_every_cluster_toward_extauthz_keeps_the_keepalive_contract(
+    rendered: dict[str, dict[str, Any]],
+) -> None:
+    docs = {path.name: _load(path) for path in SHIPPED} | rendered
+    checked = 0
+    for name, doc in docs.items():
+        assert keepalive_problems(doc) == [], name
+        checked += len(authz_clusters(doc))
+    # shipped: front proxy, sidecar, bench (3); rendered: the same and the compose front proxy
+    assert checked == 5 + 6
+
+
+def test_a_keepalive_faster_than_the_server_accepts_is_caught() -> None:
+    doc = copy.deepcopy(_load(FRONT_PROXY))
+    (cluster,) = authz_clusters(doc)
+    (h2,) = [n["http2_protocol_options"] for n in _walk(cluster) if "http2_protocol_options" in n]
+    h2["connection_keepalive"]["interval"] = f"{MIN_PING_INTERVAL_MS / 1000 / 2:g}s"
+    assert "shorter than the server's" in keepalive_problems(doc)[0]
+    h2.pop("connection_keepalive")
+    assert "no http2_protocol_options.connection_keepalive" in keepalive_problems(doc)[0]
