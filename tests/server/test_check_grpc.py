@@ -333,6 +333,17 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     health_reply = grpcurl(served.target, "grpc.health.v1.Health/Check")
     assert json.loads(health_reply.stdout)["status"] == "SERVING"
 
+    # `extauthz status` prints every field, zeros included (issue 14: the push channel, clocks)
+    status = subprocess.run(
+        [sys.executable, "-m", "extauthz", "status", "--target", served.target],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["cacheChannel"], shown["cacheBypasses"]) == ("off", "0")
+    assert shown["cacheChannelDownSeconds"] == 0 and shown["clockOffsetMaxSeconds"] == 2.5
+    assert "clockOffsetSeconds" not in shown  # the in-memory store has no clock to compare
+
     pid = served.proc.pid
     assert pid is not None
     started = time.monotonic()
