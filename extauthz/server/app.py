@@ -175,7 +175,8 @@ def build_components(settings: Settings) -> Components:
             "node_id": settings.node_id,
             "store_strategy": settings.store.strategy,
             "store_backend": store.backend,
-        }
+        },
+        redis_pools=redis.clients.pool_counts if redis is not None else None,
     )
     authorizer = Authorizer(
         resolver,
@@ -186,6 +187,7 @@ def build_components(settings: Settings) -> Components:
         node_id=settings.node_id,
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         metrics=metrics,
+        store_budget_seconds=settings.store.check_budget_ms / 1000,
     )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(

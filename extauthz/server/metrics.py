@@ -6,16 +6,23 @@ the HTTP port (not routed by the front proxy).
   dashboard can alert on nodes of one deployment that disagree
 * ``extauthz_check_decisions_total{decision, reason}``: Check answers since start-up
   (``reason`` is one of :class:`extauthz.errors.Reason`)
+* ``extauthz_redis_pool_waits_total{role}``, ``extauthz_redis_pool_exhausted_total{role}``:
+  requests that found every pooled connection of a Redis role busy, and those of them that got
+  none in time (:mod:`extauthz.store.redis.pool`)
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from extauthz.strategies import StoreStrategy
 
 _STRATEGY_HELP = "The active session-store strategy (1) and the others (0)."
+_POOL_HELP = {
+    "waits": "Redis requests that found every pooled connection of the role busy.",
+    "exhausted": "Redis requests that got no pooled connection within the Check's budget.",
+}
 
 
 def _label(value: str) -> str:
@@ -27,11 +34,18 @@ def _labels(pairs: Mapping[str, str]) -> str:
 
 
 class Metrics:
-    """Counters updated on the hot path (a dict increment) and rendered on scrape."""
+    """Counters updated on the hot path (a dict increment) and rendered on scrape.
+    ``redis_pools`` reads the Redis pools' counters by role on scrape (``None``: no Redis)."""
 
-    def __init__(self, info: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        info: Mapping[str, str],
+        *,
+        redis_pools: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+    ) -> None:
         self.info = dict(info)
         self.decisions: Counter[tuple[str, str]] = Counter()
+        self.redis_pools = redis_pools
 
     def count_decision(self, decision: str, reason: str) -> None:
         self.decisions[(decision, reason)] += 1
@@ -56,4 +70,9 @@ class Metrics:
             f"extauthz_check_decisions_total{{{_labels({'decision': d, 'reason': r})}}} {n}"
             for (d, r), n in sorted(self.decisions.items())
         ]
+        pools = self.redis_pools() if self.redis_pools is not None else {}
+        for what, text in _POOL_HELP.items() if pools else ():
+            name = f"extauthz_redis_pool_{what}_total"
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{role="{_label(r)}"}} {c.get(what, 0)}' for r, c in pools.items()]
         return "\n".join(lines) + "\n"
