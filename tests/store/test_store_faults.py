@@ -28,11 +28,12 @@ from extauthz.store.budget import store_budget
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import Session
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
+from extauthz.store.redis.replicated import ReplicatedSessionStore
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import Aborted, FakeServicerContext, bearer_request
 from tests.support import RedisServer
 from tests.support.extauthz_nodes import node_settings
-from tests.support.redis_nodes import redis_server_available
+from tests.support.redis_nodes import RedisNode, redis_server_available
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [
@@ -203,3 +204,72 @@ async def test_no_acknowledged_logout_is_lost_while_the_link_resets(
     finally:
         proxy.heal()
         await clients.aclose()
+
+
+async def test_a_replica_that_stops_answering_sends_reads_to_the_primary(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    """``replicated``: the node's replica freezes. Checks fail (within their budget) only
+    until the read lease is given up; then the primary answers them."""
+    replica = RedisNode(tmp_path / "replica", replicaof=fresh_redis.address).start()
+    try:
+        with TcpProxy(replica.address) as link:
+            settings = node_settings(
+                tmp_path,
+                "replicated-faults",
+                {
+                    "strategy": "replicated",
+                    "backend": "redis",
+                    "redis_url": fresh_redis.url,
+                    "replica_url": link.url,
+                    "check_budget_ms": 300,
+                    "wait_timeout_ms": 400,
+                },
+                cache={"enabled": False},
+            )
+            components = build_components(settings)
+            servicer = AuthorizationServicer(components.authorizer)
+            try:
+                await components.start()
+                token, _ = await _created(components.sessions)
+                store = components.store
+                assert isinstance(store, ReplicatedSessionStore)
+                deadline = time.monotonic() + 10
+                while not store.lease.held() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert await _check(servicer, token) == "allow" and store.replica_hits
+                link.freeze()
+                outcomes: list[str] = []
+                deadline = time.monotonic() + 15
+                while "allow" not in outcomes and time.monotonic() < deadline:
+                    outcomes.append(await _check(servicer, token))
+                assert outcomes[-1] == "allow", outcomes
+                assert set(outcomes) <= {"allow", "unavailable"}, outcomes
+            finally:
+                link.heal()
+                await components.close()
+    finally:
+        replica.stop()
+
+
+async def _created(sessions: SessionManager) -> tuple[str, Session]:
+    """A session, created once the new replica acknowledges writes (first sync)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await sessions.create("alice")
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _check(servicer: AuthorizationServicer, token: str) -> str:
+    try:
+        response = await asyncio.wait_for(
+            servicer.Check(bearer_request(token), FakeServicerContext()), timeout=ENVOY_TIMEOUT
+        )
+    except Aborted as aborted:
+        assert aborted.code == grpc.StatusCode.UNAVAILABLE
+        return "unavailable"
+    return "allow" if response.HasField("ok_response") else "deny"
