@@ -15,6 +15,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -50,13 +51,23 @@ def proxy(fresh_redis: RedisServer) -> Iterator[TcpProxy]:
         yield p
 
 
-def _clients(proxy: TcpProxy, **endpoints: float) -> RedisClients:
-    return RedisClients(RedisEndpoints(primary_url=proxy.url, **endpoints))  # type: ignore[arg-type]
-
-
 def _sessions(clients: RedisClients, prefix: str = "") -> SessionManager:
     store = RedisSessionStore(clients.primary, prefix or f"f{uuid.uuid4().hex[:6]}:")
     return SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+
+
+@asynccontextmanager
+async def _through(
+    proxy: TcpProxy, prefix: str = "", **endpoints: float
+) -> AsyncIterator[tuple[RedisClients, SessionManager]]:
+    """A node's clients and session manager whose every connection goes through ``proxy``;
+    the faults are healed and the clients closed on the way out."""
+    clients = RedisClients(RedisEndpoints(primary_url=proxy.url, **endpoints))  # type: ignore[arg-type]
+    try:
+        yield clients, _sessions(clients, prefix)
+    finally:
+        proxy.heal()
+        await clients.aclose()
 
 
 @pytest.fixture
@@ -109,9 +120,10 @@ async def test_a_check_against_a_redis_that_does_not_answer_is_unavailable_withi
 
 
 async def test_a_burst_larger_than_the_pool_waits_for_connections(proxy: TcpProxy) -> None:
-    clients = _clients(proxy, pool_size=8, pool_wait_seconds=10.0, timeout_seconds=5.0)
-    try:
-        sessions = _sessions(clients)
+    async with _through(proxy, pool_size=8, pool_wait_seconds=10.0, timeout_seconds=5.0) as (
+        clients,
+        sessions,
+    ):
         tokens = [(await sessions.create(f"user{i}"))[0] for i in range(8)]
         proxy.set_latency(0.02)
         found = await asyncio.wait_for(
@@ -120,16 +132,15 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections(proxy: TcpProx
         assert [s.sub for s in found] == [f"user{i % 8}" for i in range(100)]
         counts = clients.pool_counts()["primary"]
         assert counts["waits"] > 0 and counts["exhausted"] == 0, counts
-    finally:
-        await clients.aclose()
 
 
 async def test_a_wait_for_a_connection_that_runs_out_fails_closed_and_is_counted(
     proxy: TcpProxy,
 ) -> None:
-    clients = _clients(proxy, pool_size=2, pool_wait_seconds=0.1, timeout_seconds=5.0)
-    try:
-        sessions = _sessions(clients)
+    async with _through(proxy, pool_size=2, pool_wait_seconds=0.1, timeout_seconds=5.0) as (
+        clients,
+        sessions,
+    ):
         token, _ = await sessions.create("alice")
         proxy.freeze()
 
@@ -144,17 +155,15 @@ async def test_a_wait_for_a_connection_that_runs_out_fails_closed_and_is_counted
         assert 'extauthz_redis_pool_exhausted_total{role="primary"} 1' in text
         proxy.thaw()
         assert (await sessions.lookup(token)).sub == "alice"
-    finally:
-        proxy.heal()
-        await clients.aclose()
 
 
 async def test_reads_cut_off_by_their_budget_never_answer_another_request(
     proxy: TcpProxy,
 ) -> None:
-    clients = _clients(proxy, pool_size=4, pool_wait_seconds=5.0, timeout_seconds=5.0)
-    try:
-        sessions = _sessions(clients)
+    async with _through(proxy, pool_size=4, pool_wait_seconds=5.0, timeout_seconds=5.0) as (
+        _,
+        sessions,
+    ):
         tokens = [(await sessions.create(f"user{i}"))[0] for i in range(8)]
         proxy.set_latency(0.03)
 
@@ -167,16 +176,12 @@ async def test_reads_cut_off_by_their_budget_never_answer_another_request(
         proxy.heal()
         found = await asyncio.gather(*(sessions.lookup(tokens[i % 8]) for i in range(40)))
         assert [s.sub for s in found] == [f"user{i % 8}" for i in range(40)]
-    finally:
-        await clients.aclose()
 
 
 async def test_no_acknowledged_logout_is_lost_while_the_link_resets(
     proxy: TcpProxy, direct: RedisClients
 ) -> None:
-    clients = _clients(proxy, timeout_seconds=1.0)
-    try:
-        sessions = _sessions(clients, "logouts:")
+    async with _through(proxy, "logouts:", timeout_seconds=1.0) as (_, sessions):
         tokens = [(await sessions.create(f"user{i}"))[0] for i in range(30)]
         proxy.set_latency(0.005)
 
@@ -201,9 +206,6 @@ async def test_no_acknowledged_logout_is_lost_while_the_link_resets(
         for token in acknowledged:
             with pytest.raises(Unauthenticated):
                 await seen.lookup(token)
-    finally:
-        proxy.heal()
-        await clients.aclose()
 
 
 async def test_a_replica_that_stops_answering_sends_reads_to_the_primary(
