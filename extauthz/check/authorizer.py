@@ -24,6 +24,7 @@ from extauthz.check.resolver import SessionResolver
 from extauthz.errors import Denied, Forbidden, Reason
 from extauthz.login.csrf import SAFE_METHODS, SameSiteCheck
 from extauthz.server.metrics import Metrics
+from extauthz.store.budget import store_budget
 from extauthz.store.cache import lookup_source
 from extauthz.store.model import Session
 
@@ -33,7 +34,9 @@ log = logging.getLogger("extauthz.decision")
 class Authorizer:
     """Runs the pipeline. ``resolver`` finds the session (credentials, throttle, lookup; the
     same one serves ``/auth/*``). ``jwt_header`` is where the JWT goes toward upstream:
-    ``authorization`` gets ``Bearer <JWT>``, any other header the bare JWT."""
+    ``authorization`` gets ``Bearer <JWT>``, any other header the bare JWT.
+    ``store_budget_seconds`` bounds the resolver's whole time on the store
+    (:func:`~extauthz.store.budget.store_budget`; ``None``: unbounded)."""
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class Authorizer:
         node_id: str,
         same_site: SameSiteCheck | None = None,
         metrics: Metrics | None = None,
+        store_budget_seconds: float | None = None,
     ) -> None:
         self.resolver = resolver
         self.minter = minter
@@ -55,6 +59,7 @@ class Authorizer:
         self.node_id = node_id
         self.same_site = same_site or SameSiteCheck()
         self.metrics = metrics
+        self.store_budget_seconds = store_budget_seconds
 
     def _metadata(self, decision: str, reason: Reason, sid: str = "") -> dict[str, str]:
         if self.metrics is not None:
@@ -80,7 +85,8 @@ class Authorizer:
         try:
             credentials = self.resolver.credentials(ctx)
             self._check_same_site(ctx, policy, credentials)
-            session = await self.resolver.resolve(ctx, credentials)
+            async with store_budget(self.store_budget_seconds):
+                session = await self.resolver.resolve(ctx, credentials)
             policy.check(session)
         except Denied as denial:
             log.info(

@@ -184,6 +184,7 @@ def build_components(settings: Settings) -> Components:
             "store_backend": store.backend,
         },
         state=probe,
+        redis_pools=redis.clients.pool_counts if redis is not None else None,
     )
     authorizer = Authorizer(
         resolver,
@@ -194,6 +195,7 @@ def build_components(settings: Settings) -> Components:
         node_id=settings.node_id,
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         metrics=metrics,
+        store_budget_seconds=settings.store.check_budget_ms / 1000,
     )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(

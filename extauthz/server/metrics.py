@@ -12,6 +12,9 @@ the HTTP port (not routed by the front proxy).
   trusted)
 * with a Redis store: ``extauthz_clock_offset_seconds`` (this node's clock minus the store's,
   :mod:`extauthz.clock`) and ``extauthz_clock_offset_max_seconds`` (the contract's bound)
+* ``extauthz_redis_pool_waits_total{role}``, ``extauthz_redis_pool_exhausted_total{role}``:
+  requests that found every pooled connection of a Redis role busy, and those of them that got
+  none in time (:mod:`extauthz.store.redis.pool`)
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from extauthz.store.cache import CachingSessionStore
 from extauthz.strategies import StoreStrategy
 
 _STRATEGY_HELP = "The active session-store strategy (1) and the others (0)."
+_POOL_HELP = {
+    "waits": "Redis requests that found every pooled connection of the role busy.",
+    "exhausted": "Redis requests that got no pooled connection within the Check's budget.",
+}
 
 
 def _label(value: str) -> str:
@@ -107,15 +114,21 @@ def _state_lines(state: NodeState) -> list[str]:
 
 
 class Metrics:
-    """Counters updated on the hot path (a dict increment) and rendered on scrape;
-    ``state`` (a :class:`NodeProbe`) is read on scrape."""
+    """Counters updated on the hot path (a dict increment) and rendered on scrape.
+    ``state`` (a :class:`NodeProbe`) and ``redis_pools`` (the Redis pools' counters by role)
+    are read on scrape; ``None`` leaves their lines out."""
 
     def __init__(
-        self, info: Mapping[str, str], *, state: Callable[[], NodeState] | None = None
+        self,
+        info: Mapping[str, str],
+        *,
+        state: Callable[[], NodeState] | None = None,
+        redis_pools: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
     ) -> None:
         self.info = dict(info)
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.state = state
+        self.redis_pools = redis_pools
 
     def count_decision(self, decision: str, reason: str) -> None:
         self.decisions[(decision, reason)] += 1
@@ -142,4 +155,9 @@ class Metrics:
         ]
         if self.state is not None:
             lines += _state_lines(self.state())
+        pools = self.redis_pools() if self.redis_pools is not None else {}
+        for what, text in _POOL_HELP.items() if pools else ():
+            name = f"extauthz_redis_pool_{what}_total"
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{role="{_label(r)}"}} {c.get(what, 0)}' for r, c in pools.items()]
         return "\n".join(lines) + "\n"

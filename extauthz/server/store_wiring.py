@@ -51,6 +51,9 @@ def redis_endpoints(settings: Settings) -> RedisEndpoints:
         replica_url=s.replica_url if s.strategy == "replicated" else "",
         timeout_seconds=s.timeout_seconds,
         name=settings.node_id,
+        pool_size=s.pool_size,
+        # a request waits for a connection within the Check's budget, never longer
+        pool_wait_seconds=s.check_budget_ms / 1000,
     )
 
 

@@ -60,6 +60,9 @@ class ServerSettings:
     node_id: str = ""  # empty: "<hostname>-<pid>"
     shutdown_grace_seconds: float = 10.0
     health_check_interval_seconds: float = 1.0
+    # the timeout of the Envoy ext_authz filter that calls this node (grpc_service.timeout of
+    # envoy/*.yaml): store.check_budget_ms must end well before it (docs/strategies.md)
+    ext_authz_timeout_ms: int = 500
     # derived: is_loopback() of the listen addresses
     grpc_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
     http_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
@@ -89,6 +92,13 @@ class StoreSettings:
     wait_replicas: int | str = "auto"
     # below timeout_seconds: WAIT blocks the connection, whose read timeout that is
     wait_timeout_ms: int = 250
+    # one Check's whole time on the store (attempts, backoff and waits for a pooled
+    # connection included); then the Check fails with UNAVAILABLE. At most
+    # server.ext_authz_timeout_ms minus 100 ms, so the answer is extauthz's own
+    check_budget_ms: int = 400
+    # connections per Redis role (primary, replica); a request that finds them all busy
+    # waits for one, at most check_budget_ms
+    pool_size: int = 100
     # replicated: a replica whose link to the primary is older is not trusted for positive answers
     replica_max_staleness_seconds: float = 5.0
     # node registration in the store (see extauthz.store.redis.membership)

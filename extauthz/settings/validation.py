@@ -30,6 +30,9 @@ _RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 _RESERVED_PREFIXES = ("x-forwarded-", "x-envoy-", "sec-", ":")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# what a Check needs besides the store, inside Envoy's ext_authz timeout: the gRPC round trip,
+# the JWT, the event loop's other work (docs/strategies.md, 'A Check's budget')
+CHECK_ANSWER_MARGIN_MS = 100
 
 
 def validate(s: Settings) -> None:
@@ -38,6 +41,7 @@ def validate(s: Settings) -> None:
     _validate_server(s.server)
     _validate_cache(s.cache)
     _validate_store(s.store)
+    _validate_check_budget(s.store, s.server)
     _validate_session(s.session, s.server)
     _validate_jwt(s.jwt)
     _validate_login_url(s.deny.login_url)
@@ -88,6 +92,23 @@ def _validate_store(s: model.StoreSettings) -> None:
         raise SettingsError("store.replica_max_staleness_seconds: must be positive")
     if s.heartbeat_seconds <= 0:
         raise SettingsError("store.heartbeat_seconds: must be positive")
+
+
+def _validate_check_budget(s: model.StoreSettings, server: model.ServerSettings) -> None:
+    """The store's budget for one Check must end before Envoy's ext_authz timeout, with
+    :data:`CHECK_ANSWER_MARGIN_MS` to spare, so that Envoy receives extauthz's own answer."""
+    if not 100 <= server.ext_authz_timeout_ms <= 60_000:
+        raise SettingsError("server.ext_authz_timeout_ms: expected 100-60000 milliseconds")
+    if not 1 <= s.pool_size <= 10_000:
+        raise SettingsError("store.pool_size: expected 1-10000 connections")
+    most = server.ext_authz_timeout_ms - CHECK_ANSWER_MARGIN_MS
+    if not 10 <= s.check_budget_ms <= most:
+        raise SettingsError(
+            f"store.check_budget_ms: expected 10 ms up to {most} ms, "
+            f"server.ext_authz_timeout_ms ({server.ext_authz_timeout_ms} ms) minus "
+            f"{CHECK_ANSWER_MARGIN_MS} ms for the answer; a longer budget lets Envoy time out "
+            f"first, with a 503 that carries none of extauthz's metadata"
+        )
 
 
 def _validate_store_topology(s: model.StoreSettings) -> None:

@@ -3,10 +3,15 @@ rules, and unsafe values that look harmless."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+import yaml
 
 from extauthz.errors import SettingsError
 from extauthz.settings import load_settings
+from tests.support import REPO_ROOT
 
 
 def test_defaults_and_environment_overrides() -> None:
@@ -107,3 +112,57 @@ def test_blank_issuer_or_audience_is_refused(key: str) -> None:
 def test_a_trailing_newline_is_not_a_valid_name(key: str, value: str) -> None:
     with pytest.raises(SettingsError):
         load_settings(environ={key: value})
+
+
+# -- the store's budget for one Check and Envoy's ext_authz timeout ----------------------------
+
+
+def _ext_authz_timeouts(node: Any) -> Iterator[float]:
+    """``grpc_service.timeout`` (seconds) of every ext_authz filter in a parsed Envoy config."""
+    if isinstance(node, dict):
+        if node.get("name") == "envoy.filters.http.ext_authz":
+            yield float(str(node["typed_config"]["grpc_service"]["timeout"]).removesuffix("s"))
+        for value in node.values():
+            yield from _ext_authz_timeouts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _ext_authz_timeouts(value)
+
+
+def test_the_reference_envoy_configs_give_ext_authz_the_timeout_the_defaults_assume() -> None:
+    timeouts = {
+        path.name: list(_ext_authz_timeouts(yaml.safe_load(path.read_text())))
+        for path in sorted((REPO_ROOT / "envoy").glob("*.yaml"))
+    }
+    assert any(timeouts.values())
+    server = load_settings(environ={}).server
+    for name, found in timeouts.items():
+        assert all(t * 1000 == server.ext_authz_timeout_ms for t in found), (name, found)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fits"),
+    [
+        ({}, True),  # 400 ms of 500 ms
+        ({"EXTAUTHZ_STORE_CHECK_BUDGET_MS": "450"}, False),  # Envoy would time out first
+        ({"EXTAUTHZ_STORE_CHECK_BUDGET_MS": "500"}, False),
+        ({"EXTAUTHZ_STORE_CHECK_BUDGET_MS": "900",
+          "EXTAUTHZ_SERVER_EXT_AUTHZ_TIMEOUT_MS": "1000"}, True),
+        ({"EXTAUTHZ_SERVER_EXT_AUTHZ_TIMEOUT_MS": "450"}, False),
+        ({"EXTAUTHZ_STORE_CHECK_BUDGET_MS": "0"}, False),
+    ],
+)  # fmt: skip
+def test_a_check_budget_that_does_not_end_before_envoys_timeout_is_refused(
+    environ: dict[str, str], fits: bool
+) -> None:
+    if fits:
+        load_settings(environ=environ)
+        return
+    with pytest.raises(SettingsError, match=r"^store\.check_budget_ms: .*ext_authz_timeout_ms"):
+        load_settings(environ=environ)
+
+
+@pytest.mark.parametrize("size", ["0", "10001"])
+def test_pool_size_is_bounded(size: str) -> None:
+    with pytest.raises(SettingsError, match=r"^store\.pool_size: "):
+        load_settings(environ={"EXTAUTHZ_STORE_POOL_SIZE": size})

@@ -10,6 +10,7 @@ Roles: the **primary** and, for the ``replicated`` strategy, the node's **local 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,12 @@ from redis.asyncio.sentinel import (
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from extauthz.store.redis.errors import REDIS_ERRORS
+from extauthz.store.redis.pool import (
+    PoolStats,
+    WaitingConnectionPool,
+    WaitingPool,
+    WaitingSentinelPool,
+)
 
 RETRY_COUNT = 2
 RETRY_BACKOFF_BASE_SECONDS = 0.01
@@ -43,6 +50,8 @@ class RedisEndpoints:
     :param replica_url: the node's local replica (``replicated``), empty for none.
     :param timeout_seconds: connect and read timeout of every connection.
     :param name: the node's part of the client name (``CLIENT SETNAME``).
+    :param pool_size: connections per role.
+    :param pool_wait_seconds: how long a request waits for a connection of a full pool.
     """
 
     primary_url: str
@@ -51,6 +60,8 @@ class RedisEndpoints:
     replica_url: str = ""
     timeout_seconds: float = 0.5
     name: str = "node"
+    pool_size: int = 100
+    pool_wait_seconds: float = 0.4
 
     def client_name(self, role: str) -> str:
         """``extauthz:<name>:<role>`` with anything but ``[A-Za-z0-9._/-]`` replaced by
@@ -175,16 +186,35 @@ class RedisClients:
                 **self._kwargs("primary"),
             )
             self.primary: Redis = self._sentinel.master_for(
-                e.sentinel_service, connection_class=PrimaryConnection
+                e.sentinel_service,
+                connection_class=PrimaryConnection,
+                connection_pool_class=WaitingSentinelPool,
+                **self._pool_kwargs(),
             )
         else:
-            self.primary = aioredis.Redis.from_url(e.primary_url, **self._kwargs("primary"))
+            self.primary = self._client(e.primary_url, "primary")
         self.replica: Redis | None = (
-            aioredis.Redis.from_url(e.replica_url, **self._kwargs("replica"))
-            if e.replica_url
-            else None
+            self._client(e.replica_url, "replica") if e.replica_url else None
         )
         self._closed = False
+
+    def _client(self, url: str, role: str) -> Redis:
+        pool = WaitingConnectionPool.from_url(url, **self._kwargs(role), **self._pool_kwargs())
+        return aioredis.Redis.from_pool(pool)
+
+    def _pool_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_connections": self.endpoints.pool_size,
+            "wait_seconds": self.endpoints.pool_wait_seconds,
+        }
+
+    def pool_counts(self) -> dict[str, dict[str, int]]:
+        """Each role's pool counters (:class:`~extauthz.store.redis.pool.PoolStats`), e.g.
+        ``{"primary": {"waits": 3, "exhausted": 0}}``."""
+        counts = {"primary": _counts(self.primary)}
+        if self.replica is not None:
+            counts["replica"] = _counts(self.replica)
+        return counts
 
     def _timeouts(self) -> dict[str, Any]:
         t = self.endpoints.timeout_seconds
@@ -211,3 +241,8 @@ class RedisClients:
             await self.replica.aclose()
         if self._sentinel is not None:
             await self._sentinel.aclose()
+
+
+def _counts(client: Redis) -> dict[str, int]:
+    pool = client.connection_pool
+    return dataclasses.asdict(pool.stats if isinstance(pool, WaitingPool) else PoolStats())

@@ -290,10 +290,12 @@ class ReplicatedSessionStore:
         await self.lease.release()
 
     async def replica_usable(self) -> bool:
-        """Whether the replica may give positive answers now: fresh (cached for the check
-        interval) and the read lease held."""
+        """Whether the replica may give positive answers now: the read lease held and the
+        replica fresh (cached for the check interval). The lease is asked first: it needs no
+        I/O, so once the lease loop has given up on a replica that does not answer, reads go
+        to the primary without waiting for that replica within their budget."""
         await self.start()
-        return await self._replica_fresh() and self.lease.held()
+        return self.lease.held() and await self._replica_fresh()
 
     async def _replica_fresh(self) -> bool:
         if self._monotonic() - self._checked_at < self._interval:

@@ -19,6 +19,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from extauthz.store.model import Session
 from extauthz.store.redis import scripts
+from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
     StoreWriteNotDurable,
@@ -114,32 +115,27 @@ class RedisSessionStore:
         info = await self._redis.info("replication")
         return sum(1 for key, value in info.items() if _is_online_replica(key, value))
 
-    async def _wait_durable(self) -> None:
+    async def _transaction(self) -> DurablePipeline:
+        """A pipeline whose ``execute`` runs its commands in ``MULTI``/``EXEC``, then waits
+        (``WAIT``) for ``wait_replicas`` replicas on the same connection
+        (:class:`~extauthz.store.redis.durable.DurablePipeline`)."""
         wanted = self._wait_replicas
         if wanted == "all":
             wanted = await self._online_replicas()
         assert isinstance(wanted, int)
-        if wanted <= 0:
-            return
-        acked = await self._redis.execute_command("WAIT", wanted, self._wait_timeout_ms)
-        if int(acked) < wanted:
-            raise StoreWriteNotDurable(
-                f"redis WAIT: {acked} of {wanted} replicas acknowledged "
-                f"within {self._wait_timeout_ms} ms"
-            )
+        return DurablePipeline(self._redis, wanted, self._wait_timeout_ms)
 
     async def create(self, token_hash: str, session: Session) -> None:
         async def op() -> None:
             ttl = self._ttl_ms(session)
             absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with await self._transaction() as pipe:
                 pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
                 pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
                 pipe.sadd(self._subject_key(session.sub), session.sid)
                 pipe.pexpire(self._subject_key(session.sub), absolute_ms, gt=True)
                 pipe.pexpire(self._subject_key(session.sub), absolute_ms, nx=True)
-                await pipe.execute()
-            await self._wait_durable()
+                await pipe.execute()  # raises StoreWriteNotDurable
 
         await self._run("create", op)
 
@@ -181,7 +177,7 @@ class RedisSessionStore:
         async def op() -> tuple[Session | None, int]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with await self._transaction() as pipe:
                 pipe.delete(self._session_key(token_hash))
                 if session is not None:
                     pipe.delete(self._sid_key(session.sid))
@@ -193,8 +189,7 @@ class RedisSessionStore:
                     self.invalidation_channel,
                     token_hash,
                 )
-                results = await pipe.execute()
-            await self._wait_durable()
+                results = await pipe.execute()  # raises StoreWriteNotDurable
             return session, int(results[-1])
 
         session, seq = await self._run("revoke", op)
