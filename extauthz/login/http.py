@@ -141,6 +141,12 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
+def _add_cookies(response: web.Response, set_cookies: Iterable[str]) -> None:
+    """One ``Set-Cookie`` header per value, in order (RFC 6265 §3: never folded)."""
+    for value in set_cookies:
+        response.headers.add("Set-Cookie", value)
+
+
 def _error(
     html: bool, status: int, error: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -234,7 +240,7 @@ class AuthHandlers:
         response = _redirect(outcome.return_to) if html else _json(
             200, session_summary(outcome.session)
         )
-        response.headers["Set-Cookie"] = outcome.set_cookie
+        _add_cookies(response, outcome.set_cookies)
         return response
 
     def _login_failed(self, html: bool, failed: LoginFailed) -> web.Response:
@@ -275,7 +281,7 @@ class AuthHandlers:
             response = _redirect(f"{LOGIN_PATH}?logged_out=1")
         else:
             response = _json(200, {"logged_out": True, "revoked": outcome.revoked})
-        response.headers["Set-Cookie"] = outcome.set_cookie
+        _add_cookies(response, outcome.set_cookies)
         return response
 
     # -- /auth/session ---------------------------------------------------------------------

@@ -284,7 +284,7 @@ async def test_browser_navigation_with_a_dead_cookie_is_redirected_and_the_cooki
         None,
     )
     assert response.status.code == code_pb2.PERMISSION_DENIED
-    assert metadata(response)["reason"] == "unknown_session"
+    assert metadata(response)["reason"] == "revoked_session"
 
 
 async def test_the_login_page_is_never_redirected_to_itself(h: Harness) -> None:

@@ -111,7 +111,7 @@ def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
     assert status == 401
     assert headers["www-authenticate"].startswith('Bearer realm="')
     assert 'error="invalid_token"' in headers["www-authenticate"]
-    assert json.loads(body)["reason"] == "unknown_session"
+    assert json.loads(body)["reason"] == "revoked_session"
 
     status, headers, _ = request(
         redis_stack, "/e2e/page?x=1", {"cookie": f"{COOKIE}={token}", "accept": "text/html"}
