@@ -4,6 +4,7 @@ Each test says which attack it stops; none may be weakened without a replacement
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -829,3 +830,72 @@ def test_advisory_cookie_prefixes_are_matched_in_any_case(name: str, secure_name
         assert "Domain" not in value and value.endswith("; Secure"), value
     secure = SessionCookie(secure_name, secure=False)
     assert secure.set("t", 10).endswith("; Secure")
+
+
+HOSTILE_RETURN_TO = [
+    "/a b", "/a\tb", " /a", "/a ", "/a\u00a0b", "/a\u3000b", "/a\u2028b", "/a\u0085b",
+    "/a\u202eb", "/a\u200bb", "/a\x7fb", "/a\r\nSet-Cookie: x=1",
+]
+
+
+def assert_safe_location(location: str) -> None:
+    assert location.isascii() and location.isprintable() and " " not in location, location
+    assert location.startswith("/") and not location.startswith("//"), location
+
+
+async def test_advisory_no_location_carries_white_space_or_control_characters(
+    h: Harness, tmp_path: Path
+) -> None:
+    """Issue 14 items 8 and 10: a ``return_to`` with a space was accepted and echoed raw into
+    ``Location``. Every route that builds a ``Location`` (Check's login redirect and each
+    ``/auth/*`` route, all of them driven here) refuses white space and control characters,
+    ASCII or not, and falls back to the default target."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from argon2 import PasswordHasher, Type
+
+    from extauthz.login.http import AuthHandlers
+    from extauthz.server.http_server import build_http_app
+
+    for bad in HOSTILE_RETURN_TO:  # Check: the target comes from the request's own path
+        ctx = RequestContext(method="GET", scheme="https", host="app.test", path=bad,
+                             headers={"accept": "text/html"})  # fmt: skip
+        denied = await h.authorizer.authorize(ctx)
+        assert isinstance(denied, Deny) and denied.status == 302
+        (location,) = [v for k, v in denied.headers if k == "location"]
+        assert_safe_location(location)
+        assert parse_qs(urlsplit(location).query)["return_to"] == ["/"]
+
+    users = FileUserStore(tmp_path / "users.json")
+    verifier = PasswordVerifier(
+        users, hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
+    )
+    await users.put("alice", verifier.hash_password("pw"), [], [])
+    handlers = AuthHandlers(LoginService(h.authorizer.resolver, verifier), realm="r")
+    client = TestClient(TestServer(build_http_app(h.keyring, handlers)))
+    await client.start_server()
+    redirected: set[str] = set()
+    try:
+        origin = f"http://{client.host}:{client.port}"
+        for route in handlers.routes():
+            for bad, live in itertools.product(HOSTILE_RETURN_TO, (True, False)):
+                token = (await h.login("alice"))[0] if live else tokens.mint_token()
+                headers = {"Accept": "text/html", "Origin": origin, "Cookie": f"{COOKIE}={token}"}
+                form = {"username": "alice", "password": "pw", "return_to": bad}
+                response = await client.request(
+                    route.method, route.path, params={"return_to": bad}, headers=headers,
+                    data=form if route.method == "POST" else None, allow_redirects=False,
+                )  # fmt: skip
+                body = await response.text()
+                assert response.status < 500, (route.method, route.path, body)
+                if "name=\"return_to\"" in body:  # the login form posts it back: the default
+                    assert 'name="return_to" value="/"' in body, body
+                location = response.headers.get("Location")
+                if location is None:
+                    continue
+                redirected.add(f"{route.method} {route.path}")
+                assert_safe_location(location)
+                if route.method == "POST" and route.path == "/auth/login":
+                    assert location == "/"  # auth.default_return_to
+    finally:
+        await client.close()
+    assert redirected == {"POST /auth/login", "POST /auth/logout", "GET /auth/session"}
