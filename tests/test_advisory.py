@@ -899,3 +899,51 @@ async def test_advisory_no_location_carries_white_space_or_control_characters(
     finally:
         await client.close()
     assert redirected == {"POST /auth/login", "POST /auth/logout", "GET /auth/session"}
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        {"origin": "https://evil@app.test"},  # user info
+        {"origin": "https://app.test@evil.example"},
+        {"origin": "https://app.test/"},  # a path
+        {"origin": "https://app.test/x"},
+        {"origin": "https://app.test?x"},  # a query
+        {"origin": "https://app.test#x"},
+        {"origin": "https://app.test:443"},  # the default port, which browsers leave out
+        {"origin": "https://app.test:0443"},  # leading zeros
+        {"origin": "https://partner.test:08443"},
+        {"origin": "HTTPS://APP.TEST"},  # another case
+        {"origin": "https://App.test"},
+        {"origin": " https://app.test"},  # surrounding spaces
+        {"origin": "https://app.test "},
+        {"origin": "https://app.test\t"},
+        {"origin": "https://app.test."},
+        {"origin": "NULL"},
+        {"sec-fetch-site": "Same-Origin"},
+        {"sec-fetch-site": " same-origin"},
+        {"referer": "https://evil@app.test/"},
+        {"referer": "https://app.test@evil.example/"},
+        {"referer": "https://app.test:0443/"},
+        {"referer": "HTTPS://app.test/"},
+        {"referer": " https://app.test/"},
+        {"referer": "https://app.test.evil.example/"},
+        {"referer": "https://app.testevil.example/"},
+    ],
+)
+def test_advisory_origin_evidence_is_compared_exactly(evidence: dict[str, str]) -> None:
+    """Issue 14 item 7: the same-site check parsed ``Origin``/``Referer`` leniently, so
+    values that no browser sends but that hold the right host somewhere were same-origin.
+    Only the exact serialized origin (RFC 6454 §6.2) counts now."""
+    from extauthz.login.csrf import SameSiteCheck
+
+    check = SameSiteCheck.with_origins(["https://partner.test:8443"])
+    for good in (
+        {"origin": "https://app.test"},
+        {"origin": "https://partner.test:8443"},
+        {"referer": "https://app.test/page?x#y"},
+        {"referer": "https://app.test"},
+        {"sec-fetch-site": "same-origin"},
+    ):
+        assert check.violation("https", "App.Test:443", good) is None, good
+    assert check.violation("https", "App.Test:443", evidence) is not None
