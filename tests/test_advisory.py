@@ -889,13 +889,13 @@ async def test_advisory_no_location_carries_white_space_or_control_characters(
                 assert response.status < 500, (route.method, route.path, body)
                 if "name=\"return_to\"" in body:  # the login form posts it back: the default
                     assert 'name="return_to" value="/"' in body, body
-                location = response.headers.get("Location")
-                if location is None:
+                redirect = response.headers.get("Location")
+                if redirect is None:
                     continue
                 redirected.add(f"{route.method} {route.path}")
-                assert_safe_location(location)
+                assert_safe_location(redirect)
                 if route.method == "POST" and route.path == "/auth/login":
-                    assert location == "/"  # auth.default_return_to
+                    assert redirect == "/"  # auth.default_return_to
     finally:
         await client.close()
     assert redirected == {"POST /auth/login", "POST /auth/logout", "GET /auth/session"}

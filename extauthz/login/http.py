@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from extauthz.check.context import RequestContext
+from extauthz.check.context import RequestContext, join_headers
 from extauthz.check.denials import bearer_challenge
 from extauthz.errors import Denied, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login import pages
@@ -196,11 +196,9 @@ class AuthHandlers:
 
     def context(self, request: web.Request) -> RequestContext:
         """The request in the pipeline's types: lower-case header names (repeated headers
-        joined with ``,``, as Envoy joins them), the client's scheme and address."""
-        headers: dict[str, str] = {}
-        for name, value in request.headers.items():
-            key = name.lower()
-            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        joined by :func:`~extauthz.check.context.join_headers`), the client's scheme and
+        address."""
+        headers = join_headers(request.headers.items())
         return RequestContext(
             method=request.method,
             scheme=_client_scheme(request, self.trusted_proxies),
