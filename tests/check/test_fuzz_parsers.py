@@ -28,7 +28,7 @@ from extauthz.check.denials import safe_return_to
 from extauthz.check.envoy_adapter import to_request_context
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.tokens import mint_token
-from tests.fixtures.core import COOKIE, build_harness
+from tests.fixtures.core import COOKIE, Harness, build_harness
 
 _SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
 _TEXT = st.text(alphabet=st.characters(exclude_categories=_SURROGATES), max_size=30)
@@ -137,13 +137,19 @@ def test_repeated_lines_are_joined_in_order_with_their_own_separator(
         assert headers.get(name) == (separator.join(values) if values else None)
 
 
+async def _live_and_revoked(h: Harness) -> tuple[str, str]:
+    """Two tokens of one user: a live one and a revoked one."""
+    live, _ = await h.login("alice")
+    revoked, _ = await h.login("alice")
+    await h.sessions.revoke_token(revoked)
+    return live, revoked
+
+
 def test_a_check_over_raw_header_lines_never_raises_and_never_allows_without_a_live_session(
     tmp_path: Path,
 ) -> None:
     h = build_harness(tmp_path)
-    live, _ = asyncio.run(h.login("alice"))
-    revoked, _ = asyncio.run(h.login("alice"))
-    asyncio.run(h.sessions.revoke_token(revoked))
+    live, revoked = asyncio.run(_live_and_revoked(h))
     token = st.sampled_from([live, revoked, mint_token(), "xat_" + "A" * 40]) | _COOKIE_TEXT
     pair = st.builds(lambda n, v: f"{n}={v}", st.sampled_from([COOKIE, "a", "b"]), token)
     line = st.builds(lambda pairs: "; ".join(pairs), st.lists(pair, min_size=1, max_size=3))
