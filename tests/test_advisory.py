@@ -4,6 +4,7 @@ Each test says which attack it stops; none may be weakened without a replacement
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from extauthz.check.decisions import Deny
 from extauthz.check.denials import DenialRenderer, safe_return_to
 from extauthz.check.envoy_adapter import to_request_context
 from extauthz.check.policy import Policy
+from extauthz.check.resolver import SessionResolver
 from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login.cookies import SessionCookie
@@ -232,7 +234,7 @@ async def test_revocation_is_immediate_despite_the_jwt_cache(h: Harness) -> None
     await h.sessions.revoke_token(token)
     response = await check(h, request)
     assert response.denied_response.status.code == 401
-    assert metadata(response)["reason"] == "unknown_session"
+    assert metadata(response)["reason"] == "revoked_session"
 
 
 async def test_jwt_never_outlives_the_absolute_session_expiry(tmp_path: Path) -> None:
@@ -381,7 +383,7 @@ async def test_touch_after_revoke_does_not_resurrect(
         clock.advance(5)  # the lookup will want to slide the idle deadline
         with pytest.raises(Unauthenticated) as caught:
             await h.sessions.lookup(token)
-        assert caught.value.reason is Reason.UNKNOWN_SESSION
+        assert caught.value.reason is Reason.REVOKED_SESSION
         assert await inner.get(tokens.token_hash(token)) is None
     finally:
         if client is not None:
@@ -492,11 +494,11 @@ async def test_advisory_m3_a_valid_cookie_does_not_hide_the_guesses_next_to_it(
 @pytest.mark.parametrize(
     ("candidate", "expected"),
     [
-        ("/\u2028/evil.com", "/%E2%80%A8/evil.com"),
-        ("/\u2029x", "/%E2%80%A9x"),
-        ("/\u0085x", "/%C2%85x"),  # C1 control (NEL)
+        ("/\u2028/evil.com", "/"),  # line separator: refused, no longer encoded
+        ("/\u2029x", "/"),
+        ("/\u0085x", "/"),  # C1 control (NEL)
         ("/\uff0f\uff0fevil.example", "/%EF%BC%8F%EF%BC%8Fevil.example"),  # fullwidth solidus
-        ("/\u202eevil", "/%E2%80%AEevil"),  # bidi override
+        ("/\u202eevil", "/"),  # bidi override
         ("/caf\u00e9?q=\u00fc#fr\u00e4g", "/caf%C3%A9?q=%C3%BC#fr%C3%A4g"),
         ("/already%20encoded/%E2%80%A8", "/already%20encoded/%E2%80%A8"),  # left alone
         ("/\ud800", "/"),  # a lone surrogate is not text
@@ -658,7 +660,7 @@ async def test_advisory_host_prefixed_cookie_is_cleared_without_a_domain() -> No
     )
     (cleared,) = [v for k, v in denial.headers if k == "set-cookie"]
     assert cleared == "__Host-s=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
-    assert cleared == cookie.clear()  # the logout's clearing, byte for byte
+    assert (cleared,) == cookie.clearing()  # the logout's clearing, byte for byte
 
 
 async def test_advisory_m3_a_live_token_first_does_not_hide_guesses_at_auth_session(
@@ -750,3 +752,245 @@ async def test_advisory_a_removed_signing_key_is_refused_by_the_reference_upstre
             reachable[0] = False
             time.sleep(0.35)
             assert (await verdict())["verified"] is False
+
+
+# -- stale cookies, prefixes, origins, return_to ----------------------------------
+
+
+def throttled_harness(tmp_path: Path, *, cookie_domain: str = "") -> Harness:
+    """A Check harness whose lookups are throttled at 5 failures per minute per address."""
+    clock = FakeClock()
+    h = build_harness(tmp_path, clock=clock, cookie_domain=cookie_domain)
+    h.authorizer.resolver.throttle = LookupThrottle(
+        MemoryRateLimiter(5, 60, clock=clock), clock=clock
+    )
+    return h
+
+
+def cookie_request(cookie: str, peer: str = "198.51.100.30") -> RequestContext:
+    return RequestContext(
+        method="GET", scheme="https", host="app.test", path="/api",
+        headers={"cookie": cookie}, peer_address=peer,
+    )
+
+
+async def test_advisory_a_stale_revoked_cookie_does_not_lock_its_user_out(
+    tmp_path: Path,
+) -> None:
+    """A revoked session's cookie that the browser kept (a host-only copy
+    next to the ``Domain`` one) counted as a failed lookup on every request, and after a few
+    requests the user's whole address got 429 although it also sent a live cookie. The store
+    remembers revoked tokens until their absolute expiry: such a token is ``revoked_session``
+    and no guess. Guessing stays throttled."""
+    from extauthz.check.decisions import Allow
+
+    h = throttled_harness(tmp_path, cookie_domain="app.test")
+    stale, _ = await h.login("alice")
+    await h.sessions.revoke_token(stale)
+    live, _ = await h.login("alice")
+    for _ in range(30):  # far over the budget of 5, were the stale cookie a guess
+        allowed = await h.authorizer.authorize(cookie_request(f"{COOKIE}={stale}; {COOKIE}={live}"))
+        assert isinstance(allowed, Allow), allowed
+    alone = await h.authorizer.authorize(cookie_request(f"{COOKIE}={stale}"))
+    assert isinstance(alone, Deny) and alone.status == 401
+    assert alone.metadata["reason"] == "revoked_session"
+    # guesses next to the live cookie still count: the sixth is refused
+    outcomes = [
+        await h.authorizer.authorize(
+            cookie_request(f"{COOKIE}={tokens.mint_token()}; {COOKIE}={live}")
+        )
+        for _ in range(6)
+    ]
+    assert [isinstance(o, Allow) for o in outcomes] == [True] * 5 + [False]
+    assert isinstance(outcomes[-1], Deny) and outcomes[-1].status == 429
+
+
+async def test_advisory_a_stale_revoked_cookie_is_no_guess_at_login_or_logout(
+    tmp_path: Path,
+) -> None:
+    """The same at ``/auth/*``: presenting one's own revoked cookie to the
+    logout or the session endpoint counts nothing."""
+    h = throttled_harness(tmp_path)
+    service = auth_service(h, tmp_path)
+    throttle = h.authorizer.resolver.throttle
+    assert throttle is not None
+    stale, _ = await h.login("alice")
+    await h.sessions.revoke_token(stale)
+
+    async def no() -> bool:
+        return False
+
+    ctx = lookup_context(cookie=f"{COOKIE}={stale}", origin="https://app.test")
+    for _ in range(10):
+        assert (await service.logout(ctx, no)).revoked == 0
+        with pytest.raises(Unauthenticated) as caught:
+            await service.session(ctx)
+        assert caught.value.reason is Reason.REVOKED_SESSION
+    assert throttle.retry_after(ctx.peer_address) == 0
+
+
+@pytest.mark.parametrize("name", ["s", "__Secure-s"])
+async def test_advisory_clearing_covers_every_cookie_variant(tmp_path: Path, name: str) -> None:
+    """With ``cookie_domain`` set, logout and Check's denials cleared only
+    the ``Domain`` variant, never a host-only cookie of the same name, which stayed in the
+    browser for good. Every clearing now covers both, and a login clears the variant it
+    does not set before setting its own."""
+    cookie = SessionCookie(name, domain="app.test")
+    host_only = f"{name}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
+    with_domain = f"{host_only}; Domain=app.test"
+    assert cookie.clearing() == (host_only, with_domain)
+    setting = cookie.setting(tokens.mint_token(), 60)
+    assert setting[0] == host_only and len(setting) == 2
+    assert setting[1].startswith(f"{name}=xat_") and setting[1].endswith("; Domain=app.test")
+
+    h = build_harness(tmp_path, cookie_domain="app.test")
+    h.authorizer.resolver = SessionResolver(h.sessions, cookie)
+    h.authorizer.denials = DenialRenderer("r", LOGIN_URL, cookie)
+    denied = await h.authorizer.authorize(cookie_request(f"{name}={tokens.mint_token()}"))
+    assert isinstance(denied, Deny)
+    assert [v for k, v in denied.headers if k == "set-cookie"] == [host_only, with_domain]
+    service = auth_service(h, tmp_path)
+
+    async def no() -> bool:
+        return False
+
+    signed_out = await service.logout(lookup_context(origin="https://app.test"), no)
+    assert signed_out.set_cookies == (host_only, with_domain)
+
+
+@pytest.mark.parametrize(
+    ("name", "secure_name"),
+    [("__host-s", "__secure-s"), ("__HOST-s", "__SECURE-s"), ("__hOsT-s", "__sEcUrE-s")],
+)
+def test_advisory_cookie_prefixes_are_matched_in_any_case(name: str, secure_name: str) -> None:
+    """Browsers match ``__Host-``/``__Secure-`` case-insensitively.
+    ``__host-s`` with ``cookie_domain`` passed start-up, Chromium then dropped every cookie
+    (each one carried a ``Domain``) and the user looped back to the login page. The settings
+    refuse it now, and the builder never gives such a name a ``Domain`` or drops ``Secure``."""
+    from extauthz.errors import SettingsError
+    from extauthz.settings import load_settings
+
+    with pytest.raises(SettingsError, match=r"^session\.cookie_domain: "):
+        load_settings(environ={
+            "EXTAUTHZ_SESSION_COOKIE_NAME": name, "EXTAUTHZ_SESSION_COOKIE_DOMAIN": "app.test",
+        })  # fmt: skip
+    for prefixed in (name, secure_name):
+        with pytest.raises(SettingsError, match=r"^session\.cookie_secure: "):
+            load_settings(environ={
+                "EXTAUTHZ_SESSION_COOKIE_NAME": prefixed, "EXTAUTHZ_SESSION_COOKIE_SECURE": "false",
+            })  # fmt: skip
+    cookie = SessionCookie(name, secure=False, domain="app.test")
+    for value in (cookie.set("t", 10), *cookie.clearing()):
+        assert "Domain" not in value and value.endswith("; Secure"), value
+    secure = SessionCookie(secure_name, secure=False)
+    assert secure.set("t", 10).endswith("; Secure")
+
+
+HOSTILE_RETURN_TO = [
+    "/a b", "/a\tb", " /a", "/a ", "/a\u00a0b", "/a\u3000b", "/a\u2028b", "/a\u0085b",
+    "/a\u202eb", "/a\u200bb", "/a\x7fb", "/a\r\nSet-Cookie: x=1",
+]
+
+
+def assert_safe_location(location: str) -> None:
+    assert location.isascii() and location.isprintable() and " " not in location, location
+    assert location.startswith("/") and not location.startswith("//"), location
+
+
+async def test_advisory_no_location_carries_white_space_or_control_characters(
+    h: Harness, tmp_path: Path
+) -> None:
+    """A ``return_to`` with a space was accepted and echoed raw into
+    ``Location``. Every route that builds a ``Location`` (Check's login redirect and each
+    ``/auth/*`` route, all of them driven here) refuses white space and control characters,
+    ASCII or not, and falls back to the default target."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from argon2 import PasswordHasher, Type
+
+    from extauthz.login.http import AuthHandlers
+    from extauthz.server.http_server import build_http_app
+
+    for bad in HOSTILE_RETURN_TO:  # Check: the target comes from the request's own path
+        ctx = RequestContext(method="GET", scheme="https", host="app.test", path=bad,
+                             headers={"accept": "text/html"})  # fmt: skip
+        denied = await h.authorizer.authorize(ctx)
+        assert isinstance(denied, Deny) and denied.status == 302
+        (location,) = [v for k, v in denied.headers if k == "location"]
+        assert_safe_location(location)
+        assert parse_qs(urlsplit(location).query)["return_to"] == ["/"]
+
+    users = FileUserStore(tmp_path / "users.json")
+    verifier = PasswordVerifier(
+        users, hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
+    )
+    await users.put("alice", verifier.hash_password("pw"), [], [])
+    handlers = AuthHandlers(LoginService(h.authorizer.resolver, verifier), realm="r")
+    client = TestClient(TestServer(build_http_app(h.keyring, handlers)))
+    await client.start_server()
+    redirected: set[str] = set()
+    try:
+        origin = f"http://{client.host}:{client.port}"
+        for route in handlers.routes():
+            for bad, live in itertools.product(HOSTILE_RETURN_TO, (True, False)):
+                token = (await h.login("alice"))[0] if live else tokens.mint_token()
+                headers = {"Accept": "text/html", "Origin": origin, "Cookie": f"{COOKIE}={token}"}
+                form = {"username": "alice", "password": "pw", "return_to": bad}
+                response = await client.request(
+                    route.method, route.path, params={"return_to": bad}, headers=headers,
+                    data=form if route.method == "POST" else None, allow_redirects=False,
+                )  # fmt: skip
+                body = await response.text()
+                assert response.status < 500, (route.method, route.path, body)
+                if "name=\"return_to\"" in body:  # the login form posts it back: the default
+                    assert 'name="return_to" value="/"' in body, body
+                redirect = response.headers.get("Location")
+                if redirect is None:
+                    continue
+                redirected.add(f"{route.method} {route.path}")
+                assert_safe_location(redirect)
+                if route.method == "POST" and route.path == "/auth/login":
+                    assert redirect == "/"  # auth.default_return_to
+    finally:
+        await client.close()
+    assert redirected == {"POST /auth/login", "POST /auth/logout", "GET /auth/session"}
+
+
+NOT_AS_BROWSERS_SEND_IT = {
+    "origin": [
+        "https://evil@app.test", "https://app.test@evil.example",  # user info
+        "https://app.test/", "https://app.test/x", "https://app.test?x", "https://app.test#x",
+        "https://app.test:443",  # the default port, which browsers leave out
+        "https://app.test:0443", "https://partner.test:08443",  # leading zeros
+        "HTTPS://APP.TEST", "https://App.test", "NULL",  # another case
+        " https://app.test", "https://app.test ", "https://app.test\t",  # spaces around
+        "https://app.test.",
+    ],
+    "sec-fetch-site": ["Same-Origin", " same-origin"],
+    "referer": [
+        "https://evil@app.test/", "https://app.test@evil.example/", "https://app.test:0443/",
+        "HTTPS://app.test/", " https://app.test/", "https://app.test.evil.example/",
+        "https://app.testevil.example/",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [{name: value} for name, values in NOT_AS_BROWSERS_SEND_IT.items() for value in values],
+)
+def test_advisory_origin_evidence_is_compared_exactly(evidence: dict[str, str]) -> None:
+    """The same-site check parsed ``Origin``/``Referer`` leniently, so
+    values that no browser sends but that hold the right host somewhere were same-origin.
+    Only the exact serialized origin (RFC 6454 §6.2) counts now."""
+    from extauthz.login.csrf import SameSiteCheck
+
+    check = SameSiteCheck.with_origins(["https://partner.test:8443"])
+    for good in (
+        {"origin": "https://app.test"},
+        {"origin": "https://partner.test:8443"},
+        {"referer": "https://app.test/page?x#y"},
+        {"referer": "https://app.test"},
+        {"sec-fetch-site": "same-origin"},
+    ):
+        assert check.violation("https", "App.Test:443", good) is None, good
+    assert check.violation("https", "App.Test:443", evidence) is not None

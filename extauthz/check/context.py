@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+# RFC 9110 §5.3 joins repeated field lines with ","; a header with a list syntax of its own
+# is joined with that: Cookie with "; " (RFC 6265 §5.4, RFC 9113 §8.2.3)
+_SEPARATORS = {"cookie": "; "}
+
+
+def join_headers(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``(name, value)`` field lines → lower-case name → value; repeated lines are joined in
+    order with the separator of their header's grammar (``; `` for ``cookie``, else ``,``)."""
+    headers: dict[str, str] = {}
+    for key, value in lines:
+        name = key.lower()
+        if name in headers:
+            headers[name] = headers[name] + _SEPARATORS.get(name, ",") + value
+        else:
+            headers[name] = value
+    return headers
 
 
 @dataclass(frozen=True)
@@ -11,9 +28,10 @@ class RequestContext:
     """What the pipeline knows about one request.
 
     ``headers`` maps lower-case names to values; Envoy joins repeated headers with ``,``
-    (``CheckRequest.attributes.request.http.headers``). ``path`` has the query split off
-    into ``query``. ``context_extensions`` are the per-route settings from Envoy
-    (``AttributeContext.context_extensions``).
+    (``CheckRequest.attributes.request.http.headers``), cookies included;
+    :func:`join_headers` joins lines it receives one by one with their own separator.
+    ``path`` has the query split off into ``query``. ``context_extensions`` are the
+    per-route settings from Envoy (``AttributeContext.context_extensions``).
     """
 
     method: str

@@ -44,16 +44,25 @@ def iter_cookies(header: str) -> Iterator[tuple[str, str]]:
         yield name, value
 
 
+def _is_pair(piece: str) -> bool:
+    name, equals, _ = piece.partition("=")
+    return bool(equals and name.strip())
+
+
 def strip_cookie(header: str, cookie_name: str) -> str | None:
     """Return the ``Cookie`` header without any ``cookie_name`` pair, or ``None`` if empty.
 
     Pieces are split exactly as :func:`iter_cookies` splits them (so every copy it reads is
-    removed); every other piece and the separator before it are kept byte for byte, in order.
+    removed); every other piece and the ``;`` before it are kept byte for byte, in order. A
+    ``,`` before a ``name=value`` pair is where Envoy joined two ``Cookie`` lines in the
+    CheckRequest: it becomes the ``cookie-string`` separator ``; `` (RFC 6265 §4.2.1), or
+    the upstream would read the two cookies as one value. Any other ``,`` is inside a value
+    and stays.
     """
     parts = re.split(r"([;,])", header)
     pieces, separators = parts[0::2], ["", *parts[1::2]]
     kept = [
-        (separator, piece)
+        ("; ", piece.lstrip()) if separator == "," and _is_pair(piece) else (separator, piece)
         for separator, piece in zip(separators, pieces, strict=True)
         if piece.partition("=")[0].strip() != cookie_name
     ]

@@ -6,16 +6,18 @@
   429 with ``Retry-After`` when throttled.
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
-* A denial because the session cookie names no live session (unknown, expired, malformed)
-  also clears it (``Max-Age=0``, built by :class:`~extauthz.login.cookies.SessionCookie`, as
-  at logout); an ambiguous one is kept. The login page itself is never
-  redirected to itself, so a cookie that cannot be cleared cannot cause a loop.
+* A denial because the session cookie names no live session (unknown, revoked, expired,
+  malformed) also clears it, every variant (``Max-Age=0``, built by
+  :class:`~extauthz.login.cookies.SessionCookie`, as at logout); an ambiguous one is kept.
+  The login page itself is never redirected to itself, so a cookie that cannot be cleared
+  cannot cause a loop.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -48,10 +50,18 @@ def _is_quotable(value: str) -> bool:
 
 
 _CLEARS_COOKIE = frozenset(
-    {Reason.UNKNOWN_SESSION, Reason.SESSION_EXPIRED, Reason.MALFORMED_CREDENTIAL}
+    {
+        Reason.UNKNOWN_SESSION,
+        Reason.REVOKED_SESSION,
+        Reason.SESSION_EXPIRED,
+        Reason.MALFORMED_CREDENTIAL,
+    }
 )
 
 
+# Unicode categories refused in a return_to: controls, format controls, surrogates,
+# separators (white space that str.isspace() does not already cover)
+_SPACE_OR_CONTROL = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 _JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
@@ -75,32 +85,34 @@ def without_credentials(path: str, query: str) -> str:
     return f"{path}?{urlencode(kept)}" if kept else path
 
 
+def _is_space_or_control(c: str) -> bool:
+    """White space (ASCII and Unicode, line separators included) and control characters
+    (C0, DEL, C1, format controls such as bidi overrides, lone surrogates)."""
+    return c.isspace() or unicodedata.category(c) in _SPACE_OR_CONTROL
+
+
 def safe_return_to(path_and_query: str) -> str:
     """A same-host relative reference for ``return_to``: a path beginning with a single
-    ``/``; anything else (``//host``, backslashes, control characters, schemes) becomes ``/``.
+    ``/``; anything else (``//host``, backslashes, schemes, and any white space or control
+    character, ASCII or not) becomes ``/``, the caller's fallback.
 
-    The answer is always printable ASCII, ready for a ``Location`` header: every non-ASCII
-    character is percent-encoded as UTF-8 (RFC 3986 §2.1; ``/\u2028x`` → ``/%E2%80%A8x``), so
-    no raw byte above 0x7E (line separators, C1 controls, look-alike slashes) reaches a header
-    or a browser's URL parser. Text that is not valid Unicode (lone surrogates) becomes ``/``.
+    The answer is always printable ASCII without spaces, ready for a ``Location`` header:
+    every other non-ASCII character is percent-encoded as UTF-8 (RFC 3986 §2.1;
+    ``/café`` → ``/caf%C3%A9``), so no raw byte above 0x7E reaches a header or a browser's
+    URL parser.
     """
     candidate = path_and_query or "/"
     if (
         not candidate.startswith("/")
         or candidate.startswith("//")
         or "\\" in candidate
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in candidate)
+        or any(_is_space_or_control(c) for c in candidate)
         or urlsplit(candidate).netloc
     ):
         return "/"
-    if candidate.isascii():
-        return candidate
-    try:
-        # "%" and every ASCII character are left as they are: only non-ASCII is encoded, so
-        # the checks above (all about ASCII) still hold for the result
-        return "".join(c if c.isascii() else quote(c, safe="", errors="strict") for c in candidate)
-    except UnicodeEncodeError:
-        return "/"
+    # "%" and every ASCII character are left as they are: only non-ASCII is encoded, so
+    # the checks above (all about ASCII) still hold for the result
+    return "".join(c if c.isascii() else quote(c, safe="") for c in candidate)
 
 
 def bearer_challenge(
@@ -154,7 +166,7 @@ class DenialRenderer:
         # kept: a sibling subdomain that tosses in a cookie of its own must not be able to
         # log the user out, and a throttled or refused request says nothing about the cookie.
         if saw_cookie and denial.reason in _CLEARS_COOKIE:
-            headers.append(("set-cookie", self.cookie.clear()))
+            headers.extend(("set-cookie", value) for value in self.cookie.clearing())
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
         if denial.reason is Reason.CROSS_SITE_REQUEST:

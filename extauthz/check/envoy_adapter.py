@@ -23,7 +23,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
-from extauthz.check.context import RequestContext
+from extauthz.check.context import RequestContext, join_headers
 from extauthz.check.decisions import Allow, Decision, Deny
 from extauthz.errors import BadRequest, Reason
 
@@ -37,7 +37,8 @@ def to_request_context(request: CheckRequest) -> RequestContext:
 
     Header names are lower-cased; repeated headers, in ``header_map``
     (``encode_raw_headers``) or as names that differ only in case, are joined with ``,`` as
-    Envoy joins them in ``headers``, so no copy is silently dropped.
+    Envoy joins them in ``headers`` (``cookie`` with ``; ``: :func:`join_headers`), so no
+    copy is silently dropped.
 
     :raises BadRequest: the request has no HTTP method or path (not an HTTP check).
     """
@@ -52,10 +53,7 @@ def to_request_context(request: CheckRequest) -> RequestContext:
         ]
     else:
         pairs = list(http.headers.items())
-    headers: dict[str, str] = {}
-    for key, value in pairs:
-        name = key.lower()
-        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    headers = join_headers(pairs)
     path, _, query = http.path.partition("?")
     source = request.attributes.source.address.socket_address
     return RequestContext(

@@ -6,7 +6,9 @@ that cannot answer is not a denial: :class:`~extauthz.errors.StoreUnavailable` p
 
 Failed lookups (``unknown_session``, ``malformed_credential``) count in the per-address
 :class:`~extauthz.check.throttle.LookupThrottle`, **each** candidate on its own, also when another
-candidate of the same request is live, so one's own cookie carries no free guesses.
+candidate of the same request is live, so one's own cookie carries no free guesses. A token
+the store remembers as revoked (``revoked_session``) is a stale cookie of its holder, not a
+guess: it does not count (no one can guess a revoked token without having held it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ THROTTLED = "too many failed token lookups from this address"
 
 
 def is_miss(failure: Unauthenticated) -> bool:
-    """Whether a failed lookup counts toward the throttle (an expired session does not)."""
+    """Whether a failed lookup counts toward the throttle (an expired or revoked session
+    does not)."""
     return failure.reason in LOOKUP_MISSES
 
 

@@ -6,10 +6,18 @@ for cookie-authenticated requests with an unsafe method). The evidence, in order
 ``Sec-Fetch-Site``, ``Referer``, the body type): docs/authentication.md, 'Cross-site
 protection'. The answer is ``None`` (same-site) or a short reason that is safe to show to the
 client.
+
+Browser evidence is compared exactly: ``Origin`` must be one of the accepted serialized origins
+(RFC 6454 §6.2: lower-case scheme and host, the port only when it is not the scheme's default,
+nothing else), a ``Referer`` must begin with one followed by ``/``, ``?``, ``#`` or its end, and
+``Sec-Fetch-Site`` must be exactly ``same-origin`` or ``none``. A value no browser sends (with
+user info, a path, a port with leading zeros, another letter case, surrounding spaces) is not
+same-site, even when the right host appears in it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -19,11 +27,14 @@ FORM_CONTENT_TYPES = frozenset(
     {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# the origin part of a Referer as a browser sends it: scheme://authority, then the path
+_REFERER_ORIGIN = re.compile(r"(https?://[^/?#]*)(?:[/?#]|\Z)")
 
 
 def normalize_origin(url: str) -> str | None:
     """``scheme://host[:port]`` of ``url``, lower case, default port dropped; ``None`` when
-    ``url`` has no http(s) scheme and host."""
+    ``url`` has no http(s) scheme and host. For the accepted origins (the request's own
+    scheme and ``Host``, ``auth.allowed_origins``), never for the evidence a client sends."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -69,17 +80,18 @@ class SameSiteCheck:
         allowed = self.extra_origins | ({own} if own else set())
         origin = headers.get("origin")
         if origin is not None:
-            if origin.strip().lower() == "null":
+            if origin == "null":
                 return "opaque origin (Origin: null)"
-            return None if normalize_origin(origin) in allowed else "cross-site origin"
+            return None if origin in allowed else "cross-site origin"
         fetch_site = headers.get("sec-fetch-site")
         if fetch_site is not None:
-            if fetch_site.strip().lower() in ("same-origin", "none"):
+            if fetch_site in ("same-origin", "none"):
                 return None
             return f"Sec-Fetch-Site: {fetch_site.strip()[:20]}"
         referer = headers.get("referer")
         if referer is not None:
-            return None if normalize_origin(referer) in allowed else "cross-site referer"
+            found = _REFERER_ORIGIN.match(referer)
+            return None if found and found.group(1) in allowed else "cross-site referer"
         if media_type(headers.get("content-type")) in FORM_CONTENT_TYPES:
             return "form post without Origin or Referer"
         return None

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from extauthz.check.context import RequestContext
+from extauthz.check.context import RequestContext, join_headers
 from extauthz.check.denials import bearer_challenge
 from extauthz.errors import Denied, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login import pages
@@ -141,6 +141,12 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
+def _add_cookies(response: web.Response, set_cookies: Iterable[str]) -> None:
+    """One ``Set-Cookie`` header per value, in order (RFC 6265 §3: never folded)."""
+    for value in set_cookies:
+        response.headers.add("Set-Cookie", value)
+
+
 def _error(
     html: bool, status: int, error: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -190,11 +196,9 @@ class AuthHandlers:
 
     def context(self, request: web.Request) -> RequestContext:
         """The request in the pipeline's types: lower-case header names (repeated headers
-        joined with ``,``, as Envoy joins them), the client's scheme and address."""
-        headers: dict[str, str] = {}
-        for name, value in request.headers.items():
-            key = name.lower()
-            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        joined by :func:`~extauthz.check.context.join_headers`), the client's scheme and
+        address."""
+        headers = join_headers(request.headers.items())
         return RequestContext(
             method=request.method,
             scheme=_client_scheme(request, self.trusted_proxies),
@@ -234,7 +238,7 @@ class AuthHandlers:
         response = _redirect(outcome.return_to) if html else _json(
             200, session_summary(outcome.session)
         )
-        response.headers["Set-Cookie"] = outcome.set_cookie
+        _add_cookies(response, outcome.set_cookies)
         return response
 
     def _login_failed(self, html: bool, failed: LoginFailed) -> web.Response:
@@ -275,7 +279,7 @@ class AuthHandlers:
             response = _redirect(f"{LOGIN_PATH}?logged_out=1")
         else:
             response = _json(200, {"logged_out": True, "revoked": outcome.revoked})
-        response.headers["Set-Cookie"] = outcome.set_cookie
+        _add_cookies(response, outcome.set_cookies)
         return response
 
     # -- /auth/session ---------------------------------------------------------------------

@@ -51,11 +51,12 @@ class LoginForm:
 
 @dataclass(frozen=True)
 class SignedIn:
-    """A new session; ``set_cookie`` carries its token (a ``Set-Cookie`` value), ``return_to``
-    is a validated same-host path."""
+    """A new session; ``set_cookies`` are the ``Set-Cookie`` values, in order (the other
+    variants of the session cookie cleared, then the one carrying its token); ``return_to`` is
+    a validated same-host path."""
 
     session: Session
-    set_cookie: str
+    set_cookies: tuple[str, ...]
     return_to: str
 
 
@@ -69,10 +70,11 @@ class LoginFailed:
 
 @dataclass(frozen=True)
 class SignedOut:
-    """``revoked`` sessions ended; ``set_cookie`` clears the session cookie."""
+    """``revoked`` sessions ended; ``set_cookies`` clear every variant of the session
+    cookie."""
 
     revoked: int
-    set_cookie: str
+    set_cookies: tuple[str, ...]
 
 
 def session_summary(session: Session) -> dict[str, Any]:
@@ -174,7 +176,9 @@ class LoginService:
             # does not depend on these revocations, but a miss is still a failed lookup.
             misses = 0
             for token in self.resolver.presented(ctx):
-                if await self.sessions.revoke_token(token) is None:
+                if await self.sessions.revoke_token(token) is None and not (
+                    await self.sessions.was_revoked(token)
+                ):
                     misses += 1
             token, session = await self.sessions.create(
                 user.name, scopes=user.scopes, roles=user.roles
@@ -194,8 +198,8 @@ class LoginService:
             except _BACKEND_ERRORS:
                 log.warning("login: cannot reset the user's failure count", exc_info=True)
         log.info("login sub=%s sid=%s addr=%s", session.sub, session.sid, address)
-        set_cookie = self.cookie.set(token, session.expires_at - time.time())
-        return SignedIn(session, set_cookie, return_to)
+        set_cookies = self.cookie.setting(token, session.expires_at - time.time())
+        return SignedIn(session, set_cookies, return_to)
 
     async def _release(self, username: str, address: str) -> None:
         if self.limits is None:
@@ -234,7 +238,7 @@ class LoginService:
             # this request used up the budget and ended nothing: it learns nothing (as at
             # Check). A request that did end a session is told so, truthfully.
             raise _lookups_throttled(wait)
-        return SignedOut(revoked, self.cookie.clear())
+        return SignedOut(revoked, self.cookie.clearing())
 
     async def _revoke(self, presented: tuple[str, ...], everywhere: bool, missed: set[str]) -> int:
         """Revoke the presented sessions (or every session of their users); how many.
@@ -260,8 +264,10 @@ class LoginService:
             if gone is not None:
                 log.info("logout sub=%s sid=%s", gone.sub, gone.sid)
                 revoked += 1
-            elif not everywhere:
-                missed.add(token)  # (with ``everywhere`` the lookup above already counted)
+            elif not everywhere and not await self.sessions.was_revoked(token):
+                # (with ``everywhere`` the lookup above already counted; a token revoked
+                # before is a stale cookie, not a guess)
+                missed.add(token)
         return revoked
 
     # -- the caller's session --------------------------------------------------------------

@@ -9,6 +9,7 @@ import re
 from urllib.parse import urlsplit
 
 from extauthz.errors import SettingsError
+from extauthz.login.cookies import has_host_prefix, has_secure_prefix
 from extauthz.settings import model
 from extauthz.settings.model import Settings, UserBackend
 from extauthz.strategies import StoreBackend, StoreStrategy
@@ -164,9 +165,10 @@ def _validate_session(s: model.SessionSettings, server: model.ServerSettings) ->
         raise SettingsError(
             f"session.cookie_name: not a valid cookie name (RFC 6265 token): {s.cookie_name!r}"
         )
-    if s.cookie_name.startswith("__Host-") and s.cookie_domain:
+    # browsers match the prefixes in any letter case (extauthz.login.cookies)
+    if has_host_prefix(s.cookie_name) and s.cookie_domain:
         raise SettingsError("session.cookie_domain: a __Host- cookie must not set a Domain")
-    if s.cookie_name.startswith(("__Host-", "__Secure-")) and not s.cookie_secure:
+    if has_secure_prefix(s.cookie_name) and not s.cookie_secure:
         raise SettingsError(
             "session.cookie_secure: a __Host- or __Secure- cookie must be Secure (RFC 6265bis)"
         )

@@ -180,6 +180,9 @@ class CachingSessionStore:
         finally:
             self.invalidate(token_hash)
 
+    async def was_revoked(self, token_hash: str) -> bool:
+        return await self.inner.was_revoked(token_hash)
+
     async def revoke_sid(self, sid: str) -> Session | None:
         return await self.inner.revoke_sid(sid)
 

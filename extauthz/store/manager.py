@@ -139,8 +139,10 @@ class SessionManager:
     async def lookup(self, token: str) -> Session:
         """The live session for ``token``.
 
-        :raises Unauthenticated: ``malformed_credential`` (shape), ``unknown_session`` (never
-            existed, revoked, or dropped by the store) or ``session_expired``.
+        :raises Unauthenticated: ``malformed_credential`` (shape), ``revoked_session``
+            (revoked before its absolute expiry: a stale cookie, not a guess),
+            ``unknown_session`` (never existed, or dropped by the store) or
+            ``session_expired``.
         :raises StoreUnavailable: the store could not answer.
         """
         if not tokens.has_token_shape(token):
@@ -148,16 +150,32 @@ class SessionManager:
         token_hash = tokens.token_hash(token)
         session = await self.store.get(token_hash)
         if session is None:
-            raise Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session")
+            raise await self._missing(token_hash)
         now = self._clock()
         if not session.is_alive(now):
             raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
         if now - session.last_seen >= self._touch_interval:
             touched = session.touched(now)
             if not await self.store.touch(token_hash, touched):
-                raise Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session")
+                raise await self._missing(token_hash)
             session = touched
         return session
+
+    async def _missing(self, token_hash: str) -> Unauthenticated:
+        """Why no record answers ``token_hash``: revoked (the store remembers it), or
+        unknown."""
+        if await self.store.was_revoked(token_hash):
+            return Unauthenticated(Reason.REVOKED_SESSION, "revoked session")
+        return Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session")
+
+    async def was_revoked(self, token: str) -> bool:
+        """Whether ``token`` names a revoked session (until its absolute expiry).
+
+        :raises StoreUnavailable: the store could not answer.
+        """
+        if not tokens.has_token_shape(token):
+            return False
+        return await self.store.was_revoked(tokens.token_hash(token))
 
     async def revoke_token(self, token: str) -> Session | None:
         """Revoke the session of ``token`` (logout). Returns what was revoked, if anything.

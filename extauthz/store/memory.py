@@ -10,7 +10,8 @@ from extauthz.store.model import Session
 
 
 class MemorySessionStore:
-    """Sessions in a dict; expired records are dropped on access and on each write."""
+    """Sessions in a dict; expired records are dropped on access and on each write. Revoked
+    token hashes are remembered until their session's absolute expiry (``was_revoked``)."""
 
     backend = "memory"
 
@@ -18,6 +19,7 @@ class MemorySessionStore:
         self._clock = clock
         self._by_hash: dict[str, Session] = {}
         self._hash_by_sid: dict[str, str] = {}
+        self._revoked_until: dict[str, float] = {}
 
     def _live(self, token_hash: str) -> Session | None:
         session = self._by_hash.get(token_hash)
@@ -36,6 +38,8 @@ class MemorySessionStore:
         now = self._clock()
         for token_hash in [h for h, s in self._by_hash.items() if not s.is_alive(now)]:
             self._drop(token_hash)
+        for token_hash in [h for h, t in self._revoked_until.items() if t <= now]:
+            del self._revoked_until[token_hash]
 
     async def create(self, token_hash: str, session: Session) -> None:
         self._sweep()
@@ -58,7 +62,12 @@ class MemorySessionStore:
     async def revoke(self, token_hash: str) -> Session | None:
         session = self._live(token_hash)
         self._drop(token_hash)
+        if session is not None:
+            self._revoked_until[token_hash] = session.expires_at
         return session
+
+    async def was_revoked(self, token_hash: str) -> bool:
+        return self._revoked_until.get(token_hash, float("-inf")) > self._clock()
 
     async def revoke_sid(self, sid: str) -> Session | None:
         token_hash = self._hash_by_sid.get(sid)

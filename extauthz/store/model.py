@@ -96,7 +96,13 @@ class SessionStore(Protocol):
         """The session with id ``sid``, or ``None``."""
 
     async def revoke(self, token_hash: str) -> Session | None:
-        """Delete the session; return what was deleted, ``None`` if nothing was there."""
+        """Delete the session; return what was deleted, ``None`` if nothing was there.
+        A deleted session's ``token_hash`` is remembered (:meth:`was_revoked`) until the
+        session's absolute expiry, as long as its cookie may live."""
+
+    async def was_revoked(self, token_hash: str) -> bool:
+        """Whether ``token_hash`` named a session that was revoked and whose absolute expiry
+        has not passed yet (a stale cookie, not a guess)."""
 
     async def revoke_sid(self, sid: str) -> Session | None:
         """Delete the session with id ``sid``; return what was deleted."""

@@ -58,7 +58,11 @@ def test_cookie_names_are_case_sensitive() -> None:
         ("a=1; extauthz_session=T", "a=1"),
         ("a=1;extauthz_session=T;b=2", "a=1;b=2"),  # separators kept as sent
         ('q="x;y"; extauthz_session=T; j={"k":[1,2]}', 'q="x;y"; j={"k":[1,2]}'),
-        ("a=1; extauthz_session=T, b=2", "a=1, b=2"),  # comma-joined Cookie headers
+        # Cookie lines that Envoy joined with ",": rebuilt with the cookie separator "; "
+        ("a=1; extauthz_session=T, b=2", "a=1; b=2"),
+        ("a=1; extauthz_session=T,b=2,c=3", "a=1; b=2; c=3"),
+        ("a=1,extauthz_session=T;b=2", "a=1;b=2"),
+        ("a=x,y; extauthz_session=T", "a=x,y"),  # a comma inside a value stays
         ("extauthz_session=S; a=1; extauthz_session=T; b=2", "a=1; b=2"),
         ("a=x=y==; extauthz_session=T", "a=x=y=="),
         ("extauthz_sessionX=1; extauthz_session=T", "extauthz_sessionX=1"),

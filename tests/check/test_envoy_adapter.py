@@ -7,7 +7,8 @@ import base64
 from pathlib import Path
 
 import pytest
-from envoy.config.core.v3.base_pb2 import HeaderValueOption
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
@@ -155,3 +156,24 @@ def test_deny_becomes_a_denied_http_response(status: int, code: int) -> None:
     ]
     assert denied.body == '{"error":"x"}'
     assert json_format.MessageToDict(response.dynamic_metadata) == {"decision": "deny"}
+
+
+def test_repeated_header_lines_are_joined_with_their_own_separator() -> None:
+    """Raw ``header_map`` entries are joined as Envoy joins ``headers``
+    (``,``), except ``cookie``, whose lines are joined with ``; `` (RFC 6265 §5.4), so a
+    rewrite of the cookie header never glues two cookies into one value."""
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/"
+    http.header_map.CopyFrom(
+        HeaderMap(
+            headers=[
+                HeaderValue(key="cookie", raw_value=b"a=1"),
+                HeaderValue(key="Cookie", raw_value=b"b=2; c=3"),
+                HeaderValue(key="accept", raw_value=b"text/html"),
+                HeaderValue(key="Accept", raw_value=b"*/*"),
+            ]
+        )
+    )
+    headers = to_request_context(request).headers
+    assert headers == {"cookie": "a=1; b=2; c=3", "accept": "text/html,*/*"}

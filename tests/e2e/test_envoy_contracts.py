@@ -1,5 +1,5 @@
 """Every ext_authz filter Envoy may run fails closed, and every cluster toward extauthz keeps
-the gRPC keepalive contract (issue 14, item 18).
+the gRPC keepalive contract.
 
 "Every" means: each ``envoy.filters.http.ext_authz`` filter, wherever it sits (any listener, any
 filter chain), in every config the repository ships (``envoy/*.yaml``,

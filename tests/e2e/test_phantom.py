@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def test_revocation_denies_the_next_request(redis_stack: Stack) -> None:
     assert status == 401
     assert headers["www-authenticate"].startswith('Bearer realm="')
     assert 'error="invalid_token"' in headers["www-authenticate"]
-    assert json.loads(body)["reason"] == "unknown_session"
+    assert json.loads(body)["reason"] == "revoked_session"
 
     status, headers, _ = request(
         redis_stack, "/e2e/page?x=1", {"cookie": f"{COOKIE}={token}", "accept": "text/html"}
@@ -214,3 +215,50 @@ def test_metrics_record_the_strategy_and_the_decisions(redis_stack: Stack) -> No
     counter = 'extauthz_check_decisions_total{decision="allow",reason="session_valid"}'
     allowed = [line for line in text.splitlines() if line.startswith(counter)]
     assert allowed and int(allowed[0].rsplit(" ", 1)[1]) >= 1
+
+
+def raw_http1(stack: Stack, head: str) -> tuple[int, bytes]:
+    """Send ``head`` (request line and header lines, CRLF-separated, no final blank line) over
+    one HTTP/1.1 connection as it is, so repeated header lines reach Envoy as such."""
+    request_bytes = (head + "\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", stack.ports.listener), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    raw_head, _, body = received.partition(b"\r\n\r\n")
+    status = int(raw_head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in raw_head.lower():
+        body = _dechunk(body)
+    return status, body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, body = out + body[:size], body[size + 2 :]
+    return out
+
+
+def test_two_cookie_lines_reach_the_upstream_joined_as_cookies(redis_stack: Stack) -> None:
+    """Two ``Cookie`` lines (HTTP/1.1) arrive in the CheckRequest joined
+    with ``,``; the rewrite without the session cookie sent that comma upstream, where it
+    glued two cookies into one value. The upstream sees one ``cookie`` header joined with
+    ``; `` (RFC 6265 §5.4), every other cookie byte for byte, in order."""
+    token = redis_stack.create_session("heidi")
+    for lines, expected in (
+        ([f"theme=dark; {COOKIE}={token}", "lang=en"], "theme=dark; lang=en"),
+        (["theme=dark", f"{COOKIE}={token}; lang=en", "a=1;b=2"], "theme=dark; lang=en; a=1;b=2"),
+    ):
+        head = "GET /e2e/cookie-lines HTTP/1.1\r\nHost: app.test\r\n" + "\r\n".join(
+            f"Cookie: {line}" for line in lines
+        )
+        status, body = raw_http1(redis_stack, head)
+        assert status == 200, body
+        echoed = json.loads(body)
+        assert_phantom_exchange(echoed, token, "heidi")
+        assert echoed["headers"]["cookie"] == [expected]

@@ -102,7 +102,7 @@ async def test_logout_on_one_node_is_denied_on_the_other_two_at_once(
             logout_answers[answer] = logout_answers.get(answer, 0) + 1
     elapsed = time.monotonic() - started
     assert login_answers == {"allow": 2 * TRIALS}
-    assert logout_answers == {"deny:unknown_session": 2 * TRIALS}
+    assert logout_answers == {"deny:revoked_session": 2 * TRIALS}
     stores = [n.store for n in nodes if isinstance(n.store, ReplicatedSessionStore)]
     figures = {
         "trials": TRIALS,
@@ -268,7 +268,7 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
             assert succeeded_at is not None, "logout never succeeded"
             # the point: once logout reported success, node-b never allowed the token again
             assert "allow" not in after_success, after_success
-            assert set(after_success) <= {"deny:unknown_session", "unavailable"}
+            assert set(after_success) <= {"deny:revoked_session", "unavailable"}
             print(
                 "replicated partition figures:",
                 json.dumps(
@@ -299,7 +299,7 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
             while not store_b_.lease.held():
                 assert time.monotonic() < deadline, "node-b did not take its lease again"
                 await asyncio.sleep(0.05)
-            assert await check(b, token) == "deny:unknown_session"
+            assert await check(b, token) == "deny:revoked_session"
         finally:
             for n in (a, b):
                 await n.close()

@@ -342,7 +342,7 @@ async def test_the_reload_task_publishes_a_new_key_while_serving(tmp_path: Path)
         task.cancel()
 
 
-# -- the clock contract and the size bound (issue 14) -----------------------------------------
+# -- the clock contract and the size bound -----------------------------------------
 
 
 @pytest.mark.parametrize("ahead", [2.0, 2 * MAX_CLOCK_OFFSET_SECONDS])
@@ -374,3 +374,76 @@ def test_the_jwt_size_bound_refuses_a_session_whose_jwt_would_not_fit(ring: KeyR
     assert bounded.size(big) > 4096
     with pytest.raises(JwtTooLarge, match=r"jwt.max_bytes \(4096\).*roles \(300\)"):
         bounded.check_size(big)
+
+
+# -- fixed-width EC encodings ----------------------------------------------
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key_whose_coordinate_starts_with_zero(coordinate: str) -> ec.EllipticCurvePrivateKey:
+    """The P-256 key with the smallest private scalar whose public ``x`` or ``y`` has a
+    leading zero byte (about one scalar in 256)."""
+    for scalar in range(1, 20_000):
+        key = ec.derive_private_key(scalar, ec.SECP256R1())
+        value = getattr(key.public_key().public_numbers(), coordinate)
+        if value < 1 << 248:
+            return key
+    raise AssertionError(f"no key with a short {coordinate} in 20000 scalars")
+
+
+@pytest.mark.parametrize("coordinate", ["x", "y"])
+def test_a_coordinate_with_a_leading_zero_byte_is_published_in_full(
+    tmp_path: Path, coordinate: str
+) -> None:
+    """RFC 7518 §6.2.1.2/§6.2.1.3: ``x`` and ``y`` are the full 32 bytes, leading zeros
+    included; a shortened one changes the kid (RFC 7638) and fails strict verifiers."""
+    key = _key_whose_coordinate_starts_with_zero(coordinate)
+    write_pem(tmp_path / "k.pem", key)
+    ring = KeyRing.from_directory(tmp_path)
+    (jwk,) = ring.jwks()["keys"]
+    numbers = key.public_key().public_numbers()
+    for name in ("x", "y"):
+        raw = _b64url_decode(jwk[name])
+        assert len(raw) == 32 and int.from_bytes(raw, "big") == getattr(numbers, name)
+    assert _b64url_decode(jwk[coordinate])[0] == 0
+    canonical = json.dumps(
+        {"crv": "P-256", "kty": "EC", "x": jwk["x"], "y": jwk["y"]}, separators=(",", ":")
+    )
+    assert jwk["kid"] == b64url(hashlib.sha256(canonical.encode()).digest())
+    clock = FakeClock()
+    assert verify_jwt(ring, minter(ring, clock).mint(session(clock)))["sub"] == "alice"
+
+
+def test_es256_signatures_with_a_leading_zero_byte_in_r_or_s_verify(ring: KeyRing) -> None:
+    """RFC 7518 §3.4: an ES256 signature is R and S as 32 bytes each (64 in all), never
+    DER and never shortened when R or S is below 2^248. Mint until both cases occurred
+    (about one signature in 128) and check each with the JWKS and with cryptography."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    clock = FakeClock()
+    mint = minter(ring, clock)
+    public = ring.signing_key.private_key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    seen: set[str] = set()
+    for n in range(20_000):
+        token = mint.mint(session(clock, sid=f"sid-{n}"))
+        signing_input, _, signature_text = token.rpartition(".")
+        signature = _b64url_decode(signature_text)
+        assert len(signature) == 64
+        short = {part for part, half in (("r", signature[:32]), ("s", signature[32:]))
+                 if half[0] == 0}  # fmt: skip
+        if not short - seen:
+            continue
+        seen |= short
+        assert verify_jwt(ring, token)["sid"] == f"sid-{n}"
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        public.verify(
+            encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256())
+        )
+        if seen == {"r", "s"}:
+            return
+    raise AssertionError(f"only {seen} with a leading zero byte in 20000 signatures")

@@ -11,7 +11,9 @@ def test_session_cookie_attributes() -> None:
     cookie = SessionCookie("__Host-sid", secure=False, domain="")
     value = cookie.set("xat_abc", 3599.2)
     assert value == "__Host-sid=xat_abc; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax; Secure"
-    assert cookie.clear() == "__Host-sid=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
+    assert cookie.clearing() == (
+        "__Host-sid=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure",
+    )
     plain = SessionCookie("sid", secure=False, domain="example.com")
     assert plain.set("t", 10) == (
         "sid=t; Max-Age=10; Path=/; HttpOnly; SameSite=Lax; Domain=example.com"
@@ -25,6 +27,8 @@ def test_a_host_prefixed_cookie_never_carries_a_domain() -> None:
     clearing one included (it would never be cleared)."""
     cookie = SessionCookie("__Host-sid", secure=True, domain="example.com")
     assert "Domain" not in cookie.set("t", 10)
-    assert cookie.clear() == "__Host-sid=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure"
+    assert cookie.clearing() == (
+        "__Host-sid=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax; Secure",
+    )
     secure_prefixed = SessionCookie("__Secure-sid", secure=False, domain="example.com")
-    assert secure_prefixed.clear().endswith("; Secure; Domain=example.com")
+    assert secure_prefixed.clearing()[-1].endswith("; Secure; Domain=example.com")

@@ -333,7 +333,7 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
     health_reply = grpcurl(served.target, "grpc.health.v1.Health/Check")
     assert json.loads(health_reply.stdout)["status"] == "SERVING"
 
-    # `extauthz status` prints every field, zeros included (issue 14: the push channel, clocks)
+    # `extauthz status` prints every field, zeros included (the push channel, clocks)
     status = subprocess.run(
         [sys.executable, "-m", "extauthz", "status", "--target", served.target],
         capture_output=True, text=True, timeout=30, check=False,

@@ -1,4 +1,4 @@
-"""What an operator sees of a node's push channel and clock (issue 14, items 9 and 13): the
+"""What an operator sees of a node's push channel and clock: the
 ``extauthz_cache_*`` and ``extauthz_clock_offset_*`` metrics and the Status RPC, on a node
 built by the composition root against a real redis-server."""
 

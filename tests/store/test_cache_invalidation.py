@@ -137,7 +137,7 @@ async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
             if result.allowed:
                 allowed_after_revoke += 1
             else:
-                assert result.metadata["reason"] == "unknown_session", result
+                assert result.metadata["reason"] == "revoked_session", result
     elapsed = time.monotonic() - started
     revoke_ms.sort()
     hit_ms.sort()

@@ -1,4 +1,4 @@
-"""The JWT size bound (issue 14, item 14): a session whose JWT would exceed ``jwt.max_bytes``
+"""The JWT size bound: a session whose JWT would exceed ``jwt.max_bytes``
 is refused when it is created, by every path that creates one (the manager as the composition
 root wires it, the admin API, the login service), and nothing is stored."""
 

@@ -228,12 +228,28 @@ async def test_lookup_writes_at_most_once_per_touch_interval(
     assert (await store.get(tokens.token_hash(token))).last_seen == clock()  # type: ignore[union-attr]
 
 
-async def test_revoked_session_is_unknown(store: SessionStore, clock: FakeClock) -> None:
+async def test_a_revoked_session_is_remembered_until_its_absolute_expiry(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """The store keeps a tombstone of a revoked token's hash until the session's absolute
+    expiry (as long as its cookie may live): the lookup says ``revoked_session``, then, once
+    the tombstone is gone, ``unknown_session``."""
     m = manager(store, clock)
-    token, _ = await m.create("alice")
+    token, session = await m.create("alice")
+    never, _ = await m.create("bob")
     assert (await m.revoke_token(token)) is not None
-    await expect_denied(m, token, Reason.UNKNOWN_SESSION)
+    await expect_denied(m, token, Reason.REVOKED_SESSION)
+    assert await m.was_revoked(token) and not await m.was_revoked(never)
     assert await m.revoke_token(token) is None
+    assert await m.was_revoked(token)  # a second revocation does not forget the first
+    if isinstance(store, RedisSessionStore):
+        # Redis expires the tombstone on its own clock: its TTL is the absolute expiry's
+        ttl_ms = await store.client.pttl(store._revoked_key(tokens.token_hash(token)))
+        assert (ABSOLUTE - 5) * 1000 < ttl_ms <= ABSOLUTE * 1000
+        return
+    clock.now = session.expires_at
+    await expect_denied(m, token, Reason.UNKNOWN_SESSION)
+    assert not await m.was_revoked(token)
     assert await m.revoke_token("not-a-token") is None
 
 

@@ -64,6 +64,9 @@ class RedisSessionStore:
     def _subject_key(self, sub: str) -> str:
         return f"{self._prefix}subject:{sub}"
 
+    def _revoked_key(self, token_hash: str) -> str:
+        return f"{self._prefix}revoked:{token_hash}"
+
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
 
@@ -182,6 +185,10 @@ class RedisSessionStore:
                 if session is not None:
                     pipe.delete(self._sid_key(session.sid))
                     pipe.srem(self._subject_key(session.sub), session.sid)
+                    # the tombstone: a stale cookie of this session is not taken for a guess
+                    left_ms = math.ceil((session.expires_at - self._clock()) * 1000)
+                    if left_ms > 0:
+                        pipe.set(self._revoked_key(token_hash), "1", px=left_ms)
                 pipe.eval(
                     scripts.PUBLISH,
                     1,
@@ -198,6 +205,12 @@ class RedisSessionStore:
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
         return session
+
+    async def was_revoked(self, token_hash: str) -> bool:
+        found = await self._run(
+            "was_revoked", lambda: self._redis.exists(self._revoked_key(token_hash))
+        )
+        return bool(found)
 
     async def _settle(self, what: str) -> None:
         """Wait until every revocation made so far, by any node, has passed the barriers.
