@@ -9,7 +9,7 @@ import time
 import pytest
 
 from extauthz.errors import StoreUnavailable
-from extauthz.loops import Loop, start_all, stop_all
+from extauthz.loops import Loop, Service, start_all, stop_all
 
 
 async def test_failures_back_off_and_a_bug_does_not_end_the_loop(
@@ -141,7 +141,7 @@ async def test_stop_all_within_a_bound_stops_the_others_when_one_hangs(
         async def stop(self) -> None:
             stopped.append(self.name)
 
-    services = [Quick("first"), Failing(), Hanging(), Quick("last")]
+    services: list[Service] = [Quick("first"), Failing(), Hanging(), Quick("last")]
     with caplog.at_level(logging.WARNING, logger="extauthz.loops"):
         stopping = asyncio.ensure_future(stop_all(services, within=0.3))
         ended = await _ends_within(stopping, 5.0)
