@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
-from extauthz.loops import Service, start_all, stop_all
+from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
+from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics
+from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
@@ -75,10 +78,19 @@ class Components:
         """:raises SettingsError: live nodes in the same store run another strategy."""
         await start_all(self.services)
 
-    async def close(self) -> None:
-        await stop_all(self.services)
+    async def close(self, within: float | None = None) -> None:
+        """Stop the services, then close the Redis clients. With ``within`` (seconds) all of
+        it ends by then, whatever Redis does: what does not finish is logged and left."""
+        if within is None:
+            await stop_all(self.services)
+            if self.redis is not None:
+                await self.redis.clients.aclose()
+            return
+        deadline = time.monotonic() + within
+        await stop_all(self.services, within)
         if self.redis is not None:
-            await self.redis.clients.aclose()
+            left = max(deadline - time.monotonic(), RECANCEL_SECONDS)
+            await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
 def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
@@ -229,12 +241,16 @@ def _admin_guard(settings: Settings) -> AdminGuard:
 async def serve(settings: Settings) -> int:
     """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code.
 
-    Shutdown is graceful: stop accepting, let in-flight calls finish within
-    ``server.shutdown_grace_seconds``, stop every component, close the Redis clients.
+    Both listen addresses are bound first. Shutdown (:mod:`extauthz.server.shutdown`): at once
+    ``NOT_SERVING`` and no new calls, in-flight calls get ``server.shutdown_grace_seconds``,
+    then every component stops; the process ends within the grace plus
+    :data:`~extauthz.server.shutdown.MARGIN_SECONDS` whatever Redis does.
 
-    :raises SettingsError: live nodes in the same store run another strategy.
+    :raises SettingsError: a listen address is taken; live nodes in the same store run another
+        strategy.
     """
     components = build_components(settings)
+    grace = settings.server.shutdown_grace_seconds
     stop = asyncio.Event()
     exit_code = 0
 
@@ -246,11 +262,9 @@ async def serve(settings: Settings) -> int:
 
     if components.redis is not None:
         components.redis.membership.on_conflict = on_conflict
-    try:
-        await components.start()
-    except SettingsError:
-        await components.close()
-        raise
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a signal during start-up: stop after it
+        loop.add_signal_handler(signum, stop.set)
     guard = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = HealthServicer()
@@ -266,6 +280,13 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
     )
+    http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
+    try:
+        await components.start()
+    except BaseException:
+        http_socket.close()
+        await components.close(within=MARGIN_SECONDS)
+        raise
     loops: list[Service] = [
         StoreHealthReporter(
             components.store, health_servicer, settings.server.health_check_interval_seconds
@@ -281,11 +302,9 @@ async def serve(settings: Settings) -> int:
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
     )
-    runner = web.AppRunner(http_app, access_log=None)
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()
-    http_host, _, http_port = settings.server.http_listen.rpartition(":")
-    site = web.TCPSite(runner, http_host.strip("[]"), int(http_port))
-    await site.start()
+    await web.SockSite(runner, http_socket).start()
     log.info(
         "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
         "grpc=%s http=%s signing_kid=%s",
@@ -303,17 +322,24 @@ async def serve(settings: Settings) -> int:
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"
         )
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    shutdown = Shutdown(grace, lambda: exit_code)
+    shutdown.begin()
+    await health_servicer.enter_graceful_shutdown()  # in memory: no Redis, no wait
     log.info(
-        "shutting down: finishing in-flight calls (grace %.1fs)",
-        settings.server.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, no new calls; in-flight calls get %.1fs, the process "
+        "ends within %.1fs",
+        grace,
+        shutdown.limit,
     )
-    await stop_all(loops)
-    await server.stop(settings.server.shutdown_grace_seconds)
-    await runner.cleanup()
-    await components.close()
+    await shutdown.run(
+        {
+            "gRPC server": server.stop(grace),  # no new calls from here on
+            "HTTP server": runner.cleanup(),
+            "background loops": stop_all(loops),
+        },
+        within=grace + RECANCEL_SECONDS,
+    )
+    await shutdown.run({"components": components.close(within=shutdown.left())})
     log.info("stopped")
     return exit_code
