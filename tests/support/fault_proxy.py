@@ -1,6 +1,6 @@
 """A TCP relay that misbehaves on demand: Redis down, hanging, slow or half-open, without
-touching Redis. Built on :class:`~tests.support.tcp_proxy.TcpProxy` (its thread, loop and
-:meth:`cut`/:meth:`restore`), it adds:
+touching Redis. Built on :class:`~tests.support.tcp_proxy.TcpProxy` (its thread, loop, relay
+and :meth:`cut`/:meth:`restore`); it adds, on the client's side of each relayed connection:
 
 - :meth:`FaultProxy.freeze` / :meth:`thaw`: bytes stop flowing both ways on every connection
   (old and new) but nothing is closed: a hanging server or a half-open link;
@@ -11,56 +11,78 @@ touching Redis. Built on :class:`~tests.support.tcp_proxy.TcpProxy` (its thread,
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from tests.support.tcp_proxy import TcpProxy
+
+
+class _Gate:
+    """Held while frozen, then the latency: what every relayed chunk passes."""
+
+    def __init__(self) -> None:
+        self.latency = 0.0
+        self.flowing: asyncio.Event | None = None  # made in the relay's loop
+
+    def event(self) -> asyncio.Event:
+        if self.flowing is None:
+            self.flowing = asyncio.Event()
+            self.flowing.set()
+        return self.flowing
+
+    async def passage(self) -> None:
+        await self.event().wait()
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+
+
+class _GatedReader:
+    """The client's reader as the relay sees it (client to server)."""
+
+    def __init__(self, reader: asyncio.StreamReader, gate: _Gate) -> None:
+        self._reader, self._gate = reader, gate
+
+    async def read(self, n: int) -> bytes:
+        data = await self._reader.read(n)
+        if data:
+            await self._gate.passage()
+        return data
+
+
+class _GatedWriter:
+    """The client's writer as the relay sees it (server to client): ``write`` holds the
+    bytes, ``drain`` passes the gate and sends them."""
+
+    def __init__(self, writer: asyncio.StreamWriter, gate: _Gate) -> None:
+        self._writer, self._gate = writer, gate
+        self._held: list[bytes] = []
+        self.transport = writer.transport
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+
+    async def drain(self) -> None:
+        await self._gate.passage()
+        held, self._held = b"".join(self._held), []
+        self._writer.write(held)
+        await self._writer.drain()
 
 
 class FaultProxy(TcpProxy):
     def __init__(self, target: tuple[str, int]) -> None:
         super().__init__(target)
-        self.latency = 0.0
-        self._flowing: asyncio.Event | None = None
-
-    def _event(self) -> asyncio.Event:
-        if self._flowing is None:  # created in the relay's loop
-            self._flowing = asyncio.Event()
-            self._flowing.set()
-        return self._flowing
+        self._gate = _Gate()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer, up_writer}
-        self._writers |= pair
-        try:
-            await asyncio.gather(self._relay(reader, up_writer), self._relay(up_reader, writer))
-        finally:
-            self._writers -= pair
-
-    async def _relay(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                await self._event().wait()
-                if self.latency > 0:
-                    await asyncio.sleep(self.latency)
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.transport.abort()
+        await super()._handle(
+            cast(asyncio.StreamReader, _GatedReader(reader, self._gate)),
+            cast(asyncio.StreamWriter, _GatedWriter(writer, self._gate)),
+        )
 
     def freeze(self) -> None:
         """Hold every byte from now on (connections stay open)."""
 
         async def freeze() -> None:
-            self._event().clear()
+            self._gate.event().clear()
 
         self._call(freeze())
 
@@ -68,7 +90,7 @@ class FaultProxy(TcpProxy):
         """Relay again, the held bytes first."""
 
         async def thaw() -> None:
-            self._event().set()
+            self._gate.event().set()
 
         self._call(thaw())
 
@@ -79,4 +101,4 @@ class FaultProxy(TcpProxy):
 
     def set_latency(self, seconds: float) -> None:
         """Delay each relayed chunk by ``seconds``."""
-        self.latency = seconds
+        self._gate.latency = seconds
