@@ -214,7 +214,9 @@ def build_components(settings: Settings) -> Components:
     )
 
 
-def _admin_guard(settings: Settings) -> AdminGuard:
+def _admin_guard(settings: Settings) -> tuple[AdminGuard, bool]:
+    """The admin API's guard, and whether it is open to every local user (warned about once
+    the node has started, so that a node that refuses to start says only why)."""
     token = None
     if settings.admin.token_file:
         try:
@@ -224,18 +226,21 @@ def _admin_guard(settings: Settings) -> AdminGuard:
         if len(token) < 16:
             raise SettingsError("admin.token_file: the token must be at least 16 characters")
     loopback_only = settings.server.grpc_listen_is_loopback
-    if token is None and loopback_only:
-        log.warning(
-            "admin API open without a token: server.grpc_listen %s is loopback-only and "
-            "admin.token_file is unset, so anyone on this host (every local user and process, "
-            "and other containers sharing this pod's network namespace) can create sessions for "
-            "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
-            "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
-            "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
-            "--admin-token-file); see docs/authentication.md",
-            settings.server.grpc_listen,
-        )
-    return AdminGuard(loopback_only=loopback_only, token=token)
+    guard = AdminGuard(loopback_only=loopback_only, token=token)
+    return guard, token is None and loopback_only
+
+
+def _warn_open_admin(settings: Settings) -> None:
+    log.warning(
+        "admin API open without a token: server.grpc_listen %s is loopback-only and "
+        "admin.token_file is unset, so anyone on this host (every local user and process, "
+        "and other containers sharing this pod's network namespace) can create sessions for "
+        "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
+        "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
+        "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
+        "--admin-token-file); see docs/authentication.md",
+        settings.server.grpc_listen,
+    )
 
 
 async def serve(settings: Settings) -> int:
@@ -265,7 +270,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):  # a signal during start-up: stop after it
         loop.add_signal_handler(signum, stop.set)
-    guard = _admin_guard(settings)
+    guard, admin_open = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = HealthServicer()
     server, grpc_port = build_server(
@@ -287,6 +292,8 @@ async def serve(settings: Settings) -> int:
         http_socket.close()
         await components.close(within=MARGIN_SECONDS)
         raise
+    if admin_open:
+        _warn_open_admin(settings)
     loops: list[Service] = [
         StoreHealthReporter(
             components.store, health_servicer, settings.server.health_check_interval_seconds
