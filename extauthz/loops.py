@@ -8,6 +8,10 @@ delay the step returned); after a step that raised, it logs once and backs off e
 ``log_level`` without a traceback; anything else is a bug and is logged with one, and the loop
 goes on either way: a background task never dies silently. :meth:`Loop.stop` sets the
 stop flag, cancels the step in progress and waits for the task at most ``grace`` seconds.
+
+Every wait on a stopping task here is bounded (:func:`settle`): a cancellation can be swallowed
+(on Python 3.11 inside redis-py's socket timeouts), and ``asyncio.wait_for`` waits for a task it
+cancelled without any limit. What does not end in time is logged and left behind.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from extauthz.errors import ExtauthzError
 
 log = logging.getLogger("extauthz.loops")
 
 Step = Callable[[], Awaitable[float | None]]
+
+RECANCEL_SECONDS = 0.1
+"""How often :func:`settle` cancels again a task that has not ended yet."""
 
 
 class Service(Protocol):
@@ -77,16 +84,21 @@ class Loop:
             self._stopping.clear()
             self._task = asyncio.create_task(self.run(), name=self.name)
 
+    @property
+    def stopping(self) -> bool:
+        """The stop flag: a step that loops inside itself ends when it is set."""
+        return self._stopping.is_set()
+
     async def stop(self) -> None:
-        """Stop: no further step starts, the one in progress is cancelled, and the task is
-        waited for at most ``grace`` seconds."""
+        """Stop: no further step starts, the one in progress is cancelled (again, when it
+        swallowed the cancellation), and the task is waited for at most ``grace`` seconds;
+        one that still runs then is logged and left behind."""
         task, self._task = self._task, None
         self._stopping.set()
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, self._grace)
+        if not await settle(task, self._grace, cancel=True):
+            self._log.warning("%s did not stop within %gs; left behind", self.name, self._grace)
 
     async def run(self) -> None:
         """The loop itself, in the caller's task; returns once stopped."""
@@ -121,6 +133,43 @@ class Loop:
         return delay
 
 
+async def settle(task: asyncio.Future[Any], within: float, *, cancel: bool = False) -> bool:
+    """Wait at most ``within`` seconds (never longer) for ``task`` to end; return whether it
+    did. With ``cancel``, cancel it first and again every :data:`RECANCEL_SECONDS`. Its result
+    or exception is not raised here (a task left behind has its exception logged by asyncio's
+    handler once retrieved, so it is retrieved here when it ends later)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(within, 0.0)
+    while not task.done():
+        left = deadline - loop.time()
+        if left <= 0:
+            task.add_done_callback(_retrieve)
+            return False
+        if cancel:
+            task.cancel()
+        await asyncio.wait({task}, timeout=min(left, RECANCEL_SECONDS) if cancel else left)
+    return True
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a task left behind ended with %r", task.exception())
+
+
+async def bounded(what: str, work: Awaitable[Any], within: float) -> bool:
+    """Run ``work`` in a task of its own for at most ``within`` seconds; return whether it
+    finished. An exception it raised is logged with ``what``, not raised (shutdown goes on);
+    one still running then is cancelled, logged and left behind (:func:`settle`)."""
+    task = asyncio.ensure_future(work)
+    if not await settle(task, within):
+        task.cancel()
+        log.warning("%s did not finish within %.1fs; left behind", what, max(within, 0.0))
+        return False
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", what, exc_info=exc)
+    return True
+
+
 async def start_all(services: list[Service]) -> None:
     """Start ``services`` in order; when one fails, stop those already started and raise."""
     started: list[Service] = []
@@ -133,7 +182,16 @@ async def start_all(services: list[Service]) -> None:
         raise
 
 
-async def stop_all(services: list[Service]) -> None:
-    """Stop ``services`` in reverse order."""
+async def stop_all(services: list[Service], within: float | None = None) -> None:
+    """Stop ``services`` in reverse order. With ``within`` (seconds), all of it ends by then:
+    each stop gets what is left (at least :data:`RECANCEL_SECONDS`) and one that fails or
+    does not finish is logged (:func:`bounded`) and the next is stopped all the same."""
+    if within is None:
+        for service in reversed(services):
+            await service.stop()
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
     for service in reversed(services):
-        await service.stop()
+        left = max(deadline - loop.time(), RECANCEL_SECONDS)
+        await bounded(f"stopping {type(service).__name__}", service.stop(), left)

@@ -5,6 +5,12 @@ Each :class:`ManagedProcess` writes its stdout and stderr to ``<log_dir>/<name>.
 wait is bounded; a process that exits while it is being waited for fails at once with its log
 tail in the exception message. Every process started here is remembered, so that
 :func:`stop_all` (also run at interpreter exit) stops what a crashed caller left behind.
+
+Python's default SIGTERM ends the interpreter without running exit handlers, which would leave
+every child running (each has its own session, so the signal does not reach it). So the first
+start installs a SIGTERM handler when the program has none: it raises ``KeyboardInterrupt`` in
+the main thread, as Ctrl-C does, and pytest's teardown or the exit handlers stop the children.
+A program with its own handler (the demo) keeps it.
 """
 
 from __future__ import annotations
@@ -43,12 +49,27 @@ def started_processes() -> list[ManagedProcess]:
     return list(_started)
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _handle_sigterm() -> None:
+    """Install :func:`_sigterm_as_interrupt` for SIGTERM unless a handler is set already."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
 @atexit.register
 def stop_all() -> None:
     """Stop every process this module started that still runs (last started first)."""
     for proc in reversed(_started):
-        with contextlib.suppress(Exception):
+        try:
             proc.stop()
+        except BaseException:  # a second signal while stopping: no more grace for this one
+            with contextlib.suppress(BaseException):
+                proc.kill9()
 
 
 def wait_until(
@@ -148,6 +169,7 @@ class ManagedProcess:
         if self.running:
             raise ProcessError(f"{self.name} is already running (pid {self.pid})")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        _handle_sigterm()
         self.prepare()
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             err.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())

@@ -567,13 +567,14 @@ def test_advisory_m4_an_open_admin_api_is_announced_at_start_up(
     everyone on the host (and to other containers of a pod): say so, once, loudly."""
     import dataclasses
 
-    from extauthz.server.app import _admin_guard
+    from extauthz.server.app import _admin_guard, _warn_open_admin
     from extauthz.settings import AdminSettings, ServerSettings, Settings
 
     def warnings_for(settings: Settings) -> list[str]:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="extauthz"):
-            _admin_guard(settings)
+            if _admin_guard(settings)[1]:  # open: serve warns once the node has started
+                _warn_open_admin(settings)
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
     loopback = Settings(server=ServerSettings(grpc_listen="127.0.0.1:9001"))

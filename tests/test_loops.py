@@ -9,7 +9,7 @@ import time
 import pytest
 
 from extauthz.errors import StoreUnavailable
-from extauthz.loops import Loop, start_all, stop_all
+from extauthz.loops import Loop, Service, start_all, stop_all
 
 
 async def test_failures_back_off_and_a_bug_does_not_end_the_loop(
@@ -68,3 +68,85 @@ async def test_first_delay_postpones_the_first_step() -> None:
         await asyncio.sleep(0.005)
     await loop.stop()
     assert calls[0] - t0 >= 0.1 and len(calls) == 1
+
+
+class _Stubborn:
+    """A step (or a service's stop) that swallows every cancellation until ``release``:
+    what redis-py's socket timeouts can do to a cancellation on Python 3.11."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.released = False
+        self.cancellations = 0
+
+    async def run(self) -> None:
+        self.entered.set()
+        while not self.released:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.cancellations += 1
+
+
+async def _ends_within(work: asyncio.Future[None] | asyncio.Task[None], seconds: float) -> bool:
+    done, _ = await asyncio.wait({work}, timeout=seconds)
+    return bool(done)
+
+
+async def test_stop_is_bounded_when_the_step_swallows_every_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stubborn = _Stubborn()
+
+    async def step() -> None:
+        await stubborn.run()
+
+    loop = Loop("stubborn", step, interval=1.0, grace=0.3)
+    await loop.start()
+    await stubborn.entered.wait()
+    with caplog.at_level(logging.WARNING, logger="extauthz.loops"):
+        stopping = asyncio.ensure_future(loop.stop())
+        ended = await _ends_within(stopping, 5.0)
+        stubborn.released = True  # let the task left behind end either way
+        await asyncio.wait({stopping}, timeout=5.0)
+    assert ended, "Loop.stop waited for a task that swallows its cancellation"
+    assert stubborn.cancellations >= 2  # cancelled again, not once and waited for
+    assert "stubborn did not stop within 0.3s; left behind" in caplog.text
+
+
+async def test_stop_all_within_a_bound_stops_the_others_when_one_hangs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stubborn = _Stubborn()
+    stopped: list[str] = []
+
+    class Hanging:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None:
+            await stubborn.run()
+
+    class Failing:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None:
+            raise RuntimeError("bug in stop")
+
+    class Quick:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None:
+            stopped.append(self.name)
+
+    services: list[Service] = [Quick("first"), Failing(), Hanging(), Quick("last")]
+    with caplog.at_level(logging.WARNING, logger="extauthz.loops"):
+        stopping = asyncio.ensure_future(stop_all(services, within=0.3))
+        ended = await _ends_within(stopping, 5.0)
+        stubborn.released = True
+    assert ended
+    assert stopped == ["last", "first"]  # reverse order, past the hanging and the failing one
+    assert "stopping Hanging did not finish within" in caplog.text
+    assert "stopping Failing failed" in caplog.text

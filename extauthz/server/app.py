@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from extauthz.login.limits import LoginLimits
 from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
-from extauthz.loops import Service, start_all, stop_all
+from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
+from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
+from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
@@ -76,10 +79,19 @@ class Components:
         """:raises SettingsError: live nodes in the same store run another strategy."""
         await start_all(self.services)
 
-    async def close(self) -> None:
-        await stop_all(self.services)
+    async def close(self, within: float | None = None) -> None:
+        """Stop the services, then close the Redis clients. With ``within`` (seconds) all of
+        it ends by then, whatever Redis does: what does not finish is logged and left."""
+        if within is None:
+            await stop_all(self.services)
+            if self.redis is not None:
+                await self.redis.clients.aclose()
+            return
+        deadline = time.monotonic() + within
+        await stop_all(self.services, within)
         if self.redis is not None:
-            await self.redis.clients.aclose()
+            left = max(deadline - time.monotonic(), RECANCEL_SECONDS)
+            await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
 def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
@@ -213,7 +225,9 @@ def build_components(settings: Settings) -> Components:
     )
 
 
-def _admin_guard(settings: Settings) -> AdminGuard:
+def _admin_guard(settings: Settings) -> tuple[AdminGuard, bool]:
+    """The admin API's guard, and whether it is open to every local user (warned about once
+    the node has started, so that a node that refuses to start says only why)."""
     token = None
     if settings.admin.token_file:
         try:
@@ -223,29 +237,36 @@ def _admin_guard(settings: Settings) -> AdminGuard:
         if len(token) < 16:
             raise SettingsError("admin.token_file: the token must be at least 16 characters")
     loopback_only = settings.server.grpc_listen_is_loopback
-    if token is None and loopback_only:
-        log.warning(
-            "admin API open without a token: server.grpc_listen %s is loopback-only and "
-            "admin.token_file is unset, so anyone on this host (every local user and process, "
-            "and other containers sharing this pod's network namespace) can create sessions for "
-            "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
-            "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
-            "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
-            "--admin-token-file); see docs/authentication.md",
-            settings.server.grpc_listen,
-        )
-    return AdminGuard(loopback_only=loopback_only, token=token)
+    guard = AdminGuard(loopback_only=loopback_only, token=token)
+    return guard, token is None and loopback_only
+
+
+def _warn_open_admin(settings: Settings) -> None:
+    log.warning(
+        "admin API open without a token: server.grpc_listen %s is loopback-only and "
+        "admin.token_file is unset, so anyone on this host (every local user and process, "
+        "and other containers sharing this pod's network namespace) can create sessions for "
+        "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
+        "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
+        "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
+        "--admin-token-file); see docs/authentication.md",
+        settings.server.grpc_listen,
+    )
 
 
 async def serve(settings: Settings) -> int:
     """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code.
 
-    Shutdown is graceful: stop accepting, let in-flight calls finish within
-    ``server.shutdown_grace_seconds``, stop every component, close the Redis clients.
+    Both listen addresses are bound first. Shutdown (:mod:`extauthz.server.shutdown`): at once
+    ``NOT_SERVING`` and no new calls, in-flight calls get ``server.shutdown_grace_seconds``,
+    then every component stops; the process ends within the grace plus
+    :data:`~extauthz.server.shutdown.MARGIN_SECONDS` whatever Redis does.
 
-    :raises SettingsError: live nodes in the same store run another strategy.
+    :raises SettingsError: a listen address is taken; live nodes in the same store run another
+        strategy.
     """
     components = build_components(settings)
+    grace = settings.server.shutdown_grace_seconds
     stop = asyncio.Event()
     exit_code = 0
 
@@ -257,12 +278,10 @@ async def serve(settings: Settings) -> int:
 
     if components.redis is not None:
         components.redis.membership.on_conflict = on_conflict
-    try:
-        await components.start()
-    except SettingsError:
-        await components.close()
-        raise
-    guard = _admin_guard(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a signal during start-up: stop after it
+        loop.add_signal_handler(signum, stop.set)
+    guard, admin_open = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = HealthServicer()
     server, grpc_port = build_server(
@@ -278,6 +297,15 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
     )
+    http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
+    try:
+        await components.start()
+    except BaseException:
+        http_socket.close()
+        await components.close(within=MARGIN_SECONDS)
+        raise
+    if admin_open:
+        _warn_open_admin(settings)
     loops: list[Service] = [
         StoreHealthReporter(
             components.store, health_servicer, settings.server.health_check_interval_seconds
@@ -293,11 +321,9 @@ async def serve(settings: Settings) -> int:
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
     )
-    runner = web.AppRunner(http_app, access_log=None)
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()
-    http_host, _, http_port = settings.server.http_listen.rpartition(":")
-    site = web.TCPSite(runner, http_host.strip("[]"), int(http_port))
-    await site.start()
+    await web.SockSite(runner, http_socket).start()
     log.info(
         "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
         "grpc=%s http=%s signing_kid=%s",
@@ -315,17 +341,24 @@ async def serve(settings: Settings) -> int:
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"
         )
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    shutdown = Shutdown(grace, lambda: exit_code)
+    shutdown.begin()
+    await health_servicer.enter_graceful_shutdown()  # in memory: no Redis, no wait
     log.info(
-        "shutting down: finishing in-flight calls (grace %.1fs)",
-        settings.server.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, no new calls; in-flight calls get %.1fs, the process "
+        "ends within %.1fs",
+        grace,
+        shutdown.limit,
     )
-    await stop_all(loops)
-    await server.stop(settings.server.shutdown_grace_seconds)
-    await runner.cleanup()
-    await components.close()
+    await shutdown.run(
+        {
+            "gRPC server": server.stop(grace),  # no new calls from here on
+            "HTTP server": runner.cleanup(),
+            "background loops": stop_all(loops),
+        },
+        within=grace + RECANCEL_SECONDS,
+    )
+    await shutdown.run({"components": components.close(within=shutdown.left())})
     log.info("stopped")
     return exit_code

@@ -29,6 +29,7 @@ from extauthz.errors import BadRequest, StoreUnavailable
 from extauthz.loops import Loop
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
 from extauthz.server.health import HealthServicer
+from extauthz.server.listeners import address_in_use
 from extauthz.store.model import SessionStore
 
 log = logging.getLogger("extauthz.grpc")
@@ -114,6 +115,8 @@ class StoreHealthReporter:
 # "too_many_pings". Envoy's connection_keepalive.interval toward extauthz must be at least this.
 MIN_PING_INTERVAL_MS = 5000
 SERVER_OPTIONS: list[tuple[str, int]] = [
+    # a taken port is an error, not a shared one (gRPC sets SO_REUSEPORT by default)
+    ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
@@ -129,7 +132,10 @@ def build_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
 
-    :raises RuntimeError: the address could not be bound.
+    The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
+    node share it: :mod:`extauthz.server.listeners`).
+
+    :raises SettingsError: the address could not be bound (``server.grpc_listen``).
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
@@ -146,7 +152,10 @@ def build_server(
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio: "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise RuntimeError(f"server.grpc_listen: cannot bind {listen}")
+        raise address_in_use("server.grpc_listen", listen, "address in use or not available")
     return server, port

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
         async def set(
             self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
         ) -> None:
-            """Set the status of ``service`` and notify its ``Watch`` streams."""
+            """Set the status of ``service`` and notify its ``Watch`` streams (ignored once
+            :meth:`enter_graceful_shutdown` ran)."""
+
+        async def enter_graceful_shutdown(self) -> None:
+            """Every service ``NOT_SERVING`` for good: later :meth:`set` calls are ignored."""
 
 else:
     from grpc_health.v1.health import aio
