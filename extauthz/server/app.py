@@ -9,7 +9,6 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
@@ -29,7 +28,12 @@ from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
 from extauthz.loops import Service, start_all, stop_all
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
+from extauthz.server.admin import (
+    AdminGuard,
+    SessionAdminServicer,
+    StatusServicer,
+    load_admin_token,
+)
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
@@ -214,27 +218,22 @@ def build_components(settings: Settings) -> Components:
 
 
 def _admin_guard(settings: Settings) -> AdminGuard:
-    token = None
-    if settings.admin.token_file:
-        try:
-            token = Path(settings.admin.token_file).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(f"admin.token_file: {exc.strerror}") from None
-        if len(token) < 16:
-            raise SettingsError("admin.token_file: the token must be at least 16 characters")
-    loopback_only = settings.server.grpc_listen_is_loopback
-    if token is None and loopback_only:
-        log.warning(
-            "admin API open without a token: server.grpc_listen %s is loopback-only and "
-            "admin.token_file is unset, so anyone on this host (every local user and process, "
-            "and other containers sharing this pod's network namespace) can create sessions for "
-            "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
-            "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
-            "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
-            "--admin-token-file); see docs/authentication.md",
-            settings.server.grpc_listen,
+    """The guard of ``SessionAdmin`` (:class:`AdminGuard`): the token from
+    ``admin.token_file``, or a guard that refuses every call when ``admin.enabled`` is false.
+
+    :raises SettingsError: the admin API is enabled without a token file, or the file is
+        unreadable or holds no usable token (:func:`~extauthz.server.admin.load_admin_token`).
+    """
+    if not settings.admin.enabled:
+        log.info("admin API disabled (admin.enabled = false): SessionAdmin refuses every call")
+        return AdminGuard(None)
+    if not settings.admin.token_file:
+        raise SettingsError(
+            "admin.token_file: the admin API needs a token file (a random token, mode 0600, "
+            "e.g. `openssl rand -hex 32`), or set admin.enabled = false; "
+            "see docs/authentication.md"
         )
-    return AdminGuard(loopback_only=loopback_only, token=token)
+    return AdminGuard(load_admin_token(settings.admin.token_file))
 
 
 async def serve(settings: Settings) -> int:
@@ -243,8 +242,10 @@ async def serve(settings: Settings) -> int:
     Shutdown is graceful: stop accepting, let in-flight calls finish within
     ``server.shutdown_grace_seconds``, stop every component, close the Redis clients.
 
-    :raises SettingsError: live nodes in the same store run another strategy.
+    :raises SettingsError: live nodes in the same store run another strategy; the admin API
+        is enabled without a usable token (:func:`_admin_guard`, before anything starts).
     """
+    guard = _admin_guard(settings)  # before anything starts: refusing leaves nothing behind
     components = build_components(settings)
     stop = asyncio.Event()
     exit_code = 0
@@ -262,7 +263,6 @@ async def serve(settings: Settings) -> int:
     except SettingsError:
         await components.close()
         raise
-    guard = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = HealthServicer()
     server, grpc_port = build_server(
