@@ -2,8 +2,9 @@
 
     .venv/bin/python demo/run_demo.py        (or: make demo)
 
-State (signing key, Redis data dir, logs) lives under .demo/. Envoy's access log is shown in
-this terminal; every process logs to .demo/logs/<name>.stdout.log and .stderr.log. Ctrl-C or
+State (signing key, admin token, Redis data dir, logs) lives under .demo/; the admin token,
+.demo/admin-token, is written fresh on every start. Envoy's access log is shown in this
+terminal; every process logs to .demo/logs/<name>.stdout.log and .stderr.log. Ctrl-C or
 SIGTERM stops every child by its PID and exits 0; a child that dies on its own stops the demo
 with its log tail and exit 1. Without ``redis-server`` on PATH, extauthz runs its in-memory
 session store instead. The processes come from the repository's ``harness`` package, the same
@@ -27,7 +28,13 @@ if str(REPO) not in sys.path:  # run as a script: the harness package lives besi
 
 from harness import process  # noqa: E402
 from harness.envoy import find_envoy  # noqa: E402
-from harness.extauthz import add_user, ensure_signing_key, extauthz_cli  # noqa: E402
+from harness.extauthz import (  # noqa: E402
+    ADMIN_TOKEN_ENV,
+    add_user,
+    ensure_signing_key,
+    extauthz_cli,
+    write_admin_token,
+)
 from harness.ports import LOOPBACK, port_accepts  # noqa: E402
 from harness.process import ManagedProcess, ProcessError  # noqa: E402
 from harness.redis import RedisServer, redis_binary  # noqa: E402
@@ -36,6 +43,7 @@ from harness.stack import DEMO_SETTINGS, StackPorts, start_stack  # noqa: E402
 STATE = REPO / ".demo"
 LOGS = STATE / "logs"
 KEYS = STATE / "keys"
+ADMIN_TOKEN = STATE / "admin-token"  # demo/extauthz.toml's admin.token_file
 BIN = Path(sys.executable).parent
 HOST = LOOPBACK
 REDIS_PORT = 6390
@@ -136,7 +144,8 @@ def start(children: list[ManagedProcess]) -> None:
         ensure_signing_key(KEYS)
 
     users_file = REPO / settings["users"]["file"]
-    env = {"EXTAUTHZ_USERS_FILE": str(users_file)}
+    env = {"EXTAUTHZ_USERS_FILE": str(users_file),
+           ADMIN_TOKEN_ENV: str(write_admin_token(ADMIN_TOKEN))}  # fmt: skip
     add_demo_user(settings, users_file, dict(os.environ) | env)
 
     stack = start_stack(envoy, STATE, redis_url=redis_url, env=env, ports=STACK_PORTS,
@@ -159,6 +168,7 @@ extauthz demo is running (Ctrl-C stops it; logs in {LOGS.relative_to(REPO)}/)
 
   Envoy front proxy   http://{HOST}:8080      admin http://{HOST}:9901
   extauthz            gRPC {HOST}:9001 (Check, Health, admin)   HTTP {HOST}:9002 (JWKS, /auth/)
+  admin token         {ADMIN_TOKEN.relative_to(REPO)} (every admin call needs it)
   echo upstream       http://{HOST}:9003
   session store       {store}
   pids                {", ".join(f"{c.name}={c.pid}" for c in children)}
@@ -173,6 +183,7 @@ Or with curl:
        -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' http://{HOST}:8080/auth/login
   curl -b /tmp/extauthz-jar http://{HOST}:8080/hello
   curl -b /tmp/extauthz-jar -c /tmp/extauthz-jar -X POST http://{HOST}:8080/auth/logout
+  export {ADMIN_TOKEN_ENV}={ADMIN_TOKEN}     # the admin API's token
   TOKEN=$({cli_cmd} sessions create --sub alice --scope read)
   curl -H "Authorization: Bearer $TOKEN" http://{HOST}:8080/hello
   curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" http://{HOST}:8080/hello
