@@ -3,7 +3,8 @@
     .venv/bin/python demo/run_demo.py        (or: make demo)
     .venv/bin/python demo/run_demo.py --port-offset 1000 --state-dir /tmp/demo2
 
-State (signing key, Redis data dir, users, logs) lives under .demo/ (``--state-dir``); every
+State (signing key, admin token, Redis data dir, users, logs) lives under .demo/
+(``--state-dir``); the admin token (<state>/admin-token) is written fresh on every start. Every
 port is the default one plus ``--port-offset``. Envoy's access log is shown in
 this terminal; every process logs to .demo/logs/<name>.stdout.log and .stderr.log. Ctrl-C or
 SIGTERM stops every child by its PID and exits 0; a child that dies on its own stops the demo
@@ -48,7 +49,13 @@ if str(REPO) not in sys.path:  # run as a script: the harness package lives besi
 
 from harness import process  # noqa: E402
 from harness.envoy import find_envoy  # noqa: E402
-from harness.extauthz import add_user, ensure_signing_key, extauthz_cli  # noqa: E402
+from harness.extauthz import (  # noqa: E402
+    ADMIN_TOKEN_ENV,
+    add_user,
+    ensure_signing_key,
+    extauthz_cli,
+    write_admin_token,
+)
 from harness.ports import LOOPBACK, port_accepts  # noqa: E402
 from harness.process import ManagedProcess, ProcessError  # noqa: E402
 from harness.redis import RedisServer, redis_binary  # noqa: E402
@@ -184,7 +191,8 @@ def start(demo: Demo, children: list[ManagedProcess]) -> None:
         ensure_signing_key(demo.keys)
 
     users_file = demo.state / Path(settings["users"]["file"]).name
-    env = {"EXTAUTHZ_USERS_FILE": str(users_file)}
+    admin_token = write_admin_token(demo.state / "admin-token")
+    env = {"EXTAUTHZ_USERS_FILE": str(users_file), ADMIN_TOKEN_ENV: str(admin_token)}
     add_demo_user(settings, users_file, dict(os.environ) | env)
 
     stack = start_stack(envoy, demo.state, redis_url=redis_url, env=env, ports=demo.stack_ports,
@@ -211,6 +219,7 @@ extauthz demo is running (Ctrl-C stops it; logs in {shown(demo.logs)}/)
   Envoy front proxy   {front}      admin http://{HOST}:{p.admin}
   extauthz            gRPC {HOST}:{p.grpc} (Check, Health, admin)
                       HTTP {HOST}:{p.http} (JWKS, /auth/)
+  admin token         {shown(admin_token)} (every admin call needs it)
   echo upstream       http://{HOST}:{p.upstream}
   session store       {store}
   pids                {", ".join(f"{c.name}={c.pid}" for c in children)}
@@ -225,6 +234,7 @@ Or with curl:
        -d '{{"username": "{DEMO_USER}", "password": "{DEMO_PASSWORD}"}}' {front}/auth/login
   curl -b /tmp/extauthz-jar {front}/hello
   curl -b /tmp/extauthz-jar -c /tmp/extauthz-jar -X POST {front}/auth/logout
+  export {ADMIN_TOKEN_ENV}={admin_token}     # the admin API's token
   TOKEN=$({cli_cmd} sessions create{target} --sub alice --scope read)
   curl -H "Authorization: Bearer $TOKEN" {front}/hello
   curl -H 'Accept: text/html' --cookie "{cookie}=$TOKEN" {front}/hello

@@ -1,8 +1,9 @@
 """The ``extauthz`` command line.
 
 ``serve`` runs the service; ``sessions``, ``status`` call a running node's admin API over
-gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``); ``keys generate``
-writes a signing key; ``users`` manages a file-backed user store.
+gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``) with the admin token of
+``--admin-token-file`` (default ``$EXTAUTHZ_ADMIN_TOKEN_FILE``); ``keys generate`` writes a
+signing key; ``users`` manages a file-backed user store.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from extauthz import __version__
@@ -41,12 +41,13 @@ def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
     import grpc
 
     from extauthz._proto.extauthz.v1 import admin_pb2_grpc
+    from extauthz.server.admin import load_admin_token
 
-    channel = grpc.insecure_channel(args.target)
     metadata: list[tuple[str, str]] = []
     if args.admin_token_file:
-        token = Path(args.admin_token_file).read_text().strip()
+        token = load_admin_token(args.admin_token_file)  # SettingsError: unreadable, malformed
         metadata.append(("authorization", f"Bearer {token}"))
+    channel = grpc.insecure_channel(args.target)
     return (
         admin_pb2_grpc.SessionAdminStub(channel),
         admin_pb2_grpc.StatusStub(channel),
@@ -144,10 +145,19 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("EXTAUTHZ_TARGET", "127.0.0.1:9001"),
         help="gRPC address of a running node (default: $EXTAUTHZ_TARGET or 127.0.0.1:9001)",
     )
-    parser.add_argument("--admin-token-file", default=os.environ.get("EXTAUTHZ_ADMIN_TOKEN_FILE"))
+    parser.add_argument(
+        "--admin-token-file",
+        default=os.environ.get("EXTAUTHZ_ADMIN_TOKEN_FILE"),
+        help="the file holding the admin token, as the node's admin.token_file (default: "
+        "$EXTAUTHZ_ADMIN_TOKEN_FILE, the variable that sets admin.token_file for serve)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
 
 
+TOKEN_HINT = (
+    "extauthz: the admin API needs the node's admin token: --admin-token-file FILE or "
+    "EXTAUTHZ_ADMIN_TOKEN_FILE=FILE (`make demo` writes .demo/admin-token)"
+)
 # a session id is URL-safe base64 and may start with "-", which argparse reads as an option
 SID_HELP = "the session id; write --sid=ID (an id may start with '-')"
 
@@ -216,5 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, grpc.RpcError):
             print(f"extauthz: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not args.admin_token_file:
+                print(TOKEN_HINT, file=sys.stderr)
             return 1
         raise

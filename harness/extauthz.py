@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -87,12 +88,28 @@ def add_user(
     extauthz_cli(*argv, env=env, timeout=60, input=password + "\n")
 
 
+ADMIN_TOKEN_ENV = "EXTAUTHZ_ADMIN_TOKEN_FILE"  # serve's admin.token_file, and the CLI's
+
+
+def write_admin_token(path: Path) -> Path:
+    """Write a fresh random admin token to ``path`` (mode 0600, replacing what was there) and
+    return ``path``: ``serve`` refuses to start without one (docs/authentication.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)  # a file that existed keeps its mode through O_CREAT
+    return path
+
+
 class ExtauthzProcess(ManagedProcess):
     """``python -m extauthz serve --config FILE`` with ``EXTAUTHZ_*`` overrides.
 
     The listen addresses come from ``grpc_port``/``http_port`` (as environment overrides, so the
-    settings file stays the one under test). Ready when both ports accept and gRPC health says
-    SERVING, which the server reports once its session store answers.
+    settings file stays the one under test). The admin token file is ``env``'s
+    ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in ``log_dir`` (:func:`write_admin_token`);
+    :meth:`cli` passes it on. Ready when both ports accept and gRPC health says SERVING, which
+    the server reports once its session store answers.
     """
 
     def __init__(
@@ -109,6 +126,9 @@ class ExtauthzProcess(ManagedProcess):
         self.http_port = http_port or free_port()
         full_env = dict(os.environ)
         full_env.update(env or {})
+        if ADMIN_TOKEN_ENV not in (env or {}):
+            token_file = write_admin_token(Path(log_dir).resolve() / f"{name}.admin-token")
+            full_env[ADMIN_TOKEN_ENV] = str(token_file)
         full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{LOOPBACK}:{self.grpc_port}"
         full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{LOOPBACK}:{self.http_port}"
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -131,8 +151,15 @@ class ExtauthzProcess(ManagedProcess):
             and grpc_health_serving(self.grpc_port)
         )
 
+    @property
+    def admin_metadata(self) -> list[tuple[str, str]]:
+        """gRPC metadata that admits an admin call to this node (its admin token)."""
+        token = Path(self.env[ADMIN_TOKEN_ENV]).read_text().strip()
+        return [("authorization", f"Bearer {token}")]
+
     def cli(self, *args: str, timeout: float = 30.0) -> str:
-        """Run an ``extauthz`` subcommand with this server's environment (same store, keys)."""
+        """Run an ``extauthz`` subcommand with this server's environment (same store, keys,
+        admin token)."""
         return extauthz_cli(*args, env=self.env, timeout=timeout)
 
 

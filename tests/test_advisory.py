@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -36,7 +38,11 @@ from extauthz.server.grpc_server import AuthorizationServicer
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore
 from extauthz.store.redis.store import RedisSessionStore
+from harness.extauthz import extauthz_cli
+from harness.process import ProcessError
 from tests.fixtures.core import (
+    ADMIN_METADATA,
+    ADMIN_TOKEN,
     COOKIE,
     LOGIN_URL,
     Aborted,
@@ -536,17 +542,19 @@ async def test_advisory_l5_subject_with_control_characters_is_refused(
     if "\ud800" in sub:
         return  # protobuf cannot even carry it
     caplog.set_level(logging.INFO)
-    servicer = SessionAdminServicer(h.sessions, AdminGuard(loopback_only=True, token=None))
-    context = FakeServicerContext()
+    servicer = SessionAdminServicer(h.sessions, AdminGuard(ADMIN_TOKEN))
+    context = FakeServicerContext(ADMIN_METADATA)
     with pytest.raises(Aborted) as caught:
         await servicer.CreateSession(admin_pb2.CreateSessionRequest(sub=sub), context)
     assert caught.value.code.name == "INVALID_ARGUMENT"
     assert await h.store.list_subject(sub) == []
     # the other admin calls log what they were sent escaped, never raw
     await servicer.RevokeSubjectSessions(
-        admin_pb2.RevokeSubjectSessionsRequest(sub=sub), FakeServicerContext()
+        admin_pb2.RevokeSubjectSessionsRequest(sub=sub), FakeServicerContext(ADMIN_METADATA)
     )
-    await servicer.RevokeSession(admin_pb2.RevokeSessionRequest(sid=sub), FakeServicerContext())
+    await servicer.RevokeSession(
+        admin_pb2.RevokeSessionRequest(sid=sub), FakeServicerContext(ADMIN_METADATA)
+    )
     for record in caplog.records:
         assert record.getMessage().isprintable(), record.getMessage()
 
@@ -560,37 +568,187 @@ async def test_ordinary_subjects_are_still_accepted(h: Harness) -> None:
             await h.sessions.create(bad)
 
 
-def test_advisory_m4_an_open_admin_api_is_announced_at_start_up(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
+def _admin_calls() -> list[tuple[str, Any]]:
+    """Every ``SessionAdmin`` method, each with an empty request of its type."""
+    from extauthz._proto.extauthz.v1 import admin_pb2
+
+    service = admin_pb2.DESCRIPTOR.services_by_name["SessionAdmin"]
+    return [(m.name, getattr(admin_pb2, m.input_type.name)()) for m in service.methods]
+
+
+def _serve_as_before(work: Path, keys: Path) -> str:
+    """Start ``extauthz serve`` the way a loopback node was configured before issue 14 #19
+    (no admin settings at all) and say what happened: ``refused to start: <stderr>``, or, when
+    it serves, what an admin call without a credential got. The process is killed after."""
+    import subprocess
+    import sys
+
+    import grpc
+
+    from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+    from harness.extauthz import grpc_health_serving
+    from harness.ports import free_port
+
+    grpc_port = free_port()
+    config = work / "extauthz.toml"
+    work.mkdir(parents=True)
+    config.write_text(
+        f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\n'
+        f'http_listen = "127.0.0.1:{free_port()}"\n'
+        f'[store]\nstrategy = "sticky"\nbackend = "memory"\n[jwt]\nkeys_dir = "{keys}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=work,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                return f"refused to start (exit {proc.returncode}): {proc.stderr.read()}"
+            if grpc_health_serving(grpc_port):
+                with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                    stub = admin_pb2_grpc.SessionAdminStub(channel)
+                    try:
+                        stub.CreateSession(admin_pb2.CreateSessionRequest(sub="root"), timeout=5)
+                    except grpc.RpcError as exc:
+                        return f"served; CreateSession without a credential: {exc.code().name}"
+                return "served; CreateSession without a credential: OK, a session for root"
+            time.sleep(0.1)
+        return "neither exited nor served within 30 s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@pytest.mark.e2e
+def test_advisory_admin_api_refuses_calls_without_a_credential_on_loopback(
+    tmp_path: Path,
 ) -> None:
-    """M4: with a loopback gRPC listener and no ``admin.token_file`` the admin API is open to
-    everyone on the host (and to other containers of a pod): say so, once, loudly."""
-    import dataclasses
+    """``SessionAdmin`` (create a session for any subject, revoke, list) needed
+    no credential when the gRPC listener was on loopback, the port Envoy calls for Check. In a
+    sidecar deployment the application's container shares that loopback: a compromised
+    application could mint a session for any user. Now every admin call needs the admin token,
+    whatever the peer: a node without ``admin.token_file`` refuses to start, and a node on
+    127.0.0.1 refuses calls without the token or with another one. Check, Health and Status
+    stay open (Envoy and probes call them without a credential)."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from extauthz.server.app import _admin_guard, _warn_open_admin
-    from extauthz.settings import AdminSettings, ServerSettings, Settings
+    from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+    from extauthz.keys.keyring import generate_key
+    from harness.extauthz import ExtauthzProcess
+    from harness.stack import DEMO_SETTINGS
+    from tests.fixtures.core import bearer_request
 
-    def warnings_for(settings: Settings) -> list[str]:
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="extauthz"):
-            if _admin_guard(settings)[1]:  # open: serve warns once the node has started
-                _warn_open_admin(settings)
-        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    keys = tmp_path / "keys"
+    generate_key(keys)
+    outcome = _serve_as_before(tmp_path / "before", keys)
+    assert outcome.startswith("refused to start (exit 2)"), outcome
+    (line,) = outcome.split(": ", 1)[1].strip().splitlines()
+    assert line.startswith("extauthz: admin.token_file: ") and "admin.enabled = false" in line
 
-    loopback = Settings(server=ServerSettings(grpc_listen="127.0.0.1:9001"))
-    (message,) = warnings_for(loopback)
-    assert "admin API open without a token" in message
-    assert "anyone on this host" in message and "admin.token_file" in message
-    for listen in ("[::1]:9001", "localhost:9001"):
-        assert len(warnings_for(dataclasses.replace(
-            loopback, server=ServerSettings(grpc_listen=listen)))) == 1  # fmt: skip
-    token_file = tmp_path / "admin.token"
-    token_file.write_text("0123456789abcdef0123\n")
-    with_token = dataclasses.replace(loopback, admin=AdminSettings(token_file=str(token_file)))
-    assert warnings_for(with_token) == []
-    # not loopback and no token: the admin API is closed, nothing to warn about
-    closed = Settings(server=ServerSettings(grpc_listen="0.0.0.0:9001"))
-    assert warnings_for(closed) == []
+    env = {"EXTAUTHZ_STORE_BACKEND": "memory", "EXTAUTHZ_STORE_STRATEGY": "sticky",
+           "EXTAUTHZ_JWT_KEYS_DIR": str(keys)}  # fmt: skip
+    node = ExtauthzProcess(DEMO_SETTINGS, tmp_path / "logs", env=env).start()
+    try:
+        assert node.grpc_target.startswith("127.0.0.1:")
+        ((_, right),) = node.admin_metadata
+        token = right.removeprefix("Bearer ")
+        wrong: list[tuple[tuple[str, str], ...]] = [
+            (),
+            (("authorization", f"Bearer {'0' * len(token)}"),),
+            (("authorization", f"Bearer {token[:-1]}"),),
+            (("authorization", f"Bearer {token}0"),),
+            (("authorization", f"Basic {token}"),),
+            (("authorization", token),),
+            (("x-admin-token", token),),
+            (("authorization", f"Bearer {token}"), ("authorization", "Bearer other")),
+        ]
+        with grpc.insecure_channel(node.grpc_target) as channel:
+            admin = admin_pb2_grpc.SessionAdminStub(channel)
+            for name, request in _admin_calls():
+                for metadata in wrong:
+                    with pytest.raises(grpc.RpcError) as refused:
+                        getattr(admin, name)(request, metadata=metadata, timeout=5)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (name, metadata)
+            # with the token: create, list, revoke work
+            right_metadata = node.admin_metadata
+            created = admin.CreateSession(
+                admin_pb2.CreateSessionRequest(sub="alice"), metadata=right_metadata, timeout=5
+            )
+            listed = admin.ListSessions(
+                admin_pb2.ListSessionsRequest(sub="alice"), metadata=right_metadata, timeout=5
+            )
+            assert [s.sid for s in listed.sessions] == [created.session.sid]
+            # Check, Health and Status need no credential
+            authz = external_auth_pb2_grpc.AuthorizationStub(channel)
+            reply = authz.Check(bearer_request(created.access_token), timeout=5)
+            assert reply.status.code == code_pb2.OK
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            status = admin_pb2_grpc.StatusStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=5
+            )
+            assert status.store_backend == "memory"
+            revoked = admin.RevokeSession(
+                admin_pb2.RevokeSessionRequest(sid=created.session.sid),
+                metadata=right_metadata, timeout=5,
+            )  # fmt: skip
+            assert revoked.revoked
+            reply = authz.Check(bearer_request(created.access_token), timeout=5)
+            assert reply.status.code != code_pb2.OK
+            # a CLI without the token is refused too, and says where the token comes from
+            cli_env = {k: v for k, v in node.env.items() if k != "EXTAUTHZ_ADMIN_TOKEN_FILE"}
+            with pytest.raises(ProcessError) as cli_refused:
+                extauthz_cli("sessions", "create", "--sub", "mallory", "--target",
+                             node.grpc_target, env=cli_env)  # fmt: skip
+            assert "UNAUTHENTICATED" in str(cli_refused.value)
+            assert "EXTAUTHZ_ADMIN_TOKEN_FILE" in str(cli_refused.value)
+            assert node.cli("sessions", "list", "--sub", "mallory",
+                            "--target", node.grpc_target) == "{}"  # fmt: skip
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:9001", "[::1]:9001", "localhost:9001", "0.0.0.0:9001"]
+)
+def test_advisory_admin_api_without_a_token_file_does_not_start(listen: str) -> None:
+    """Issue 14 #19, the start-up rule: with the admin API enabled (the default) and no
+    ``admin.token_file``, ``serve`` stops before anything starts, wherever it listens."""
+    from extauthz.errors import SettingsError
+    from extauthz.server.app import _admin_guard
+    from extauthz.settings import ServerSettings, Settings
+
+    with pytest.raises(SettingsError, match=r"^admin\.token_file: .*admin\.enabled = false"):
+        _admin_guard(Settings(server=ServerSettings(grpc_listen=listen)))
+
+
+async def test_advisory_a_disabled_admin_api_refuses_every_call(h: Harness) -> None:
+    """Issue 14 #19: ``admin.enabled = false`` needs no token file and refuses every
+    ``SessionAdmin`` call, even one that carries a token."""
+    from extauthz.server.admin import SessionAdminServicer
+    from extauthz.server.app import _admin_guard
+    from extauthz.settings import AdminSettings, Settings
+
+    guard = _admin_guard(Settings(admin=AdminSettings(enabled=False, token_file="/nonexistent")))
+    servicer = SessionAdminServicer(h.sessions, guard)
+    for name, request in _admin_calls():
+        if name == "CreateSession":
+            request.sub = "alice"
+        with pytest.raises(Aborted) as refused:
+            await getattr(servicer, name)(request, FakeServicerContext(ADMIN_METADATA))
+        assert refused.value.code.name == "PERMISSION_DENIED", name
+    assert await h.store.list_subject("alice") == []
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,19 @@
 """The project's own gRPC API (``protos/extauthz/v1/admin.proto``): ``SessionAdmin`` and
 ``Status``.
 
-Admin calls are allowed from any peer when the server listens on loopback only; otherwise they
-require ``authorization: Bearer <admin token>`` metadata (``admin.token_file``), and without a
-token file they are refused with ``PERMISSION_DENIED``. Why loopback-only is still wide open,
-and how subjects are validated and logged: docs/authentication.md, 'The admin API'.
+Every ``SessionAdmin`` call must carry the admin token as ``authorization: Bearer <token>``
+metadata, whatever peer it comes from: loopback is no boundary, since in a sidecar deployment
+the application shares it. ``Status`` (read-only, no secrets) stays open, like Health. Why, and
+how subjects are validated and logged: docs/authentication.md, 'The admin API'.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import stat
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import grpc
@@ -22,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from extauthz import __version__
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
-from extauthz.errors import StoreUnavailable
+from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.keys.keyring import KeyRing
 from extauthz.server.metrics import NodeState
 from extauthz.store.manager import SessionManager, printable
@@ -66,25 +68,70 @@ def session_message(session: Session) -> admin_pb2.Session:
     )
 
 
-class AdminGuard:
-    """Decides whether an admin call may run (see the module docstring)."""
+# an admin token: visible ASCII (gRPC metadata carries nothing else), no spaces
+_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+MIN_TOKEN_LENGTH = 16
 
-    def __init__(self, *, loopback_only: bool, token: str | None) -> None:
-        self._loopback_only = loopback_only
-        self._token = token
+
+def load_admin_token(path: str) -> str:
+    """The admin token held by the file at ``path`` (surrounding whitespace stripped).
+
+    A file that other users may read is accepted with a warning (a Kubernetes secret volume
+    mounts 0644 unless told otherwise).
+
+    :raises SettingsError: the file cannot be read, or the token is shorter than
+        :data:`MIN_TOKEN_LENGTH` or has characters other than visible ASCII.
+    """
+    try:
+        raw = Path(path).read_bytes()
+        mode = Path(path).stat().st_mode
+    except OSError as exc:
+        raise SettingsError(f"admin.token_file: {path}: {exc.strerror}") from None
+    token = raw.decode("ascii", "replace").strip()
+    if len(token) < MIN_TOKEN_LENGTH or not set(token) <= _TOKEN_CHARS:
+        raise SettingsError(
+            f"admin.token_file: {path}: the token must be at least {MIN_TOKEN_LENGTH} visible "
+            "ASCII characters without spaces (e.g. `openssl rand -hex 32`)"
+        )
+    if mode & stat.S_IROTH:
+        log.warning(
+            "admin.token_file %s is readable by every user of this host; chmod 600 it", path
+        )
+    return token
+
+
+class AdminGuard:
+    """Lets a ``SessionAdmin`` call run only when it carries the admin token.
+
+    ``token`` is ``None`` when the admin API is disabled (``admin.enabled = false``): every
+    call is refused with ``PERMISSION_DENIED``. Otherwise a call needs exactly one
+    ``authorization`` metadata entry ``Bearer <token>`` (scheme case-insensitive, RFC 6750
+    §2.1), compared in constant time; without it, or with another token, the call is refused
+    with ``UNAUTHENTICATED``. The peer's address plays no part.
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self._expected = None if token is None else token.encode()
+
+    def _refusal(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> tuple[grpc.StatusCode, str] | None:
+        if self._expected is None:
+            return grpc.StatusCode.PERMISSION_DENIED, "admin API disabled (admin.enabled = false)"
+        values = [v for k, v in metadata or () if k.lower() == "authorization"]
+        if len(values) == 1 and isinstance(values[0], str):
+            scheme, _, credential = values[0].strip().partition(" ")
+            presented = credential.strip().encode("utf-8", "replace")
+            if scheme.lower() == "bearer" and hmac.compare_digest(presented, self._expected):
+                return None
+        return grpc.StatusCode.UNAUTHENTICATED, "admin token required (authorization: Bearer)"
 
     async def check(self, context: CallContext) -> None:
-        if self._token is None:
-            if self._loopback_only:
-                return
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "admin API disabled: the server is not loopback-only and admin.token_file is unset",
-            )
-        presented = dict(context.invocation_metadata() or ()).get("authorization", "")
-        expected = f"Bearer {self._token}"
-        if not hmac.compare_digest(str(presented).encode(), expected.encode()):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token required")
+        """Returns when the call may run; otherwise aborts it (raises)."""
+        refusal = self._refusal(context.invocation_metadata())
+        if refusal is not None:
+            await context.abort(*refusal)
+            raise AssertionError("unreachable")  # abort() always raises
 
 
 async def _call(

@@ -10,7 +10,6 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
@@ -30,7 +29,12 @@ from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
+from extauthz.server.admin import (
+    AdminGuard,
+    SessionAdminServicer,
+    StatusServicer,
+    load_admin_token,
+)
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
@@ -225,33 +229,23 @@ def build_components(settings: Settings) -> Components:
     )
 
 
-def _admin_guard(settings: Settings) -> tuple[AdminGuard, bool]:
-    """The admin API's guard, and whether it is open to every local user (warned about once
-    the node has started, so that a node that refuses to start says only why)."""
-    token = None
-    if settings.admin.token_file:
-        try:
-            token = Path(settings.admin.token_file).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(f"admin.token_file: {exc.strerror}") from None
-        if len(token) < 16:
-            raise SettingsError("admin.token_file: the token must be at least 16 characters")
-    loopback_only = settings.server.grpc_listen_is_loopback
-    guard = AdminGuard(loopback_only=loopback_only, token=token)
-    return guard, token is None and loopback_only
+def _admin_guard(settings: Settings) -> AdminGuard:
+    """The guard of ``SessionAdmin`` (:class:`AdminGuard`): the token from
+    ``admin.token_file``, or a guard that refuses every call when ``admin.enabled`` is false.
 
-
-def _warn_open_admin(settings: Settings) -> None:
-    log.warning(
-        "admin API open without a token: server.grpc_listen %s is loopback-only and "
-        "admin.token_file is unset, so anyone on this host (every local user and process, "
-        "and other containers sharing this pod's network namespace) can create sessions for "
-        "any user and revoke them; set admin.token_file to a file (mode 0600) holding a "
-        "random token of at least 16 characters (e.g. `openssl rand -hex 32`); admin "
-        "clients then send it as `authorization: Bearer <token>` metadata (the CLI: "
-        "--admin-token-file); see docs/authentication.md",
-        settings.server.grpc_listen,
-    )
+    :raises SettingsError: the admin API is enabled without a token file, or the file is
+        unreadable or holds no usable token (:func:`~extauthz.server.admin.load_admin_token`).
+    """
+    if not settings.admin.enabled:
+        log.info("admin API disabled (admin.enabled = false): SessionAdmin refuses every call")
+        return AdminGuard(None)
+    if not settings.admin.token_file:
+        raise SettingsError(
+            "admin.token_file: the admin API needs a token file (a random token, mode 0600, "
+            "e.g. `openssl rand -hex 32`), or set admin.enabled = false; "
+            "see docs/authentication.md"
+        )
+    return AdminGuard(load_admin_token(settings.admin.token_file))
 
 
 async def serve(settings: Settings) -> int:
@@ -263,8 +257,10 @@ async def serve(settings: Settings) -> int:
     :data:`~extauthz.server.shutdown.MARGIN_SECONDS` whatever Redis does.
 
     :raises SettingsError: a listen address is taken; live nodes in the same store run another
-        strategy.
+        strategy; the admin API is enabled without a usable token (:func:`_admin_guard`,
+        before anything starts).
     """
+    guard = _admin_guard(settings)  # before anything starts: refusing leaves nothing behind
     components = build_components(settings)
     grace = settings.server.shutdown_grace_seconds
     stop = asyncio.Event()
@@ -281,7 +277,6 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):  # a signal during start-up: stop after it
         loop.add_signal_handler(signum, stop.set)
-    guard, admin_open = _admin_guard(settings)
     node_id = settings.node_id
     health_servicer = HealthServicer()
     server, grpc_port = build_server(
@@ -304,8 +299,6 @@ async def serve(settings: Settings) -> int:
         http_socket.close()
         await components.close(within=MARGIN_SECONDS)
         raise
-    if admin_open:
-        _warn_open_admin(settings)
     loops: list[Service] = [
         StoreHealthReporter(
             components.store, health_servicer, settings.server.health_check_interval_seconds

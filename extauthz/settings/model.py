@@ -154,8 +154,13 @@ class DenySettings:
 
 @dataclass(frozen=True)
 class AdminSettings:
-    """Access to the project's own admin API (see :mod:`extauthz.server.admin`)."""
+    """The project's own admin API, ``SessionAdmin`` (see :mod:`extauthz.server.admin`).
 
+    ``enabled``: when true, ``serve`` refuses to start without ``token_file``, a file holding
+    the token that every admin call must carry; when false, every admin call is refused.
+    """
+
+    enabled: bool = True
     token_file: str = ""
 
 

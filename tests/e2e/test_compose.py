@@ -89,6 +89,7 @@ def test_production_shaped_central_topology() -> None:
 def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
     """The settings file plus the service's environment pass start-up validation: a compose
     file whose extauthz containers would refuse to start is caught here, without Docker."""
+    from extauthz.server.app import _admin_guard
     from extauthz.settings import load_settings
 
     env = {k: str(v) for k, v in _services()[service]["environment"].items()}
@@ -100,6 +101,7 @@ def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
     assert settings.store.strategy == "central"
     assert settings.session.cookie_secure is True
     assert settings.server.grpc_listen == "0.0.0.0:9001"
+    _admin_guard(settings)  # the admin API's start-up rule: a token, or disabled
 
 
 @pytest.mark.e2e

@@ -82,7 +82,10 @@ def test_a_node_holds_one_client_per_role_and_one_sentinel_discovery(
         # (create, Check, revoke with its barrier), the Check throttle's rate-limit counters
         # (failed lookups), the membership (heartbeats), the cache (its subscription)
         created = [
-            admin.CreateSession(admin_pb2.CreateSessionRequest(sub=f"u{i}"), timeout=5)
+            admin.CreateSession(
+                admin_pb2.CreateSessionRequest(sub=f"u{i}"), metadata=node.admin_metadata,
+                timeout=5,
+            )  # fmt: skip
             for i in range(3)
         ]
         for reply in created:
@@ -90,8 +93,9 @@ def test_a_node_holds_one_client_per_role_and_one_sentinel_discovery(
         for _ in range(3):
             assert checks.check(tokens.mint_token()) == "deny:unknown_session"
         revoked = admin.RevokeSession(
-            admin_pb2.RevokeSessionRequest(sid=created[0].session.sid), timeout=5
-        )
+            admin_pb2.RevokeSessionRequest(sid=created[0].session.sid),
+            metadata=node.admin_metadata, timeout=5,
+        )  # fmt: skip
         assert revoked.revoked
         time.sleep(1.5)  # heartbeats, proofs, health checks
 

@@ -95,15 +95,19 @@ def _check_loop(client: CheckClient, tokens: list[str], rec: Recorder, deadline:
 
 
 def _write_loop(
-    admin: Any, created: list[str], revoked: list[str], rec: Recorder, deadline: float
+    admin: Any, created: list[str], revoked: list[str], rec: Recorder, deadline: float,
+    metadata: list[tuple[str, str]],
 ) -> None:
-    """Log in and out continuously; remember which of them reported success."""
+    """Log in and out continuously (admin calls with ``metadata``, the admin token); remember
+    which of them reported success."""
     pending: list[str] = []
     n = 0
     while not rec.stop.is_set() and time.monotonic() < deadline:
         n += 1
         try:
-            reply = admin.CreateSession(admin_pb2.CreateSessionRequest(sub=f"w{n}"), timeout=2)
+            reply = admin.CreateSession(
+                admin_pb2.CreateSessionRequest(sub=f"w{n}"), metadata=metadata, timeout=2
+            )
             pending.append(reply.session.sid)
             rec.add("create:ok")
         except grpc.RpcError as exc:
@@ -111,7 +115,8 @@ def _write_loop(
         if len(pending) >= 2:
             sid = pending.pop(0)
             try:
-                if admin.RevokeSession(admin_pb2.RevokeSessionRequest(sid=sid), timeout=2).revoked:
+                request = admin_pb2.RevokeSessionRequest(sid=sid)
+                if admin.RevokeSession(request, metadata=metadata, timeout=2).revoked:
                     revoked.append(sid)
                 rec.add("revoke:ok")
             except grpc.RpcError as exc:
@@ -130,7 +135,10 @@ def test_kill9_primary_gives_503s_never_denials_and_recovers_without_restart(
     admin = admin_pb2_grpc.SessionAdminStub(channel)
     try:
         tokens = [
-            admin.CreateSession(admin_pb2.CreateSessionRequest(sub=f"u{i}"), timeout=5).access_token
+            admin.CreateSession(
+                admin_pb2.CreateSessionRequest(sub=f"u{i}"), metadata=node.admin_metadata,
+                timeout=5,
+            ).access_token
             for i in range(SESSIONS)
         ]
         assert all(client.check(t) == "allow" for t in tokens)
@@ -143,7 +151,10 @@ def test_kill9_primary_gives_503s_never_denials_and_recovers_without_restart(
         deadline = time.monotonic() + FAILOVER_BUDGET_S + 10
         threads = [
             threading.Thread(target=_check_loop, args=(client, tokens, checks, deadline)),
-            threading.Thread(target=_write_loop, args=(admin, created, revoked, writes, deadline)),
+            threading.Thread(
+                target=_write_loop,
+                args=(admin, created, revoked, writes, deadline, node.admin_metadata),
+            ),
         ]
         for t in threads:
             t.start()

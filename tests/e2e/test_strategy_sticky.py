@@ -75,7 +75,7 @@ def _served_by(cluster: StickyCluster, path: str) -> str:
 async def _login(node: StickyNode, user: str) -> tuple[str, str]:
     """Stands in for the login page of the node the user is pinned to (the session lands in
     that node's store): ``(token, sid)``."""
-    client = AuthzClient(node.extauthz.grpc_target)
+    client = AuthzClient(node.extauthz.grpc_target, node.extauthz.admin_metadata)
     try:
         return await client.create_session(user)
     finally:

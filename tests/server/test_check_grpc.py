@@ -36,8 +36,16 @@ from extauthz.server.health import HealthServicer
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from extauthz.tokens import mint_token
+from harness.extauthz import write_admin_token
 from harness.redis import redis_binary as find_redis_server
-from tests.fixtures.core import COOKIE, Harness, build_harness, http_request
+from tests.fixtures.core import (
+    ADMIN_METADATA,
+    ADMIN_TOKEN,
+    COOKIE,
+    Harness,
+    build_harness,
+    http_request,
+)
 from tests.support import ManagedProcess, RedisServer, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -76,7 +84,7 @@ class Node:
 
 async def start_node(harness: Harness) -> Node:
     health_servicer = HealthServicer()
-    guard = AdminGuard(loopback_only=True, token=None)
+    guard = AdminGuard(ADMIN_TOKEN)
     server, port = build_server(
         f"127.0.0.1:{free_port()}",
         harness.authorizer,
@@ -201,12 +209,15 @@ async def test_admin_and_status_services_answer(tmp_path: Path) -> None:
     node = await start_node(build_harness(tmp_path))
     try:
         admin = admin_pb2_grpc.SessionAdminStub(node.channel)
-        created = await admin.CreateSession(admin_pb2.CreateSessionRequest(sub="alice"), timeout=5)
+        created = await admin.CreateSession(
+            admin_pb2.CreateSessionRequest(sub="alice"), metadata=ADMIN_METADATA, timeout=5
+        )
         reply = await node.check(http_request({"authorization": f"Bearer {created.access_token}"}))
         assert reply.dynamic_metadata["sid"] == created.session.sid  # type: ignore[attr-defined]
         revoked = await admin.RevokeSession(
-            admin_pb2.RevokeSessionRequest(sid=created.session.sid), timeout=5
-        )
+            admin_pb2.RevokeSessionRequest(sid=created.session.sid), metadata=ADMIN_METADATA,
+            timeout=5,
+        )  # fmt: skip
         assert revoked.revoked
         reply = await node.check(http_request({"authorization": f"Bearer {created.access_token}"}))
         assert reply.denied_response.status.code == 401  # type: ignore[attr-defined]
@@ -237,6 +248,7 @@ def grpcurl_binary() -> str:
 class Served:
     proc: ManagedProcess
     grpc_port: int
+    admin_token: str
 
     @property
     def target(self) -> str:
@@ -257,13 +269,15 @@ def served(tmp_path: Path) -> Iterator[Served]:
         f'node_id = "grpcurl-node"\nshutdown_grace_seconds = 2\n'
         f'[store]\nstrategy = "sticky"\nbackend = "memory"\n'
         f'[jwt]\nkeys_dir = "{keys}"\n'
+        f'[admin]\ntoken_file = "{write_admin_token(tmp_path / "admin-token")}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")}
     argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config)]
     # start() raises with the log tail when it exits or does not listen within 20 s
     proc = ManagedProcess("serve", argv, tmp_path, env=env, cwd=tmp_path, ready_port=grpc_port)
     try:
-        yield Served(proc.start(), grpc_port)
+        token = (tmp_path / "admin-token").read_text().strip()
+        yield Served(proc.start(), grpc_port, token)
     finally:
         proc.kill9()
 
@@ -291,10 +305,11 @@ def test_grpcurl_lists_and_checks_then_sigterm_exits_0(served: Served) -> None:
         "extauthz.v1.Status",
     } <= services
 
-    created = grpcurl(
-        "-d", '{"sub": "alice", "scopes": ["read"]}', served.target,
-        "extauthz.v1.SessionAdmin/CreateSession",
-    )  # fmt: skip
+    create = ("-d", '{"sub": "alice", "scopes": ["read"]}', served.target,
+              "extauthz.v1.SessionAdmin/CreateSession")  # fmt: skip
+    refused = grpcurl(*create)  # no admin token
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+    created = grpcurl("-H", f"authorization: Bearer {served.admin_token}", *create)
     assert created.returncode == 0, created.stderr + served.tail()
     session = json.loads(created.stdout)
     token, sid = session["access_token"], session["session"]["sid"]

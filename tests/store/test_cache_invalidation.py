@@ -94,7 +94,7 @@ def nodes(
 
 @pytest.fixture
 async def clients(nodes: list[ExtauthzProcess]) -> AsyncIterator[list[AuthzClient]]:
-    made = [AuthzClient(proc.grpc_target) for proc in nodes]
+    made = [AuthzClient(proc.grpc_target, proc.admin_metadata) for proc in nodes]
     yield made
     for client in made:
         await client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -203,6 +204,7 @@ def test_second_node_with_another_strategy_refuses_to_start(
             [sys.executable, "-m", "extauthz", "serve", "--config",
              str(_config(tmp_path, "node-sticky", fresh_redis.url, "sticky"))],
             capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, check=False,
+            env=dict(os.environ, EXTAUTHZ_ADMIN_TOKEN_FILE=first.env["EXTAUTHZ_ADMIN_TOKEN_FILE"]),
         )  # fmt: skip
         assert second.returncode != 0
         lines = [line for line in second.stderr.splitlines() if line.strip()]

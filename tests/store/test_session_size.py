@@ -17,6 +17,7 @@ from extauthz.login.service import LoginForm
 from extauthz.login.users import FileUserStore
 from extauthz.server.admin import AdminGuard, SessionAdminServicer
 from extauthz.server.app import Components, build_components
+from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN
 from tests.support.extauthz_nodes import TEST_TABLES, keys_dir, node_settings
 
 # 300 roles of ordinary length: a 5-10 KB JWT without the bound (the 431)
@@ -35,8 +36,8 @@ class _Context:
         self.code, self.details = code, details
         raise _Aborted
 
-    def invocation_metadata(self) -> None:
-        return None
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ADMIN_METADATA
 
 
 def _components(tmp_path: Path, **jwt: object) -> Components:
@@ -64,7 +65,7 @@ async def test_a_session_whose_jwt_exceeds_the_bound_is_refused_and_not_stored(
 
 async def test_the_admin_api_answers_invalid_argument(tmp_path: Path) -> None:
     components = _components(tmp_path)
-    admin = SessionAdminServicer(components.sessions, AdminGuard(loopback_only=True, token=None))
+    admin = SessionAdminServicer(components.sessions, AdminGuard(ADMIN_TOKEN))
     context = _Context()
     with pytest.raises(_Aborted):
         await admin.CreateSession(

@@ -33,9 +33,12 @@ class CheckResult:
 class AuthzClient:
     """Async gRPC client of one extauthz node (``target`` is ``HOST:PORT``)."""
 
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, target: str, admin_metadata: list[tuple[str, str]], timeout: float = 5.0
+    ) -> None:
         self.target = target
         self.timeout = timeout
+        self._admin_metadata = admin_metadata  # the node's admin token (ExtauthzProcess)
         self._channel = grpc.aio.insecure_channel(target)
         self._authz = external_auth_pb2_grpc.AuthorizationStub(self._channel)
         self._admin = admin_pb2_grpc.SessionAdminStub(self._channel)
@@ -49,14 +52,16 @@ class AuthzClient:
     async def create_session(self, sub: str) -> tuple[str, str]:
         """``(opaque token, sid)`` of a new session for ``sub``."""
         resp = await self._admin.CreateSession(
-            admin_pb2.CreateSessionRequest(sub=sub), timeout=self.timeout
-        )
+            admin_pb2.CreateSessionRequest(sub=sub), metadata=self._admin_metadata,
+            timeout=self.timeout,
+        )  # fmt: skip
         return resp.access_token, resp.session.sid
 
     async def revoke(self, sid: str) -> bool:
         resp = await self._admin.RevokeSession(
-            admin_pb2.RevokeSessionRequest(sid=sid), timeout=self.timeout
-        )
+            admin_pb2.RevokeSessionRequest(sid=sid), metadata=self._admin_metadata,
+            timeout=self.timeout,
+        )  # fmt: skip
         return bool(resp.revoked)
 
     async def close(self) -> None:
