@@ -577,9 +577,10 @@ def _admin_calls() -> list[tuple[str, Any]]:
 
 
 def _serve_as_before(work: Path, keys: Path) -> str:
-    """Start ``extauthz serve`` the way a loopback node was configured before issue 14 #19
-    (no admin settings at all) and say what happened: ``refused to start: <stderr>``, or, when
-    it serves, what an admin call without a credential got. The process is killed after."""
+    """Start ``extauthz serve`` the way a loopback node was configured before the admin API
+    needed its token (no admin settings at all) and say what happened: ``refused to start:
+    <stderr>``, or, when it serves, what an admin call without a credential got. The process
+    is killed after."""
     import subprocess
     import sys
 
@@ -723,7 +724,7 @@ def test_advisory_admin_api_refuses_calls_without_a_credential_on_loopback(
     "listen", ["127.0.0.1:9001", "[::1]:9001", "localhost:9001", "0.0.0.0:9001"]
 )
 def test_advisory_admin_api_without_a_token_file_does_not_start(listen: str) -> None:
-    """Issue 14 #19, the start-up rule: with the admin API enabled (the default) and no
+    """The start-up rule: with the admin API enabled (the default) and no
     ``admin.token_file``, ``serve`` stops before anything starts, wherever it listens."""
     from extauthz.errors import SettingsError
     from extauthz.server.app import _admin_guard
@@ -734,7 +735,7 @@ def test_advisory_admin_api_without_a_token_file_does_not_start(listen: str) -> 
 
 
 async def test_advisory_a_disabled_admin_api_refuses_every_call(h: Harness) -> None:
-    """Issue 14 #19: ``admin.enabled = false`` needs no token file and refuses every
+    """``admin.enabled = false`` needs no token file and refuses every
     ``SessionAdmin`` call, even one that carries a token."""
     from extauthz.server.admin import SessionAdminServicer
     from extauthz.server.app import _admin_guard

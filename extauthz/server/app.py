@@ -337,6 +337,10 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     shutdown = Shutdown(grace, lambda: exit_code)
     shutdown.begin()
+    # refuse new calls first, then tell the health watchers: a client that sees NOT_SERVING
+    # and calls at once is refused instead of reaching the store
+    stopping_grpc = asyncio.ensure_future(server.stop(grace))
+    await asyncio.sleep(0)  # the stop task runs: grpc refuses new RPCs from here on
     await health_servicer.enter_graceful_shutdown()  # in memory: no Redis, no wait
     log.info(
         "shutting down: NOT_SERVING, no new calls; in-flight calls get %.1fs, the process "
@@ -346,7 +350,7 @@ async def serve(settings: Settings) -> int:
     )
     await shutdown.run(
         {
-            "gRPC server": server.stop(grace),  # no new calls from here on
+            "gRPC server": stopping_grpc,
             "HTTP server": runner.cleanup(),
             "background loops": stop_all(loops),
         },

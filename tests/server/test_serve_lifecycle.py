@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.keys.keyring import generate_key
 from extauthz.server.shutdown import MARGIN_SECONDS
+from harness.extauthz import write_admin_token
 from tests.fixtures.core import bearer_request
 from tests.support import ManagedProcess, RedisServer, free_port, grpc_health_serving
 from tests.support.tcp_proxy import TcpProxy
@@ -80,13 +81,16 @@ def write_config(
     keys = directory / "keys"
     if not keys.exists():
         generate_key(keys)
+    token = directory / "admin-token"
+    if not token.exists():
+        write_admin_token(token)
     store = store or '[store]\nstrategy = "sticky"\nbackend = "memory"\n'
     config = directory / f"extauthz-{grpc_port}.toml"
     config.write_text(
         f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\n'
         f'http_listen = "127.0.0.1:{http_port}"\nnode_id = "node-{grpc_port}"\n'
         f"shutdown_grace_seconds = {grace}\n{extra}\n{store}\n"
-        f'[jwt]\nkeys_dir = "{keys}"\n'
+        f'[jwt]\nkeys_dir = "{keys}"\n[admin]\ntoken_file = "{token}"\n'
     )
     return config
 
@@ -125,9 +129,13 @@ def redis_store(
     )
 
 
-def create_session(channel: grpc.Channel) -> str:
+def create_session(channel: grpc.Channel, directory: Path) -> str:
+    """A session for alice, created with the admin token :func:`write_config` wrote."""
+    token = (directory / "admin-token").read_text().strip()
     reply = admin_pb2_grpc.SessionAdminStub(channel).CreateSession(
-        admin_pb2.CreateSessionRequest(sub="alice", scopes=["read"]), timeout=10
+        admin_pb2.CreateSessionRequest(sub="alice", scopes=["read"]),
+        metadata=(("authorization", f"Bearer {token}"),),
+        timeout=10,
     )
     return str(reply.access_token)
 
@@ -181,16 +189,17 @@ def test_sigterm_reports_not_serving_and_refuses_new_checks_before_it_talks_to_r
 ) -> None:
     """Redis hangs from just before SIGTERM: whatever the node still had to say to it, the
     health Watch turns NOT_SERVING and a new Check is refused at once, while the Check in
-    flight is still waiting for Redis; that one is answered once Redis answers again (the
-    Check's store budget is raised above the test's pauses, with Envoy's timeout to match)."""
+    flight is still waiting for Redis; that one is answered once Redis answers again (Redis's
+    timeout and the Check's store budget are far above the test's pauses, so a slow machine
+    cannot end the wait early; Envoy's timeout to match)."""
     node = start_node(
         tmp_path, grace=5.0,
-        store=redis_store(proxy.url, timeout=2.0, cache=False, check_budget_ms=4000),
-        extra="health_check_interval_seconds = 5\next_authz_timeout_ms = 5000",
+        store=redis_store(proxy.url, timeout=10.0, cache=False, check_budget_ms=15000),
+        extra="health_check_interval_seconds = 5\next_authz_timeout_ms = 16000",
     )  # fmt: skip
     nodes.append(node)
     channel = grpc.insecure_channel(node.target)
-    token = create_session(channel)
+    token = create_session(channel, tmp_path)
     authz = external_auth_pb2_grpc.AuthorizationStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
     statuses: queue.Queue[int] = queue.Queue()
@@ -229,6 +238,11 @@ def test_sigterm_reports_not_serving_and_refuses_new_checks_before_it_talks_to_r
 FAULTS = ("none", "freeze", "down", "slow", "reset", "freeze-later")
 
 
+# faults scheduled for later ("freeze-later"): cancelled by heal(), so that one cannot fire
+# into the next run on a slow machine
+_scheduled: list[threading.Timer] = []
+
+
 def apply_fault(proxy: TcpProxy, fault: str, rng: random.Random) -> None:
     if fault == "freeze":
         proxy.freeze()
@@ -239,10 +253,16 @@ def apply_fault(proxy: TcpProxy, fault: str, rng: random.Random) -> None:
     elif fault == "reset":
         proxy.reset()
     elif fault == "freeze-later":
-        threading.Timer(rng.uniform(0.05, 0.5), proxy.freeze).start()
+        timer = threading.Timer(rng.uniform(0.05, 0.5), proxy.freeze)
+        _scheduled.append(timer)
+        timer.start()
 
 
 def heal(proxy: TcpProxy) -> None:
+    while _scheduled:
+        timer = _scheduled.pop()
+        timer.cancel()
+        timer.join()
     proxy.heal()
     proxy.restore()
 
@@ -263,7 +283,7 @@ def test_sigterm_under_random_redis_faults_exits_within_the_bound(
         node = start_node(tmp_path / f"run-{run}", store=store, grace=2.0)
         nodes.append(node)
         channel = grpc.insecure_channel(node.target)
-        token = token or create_session(channel)
+        token = token or create_session(channel, tmp_path / f"run-{run}")
         authz = external_auth_pb2_grpc.AuthorizationStub(channel)
         assert authz.Check(bearer_request(token), timeout=10).status.code == 0, what
 
