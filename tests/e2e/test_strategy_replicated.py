@@ -349,12 +349,14 @@ async def test_a_lagging_replica_is_fenced_and_logins_and_logouts_go_on(tmp_path
         writes: dict[str, dict[str, int]] = {"login": {}, "logout": {}}
         answers_on_b: dict[str, int] = {}
         released_at: float | None = None
+        acquired = 0  # leases node-b had taken when it gave X1's up
         trial = 0
         while time.monotonic() < lag_at + LAG_PHASE_SECONDS:
             node = (a, b, c)[trial % 3]
             trial += 1
             if released_at is None and not store_b.lease.held():
                 released_at = time.monotonic()
+                acquired = store_b.lease.stats["acquired"]
             try:
                 token, _ = await node.sessions.create(f"user-{trial}")
             except StoreUnavailable:
@@ -371,6 +373,7 @@ async def test_a_lagging_replica_is_fenced_and_logins_and_logouts_go_on(tmp_path
             answers_on_b[answer] = answers_on_b.get(answer, 0) + 1
             await asyncio.sleep(0.02)
         assert await asyncio.to_thread(x1.link_up), "the lagging link no longer reports up"
+        retaken_during_lag = store_b.lease.stats["acquired"] - acquired
 
         link.heal()
         healed_at = time.monotonic()
@@ -393,6 +396,7 @@ async def test_a_lagging_replica_is_fenced_and_logins_and_logouts_go_on(tmp_path
                     ),
                     "writes": writes,
                     "checks_on_b_after_logout": answers_on_b,
+                    "lease_retaken_during_lag": retaken_during_lag,
                     "heal_to_lease_retaken_s": round(retaken_at - healed_at, 2),
                 }
             ),
@@ -402,6 +406,7 @@ async def test_a_lagging_replica_is_fenced_and_logins_and_logouts_go_on(tmp_path
             ok, failed = counts.get("ok", 0), counts.get("failed", 0)
             assert ok >= 0.9 * (ok + failed), f"{what}: {counts}"
         assert released_at is not None, "node-b kept its lease while X1 lagged"
+        assert retaken_during_lag == 0, "node-b took its lease back while X1 still lagged"
 
 
 def test_replicated_without_a_local_replica_does_not_start() -> None:
