@@ -19,8 +19,9 @@ from extauthz.store.model import SessionStore
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints, parse_address, redact
 from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barrier
+from extauthz.store.redis.lease import leased_replicas, replica_barrier
 from extauthz.store.redis.membership import Membership
-from extauthz.store.redis.replicated import ReplicatedSessionStore, replica_barrier
+from extauthz.store.redis.replicated import ReplicatedSessionStore
 from extauthz.store.redis.store import RedisSessionStore
 
 
@@ -111,6 +112,8 @@ def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
             if replica is not None
             else None
         ),
+        # replicated: WAIT "all" waits for as many replicas as nodes read from
+        replicas_read=leased_replicas(membership) if replica is not None else None,
     )
     # the node's one subscription, where it reads sessions: an invalidation is never read
     # before the revocation reached that server
@@ -124,6 +127,8 @@ def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
             channel,
             s.key_prefix,
             max_staleness_seconds=s.replica_max_staleness_seconds,
+            # a replica further behind than a write waits for it is given up
+            max_lag_seconds=s.wait_timeout_ms / 1000,
         )
     if not settings.cache.enabled:
         return StoreParts(store)

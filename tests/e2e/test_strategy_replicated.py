@@ -23,7 +23,8 @@ from extauthz.check.envoy_adapter import to_request_context
 from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.server.app import Components, build_components
 from extauthz.settings import load_settings
-from extauthz.store.redis.replicated import LEASE_SLACK_SECONDS, ReplicatedSessionStore
+from extauthz.store.redis.lease import LEASE_SLACK_SECONDS
+from extauthz.store.redis.replicated import ReplicatedSessionStore
 from tests.fixtures.core import bearer_request
 from tests.support.extauthz_nodes import node_settings, settle
 from tests.support.redis_topology import (
@@ -185,6 +186,40 @@ async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bou
 PARTITION_BOUND = 2.0
 
 
+@contextlib.contextmanager
+def _with_proxied_replica(
+    base: Path, *, replicas: int
+) -> Iterator[tuple[ReplicatedTopology, TcpProxy, RedisNode]]:
+    """A primary with ``replicas`` replicas linked directly, plus X1, linked to the primary
+    through a :class:`TcpProxy` (the link the test cuts or slows) and last in
+    ``topo.replicas``; every replica has acknowledged a write."""
+    with contextlib.ExitStack() as stack:
+        topo = stack.enter_context(ReplicatedTopology(base / "redis", replicas=replicas))
+        link = stack.enter_context(TcpProxy(topo.primary().address))
+        x1 = RedisNode(base / "redis" / "x1", replicaof=link.address)
+        stack.callback(x1.kill9)
+        x1.start()
+        topo.replicas.append(x1)
+        wait_until(x1.link_up, timeout=10, description="x1 linked through the proxy")
+        settle(topo)
+        yield topo, link, x1
+
+
+async def _leases_held(nodes: list[Components]) -> list[ReplicatedSessionStore]:
+    """Start the nodes' replicated stores and wait (5 s at most) until each holds its read
+    lease."""
+    stores: list[ReplicatedSessionStore] = []
+    for node in nodes:
+        assert isinstance(node.store, ReplicatedSessionStore)
+        stores.append(node.store)
+        await node.store.start()
+    deadline = time.monotonic() + 5
+    while not all(s.lease.held() for s in stores):
+        assert time.monotonic() < deadline, "read leases not taken"
+        await asyncio.sleep(0.05)
+    return stores
+
+
 @pytest.mark.parametrize("cut_off", ["replica-link", "replica-link-and-primary"])
 async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_still_allows(
     tmp_path: Path, cut_off: str
@@ -196,19 +231,8 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
     allowing from X1 for the whole staleness bound (the primary's ``WAIT "all"`` no longer
     counted X1)."""
     with contextlib.ExitStack() as stack:
-        topo = stack.enter_context(ReplicatedTopology(tmp_path / "redis", replicas=1))
-        replica_link = stack.enter_context(TcpProxy(topo.primary().address))
+        topo, replica_link, x1 = stack.enter_context(_with_proxied_replica(tmp_path, replicas=1))
         b_primary_link = stack.enter_context(TcpProxy(topo.primary().address))
-        x1 = RedisNode(
-            tmp_path / "redis" / "x1",
-            replicaof=replica_link.address,
-            extra_args=["--repl-ping-replica-period", "1"],
-        )
-        stack.callback(x1.kill9)
-        x1.start()
-        topo.replicas.append(x1)
-        wait_until(x1.link_up, timeout=10, description="x1 linked through the proxy")
-        settle(topo)
         store_a = _store(topo, 0, replica_max_staleness_seconds=PARTITION_BOUND)
         store_b = {
             **_store(topo, 1, replica_max_staleness_seconds=PARTITION_BOUND),
@@ -219,16 +243,7 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
             for node, store in (("node-a", store_a), ("node-b", store_b))
         )
         try:
-            stores: list[ReplicatedSessionStore] = []
-            for node in (a, b):
-                assert isinstance(node.store, ReplicatedSessionStore)
-                stores.append(node.store)
-            for s in stores:
-                await s.start()
-            deadline = time.monotonic() + 5
-            while not all(s.lease.held() for s in stores):
-                assert time.monotonic() < deadline, "read leases not taken"
-                await asyncio.sleep(0.05)
+            stores = await _leases_held([a, b])
             token, _ = await a.sessions.create("victim")
             store_b_ = stores[1]
             deadline = time.monotonic() + 5
@@ -303,6 +318,95 @@ async def test_logout_with_a_partitioned_replica_never_reports_success_while_it_
         finally:
             for n in (a, b):
                 await n.close()
+
+
+LAG_SECONDS = 0.5
+LAG_PHASE_SECONDS = 5.0
+
+
+async def test_a_lagging_replica_is_fenced_and_logins_and_logouts_go_on(tmp_path: Path) -> None:
+    """node-b reads from X1, whose link from the primary runs through a proxy that holds every
+    chunk ``LAG_SECONDS`` each way: the link stays up, X1 trails the primary. The old code
+    failed every login and logout of the deployment meanwhile (``WAIT "all"`` and the replica
+    barrier waited for X1). Now node-b gives up its lease and reads from the primary, the
+    writes stop waiting for X1, node-b never allows a token whose logout succeeded, and it
+    takes its lease back once X1 has caught up."""
+    async with contextlib.AsyncExitStack() as stack:
+        topo, link, x1 = stack.enter_context(_with_proxied_replica(tmp_path, replicas=2))
+        a, c, b = (  # node-b reads from X1, the last replica
+            build_components(
+                node_settings(tmp_path, f"node-{name}", _store(topo, i), cache={"enabled": False})
+            )
+            for i, name in enumerate("acb")
+        )
+        stack.push_async_callback(a.close)
+        stack.push_async_callback(b.close)
+        stack.push_async_callback(c.close)
+        *_, store_b = await _leases_held([a, c, b])
+
+        lag_at = time.monotonic()
+        link.set_latency(LAG_SECONDS)
+        writes: dict[str, dict[str, int]] = {"login": {}, "logout": {}}
+        answers_on_b: dict[str, int] = {}
+        released_at: float | None = None
+        acquired = 0  # leases node-b had taken when it gave X1's up
+        trial = 0
+        while time.monotonic() < lag_at + LAG_PHASE_SECONDS:
+            node = (a, b, c)[trial % 3]
+            trial += 1
+            if released_at is None and not store_b.lease.held():
+                released_at = time.monotonic()
+                acquired = store_b.lease.stats["acquired"]
+            try:
+                token, _ = await node.sessions.create(f"user-{trial}")
+            except StoreUnavailable:
+                writes["login"]["failed"] = writes["login"].get("failed", 0) + 1
+                continue
+            writes["login"]["ok"] = writes["login"].get("ok", 0) + 1
+            try:
+                await node.sessions.revoke_token(token)
+            except StoreUnavailable:
+                writes["logout"]["failed"] = writes["logout"].get("failed", 0) + 1
+                continue
+            writes["logout"]["ok"] = writes["logout"].get("ok", 0) + 1
+            answer = await check(b, token)  # the point: never allowed after the logout
+            answers_on_b[answer] = answers_on_b.get(answer, 0) + 1
+            await asyncio.sleep(0.02)
+        assert await asyncio.to_thread(x1.link_up), "the lagging link no longer reports up"
+        retaken_during_lag = store_b.lease.stats["acquired"] - acquired
+
+        link.heal()
+        healed_at = time.monotonic()
+        while not store_b.lease.held():
+            assert time.monotonic() < healed_at + 8, "node-b did not take its lease back"
+            await asyncio.sleep(0.05)
+        retaken_at = time.monotonic()
+        token, _ = await a.sessions.create("after-the-lag")
+        hits = store_b.replica_hits
+        assert await check(b, token) == "allow"
+        assert store_b.replica_hits == hits + 1, "node-b does not read from X1 again"
+
+        print(
+            "replicated lag figures:",
+            json.dumps(
+                {
+                    "lag_s": LAG_SECONDS,
+                    "lag_to_lease_released_s": (
+                        None if released_at is None else round(released_at - lag_at, 2)
+                    ),
+                    "writes": writes,
+                    "checks_on_b_after_logout": answers_on_b,
+                    "lease_retaken_during_lag": retaken_during_lag,
+                    "heal_to_lease_retaken_s": round(retaken_at - healed_at, 2),
+                }
+            ),
+        )
+        assert answers_on_b and set(answers_on_b) <= {"deny:unknown_session", "unavailable"}
+        for what, counts in writes.items():
+            ok, failed = counts.get("ok", 0), counts.get("failed", 0)
+            assert ok >= 0.9 * (ok + failed), f"{what}: {counts}"
+        assert released_at is not None, "node-b kept its lease while X1 lagged"
+        assert retaken_during_lag == 0, "node-b took its lease back while X1 still lagged"
 
 
 def test_replicated_without_a_local_replica_does_not_start() -> None:

@@ -117,3 +117,64 @@ async def test_no_write_is_confirmed_while_the_only_replica_is_stopped(
     # the replica is back: writes are confirmed again
     wait_until(lambda: replica.link_up(), timeout=15, description="replica link up")
     await sessions.create("after")
+
+
+async def test_wait_all_counts_the_replicas_nodes_read_from(tmp_path: Path) -> None:
+    """Under ``replicated``, ``WAIT "all"`` waits for one replica per live read lease (at least
+    one, at most the replicas online): a replica whose node gave its lease up (it lags) holds
+    no write up. Without the count it waits for every online replica, the stopped one too."""
+    primary = RedisNode(tmp_path / "primary").start()
+    replicas = [
+        RedisNode(tmp_path / f"replica{i}", replicaof=primary.address).start() for i in range(2)
+    ]
+    c = RedisClients(RedisEndpoints(primary_url=primary.url, timeout_seconds=2.0))
+    try:
+
+        def online() -> bool:  # the primary counts a replica online from its first ACK on
+            info = parse_info(primary.command("INFO", "replication"))
+            return sum("online" in info.get(f"slave{i}", "") for i in range(2)) == 2
+
+        wait_until(online, timeout=15, description="two replicas online")
+        leases = 1
+
+        async def replicas_read() -> int:
+            return leases
+
+        counted, every = (
+            SessionManager(
+                RedisSessionStore(
+                    c.primary,
+                    f"d{uuid.uuid4().hex[:6]}:",
+                    wait_replicas="all",
+                    wait_timeout_ms=200,
+                    replicas_read=read,
+                ),
+                idle_timeout=600,
+                absolute_timeout=3600,
+            )
+            for read in (replicas_read, None)
+        )
+        # a replica acknowledges its first WAIT only at its next replication cron (up to 1 s)
+        async with c.primary.pipeline(transaction=False) as pipe:
+            pipe.set("settle", "1")
+            pipe.execute_command("WAIT", 2, 5000)
+            assert (await pipe.execute())[-1] == 2
+        stopped = replicas[1]
+        assert stopped.pid is not None
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            token, _ = await counted.create("alice")  # one lease: the running replica
+            await counted.revoke_token(token)
+            with pytest.raises(StoreWriteNotDurable, match="1 of 2 replicas"):
+                await every.create("bob")
+            leases = 0  # no lease: still one replica
+            await counted.create("carol")
+            leases = 3  # more leases than replicas (nodes share one): every online one
+            with pytest.raises(StoreWriteNotDurable, match="1 of 2 replicas"):
+                await counted.create("dave")
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+    finally:
+        await c.aclose()
+        for node in (*replicas, primary):
+            node.stop()

@@ -178,6 +178,27 @@ async def test_one_instance_id_for_the_record_the_cache_and_the_read_lease(
         await node.close()
 
 
+async def test_live_count_counts_unexpired_leases_and_recent_beats(
+    fresh_redis: RedisServer,
+) -> None:
+    """``WAIT "all"`` under ``replicated`` waits for one replica per live read lease."""
+    a, b = (_registry(fresh_redis.url, f"node-{n}", "replicated") for n in "ab")
+    try:
+        await a.renew_lease(5.0, applied=0, forget_after=60)
+        await b.renew_lease(0.05, applied=0, forget_after=60)
+        assert await a.live_count(READER) == 2
+        await asyncio.sleep(0.1)  # b's lease expired (by the Redis clock)
+        assert await a.live_count(READER) == 1
+        assert await b.live_count(CACHE) == 0
+        await b.beat(CACHE, forget_after=60)
+        assert await a.live_count(CACHE) == 1
+        await a.leave(READER)  # a node that gives its lease up is not counted
+        assert await b.live_count(READER) == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
 # ---------------------------------------------------------------------------- processes
 
 

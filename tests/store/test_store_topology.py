@@ -9,7 +9,7 @@ import pytest
 from extauthz.errors import SettingsError
 from extauthz.server import store_wiring as topology
 from extauthz.settings import load_settings
-from extauthz.store.redis.replicated import replica_staleness
+from extauthz.store.redis.replication import replica_staleness
 
 REDIS = {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": "redis://127.0.0.1:1/0"}
 SENTINELS = "127.0.0.1:26001,127.0.0.1:26002,127.0.0.1:26003"

@@ -105,6 +105,7 @@ class Membership:
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._ack_growing = client.register_script(scripts.ACK_GROWING)
         self._pending = client.register_script(scripts.PENDING)
+        self._live_count = client.register_script(scripts.LIVE_COUNT)
         self._loop = Loop(
             "node-registry",
             self._heartbeat_step,
@@ -300,3 +301,9 @@ class Membership:
         """Live members of ``role`` that have not acknowledged ``seq``, sorted."""
         reply = await self._pending(keys=self.keys(role), args=[seq, int(role.live_for * 1000)])
         return sorted(text(member) for member in reply)
+
+    @translated("live members")
+    async def live_count(self, role: Role) -> int:
+        """How many members of ``role`` are live now (by the Redis clock)."""
+        members = self.keys(role)[0]
+        return int(await self._live_count(keys=[members], args=[int(role.live_for * 1000)]))

@@ -3,8 +3,9 @@
 A read asks the replica first and falls back to the primary on a miss, or when the replica
 cannot answer or is stale (its link to the primary older than ``max_staleness_seconds``). The
 replica's positive answers count only while this node holds its read lease
-(:class:`ReplicaReadLease`); every revocation waits until the replica of each lease holder
-applied it (:func:`replica_barrier`) or fails with :class:`~extauthz.errors.StoreWriteNotDurable`.
+(:mod:`extauthz.store.redis.lease`), which it gives up when its replica trails the primary by
+more than a write waits for it (``max_lag_seconds``): writes wait only for the replicas of
+lease holders.
 The protocol and its failure cases: docs/strategies.md, 'replicated'.
 """
 
@@ -14,172 +15,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from extauthz.loops import Loop
 from extauthz.store.model import Session, SessionStore
-from extauthz.store.redis.barrier import AckBarrier, SequenceAcks
 from extauthz.store.redis.channel import Channel
-from extauthz.store.redis.errors import StoreUnavailable, store_errors, text
-from extauthz.store.redis.membership import READER, Membership
+from extauthz.store.redis.errors import StoreUnavailable, store_errors
+from extauthz.store.redis.lease import LEASE_RENEW_SECONDS, LEASE_SLACK_SECONDS, ReplicaReadLease
+from extauthz.store.redis.membership import Membership
+from extauthz.store.redis.replication import UNREACHABLE, ReplicaState, ReplicationLag
 from extauthz.store.redis.store import RedisSessionStore
 
 log = logging.getLogger("extauthz.store")
 
 FRESHNESS_CHECK_INTERVAL_SECONDS = 0.1
-LEASE_RENEW_SECONDS = 0.25
-# a lease outlives the staleness bound by this much: INFO counts whole seconds (up to 1 s
-# more) and the last renewal may predate the partition by one renewal interval
-LEASE_SLACK_SECONDS = 1.5
-# the node's own view of its lease ends this fraction early (clock-rate differences)
-LEASE_LOCAL_MARGIN = 0.02
-# leases expired for longer than this are removed by the next renewal of any node
-LEASE_FORGET_SECONDS = 60.0
-
-
-def _seq(value: Any) -> int:
-    digits = text(value) if value is not None else "0"
-    return int(digits) if digits.isdigit() else 0
-
-
-def replica_barrier(membership: Membership, *, timeout: float) -> AckBarrier:
-    """The revoker's end: return once every live read lease has acknowledged ``seq``, or
-    raise :class:`~extauthz.errors.StoreWriteNotDurable` after ``timeout`` seconds (some node
-    may still read the revoked session from a replica that has not applied the revocation)."""
-    return AckBarrier(lambda seq: membership.pending(READER, seq), timeout=timeout, strict=True)
-
-
-def replica_staleness(info: dict[str, Any]) -> float | None:
-    """Seconds since the replica last heard from its primary, from a parsed
-    ``INFO replication``; ``None`` when the node is not a usable replica (a primary, or
-    loading a full sync)."""
-    if str(info.get("role")) != "slave":
-        return None
-    if str(info.get("master_sync_in_progress", "0")) == "1":
-        return None
-    if str(info.get("master_link_status")) == "up":
-        return float(info.get("master_last_io_seconds_ago", 0))
-    down_since = info.get("master_link_down_since_seconds")
-    if down_since is None:
-        return None
-    # -1 means "never linked" in some versions; treat as unusable
-    down = float(down_since)
-    return None if down < 0 else down
-
-
-class ReplicaReadLease:
-    """This node's permission to take positive answers from its replica (module docstring).
-
-    :param membership: the process's membership (the lease is its READER membership).
-    :param replica: a client of this node's replica (its copy of ``p+"invalidate:seq"``).
-    :param channel: the node's subscription on that replica (its copy of the invalidations).
-    :param lease_seconds: how long one renewal lasts.
-    :param clock: monotonic seconds.
-    """
-
-    def __init__(
-        self,
-        membership: Membership,
-        replica: aioredis.Redis,
-        channel: Channel,
-        key_prefix: str,
-        *,
-        lease_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._membership = membership
-        self._replica = replica
-        self._channel = channel
-        self.instance = membership.instance
-        self._seq_key = key_prefix + "invalidate:seq"
-        self.lease_seconds = lease_seconds
-        self._clock = clock
-        self._valid_until = float("-inf")
-        # None: caught up; else the seq the replica must reach before the lease is used
-        self._catch_up_to: int | None = 0
-        self._may_hold = False  # the primary may have a lease of ours (withdraw it)
-        self.is_subscribed = False
-        channel.add_listener(self, ping_interval=1.0, silence=3.0)
-        self._acks = SequenceAcks(lambda seq: membership.ack(READER, seq), "replica")
-        self.stats = {"renewals": 0, "acquired": 0, "releases": 0}
-
-    def held(self) -> bool:
-        """Whether the replica may give positive answers now, as far as the lease goes."""
-        return self._catch_up_to is None and self._clock() < self._valid_until
-
-    async def start(self) -> None:
-        await self._channel.start()
-        await self._acks.start()
-
-    async def stop(self) -> None:
-        await self._acks.stop()
-        await self._channel.stop()
-        self.is_subscribed = False
-        await self.release()
-
-    async def replica_seq(self) -> int:
-        """The newest revocation the replica has applied.
-
-        :raises StoreUnavailable: the replica did not answer.
-        """
-        async with store_errors("replica seq"):
-            return _seq(await self._replica.get(self._seq_key))
-
-    async def renew(self) -> None:
-        """Take or extend the lease (the replica is fresh and its channel is read).
-
-        :raises StoreUnavailable: the primary or the replica did not answer; a lease already
-            held runs until it expires.
-        """
-        applied = await self.replica_seq()
-        sent = self._clock()
-        self._may_hold = True
-        continued, current = await self._membership.renew_lease(
-            self.lease_seconds, applied, LEASE_FORGET_SECONDS
-        )
-        self.stats["renewals"] += 1
-        if not continued:
-            # a new lease: revocations made before it did not wait for this node
-            self._catch_up_to = max(current, self._catch_up_to or 0)
-        self._valid_until = sent + self.lease_seconds * (1 - LEASE_LOCAL_MARGIN)
-        if self._catch_up_to is not None and await self.replica_seq() >= self._catch_up_to:
-            self._catch_up_to = None
-            self.stats["acquired"] += 1
-            log.info("replica read lease %s held", self.instance)
-
-    async def release(self) -> None:
-        """Stop trusting the replica, then withdraw the lease (best effort: a lease that
-        could not be withdrawn expires by itself)."""
-        was = self.held()
-        self._valid_until = float("-inf")
-        self._catch_up_to = 0
-        if not self._may_hold:
-            return
-        try:
-            removed = await self._membership.leave(READER)
-        except StoreUnavailable as exc:
-            log.debug("replica read lease not withdrawn: %s", exc)
-            return
-        self._may_hold = False
-        if removed:
-            self.stats["releases"] += 1
-            if was:
-                log.info("replica read lease %s released: reads go to the primary", self.instance)
-
-    # -- the channel: the revocations this node's replica has applied --------------------------
-
-    def subscribed(self) -> None:
-        self.is_subscribed = True
-
-    def message(self, channel: str, data: str) -> None:
-        if channel == self._channel.channel:
-            self._acks.want(_seq(data.partition(":")[0]))
-
-    def lost(self, why: str) -> None:
-        self.is_subscribed = False
-        log.debug("replica invalidation channel lost: %s", why)
 
 
 class ReplicatedSessionStore:
@@ -190,6 +40,9 @@ class ReplicatedSessionStore:
     :param membership: the process's membership (the read lease is its READER membership).
     :param channel: the node's subscription on the replica.
     :param max_staleness_seconds: see the module docstring.
+    :param max_lag_seconds: the longest delay of the replica's data (behind the primary's)
+        under which the node keeps its lease: what a write waits for a replica
+        (``store.wait_timeout_ms``).
 
     The read lease is kept by a loop started by :meth:`start`, or by the first read; until
     it is held, reads go to the primary.
@@ -206,6 +59,7 @@ class ReplicatedSessionStore:
         key_prefix: str = "extauthz:",
         *,
         max_staleness_seconds: float = 5.0,
+        max_lag_seconds: float = 0.25,
         freshness_check_interval: float = FRESHNESS_CHECK_INTERVAL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -213,6 +67,10 @@ class ReplicatedSessionStore:
         self._replica_client = replica
         self._replica = RedisSessionStore(replica, key_prefix)
         self._max_staleness = max_staleness_seconds
+        self._max_lag = max_lag_seconds
+        self._lag = ReplicationLag()
+        # the replica's data trailed the primary's by more than max_lag at the last look
+        self.lagging = False
         self._interval = freshness_check_interval
         self._monotonic = monotonic
         self._checked_at = float("-inf")
@@ -254,39 +112,62 @@ class ReplicatedSessionStore:
             await self._maintainer.stop()
             await self.lease.stop()
 
-    async def _replication(self) -> tuple[float | None, bool]:
-        """The replica's staleness (:func:`replica_staleness`) and whether its link is up;
-        ``(None, False)`` when it does not answer."""
+    async def _replication(self) -> ReplicaState:
+        """The replica's ``INFO replication``; :data:`UNREACHABLE` when it does not answer."""
         try:
             async with store_errors("replica info"):
-                info = await self._replica_client.info("replication")
+                return ReplicaState.from_info(await self._replica_client.info("replication"))
         except StoreUnavailable:
-            return None, False
-        return replica_staleness(info), str(info.get("master_link_status")) == "up"
+            return UNREACHABLE
+
+    async def _behind(self, replica: ReplicaState, asked: float) -> float | None:
+        """Seconds ``replica`` (read at ``asked``) trails the primary
+        (:class:`~extauthz.store.redis.replication.ReplicationLag`), then a new sample of the
+        primary; ``None`` when the primary does not answer."""
+        try:
+            async with store_errors("primary info"):
+                info = await self._primary.client.info("replication")
+        except StoreUnavailable:
+            return None
+        behind = self._lag.behind(replica, asked)
+        self._lag.primary(info, self._monotonic())
+        if (behind > self._max_lag) != self.lagging:
+            self.lagging = not self.lagging
+            if self.lagging:
+                log.warning(
+                    "local replica %.2fs behind the primary, a write waits %.2fs for it: read "
+                    "lease given up, reads go to the primary",
+                    behind,
+                    self._max_lag,
+                )
+            else:
+                log.info("local replica caught up with the primary (%.2fs behind)", behind)
+        return behind
 
     async def maintain_lease(self) -> None:
         """One round of lease upkeep (every :data:`LEASE_RENEW_SECONDS`):
 
-        - replica fresh, link up, its invalidation channel read: renew the lease;
-        - replica within the bound but partitioned (or its channel not read) while the
-          primary answers: release the lease, reads go to the primary;
-        - the same, but the primary does not answer either: keep the lease until it or the
-          staleness bound runs out (reads survive the partition; revocations fail);
+        - replica fresh, link up, its invalidation channel read, its data no more than
+          ``max_lag_seconds`` behind the primary's: renew the lease;
+        - replica lagging, partitioned or its channel not read, while the primary answers:
+          release the lease, reads go to the primary and writes stop waiting for the replica;
+        - replica within the staleness bound but the primary does not answer: keep the lease
+          until it or the bound runs out (reads survive the partition; revocations fail);
         - replica unusable: release the lease.
         """
-        staleness, link_up = await self._replication()
-        fresh = staleness is not None and staleness <= self._max_staleness
-        if fresh and link_up and self.lease.is_subscribed:
+        asked = self._monotonic()
+        replica = await self._replication()
+        behind = await self._behind(replica, asked)
+        fresh = replica.staleness is not None and replica.staleness <= self._max_staleness
+        lagging = behind is not None and behind > self._max_lag
+        if fresh and replica.link_up and self.lease.is_subscribed and not lagging:
             try:
                 await self.lease.renew()
             except StoreUnavailable as exc:
                 log.debug("replica read lease not renewed: %s", exc)
             return
-        if fresh and self.lease.held():
-            try:
-                await self._primary.ping()
-            except StoreUnavailable:
-                return  # cut off from the primary as well: keep reading from the replica
+        if fresh and self.lease.held() and behind is None:
+            return  # cut off from the primary as well: keep reading from the replica
         await self.lease.release()
 
     async def replica_usable(self) -> bool:
@@ -303,7 +184,7 @@ class ReplicatedSessionStore:
         async with self._lock:
             if self._monotonic() - self._checked_at < self._interval:
                 return self._usable
-            staleness, _ = await self._replication()
+            staleness = (await self._replication()).staleness
             usable = staleness is not None and staleness <= self._max_staleness
             if usable != self._usable:
                 (log.info if usable else log.warning)(

@@ -81,6 +81,12 @@ end
 return out
 """
 
+# KEYS[1] = a role's members; ARGV[1] = how long (ms) a member stays live after its score (as
+# for PENDING). Returns how many members are live.
+LIVE_COUNT = CLOCK + """
+return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
+"""
+
 # KEYS[1] = p+"nodes" (hash: node id -> JSON record, times in Unix seconds); ARGV = node id,
 # strategy, version, ttl (s), topology, mode, instance. Mode "check": do not register when a
 # live node runs another strategy. Returns {registered 0/1, "<node id>=<strategy>", ...} of

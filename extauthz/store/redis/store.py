@@ -9,6 +9,7 @@ handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -45,8 +46,14 @@ class RedisSessionStore:
         clock: Callable[[], float] = time.time,
         invalidation_barrier: Callable[[int], Awaitable[None]] | None = None,
         replica_barrier: Callable[[int], Awaitable[None]] | None = None,
+        replicas_read: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        """``wait_replicas``: a count, or ``"all"``: every replica the primary reports online,
+        or, given ``replicas_read`` (how many replicas nodes read from: ``replicated``'s
+        :func:`~extauthz.store.redis.lease.leased_replicas`), that many of them, at least
+        one. ``wait_timeout_ms``: how long a write waits for them."""
         self._redis = client
+        self._replicas_read = replicas_read
         self._invalidation_barrier = invalidation_barrier
         self._replica_barrier = replica_barrier
         self._prefix = key_prefix
@@ -118,13 +125,20 @@ class RedisSessionStore:
         info = await self._redis.info("replication")
         return sum(1 for key, value in info.items() if _is_online_replica(key, value))
 
+    async def _all_replicas(self) -> int:
+        """What ``WAIT "all"`` waits for (see :meth:`__init__`)."""
+        if self._replicas_read is None:
+            return await self._online_replicas()
+        online, read = await asyncio.gather(self._online_replicas(), self._replicas_read())
+        return min(online, max(1, read))
+
     async def _transaction(self) -> DurablePipeline:
         """A pipeline whose ``execute`` runs its commands in ``MULTI``/``EXEC``, then waits
         (``WAIT``) for ``wait_replicas`` replicas on the same connection
         (:class:`~extauthz.store.redis.durable.DurablePipeline`)."""
         wanted = self._wait_replicas
         if wanted == "all":
-            wanted = await self._online_replicas()
+            wanted = await self._all_replicas()
         assert isinstance(wanted, int)
         return DurablePipeline(self._redis, wanted, self._wait_timeout_ms)
 
