@@ -59,6 +59,14 @@ async def clients(nodes: tuple[RedisNode, RedisNode]) -> AsyncIterator[RedisClie
     await c.aclose()
 
 
+async def _acknowledged_write(clients: RedisClients, key: str) -> None:
+    """A write and its WAIT on one connection, acknowledged by the replica (5 s at most)."""
+    async with clients.primary.pipeline(transaction=False) as pipe:
+        pipe.set(key, "1")
+        pipe.execute_command("WAIT", 1, 5000)
+        assert (await pipe.execute())[-1] == 1
+
+
 async def test_no_write_is_confirmed_while_the_only_replica_is_stopped(
     nodes: tuple[RedisNode, RedisNode], clients: RedisClients
 ) -> None:
@@ -67,14 +75,14 @@ async def test_no_write_is_confirmed_while_the_only_replica_is_stopped(
         clients.primary, f"d{uuid.uuid4().hex[:6]}:", wait_replicas=1, wait_timeout_ms=200
     )
     sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    # a freshly attached replica's first acknowledgement can take about a second, more than
+    # the store's 200 ms: wait for it before the set-up writes
+    await _acknowledged_write(clients, "attached")
     existing = [(await sessions.create(f"user{i}"))[0] for i in range(WRITES)]
     # connections that have only read, every one of them older than an acknowledged write:
     # a WAIT sent on one of them has nothing to wait for
     await asyncio.gather(*(sessions.lookup(t) for t in existing * 2))
-    async with clients.primary.pipeline(transaction=False) as pipe:
-        pipe.set("warm-up", "1")
-        pipe.execute_command("WAIT", 1, 5000)
-        assert (await pipe.execute())[-1] == 1
+    await _acknowledged_write(clients, "warm-up")
     done = asyncio.Event()
 
     async def read(i: int) -> None:
