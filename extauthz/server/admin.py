@@ -14,7 +14,7 @@ import logging
 import stat
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -148,6 +148,23 @@ async def _call(
     raise AssertionError("unreachable")  # abort() always raises
 
 
+# integers a double represents exactly (IEEE 754 binary64: 53 bits of significand)
+_EXACT_INTEGERS = 2**53
+
+
+def whole_numbers(value: Any) -> Any:
+    """``value`` (decoded JSON) with every whole-number float that a double holds exactly
+    turned into an ``int``. ``google.protobuf.Struct`` carries every number as a double, so
+    session ``data`` sent as ``{"n": 1}`` would otherwise reach the JWT as ``1.0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INTEGERS:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
+
+
 class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
     def __init__(self, sessions: SessionManager, guard: AdminGuard) -> None:
         self._sessions = sessions
@@ -157,7 +174,11 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
         self, request: admin_pb2.CreateSessionRequest, context: CallContext
     ) -> admin_pb2.CreateSessionResponse:
         async def run() -> admin_pb2.CreateSessionResponse:
-            data = json_format.MessageToDict(request.data) if request.HasField("data") else {}
+            data = (
+                whole_numbers(json_format.MessageToDict(request.data))
+                if request.HasField("data")
+                else {}
+            )
             token, session = await self._sessions.create(
                 request.sub, scopes=request.scopes, roles=request.roles, data=data
             )

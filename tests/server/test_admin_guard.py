@@ -104,3 +104,23 @@ def test_a_token_file_every_user_may_read_is_warned_about(
     (record,) = caplog.records
     message = record.getMessage()
     assert "readable by every user" in message and ADMIN_TOKEN not in message
+
+
+def test_session_data_numbers_keep_their_json_kind() -> None:
+    """``google.protobuf.Struct`` holds every number as a double: ``{"n": 1}`` came out of
+    the admin API as ``1.0`` in the session and the JWT. Whole numbers that a double holds
+    exactly become ints again, everywhere in the document; other numbers stay floats."""
+    from google.protobuf import json_format
+    from google.protobuf.struct_pb2 import Struct
+
+    from extauthz.server.admin import whole_numbers
+
+    data = Struct()
+    data.update({"n": 1, "half": 0.5, "big": 2.0**60, "deep": {"list": [2, -3, 1.25]}})
+    decoded = json_format.MessageToDict(data)
+    assert decoded["n"] == 1.0 and isinstance(decoded["n"], float)  # what the wire gives
+    plain = whole_numbers(decoded)
+    assert plain == {"n": 1, "half": 0.5, "big": 2.0**60, "deep": {"list": [2, -3, 1.25]}}
+    assert type(plain["n"]) is int and type(plain["half"]) is float
+    assert type(plain["big"]) is float  # beyond 2**53 a double is no exact integer
+    assert [type(v) for v in plain["deep"]["list"]] == [int, int, float]
