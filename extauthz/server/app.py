@@ -48,7 +48,7 @@ from extauthz.server.store_wiring import (
     build_store,
     describe,
 )
-from extauthz.server.tasks import KeyReloader, reload_keys
+from extauthz.server.tasks import KeyReloader
 from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
@@ -56,7 +56,7 @@ from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.ratelimit import RedisRateLimiter
 from extauthz.store.redis.users import RedisUserStore
 
-__all__ = ["Components", "build_components", "reload_keys", "serve"]
+__all__ = ["Components", "build_components", "serve"]
 
 log = logging.getLogger("extauthz")
 

@@ -34,17 +34,12 @@ class KeyReloader:
         except KeyLoadError as exc:
             log.error("signing keys not reloaded, keeping the current ones: %s", exc)
 
-    async def run(self) -> None:
-        """The loop in the caller's task, until cancelled."""
-        await self._loop.run()
+    @property
+    def running(self) -> bool:
+        return self._loop.running
 
     async def start(self) -> None:
         await self._loop.start()
 
     async def stop(self) -> None:
         await self._loop.stop()
-
-
-async def reload_keys(keyring: KeyRing, interval: float) -> None:
-    """:class:`KeyReloader` run in the caller's task until cancelled."""
-    await KeyReloader(keyring, interval).run()

@@ -315,17 +315,18 @@ def test_a_broken_reload_keeps_the_keys_in_use(tmp_path: Path) -> None:
 
 
 async def test_the_reload_task_publishes_a_new_key_while_serving(tmp_path: Path) -> None:
-    """extauthz.server.app.reload_keys: a key dropped into keys_dir is published without a restart,
-    and a broken file does not stop the task or lose the keys in use."""
+    """extauthz.server.tasks.KeyReloader: a key dropped into keys_dir is published without a
+    restart, and a broken file does not stop the task or lose the keys in use."""
     import asyncio
 
-    from extauthz.server.app import reload_keys
+    from extauthz.server.tasks import KeyReloader
 
     first_path = generate_key(tmp_path)
     os.utime(first_path, (first_path.stat().st_mtime - 10,) * 2)
     first = load_key_file(first_path).kid
     ring = KeyRing.from_directory(tmp_path, publish_before_sign=300)
-    task = asyncio.create_task(reload_keys(ring, 0.05))
+    reloader = KeyReloader(ring, 0.05)
+    await reloader.start()
     try:
         second = load_key_file(generate_key(tmp_path)).kid
         for _ in range(100):
@@ -336,10 +337,10 @@ async def test_the_reload_task_publishes_a_new_key_while_serving(tmp_path: Path)
         assert ring.signing_key.kid == first  # published, not yet signing
         (tmp_path / "broken.pem").write_text("junk")
         await asyncio.sleep(0.2)
-        assert not task.done()
+        assert reloader.running
         assert set(ring.kids) == {first, second}
     finally:
-        task.cancel()
+        await reloader.stop()
 
 
 # -- the clock contract and the size bound -----------------------------------------
