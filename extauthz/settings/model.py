@@ -1,7 +1,7 @@
 """The settings objects: one frozen dataclass per TOML table, with the defaults.
 
 Values derived from other settings are computed once, when an object is built
-(``ServerSettings.grpc_listen_is_loopback``, ``StoreSettings.wait_replicas_resolved``), so
+(``ServerSettings.http_listen_is_loopback``, ``StoreSettings.wait_replicas_resolved``), so
 every reader sees the same answer.
 """
 
@@ -63,12 +63,10 @@ class ServerSettings:
     # the timeout of the Envoy ext_authz filter that calls this node (grpc_service.timeout of
     # envoy/*.yaml): store.check_budget_ms must end well before it (docs/strategies.md)
     ext_authz_timeout_ms: int = 500
-    # derived: is_loopback() of the listen addresses
-    grpc_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
+    # derived: is_loopback() of the HTTP listen address (session.cookie_secure = false needs it)
     http_listen_is_loopback: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "grpc_listen_is_loopback", is_loopback(self.grpc_listen))
         object.__setattr__(self, "http_listen_is_loopback", is_loopback(self.http_listen))
 
 

@@ -17,6 +17,7 @@ from extauthz.settings import (
     UserBackend,
     load_settings,
 )
+from extauthz.settings.model import is_loopback
 
 REDIS = {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": "redis://127.0.0.1:1/0"}
 SENTINELS = "127.0.0.1:26001,127.0.0.1:26002,127.0.0.1:26003"
@@ -118,12 +119,11 @@ def test_wait_replicas_is_resolved_again_when_a_copy_changes_the_strategy() -> N
     ],
 )
 def test_listen_addresses_are_tested_for_loopback_once(listen: str, loopback: bool) -> None:
-    grpc = load_settings(None, {"EXTAUTHZ_SERVER_GRPC_LISTEN": listen}).server
-    assert grpc.grpc_listen_is_loopback is loopback
-    assert grpc.http_listen_is_loopback is True  # the default 127.0.0.1:9002
+    loaded = load_settings(None, {"EXTAUTHZ_SERVER_HTTP_LISTEN": listen}).server
+    assert loaded.http_listen_is_loopback is loopback
+    assert is_loopback(listen) is loopback
     http = ServerSettings(grpc_listen="0.0.0.0:9001", http_listen=listen)
     assert http.http_listen_is_loopback is loopback
-    assert http.grpc_listen_is_loopback is False
 
 
 def test_derived_values_are_not_settings_keys(tmp_path: Path) -> None:
@@ -131,5 +131,5 @@ def test_derived_values_are_not_settings_keys(tmp_path: Path) -> None:
     path.write_text("[store]\nwait_replicas_resolved = 3\n")
     with pytest.raises(SettingsError, match=r"^store\.wait_replicas_resolved: unknown key$"):
         load_settings(path, environ={})
-    ignored = load_settings(None, {"EXTAUTHZ_SERVER_GRPC_LISTEN_IS_LOOPBACK": "false"})
-    assert ignored.server.grpc_listen_is_loopback is True
+    ignored = load_settings(None, {"EXTAUTHZ_SERVER_HTTP_LISTEN_IS_LOOPBACK": "false"})
+    assert ignored.server.http_listen_is_loopback is True
