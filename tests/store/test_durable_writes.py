@@ -59,12 +59,13 @@ async def clients(nodes: tuple[RedisNode, RedisNode]) -> AsyncIterator[RedisClie
     await c.aclose()
 
 
-async def _acknowledged_write(clients: RedisClients, key: str) -> None:
-    """A write and its WAIT on one connection, acknowledged by the replica (5 s at most)."""
+async def _acknowledged_write(clients: RedisClients, key: str, replicas: int = 1) -> None:
+    """A write and its WAIT on one connection, acknowledged by ``replicas`` replicas (5 s at
+    most: a fresh replica acknowledges its first WAIT only at its next replication cron)."""
     async with clients.primary.pipeline(transaction=False) as pipe:
         pipe.set(key, "1")
-        pipe.execute_command("WAIT", 1, 5000)
-        assert (await pipe.execute())[-1] == 1
+        pipe.execute_command("WAIT", replicas, 5000)
+        assert (await pipe.execute())[-1] == replicas
 
 
 async def test_no_write_is_confirmed_while_the_only_replica_is_stopped(
@@ -162,11 +163,7 @@ async def test_wait_all_counts_the_replicas_nodes_read_from(tmp_path: Path) -> N
             )
             for read in (replicas_read, None)
         )
-        # a replica acknowledges its first WAIT only at its next replication cron (up to 1 s)
-        async with c.primary.pipeline(transaction=False) as pipe:
-            pipe.set("settle", "1")
-            pipe.execute_command("WAIT", 2, 5000)
-            assert (await pipe.execute())[-1] == 2
+        await _acknowledged_write(c, "settle", replicas=2)
         stopped = replicas[1]
         assert stopped.pid is not None
         os.kill(stopped.pid, signal.SIGSTOP)
