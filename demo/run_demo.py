@@ -245,19 +245,15 @@ Or with curl:
 
 
 
-def stop_everything(children: list[ManagedProcess]) -> None:
-    """Stop every process this demo started: ``children`` and whatever else the harness
-    spawned in this interpreter (a part whose start was interrupted half-way), last first.
-    A second signal meanwhile cuts the grace of the process being stopped, not the stop."""
-    everything = list(dict.fromkeys([*children, *process.started_processes()]))
-    running = [c for c in everything if c.running]
+def stop_everything() -> None:
+    """Stop every process this demo started, last first: everything the harness spawned in
+    this interpreter, a part whose start was interrupted half-way included
+    (:func:`harness.process.stop_all`; a second signal meanwhile cuts the grace of the
+    process being stopped, not the stop)."""
+    running = [c for c in process.started_processes() if c.running]
     if running:
         say("stopping " + ", ".join(f"{c.name} (pid {c.pid})" for c in running))
-    for child in reversed(everything):
-        try:
-            child.stop()
-        except BaseException:
-            child.kill9()
+    process.stop_all()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"failed: {exc}")
         status = 1
     finally:
-        stop_everything(children)
+        stop_everything()
         access_log.show_new_lines()
     if status == 0:
         say("stopped")
