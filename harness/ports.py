@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 LOOPBACK = "127.0.0.1"
@@ -11,20 +12,56 @@ RESERVED_PORTS = frozenset({6379, 6380, 6390, 26379})
 """Ports a developer machine (or the demo, on 6390) uses for its own Redis: never handed out."""
 
 
+FIRST_PORT = 10000
+"""The lowest port :func:`free_port` hands out."""
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port of the kernel's ephemeral range (32768 when it cannot be read)."""
+    try:
+        with open(path) as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now and is not in
-    :data:`RESERVED_PORTS`.
+    """A TCP port on ``host`` that nothing listens on right now, not in
+    :data:`RESERVED_PORTS` and not handed out before by this process.
 
-    The kernel picks it (bind to port 0); another process could take it before the caller
-    binds, which :meth:`harness.redis.RedisServer.start` answers by retrying on a fresh port.
+    It is taken below the kernel's ephemeral range, so that no outgoing connection (a client
+    of Redis, of extauthz, ...) is given the same port as its source port between this call
+    and the caller's bind. (A port the kernel picked with a bind to port 0 lies inside that
+    range, and was once taken that way before Envoy could listen on it.) Another process
+    could still take it first, which :meth:`harness.redis.RedisServer.start` answers by
+    retrying on a fresh port. Where the ephemeral range starts below :data:`FIRST_PORT`, the
+    kernel picks.
 
-    :raises OSError: no port could be found in 50 tries.
+    :raises OSError: no port could be found in 200 tries.
     """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
+    low = _ephemeral_low()
+    for _ in range(200):
+        if low > FIRST_PORT:
+            port = random.randrange(FIRST_PORT, low)
+            if port in _handed_out or not _bindable(host, port):
+                continue
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
         if port not in RESERVED_PORTS:
+            _handed_out.add(port)
             return port
     raise OSError(f"no free port on {host} outside {sorted(RESERVED_PORTS)}")
 
