@@ -1,6 +1,6 @@
 """The architecture rules that keep the layout readable (docs/architecture.md), checked on the
-package's source: module size, which modules may speak Redis, Envoy's protobuf, aiohttp, and
-the settings types."""
+package's source: module size, which modules may speak Redis, Envoy's protobuf (one adapter
+module per Envoy service: ext_authz and ext_proc), aiohttp, and the settings types."""
 
 from __future__ import annotations
 
@@ -66,10 +66,16 @@ def test_only_the_store_package_speaks_redis() -> None:
     assert outside == set(), f"redis imported outside extauthz.store.redis: {sorted(outside)}"
 
 
-def test_only_the_envoy_adapter_speaks_envoys_protobuf() -> None:
-    assert _importers("envoy") <= {"extauthz.check.envoy_adapter", "extauthz.server.grpc_server"}
-    # the server registers the generated servicer; every message is built by the adapter
-    assert "extauthz.check.envoy_adapter" in _importers("envoy")
+ENVOY_ADAPTERS = {
+    "extauthz.check.envoy_adapter",  # ext_authz: CheckRequest / CheckResponse
+    "extauthz.response.ext_proc_adapter",  # ext_proc: ProcessingRequest / ProcessingResponse
+}
+
+
+def test_only_the_envoy_adapters_speak_envoys_protobuf() -> None:
+    assert _importers("envoy") <= ENVOY_ADAPTERS | {"extauthz.server.grpc_server"}
+    # the server registers the generated servicers; every message is built by an adapter
+    assert ENVOY_ADAPTERS <= _importers("envoy")
 
 
 def test_the_domain_does_not_know_the_web_framework() -> None:

@@ -29,6 +29,8 @@ from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
+from extauthz.response.processor import SessionUpdater, UpdateLimits
+from extauthz.response.updates import Allowlist
 from extauthz.server.admin import (
     AdminGuard,
     SessionAdminServicer,
@@ -78,6 +80,7 @@ class Components:
     redis: RedisSide | None = None
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
+    updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -213,6 +216,15 @@ def build_components(settings: Settings) -> Components:
         metrics=metrics,
         store_budget_seconds=settings.store.check_budget_ms / 1000,
     )
+    u = settings.session_updates
+    updater = SessionUpdater(
+        store,
+        Allowlist.from_entries(u.allowed_keys),
+        resolver.cookie,
+        header=u.header,
+        limits=UpdateLimits(max_patch_bytes=u.max_patch_bytes, attempts=u.attempts),
+        count=metrics.count_session_update,
+    )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(
         settings,
@@ -226,6 +238,7 @@ def build_components(settings: Settings) -> Components:
         redis,
         [*services, store],
         probe,
+        updater if u.enabled else None,
     )
 
 
@@ -291,6 +304,7 @@ async def serve(settings: Settings) -> int:
             state=components.probe,
         ),
         health_servicer,
+        components.updater,
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
     try:

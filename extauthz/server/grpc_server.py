@@ -1,4 +1,5 @@
 """The gRPC server (grpc.aio): ``envoy.service.auth.v3.Authorization``,
+``envoy.service.ext_proc.v3.ExternalProcessor`` (session updates from upstream responses),
 ``grpc.health.v1.Health``, server reflection and the project's admin API.
 
 ``Check`` is a thin wrapper: translate (:mod:`extauthz.check.envoy_adapter`), decide
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,6 +29,8 @@ from extauthz.check.authorizer import Authorizer
 from extauthz.check.envoy_adapter import to_check_response, to_request_context
 from extauthz.errors import BadRequest, StoreUnavailable
 from extauthz.loops import Loop
+from extauthz.response import ext_proc_adapter
+from extauthz.response.processor import SessionUpdater
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
@@ -35,6 +39,9 @@ from extauthz.store.model import SessionStore
 log = logging.getLogger("extauthz.grpc")
 
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+EXTERNAL_PROCESSOR_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name[
+    "ExternalProcessor"
+].full_name
 
 
 class AuthorizationServicer:
@@ -62,6 +69,35 @@ class AuthorizationServicer:
             log.warning("check failed closed: %s", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
         return to_check_response(decision)
+
+
+class ExternalProcessorServicer:
+    """``envoy.service.ext_proc.v3.ExternalProcessor``: one ``Process`` stream per response
+    that Envoy's matcher hands over (docs/session-updates.md). The ``response_headers`` phase
+    goes to the :class:`~extauthz.response.processor.SessionUpdater`; any other phase is
+    answered unchanged. A store that cannot answer ends the stream with ``UNAVAILABLE``
+    (Envoy: ``status_on_error``, 503)."""
+
+    def __init__(self, updater: SessionUpdater) -> None:
+        self._updater = updater
+
+    async def Process(self, request_iterator: Any, context: Any) -> None:
+        """Read and answer messages until Envoy half-closes (``context.read()`` returns
+        ``grpc.aio.EOF``); the read/write style costs less than an async generator."""
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
+            if not ext_proc_adapter.is_response_headers(request):
+                await context.write(ext_proc_adapter.pass_through(request))
+                continue
+            ctx = ext_proc_adapter.to_response_context(request, self._updater.header)
+            try:
+                changes = await self._updater.process(ctx)
+            except StoreUnavailable as exc:
+                log.warning("session update failed closed: %s", exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
+            await context.write(ext_proc_adapter.to_processing_response(changes))
 
 
 class StoreHealthReporter:
@@ -129,8 +165,10 @@ def build_server(
     admin: SessionAdminServicer,
     status: StatusServicer,
     health_servicer: HealthServicer,
+    updater: SessionUpdater | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
+    ``ExternalProcessor`` is served when ``updater`` is given.
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -141,11 +179,16 @@ def build_server(
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(authorizer), server
     )
+    if updater is not None:
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorServicer(updater), server
+        )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     admin_pb2_grpc.add_SessionAdminServicer_to_server(admin, server)
     admin_pb2_grpc.add_StatusServicer_to_server(status, server)
     names = [
         AUTHORIZATION_SERVICE,
+        *([EXTERNAL_PROCESSOR_SERVICE] if updater is not None else []),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["SessionAdmin"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Status"].full_name,

@@ -6,6 +6,11 @@ the HTTP port (not routed by the front proxy).
   dashboard can alert on nodes of one deployment that disagree
 * ``extauthz_check_decisions_total{decision, reason}``: Check answers since start-up
   (``reason`` is one of :class:`extauthz.errors.Reason`)
+* ``extauthz_session_updates_total{result, reason}``: session updates asked by upstream
+  responses (docs/session-updates.md): ``applied`` (reason ``merge_patch``, ``logout``,
+  ``rotate``), ``refused`` (reason one of :class:`extauthz.response.updates.Refusal`), and
+  ``dropped_cookie`` (an upstream's ``Set-Cookie`` for the session cookie removed; reason: the
+  Envoy cluster)
 * with the session cache on: ``extauthz_cache_channel_up`` (1 while the invalidation
   subscription is established), ``extauthz_cache_channel_down_seconds`` (0 while up),
   ``extauthz_cache_bypasses_total`` (lookups that went to the store because the channel was not
@@ -127,11 +132,15 @@ class Metrics:
     ) -> None:
         self.info = dict(info)
         self.decisions: Counter[tuple[str, str]] = Counter()
+        self.session_updates: Counter[tuple[str, str]] = Counter()
         self.state = state
         self.redis_pools = redis_pools
 
     def count_decision(self, decision: str, reason: str) -> None:
         self.decisions[(decision, reason)] += 1
+
+    def count_session_update(self, result: str, reason: str) -> None:
+        self.session_updates[(result, reason)] += 1
 
     def render(self) -> str:
         strategy = self.info.get("store_strategy", "")
@@ -152,6 +161,14 @@ class Metrics:
         lines += [
             f"extauthz_check_decisions_total{{{_labels({'decision': d, 'reason': r})}}} {n}"
             for (d, r), n in sorted(self.decisions.items())
+        ]
+        lines += [
+            "# HELP extauthz_session_updates_total Session updates asked by upstream responses.",
+            "# TYPE extauthz_session_updates_total counter",
+        ]
+        lines += [
+            f"extauthz_session_updates_total{{{_labels({'result': r, 'reason': why})}}} {n}"
+            for (r, why), n in sorted(self.session_updates.items())
         ]
         if self.state is not None:
             lines += _state_lines(self.state())

@@ -228,6 +228,24 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class SessionUpdateSettings:
+    """Session updates from upstream responses (docs/session-updates.md): the response header
+    an upstream sets, and which top-level ``data`` keys each upstream may write.
+
+    ``allowed_keys``: entries ``"<Envoy cluster name>=<data key>"``, one per key (the cluster
+    is Envoy's ``xds.cluster_name``); an upstream without entries writes nothing.
+    ``max_patch_bytes``: the header value's bound; ``attempts``: tries of one update against
+    concurrent writes of the same session.
+    """
+
+    enabled: bool = True
+    header: str = "x-extauthz-session-update"
+    allowed_keys: tuple[str, ...] = ()
+    max_patch_bytes: int = 4096
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every table of the settings file; built by :func:`extauthz.settings.load_settings`."""
 
@@ -241,6 +259,7 @@ class Settings:
     users: UsersSettings = field(default_factory=UsersSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
 
     @property
     def node_id(self) -> str:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
+from extauthz.response.updates import Allowlist
 from extauthz.settings import model
 from extauthz.settings.model import Settings, UserBackend
 from extauthz.strategies import StoreBackend, StoreStrategy
@@ -51,6 +52,7 @@ def validate(s: Settings) -> None:
     _validate_auth(s.auth)
     _validate_users(s)
     _validate_ratelimit(s.ratelimit)
+    _validate_session_updates(s.session_updates, s.jwt.header)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -270,3 +272,20 @@ def _validate_ratelimit(r: model.RateLimitSettings) -> None:
             raise SettingsError(f"ratelimit.{name}_limit: must be at least 1")
         if getattr(r, f"{name}_window_seconds") < 1:
             raise SettingsError(f"ratelimit.{name}_window_seconds: must be at least 1")
+
+
+def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -> None:
+    if not _HEADER_NAME.fullmatch(u.header) or u.header.startswith(_RESERVED_PREFIXES):
+        raise SettingsError(
+            f"session_updates.header: expected a lower-case header name, got {u.header!r}"
+        )
+    if u.header in _RESERVED_HEADERS or u.header == jwt_header:
+        raise SettingsError(f"session_updates.header: {u.header!r} means something else")
+    try:
+        Allowlist.from_entries(u.allowed_keys)
+    except ValueError as exc:
+        raise SettingsError(f"session_updates.allowed_keys: {exc}") from None
+    if not 64 <= u.max_patch_bytes <= 4096:
+        raise SettingsError("session_updates.max_patch_bytes: expected 64-4096 bytes")
+    if not 1 <= u.attempts <= 10:
+        raise SettingsError("session_updates.attempts: expected 1-10")

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from extauthz.store.model import Session, SessionStore
+from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange, SessionStore
 
 lookup_source: ContextVar[str] = ContextVar("session_lookup_source", default="off")
 
@@ -171,6 +171,13 @@ class CachingSessionStore:
 
     async def get_by_sid(self, sid: str) -> Session | None:
         return await self.inner.get_by_sid(sid)
+
+    async def update(
+        self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
+    ) -> Session | None:
+        # like a revocation: the store publishes the change and waits for every caching node
+        # (this one included) to drop the record
+        return await self.inner.update(sid, change, attempts=attempts)
 
     async def revoke(self, token_hash: str) -> Session | None:
         # The store publishes the revocation and waits for every caching node (this one

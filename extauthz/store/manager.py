@@ -156,9 +156,14 @@ class SessionManager:
             raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
         if now - session.last_seen >= self._touch_interval:
             touched = session.touched(now)
-            if not await self.store.touch(token_hash, touched):
-                raise await self._missing(token_hash)
-            session = touched
+            if await self.store.touch(token_hash, touched):
+                session = touched
+            else:
+                # revoked, or changed (a session update) since it was read: read it again
+                current = await self.store.get(token_hash)
+                if current is None:
+                    raise await self._missing(token_hash)
+                session = current
         return session
 
     async def _missing(self, token_hash: str) -> Unauthenticated:

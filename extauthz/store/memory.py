@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from extauthz.store.model import Session
+from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange
 
 
 class MemorySessionStore:
@@ -50,7 +51,8 @@ class MemorySessionStore:
         return self._live(token_hash)
 
     async def touch(self, token_hash: str, session: Session) -> bool:
-        if self._live(token_hash) is None:
+        stored = self._live(token_hash)
+        if stored is None or stored.version != session.version - 1:
             return False
         self._by_hash[token_hash] = session
         return True
@@ -58,6 +60,21 @@ class MemorySessionStore:
     async def get_by_sid(self, sid: str) -> Session | None:
         token_hash = self._hash_by_sid.get(sid)
         return None if token_hash is None else self._live(token_hash)
+
+    async def update(
+        self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
+    ) -> Session | None:
+        """One process, no await between read and write: the first attempt always wins."""
+        token_hash = self._hash_by_sid.get(sid)
+        stored = None if token_hash is None else self._live(token_hash)
+        if token_hash is None or stored is None:
+            return None
+        changed = change(stored)
+        updated = replace(
+            changed, sid=stored.sid, expires_at=stored.expires_at, version=stored.version + 1
+        )
+        self._by_hash[token_hash] = updated
+        return updated
 
     async def revoke(self, token_hash: str) -> Session | None:
         session = self._live(token_hash)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -70,6 +70,16 @@ class Session:
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
 
 
+class VersionConflict(Exception):
+    """Every attempt of :meth:`SessionStore.update` lost to another write of the record."""
+
+
+SessionChange = Callable[[Session], Session]
+"""What :meth:`SessionStore.update` applies to the stored record; it may raise to refuse."""
+
+UPDATE_ATTEMPTS = 3
+
+
 class SessionStore(Protocol):
     """Storage of sessions keyed by a token hash (:func:`extauthz.tokens.token_hash`).
 
@@ -89,11 +99,25 @@ class SessionStore(Protocol):
         """The session stored under ``token_hash``, or ``None``."""
 
     async def touch(self, token_hash: str, session: Session) -> bool:
-        """Replace an existing record (sliding the idle deadline). Never re-creates a record
-        that was revoked meanwhile; returns ``False`` then."""
+        """Replace an existing record (sliding the idle deadline) whose stored ``version`` is
+        ``session.version - 1``. Never re-creates a record that was revoked meanwhile, never
+        overwrites one changed meanwhile (:meth:`update`); returns ``False`` then."""
 
     async def get_by_sid(self, sid: str) -> Session | None:
         """The session with id ``sid``, or ``None``."""
+
+    async def update(
+        self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
+    ) -> Session | None:
+        """Replace the session ``sid`` by ``change(stored)`` (``version`` one higher, expiry
+        unchanged) unless the record was written in between (compare-and-set on ``version``);
+        read, change and write again up to ``attempts`` times. The change is published like a
+        revocation (push invalidation of every caching node), so the next lookup anywhere
+        reads the new record. Returns the new record, ``None`` when there is no such session.
+        Exceptions raised by ``change`` propagate (nothing written).
+
+        :raises VersionConflict: every attempt lost to another write.
+        """
 
     async def revoke(self, token_hash: str) -> Session | None:
         """Delete the session; return what was deleted, ``None`` if nothing was there.

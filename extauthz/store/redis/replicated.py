@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from extauthz.loops import Loop
-from extauthz.store.model import Session, SessionStore
+from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange, SessionStore
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.errors import StoreUnavailable, store_errors
 from extauthz.store.redis.lease import LEASE_RENEW_SECONDS, LEASE_SLACK_SECONDS, ReplicaReadLease
@@ -229,6 +229,13 @@ class ReplicatedSessionStore:
 
     async def touch(self, token_hash: str, session: Session) -> bool:
         return await self._primary.touch(token_hash, session)
+
+    async def update(
+        self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
+    ) -> Session | None:
+        """Read and written on the primary; waits for the readers' replicas like a
+        revocation."""
+        return await self._primary.update(sid, change, attempts=attempts)
 
     async def revoke(self, token_hash: str) -> Session | None:
         return await self._primary.revoke(token_hash)

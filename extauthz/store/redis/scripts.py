@@ -23,12 +23,56 @@ redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
 return seq
 """
 
+# -- session records (extauthz.store.redis.store) ------------------------------------------------
+
+# The stored record's version (absent in old records: 1), or nil when the record is missing
+# or not JSON. Defines ``stored_version``.
+STORED_VERSION = """
+local stored_version = nil
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' then stored_version = tonumber(rec.version or 1) end
+end
+"""
+
+# KEYS[1] = the session record, KEYS[2] = its sid key; ARGV[1] = the touched record, ARGV[2] =
+# its TTL (ms), ARGV[3] = the version it replaces. 1: written; 0: missing (revoked) or
+# changed meanwhile (a session update): never re-created, never overwritten.
+TOUCH = (
+    STORED_VERSION
+    + """
+if stored_version == nil or stored_version ~= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] = the session record, KEYS[2] = p+"invalidate:seq"; ARGV[1] = the new record,
+# ARGV[2] = the version it replaces, ARGV[3] = the invalidation channel, ARGV[4] = the token
+# hash. Writes (TTL kept) and publishes like a revocation. Returns the seq (> 0); 0: the record
+# changed meanwhile; -1: the record is gone.
+REPLACE_IF_VERSION = (
+    STORED_VERSION
+    + """
+if stored_version == nil then return -1 end
+if stored_version ~= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], seq .. ':' .. ARGV[4])
+return seq
+"""
+)
+
 # -- membership (extauthz.store.redis.membership) ----------------------------------------------
 
 # KEYS[1] = a role's members (zset: instance -> Redis ms), KEYS[2] = its acks (hash: instance
 # -> seq); ARGV[1] = instance, ARGV[2] = forget after (ms). Records the instance as live now
 # and removes members silent for longer than ARGV[2]. Returns now (ms).
-BEAT = CLOCK + """
+BEAT = (
+    CLOCK
+    + """
 redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[2]))
 for _, id in ipairs(stale) do
@@ -37,13 +81,16 @@ for _, id in ipairs(stale) do
 end
 return now_ms
 """
+)
 
 # KEYS[1] = p+"replica-readers" (instance -> lease expiry, Redis ms), KEYS[2] =
 # p+"replica-acks" (instance -> newest revocation seq its replica has applied),
 # KEYS[3] = p+"invalidate:seq". ARGV[1] = instance, ARGV[2] = lease (ms), ARGV[3] = a seq
 # the replica has applied (0 for none), ARGV[4] = forget after (ms).
 # Returns {1 when this continues a lease that had not expired else 0, the current seq}.
-RENEW_LEASE = CLOCK + """
+RENEW_LEASE = (
+    CLOCK
+    + """
 local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
 local continued = 0
 if old and old >= now_ms then continued = 1 end
@@ -58,6 +105,7 @@ for _, id in ipairs(stale) do
 end
 return {continued, tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
+)
 
 # KEYS[1] = acks hash; ARGV[1] = instance, ARGV[2] = seq. Acknowledgements only grow.
 ACK_GROWING = """
@@ -70,7 +118,9 @@ return 1
 # KEYS[1] = a role's members, KEYS[2] = its acks; ARGV[1] = seq, ARGV[2] = how long (ms) a
 # member stays live after its score (0 when scores are expiries). Returns the live members
 # that have not acknowledged seq.
-PENDING = CLOCK + """
+PENDING = (
+    CLOCK
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms - tonumber(ARGV[2]), '+inf')
 local out = {}
 for _, id in ipairs(ids) do
@@ -80,18 +130,24 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # KEYS[1] = a role's members; ARGV[1] = how long (ms) a member stays live after its score (as
 # for PENDING). Returns how many members are live.
-LIVE_COUNT = CLOCK + """
+LIVE_COUNT = (
+    CLOCK
+    + """
 return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
 """
+)
 
 # KEYS[1] = p+"nodes" (hash: node id -> JSON record, times in Unix seconds); ARGV = node id,
 # strategy, version, ttl (s), topology, mode, instance. Mode "check": do not register when a
 # live node runs another strategy. Returns {registered 0/1, "<node id>=<strategy>", ...} of
 # the conflicting live nodes; entries dead for ten ttls (at least a minute) are removed.
-REGISTER_NODE = CLOCK + """
+REGISTER_NODE = (
+    CLOCK
+    + """
 local entries = redis.call('HGETALL', KEYS[1])
 local conflicts = {}
 local started = now_s
@@ -122,6 +178,7 @@ local record = cjson.encode({strategy = ARGV[2], version = ARGV[3], ttl = tonumb
 redis.call('HSET', KEYS[1], ARGV[1], record)
 return {1, unpack(conflicts)}
 """
+)
 
 # -- users (extauthz.store.redis.users) --------------------------------------------------------
 

@@ -13,12 +13,13 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from extauthz.store.model import Session
+from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange, VersionConflict
 from extauthz.store.redis import scripts
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
@@ -171,13 +172,18 @@ class RedisSessionStore:
 
     async def touch(self, token_hash: str, session: Session) -> bool:
         async def op() -> bool:
-            ttl = self._ttl_ms(session)
-            async with self._redis.pipeline(transaction=True) as pipe:
-                # XX: never re-create a record that a logout deleted meanwhile
-                pipe.set(self._session_key(token_hash), session.to_json(), px=ttl, xx=True)
-                pipe.pexpire(self._sid_key(session.sid), ttl)
-                stored, _ = await pipe.execute()
-            return bool(stored)
+            # never re-create a record that a logout deleted meanwhile, never overwrite one
+            # that a session update changed meanwhile
+            stored = await self._redis.eval(
+                scripts.TOUCH,
+                2,
+                self._session_key(token_hash),
+                self._sid_key(session.sid),
+                session.to_json(),
+                self._ttl_ms(session),
+                session.version - 1,
+            )
+            return bool(stored == 1)
 
         return await self._run("touch", op)
 
@@ -189,6 +195,60 @@ class RedisSessionStore:
             return await self._redis.get(self._session_key(text(token_hash)))
 
         return self._decode(await self._run("get_by_sid", op))
+
+    async def update(
+        self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
+    ) -> Session | None:
+        for _ in range(max(1, attempts)):
+            token_hash = await self._run("update", lambda: self._redis.get(self._sid_key(sid)))
+            if token_hash is None:
+                return None
+            stored = self._decode(await self._get_record(text(token_hash)))
+            if stored is None:
+                return None
+            changed = change(stored)  # may raise: nothing written
+            updated = replace(
+                changed, sid=stored.sid, expires_at=stored.expires_at, version=stored.version + 1
+            )
+            seq = await self._replace_if_version(text(token_hash), stored.version, updated)
+            if seq < 0:
+                return None
+            if seq > 0:
+                await self._barriers(seq)
+                return updated
+        raise VersionConflict(f"session changed by other writes in {attempts} attempts")
+
+    async def _get_record(self, token_hash: str) -> Any:
+        return await self._run("update", lambda: self._redis.get(self._session_key(token_hash)))
+
+    async def _replace_if_version(self, token_hash: str, version: int, new: Session) -> int:
+        """Write ``new`` over the record of ``token_hash`` if its version is ``version`` and
+        publish the change (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`)."""
+
+        async def op() -> int:
+            async with await self._transaction() as pipe:
+                pipe.eval(
+                    scripts.REPLACE_IF_VERSION,
+                    2,
+                    self._session_key(token_hash),
+                    self.invalidation_channel + ":seq",
+                    new.to_json(),
+                    version,
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                results = await pipe.execute()  # raises StoreWriteNotDurable
+            return int(results[-1])
+
+        return await self._run("update", op)
+
+    async def _barriers(self, seq: int) -> None:
+        """Wait until the change numbered ``seq`` reached every reader's replica and every
+        caching node (the barriers this store was given)."""
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
 
     async def revoke(self, token_hash: str) -> Session | None:
         async def op() -> tuple[Session | None, int]:
@@ -214,10 +274,7 @@ class RedisSessionStore:
             return session, int(results[-1])
 
         session, seq = await self._run("revoke", op)
-        if self._replica_barrier is not None:
-            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
-        if self._invalidation_barrier is not None:
-            await self._invalidation_barrier(seq)
+        await self._barriers(seq)
         return session
 
     async def was_revoked(self, token_hash: str) -> bool:

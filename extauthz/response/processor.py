@@ -1,0 +1,188 @@
+"""Applies what one upstream response asks of its session; knows nothing about protobuf.
+
+:class:`SessionUpdater` gets a :class:`ResponseContext` (what Envoy's ext_proc filter forwards
+of a response whose headers carry the update header or the session cookie) and returns the
+:class:`ResponseChanges` for it. The session is always the one the ``Check`` of the same request
+allowed (its ``sid`` from the ext_authz dynamic metadata), never one named by the upstream.
+
+A bad update is refused, never the response: the client still gets the upstream's answer, the
+session is unchanged, the refusal is logged without values and counted by reason. A store that
+cannot answer raises :class:`~extauthz.errors.StoreUnavailable` (the transport answers gRPC
+``UNAVAILABLE``, Envoy ``status_on_error``, 503: docs/session-updates.md, 'Failure').
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from extauthz.login.cookies import SessionCookie
+from extauthz.response.updates import (
+    MAX_PATCH_BYTES,
+    Action,
+    Allowlist,
+    MergePatch,
+    Refusal,
+    Refused,
+    check_keys,
+    merge_patch,
+    parse,
+)
+from extauthz.store.manager import validate_session_data
+from extauthz.store.model import Session, SessionStore, VersionConflict
+
+log = logging.getLogger("extauthz.response")
+
+# rotate(sid) -> the new token's Set-Cookie values, or None when the session is gone
+Rotate = Callable[[str], Awaitable[tuple[str, ...] | None]]
+
+
+@dataclass(frozen=True)
+class ResponseContext:
+    """One response, as ext_proc forwards it.
+
+    ``cluster``: the Envoy cluster that answered (``xds.cluster_name``); ``sid`` and
+    ``decision``: the Check's dynamic metadata (``""`` when absent); ``updates``: every value
+    of the update header; ``set_cookies``: every ``Set-Cookie`` value of the response.
+    """
+
+    cluster: str
+    sid: str
+    decision: str
+    updates: tuple[str | bytes, ...] = ()
+    set_cookies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponseChanges:
+    """Header names to remove from the response, then ``(name, value)`` lines to append."""
+
+    remove: tuple[str, ...] = ()
+    append: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class UpdateLimits:
+    """``max_patch_bytes``: the update header value's bound (bytes); ``attempts``: how often a
+    merge is tried again when another write of the record came in between."""
+
+    max_patch_bytes: int = MAX_PATCH_BYTES
+    attempts: int = 3
+
+
+def cookie_name_of(set_cookie: str) -> str:
+    """The cookie name of a ``Set-Cookie`` value (RFC 6265 §5.2: up to the first ``=``,
+    whitespace trimmed)."""
+    pair = set_cookie.split(";", 1)[0]
+    return pair.split("=", 1)[0].strip() if "=" in pair else ""
+
+
+class SessionUpdater:
+    """See the module docstring. ``count(result, reason)`` is called once per processed
+    update (``applied``/``refused``) and per dropped cookie (``dropped_cookie``)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        allowlist: Allowlist,
+        cookie: SessionCookie,
+        *,
+        header: str,
+        limits: UpdateLimits | None = None,
+        count: Callable[[str, str], None] = lambda result, reason: None,
+        rotate: Rotate | None = None,
+    ) -> None:
+        self.store = store
+        self.allowlist = allowlist
+        self.cookie = cookie
+        self.header = header.lower()
+        self.limits = limits or UpdateLimits()
+        self._count = count
+        self._rotate = rotate
+
+    async def process(self, ctx: ResponseContext) -> ResponseChanges:
+        """The changes for one response.
+
+        :raises StoreUnavailable: the store could not carry out an update or action.
+        """
+        remove: list[str] = [self.header] if ctx.updates else []
+        append: list[tuple[str, str]] = []
+        kept = [c for c in ctx.set_cookies if cookie_name_of(c) != self.cookie.name]
+        if len(kept) != len(ctx.set_cookies):
+            # an upstream must not plant or clear the gateway's cookie: drop those lines only
+            remove.append("set-cookie")
+            append += [("set-cookie", c) for c in kept]
+            self._count("dropped_cookie", ctx.cluster or "-")
+            log.warning("upstream cluster=%s set the session cookie: dropped", ctx.cluster)
+        if ctx.updates:
+            append += await self._update(ctx)
+        return ResponseChanges(tuple(remove), tuple(append))
+
+    async def _update(self, ctx: ResponseContext) -> list[tuple[str, str]]:
+        try:
+            if len(ctx.updates) > 1:
+                raise Refused(Refusal.REPEATED_HEADER, f"{len(ctx.updates)} copies")
+            if ctx.decision not in ("", "allow"):
+                raise Refused(Refusal.DENIED_REQUEST)
+            if not ctx.sid or ctx.decision != "allow":
+                raise Refused(Refusal.NO_SESSION)
+            request = parse(ctx.updates[0], max_bytes=self.limits.max_patch_bytes)
+            if isinstance(request, Action):
+                return await self._action(ctx, request)
+            await self._merge(ctx, request)
+        except Refused as refusal:
+            self._count("refused", str(refusal.reason))
+            log.info(
+                "session update refused reason=%s cluster=%s sid=%s",
+                refusal.reason,
+                ctx.cluster,
+                ctx.sid or "-",
+            )
+        return []
+
+    async def _merge(self, ctx: ResponseContext, request: MergePatch) -> None:
+        check_keys(request.patch, self.allowlist.keys_for(ctx.cluster))
+
+        def change(session: Session) -> Session:
+            merged = merge_patch(dict(session.data), dict(request.patch))
+            try:
+                data = validate_session_data(merged)
+            except ValueError:
+                raise Refused(Refusal.DATA_TOO_LARGE) from None
+            return replace(session, data=data)
+
+        try:
+            updated = await self.store.update(ctx.sid, change, attempts=self.limits.attempts)
+        except VersionConflict:
+            raise Refused(Refusal.CONFLICT) from None
+        if updated is None:
+            raise Refused(Refusal.SESSION_GONE)
+        self._count("applied", "merge_patch")
+        log.info(
+            "session updated sid=%s cluster=%s keys=%d version=%d",
+            ctx.sid,
+            ctx.cluster,
+            len(request.patch),
+            updated.version,
+        )
+
+    async def _action(self, ctx: ResponseContext, action: Action) -> list[tuple[str, str]]:
+        if action.name == "logout":
+            revoked = await self.store.revoke_sid(ctx.sid)
+            self._count("applied", "logout")
+            log.info(
+                "session ended by upstream sid=%s cluster=%s revoked=%s",
+                ctx.sid,
+                ctx.cluster,
+                revoked is not None,
+            )
+            return [("set-cookie", value) for value in self.cookie.clearing()]
+        if self._rotate is None:
+            raise Refused(Refusal.NOT_SUPPORTED, action.name)
+        cookies = await self._rotate(ctx.sid)
+        if cookies is None:
+            raise Refused(Refusal.SESSION_GONE)
+        self._count("applied", "rotate")
+        log.info("session token rotated by upstream sid=%s cluster=%s", ctx.sid, ctx.cluster)
+        return [("set-cookie", value) for value in cookies]
