@@ -11,6 +11,12 @@ Run it as ``python demo/echo_upstream.py --listen 127.0.0.1:9003 --jwks-url URL 
 or, when the ``Accept`` header prefers ``text/html``, a small page with the user (``sub``) and
 the verified claims (never the JWT itself).
 
+Two routes also change the session through the gateway (docs/session-updates.md), by answering
+with the ``x-extauthz-session-update`` header; the next request's JWT shows the change:
+
+* ``/session/theme/<name>`` (``name``: 1-20 lower-case letters) sets ``data.theme``;
+* ``/session/cart/add`` adds one to ``data.cart`` (read from the verified JWT).
+
 The JWT is verified as an upstream service should: signature with a key from the JWKS chosen by
 ``kid``, an explicit algorithm list (ES256, EdDSA, RS256) that must also match the key,
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` (RFC 7519 section 4.1), with no leeway (the
@@ -210,6 +216,8 @@ def _html_page(method: str, path: str, result: dict[str, Any]) -> str:
 
 
 VERIFIER = web.AppKey("verifier", JwtVerifier)
+SESSION_UPDATE_HEADER = "x-extauthz-session-update"
+_THEME = re.compile(r"[a-z]{1,20}")
 
 
 _JWS_COMPACT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -222,6 +230,18 @@ def redact_jwts(value: str) -> str:
     return _JWS_COMPACT.sub(
         lambda m: f"<jwt sha256:{hashlib.sha256(m.group(0).encode()).hexdigest()[:12]}>", value
     )
+
+
+def session_update(path: str, claims: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON Merge Patch (RFC 7396) of the session's ``data`` that ``path`` asks for, if any:
+    ``/session/theme/<name>`` and ``/session/cart/add`` (which needs verified ``claims``)."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if len(parts) == 3 and parts[:2] == ["session", "theme"] and _THEME.fullmatch(parts[2]):
+        return {"theme": parts[2]}
+    if parts == ["session", "cart", "add"] and claims is not None:
+        cart = claims.get("data", {}).get("cart", 0)
+        return {"cart": (cart if isinstance(cart, int) else 0) + 1}
+    return None
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -240,15 +260,19 @@ async def echo(request: web.Request) -> web.StreamResponse:
         result["verified"] = True
     except JwtError as exc:
         result["error"] = str(exc)
+    update = session_update(request.path, result["claims"])
+    extra = {SESSION_UPDATE_HEADER: json.dumps(update)} if update is not None else {}
     if prefers_html(request.headers.get("Accept", "")):
         page = _html_page(request.method, request.raw_path, result)
         return web.Response(
             text=page,
             content_type="text/html",
-            headers={"Content-Security-Policy": "default-src 'none'"},
+            headers={"Content-Security-Policy": "default-src 'none'", **extra},
         )
     body = {"method": request.method, "path": request.raw_path, "headers": headers, "jwt": result}
-    return web.json_response(body)
+    if update is not None:
+        body["session_update"] = update
+    return web.json_response(body, headers=extra)
 
 
 def create_app(

@@ -226,7 +226,9 @@ extauthz demo is running (Ctrl-C stops it; logs in {shown(demo.logs)}/)
 
 Open {front}/hello in a browser and sign in as {DEMO_USER} / {DEMO_PASSWORD}
 (loopback only). The page shows the user and the JWT claims the upstream received; log out
-at {front}/auth/session.
+at {front}/auth/session. {front}/session/theme/dark and {front}/session/cart/add make the
+upstream change the session (docs/session-updates.md): reload {front}/hello to see the JWT's
+data change.
 {insecure}
 Or with curl:
 

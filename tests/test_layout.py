@@ -75,7 +75,7 @@ ENVOY_ADAPTERS = {
 def test_only_the_envoy_adapters_speak_envoys_protobuf() -> None:
     assert _importers("envoy") <= ENVOY_ADAPTERS | {"extauthz.server.grpc_server"}
     # the server registers the generated servicers; every message is built by an adapter
-    assert ENVOY_ADAPTERS <= _importers("envoy")
+    assert _importers("envoy") >= ENVOY_ADAPTERS
 
 
 def test_the_domain_does_not_know_the_web_framework() -> None:

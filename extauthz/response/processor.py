@@ -108,8 +108,11 @@ class SessionUpdater:
         """
         remove: list[str] = [self.header] if ctx.updates else []
         append: list[tuple[str, str]] = []
+        # a denial is Envoy's own reply built from the Check's answer (Envoy 1.37+ runs
+        # ext_proc on it), whose Set-Cookie clearing the session cookie is extauthz's own
+        own_reply = ctx.decision == "deny"
         kept = [c for c in ctx.set_cookies if cookie_name_of(c) != self.cookie.name]
-        if len(kept) != len(ctx.set_cookies):
+        if not own_reply and len(kept) != len(ctx.set_cookies):
             # an upstream must not plant or clear the gateway's cookie: drop those lines only
             remove.append("set-cookie")
             append += [("set-cookie", c) for c in kept]

@@ -335,3 +335,21 @@ async def test_pyjwkclient_drops_a_removed_key_only_after_its_lifespan_and_never
     await asyncio.sleep(0.35)
     assert not await asyncio.to_thread(_pyjwk_client_accepts, default, token)
     assert await asyncio.to_thread(_pyjwk_client_accepts, keyed, token)  # still accepted
+
+
+# -- session updates ----------------------------------------------------------------------------
+
+
+async def test_session_routes_answer_with_a_merge_patch(env: Env) -> None:
+    headers = {"Authorization": f"Bearer {env.sign(data={'cart': 2})}"}
+    resp = await env.client.get("/session/theme/dark", headers=headers)
+    assert json.loads(resp.headers[echo_upstream.SESSION_UPDATE_HEADER]) == {"theme": "dark"}
+    resp = await env.client.get("/session/cart/add", headers=headers)
+    assert json.loads(resp.headers[echo_upstream.SESSION_UPDATE_HEADER]) == {"cart": 3}
+    assert (await resp.json())["session_update"] == {"cart": 3}
+    for path in ("/session/theme/Dark1", "/session/cart/remove", "/hello"):
+        resp = await env.client.get(path, headers=headers)
+        assert echo_upstream.SESSION_UPDATE_HEADER not in resp.headers, path
+    # without a verified JWT the cart is not known: no update
+    resp = await env.client.get("/session/cart/add")
+    assert echo_upstream.SESSION_UPDATE_HEADER not in resp.headers

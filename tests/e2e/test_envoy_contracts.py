@@ -1,8 +1,9 @@
-"""Every ext_authz filter Envoy may run fails closed, and every cluster toward extauthz keeps
-the gRPC keepalive contract.
+"""Every ext_authz and ext_proc filter Envoy may run fails closed, every ext_proc sits behind
+an ``x-extauthz-*`` backstop, and every cluster toward extauthz keeps the gRPC keepalive
+contract.
 
-"Every" means: each ``envoy.filters.http.ext_authz`` filter, wherever it sits (any listener, any
-filter chain), in every config the repository ships (``envoy/*.yaml``,
+"Every" means: each ``envoy.filters.http.ext_authz`` (and ``ext_proc``) filter, wherever it
+sits (any listener, any filter chain), in every config the repository ships (``envoy/*.yaml``,
 ``benchmarks/envoy-bench.yaml``) and every config it renders (the tests' and the demo's
 ``harness.stack.render_front_proxy`` of the front proxy and the sidecar, the sticky front,
 ``deploy/render_front_proxy.py`` for docker-compose, the benchmark's ``render_bench_config``).
@@ -27,6 +28,10 @@ from tests.support import FRONT_PROXY, REPO_ROOT, StackPorts, render_front_proxy
 from tests.support.sticky import SIDECAR, render_sticky_front
 
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+HEADER_MUTATION_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+)
 SHIPPED = [
     *sorted((REPO_ROOT / "envoy").glob("*.yaml")),
     REPO_ROOT / "benchmarks" / "envoy-bench.yaml",
@@ -109,6 +114,50 @@ def fail_open_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+def ext_proc_filters(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The typed_config of every ext_proc HTTP filter anywhere in ``doc`` (wrapped or not)."""
+    return [node for node in _walk(doc) if node.get("@type") == EXT_PROC_TYPE]
+
+
+def ext_proc_problems(doc: dict[str, Any]) -> list[str]:
+    """Why an ext_proc filter of ``doc`` could pass a response on, or answer anything but 503,
+    when extauthz cannot process it; or why an update header could leave through a filter
+    chain with ext_proc (empty: none)."""
+    problems = []
+    for i, typed in enumerate(ext_proc_filters(doc)):
+        if typed.get("failure_mode_allow") is not False:
+            problems.append(f"ext_proc {i}: failure_mode_allow is not an explicit false")
+        if typed.get("status_on_error", {}).get("code") not in ("ServiceUnavailable", 503):
+            problems.append(f"ext_proc {i}: status_on_error is not 503")
+        timeout = _seconds(typed.get("message_timeout"))
+        if timeout is None or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+            problems.append(f"ext_proc {i}: no message_timeout of at most 1 s")
+        if "envoy_grpc" not in typed.get("grpc_service", {}):
+            problems.append(f"ext_proc {i}: not a gRPC service through an Envoy cluster")
+    for chain in (n for n in _walk(doc) if "http_filters" in n):
+        filters = chain["http_filters"]
+        with_proc = [i for i, f in enumerate(filters) if ext_proc_filters(f)]
+        backstops = [i for i, f in enumerate(filters) if _is_backstop(f)]
+        if with_proc and not (backstops and backstops[0] < with_proc[0]):
+            problems.append("ext_proc without an x-extauthz-* backstop before it in the list")
+        # ext_proc after ext_authz in the list: on the response path it runs first, so it
+        # never sees (and never drops) the Set-Cookie that ext_authz adds to an allowed request
+        authz = [i for i, f in enumerate(filters) if ext_authz_filters(f)]
+        if with_proc and authz and not authz[-1] < with_proc[0]:
+            problems.append("ext_proc before ext_authz in the list")
+    return problems
+
+
+def _is_backstop(http_filter: dict[str, Any]) -> bool:
+    typed = http_filter.get("typed_config", {})
+    if typed.get("@type") != HEADER_MUTATION_TYPE:
+        return False
+    removals = typed.get("mutations", {}).get("response_mutations", [])
+    return {"key_matcher": {"prefix": "x-extauthz-"}} in [
+        m.get("remove_on_match") for m in removals
+    ]
+
+
 def authz_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The clusters the ext_authz filters of ``doc`` call."""
     names = {t["grpc_service"]["envoy_grpc"]["cluster_name"] for t in ext_authz_filters(doc)}
@@ -148,6 +197,60 @@ def test_every_shipped_ext_authz_filter_fails_closed(path: Path) -> None:
     assert fail_open_problems(doc) == []
     if path.name != "sticky-front.yaml":  # it only pins users to nodes, whose sidecars authorise
         assert ext_authz_filters(doc), f"{path.name}: no ext_authz filter found"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_ext_proc_filter_fails_closed_behind_a_backstop(path: Path) -> None:
+    doc = _load(path)
+    assert ext_proc_problems(doc) == []
+    if path.name in ("front-proxy.yaml", "sidecar.yaml"):
+        assert len(ext_proc_filters(doc)) == 1, path.name
+    if path.parent.name == "envoy":  # what is deployed (the benchmark measures filters alone)
+        chains = [n["http_filters"] for n in _walk(doc) if "http_filters" in n]
+        # the sticky front has no ext_proc (its sidecars do), but strips x-extauthz-* as well
+        assert all(any(_is_backstop(f) for f in chain) for chain in chains), path.name
+
+
+def test_every_rendered_ext_proc_filter_fails_closed(rendered: dict[str, dict[str, Any]]) -> None:
+    for name, doc in rendered.items():
+        assert ext_proc_problems(doc) == [], name
+    counts = {name: len(ext_proc_filters(doc)) for name, doc in rendered.items()}
+    assert counts == {"stack front-proxy": 1, "stack sidecar": 1, "sticky front": 0,
+                      "compose front-proxy": 1, "bench rendered": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda t: t.__setitem__("failure_mode_allow", True), "failure_mode_allow"),
+        (lambda t: t.pop("status_on_error"), "status_on_error"),
+        (lambda t: t.pop("message_timeout"), "message_timeout"),
+    ],
+)
+def test_a_fail_open_ext_proc_is_caught(
+    change: Callable[[dict[str, Any]], object], problem: str
+) -> None:
+    doc = copy.deepcopy(_load(FRONT_PROXY))
+    (typed,) = ext_proc_filters(doc)
+    change(typed)
+    problems = ext_proc_problems(doc)
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_an_ext_proc_before_ext_authz_is_caught() -> None:
+    doc = copy.deepcopy(_load(FRONT_PROXY))
+    (chain,) = [n["http_filters"] for n in _walk(doc) if "http_filters" in n]
+    chain[1], chain[2] = chain[2], chain[1]
+    assert ext_proc_problems(doc) == ["ext_proc before ext_authz in the list"]
+
+
+def test_an_ext_proc_without_its_backstop_is_caught() -> None:
+    doc = copy.deepcopy(_load(FRONT_PROXY))
+    (chain,) = [n["http_filters"] for n in _walk(doc) if "http_filters" in n]
+    chain.append(chain.pop(0))  # the backstop moved behind the router: too late
+    assert ext_proc_problems(doc) == [
+        "ext_proc without an x-extauthz-* backstop before it in the list"
+    ]
 
 
 def test_every_rendered_ext_authz_filter_fails_closed(rendered: dict[str, dict[str, Any]]) -> None:

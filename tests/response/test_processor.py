@@ -126,6 +126,10 @@ async def test_an_upstream_session_cookie_is_dropped_and_the_others_kept(h: Harn
     )
     assert h.counts == {("dropped_cookie", "shop"): 1}
     assert await h.run("", cookies=("a=1",)) == ResponseChanges()
+    # a denial is Envoy's own reply from the Check's answer: its clearing cookie is extauthz's
+    clearing = COOKIE.clearing()
+    assert await h.run("", cookies=clearing, decision="deny") == ResponseChanges()
+    assert await h.run("s", cookies=clearing, decision="allow") != ResponseChanges()
 
 
 def test_cookie_name_of() -> None:
