@@ -48,8 +48,14 @@ class Harness:
     async def session(self) -> tuple[str, Session]:
         return await self.manager.create("alice", scopes=["read"], data={"theme": "light"})
 
-    async def run(self, sid: str, *values: str, cookies: tuple[str, ...] = (),
-                  decision: str = "allow", cluster: str = "shop") -> ResponseChanges:  # fmt: skip
+    async def run(
+        self,
+        sid: str,
+        *values: str,
+        cookies: tuple[str, ...] = (),
+        decision: str = "allow",
+        cluster: str = "shop",
+    ) -> ResponseChanges:
         ctx = ResponseContext(cluster, sid, decision, values, cookies)
         return await self.updater.process(ctx)
 
@@ -90,7 +96,9 @@ async def test_refusals_change_nothing_but_the_header(
     h: Harness, kw: dict[str, str], value: str, reason: str
 ) -> None:
     token, session = await h.session()
-    changes = await h.run(session.sid, value, **kw)
+    changes = await h.run(
+        session.sid, value, decision=kw.get("decision", "allow"), cluster=kw.get("cluster", "shop")
+    )
     assert changes == ResponseChanges(remove=(HEADER,))
     assert (await h.manager.lookup(token)).data == {"theme": "light"}
     assert h.counts == {("refused", reason): 1}

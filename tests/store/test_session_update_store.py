@@ -108,7 +108,7 @@ async def test_a_slide_never_writes_back_data_an_update_replaced(
         await store.update(session.sid, with_data(theme="blue"))  # type: ignore[arg-type]
         return found
 
-    store.get = get_then_update  # type: ignore[method-assign]
+    store.get = get_then_update  # type: ignore[method-assign,assignment]
     clock.advance(5)
     looked_up = await m.lookup(token)
     store.get = real_get  # type: ignore[method-assign]
@@ -141,7 +141,7 @@ async def test_redis_update_retries_on_a_concurrent_write_then_gives_up(
                 assert await store.touch(token_hash, current.touched(clock()))
             return raw
 
-        store._get_record = read_then_slide  # type: ignore[method-assign]
+        store._get_record = read_then_slide  # type: ignore[method-assign,assignment]
         bump = lambda s: replace(s, data={"n": s.data["n"] + 1})  # noqa: E731
 
         races = 1  # the first attempt loses, the second is applied
