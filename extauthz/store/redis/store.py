@@ -229,9 +229,10 @@ class RedisSessionStore:
             async with await self._transaction() as pipe:
                 pipe.eval(
                     scripts.REPLACE_IF_VERSION,
-                    2,
+                    3,
                     self._session_key(token_hash),
                     self.invalidation_channel + ":seq",
+                    self._sid_key(new.sid),
                     new.to_json(),
                     version,
                     self.invalidation_channel,
