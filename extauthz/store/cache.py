@@ -18,7 +18,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange, SessionStore
+from extauthz.store.model import (
+    UPDATE_ATTEMPTS,
+    Session,
+    SessionChange,
+    SessionStore,
+    Successor,
+)
 
 lookup_source: ContextVar[str] = ContextVar("session_lookup_source", default="off")
 
@@ -178,6 +184,8 @@ class CachingSessionStore:
         # like a revocation: the store publishes the change and waits for every caching node
         # (this one included) to drop the record
         return await self.inner.update(sid, change, attempts=attempts)
+    async def token_hash_of(self, sid: str) -> str | None:
+        return await self.inner.token_hash_of(sid)
 
     async def revoke(self, token_hash: str) -> Session | None:
         # The store publishes the revocation and waits for every caching node (this one
@@ -186,6 +194,19 @@ class CachingSessionStore:
             return await self.inner.revoke(token_hash)
         finally:
             self.invalidate(token_hash)
+
+    async def rotate(
+        self, token_hash: str, version: int, session: Session, successor: Successor
+    ) -> Successor | None:
+        # The store publishes the old hash's invalidation for every other node; a rotated
+        # token is never cached again (its lookups miss and follow the successor).
+        try:
+            return await self.inner.rotate(token_hash, version, session, successor)
+        finally:
+            self.invalidate(token_hash)
+
+    async def successor(self, token_hash: str) -> Successor | None:
+        return await self.inner.successor(token_hash)
 
     async def was_revoked(self, token_hash: str) -> bool:
         return await self.inner.was_revoked(token_hash)
