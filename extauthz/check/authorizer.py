@@ -179,7 +179,11 @@ class Authorizer:
             headers_to_remove=tuple(to_remove),
             # each its own header line toward the client, never folded with the upstream's
             response_headers_to_add=tuple(("set-cookie", value) for value in set_cookies),
-            metadata=self._metadata("allow", Reason.SESSION_VALID, session.sid),
+            # credential: "cookie" or "bearer" (the response path rotates cookie sessions only)
+            metadata={
+                **self._metadata("allow", Reason.SESSION_VALID, session.sid),
+                "credential": credentials.source,
+            },
         )
 
 

@@ -4,7 +4,7 @@
 * :func:`to_response_context` reads a ``ProcessingRequest`` carrying ``response_headers``:
   the headers (``HttpHeaders.headers``, values in ``raw_value`` or ``value``), the
   ``xds.cluster_name`` response attribute (``ProcessingRequest.attributes``, or the older
-  ``HttpHeaders.attributes``) and the Check's ``sid``/``decision`` from
+  ``HttpHeaders.attributes``) and the Check's ``sid``/``decision``/``credential`` from
   ``metadata_context.filter_metadata["envoy.filters.http.ext_authz"]`` (forwarded by the
   filter's ``metadata_options.forwarding_namespaces.untyped``).
 * :func:`to_processing_response` writes the ``HeadersResponse`` for it: ``remove_headers``,
@@ -68,6 +68,7 @@ def to_response_context(request: ProcessingRequest, update_header: str) -> Respo
         decision=fields["decision"].string_value if "decision" in fields else "",
         updates=tuple(updates),
         set_cookies=tuple(cookies),
+        credential=fields["credential"].string_value if "credential" in fields else "",
     )
 
 

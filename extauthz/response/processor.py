@@ -14,9 +14,11 @@ cannot answer raises :class:`~extauthz.errors.StoreUnavailable` (the transport a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from extauthz.errors import Unauthenticated
 from extauthz.login.cookies import SessionCookie
 from extauthz.response.updates import (
     MAX_PATCH_BYTES,
@@ -29,22 +31,23 @@ from extauthz.response.updates import (
     merge_patch,
     parse,
 )
-from extauthz.store.manager import validate_session_data
+from extauthz.store.manager import Rotated, validate_session_data
 from extauthz.store.model import Session, SessionStore, VersionConflict
 
 log = logging.getLogger("extauthz.response")
 
-# rotate(sid) -> the new token's Set-Cookie values, or None when the session is gone
-Rotate = Callable[[str], Awaitable[tuple[str, ...] | None]]
+# SessionManager.rotate_sid: a new token for the session with this id
+Rotate = Callable[[str], Awaitable[Rotated]]
 
 
 @dataclass(frozen=True)
 class ResponseContext:
     """One response, as ext_proc forwards it.
 
-    ``cluster``: the Envoy cluster that answered (``xds.cluster_name``); ``sid`` and
-    ``decision``: the Check's dynamic metadata (``""`` when absent); ``updates``: every value
-    of the update header; ``set_cookies``: every ``Set-Cookie`` value of the response.
+    ``cluster``: the Envoy cluster that answered (``xds.cluster_name``); ``sid``,
+    ``decision`` and ``credential`` (``cookie``/``bearer``): the Check's dynamic metadata
+    (``""`` when absent); ``updates``: every value of the update header; ``set_cookies``:
+    every ``Set-Cookie`` value of the response.
     """
 
     cluster: str
@@ -52,6 +55,7 @@ class ResponseContext:
     decision: str
     updates: tuple[str | bytes, ...] = ()
     set_cookies: tuple[str, ...] = ()
+    credential: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ def cookie_name_of(set_cookie: str) -> str:
 
 class SessionUpdater:
     """See the module docstring. ``count(result, reason)`` is called once per processed
-    update (``applied``/``refused``) and per dropped cookie (``dropped_cookie``)."""
+    update (``applied``/``refused``) and per dropped cookie (``dropped_cookie``). ``rotate``
+    carries out the ``rotate`` action (without it the action is refused, ``not_supported``);
+    ``clock`` gives Unix seconds (the new cookie's ``Max-Age``)."""
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class SessionUpdater:
         limits: UpdateLimits | None = None,
         count: Callable[[str, str], None] = lambda result, reason: None,
         rotate: Rotate | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.allowlist = allowlist
@@ -100,6 +107,7 @@ class SessionUpdater:
         self.limits = limits or UpdateLimits()
         self._count = count
         self._rotate = rotate
+        self._clock = clock
 
     async def process(self, ctx: ResponseContext) -> ResponseChanges:
         """The changes for one response.
@@ -183,9 +191,19 @@ class SessionUpdater:
             return [("set-cookie", value) for value in self.cookie.clearing()]
         if self._rotate is None:
             raise Refused(Refusal.NOT_SUPPORTED, action.name)
-        cookies = await self._rotate(ctx.sid)
-        if cookies is None:
-            raise Refused(Refusal.SESSION_GONE)
+        if ctx.credential != "cookie":
+            # a bearer client cannot learn a new token from a Set-Cookie: it would lose the
+            # session at the end of the grace
+            raise Refused(Refusal.NOT_A_COOKIE_SESSION)
+        try:
+            rotated = await self._rotate(ctx.sid)
+        except Unauthenticated:
+            raise Refused(Refusal.SESSION_GONE) from None
+        if not rotated.created or rotated.token is None:
+            # a concurrent response rotated this very token: its cookie is the one to keep
+            self._count("applied", "rotate_joined")
+            return []
         self._count("applied", "rotate")
         log.info("session token rotated by upstream sid=%s cluster=%s", ctx.sid, ctx.cluster)
-        return [("set-cookie", value) for value in cookies]
+        max_age = rotated.session.expires_at - self._clock()
+        return [("set-cookie", self.cookie.set(rotated.token, max_age))]

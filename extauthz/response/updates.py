@@ -52,6 +52,7 @@ class Refusal(enum.StrEnum):
     SESSION_GONE = "session_gone"  # the session ended before the update
     CONFLICT = "conflict"  # other writes won every attempt
     NOT_SUPPORTED = "not_supported"  # an action this node cannot carry out
+    NOT_A_COOKIE_SESSION = "not_a_cookie_session"  # rotate asked for a bearer session
 
 
 class Refused(Exception):

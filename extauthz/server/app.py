@@ -231,6 +231,7 @@ def build_components(settings: Settings) -> Components:
         header=u.header,
         limits=UpdateLimits(max_patch_bytes=u.max_patch_bytes, attempts=u.attempts),
         count=metrics.count_session_update,
+        rotate=sessions.rotate_sid,
     )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(

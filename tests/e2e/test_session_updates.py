@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +26,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from google.protobuf.struct_pb2 import Struct
 
 from tests.support import RedisServer
-from tests.support.update_stack import PASSWORD, USER, Node, UpdateStack, start_update_stack
+from tests.support.update_stack import (
+    PASSWORD,
+    ROTATION_GRACE_SECONDS,
+    USER,
+    Node,
+    UpdateStack,
+    start_update_stack,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -201,6 +209,37 @@ def test_logout_action_revokes_and_clears_the_cookie(stack: UpdateStack) -> None
     status, _, body = second.request("/whoami", cookie)
     assert status == 401, body
     assert json.loads(body)["reason"] == "revoked_session"
+
+
+def test_rotate_action_sets_a_new_cookie_and_ends_the_old_token_after_the_grace(
+    stack: UpdateStack,
+) -> None:
+    first, second = stack.nodes
+    old = _post_login(first)
+    cookie = {"cookie": f"{COOKIE}={old}", "accept": "application/json"}
+    sid = json.loads(first.request("/whoami", cookie)[2])["claims"]["sid"]
+    status, headers, body = first.request(path(update='"rotate"'), cookie)
+    assert status == 200, body
+    assert_nothing_internal(headers)
+    (set_cookie,) = [v for n, v in headers if n.lower() == "set-cookie"]
+    new = set_cookie.split(";", 1)[0].split("=", 1)[1]
+    assert new and new != old and "HttpOnly" in set_cookie
+    new_cookie = {"cookie": f"{COOKIE}={new}", "accept": "application/json"}
+    # the old token still works within the grace (requests in flight), on either node
+    assert json.loads(second.request("/whoami", cookie)[2])["claims"]["sid"] == sid
+    assert json.loads(second.request("/whoami", new_cookie)[2])["claims"]["sid"] == sid
+    time.sleep(ROTATION_GRACE_SECONDS + 0.5)
+    status, _, body = second.request("/whoami", cookie)
+    assert status == 401, body
+    assert json.loads(body)["reason"] == "revoked_session"
+    assert json.loads(first.request("/whoami", new_cookie)[2])["claims"]["sid"] == sid
+    # a bearer session is never rotated by a Set-Cookie it could not read
+    token = stack.token()
+    before = first.metric("refused", "not_a_cookie_session")
+    status, headers, _ = first.request(path(update='"rotate"'), bearer(token))
+    assert status == 200 and not [v for n, v in headers if n.lower() == "set-cookie"]
+    assert first.metric("refused", "not_a_cookie_session") == before + 1
+    assert first.request("/whoami", bearer(token))[0] == 200
 
 
 def data_on_cookie(node: Node, headers: dict[str, str]) -> Any:

@@ -43,6 +43,7 @@ class Harness:
             COOKIE,
             header=HEADER,
             count=lambda result, reason: self.counts.update([(result, reason)]),
+            rotate=self.manager.rotate_sid,
         )
 
     async def session(self) -> tuple[str, Session]:
@@ -88,7 +89,7 @@ async def test_a_patch_is_merged_and_the_header_removed(h: Harness) -> None:
         ({}, '{"cart": "' + "x" * 4090 + '"}', "too_large"),
         ({"decision": "deny"}, '{"cart": 1}', "denied_request"),
         ({"decision": ""}, '{"cart": 1}', "no_session"),
-        ({}, '"rotate"', "not_supported"),
+        ({}, '"rotate"', "not_a_cookie_session"),  # run() passes no credential
         ({}, "{", "invalid_json"),
     ],
 )
@@ -203,3 +204,19 @@ def test_the_adapter_writes_raw_values_appended() -> None:
     assert option.append.value is True
     other = pass_through(ProcessingRequest(request_headers=HttpHeaders()))
     assert other.WhichOneof("response") == "request_headers"
+
+
+async def test_rotate_sets_a_new_cookie_for_cookie_sessions_only(h: Harness) -> None:
+    token, session = await h.session()
+    ctx = ResponseContext("shop", session.sid, "allow", ('"rotate"',), credential="bearer")
+    assert await h.updater.process(ctx) == ResponseChanges(remove=(HEADER,))
+    assert h.counts == {("refused", "not_a_cookie_session"): 1}
+
+    ctx = ResponseContext("shop", session.sid, "allow", ('"rotate"',), credential="cookie")
+    changes = await h.updater.process(ctx)
+    ((name, value),) = changes.append
+    assert name == "set-cookie" and value.startswith("sess=") and "Max-Age=" in value
+    new_token = value.split(";", 1)[0].split("=", 1)[1]
+    assert new_token != token
+    assert (await h.manager.lookup(new_token)).sid == session.sid
+    assert h.counts[("applied", "rotate")] == 1

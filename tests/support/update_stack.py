@@ -2,7 +2,8 @@
 cache on), one scripted upstream (:mod:`tests.support.scripted_upstream`), and per node an
 extauthz and an Envoy running the repository's ``envoy/front-proxy.yaml`` on free ports.
 
-The allowlist lets the upstream cluster (``upstream``) write ``theme`` and ``cart``.
+The allowlist lets the upstream cluster (``upstream``) write ``theme`` and ``cart``; a rotated
+token's grace is :data:`ROTATION_GRACE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from harness.stack import DEMO_SETTINGS, StackPorts, render_front_proxy
 
 ALLOWED_KEYS = "upstream=theme,upstream=cart"
 USER, PASSWORD = "uma", "uma-password-1"
+ROTATION_GRACE_SECONDS = 1.5
 
 
 class ScriptedUpstream(ManagedProcess):
@@ -104,6 +106,8 @@ def start_update_stack(
         "EXTAUTHZ_USERS_FILE": str(users_file),
         "EXTAUTHZ_RATELIMIT_ENABLED": "false",
         "EXTAUTHZ_SESSION_UPDATES_ALLOWED_KEYS": ALLOWED_KEYS,
+        # a rotated token's grace: short, so that the tests see its end
+        "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": str(ROTATION_GRACE_SECONDS),
     }
     ensure_signing_key(keys_dir)
     add_user(users_file, USER, PASSWORD)
