@@ -31,6 +31,7 @@ from extauthz.response.updates import (
     merge_patch,
     parse,
 )
+from extauthz.store.budget import store_budget
 from extauthz.store.manager import Rotated, validate_session_data
 from extauthz.store.model import Session, SessionStore, VersionConflict
 
@@ -69,10 +70,13 @@ class ResponseChanges:
 @dataclass(frozen=True)
 class UpdateLimits:
     """``max_patch_bytes``: the update header value's bound (bytes); ``attempts``: how often a
-    merge is tried again when another write of the record came in between."""
+    merge is tried again when another write of the record came in between; ``budget_seconds``:
+    the longest one update or action may spend on the store (below Envoy's ext_proc
+    ``message_timeout``, so that the answer is extauthz's UNAVAILABLE, not Envoy's timeout)."""
 
     max_patch_bytes: int = MAX_PATCH_BYTES
     attempts: int = 3
+    budget_seconds: float | None = 0.8
 
 
 def cookie_name_of(set_cookie: str) -> str:
@@ -112,7 +116,8 @@ class SessionUpdater:
     async def process(self, ctx: ResponseContext) -> ResponseChanges:
         """The changes for one response.
 
-        :raises StoreUnavailable: the store could not carry out an update or action.
+        :raises StoreUnavailable: the store could not carry out an update or action within
+            ``limits.budget_seconds``.
         """
         remove: list[str] = [self.header] if ctx.updates else []
         append: list[tuple[str, str]] = []
@@ -127,7 +132,8 @@ class SessionUpdater:
             self._count("dropped_cookie", ctx.cluster or "-")
             log.warning("upstream cluster=%s set the session cookie: dropped", ctx.cluster)
         if ctx.updates:
-            append += await self._update(ctx)
+            async with store_budget(self.limits.budget_seconds):
+                append += await self._update(ctx)
         return ResponseChanges(tuple(remove), tuple(append))
 
     async def _update(self, ctx: ResponseContext) -> list[tuple[str, str]]:

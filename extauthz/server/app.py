@@ -229,7 +229,7 @@ def build_components(settings: Settings) -> Components:
         Allowlist.from_entries(u.allowed_keys),
         resolver.cookie,
         header=u.header,
-        limits=UpdateLimits(max_patch_bytes=u.max_patch_bytes, attempts=u.attempts),
+        limits=UpdateLimits(u.max_patch_bytes, u.attempts, u.budget_ms / 1000),
         count=metrics.count_session_update,
         rotate=sessions.rotate_sid,
     )

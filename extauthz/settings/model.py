@@ -241,7 +241,8 @@ class SessionUpdateSettings:
     ``allowed_keys``: entries ``"<Envoy cluster name>=<data key>"``, one per key (the cluster
     is Envoy's ``xds.cluster_name``); an upstream without entries writes nothing.
     ``max_patch_bytes``: the header value's bound; ``attempts``: tries of one update against
-    concurrent writes of the same session.
+    concurrent writes of the same session; ``budget_ms``: the longest one update may spend on
+    the store, below the ext_proc filter's ``message_timeout`` (1 s in envoy/*.yaml).
     """
 
     enabled: bool = True
@@ -249,6 +250,7 @@ class SessionUpdateSettings:
     allowed_keys: tuple[str, ...] = ()
     max_patch_bytes: int = 4096
     attempts: int = 3
+    budget_ms: int = 800
 
 
 @dataclass(frozen=True)

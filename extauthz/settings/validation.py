@@ -320,3 +320,5 @@ def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -
         raise SettingsError("session_updates.max_patch_bytes: expected 64-4096 bytes")
     if not 1 <= u.attempts <= 10:
         raise SettingsError("session_updates.attempts: expected 1-10")
+    if not 50 <= u.budget_ms <= 5000:
+        raise SettingsError("session_updates.budget_ms: expected 50-5000 ms")

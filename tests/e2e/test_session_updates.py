@@ -280,3 +280,34 @@ def streams_started(node: Node) -> int:
     assert status == 200
     match = re.search(r"ext_proc\.streams_started: (\d+)", text)
     return int(match.group(1)) if match else 0
+
+
+def _redis_command(redis: RedisServer, *parts: str) -> bytes:
+    """One command on the test Redis (raw RESP, no client library)."""
+    import socket
+
+    encoded = [p.encode() for p in parts]
+    command = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=2) as sock:
+        sock.sendall(command)
+        return sock.recv(64)
+
+
+def test_an_update_the_store_cannot_take_is_a_503(
+    stack: UpdateStack, redis_server: RedisServer
+) -> None:
+    """Writes paused on Redis (reads go on, so the Check still allows): the update cannot be
+    written, and the response that asked for it is a 503 (fail closed), never a silent
+    success; responses without an update pass meanwhile; afterwards the session is as it was."""
+    node = stack.nodes[0]
+    token = stack.token()
+    assert data_on(node, token) == {}
+    assert _redis_command(redis_server, "CLIENT", "PAUSE", "2500", "WRITE").startswith(b"+OK")
+    try:
+        assert node.request("/plain", bearer(token))[0] == 200
+        status, headers, _ = node.request(path(update='{"theme": "dark"}'), bearer(token))
+        assert status == 503
+        assert_nothing_internal(headers)
+    finally:
+        _redis_command(redis_server, "CLIENT", "UNPAUSE")
+    assert data_on(node, token) == {}

@@ -36,3 +36,18 @@ def test_label_values_are_escaped() -> None:
     assert 'node_id="a\\"b\\\\c\\nd"' in text
     unescaped = [line.replace("\\\\", "").replace('\\"', "") for line in text.splitlines()]
     assert all(line.count('"') % 2 == 0 for line in unescaped)  # one sample per line
+
+
+def test_session_updates_are_counted_by_result_and_reason() -> None:
+    metrics = Metrics({"store_strategy": "central"})
+    assert "extauthz_session_updates_total{" not in metrics.render()
+    metrics.count_session_update("applied", "merge_patch")
+    metrics.count_session_update("applied", "merge_patch")
+    metrics.count_session_update("refused", "key_not_allowed")
+    metrics.count_session_update("dropped_cookie", 'odd"cluster')
+    text = metrics.render()
+    assert "# TYPE extauthz_session_updates_total counter" in text
+    assert 'extauthz_session_updates_total{result="applied",reason="merge_patch"} 2' in text
+    assert 'extauthz_session_updates_total{result="refused",reason="key_not_allowed"} 1' in text
+    dropped = 'extauthz_session_updates_total{result="dropped_cookie",reason="odd\\"cluster"} 1'
+    assert dropped in text

@@ -211,3 +211,33 @@ def test_the_settings_know_the_cache_barriers_margin() -> None:
     from extauthz.store.redis.invalidation import BARRIER_MARGIN_SECONDS
 
     assert round(BARRIER_MARGIN_SECONDS * 1000) == CACHE_BARRIER_MARGIN_MS
+
+
+def test_session_update_settings() -> None:
+    s = load_settings(environ={
+        "EXTAUTHZ_SESSION_UPDATES_ALLOWED_KEYS": "shop=cart, shop=theme",
+        "EXTAUTHZ_SESSION_UPDATES_HEADER": "x-shop-session",
+    })  # fmt: skip
+    assert s.session_updates.allowed_keys == ("shop=cart", "shop=theme")
+    assert s.session_updates.header == "x-shop-session"
+    assert s.session_updates.enabled is True and s.session_updates.budget_ms == 800
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ALLOWED_KEYS", "shop=roles"),  # never writable
+        ("ALLOWED_KEYS", "shop"),
+        ("ALLOWED_KEYS", "=cart"),
+        ("HEADER", "X-Upper"),
+        ("HEADER", "set-cookie"),
+        ("HEADER", "authorization"),  # the JWT header
+        ("HEADER", "x-envoy-update"),
+        ("MAX_PATCH_BYTES", "8192"),
+        ("ATTEMPTS", "0"),
+        ("BUDGET_MS", "10"),
+    ],
+)
+def test_bad_session_update_settings_name_the_key(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"session_updates.{name.lower()}"):
+        load_settings(environ={f"EXTAUTHZ_SESSION_UPDATES_{name}": value})
