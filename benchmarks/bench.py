@@ -15,8 +15,10 @@ What runs, all on 127.0.0.1 and on free ports, each process stopped by its PID a
   (``extauthz sessions create --sub bench``);
 * ``benchmarks/noop_authz.py``: a Check that does nothing, on the same Python gRPC stack as
   extauthz (the "bare gRPC round trip" of the hot-path budget, docs/benchmarks.md);
-* Envoy with ``benchmarks/envoy-bench.yaml`` (five listeners that differ only by the auth
-  step; the ports and the local JWKS rewritten for this run);
+* Envoy with ``benchmarks/envoy-bench.yaml`` (seven listeners that differ only by the auth
+  step, the last two with the session-update processor of the response path, one of them
+  answering with a session update on every response; the ports and the local JWKS rewritten
+  for this run);
 * ``wrk -t<T> -c<N> -d<D>s --latency -H 'Authorization: Bearer ...'`` once per scenario.
 
 Before any load, every scenario must answer 200 with its credential and 401 without one and
@@ -136,6 +138,10 @@ key_prefix = "bench:"
 [session]
 cookie_secure = false
 
+[session_updates]
+# the origin listener of the ext_authz_update scenario (envoy-bench.yaml) writes data.cart
+allowed_keys = ["bench_origin=cart"]
+
 [jwt]
 issuer = "http://127.0.0.1"
 audience = "bench-upstream"
@@ -184,32 +190,52 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     return Stack(
         work_dir, redis, extauthz, nocache, noop, envoy, ports,
         credentials={"direct": token, "jwt_authn": material.token, "ext_authz_noop": token,
-                     "ext_authz_nocache": token, "ext_authz": token},
+                     "ext_authz_nocache": token, "ext_authz": token, "ext_authz_proc": token,
+                     "ext_authz_update": token},
         # a JWT signed by an unknown key; a well-formed token that names no session
         wrong={"jwt_authn": material.foreign_token, "ext_authz_nocache": mint_token(),
-               "ext_authz": mint_token()},
+               "ext_authz": mint_token(), "ext_authz_proc": mint_token(),
+               "ext_authz_update": mint_token()},
         processes=processes,
     )  # fmt: skip
 
 
 def verify(stack: Stack) -> None:
-    """Each scenario: 200 "ok" with its credential; 401 without one and with a wrong one."""
+    """Each scenario: 200 "ok" with its credential; 401 without one and with a wrong one.
+    ext_authz_update: the update is applied, and its header never reaches the client."""
     for name in SCENARIOS:
         port = stack.ports.listeners[name]
-        status, body = http_get(port, bearer=stack.credentials[name])
+        applied = session_updates_applied(stack)
+        status, body, headers = http_get(port, bearer=stack.credentials[name])
         if status != 200 or body != b"ok\n":
             raise BenchError(f"{name}: with its credential: {status} {body[:200]!r}, not 200 ok")
+        if any(k.lower().startswith("x-extauthz-") for k, _ in headers):
+            raise BenchError(f"{name}: an x-extauthz-* header reached the client")
+        if name == "ext_authz_update" and session_updates_applied(stack) != applied + 1:
+            raise BenchError(f"{name}: the session update was not applied")
         if name == "direct":
             continue
-        status, body = http_get(port)
+        status, body, _ = http_get(port)
         if status != 401:
             raise BenchError(f"{name}: without a credential: {status} {body[:200]!r}, not 401")
         if name not in stack.wrong:
             continue  # the no-op Check accepts any credential
-        status, body = http_get(port, bearer=stack.wrong[name])
+        status, body, _ = http_get(port, bearer=stack.wrong[name])
         if status != 401:
             raise BenchError(f"{name}: with a wrong credential: {status} {body[:200]!r}, not 401")
     say("checks passed: 200 with the credential, 401 without and with a wrong one")
+
+
+def session_updates_applied(stack: Stack) -> int:
+    """extauthz's ``extauthz_session_updates_total{result="applied",reason="merge_patch"}``."""
+    status, body, _ = http_get(stack.extauthz.http_port, "/metrics")
+    if status != 200:
+        raise BenchError(f"extauthz /metrics answered {status}")
+    wanted = 'extauthz_session_updates_total{result="applied",reason="merge_patch"} '
+    for line in body.decode().splitlines():
+        if line.startswith(wanted):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
 
 
 def _kind(scenario: str) -> str:
@@ -246,6 +272,11 @@ def check_run(name: str, result: dict[str, Any]) -> list[str]:
         problems.append(
             f"only {passed} requests passed the auth step but wrk counted {result['requests']}"
         )
+    if name == "ext_authz_update" and result.get("session_updates_applied", 0) < result["requests"]:
+        problems.append(
+            f"only {result.get('session_updates_applied', 0)} session updates applied but wrk "
+            f"counted {result['requests']} responses"
+        )
     for k in ("jwt_authn.denied", "ext_authz.denied", "ext_authz.error",
               "ext_authz.failure_mode_allowed"):  # fmt: skip
         if c.get(k):
@@ -263,6 +294,7 @@ def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]
         name, stack.extauthz
     )
     pids = {"envoy": stack.envoy.pid, "extauthz": authz.pid, "redis": stack.redis.pid}
+    applied_before = session_updates_applied(stack)
     counters_before = envoy_counters(stack.envoy)
     redis_before = redis_commands(stack.redis)
     cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items() if pid}
@@ -279,6 +311,7 @@ def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]
     result["scenario"] = name
     result["label"] = LABELS[name]
     result["envoy_counters"] = auth_counters(name, counters_before, envoy_counters(stack.envoy))
+    result["session_updates_applied"] = session_updates_applied(stack) - applied_before
     # INFO itself is one command; everything else is extauthz's
     result["redis_commands_per_request"] = (
         (redis_commands(stack.redis) - redis_before - 1) / result["requests"]

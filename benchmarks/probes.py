@@ -23,13 +23,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- probes -----------------------------------------------------------------------------------
 
 
-def http_get(port: int, path: str = "/", bearer: str | None = None) -> tuple[int, bytes]:
+def http_get(
+    port: int, path: str = "/", bearer: str | None = None
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """``(status, body, headers)`` of one GET."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
     try:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
         conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return resp.status, resp.read(), resp.getheaders()
     finally:
         conn.close()
 

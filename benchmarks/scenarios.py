@@ -15,13 +15,26 @@ from harness.stack import set_port, write_config
 
 BENCH_CONFIG = Path(__file__).resolve().parent / "envoy-bench.yaml"
 # listener names in envoy-bench.yaml, in the order they run
-SCENARIOS = ("direct", "jwt_authn", "ext_authz_noop", "ext_authz_nocache", "ext_authz")
+SCENARIOS = (
+    "direct",
+    "jwt_authn",
+    "ext_authz_noop",
+    "ext_authz_nocache",
+    "ext_authz",
+    "ext_authz_proc",
+    "ext_authz_update",
+)
+# listeners that are not scenarios: the origin of ext_authz_update (cluster bench_origin)
+ORIGIN = "origin"
+ORIGIN_CLUSTER = "bench_origin"
 LABELS = {
     "direct": "Envoy, no auth (direct_response)",
     "jwt_authn": "Envoy jwt_authn, ES256 JWT",
     "ext_authz_noop": "ext_authz -> no-op Python Check",
     "ext_authz_nocache": "extauthz, session cache off (Redis)",
     "ext_authz": "extauthz, session cache on (default)",
+    "ext_authz_proc": "extauthz + session-update processor, no update",
+    "ext_authz_update": "extauthz + a session update per response",
 }
 JWT_ISSUER = "https://bench.invalid"
 JWT_AUDIENCE = "bench"
@@ -72,7 +85,7 @@ class EnvoyPorts:
 
     @classmethod
     def allocate(cls) -> EnvoyPorts:
-        return cls(free_port(), {name: free_port() for name in SCENARIOS})
+        return cls(free_port(), {name: free_port() for name in (*SCENARIOS, ORIGIN)})
 
 
 def render_bench_config(
@@ -82,15 +95,15 @@ def render_bench_config(
     jwks: str,
     source: Path = BENCH_CONFIG,
 ) -> Path:
-    """A copy of ``source`` with the given ports (``grpc_ports``: cluster name -> port) and
-    JWKS; nothing else changes.
+    """A copy of ``source`` with the given ports (``grpc_ports``: cluster name -> port; the
+    origin cluster points at the origin listener) and JWKS; nothing else changes.
 
     :raises BenchError: the file no longer has the listeners, filter or cluster expected here.
     """
     doc = yaml.safe_load(source.read_text())
     set_port(doc["admin"]["address"]["socket_address"], ports.admin)
     listeners = {item["name"]: item for item in doc["static_resources"]["listeners"]}
-    if set(listeners) != set(SCENARIOS):
+    if set(listeners) != {*SCENARIOS, ORIGIN}:
         raise BenchError(f"{source}: expected listeners {SCENARIOS}, found {sorted(listeners)}")
     for name, port in ports.listeners.items():
         set_port(listeners[name]["address"]["socket_address"], port)
@@ -106,11 +119,12 @@ def render_bench_config(
     for provider in jwt_filters[0]["typed_config"]["providers"].values():
         provider["local_jwks"] = {"inline_string": jwks}
     clusters = doc["static_resources"]["clusters"]
-    if sorted(c["name"] for c in clusters) != sorted(grpc_ports):
-        raise BenchError(f"{source}: expected the clusters {sorted(grpc_ports)}")
+    cluster_ports = {**grpc_ports, ORIGIN_CLUSTER: ports.listeners[ORIGIN]}
+    if sorted(c["name"] for c in clusters) != sorted(cluster_ports):
+        raise BenchError(f"{source}: expected the clusters {sorted(cluster_ports)}")
     for cluster in clusters:
         for locality in cluster["load_assignment"]["endpoints"]:
             for endpoint in locality["lb_endpoints"]:
                 address = endpoint["endpoint"]["address"]["socket_address"]
-                set_port(address, grpc_ports[cluster["name"]])
+                set_port(address, cluster_ports[cluster["name"]])
     return write_config(doc, out_dir / "envoy-bench.yaml")

@@ -13,9 +13,11 @@ cannot answer raises :class:`~extauthz.errors.StoreUnavailable` (the transport a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from extauthz.errors import Unauthenticated
@@ -112,6 +114,9 @@ class SessionUpdater:
         self._count = count
         self._rotate = rotate
         self._clock = clock
+        # sid -> (lock, holders): updates of one session on this node wait for each other
+        # instead of losing compare-and-set rounds to each other
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def process(self, ctx: ResponseContext) -> ResponseChanges:
         """The changes for one response.
@@ -132,9 +137,24 @@ class SessionUpdater:
             self._count("dropped_cookie", ctx.cluster or "-")
             log.warning("upstream cluster=%s set the session cookie: dropped", ctx.cluster)
         if ctx.updates:
-            async with store_budget(self.limits.budget_seconds):
+            async with store_budget(self.limits.budget_seconds), self._one_at_a_time(ctx.sid):
                 append += await self._update(ctx)
         return ResponseChanges(tuple(remove), tuple(append))
+
+    @asynccontextmanager
+    async def _one_at_a_time(self, sid: str) -> AsyncIterator[None]:
+        """Hold the lock of session ``sid`` (the time waited counts against the budget)."""
+        lock, holders = self._locks.get(sid, (asyncio.Lock(), 0))
+        self._locks[sid] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._locks[sid]
+            if holders == 1:
+                del self._locks[sid]
+            else:
+                self._locks[sid] = (lock, holders - 1)
 
     async def _update(self, ctx: ResponseContext) -> list[tuple[str, str]]:
         try:

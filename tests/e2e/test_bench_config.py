@@ -31,6 +31,9 @@ BENCH_CONFIG = BENCH_DIR / "envoy-bench.yaml"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 ROUTER = "envoy.filters.http.router"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
+SESSION_UPDATE = "extauthz_session_update"  # the ext_proc wrapper, as in envoy/front-proxy.yaml
+ORIGIN, ORIGIN_CLUSTER = "origin", "bench_origin"
 GRPC_PORTS = {"extauthz_grpc": 50051, "noop_authz_grpc": 50052, "extauthz_nocache_grpc": 50053}
 
 
@@ -105,9 +108,22 @@ def test_rendered_bench_config_validates(envoy_binary: str, tmp_path: Path) -> N
 
 def test_listeners_differ_only_by_the_auth_step() -> None:
     listeners = _listeners(_doc())
+    origin = listeners.pop(ORIGIN)
     assert list(listeners) == list(bench.SCENARIOS)
+    response_path = [HEADER_MUTATION, EXT_AUTHZ, SESSION_UPDATE]
     auth_filters = {"direct": [], "jwt_authn": [JWT_AUTHN], "ext_authz_noop": [EXT_AUTHZ],
-                    "ext_authz_nocache": [EXT_AUTHZ], "ext_authz": [EXT_AUTHZ]}  # fmt: skip
+                    "ext_authz_nocache": [EXT_AUTHZ], "ext_authz": [EXT_AUTHZ],
+                    "ext_authz_proc": response_path, "ext_authz_update": response_path}  # fmt: skip
+    # ext_authz_update alone answers from the origin listener, which adds a session update
+    (update_route,) = _hcm(listeners["ext_authz_update"])["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
+    assert update_route.pop("route") == {"cluster": ORIGIN_CLUSTER}
+    (origin_route,) = _hcm(origin)["route_config"]["virtual_hosts"][0]["routes"]
+    assert origin_route.pop("response_headers_to_add") == [
+        {"header": {"key": "x-extauthz-session-update", "value": '{"cart":1}'}}
+    ]
+    update_route["direct_response"] = origin_route["direct_response"]
     normalised = []
     for name, listener in listeners.items():
         hcm = copy.deepcopy(_hcm(listener))
@@ -191,7 +207,9 @@ def test_render_changes_only_ports_and_the_jwks(tmp_path: Path) -> None:
     committed_clusters = original["static_resources"]["clusters"]
     for cluster, committed in zip(clusters, committed_clusters, strict=True):
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        assert endpoint["address"]["socket_address"]["port_value"] == GRPC_PORTS[cluster["name"]]
+        # the gRPC clusters point at their servers, the origin cluster at the origin listener
+        wanted = {**GRPC_PORTS, ORIGIN_CLUSTER: ports.listeners[ORIGIN]}[cluster["name"]]
+        assert endpoint["address"]["socket_address"]["port_value"] == wanted
         cluster["load_assignment"] = committed["load_assignment"]
     assert rendered == original
 
@@ -271,8 +289,12 @@ def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
         assert scenario["requests"] > 0, scenario["scenario"]
         assert scenario["non_2xx"] == 0 and scenario["socket_errors"] == 0, scenario["scenario"]
     by_name = {s["scenario"]: s for s in report["scenarios"]}
-    for name in ("ext_authz_noop", "ext_authz_nocache", "ext_authz"):
+    for name in ("ext_authz_noop", "ext_authz_nocache", "ext_authz", "ext_authz_proc",
+                 "ext_authz_update"):  # fmt: skip
         assert by_name[name]["envoy_counters"]["ext_authz.ok"] >= by_name[name]["requests"]
+    update = by_name["ext_authz_update"]
+    assert update["session_updates_applied"] >= update["requests"]
+    assert by_name["ext_authz_proc"]["session_updates_applied"] == 0
     jwt_authn = by_name["jwt_authn"]
     assert jwt_authn["envoy_counters"]["jwt_authn.allowed"] >= jwt_authn["requests"]
     # without the cache every Check reads the session from Redis; with it, almost none does

@@ -3,9 +3,12 @@ headers a response loses and gains, what the session becomes, what is counted.""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections import Counter
 
 import pytest
+import redis.asyncio as aioredis
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 from google.protobuf.struct_pb2 import Struct
@@ -21,12 +24,15 @@ from extauthz.response.processor import (
     ResponseChanges,
     ResponseContext,
     SessionUpdater,
+    UpdateLimits,
     cookie_name_of,
 )
 from extauthz.response.updates import Allowlist
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session
+from extauthz.store.redis.store import RedisSessionStore
+from tests.support import RedisServer
 
 HEADER = "x-extauthz-session-update"
 COOKIE = SessionCookie("sess", secure=True)
@@ -220,3 +226,29 @@ async def test_rotate_sets_a_new_cookie_for_cookie_sessions_only(h: Harness) -> 
     assert new_token != token
     assert (await h.manager.lookup(new_token)).sid == session.sid
     assert h.counts[("applied", "rotate")] == 1
+
+
+@pytest.mark.e2e
+async def test_concurrent_updates_of_one_session_all_apply(redis_process: RedisServer) -> None:
+    """Updates of one session on one node wait for each other: on a real Redis, with a single
+    compare-and-set attempt each, none of 20 concurrent updates loses to the others."""
+    client = aioredis.Redis.from_url(redis_process.url)
+    try:
+        store = RedisSessionStore(client, f"p{uuid.uuid4().hex[:8]}:")
+        manager = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+        counts: Counter[tuple[str, str]] = Counter()
+        updater = SessionUpdater(
+            store, Allowlist.from_entries(["shop=cart"]), COOKIE, header=HEADER,
+            limits=UpdateLimits(attempts=1),
+            count=lambda result, reason: counts.update([(result, reason)]),
+        )  # fmt: skip
+        token, session = await manager.create("alice")
+        contexts = [
+            ResponseContext("shop", session.sid, "allow", (f'{{"cart": {{"i{i}": {i}}}}}',))
+            for i in range(20)
+        ]
+        await asyncio.gather(*(updater.process(ctx) for ctx in contexts))
+        assert counts == {("applied", "merge_patch"): 20}
+        assert (await manager.lookup(token)).data["cart"] == {f"i{i}": i for i in range(20)}
+    finally:
+        await client.aclose()
