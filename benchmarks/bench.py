@@ -120,6 +120,8 @@ class Stack:
     ports: EnvoyPorts
     credentials: dict[str, str]  # scenario -> bearer that must be accepted
     wrong: dict[str, str]  # scenario -> bearer that must be refused
+    # scenario -> bearers wrk takes in turn instead of the one credential (one per session)
+    spread: dict[str, list[str]] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
 
 
@@ -148,6 +150,29 @@ audience = "bench-upstream"
 keys_dir = "{keys_dir}"
 """
     )
+
+
+# ext_authz_update writes to the session of each request: spread over this many sessions (more
+# than wrk's connections), so that it measures updates, not 32 writers queueing on one session
+UPDATE_SESSIONS = 64
+
+
+def create_sessions(extauthz: ExtauthzProcess, count: int) -> list[str]:
+    """``count`` new sessions through the admin API (one gRPC channel); their tokens."""
+    import grpc
+
+    from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(extauthz.grpc_target) as channel:
+        stub = admin_pb2_grpc.SessionAdminStub(channel)
+        return [
+            stub.CreateSession(
+                admin_pb2.CreateSessionRequest(sub=f"bench-{i}"),
+                metadata=extauthz.admin_metadata,
+                timeout=5,
+            ).access_token
+            for i in range(count)
+        ]
 
 
 def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[ManagedProcess]) -> Stack:
@@ -196,6 +221,7 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
         wrong={"jwt_authn": material.foreign_token, "ext_authz_nocache": mint_token(),
                "ext_authz": mint_token(), "ext_authz_proc": mint_token(),
                "ext_authz_update": mint_token()},
+        spread={"ext_authz_update": create_sessions(extauthz, UPDATE_SESSIONS)},
         processes=processes,
     )  # fmt: skip
 
@@ -286,7 +312,7 @@ def check_run(name: str, result: dict[str, Any]) -> list[str]:
 
 def measure(args: argparse.Namespace, stack: Stack, name: str) -> dict[str, Any]:
     port = stack.ports.listeners[name]
-    bearer = stack.credentials[name]
+    bearer: str | list[str] = stack.spread.get(name) or stack.credentials[name]
     if args.warmup:
         run_wrk(args, port, bearer, args.warmup)
     # the no-op server's CPU is reported in the extauthz column (it is what answers Check there)

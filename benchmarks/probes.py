@@ -9,6 +9,8 @@ import os
 import re
 import resource
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
     result["requests"] = int(match.group(1))
     result["elapsed_s"] = _ms(match.group(2) + match.group(3)) / 1000
     for pct in ("50", "75", "90", "99"):
-        match = re.search(rf"^\s+{pct}%\s+(\S+)$", out, re.M)
+        match = re.search(rf"^\s+{pct}%\s+(\S+)\s*$", out, re.M)  # "1.29s " ends in a space
         if not match:
             raise BenchError(f"wrk: no {pct}% latency in its output (run with --latency):\n{out}")
         result[f"p{pct}_ms"] = _ms(match.group(1))
@@ -117,12 +119,36 @@ def parse_wrk(out: str) -> dict[str, Any]:
     return result
 
 
-def run_wrk(args: argparse.Namespace, port: int, bearer: str, duration: int) -> str:
+# wrk's request hook: each request carries the next of several bearer tokens, round robin
+_ROUND_ROBIN_LUA = """
+tokens = {%s}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[counter %% #tokens + 1]})
+end
+"""
+
+
+def run_wrk(
+    args: argparse.Namespace, port: int, bearer: str | Sequence[str], duration: int
+) -> str:
+    """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook)."""
     argv = [
         args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
-        "--timeout", "5s", "-H", f"Authorization: Bearer {bearer}", f"http://{LOOPBACK}:{port}/",
+        "--timeout", "5s",
     ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="wrk-") as script:
+        if isinstance(bearer, str):
+            argv += ["-H", f"Authorization: Bearer {bearer}"]
+        else:
+            script.write(_ROUND_ROBIN_LUA % ", ".join(f'"{t}"' for t in bearer))
+            script.flush()
+            argv += ["-s", script.name]
+        argv.append(f"http://{LOOPBACK}:{port}/")
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, check=False
+        )
     if proc.returncode != 0:
         raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
