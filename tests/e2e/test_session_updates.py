@@ -70,6 +70,17 @@ def data_on(node: Node, token: str) -> dict[str, Any]:
     return data
 
 
+def lookups(node: Node, sid: str, count: int) -> list[str]:
+    """How the node's first ``count`` Checks of ``sid`` found the session (``session_cache`` in
+    Envoy's access log: ``hit``, ``miss``, ``bypass``); the log is flushed every 100 ms."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [e["session_cache"] for e in node.envoy.access_log() if e.get("sid") == sid]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found[:count]
+        time.sleep(0.05)
+
+
 def assert_nothing_internal(headers: list[tuple[str, str]]) -> None:
     names = [name.lower() for name, _ in headers]
     assert UPDATE not in names
@@ -84,7 +95,8 @@ def test_an_update_reaches_the_next_jwt_on_every_node(stack: UpdateStack) -> Non
     token = stack.token()
     # the second node's cache holds the session before the update (a warm cache)
     assert data_on(second, token) == {}
-    assert data_on(second, token) == {}
+    sid = json.loads(second.request("/whoami", bearer(token))[2])["claims"]["sid"]
+    assert lookups(second, sid, 2) == ["miss", "hit"]
     applied = first.metric("applied", "merge_patch")
 
     status, headers, body = first.request(
@@ -97,6 +109,7 @@ def test_an_update_reaches_the_next_jwt_on_every_node(stack: UpdateStack) -> Non
 
     expected = {"theme": "dark", "cart": {"items": 2}}
     assert data_on(second, token) == expected
+    assert lookups(second, sid, 3)[2] == "miss"  # the update dropped the cached record
     assert data_on(first, token) == expected
     # RFC 7396: null deletes, nested objects merge
     status, _, _ = second.request(
