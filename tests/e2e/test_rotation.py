@@ -99,6 +99,22 @@ def with_cookie(token: str) -> dict[str, str]:
     return {"cookie": f"theme=dark; {COOKIE}={token}", "accept": "application/json"}
 
 
+def rotation_counts(stack: Stack) -> dict[str, int]:
+    """``extauthz_token_rotations_total`` by result, from the node's ``/metrics``."""
+    conn = http.client.HTTPConnection(LOOPBACK, stack.ports.http, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("extauthz_token_rotations_total{"):
+            labels, _, value = line.rpartition(" ")
+            counts[labels.split('"')[1]] = int(value)
+    return counts
+
+
 def stored_tokens_of(client: redis.Redis, prefix: str, sid: str) -> list[str]:
     """The token hashes Redis holds a session record of ``sid`` under."""
     hashes = []
@@ -142,6 +158,7 @@ def test_rolling_rotation_under_50_concurrent_requests(
     assert {json.loads(b)["jwt"]["claims"]["sid"] for _, _, b in results} == {sid}
     if client is not None:
         assert stored_tokens_of(client, prefix, sid) == [tokens.token_hash(new)]
+    assert rotation_counts(stack)["rotated"] == 1
 
     # the new token is young; the old one, within its grace, learns the same new token
     status, headers, _ = get(stack, "/new", with_cookie(new))
