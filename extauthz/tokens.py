@@ -7,14 +7,22 @@ Shape (53 ASCII characters)::
 The CRC32 checksum lets the shape check reject typos and guessed tokens without a store
 round trip; it adds no secrecy. The token itself is never stored, logged or used as a key:
 the store is keyed by :func:`token_hash` (SHA-256, hex), logs use :func:`log_id`.
+
+A rotated token's successor is kept in the store only sealed (:func:`seal_successor`, AES-256-GCM
+under a key derived from the *old* token): whoever presents the old token during the grace can
+learn the new one; whoever can read the store cannot.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
 import zlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "xat_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -64,3 +72,40 @@ def log_id(value: str) -> str:
     a store key either.
     """
     return hashlib.sha256(b"log:" + value.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+_SEAL_CONTEXT = b"extauthz successor v1"
+_NONCE_BYTES = 12
+
+
+def _seal_key(old_token: str) -> bytes:
+    # a different derivation from token_hash(): the store key never opens a seal
+    return hashlib.sha256(b"seal:" + old_token.encode("ascii")).digest()
+
+
+def seal_successor(old_token: str, new_token: str) -> str:
+    """``new_token`` encrypted (AES-256-GCM, random 96-bit nonce, ``old_token``'s derived key,
+    bound to a fixed context) as URL-safe base64 without padding, 108 characters.
+
+    Only a holder of ``old_token`` can open it (:func:`open_successor`).
+    """
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    sealed = AESGCM(_seal_key(old_token)).encrypt(nonce, new_token.encode("ascii"), _SEAL_CONTEXT)
+    return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+
+
+def open_successor(old_token: str, sealed: str) -> str | None:
+    """The token :func:`seal_successor` sealed for ``old_token``; ``None`` when ``sealed`` is
+    empty, malformed, was sealed for another token, or does not hold a token of the product's
+    shape. Never raises."""
+    if not sealed:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        plain = AESGCM(_seal_key(old_token)).decrypt(
+            raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _SEAL_CONTEXT
+        )
+        token = plain.decode("ascii")
+    except (ValueError, InvalidTag, UnicodeError):
+        return None
+    return token if has_token_shape(token) else None

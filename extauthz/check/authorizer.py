@@ -12,6 +12,7 @@ denial (the transport turns it into gRPC ``UNAVAILABLE``).
 from __future__ import annotations
 
 import logging
+import time
 
 from extauthz import tokens
 from extauthz.check.context import RequestContext
@@ -21,12 +22,13 @@ from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
 from extauthz.check.policy import Policy
 from extauthz.check.resolver import SessionResolver
+from extauthz.check.rotation import RollingRotation
 from extauthz.errors import Denied, Forbidden, Reason
 from extauthz.login.csrf import SAFE_METHODS, SameSiteCheck
 from extauthz.server.metrics import Metrics
 from extauthz.store.budget import store_budget
 from extauthz.store.cache import lookup_source
-from extauthz.store.model import Session
+from extauthz.store.manager import Found
 
 log = logging.getLogger("extauthz.decision")
 
@@ -36,7 +38,8 @@ class Authorizer:
     same one serves ``/auth/*``). ``jwt_header`` is where the JWT goes toward upstream:
     ``authorization`` gets ``Bearer <JWT>``, any other header the bare JWT.
     ``store_budget_seconds`` bounds the resolver's whole time on the store
-    (:func:`~extauthz.store.budget.store_budget`; ``None``: unbounded)."""
+    (:func:`~extauthz.store.budget.store_budget`; ``None``: unbounded); a token rotation
+    (``rotation``, :mod:`extauthz.check.rotation`) gets what is left of it."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Authorizer:
         same_site: SameSiteCheck | None = None,
         metrics: Metrics | None = None,
         store_budget_seconds: float | None = None,
+        rotation: RollingRotation | None = None,
     ) -> None:
         self.resolver = resolver
         self.minter = minter
@@ -60,6 +64,7 @@ class Authorizer:
         self.same_site = same_site or SameSiteCheck()
         self.metrics = metrics
         self.store_budget_seconds = store_budget_seconds
+        self.rotation = rotation
 
     def _metadata(self, decision: str, reason: Reason, sid: str = "") -> dict[str, str]:
         if self.metrics is not None:
@@ -82,12 +87,14 @@ class Authorizer:
         lookup_source.set("off")
         policy = Policy.from_context_extensions(ctx.context_extensions)
         credentials: Credentials | None = None
+        started = time.monotonic()
         try:
             credentials = self.resolver.credentials(ctx)
             self._check_same_site(ctx, policy, credentials)
             async with store_budget(self.store_budget_seconds):
-                session = await self.resolver.resolve(ctx, credentials)
-            policy.check(session)
+                found = await self.resolver.find(ctx, credentials)
+            policy.check(found.session)
+            set_cookies = await self._rotate(found, credentials, started)
         except Denied as denial:
             log.info(
                 "deny reason=%s method=%s path=%s credential=%s",
@@ -103,7 +110,7 @@ class Authorizer:
                 saw_cookie=self.resolver.carries_cookie(ctx),
                 metadata=self._metadata("deny", denial.reason),
             )
-        return self._allow(ctx, session, credentials)
+        return self._allow(ctx, found, credentials, set_cookies)
 
     def reject(self, denial: Denied) -> Decision:
         """The answer to a request that could not even be read (e.g. ``BadRequest``)."""
@@ -131,7 +138,28 @@ class Authorizer:
         if violation is not None:
             raise Forbidden(Reason.CROSS_SITE_REQUEST, violation)
 
-    def _allow(self, ctx: RequestContext, session: Session, credentials: Credentials) -> Allow:
+    async def _rotate(
+        self, found: Found, credentials: Credentials, started: float
+    ) -> tuple[str, ...]:
+        """The ``Set-Cookie`` values of a token rotation (:mod:`extauthz.check.rotation`),
+        within what is left of the store budget; none when no rotation is due.
+
+        :raises Unauthenticated: the session ended meanwhile.
+        """
+        if self.rotation is None or not self.rotation.due(found, credentials.source):
+            return ()
+        budget = self.store_budget_seconds
+        left = None if budget is None else budget - (time.monotonic() - started)
+        return await self.rotation.set_cookie(found, left)
+
+    def _allow(
+        self,
+        ctx: RequestContext,
+        found: Found,
+        credentials: Credentials,
+        set_cookies: tuple[str, ...] = (),
+    ) -> Allow:
+        session = found.session
         jwt = self.minter.mint(session)
         value = f"Bearer {jwt}" if self.jwt_header == "authorization" else jwt
         to_set: list[tuple[str, str]] = [(self.jwt_header, value)]
@@ -149,6 +177,8 @@ class Authorizer:
         return Allow(
             headers_to_set=tuple(to_set),
             headers_to_remove=tuple(to_remove),
+            # each its own header line toward the client, never folded with the upstream's
+            response_headers_to_add=tuple(("set-cookie", value) for value in set_cookies),
             metadata=self._metadata("allow", Reason.SESSION_VALID, session.sid),
         )
 

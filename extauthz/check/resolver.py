@@ -24,7 +24,7 @@ from extauthz.check.credentials import (
 from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import Denied, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login.cookies import SessionCookie
-from extauthz.store.manager import SessionManager
+from extauthz.store.manager import Found, SessionManager
 from extauthz.store.model import Session
 
 # the failed lookups that count toward the ``check:addr`` throttle
@@ -99,6 +99,10 @@ class SessionResolver:
         return await self.throttle.failed(address, misses)
 
     async def resolve(self, ctx: RequestContext, credentials: Credentials | None = None) -> Session:
+        """The session of ``credentials``: :meth:`find`'s session."""
+        return (await self.find(ctx, credentials)).session
+
+    async def find(self, ctx: RequestContext, credentials: Credentials | None = None) -> Found:
         """The session of ``credentials`` (default: :meth:`credentials` of ``ctx``), from
         ``ctx.peer_address``. A request that puts its address over the budget is refused even
         when a candidate was live: a blocked guesser learns nothing.
@@ -113,7 +117,7 @@ class SessionResolver:
         self.refuse_blocked(address)
         misses: list[Unauthenticated] = []
         try:
-            session = await self._first_live(credentials.tokens, misses)
+            found = await self._first_live(credentials.tokens, misses)
         except StoreUnavailable:
             await self.count_misses(address, sum(map(is_miss, misses)))
             raise
@@ -121,7 +125,7 @@ class SessionResolver:
             await self._charge(address, misses)
             raise
         await self._charge(address, misses)
-        return session
+        return found
 
     async def _charge(self, address: str, misses: list[Unauthenticated]) -> None:
         wait = await self.count_misses(address, sum(map(is_miss, misses)))
@@ -130,18 +134,18 @@ class SessionResolver:
 
     async def _first_live(
         self, candidates: tuple[str, ...], misses: list[Unauthenticated]
-    ) -> Session:
+    ) -> Found:
         """Look up every candidate (each failure is appended to ``misses``): a single one
         must be live; of several session cookies (host and parent-domain cookies sharing a
         name) the first live one wins, unless live ones belong to different subjects."""
-        live: list[Session] = []
+        live: list[Found] = []
         for token in candidates:
             try:
-                live.append(await self.sessions.lookup(token))
+                live.append(await self.sessions.find(token))
             except Unauthenticated as failure:
                 misses.append(failure)
         if not live:
             raise misses[0] if misses else Unauthenticated(Reason.NO_CREDENTIAL, "")
-        if len({s.sub for s in live}) > 1:
+        if len({found.session.sub for found in live}) > 1:
             raise Unauthenticated(Reason.AMBIGUOUS_CREDENTIAL, "session cookies of different users")
         return live[0]

@@ -18,6 +18,7 @@ from extauthz.check.authorizer import Authorizer
 from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
 from extauthz.check.resolver import SessionResolver
+from extauthz.check.rotation import RollingRotation
 from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import SettingsError
 from extauthz.keys.keyring import KeyRing
@@ -178,6 +179,7 @@ def build_components(settings: Settings) -> Components:
         idle_timeout=settings.session.idle_timeout_seconds,
         absolute_timeout=settings.session.absolute_timeout_seconds,
         check_session=minter.check_size,  # a session whose JWT would be too large is refused
+        rotation_grace_seconds=settings.session.rotation_grace_seconds,
     )
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
@@ -187,6 +189,9 @@ def build_components(settings: Settings) -> Components:
     )
     denials = DenialRenderer(
         realm=settings.deny.realm, login_url=settings.deny.login_url, cookie=resolver.cookie
+    )
+    rotation = RollingRotation(
+        sessions, resolver.cookie, rotate_after_seconds=settings.session.rotate_after_seconds
     )
     membership = redis.membership if redis is not None else None
     probe = NodeProbe(
@@ -201,6 +206,7 @@ def build_components(settings: Settings) -> Components:
         },
         state=probe,
         redis_pools=redis.clients.pool_counts if redis is not None else None,
+        rotations=rotation.stats,
     )
     authorizer = Authorizer(
         resolver,
@@ -212,6 +218,7 @@ def build_components(settings: Settings) -> Components:
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         metrics=metrics,
         store_budget_seconds=settings.store.check_budget_ms / 1000,
+        rotation=rotation,
     )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(

@@ -4,6 +4,8 @@ the HTTP port (not routed by the front proxy).
 * ``extauthz_info{version, node_id, store_strategy, store_backend} 1``
 * ``extauthz_store_strategy{strategy}``: 1 for the active strategy, 0 for the others, so a
   dashboard can alert on nodes of one deployment that disagree
+* ``extauthz_token_rotations_total{result}``: rolling token rotations on Check
+  (:mod:`extauthz.check.rotation`)
 * ``extauthz_check_decisions_total{decision, reason}``: Check answers since start-up
   (``reason`` is one of :class:`extauthz.errors.Reason`)
 * with the session cache on: ``extauthz_cache_channel_up`` (1 while the invalidation
@@ -124,8 +126,10 @@ class Metrics:
         *,
         state: Callable[[], NodeState] | None = None,
         redis_pools: Callable[[], Mapping[str, Mapping[str, int]]] | None = None,
+        rotations: Mapping[str, int] | None = None,
     ) -> None:
         self.info = dict(info)
+        self.rotations = rotations
         self.decisions: Counter[tuple[str, str]] = Counter()
         self.state = state
         self.redis_pools = redis_pools
@@ -153,6 +157,16 @@ class Metrics:
             f"extauthz_check_decisions_total{{{_labels({'decision': d, 'reason': r})}}} {n}"
             for (d, r), n in sorted(self.decisions.items())
         ]
+        if self.rotations is not None:
+            lines += [
+                "# HELP extauthz_token_rotations_total Session cookie token rotations on Check "
+                "by result (rotated, joined, no_cookie, failed).",
+                "# TYPE extauthz_token_rotations_total counter",
+            ]
+            lines += [
+                f'extauthz_token_rotations_total{{result="{_label(r)}"}} {n}'
+                for r, n in sorted(self.rotations.items())
+            ]
         if self.state is not None:
             lines += _state_lines(self.state())
         pools = self.redis_pools() if self.redis_pools is not None else {}

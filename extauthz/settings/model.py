@@ -120,6 +120,12 @@ class SessionSettings:
     cookie_domain: str = ""
     # how many copies of the session cookie one request may carry before it is refused
     max_cookie_candidates: int = 4
+    # rolling rotation: a cookie session whose token is older than this gets a new token on an
+    # allowed request (Set-Cookie on the response); 0 = off. Bearer tokens are never rotated
+    rotate_after_seconds: int = 0
+    # how long a rotated token stays valid (requests already in flight, other tabs), then it
+    # is revoked; below rotate_after_seconds, above cache.trust_window_ms
+    rotation_grace_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

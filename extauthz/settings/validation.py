@@ -34,6 +34,9 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # what a Check needs besides the store, inside Envoy's ext_authz timeout: the gRPC round trip,
 # the JWT, the event loop's other work (docs/strategies.md, 'A Check's budget')
 CHECK_ANSWER_MARGIN_MS = 100
+# extauthz.store.redis.invalidation.BARRIER_MARGIN_SECONDS, in milliseconds (the settings do not
+# import the store package)
+CACHE_BARRIER_MARGIN_MS = 100
 
 
 def validate(s: Settings) -> None:
@@ -44,6 +47,7 @@ def validate(s: Settings) -> None:
     _validate_store(s.store)
     _validate_check_budget(s.store, s.server)
     _validate_session(s.session, s.server)
+    _validate_rotation(s)
     _validate_jwt(s.jwt)
     _validate_login_url(s.deny.login_url)
     if '"' in s.deny.realm or "\\" in s.deny.realm:
@@ -190,6 +194,33 @@ def _validate_session(s: model.SessionSettings, server: model.ServerSettings) ->
             f"session.cookie_domain: expected a domain name such as example.com, got "
             f"{s.cookie_domain!r}"
         )
+
+
+def _validate_rotation(s: Settings) -> None:
+    """Token rotation (docs/authentication.md, 'Token rotation'): the grace must outlast the caches'
+    trust window (a rotation does not wait for other nodes' caches to drop the old token) and
+    end before the next rotation is due."""
+    c = s.session
+    if not 0 <= c.rotate_after_seconds <= c.absolute_timeout_seconds:
+        raise SettingsError(
+            "session.rotate_after_seconds: expected 0 (off) up to "
+            f"session.absolute_timeout_seconds ({c.absolute_timeout_seconds})"
+        )
+    if not 0 < c.rotation_grace_seconds <= 300:
+        raise SettingsError("session.rotation_grace_seconds: expected more than 0, at most 300")
+    if c.rotate_after_seconds and c.rotation_grace_seconds >= c.rotate_after_seconds:
+        raise SettingsError(
+            f"session.rotation_grace_seconds: must be below session.rotate_after_seconds "
+            f"({c.rotate_after_seconds}), or a token would be rotated again within its grace"
+        )
+    if s.store.backend == StoreBackend.REDIS and s.cache.enabled:
+        least_ms = s.cache.trust_window_ms + CACHE_BARRIER_MARGIN_MS
+        if c.rotation_grace_seconds * 1000 <= least_ms:
+            raise SettingsError(
+                f"session.rotation_grace_seconds: must exceed cache.trust_window_ms plus "
+                f"{CACHE_BARRIER_MARGIN_MS} ms ({least_ms} ms), the longest another node's "
+                f"cache may still answer for a rotated token"
+            )
 
 
 def _validate_jwt(j: model.JwtSettings) -> None:

@@ -1,5 +1,5 @@
 """Session lifecycle on top of any :class:`~extauthz.store.model.SessionStore`:
-creation, lookup with idle timeout and absolute expiry, sliding, revocation."""
+creation, lookup with idle timeout and absolute expiry, sliding, token rotation, revocation."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ import secrets
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from extauthz import tokens
-from extauthz.errors import Reason, Unauthenticated
+from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
 from extauthz.scopes import validate_scope_tokens
-from extauthz.store.model import Session, SessionStore
+from extauthz.store.model import Session, SessionStore, Successor
 
 MAX_DATA_BYTES = 4096
+DEFAULT_ROTATION_GRACE_SECONDS = 5.0
+# how many rotations a lookup follows from a presented token to the session's current one
+MAX_SUCCESSOR_HOPS = 4
+# how often a rotation reads the record again when it changed between read and write
+ROTATION_ATTEMPTS = 3
 MAX_SUBJECT_CHARS = 256
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _BIDI_CONTROLS = frozenset(
@@ -69,6 +75,52 @@ def validate_session_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(json.loads(encoded))
 
 
+@dataclass(frozen=True)
+class Found:
+    """A live session and how the presented ``token`` reached it: directly, or
+    (``superseded``) through the successor of a rotated token during its grace; then
+    ``current_token`` is the session's current token when the seals let the holder of
+    ``token`` learn it (``None`` after a rotation by session id)."""
+
+    token: str
+    session: Session
+    superseded: bool = False
+    # superseded: the session's current token, when this caller could open the seals
+    current_token: str | None = None
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Where a chain of rotations from a token hash leads: the hash of the first record
+    found (or the last hash tried), that record, the token for that hash (``None`` when a
+    seal could not be opened) and the grace end of the first rotation (``None``: no rotation
+    was followed)."""
+
+    token_hash: str
+    session: Session | None
+    token: str | None
+    grace_until: float | None
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """The outcome of :meth:`SessionManager.rotate`.
+
+    ``token``: the session's new opaque token, for the ``Set-Cookie``; ``None`` when an
+    earlier rotation made it and this caller cannot learn it (that rotation was made by
+    session id, without the old token to seal it for). ``session``: the record stored under
+    it (same ``sid``, ``sub``, data and expiry; ``rotated_at`` set). ``created``: this call
+    made the rotation; ``False`` when a concurrent or earlier one did (the caller then sends
+    that one's token, or nothing). ``grace_until``: the old token is accepted until then
+    (Unix seconds), revoked afterwards (``revoked_session``).
+    """
+
+    token: str | None
+    session: Session
+    created: bool
+    grace_until: float
+
+
 class SessionManager:
     """Creates and looks up sessions. Durations are seconds.
 
@@ -78,6 +130,8 @@ class SessionManager:
 
     :param check_session: called with every new session before it is stored; raises
         :class:`ValueError` to refuse it (the JWT minter's size bound, ``jwt.max_bytes``).
+    :param rotation_grace_seconds: how long a rotated token stays valid
+        (``session.rotation_grace_seconds``).
     """
 
     def __init__(
@@ -89,12 +143,14 @@ class SessionManager:
         clock: Callable[[], float] = time.time,
         touch_interval: float | None = None,
         check_session: Callable[[Session], None] | None = None,
+        rotation_grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS,
     ) -> None:
         self.store = store
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
         self._clock = clock
         self._check_session = check_session
+        self.rotation_grace = rotation_grace_seconds
         self._touch_interval = (
             touch_interval if touch_interval is not None else min(60.0, idle_timeout / 10)
         )
@@ -137,18 +193,25 @@ class SessionManager:
         return token, session
 
     async def lookup(self, token: str) -> Session:
-        """The live session for ``token``.
+        """The live session for ``token`` (also through a rotated token's successor during
+        its grace).
 
         :raises Unauthenticated: ``malformed_credential`` (shape), ``revoked_session``
-            (revoked before its absolute expiry: a stale cookie, not a guess),
-            ``unknown_session`` (never existed, or dropped by the store) or
-            ``session_expired``.
+            (revoked before its absolute expiry, or rotated and its grace over: a stale
+            cookie, not a guess), ``unknown_session`` (never existed, or dropped by the
+            store) or ``session_expired``.
         :raises StoreUnavailable: the store could not answer.
         """
+        return (await self.find(token)).session
+
+    async def find(self, token: str) -> Found:
+        """As :meth:`lookup`, and whether ``token`` was superseded by a rotation (then with
+        the session's current token, when the seals let this caller learn it)."""
         if not tokens.has_token_shape(token):
             raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "not an access token")
-        token_hash = tokens.token_hash(token)
-        session = await self.store.get(token_hash)
+        presented = tokens.token_hash(token)
+        chain = await self._current(presented, token)
+        session, token_hash = chain.session, chain.token_hash
         if session is None:
             raise await self._missing(token_hash)
         now = self._clock()
@@ -159,7 +222,107 @@ class SessionManager:
             if not await self.store.touch(token_hash, touched):
                 raise await self._missing(token_hash)
             session = touched
-        return session
+        if token_hash == presented:
+            return Found(token, session)
+        return Found(token, session, superseded=True, current_token=chain.token)
+
+    async def _current(self, token_hash: str, token: str | None) -> _Chain:
+        """Where the session of ``token_hash`` (whose token is ``token``, if known) is
+        stored now: its own record, else :meth:`_follow`."""
+        session = await self.store.get(token_hash)
+        if session is not None:
+            return _Chain(token_hash, session, token, None)
+        return await self._follow(token_hash, token)
+
+    async def _follow(
+        self, token_hash: str, token: str | None, first: Successor | None = None
+    ) -> _Chain:
+        """Follow the successors of rotated tokens whose grace lasts from ``token_hash``
+        (which has no record; ``first``: its successor, when already read) to the first one
+        with a record, at most :data:`MAX_SUCCESSOR_HOPS`, opening each seal with the token
+        before it."""
+        secret, grace_until, successor = token, None, first
+        for _ in range(MAX_SUCCESSOR_HOPS):
+            if successor is None or successor.until <= self._clock():
+                successor = await self._successor(token_hash)
+                if successor is None:
+                    break
+            grace_until = successor.until if grace_until is None else grace_until
+            secret = tokens.open_successor(secret, successor.sealed) if secret else None
+            token_hash, successor = successor.token_hash, None
+            session = await self.store.get(token_hash)
+            if session is not None:
+                return _Chain(token_hash, session, secret, grace_until)
+        return _Chain(token_hash, None, None, grace_until)
+
+    async def _successor(self, token_hash: str) -> Successor | None:
+        successor = await self.store.successor(token_hash)
+        return successor if successor is not None and successor.until > self._clock() else None
+
+    async def rotate(self, token: str) -> Rotated:
+        """Token rotation: a new opaque token for the session of ``token`` (same ``sid``,
+        data and expiry rules); ``token`` stays valid for ``rotation_grace_seconds``, then it
+        is revoked (``revoked_session``). Concurrent rotations of one token make exactly
+        one new token: every other caller gets that one (``created=False``), sealed in the
+        store for holders of ``token`` only (:func:`~extauthz.tokens.seal_successor`). A
+        ``token`` that was rotated already (grace not over) is not rotated again: the
+        answer is the session's current token.
+
+        :raises Unauthenticated: as :meth:`lookup`: ``token`` names no live session
+            (malformed, unknown, revoked, expired, or rotated and its grace over); nothing is
+            created.
+        :raises StoreUnavailable: the store could not answer, did not take the write
+            durably (``StoreWriteNotDurable``; a retry returns the same token), or the
+            record changed under each of :data:`ROTATION_ATTEMPTS` attempts.
+        """
+        if not tokens.has_token_shape(token):
+            raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "not an access token")
+        return await self._rotate(tokens.token_hash(token), token)
+
+    async def rotate_sid(self, sid: str) -> Rotated:
+        """:meth:`rotate` for the session with id ``sid``, whose current token the caller
+        does not hold (an upstream's ``rotate`` action, bound to the ``sid`` of the Check).
+        Holders of the old token learn nothing of the new one: they are allowed during the
+        grace without a new cookie; only this caller's answer carries it.
+
+        :raises Unauthenticated: ``unknown_session``: no live session has that id.
+        :raises StoreUnavailable: as :meth:`rotate`.
+        """
+        token_hash = await self.store.token_hash_of(sid)
+        if token_hash is None:
+            raise Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session")
+        return await self._rotate(token_hash, None)
+
+    async def _rotate(self, old_hash: str, token: str | None) -> Rotated:
+        for _ in range(ROTATION_ATTEMPTS):
+            session = await self.store.get(old_hash)
+            if session is None:
+                return await self._rotated_earlier(await self._follow(old_hash, token))
+            now = self._clock()
+            if not session.is_alive(now):
+                raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
+            new_token = tokens.mint_token()
+            sealed = tokens.seal_successor(token, new_token) if token is not None else ""
+            mine = Successor(tokens.token_hash(new_token), sealed, now + self.rotation_grace)
+            rotated = replace(session, last_seen=now, rotated_at=now, version=session.version + 1)
+            outcome = await self.store.rotate(old_hash, session.version, rotated, mine)
+            if outcome == mine:
+                return Rotated(new_token, rotated, created=True, grace_until=mine.until)
+            if outcome is not None:  # another rotation won: its successor, already read
+                return await self._rotated_earlier(await self._follow(old_hash, token, outcome))
+            # the record changed (a touch, an update) or went away since it was read
+        raise StoreUnavailable("session record changed under every rotation attempt")
+
+    async def _rotated_earlier(self, chain: _Chain) -> Rotated:
+        """The answer to a rotation of a token that an earlier rotation replaced.
+
+        :raises Unauthenticated: no successor leads to a live record (see :meth:`lookup`).
+        """
+        if chain.session is None or chain.grace_until is None:
+            raise await self._missing(chain.token_hash)
+        if not chain.session.is_alive(self._clock()):
+            raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
+        return Rotated(chain.token, chain.session, created=False, grace_until=chain.grace_until)
 
     async def _missing(self, token_hash: str) -> Unauthenticated:
         """Why no record answers ``token_hash``: revoked (the store remembers it), or
@@ -178,11 +341,14 @@ class SessionManager:
         return await self.store.was_revoked(tokens.token_hash(token))
 
     async def revoke_token(self, token: str) -> Session | None:
-        """Revoke the session of ``token`` (logout). Returns what was revoked, if anything.
+        """Revoke the session of ``token`` (logout), also when ``token`` was rotated and its
+        grace lasts. Returns what was revoked, if anything.
 
         :raises StoreUnavailable: the revocation was not stored (the caller must not report
             success).
         """
         if not tokens.has_token_shape(token):
             return None
-        return await self.store.revoke(tokens.token_hash(token))
+        # a rotated token (grace not over) ends the session it leads to
+        chain = await self._current(tokens.token_hash(token), token)
+        return await self.store.revoke(chain.token_hash)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from extauthz.store.model import Session
+from extauthz.store.model import Session, Successor
 
 
 class MemorySessionStore:
     """Sessions in a dict; expired records are dropped on access and on each write. Revoked
-    token hashes are remembered until their session's absolute expiry (``was_revoked``)."""
+    token hashes are remembered until their session's absolute expiry (``was_revoked``),
+    rotated ones lead to their successor until the grace ends (``successor``). Every method
+    runs without an ``await`` in between its reads and writes: atomic on the event loop."""
 
     backend = "memory"
 
@@ -20,6 +22,7 @@ class MemorySessionStore:
         self._by_hash: dict[str, Session] = {}
         self._hash_by_sid: dict[str, str] = {}
         self._revoked_until: dict[str, float] = {}
+        self._successors: dict[str, Successor] = {}
 
     def _live(self, token_hash: str) -> Session | None:
         session = self._by_hash.get(token_hash)
@@ -40,6 +43,8 @@ class MemorySessionStore:
             self._drop(token_hash)
         for token_hash in [h for h, t in self._revoked_until.items() if t <= now]:
             del self._revoked_until[token_hash]
+        for token_hash in [h for h, s in self._successors.items() if s.until <= now]:
+            del self._successors[token_hash]
 
     async def create(self, token_hash: str, session: Session) -> None:
         self._sweep()
@@ -58,6 +63,10 @@ class MemorySessionStore:
     async def get_by_sid(self, sid: str) -> Session | None:
         token_hash = self._hash_by_sid.get(sid)
         return None if token_hash is None else self._live(token_hash)
+
+    async def token_hash_of(self, sid: str) -> str | None:
+        token_hash = self._hash_by_sid.get(sid)
+        return None if token_hash is None or self._live(token_hash) is None else token_hash
 
     async def revoke(self, token_hash: str) -> Session | None:
         session = self._live(token_hash)
@@ -86,6 +95,26 @@ class MemorySessionStore:
         return sorted(
             (s for s in self._by_hash.values() if s.sub == sub), key=lambda s: s.created_at
         )
+
+    async def rotate(
+        self, token_hash: str, version: int, session: Session, successor: Successor
+    ) -> Successor | None:
+        earlier = await self.successor(token_hash)
+        if earlier is not None:
+            return earlier
+        current = self._live(token_hash)
+        if current is None or current.version != version:
+            return None
+        self._drop(token_hash)
+        self._by_hash[successor.token_hash] = session
+        self._hash_by_sid[session.sid] = successor.token_hash
+        self._successors[token_hash] = successor
+        self._revoked_until[token_hash] = current.expires_at
+        return successor
+
+    async def successor(self, token_hash: str) -> Successor | None:
+        found = self._successors.get(token_hash)
+        return found if found is not None and found.until > self._clock() else None
 
     async def ping(self) -> None:
         return None

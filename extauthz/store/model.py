@@ -14,6 +14,8 @@ class Session:
 
     ``sid`` identifies the session in logs, JWTs and the admin API; it is random and is not
     the token. ``version`` grows with every change so caches can tell records apart.
+    ``rotated_at``: when the session's current token replaced an earlier one (token rotation);
+    ``None`` while it still has the token its login issued.
     """
 
     sid: str
@@ -26,6 +28,13 @@ class Session:
     roles: tuple[str, ...] = ()
     data: Mapping[str, Any] = field(default_factory=dict)
     version: int = 1
+    rotated_at: float | None = None
+
+    @property
+    def token_issued_at(self) -> float:
+        """When the current token was issued (Unix seconds): the last rotation, else the
+        session's creation."""
+        return self.created_at if self.rotated_at is None else self.rotated_at
 
     @property
     def idle_deadline(self) -> float:
@@ -47,6 +56,8 @@ class Session:
         record["scopes"] = list(self.scopes)
         record["roles"] = list(self.roles)
         record["data"] = dict(self.data)
+        if self.rotated_at is None:
+            del record["rotated_at"]  # records of never-rotated sessions keep their old shape
         return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -65,9 +76,38 @@ class Session:
                 roles=tuple(str(r) for r in record.get("roles", ())),
                 data=dict(record.get("data") or {}),
                 version=int(record.get("version", 1)),
+                rotated_at=(
+                    None if record.get("rotated_at") is None else float(record["rotated_at"])
+                ),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
+
+
+@dataclass(frozen=True)
+class Successor:
+    """Where a rotated token leads during its grace (token rotation).
+
+    ``token_hash``: the new token's hash; ``sealed``: the new token sealed for the holder of
+    the old one (:func:`extauthz.tokens.seal_successor`; ``""`` when the rotation was made
+    without the old token, e.g. by session id); ``until``: end of the grace, Unix seconds.
+    """
+
+    token_hash: str
+    sealed: str
+    until: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Successor:
+        """:raises ValueError: not a successor record."""
+        try:
+            record = json.loads(text)
+            return cls(str(record["token_hash"]), str(record["sealed"]), float(record["until"]))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a successor record: {exc.__class__.__name__}") from None
 
 
 class SessionStore(Protocol):
@@ -95,6 +135,9 @@ class SessionStore(Protocol):
     async def get_by_sid(self, sid: str) -> Session | None:
         """The session with id ``sid``, or ``None``."""
 
+    async def token_hash_of(self, sid: str) -> str | None:
+        """The hash of the session ``sid``'s current token, or ``None``."""
+
     async def revoke(self, token_hash: str) -> Session | None:
         """Delete the session; return what was deleted, ``None`` if nothing was there.
         A deleted session's ``token_hash`` is remembered (:meth:`was_revoked`) until the
@@ -112,6 +155,22 @@ class SessionStore(Protocol):
 
     async def list_subject(self, sub: str) -> list[Session]:
         """Every stored session of ``sub``, oldest first."""
+
+    async def rotate(
+        self, token_hash: str, version: int, session: Session, successor: Successor
+    ) -> Successor | None:
+        """Token rotation, atomically: when ``token_hash`` holds a live record of version
+        ``version`` and was not rotated yet, store ``session`` (same ``sid``) under
+        ``successor.token_hash``, point the ``sid`` at it, delete the old record, keep
+        ``successor`` for ``token_hash`` until ``successor.until`` (:meth:`successor`),
+        remember ``token_hash`` as revoked (:meth:`was_revoked`) until the session's absolute
+        expiry, drop ``token_hash`` from every node's cache, and return ``successor``.
+        When ``token_hash`` was rotated already (its grace not over): store nothing and
+        return that earlier successor. Otherwise (no record, or another version): store
+        nothing and return ``None``."""
+
+    async def successor(self, token_hash: str) -> Successor | None:
+        """The successor of a rotated ``token_hash`` while its grace lasts, else ``None``."""
 
     async def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""

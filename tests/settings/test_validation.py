@@ -166,3 +166,48 @@ def test_a_check_budget_that_does_not_end_before_envoys_timeout_is_refused(
 def test_pool_size_is_bounded(size: str) -> None:
     with pytest.raises(SettingsError, match=r"^store\.pool_size: "):
         load_settings(environ={"EXTAUTHZ_STORE_POOL_SIZE": size})
+
+
+# -- token rotation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"EXTAUTHZ_SESSION_ROTATE_AFTER_SECONDS": "-1"}, "session.rotate_after_seconds"),
+        ({"EXTAUTHZ_SESSION_ROTATE_AFTER_SECONDS": "50000"}, "session.rotate_after_seconds"),
+        ({"EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "0"}, "session.rotation_grace_seconds"),
+        ({"EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "301"}, "session.rotation_grace_seconds"),
+        # the grace must end before the next rotation is due
+        ({"EXTAUTHZ_SESSION_ROTATE_AFTER_SECONDS": "10",
+          "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "10"}, "session.rotation_grace_seconds"),
+        # ... and outlast another node's cache answering for the old token
+        ({"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_STRATEGY": "central",
+          "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "0.4"}, "session.rotation_grace_seconds"),
+    ],
+)  # fmt: skip
+def test_bad_rotation_settings_name_the_key(environ: dict[str, str], key: str) -> None:
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        load_settings(environ=environ)
+
+
+def test_rotation_is_off_by_default_and_short_settings_fit_a_memory_store() -> None:
+    assert load_settings(environ={}).session.rotate_after_seconds == 0
+    s = load_settings(environ={
+        "EXTAUTHZ_SESSION_ROTATE_AFTER_SECONDS": "1",
+        "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "0.4",
+    })  # fmt: skip
+    assert (s.session.rotate_after_seconds, s.session.rotation_grace_seconds) == (1, 0.4)
+    # with Redis and its cache the same grace is accepted once the trust window is shorter
+    s = load_settings(environ={
+        "EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_STRATEGY": "central",
+        "EXTAUTHZ_CACHE_TRUST_WINDOW_MS": "100", "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": "0.4",
+    })  # fmt: skip
+    assert s.session.rotation_grace_seconds == 0.4
+
+
+def test_the_settings_know_the_cache_barriers_margin() -> None:
+    from extauthz.settings.validation import CACHE_BARRIER_MARGIN_MS
+    from extauthz.store.redis.invalidation import BARRIER_MARGIN_SECONDS
+
+    assert round(BARRIER_MARGIN_SECONDS * 1000) == CACHE_BARRIER_MARGIN_MS

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from extauthz.loops import Loop
-from extauthz.store.model import Session, SessionStore
+from extauthz.store.model import Session, SessionStore, Successor
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.errors import StoreUnavailable, store_errors
 from extauthz.store.redis.lease import LEASE_RENEW_SECONDS, LEASE_SLACK_SECONDS, ReplicaReadLease
@@ -224,6 +224,10 @@ class ReplicatedSessionStore:
     async def get_by_sid(self, sid: str) -> Session | None:
         return await self._read(lambda store: store.get_by_sid(sid))
 
+    async def token_hash_of(self, sid: str) -> str | None:
+        """Asked on the primary: the current token (a replica may trail a rotation)."""
+        return await self._primary.token_hash_of(sid)
+
     async def create(self, token_hash: str, session: Session) -> None:
         await self._primary.create(token_hash, session)
 
@@ -232,6 +236,17 @@ class ReplicatedSessionStore:
 
     async def revoke(self, token_hash: str) -> Session | None:
         return await self._primary.revoke(token_hash)
+
+    async def rotate(
+        self, token_hash: str, version: int, session: Session, successor: Successor
+    ) -> Successor | None:
+        """On the primary, waiting for the replicas (``WAIT``) as a login does."""
+        return await self._primary.rotate(token_hash, version, session, successor)
+
+    async def successor(self, token_hash: str) -> Successor | None:
+        """Asked on the primary, like every miss of :meth:`get` (a replica may not have the
+        rotation yet)."""
+        return await self._primary.successor(token_hash)
 
     async def was_revoked(self, token_hash: str) -> bool:
         """Asked on the primary, like every miss of :meth:`get`."""

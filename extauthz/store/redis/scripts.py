@@ -23,6 +23,35 @@ redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
 return seq
 """
 
+# -- token rotation (RedisSessionStore.rotate) --------------------------------------------------
+
+# KEYS[1] = p+"session:"+old hash, KEYS[2] = p+"successor:"+old hash, KEYS[3] =
+# p+"session:"+new hash, KEYS[4] = p+"sid:"+sid, KEYS[5] = p+"revoked:"+old hash, KEYS[6] =
+# p+"invalidate:seq". ARGV[1] = the version the caller read, ARGV[2] = the new record, ARGV[3] =
+# its TTL (ms), ARGV[4] = the successor record, ARGV[5] = the grace (ms), ARGV[6] = the
+# tombstone's TTL (ms, until the absolute expiry), ARGV[7] = the invalidation channel,
+# ARGV[8] = the old hash, ARGV[9] = the new hash.
+# Returns {1, successor} (rotated now), {0, successor} (rotated earlier: nothing written) or
+# {-1} (no record of that version: nothing written).
+ROTATE = """
+local earlier = redis.call('GET', KEYS[2])
+if earlier then return {0, earlier} end
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {-1} end
+local ok, rec = pcall(cjson.decode, raw)
+if not ok or type(rec) ~= 'table' or tonumber(rec.version) ~= tonumber(ARGV[1]) then
+  return {-1}
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[5], '1', 'PX', ARGV[6]) end
+local seq = redis.call('INCR', KEYS[6])
+redis.call('PUBLISH', ARGV[7], seq .. ':' .. ARGV[8])
+return {1, ARGV[4]}
+"""
+
 # -- membership (extauthz.store.redis.membership) ----------------------------------------------
 
 # KEYS[1] = a role's members (zset: instance -> Redis ms), KEYS[2] = its acks (hash: instance

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from extauthz.store.model import Session
+from extauthz.store.model import Session, Successor
 from extauthz.store.redis import scripts
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
@@ -73,6 +73,9 @@ class RedisSessionStore:
 
     def _revoked_key(self, token_hash: str) -> str:
         return f"{self._prefix}revoked:{token_hash}"
+
+    def _successor_key(self, token_hash: str) -> str:
+        return f"{self._prefix}successor:{token_hash}"
 
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
@@ -190,6 +193,10 @@ class RedisSessionStore:
 
         return self._decode(await self._run("get_by_sid", op))
 
+    async def token_hash_of(self, sid: str) -> str | None:
+        found = await self._run("token_hash_of", lambda: self._redis.get(self._sid_key(sid)))
+        return None if found is None else text(found)
+
     async def revoke(self, token_hash: str) -> Session | None:
         async def op() -> tuple[Session | None, int]:
             raw = await self._redis.get(self._session_key(token_hash))
@@ -225,6 +232,65 @@ class RedisSessionStore:
             "was_revoked", lambda: self._redis.exists(self._revoked_key(token_hash))
         )
         return bool(found)
+
+    async def rotate(
+        self, token_hash: str, version: int, session: Session, successor: Successor
+    ) -> Successor | None:
+        """One Lua script (:data:`~extauthz.store.redis.scripts.ROTATE`) in a durable
+        transaction: atomic on the primary, then ``WAIT`` as for :meth:`create`. The
+        invalidation of ``token_hash`` is published without waiting for the caches: the old
+        token stays valid for the grace, which settings keep longer than the caches' trust
+        window.
+
+        :raises StoreWriteNotDurable: the rotation is on the primary but not on the replicas
+            (a retry returns the same successor).
+        """
+
+        async def op() -> list[Any]:
+            now = self._clock()
+            tombstone_ms = max(0, math.ceil((session.expires_at - now) * 1000))
+            async with await self._transaction() as pipe:
+                pipe.eval(
+                    scripts.ROTATE,
+                    6,
+                    self._session_key(token_hash),
+                    self._successor_key(token_hash),
+                    self._session_key(successor.token_hash),
+                    self._sid_key(session.sid),
+                    self._revoked_key(token_hash),
+                    self.invalidation_channel + ":seq",
+                    version,
+                    session.to_json(),
+                    self._ttl_ms(session),
+                    successor.to_json(),
+                    max(1, math.ceil((successor.until - now) * 1000)),
+                    tombstone_ms,
+                    self.invalidation_channel,
+                    token_hash,
+                    successor.token_hash,
+                )
+                (reply,) = await pipe.execute()  # raises StoreWriteNotDurable
+            return list(reply)
+
+        reply = await self._run("rotate", op)
+        if int(reply[0]) < 0:
+            return None
+        try:
+            return Successor.from_json(reply[1])
+        except ValueError:
+            return None  # a corrupt successor record names no session
+
+    async def successor(self, token_hash: str) -> Successor | None:
+        raw = await self._run(
+            "successor", lambda: self._redis.get(self._successor_key(token_hash))
+        )
+        if raw is None:
+            return None
+        try:
+            found = Successor.from_json(raw)
+        except ValueError:
+            return None
+        return found if found.until > self._clock() else None
 
     async def _settle(self, what: str) -> None:
         """Wait until every revocation made so far, by any node, has passed the barriers.
