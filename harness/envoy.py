@@ -107,6 +107,19 @@ class EnvoyProcess(ManagedProcess):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def counter(self, name: str) -> int:
+        """One counter from the admin ``/stats`` endpoint (e.g.
+        ``cluster.extauthz_grpc.upstream_rq_timeout``).
+
+        :raises KeyError: Envoy has no such counter.
+        """
+        status, body = self.admin_get(f"/stats?filter=^{re.escape(name)}$")
+        for line in body.splitlines() if status == 200 else ():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        raise KeyError(name)
+
     def is_ready(self) -> bool:
         status, body = self.admin_get("/ready")
         return status == 200 and body.strip() == "LIVE"

@@ -77,6 +77,8 @@ class RollingRotation:
         :raises Unauthenticated: the token names no live session any more (revoked or
             expired since the lookup): the request is denied.
         """
+        if found.superseded:  # rotated moments ago: the lookup learned the new token
+            return self._joined(found.current_token, found.session.expires_at)
         if budget_seconds is not None and budget_seconds < MIN_BUDGET_SECONDS:
             self.stats["failed"] += 1
             log.warning("token rotation skipped: the Check's store budget is spent")
@@ -88,16 +90,23 @@ class RollingRotation:
             self.stats["failed"] += 1
             log.warning("token rotation not stored, tried again on the next request: %s", exc)
             return ()
-        if rotated.token is None:
+        if not rotated.created:
+            return self._joined(rotated.token, rotated.session.expires_at)
+        assert rotated.token is not None  # a rotation this call made always has its token
+        self.stats["rotated"] += 1
+        log.info(
+            "token rotated sid=%s old=%s new=%s",
+            rotated.session.sid,
+            tokens.log_id(found.token),
+            tokens.log_id(rotated.token),
+        )
+        return (self.cookie.set(rotated.token, rotated.session.expires_at - self._clock()),)
+
+    def _joined(self, token: str | None, expires_at: float) -> tuple[str, ...]:
+        """The cookie of a rotation another request made (``None``: one by session id,
+        nothing sealed for this request's token)."""
+        if token is None:
             self.stats["no_cookie"] += 1
             return ()
-        self.stats["rotated" if rotated.created else "joined"] += 1
-        if rotated.created:
-            log.info(
-                "token rotated sid=%s old=%s new=%s",
-                rotated.session.sid,
-                tokens.log_id(found.token),
-                tokens.log_id(rotated.token),
-            )
-        left = rotated.session.expires_at - self._clock()
-        return (self.cookie.set(rotated.token, left),)
+        self.stats["joined"] += 1
+        return (self.cookie.set(token, expires_at - self._clock()),)

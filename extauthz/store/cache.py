@@ -7,6 +7,10 @@ was answered (``hit``, ``miss``, ``bypass``, ``off``); ``stats["bypasses"]`` cou
 that bypassed the cache, :meth:`CachingSessionStore.channel_down_seconds` how long the push
 channel has been down (``extauthz_cache_*`` metrics, ``extauthz status``). Fills, drops and limits:
 docs/strategies.md, 'The session cache'.
+
+The successors of rotated tokens are remembered too, until their grace ends: a successor never
+changes and a rotated token never has a record again, so what a node learnt about a rotation
+holds whatever the push channel does.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ class CachingSessionStore:
         self._on_drop = on_drop
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # rotated token hash -> its successor (immutable once written; see the module docstring)
+        self._successors: OrderedDict[str, Successor] = OrderedDict()
         # grows with every invalidation and reset: a fill whose read overlapped one is void
         self._generation = 0
         self.stats = {"hits": 0, "misses": 0, "bypasses": 0, "discarded_fills": 0}
@@ -136,6 +142,8 @@ class CachingSessionStore:
         return entry.session
 
     async def get(self, token_hash: str) -> Session | None:
+        if token_hash in self._successors:
+            return None  # rotated: its record is gone for good
         trusted = self._trust.trusted()
         if trusted:
             session = self._fresh(token_hash)
@@ -198,15 +206,37 @@ class CachingSessionStore:
     async def rotate(
         self, token_hash: str, version: int, session: Session, successor: Successor
     ) -> Successor | None:
-        # The store publishes the old hash's invalidation for every other node; a rotated
-        # token is never cached again (its lookups miss and follow the successor).
+        # The store publishes the old hash's invalidation for every node; this one drops its
+        # entry at once. A rotation that lost to an earlier one changes nothing: dropping (and
+        # voiding the fills in flight) only when there is something to drop keeps a burst of
+        # such losers from emptying the cache of the new token.
+        outcome: Successor | None = None
         try:
-            return await self.inner.rotate(token_hash, version, session, successor)
+            outcome = await self.inner.rotate(token_hash, version, session, successor)
         finally:
-            self.invalidate(token_hash)
+            if outcome is None or outcome == successor or token_hash in self._entries:
+                self.invalidate(token_hash)
+        if outcome is not None:
+            self._remember(token_hash, outcome)
+        return outcome
 
     async def successor(self, token_hash: str) -> Successor | None:
-        return await self.inner.successor(token_hash)
+        known = self._successors.get(token_hash)
+        if known is not None:
+            return known
+        found = await self.inner.successor(token_hash)
+        if found is not None:
+            self._remember(token_hash, found)
+        return found
+
+    def _remember(self, token_hash: str, successor: Successor) -> None:
+        self._successors[token_hash] = successor
+        now = time.time()  # ``until`` is Unix time
+        while self._successors:
+            oldest = next(iter(self._successors.values()))
+            if oldest.until > now and len(self._successors) <= self._max_entries:
+                break
+            self._successors.popitem(last=False)
 
     async def was_revoked(self, token_hash: str) -> bool:
         return await self.inner.was_revoked(token_hash)

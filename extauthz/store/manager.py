@@ -78,11 +78,28 @@ def validate_session_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Found:
     """A live session and how the presented ``token`` reached it: directly, or
-    (``superseded``) through the successor of a rotated token during its grace."""
+    (``superseded``) through the successor of a rotated token during its grace; then
+    ``current_token`` is the session's current token when the seals let the holder of
+    ``token`` learn it (``None`` after a rotation by session id)."""
 
     token: str
     session: Session
     superseded: bool = False
+    # superseded: the session's current token, when this caller could open the seals
+    current_token: str | None = None
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Where a chain of rotations from a token hash leads: the hash of the first record
+    found (or the last hash tried), that record, the token for that hash (``None`` when a
+    seal could not be opened) and the grace end of the first rotation (``None``: no rotation
+    was followed)."""
+
+    token_hash: str
+    session: Session | None
+    token: str | None
+    grace_until: float | None
 
 
 @dataclass(frozen=True)
@@ -188,11 +205,13 @@ class SessionManager:
         return (await self.find(token)).session
 
     async def find(self, token: str) -> Found:
-        """As :meth:`lookup`, and whether ``token`` was superseded by a rotation."""
+        """As :meth:`lookup`, and whether ``token`` was superseded by a rotation (then with
+        the session's current token, when the seals let this caller learn it)."""
         if not tokens.has_token_shape(token):
             raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "not an access token")
         presented = tokens.token_hash(token)
-        token_hash, session = await self._current(presented)
+        chain = await self._current(presented, token)
+        session, token_hash = chain.session, chain.token_hash
         if session is None:
             raise await self._missing(token_hash)
         now = self._clock()
@@ -204,26 +223,42 @@ class SessionManager:
                 session = touched
             else:
                 # revoked, rotated or changed (a session update) since it was read: read again
-                token_hash, current = await self._current(presented)
-                if current is None:
+                chain = await self._current(presented, token)
+                session, token_hash = chain.session, chain.token_hash
+                if session is None:
                     raise await self._missing(token_hash)
-                session = current
-        return Found(token, session, superseded=token_hash != presented)
+        if token_hash == presented:
+            return Found(token, session)
+        return Found(token, session, superseded=True, current_token=chain.token)
 
-    async def _current(self, token_hash: str) -> tuple[str, Session | None]:
-        """The hash the session of ``token_hash`` is stored under now, following the
-        successors of rotated tokens whose grace lasts (at most :data:`MAX_SUCCESSOR_HOPS`),
-        and its record (``None``: no record at the end of the chain)."""
+    async def _current(self, token_hash: str, token: str | None) -> _Chain:
+        """Where the session of ``token_hash`` (whose token is ``token``, if known) is
+        stored now: its own record, else :meth:`_follow`."""
         session = await self.store.get(token_hash)
+        if session is not None:
+            return _Chain(token_hash, session, token, None)
+        return await self._follow(token_hash, token)
+
+    async def _follow(
+        self, token_hash: str, token: str | None, first: Successor | None = None
+    ) -> _Chain:
+        """Follow the successors of rotated tokens whose grace lasts from ``token_hash``
+        (which has no record; ``first``: its successor, when already read) to the first one
+        with a record, at most :data:`MAX_SUCCESSOR_HOPS`, opening each seal with the token
+        before it."""
+        secret, grace_until, successor = token, None, first
         for _ in range(MAX_SUCCESSOR_HOPS):
-            if session is not None:
-                break
-            successor = await self._successor(token_hash)
-            if successor is None:
-                break
-            token_hash = successor.token_hash
+            if successor is None or successor.until <= self._clock():
+                successor = await self._successor(token_hash)
+                if successor is None:
+                    break
+            grace_until = successor.until if grace_until is None else grace_until
+            secret = tokens.open_successor(secret, successor.sealed) if secret else None
+            token_hash, successor = successor.token_hash, None
             session = await self.store.get(token_hash)
-        return token_hash, session
+            if session is not None:
+                return _Chain(token_hash, session, secret, grace_until)
+        return _Chain(token_hash, None, None, grace_until)
 
     async def _successor(self, token_hash: str) -> Successor | None:
         successor = await self.store.successor(token_hash)
@@ -267,7 +302,7 @@ class SessionManager:
         for _ in range(ROTATION_ATTEMPTS):
             session = await self.store.get(old_hash)
             if session is None:
-                return await self._learn(old_hash, token)
+                return await self._rotated_earlier(await self._follow(old_hash, token))
             now = self._clock()
             if not session.is_alive(now):
                 raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
@@ -278,32 +313,21 @@ class SessionManager:
             outcome = await self.store.rotate(old_hash, session.version, rotated, mine)
             if outcome == mine:
                 return Rotated(new_token, rotated, created=True, grace_until=mine.until)
-            if outcome is not None:
-                return await self._learn(old_hash, token)
+            if outcome is not None:  # another rotation won: its successor, already read
+                return await self._rotated_earlier(await self._follow(old_hash, token, outcome))
             # the record changed (a touch, an update) or went away since it was read
         raise StoreUnavailable("session record changed under every rotation attempt")
 
-    async def _learn(self, old_hash: str, token: str | None) -> Rotated:
-        """The session's current token and record after an earlier rotation of
-        ``old_hash``, opening each successor's seal with the token before it.
+    async def _rotated_earlier(self, chain: _Chain) -> Rotated:
+        """The answer to a rotation of a token that an earlier rotation replaced.
 
         :raises Unauthenticated: no successor leads to a live record (see :meth:`lookup`).
         """
-        token_hash, secret, grace_until = old_hash, token, None
-        for _ in range(MAX_SUCCESSOR_HOPS):
-            successor = await self._successor(token_hash)
-            if successor is None:
-                break
-            grace_until = successor.until if grace_until is None else grace_until
-            secret = tokens.open_successor(secret, successor.sealed) if secret else None
-            token_hash = successor.token_hash
-            session = await self.store.get(token_hash)
-            if session is None:
-                continue
-            if not session.is_alive(self._clock()):
-                raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
-            return Rotated(secret, session, created=False, grace_until=grace_until)
-        raise await self._missing(token_hash)
+        if chain.session is None or chain.grace_until is None:
+            raise await self._missing(chain.token_hash)
+        if not chain.session.is_alive(self._clock()):
+            raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
+        return Rotated(chain.token, chain.session, created=False, grace_until=chain.grace_until)
 
     async def _missing(self, token_hash: str) -> Unauthenticated:
         """Why no record answers ``token_hash``: revoked (the store remembers it), or
@@ -331,5 +355,5 @@ class SessionManager:
         if not tokens.has_token_shape(token):
             return None
         # a rotated token (grace not over) ends the session it leads to
-        token_hash, _ = await self._current(tokens.token_hash(token))
-        return await self.store.revoke(token_hash)
+        chain = await self._current(tokens.token_hash(token), token)
+        return await self.store.revoke(chain.token_hash)

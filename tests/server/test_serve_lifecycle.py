@@ -238,11 +238,6 @@ def test_sigterm_reports_not_serving_and_refuses_new_checks_before_it_talks_to_r
 FAULTS = ("none", "freeze", "down", "slow", "reset", "freeze-later")
 
 
-# faults scheduled for later ("freeze-later"): cancelled by heal(), so that one cannot fire
-# into the next run on a slow machine
-_scheduled: list[threading.Timer] = []
-
-
 def apply_fault(proxy: TcpProxy, fault: str, rng: random.Random) -> None:
     if fault == "freeze":
         proxy.freeze()
@@ -252,17 +247,11 @@ def apply_fault(proxy: TcpProxy, fault: str, rng: random.Random) -> None:
         proxy.set_latency(rng.uniform(0.2, 1.0))
     elif fault == "reset":
         proxy.reset()
-    elif fault == "freeze-later":
-        timer = threading.Timer(rng.uniform(0.05, 0.5), proxy.freeze)
-        _scheduled.append(timer)
-        timer.start()
+    elif fault == "freeze-later":  # on the proxy's loop: heal() cancels it if still pending
+        proxy.freeze_later(rng.uniform(0.05, 0.5))
 
 
 def heal(proxy: TcpProxy) -> None:
-    while _scheduled:
-        timer = _scheduled.pop()
-        timer.cancel()
-        timer.join()
     proxy.heal()
     proxy.restore()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from extauthz import tokens
 from extauthz.errors import StoreWriteNotDurable, Unauthenticated
 from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
@@ -183,3 +184,52 @@ async def test_wait_all_counts_the_replicas_nodes_read_from(tmp_path: Path) -> N
         await c.aclose()
         for node in (*replicas, primary):
             node.stop()
+
+
+async def test_a_rotation_counts_once_the_replica_has_it_and_a_retry_finds_it(
+    nodes: tuple[RedisNode, RedisNode], clients: RedisClients
+) -> None:
+    """Token rotation takes the durable path of a login: once it returns, the replica holds
+    the new record and the successor; while the replica is stopped it is not confirmed, and a
+    retry returns the token that first attempt stored (never a second rotation)."""
+    _, replica = nodes
+    prefix = f"r{uuid.uuid4().hex[:6]}:"
+    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
+    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    replica_clients = RedisClients(RedisEndpoints(primary_url=replica.url, timeout_seconds=2.0))
+    on_replica = RedisSessionStore(replica_clients.primary, prefix)  # reads only
+    try:
+        await _rotate_on_a_replicated_primary(sessions, store, on_replica, replica, clients)
+    finally:
+        await replica_clients.aclose()
+
+
+async def _rotate_on_a_replicated_primary(
+    sessions: SessionManager,
+    store: RedisSessionStore,
+    on_replica: RedisSessionStore,
+    replica: RedisNode,
+    clients: RedisClients,
+) -> None:
+    await _acknowledged_write(clients, "attached")
+    old, session = await sessions.create("alice")
+    rotated = await sessions.rotate(old)
+    assert rotated.token is not None
+    new_hash = tokens.token_hash(rotated.token)
+    # no waiting: the rotation returned after the replica acknowledged it
+    assert (await on_replica.get(new_hash)) is not None
+    assert (await on_replica.successor(tokens.token_hash(old))) is not None
+    assert await on_replica.get(tokens.token_hash(old)) is None
+
+    old, session = await sessions.create("bob")
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreWriteNotDurable):
+            await sessions.rotate(old)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    wait_until(lambda: replica.link_up(), timeout=15, description="replica link up")
+    retried = await sessions.rotate(old)
+    assert not retried.created and retried.token is not None
+    assert await store.token_hash_of(session.sid) == tokens.token_hash(retried.token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +21,8 @@ from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barr
 from extauthz.store.redis.membership import Membership
 from extauthz.store.redis.store import RedisSessionStore
 from tests.support import RedisServer
+from tests.support.redis_nodes import RedisNode
+from tests.support.tcp_proxy import TcpProxy
 
 
 class Trust:
@@ -246,6 +249,61 @@ async def test_killed_pubsub_connection_clears_the_cache(client: aioredis.Redis)
         await _until(sub.trusted)  # it comes back on its own
     finally:
         await cache.stop()
+
+
+@pytest.mark.e2e
+async def test_a_subscriber_behind_a_lagging_replica_leaves_so_revocations_stop_waiting(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The node reads its channel from a replica whose link to the primary lags by a second:
+    the subscription stays up (the replica answers pings) but the proofs come late. Within a
+    few trust windows the node leaves CACHE, and a revocation returns at once instead of
+    waiting out the window for it; when the lag ends it registers anew, with a cleared cache."""
+    primary_url = client.connection_pool.connection_kwargs
+    primary = (primary_url["host"], primary_url["port"])
+    with TcpProxy(primary) as link:
+        replica = RedisNode(tmp_path / "replica", replicaof=link.address).start()
+        await _until(replica.link_up, timeout=10)
+        replica_client = aioredis.Redis(port=replica.port, socket_timeout=5.0)
+        sub = InvalidationSubscriber(
+            Membership(client, "t:", "n1"), Channel(replica_client, "t:invalidate"),
+            trust_window=0.3,
+        )  # fmt: skip
+        barrier = cache_barrier(Membership(client, "t:", "revoker"))
+        inner = RedisSessionStore(client, "t:", invalidation_barrier=barrier)
+        cache = CachingSessionStore(inner, sub)
+        await cache.start()
+        try:
+            await _until(sub.trusted)
+            assert await client.zscore("t:cache-nodes", sub.instance) is not None
+            await cache.create("h1", _session())
+            await cache.get("h1")
+            resets = sub.stats["resets"]
+
+            link.set_latency(1.0)
+            await _until(lambda: not sub.trusted())
+            await _until_async(lambda: client.zscore("t:cache-nodes", sub.instance), None)
+            assert sub.is_subscribed  # the channel itself never went down
+            t0 = time.monotonic()
+            await inner.revoke("h1")
+            assert time.monotonic() - t0 < 0.3  # not waited out: nobody left to wait for
+
+            link.heal()
+            await _until(sub.trusted, timeout=15)
+            assert await client.zscore("t:cache-nodes", sub.instance) is not None
+            assert sub.stats["resets"] > resets and len(cache) == 0
+            assert await cache.get("h1") is None
+        finally:
+            await cache.stop()
+            await replica_client.aclose()
+            replica.stop()
+
+
+async def _until_async(read, expected: object, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while (value := await read()) != expected:
+        assert time.monotonic() < deadline, f"still {value!r}, waiting for {expected!r}"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.e2e

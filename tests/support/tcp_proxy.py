@@ -7,7 +7,8 @@ or blocked in a synchronous wait. Faults, each switched from the test at any tim
 * :meth:`TcpProxy.set_latency`: every chunk is held for that many seconds, each direction;
 * :meth:`TcpProxy.freeze` / :meth:`TcpProxy.thaw`: nothing is relayed (connections stay open,
   bytes queue up), like a process stopped with ``SIGSTOP``; new connections are accepted and
-  wait too;
+  wait too; :meth:`TcpProxy.freeze_later` freezes after a delay, on the proxy's own loop, so
+  :meth:`TcpProxy.heal` and :meth:`TcpProxy.close` cancel it if it has not fired;
 * :meth:`TcpProxy.reset`: every relayed connection is aborted (both ends see a reset), new
   ones are still accepted;
 * :meth:`TcpProxy.cut` / :meth:`TcpProxy.restore`: reset, and refuse new connections until
@@ -52,6 +53,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._flowing: asyncio.Event | None = None  # cleared while frozen
+        self._later: set[asyncio.TimerHandle] = set()  # freezes scheduled by freeze_later
 
     @property
     def address(self) -> tuple[str, int]:
@@ -62,6 +64,9 @@ class TcpProxy:
         return f"redis://{HOST}:{self.port}/0"
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed() or not self._thread.is_alive():
+            coro.close()  # never scheduled: no "never awaited" warning at some later test
+            raise RuntimeError("TcpProxy is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=5)
 
     def start(self) -> Self:
@@ -127,11 +132,24 @@ class TcpProxy:
 
         self._call(freeze())
 
+    def freeze_later(self, seconds: float) -> None:
+        """:meth:`freeze` ``seconds`` from now, unless :meth:`heal` or :meth:`close` comes
+        first."""
+
+        async def schedule() -> None:
+            assert self._flowing is not None
+            self._later.add(self._loop.call_later(seconds, self._flowing.clear))
+
+        self._call(schedule())
+
     def thaw(self) -> None:
-        """Relay again, queued bytes first."""
+        """Relay again, queued bytes first; a pending :meth:`freeze_later` is cancelled."""
 
         async def thaw() -> None:
             assert self._flowing is not None
+            for handle in self._later:
+                handle.cancel()
+            self._later.clear()
             self._flowing.set()
 
         self._call(thaw())

@@ -26,6 +26,9 @@ HEARTBEAT_SECONDS = CACHE.live_for / 8
 FORGET_AFTER_SECONDS = 60.0
 # how much longer than the trust window a revoker waits for missing acknowledgements
 BARRIER_MARGIN_SECONDS = 0.1
+# a subscriber whose newest proof is older than this many trust windows leaves CACHE, so
+# revokers stop waiting for it (its cache has not answered since one trust window)
+LEAVE_AFTER_TRUST_WINDOWS = 2.0
 
 
 def cache_barrier(
@@ -77,6 +80,7 @@ class InvalidationSubscriber:
         self._down_since = clock()  # monotonic; the channel counts as down until subscribed
         self._proof_at = float("-inf")  # send time of the newest proof received
         self._registered_until = float("-inf")
+        self._member = False  # whether the last beat or leave left us in CACHE
         # proof payload -> send time, for proofs not received yet
         self._proofs: dict[str, float] = {}
         self._proof_counter = 0
@@ -188,8 +192,23 @@ class InvalidationSubscriber:
 
     async def _beat(self) -> None:
         sent = self._clock()
+        if sent - self._proof_at >= LEAVE_AFTER_TRUST_WINDOWS * self.trust_window:
+            await self._leave_while_stale()
+            return
         await self._membership.beat(CACHE, FORGET_AFTER_SECONDS)
+        self._member = True
         if self._clock() >= self._registered_until:
             # the membership lapsed (or never was): a revoker may have skipped us
             self._reset("registered")
         self._registered_until = sent + CACHE.live_for / 2
+
+    async def _leave_while_stale(self) -> None:
+        """No proof for a while (a lost channel, a replica far behind): leave CACHE, so that
+        revocations stop waiting out the trust window for us. The cache is made untrusted
+        first; the next beat after proofs come back registers anew and clears it."""
+        self._registered_until = float("-inf")
+        if self._member:
+            await self._membership.leave(CACHE)
+            self._member = False
+            stale_for = LEAVE_AFTER_TRUST_WINDOWS * self.trust_window
+            log.info("cache membership withdrawn: no liveness proof for %.1fs", stale_for)
