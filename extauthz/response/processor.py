@@ -143,7 +143,11 @@ class SessionUpdater:
 
     @asynccontextmanager
     async def _one_at_a_time(self, sid: str) -> AsyncIterator[None]:
-        """Hold the lock of session ``sid`` (the time waited counts against the budget)."""
+        """Hold the lock of session ``sid`` (the time waited counts against the budget); no
+        lock without a session (such an update is refused at once)."""
+        if not sid:
+            yield
+            return
         lock, holders = self._locks.get(sid, (asyncio.Lock(), 0))
         self._locks[sid] = (lock, holders + 1)
         try:
