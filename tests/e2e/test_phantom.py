@@ -269,16 +269,24 @@ def test_two_cookie_lines_reach_the_upstream_joined_as_cookies(redis_stack: Stac
         assert echoed["headers"]["cookie"] == [expected]
 
 
-def test_the_demo_upstream_changes_the_session(redis_stack: Stack) -> None:
+def _demo_upstream_changes_the_session(stack: Stack) -> None:
     """The echo upstream's /session/ routes (docs/session-updates.md): the next JWT carries
     the change; the update header never reaches the client."""
-    token = redis_stack.create_session("erin")
+    token = stack.create_session("erin")
     auth = {"authorization": f"Bearer {token}"}
     for path in ("/session/theme/dark", "/session/cart/add", "/session/cart/add"):
-        status, headers, body = request(redis_stack, path, auth)
+        status, headers, body = request(stack, path, auth)
         assert status == 200, body
         assert "x-extauthz-session-update" not in headers
         assert_no_jwt_reaches_the_client(headers, body)
-    status, _, body = request(redis_stack, "/hello", auth)
+    status, _, body = request(stack, "/hello", auth)
     assert status == 200, body
     assert json.loads(body)["jwt"]["claims"]["data"] == {"theme": "dark", "cart": 2}
+
+
+def test_the_demo_upstream_changes_the_session_in_redis(redis_stack: Stack) -> None:
+    _demo_upstream_changes_the_session(redis_stack)  # central, session cache on
+
+
+def test_the_demo_upstream_changes_the_session_in_memory(memory_stack: Stack) -> None:
+    _demo_upstream_changes_the_session(memory_stack)  # sticky: the node's own store
