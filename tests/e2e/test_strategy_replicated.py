@@ -65,7 +65,9 @@ async def nodes(
     built = [
         build_components(
             node_settings(
-                tmp_path, f"node-{i}", _store(topo, i), cache={"enabled": cache}
+                tmp_path, f"node-{i}", _store(topo, i), cache={"enabled": cache},
+                # the upstream cluster "shop" may write data.cart (session updates)
+                session_updates={"allowed_keys": ["shop=cart"]},
             )
         )
         for i in range(3)
@@ -420,3 +422,32 @@ def test_replicated_without_a_local_replica_does_not_start() -> None:
     assert str(refused.value) == (
         "store.replica_url: the replicated strategy needs the node's local replica"
     )
+
+
+async def jwt_data(node: Components, token: str) -> Any:
+    """The ``data`` claim of the JWT a Check on ``node`` mints for ``token``."""
+    import jwt
+
+    decision = await node.authorizer.authorize(to_request_context(bearer_request(token)))
+    assert isinstance(decision, Allow), decision
+    (value,) = [v for k, v in decision.headers_to_set if k == "authorization"]
+    return jwt.decode(value.removeprefix("Bearer "), options={"verify_signature": False})["data"]
+
+
+@pytest.mark.parametrize("nodes", [True, False], ids=["cache", "no-cache"], indirect=True)
+async def test_a_session_update_on_one_node_is_in_the_next_jwt_of_the_other_two(
+    nodes: list[Components], topo: ReplicatedTopology
+) -> None:
+    """An upstream's update through one node's processor (docs/session-updates.md) returns
+    only once the other nodes' replicas (and caches) have it: their next JWTs carry it."""
+    from extauthz.response.processor import ResponseContext
+
+    for trial in range(20):
+        a, b, c = (nodes[(trial + k) % 3] for k in range(3))
+        token, session = await a.sessions.create(f"user-{trial}", data={"n": 0})
+        assert [await jwt_data(b, token), await jwt_data(c, token)] == [{"n": 0}] * 2  # warm
+        assert a.updater is not None
+        update = json.dumps({"cart": trial})  # the nodes' allowlist: shop=cart
+        await a.updater.process(ResponseContext("shop", session.sid, "allow", (update,)))
+        got = list(await asyncio.gather(jwt_data(b, token), jwt_data(c, token)))
+        assert got == [{"n": 0, "cart": trial}] * 2, trial
