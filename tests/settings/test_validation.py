@@ -166,3 +166,21 @@ def test_a_check_budget_that_does_not_end_before_envoys_timeout_is_refused(
 def test_pool_size_is_bounded(size: str) -> None:
     with pytest.raises(SettingsError, match=r"^store\.pool_size: "):
         load_settings(environ={"EXTAUTHZ_STORE_POOL_SIZE": size})
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/\\evil.example", "/\tx", "/a b", "/x\r\nSet-Cookie: a=b", "/\u2028x", "/caf\u00e9", ""],
+)
+def test_default_return_to_is_refused_where_a_client_return_to_would_be(target: str) -> None:
+    """The fallback target goes into Location as it is: what safe_return_to refuses in a
+    client's return_to (a backslash, which browsers read as "//", white space, controls,
+    unencoded non-ASCII) is refused in the setting too."""
+    with pytest.raises(SettingsError, match="auth.default_return_to"):
+        load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+
+
+@pytest.mark.parametrize("target", ["/", "/app?tab=1", "/caf%C3%A9"])
+def test_default_return_to_accepts_paths(target: str) -> None:
+    settings = load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+    assert settings.auth.default_return_to == target
