@@ -516,4 +516,3 @@ async def test_a_login_redirect_for_a_long_query_takes_no_time(h: Harness, query
     response = await check(h, request)
     assert time.monotonic() - started < 0.5
     assert response.denied_response.status.code == 302
-
