@@ -94,9 +94,7 @@ class CookieExtractor:
                 values.append(value)
                 # at once: comparing thousands of copies with each other is quadratic
                 if len(values) > self.max_candidates:
-                    raise Unauthenticated(
-                        Reason.AMBIGUOUS_CREDENTIAL, "too many session cookies"
-                    )
+                    raise Unauthenticated(Reason.AMBIGUOUS_CREDENTIAL, "too many session cookies")
         if not values:
             return None
         return tuple(values)
