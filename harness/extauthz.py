@@ -93,12 +93,16 @@ ADMIN_TOKEN_ENV = "EXTAUTHZ_ADMIN_TOKEN_FILE"  # serve's admin.token_file, and t
 
 def write_admin_token(path: Path) -> Path:
     """Write a fresh random admin token to ``path`` (mode 0600, replacing what was there) and
-    return ``path``: ``serve`` refuses to start without one (docs/authentication.md)."""
+    return ``path``: ``serve`` refuses to start without one (docs/authentication.md).
+
+    The token goes into a new file, created 0600, that then takes the place of ``path``: a file
+    that was there (perhaps readable by others) never holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fresh = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32) + "\n")
-    path.chmod(0o600)  # a file that existed keeps its mode through O_CREAT
+    os.replace(fresh, path)
     return path
 
 

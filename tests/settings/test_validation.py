@@ -211,3 +211,21 @@ def test_the_settings_know_the_cache_barriers_margin() -> None:
     from extauthz.store.redis.invalidation import BARRIER_MARGIN_SECONDS
 
     assert round(BARRIER_MARGIN_SECONDS * 1000) == CACHE_BARRIER_MARGIN_MS
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/\\evil.example", "/\tx", "/a b", "/x\r\nSet-Cookie: a=b", "/\u2028x", "/caf\u00e9", ""],
+)
+def test_default_return_to_is_refused_where_a_client_return_to_would_be(target: str) -> None:
+    """The fallback target goes into Location as it is: what safe_return_to refuses in a
+    client's return_to (a backslash, which browsers read as "//", white space, controls,
+    unencoded non-ASCII) is refused in the setting too."""
+    with pytest.raises(SettingsError, match="auth.default_return_to"):
+        load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+
+
+@pytest.mark.parametrize("target", ["/", "/app?tab=1", "/caf%C3%A9"])
+def test_default_return_to_accepts_paths(target: str) -> None:
+    settings = load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+    assert settings.auth.default_return_to == target

@@ -233,3 +233,36 @@ async def _rotate_on_a_replicated_primary(
     retried = await sessions.rotate(old)
     assert not retried.created and retried.token is not None
     assert await store.token_hash_of(session.sid) == tokens.token_hash(retried.token)
+
+
+async def test_a_retried_revocation_is_not_confirmed_while_the_first_one_is_not_durable(
+    nodes: tuple[RedisNode, RedisNode], clients: RedisClients
+) -> None:
+    """A revocation whose ``WAIT`` fell short has already deleted the session on the primary.
+    Its retry (the admin's ``RevokeSession`` or ``RevokeSubjectSessions`` again) finds nothing
+    to delete; it must still not answer before the replicas have the first deletion, or a
+    failover to that replica brings the session back after a confirmed answer."""
+    _, replica = nodes
+    store = RedisSessionStore(
+        clients.primary, f"d{uuid.uuid4().hex[:6]}:", wait_replicas=1, wait_timeout_ms=200
+    )
+    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    await _acknowledged_write(clients, "attached")
+    _, by_sid = await sessions.create("alice")
+    await sessions.create("bob")
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid(by_sid.sid)
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid(by_sid.sid)  # found nothing: answered at once before
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_subject("bob")
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_subject("bob")  # found nothing: answered 0 at once before
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    wait_until(lambda: replica.link_up(), timeout=15, description="replica link up")
+    assert await store.revoke_sid(by_sid.sid) is None
+    assert await store.revoke_subject("bob") == 0

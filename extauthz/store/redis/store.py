@@ -296,11 +296,15 @@ class RedisSessionStore:
         """Wait until every revocation made so far, by any node, has passed the barriers.
 
         A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
-        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
-        still not report success before that first invalidation has landed everywhere.
+        (a replica or a node had not acknowledged it) leaves nothing for a retry to delete;
+        the retry must still not report success before that first deletion has reached
+        ``wait_replicas`` replicas (:meth:`_mark_durable`) and its invalidation has landed
+        everywhere.
         Acknowledgements are monotonic, so waiting for the newest sequence number covers
         every earlier one.
         """
+        if self._wait_replicas != 0:
+            await self._run(what, self._mark_durable)  # raises StoreWriteNotDurable
         if self._replica_barrier is None and self._invalidation_barrier is None:
             return
         raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
@@ -311,6 +315,15 @@ class RedisSessionStore:
             await self._replica_barrier(seq)  # raises StoreWriteNotDurable
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
+
+    async def _mark_durable(self) -> None:
+        """A write of its own and its ``WAIT``: the replicas apply the primary's writes in
+        order, so once they have this one they have every earlier one, an earlier revocation
+        whose own ``WAIT`` fell short included (a ``WAIT`` after no write of its connection
+        answers at once)."""
+        async with await self._transaction() as pipe:
+            pipe.set(self._prefix + "durable", "1", px=60_000)
+            await pipe.execute()  # raises StoreWriteNotDurable
 
     async def revoke_sid(self, sid: str) -> Session | None:
         token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
