@@ -17,25 +17,31 @@ machine. How it works and what it shows: docs/operations.md, 'Topology tests'.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.support import envoy_binaries
+from tests.support import ExtauthzProcess, envoy_binaries
 from tests.support.extauthz_nodes import CheckClient
-from tests.support.netns import VirtualNetwork, unavailable
+from tests.support.netns import Host, VirtualNetwork, unavailable
 from tests.support.netns_stack import (
+    SENTINEL_SERVICE,
     Admin,
+    FrontProxy,
     live_read_leases,
     settle,
     start_extauthz,
     start_front_proxy,
     start_redis,
+    start_sentinel,
+    wait_sentinels_agree,
 )
-from tests.support.redis_topology import needs_redis_server, wait_until
+from tests.support.redis_topology import RedisNode, SentinelNode, needs_redis_server, wait_until
 
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
@@ -176,3 +182,260 @@ def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token
     finally:
         admin.close()
         on_node_2.close()
+
+
+# --------------------------------------------------------------------------- central + Sentinel
+
+DOWN_AFTER_MS = 1000  # Sentinel down-after-milliseconds
+FAILOVER_BUDGET_S = 20.0
+
+
+@dataclass
+class Central:
+    """docker-compose.yml's topology: every process on a host of its own."""
+
+    network: VirtualNetwork
+    redis_hosts: list[Host]  # the primary's first
+    data_nodes: list[RedisNode]  # the original primary first, then the replicas
+    sentinel_hosts: list[Host]
+    sentinels: list[SentinelNode]
+    node_hosts: list[Host]
+    nodes: list[ExtauthzProcess]
+    front: FrontProxy
+    admins: list[Admin]
+    checks: list[CheckClient]
+
+    def primary_named(self, sentinels: list[SentinelNode]) -> RedisNode | None:
+        """The data node that all of ``sentinels`` name as the settled primary, or None."""
+        named = {s.settled_master() for s in sentinels}
+        if len(named) != 1 or None in named:
+            return None
+        ((_, port),) = named  # type: ignore[misc]
+        return next(n for n in self.data_nodes if n.port == port)
+
+
+@pytest.fixture(scope="module")
+def central(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Central]:
+    from tests.conftest import missing
+
+    reason = unavailable()
+    if reason is not None:
+        missing(reason)
+    base = tmp_path_factory.mktemp("netns-central")
+    with VirtualNetwork() as net:
+        redis_hosts = [
+            net.add_host(n) for n in ("redis-primary", "redis-replica-1", "redis-replica-2")
+        ]
+        sentinel_hosts = [net.add_host(f"sentinel-{i}") for i in (1, 2, 3)]
+        node_hosts = [net.add_host(f"extauthz-{i}") for i in (1, 2)]
+        front_host = net.add_host("envoy")
+        primary = start_redis(redis_hosts[0], base / "redis-primary")
+        at = (redis_hosts[0].address, primary.port)
+        replicas = [start_redis(h, base / h.name, replicaof=at) for h in redis_hosts[1:]]
+        for replica in replicas:
+            wait_until(replica.link_up, timeout=10, description=f"{replica!r} linked")
+        settle(primary, 2)
+        sentinels = [
+            start_sentinel(h, base / h.name, at, down_after_ms=DOWN_AFTER_MS)
+            for h in sentinel_hosts
+        ]
+        wait_sentinels_agree(sentinels, primary, replicas=2)
+        addresses = zip(sentinel_hosts, sentinels, strict=True)
+        store = {
+            "strategy": "central", "backend": "redis",
+            "sentinels": [f"{h.address}:{s.port}" for h, s in addresses],
+            "sentinel_service": SENTINEL_SERVICE,
+        }  # fmt: skip
+        nodes = [start_extauthz(h, base, h.name, store) for h in node_hosts]
+        pairs = list(zip(node_hosts, nodes, strict=True))
+        front = start_front_proxy(front_host, _envoy(), base, pairs)
+        admins = [Admin(n) for n in nodes]
+        checks = [CheckClient(n.grpc_target) for n in nodes]
+        try:
+            yield Central(
+                net, redis_hosts, [primary, *replicas], sentinel_hosts, sentinels, node_hosts,
+                nodes, front, admins, checks,
+            )  # fmt: skip
+        finally:
+            for admin in admins:
+                admin.close()
+            for client in checks:
+                client.close()
+
+
+def _flags(sentinel: SentinelNode) -> set[str]:
+    return set(str(sentinel.master_state().get("flags", "")).split(","))
+
+
+def test_central_a_sentinel_partitioned_alone_does_not_fail_over(central: Central) -> None:
+    """sentinel-3's host goes down: it cannot see the primary (it flags it subjectively
+    down), but alone it never reaches the quorum, so no failover happens while the other two
+    still see the primary, for five times ``down-after-milliseconds``; Checks go on."""
+    c = central
+    primary = c.data_nodes[0]
+    address = (c.redis_hosts[0].address, primary.port)
+    tokens = [c.admins[i % 2].create(f"minority-{i}")[0] for i in range(4)]
+    isolated, alone = c.sentinel_hosts[2], c.sentinels[2]
+    answers: dict[str, int] = {}
+    c.network.disconnect(isolated)
+    try:
+        assert isolated.link_state() == "DOWN"
+        assert not isolated.reaches(*address)
+        wait_until(
+            lambda: "s_down" in _flags(alone), timeout=DOWN_AFTER_MS / 1000 + 5,
+            description="the partitioned Sentinel to flag the primary down",
+        )  # fmt: skip
+        until = time.monotonic() + 5 * DOWN_AFTER_MS / 1000
+        while time.monotonic() < until:
+            assert c.primary_named(c.sentinels[:2]) is primary
+            assert "o_down" not in _flags(alone) and alone.master_address() == address
+            for client in c.checks:
+                for token in tokens:
+                    answer = client.check(token)
+                    answers[answer] = answers.get(answer, 0) + 1
+            time.sleep(0.2)
+    finally:
+        c.network.reconnect(isolated)
+    assert answers.keys() == {"allow"}, answers
+    assert primary.role() == "master"
+    assert [r.master_port() for r in c.data_nodes[1:]] == [primary.port] * 2
+    wait_sentinels_agree(c.sentinels, primary, replicas=2)
+    print("netns Sentinel minority figures:", json.dumps({"checks": answers}))
+
+
+class Logouts(threading.Thread):
+    """Revokes ``pending`` sessions one after another, alternating nodes, until stopped; a
+    revocation that is not acknowledged is tried again. Records when each was acknowledged
+    (the token) or refused (monotonic seconds)."""
+
+    def __init__(self, admins: list[Admin], pending: list[tuple[str, str]]) -> None:
+        super().__init__(name="logouts")
+        self.admins = admins
+        self.pending = list(pending)
+        self.acknowledged: list[tuple[float, str]] = []
+        self.refused: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while self.pending and not self.stop.is_set():
+            token, sid = self.pending[0]
+            n += 1
+            try:
+                self.admins[n % 2].revoke(sid)
+            except grpc.RpcError:
+                self.refused.append(time.monotonic())
+            else:
+                self.acknowledged.append((time.monotonic(), token))
+                self.pending.pop(0)
+            time.sleep(0.05)
+
+    def tokens(self) -> list[str]:
+        return [token for _, token in self.acknowledged]
+
+
+REPLICAS_CUT_S = 1.0
+
+
+def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_comes_back(
+    central: Central,
+) -> None:
+    """Logouts run while the partition spreads: first the replicas' hosts lose the network
+    (logouts now cannot be acknowledged: ``WAIT`` for one replica fails), then the primary's
+    host loses it as the replicas' come back, so the replicas never receive what the primary
+    took meanwhile. The Sentinels fail over; every logout that extauthz acknowledged is still
+    revoked after the failover (the token is denied, through the nodes and the front proxy,
+    and its record is absent on the new primary) and after the old primary has rejoined as a
+    replica; the sessions never logged out are still allowed."""
+    c = central
+    old, old_host = c.data_nodes[0], c.redis_hosts[0]
+    sessions = [c.admins[i % 2].create(f"majority-{i}") for i in range(40)]
+    kept, to_revoke = sessions[:8], sessions[8:]
+    logouts = Logouts(c.admins, to_revoke)
+    logouts.start()
+    try:
+        time.sleep(0.6)  # logouts are acknowledged up to the first cut
+        replicas_cut_at = time.monotonic()
+        c.network.disconnect(*c.redis_hosts[1:])
+        time.sleep(REPLICAS_CUT_S)
+        cut_at = time.monotonic()
+        c.network.disconnect(old_host)
+        c.network.reconnect(*c.redis_hosts[1:])
+        assert old_host.link_state() == "DOWN"
+        assert not c.redis_hosts[1].reaches(old_host.address, old.port)
+        assert not c.node_hosts[0].reaches(old_host.address, old.port)
+
+        def promoted() -> RedisNode | None:
+            node = c.primary_named(c.sentinels)
+            if node is None or node is old or node.role() != "master":
+                return None
+            return node
+
+        new = wait_until(
+            promoted, timeout=FAILOVER_BUDGET_S, interval=0.1,
+            description="the Sentinels to fail over", diagnostics=lambda: c.sentinels[0].tail(20),
+        )  # fmt: skip
+        promoted_at = time.monotonic()
+        assert old.role() == "master"  # the old primary, alone, still thinks it is one
+
+        def recovered() -> bool:
+            return all(cl.check(t) == "allow" for cl in c.checks for t, _ in kept)
+
+        wait_until(recovered, timeout=15, description="kept sessions allowed again")
+        recovered_at = time.monotonic()
+        time.sleep(0.5)  # a few logouts acknowledged by the new primary too
+    finally:
+        logouts.stop.set()
+        logouts.join(timeout=15)
+    assert not logouts.is_alive()
+    revoked = logouts.tokens()
+    before = sum(1 for at, _ in logouts.acknowledged if at < replicas_cut_at)
+    while_cut = [at for at in logouts.refused if replicas_cut_at + 0.3 < at < cut_at]
+    after = sum(1 for at, _ in logouts.acknowledged if at > promoted_at)
+    # acknowledged before the cut and after the failover; refused while no replica could ack
+    assert before >= 5 and after >= 1 and while_cut, (before, after, logouts.refused)
+
+    def still_revoked(where: str) -> None:
+        # each logout that came back: when it was acknowledged (seconds after the first cut)
+        back = [
+            (round(at - replicas_cut_at, 2), node, answer)
+            for at, token in logouts.acknowledged
+            for node, cl in enumerate(c.checks, start=1)
+            if (answer := cl.check(token)) not in {"deny:revoked_session", "deny:unknown_session"}
+        ]
+        assert not back, (where, back, f"primary cut at {cut_at - replicas_cut_at:.2f}s")
+        assert {c.front.get(t) for t in revoked[:: max(1, len(revoked) // 8)]} == {401}, where
+        assert {cl.check(t) for cl in c.checks for t, _ in kept} == {"allow"}, where
+
+    still_revoked("after the failover")
+    revoked_sids = [sid for token, sid in sessions if token in revoked]
+    assert sum(new.command("EXISTS", f"extauthz:sid:{sid}") for sid in revoked_sids) == 0
+
+    healed_at = time.monotonic()
+    c.network.reconnect(old_host)
+
+    def rejoined() -> bool:
+        info = old.replication_info()
+        return (
+            info.get("role") == "slave" and int(info.get("master_port", -1)) == new.port
+            and info.get("master_link_status") == "up"
+        )  # fmt: skip
+
+    wait_until(rejoined, timeout=30, description="the old primary to rejoin as a replica")
+    rejoined_at = time.monotonic()
+    settle(new, 2)
+    assert sum(old.command("EXISTS", f"extauthz:sid:{sid}") for sid in revoked_sids) == 0
+    assert all(old.command("EXISTS", f"extauthz:sid:{sid}") for _, sid in kept)
+    still_revoked("after the old primary rejoined")
+    print(
+        "netns Sentinel failover figures:",
+        json.dumps({
+            "down_after_ms": DOWN_AFTER_MS,
+            "cut_to_promotion_s": round(promoted_at - cut_at, 2),
+            "cut_to_recovered_s": round(recovered_at - cut_at, 2),
+            "heal_to_rejoined_s": round(rejoined_at - healed_at, 2),
+            "logouts_acknowledged": {"before_the_cuts": before, "after_the_failover": after,
+                                     "all": len(revoked)},
+            "logouts_refused": len(logouts.refused),
+        }),
+    )  # fmt: skip
