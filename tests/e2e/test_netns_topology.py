@@ -68,6 +68,38 @@ def _envoy() -> str:
     return binaries[-1]  # the newest: one is enough to route through the front proxy
 
 
+def _namespaces(net: VirtualNetwork) -> list[str]:
+    listed = net.call("netns", "list").split("\n")
+    return sorted(line.split()[0] for line in listed if line.startswith(net.prefix + "-"))
+
+
+def test_the_virtual_network_partitions_heals_and_leaves_nothing_behind(
+    network: VirtualNetwork, tmp_path: Path
+) -> None:
+    """Two hosts reach each other by address; a host whose link is down reaches no one but
+    itself; healed, it does again. Closing (here after a failure) stops the processes and
+    deletes every namespace the network made, and only those."""
+    a, b = network.add_host("a"), network.add_host("b")
+    redis = start_redis(b, tmp_path / "redis")
+    assert a.reaches(b.address, redis.port) and redis.ping()
+    network.disconnect(b)
+    assert b.link_state() == "DOWN"
+    assert not a.reaches(b.address, redis.port)
+    assert b.reaches(b.address, redis.port) and redis.ping()  # its own host still answers
+    network.reconnect(b)
+    wait_until(lambda: a.reaches(b.address, redis.port), timeout=5, description="healed")
+
+    other = VirtualNetwork()
+    with pytest.raises(RuntimeError, match="a failing test"), other:
+        other.add_host("c")
+        assert _namespaces(other) == sorted([other.switch, f"{other.prefix}-c"])
+        raise RuntimeError("a failing test")
+    assert _namespaces(other) == []
+    assert _namespaces(network) == sorted(h.namespace for h in (a, b)) + [network.switch]
+    network.close()
+    assert _namespaces(network) == [] and not redis.running
+
+
 def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token(
     network: VirtualNetwork, tmp_path: Path
 ) -> None:
