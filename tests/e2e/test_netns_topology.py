@@ -11,7 +11,8 @@ with a reset at once).
   new primary or once the old one has rejoined as a replica.
 
 Needs root and iproute2 (CI runs the tests as root); skipped otherwise on a developer's
-machine. How it works and what it shows: docs/operations.md, 'Topology tests'.
+machine. How it works and what it shows: docs/strategies.md, 'Partitions in network
+namespaces'.
 """
 
 from __future__ import annotations
@@ -386,7 +387,9 @@ def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_co
     logouts = Logouts(c.admins, to_revoke)
     logouts.start()
     try:
-        time.sleep(0.6)  # logouts are acknowledged up to the first cut
+        wait_until(  # logouts are acknowledged up to the first cut
+            lambda: len(logouts.acknowledged) >= 5, timeout=10, description="5 logouts"
+        )
         replicas_cut_at = time.monotonic()
         c.network.disconnect(*c.redis_hosts[1:])
         time.sleep(REPLICAS_CUT_S)
