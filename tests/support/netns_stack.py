@@ -32,8 +32,8 @@ from harness.extauthz import EchoUpstreamProcess, ExtauthzProcess
 from harness.ports import LOOPBACK, free_port
 from harness.process import wait_until
 from harness.stack import FRONT_PROXY
-from tests.support.extauthz_nodes import keys_dir, write_settings
-from tests.support.netns import Host
+from tests.support.extauthz_nodes import CheckClient, keys_dir, write_settings
+from tests.support.netns import Host, VirtualNetwork
 from tests.support.redis_nodes import RedisNode, SentinelNode
 
 JWT = {"issuer": "http://front.test", "audience": "netns-tests"}
@@ -224,3 +224,73 @@ def settle(primary: RedisNode, replicas: int, timeout_ms: int = 5000) -> None:
                 break
             assert time.monotonic() < deadline, f"{replicas} replicas never acknowledged"
         client.delete("settle")
+
+
+@dataclass
+class Central:
+    """docker-compose.yml's topology with the ``central`` strategy, every process on a host of
+    its own (:func:`start_central`), with a :class:`Admin` and a ``Check`` client per node."""
+
+    network: VirtualNetwork
+    redis_hosts: list[Host]  # the original primary's first
+    data_nodes: list[RedisNode]  # the original primary first, then the replicas
+    sentinel_hosts: list[Host]
+    sentinels: list[SentinelNode]
+    node_hosts: list[Host]
+    nodes: list[ExtauthzProcess]
+    front: FrontProxy
+    admins: list[Admin]
+    checks: list[CheckClient]
+
+    def primary_named(self, sentinels: Sequence[SentinelNode]) -> RedisNode | None:
+        """The data node that all of ``sentinels`` name as the settled primary, or None."""
+        named = {s.settled_master() for s in sentinels}
+        if len(named) != 1:
+            return None
+        (address,) = named
+        if address is None:
+            return None
+        return next(n for n in self.data_nodes if n.port == address[1])
+
+    def close_clients(self) -> None:
+        for admin in self.admins:
+            admin.close()
+        for client in self.checks:
+            client.close()
+
+
+def start_central(
+    net: VirtualNetwork, base: Path, envoy_binary: str, *, down_after_ms: int
+) -> Central:
+    """Hosts ``redis-primary``, ``redis-replica-1/2``, ``sentinel-1/2/3`` (quorum 2,
+    ``down_after_ms``), ``extauthz-1/2`` (Sentinel discovery, ``WAIT`` for one replica) and
+    ``envoy``, with their processes; returns when the Sentinels agree and everything serves."""
+    redis_hosts = [net.add_host(n) for n in ("redis-primary", "redis-replica-1", "redis-replica-2")]
+    sentinel_hosts = [net.add_host(f"sentinel-{i}") for i in (1, 2, 3)]
+    node_hosts = [net.add_host(f"extauthz-{i}") for i in (1, 2)]
+    front_host = net.add_host("envoy")
+    primary = start_redis(redis_hosts[0], base / "redis-primary")
+    at = (redis_hosts[0].address, primary.port)
+    replicas = [start_redis(h, base / h.name, replicaof=at) for h in redis_hosts[1:]]
+    for replica in replicas:
+        wait_until(replica.link_up, timeout=10, description=f"{replica!r} linked")
+    settle(primary, 2)
+    sentinels = [
+        start_sentinel(h, base / h.name, at, down_after_ms=down_after_ms) for h in sentinel_hosts
+    ]
+    wait_sentinels_agree(sentinels, primary, replicas=2)
+    addresses = zip(sentinel_hosts, sentinels, strict=True)
+    store = {
+        "strategy": "central",
+        "backend": "redis",
+        "sentinels": [f"{h.address}:{s.port}" for h, s in addresses],
+        "sentinel_service": SENTINEL_SERVICE,
+    }
+    nodes = [start_extauthz(h, base, h.name, store) for h in node_hosts]
+    front = start_front_proxy(
+        front_host, envoy_binary, base, list(zip(node_hosts, nodes, strict=True))
+    )
+    return Central(
+        net, redis_hosts, [primary, *replicas], sentinel_hosts, sentinels, node_hosts, nodes,
+        front, [Admin(n) for n in nodes], [CheckClient(n.grpc_target) for n in nodes],
+    )  # fmt: skip
