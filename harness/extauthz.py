@@ -109,11 +109,12 @@ def write_admin_token(path: Path) -> Path:
 class ExtauthzProcess(ManagedProcess):
     """``python -m extauthz serve --config FILE`` with ``EXTAUTHZ_*`` overrides.
 
-    The listen addresses come from ``grpc_port``/``http_port`` (as environment overrides, so the
-    settings file stays the one under test). The admin token file is ``env``'s
-    ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in ``log_dir`` (:func:`write_admin_token`);
-    :meth:`cli` passes it on. Ready when both ports accept and gRPC health says SERVING, which
-    the server reports once its session store answers.
+    The listen addresses are ``listen_host`` (default loopback) with ``grpc_port`` and
+    ``http_port`` (as environment overrides, so the settings file stays the one under test). The
+    admin token file is ``env``'s ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in
+    ``log_dir`` (:func:`write_admin_token`); :meth:`cli` passes it on. Ready when both ports
+    accept and gRPC health says SERVING, which the server reports once its session store
+    answers.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class ExtauthzProcess(ManagedProcess):
         http_port: int | None = None,
         env: Mapping[str, str] | None = None,
         name: str = "extauthz",
+        listen_host: str = LOOPBACK,
     ) -> None:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
@@ -133,8 +135,8 @@ class ExtauthzProcess(ManagedProcess):
         if ADMIN_TOKEN_ENV not in (env or {}):
             token_file = write_admin_token(Path(log_dir).resolve() / f"{name}.admin-token")
             full_env[ADMIN_TOKEN_ENV] = str(token_file)
-        full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{LOOPBACK}:{self.grpc_port}"
-        full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{LOOPBACK}:{self.http_port}"
+        full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{listen_host}:{self.grpc_port}"
+        full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{listen_host}:{self.http_port}"
         full_env["PYTHONUNBUFFERED"] = "1"
         argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)]
         super().__init__(name, argv, log_dir, env=full_env, cwd=REPO_ROOT)

@@ -296,15 +296,12 @@ class RedisSessionStore:
         """Wait until every revocation made so far, by any node, has passed the barriers.
 
         A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
-        (a replica or a node had not acknowledged it) leaves nothing for a retry to delete;
-        the retry must still not report success before that first deletion has reached
-        ``wait_replicas`` replicas (:meth:`_mark_durable`) and its invalidation has landed
-        everywhere.
+        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
+        still not report success before that first invalidation has landed everywhere.
         Acknowledgements are monotonic, so waiting for the newest sequence number covers
-        every earlier one.
+        every earlier one. (That the deletion itself is on the replicas is
+        :meth:`_found_or_replicated`'s part.)
         """
-        if self._wait_replicas != 0:
-            await self._run(what, self._mark_durable)  # raises StoreWriteNotDurable
         if self._replica_barrier is None and self._invalidation_barrier is None:
             return
         raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
@@ -316,24 +313,43 @@ class RedisSessionStore:
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
 
-    async def _mark_durable(self) -> None:
-        """A write of its own and its ``WAIT``: the replicas apply the primary's writes in
-        order, so once they have this one they have every earlier one, an earlier revocation
-        whose own ``WAIT`` fell short included (a ``WAIT`` after no write of its connection
-        answers at once)."""
-        async with await self._transaction() as pipe:
-            pipe.set(self._prefix + "durable", "1", px=60_000)
-            await pipe.execute()  # raises StoreWriteNotDurable
+    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
+        replicas have everything the primary wrote before.
+
+        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
+        retry that finds nothing must not report success before the deletion is on the
+        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
+        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
+        replicated: so it follows a write that is replicated and leaves nothing behind, a
+        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
+        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
+        when the primary changes, the read is repeated on the new one.
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+
+        async def op() -> T:
+            found = await read()
+            if not found and self._wait_replicas != 0:
+                async with await self._transaction() as pipe:
+                    pipe.publish(self.invalidation_channel + ":sync", "")
+                    await pipe.execute()  # raises StoreWriteNotDurable
+            return found
+
+        return await self._run(what, op)
 
     async def revoke_sid(self, sid: str) -> Session | None:
-        token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
+        token_hash = await self._found_or_replicated(
+            "revoke_sid", lambda: self._redis.get(self._sid_key(sid))
+        )
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
         return await self.revoke(text(token_hash))
 
     async def revoke_subject(self, sub: str) -> int:
-        sids = await self._run(
+        sids = await self._found_or_replicated(
             "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
         )
         if not sids:
