@@ -26,7 +26,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv pyvenv redis wrk browser lint test fuzz demo bench protos clean
+.PHONY: help venv pyvenv redis iproute2 wrk browser lint test fuzz demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -64,6 +64,14 @@ redis:
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
 	}
 
+# the topology tests (tests/e2e/test_netns_topology.py) build hosts from network namespaces
+# with iproute2's `ip` (as root; they are skipped otherwise, outside CI)
+iproute2:
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || { \
+	  echo "ip not found: installing Debian's iproute2"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2; \
+	}
+
 wrk:
 	@command -v wrk >/dev/null || { \
 	  echo "wrk not found: installing Debian's wrk"; \
@@ -82,7 +90,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv redis browser wrk
+test: venv redis iproute2 browser wrk
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
 
 # the property tests of the parsers with Hypothesis's "fuzz" profile (tests/conftest.py)

@@ -93,23 +93,28 @@ ADMIN_TOKEN_ENV = "EXTAUTHZ_ADMIN_TOKEN_FILE"  # serve's admin.token_file, and t
 
 def write_admin_token(path: Path) -> Path:
     """Write a fresh random admin token to ``path`` (mode 0600, replacing what was there) and
-    return ``path``: ``serve`` refuses to start without one (docs/authentication.md)."""
+    return ``path``: ``serve`` refuses to start without one (docs/authentication.md).
+
+    The token goes into a new file, created 0600, that then takes the place of ``path``: a file
+    that was there (perhaps readable by others) never holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fresh = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32) + "\n")
-    path.chmod(0o600)  # a file that existed keeps its mode through O_CREAT
+    os.replace(fresh, path)
     return path
 
 
 class ExtauthzProcess(ManagedProcess):
     """``python -m extauthz serve --config FILE`` with ``EXTAUTHZ_*`` overrides.
 
-    The listen addresses come from ``grpc_port``/``http_port`` (as environment overrides, so the
-    settings file stays the one under test). The admin token file is ``env``'s
-    ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in ``log_dir`` (:func:`write_admin_token`);
-    :meth:`cli` passes it on. Ready when both ports accept and gRPC health says SERVING, which
-    the server reports once its session store answers.
+    The listen addresses are ``listen_host`` (default loopback) with ``grpc_port`` and
+    ``http_port`` (as environment overrides, so the settings file stays the one under test). The
+    admin token file is ``env``'s ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in
+    ``log_dir`` (:func:`write_admin_token`); :meth:`cli` passes it on. Ready when both ports
+    accept and gRPC health says SERVING, which the server reports once its session store
+    answers.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class ExtauthzProcess(ManagedProcess):
         http_port: int | None = None,
         env: Mapping[str, str] | None = None,
         name: str = "extauthz",
+        listen_host: str = LOOPBACK,
     ) -> None:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
@@ -129,8 +135,8 @@ class ExtauthzProcess(ManagedProcess):
         if ADMIN_TOKEN_ENV not in (env or {}):
             token_file = write_admin_token(Path(log_dir).resolve() / f"{name}.admin-token")
             full_env[ADMIN_TOKEN_ENV] = str(token_file)
-        full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{LOOPBACK}:{self.grpc_port}"
-        full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{LOOPBACK}:{self.http_port}"
+        full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{listen_host}:{self.grpc_port}"
+        full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{listen_host}:{self.http_port}"
         full_env["PYTHONUNBUFFERED"] = "1"
         argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)]
         super().__init__(name, argv, log_dir, env=full_env, cwd=REPO_ROOT)

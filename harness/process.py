@@ -135,6 +135,10 @@ class ManagedProcess:
 
     ready_timeout: float = 20.0
     stop_timeout: float = 10.0
+    launcher: Sequence[str] = ()
+    """A command prefix that runs ``argv``, e.g. ``("ip", "netns", "exec", "NS")`` to start the
+    process in a network namespace. It must ``exec`` the command, so that the PID stopped by
+    :meth:`stop` is the process's own."""
 
     def __init__(
         self,
@@ -172,10 +176,11 @@ class ManagedProcess:
         _handle_sigterm()
         self.prepare()
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            err.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
+            argv = [*self.launcher, *self.argv]
+            err.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n".encode())
             err.flush()
             self._popen = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

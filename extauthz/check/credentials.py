@@ -92,10 +92,11 @@ class CookieExtractor:
         for name, value in iter_cookies(header):
             if name == self.cookie_name and value not in values:
                 values.append(value)
+                # at once: comparing thousands of copies with each other is quadratic
+                if len(values) > self.max_candidates:
+                    raise Unauthenticated(Reason.AMBIGUOUS_CREDENTIAL, "too many session cookies")
         if not values:
             return None
-        if len(values) > self.max_candidates:
-            raise Unauthenticated(Reason.AMBIGUOUS_CREDENTIAL, "too many session cookies")
         return tuple(values)
 
 

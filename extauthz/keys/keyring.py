@@ -120,6 +120,7 @@ class KeyRing:
         # when each key was first published: its file time for the keys found at start-up
         self._published: dict[str, float] = {k.kid: k.mtime for k in self._keys}
         self._signing = self._choose()
+        self.skipped: list[str] = []  # files the last reload could not load, with the reason
 
     @classmethod
     def from_directory(
@@ -149,10 +150,26 @@ class KeyRing:
         """Re-read the directory (new keys published, removed ones dropped) and re-choose the
         signing key as time has passed. Returns whether anything changed.
 
-        :raises KeyLoadError: the directory became unusable; the ring is left as it was.
+        A file that cannot be loaded (half copied, not a key) is skipped and named in
+        :attr:`skipped`; the rest still applies, so deleting a compromised key takes effect
+        even while another file is bad.
+
+        :raises KeyLoadError: no usable key is left in the directory (it is gone, empty, or
+            every file is bad); the ring is left as it was.
         """
+        self.skipped = []
         if self._directory is not None:
-            keys = sorted(_load_directory(self._directory), key=lambda k: (k.mtime, k.path))
+            files = _key_files(self._directory)
+            keys = []
+            for path in files:
+                try:
+                    keys.append(load_key_file(path))
+                except KeyLoadError as exc:
+                    self.skipped.append(str(exc))
+            if not keys:
+                reasons = "; ".join(self.skipped)
+                raise KeyLoadError(f"jwt.keys_dir: no usable key in {self._directory}: {reasons}")
+            keys.sort(key=lambda k: (k.mtime, k.path))
         else:
             keys = self._keys
         signing = self._signing
@@ -176,7 +193,11 @@ class KeyRing:
         return {"keys": [dict(k.public_jwk) for k in self._keys]}
 
 
-def _load_directory(root: Path) -> list[SigningKey]:
+def _key_files(root: Path) -> list[Path]:
+    """The ``*.pem`` files of ``root``, sorted.
+
+    :raises KeyLoadError: ``root`` is not a directory or holds no ``*.pem`` file.
+    """
     if not root.is_dir():
         raise KeyLoadError(
             f"jwt.keys_dir: {root} is not a directory (create a key with "
@@ -188,7 +209,11 @@ def _load_directory(root: Path) -> list[SigningKey]:
             f"jwt.keys_dir: no *.pem keys in {root} "
             f"(create one with 'extauthz keys generate --dir {root}')"
         )
-    return [load_key_file(p) for p in files]
+    return files
+
+
+def _load_directory(root: Path) -> list[SigningKey]:
+    return [load_key_file(p) for p in _key_files(root)]
 
 
 def generate_key(directory: str | Path, algorithm: str = "ES256") -> Path:

@@ -295,9 +295,17 @@ async def serve(settings: Settings) -> int:
 
     if components.redis is not None:
         components.redis.membership.on_conflict = on_conflict
+    shutdown = Shutdown(grace, lambda: exit_code)
+
+    def on_signal() -> None:
+        stop.set()
+        # the bound runs from the signal, also when it comes during start-up (which may be
+        # waiting for a Redis that does not answer): start-up goes on, then stops at once
+        shutdown.begin()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):  # a signal during start-up: stop after it
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     node_id = settings.node_id
     health_servicer = HealthServicer()
     server, grpc_port = build_server(
@@ -357,8 +365,7 @@ async def serve(settings: Settings) -> int:
             "use this only for local development on 127.0.0.1"
         )
     await stop.wait()
-    shutdown = Shutdown(grace, lambda: exit_code)
-    shutdown.begin()
+    shutdown.begin()  # (a signal began it already)
     # refuse new calls first, then tell the health watchers: a client that sees NOT_SERVING
     # and calls at once is refused instead of reaching the store
     stopping_grpc = asyncio.ensure_future(server.stop(grace))

@@ -60,7 +60,10 @@ class Shutdown:
         self._watchdog: threading.Timer | None = None
 
     def begin(self) -> None:
-        """Start the clock: the process ends ``grace + margin`` seconds from now at the latest."""
+        """Start the clock: the process ends ``grace + margin`` seconds from now at the latest.
+        Only the first call counts."""
+        if self._watchdog is not None:
+            return
         self._deadline = self._clock() + self.limit
         self._watchdog = threading.Timer(self.limit, self._expire)
         self._watchdog.name = "shutdown-watchdog"

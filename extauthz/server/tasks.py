@@ -14,7 +14,8 @@ log = logging.getLogger("extauthz")
 class KeyReloader:
     """Re-reads the key directory every ``interval`` seconds (:meth:`start`/:meth:`stop`):
     new keys are published, the signing key moves on once a newer one has been published
-    long enough. A directory that became unusable is logged and the keys in use are kept."""
+    long enough. A file that cannot be loaded is logged and skipped (removals still apply); a
+    directory with no usable key left is logged and the keys in use are kept."""
 
     def __init__(self, keyring: KeyRing, interval: float) -> None:
         self._keyring = keyring
@@ -25,14 +26,18 @@ class KeyReloader:
     async def _step(self) -> None:
         ring = self._keyring
         try:
-            if ring.reload():
-                log.info(
-                    "signing keys reloaded: published=%s signing_kid=%s",
-                    ",".join(ring.kids),
-                    ring.signing_key.kid,
-                )
+            changed = ring.reload()
         except KeyLoadError as exc:
             log.error("signing keys not reloaded, keeping the current ones: %s", exc)
+            return
+        for reason in ring.skipped:
+            log.error("signing key file skipped: %s", reason)
+        if changed:
+            log.info(
+                "signing keys reloaded: published=%s signing_kid=%s",
+                ",".join(ring.kids),
+                ring.signing_key.kid,
+            )
 
     @property
     def running(self) -> bool:

@@ -8,6 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from extauthz.check.denials import safe_return_to
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
 from extauthz.response.updates import Allowlist
@@ -281,8 +282,13 @@ def _validate_auth(a: model.AuthSettings) -> None:
             raise SettingsError(
                 f"auth.allowed_origins: expected scheme://host[:port], got {origin!r}"
             )
-    if not a.default_return_to.startswith("/") or a.default_return_to.startswith("//"):
-        raise SettingsError("auth.default_return_to: expected a path beginning with one /")
+    # it goes into Location as it is: what a client's return_to may not carry, it may not
+    # either (a backslash, which browsers read as "/", white space, controls, raw non-ASCII)
+    if safe_return_to(a.default_return_to) != a.default_return_to:
+        raise SettingsError(
+            "auth.default_return_to: expected a path beginning with one /, without "
+            "backslashes, white space or control characters, non-ASCII percent-encoded"
+        )
     if not 1024 <= a.max_body_bytes <= 1048576:
         raise SettingsError("auth.max_body_bytes: expected 1024-1048576")
 

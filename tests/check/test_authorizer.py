@@ -4,6 +4,7 @@ session cookies, credentials that disagree, denial rendering and policy."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -498,3 +499,20 @@ async def test_a_scope_that_cannot_be_quoted_is_left_out_of_the_challenge(
         f'Bearer realm="{REALM}", error="insufficient_scope", '
         'error_description="the session lacks a required scope"'
     )
+
+
+@pytest.mark.parametrize(
+    "query", ["q=" + "eyJ" * 19_000, "q=" + "eyJ" * 9_500 + ".." + "a" * 28_000]
+)
+async def test_a_login_redirect_for_a_long_query_takes_no_time(h: Harness, query: str) -> None:
+    """A navigation without a session is redirected with its path and query, minus anything
+    shaped like a credential. The search for a JWS in the query read the rest of the value
+    again from every "eyJ": a 57 KB query (Envoy passes up to 60 KiB of headers) held the
+    event loop, every Check of the node with it, for seconds, with no credential at all."""
+    request = http_request(
+        {"accept": "text/html"}, path=f"/search?{query}", context_extensions={"client": "browser"}
+    )
+    started = time.monotonic()
+    response = await check(h, request)
+    assert time.monotonic() - started < 0.5
+    assert response.denied_response.status.code == 302

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from extauthz.check.context import RequestContext
@@ -205,3 +207,15 @@ def test_extract_credentials_ignores_the_query_string() -> None:
         method="GET", scheme="https", host="h", path="/", query=f"access_token=t&{COOKIE}=t"
     )
     assert extract_credentials(request, CookieExtractor(COOKIE), BearerExtractor()) is None
+
+
+def test_a_header_full_of_session_cookies_is_refused_without_comparing_them_all() -> None:
+    """Some 12,000 distinct cookies of a short session cookie name fit in the largest header
+    taken (MAX_HEADER_LENGTH); each was compared with every one before it, over a second of a
+    blocked event loop per request, for a refusal that the fifth one already decides."""
+    header = ";".join(f"s={i}" for i in range(20_000))[:MAX_HEADER_LENGTH]
+    started = time.monotonic()
+    with pytest.raises(Unauthenticated) as refused:
+        CookieExtractor("s", max_candidates=4).extract(ctx(cookie=header))
+    assert time.monotonic() - started < 0.2
+    assert refused.value.reason is Reason.AMBIGUOUS_CREDENTIAL

@@ -4,6 +4,7 @@ CheckResponse (extauthz.check.envoy_adapter)."""
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,21 @@ def test_repeated_header_lines_are_joined_with_their_own_separator() -> None:
     )
     headers = to_request_context(request).headers
     assert headers == {"cookie": "a=1; b=2; c=3", "accept": "text/html,*/*"}
+
+
+def test_many_repeated_header_lines_are_joined_in_linear_time() -> None:
+    """A CheckRequest as large as the server takes (1 MiB) can carry some 80,000 header lines
+    of one name; joining them one by one copied the growing value each time (about 1 s of a
+    blocked event loop for one request). Everything that can reach the Check port could
+    stall the node."""
+    lines = 160_000
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", "/"
+    http.header_map.headers.extend(HeaderValue(key="x-a", value="a") for _ in range(lines))
+    http.header_map.headers.extend(HeaderValue(key="cookie", value="c=1") for _ in range(3))
+    started = time.monotonic()
+    ctx = to_request_context(request)
+    assert time.monotonic() - started < 1.0
+    assert ctx.headers["x-a"] == ",".join(["a"] * lines)
+    assert ctx.headers["cookie"] == "c=1; c=1; c=1"

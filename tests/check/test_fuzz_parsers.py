@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from extauthz.check.context import join_headers
 from extauthz.check.credentials import iter_cookies, strip_cookie
 from extauthz.check.decisions import Allow
-from extauthz.check.denials import safe_return_to
+from extauthz.check.denials import _has_jws, safe_return_to
 from extauthz.check.envoy_adapter import to_request_context
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.tokens import mint_token
@@ -186,3 +186,17 @@ def test_a_check_over_raw_header_lines_never_raises_and_never_allows_without_a_l
             assert _pairs_after_commas(upstream["cookie"]) == []
 
     run()
+
+
+# the JWS search as it was written first (quadratic in a long base64url run); the linear one
+# must find exactly what it found
+_JWS_AS_WRITTEN = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_JWS_PIECES = st.lists(
+    st.sampled_from(["eyJ", "e", "yJ", "a", "-", "_", ".", "..", "&", "=", "%", " "])
+)
+
+
+@_FUZZ
+@given(_JWS_PIECES.map("".join) | _TEXT)
+def test_the_linear_jws_search_finds_what_the_regular_expression_finds(value: str) -> None:
+    assert _has_jws(value) == bool(_JWS_AS_WRITTEN.search(value))

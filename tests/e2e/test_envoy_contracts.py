@@ -95,10 +95,56 @@ def _seconds(duration: object) -> float | None:
     return float(match.group(1)) if match else None
 
 
+EXT_AUTHZ_PER_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+)
+# the only routes that may skip the Check: login, the JWKS and the health checks
+UNCHECKED_ROUTES = [
+    {"prefix": "/auth/"},
+    {"prefix": "/.well-known/"},
+    {"path": "/healthz"},
+    {"path": "/health/direct"},
+]
+
+
+def _skips_the_check(owner: dict[str, Any]) -> bool:
+    """Whether a route or virtual host turns ext_authz off (``ExtAuthzPerRoute.disabled``)."""
+    per_filter = owner.get("typed_per_filter_config", {})
+    return any(
+        isinstance(c, dict) and c.get("@type") == EXT_AUTHZ_PER_ROUTE_TYPE and c.get("disabled")
+        for c in per_filter.values()
+    )
+
+
+def bypass_problems(doc: dict[str, Any]) -> list[str]:
+    """Ways a request could reach the upstream without a Check at all: the filter turned off
+    in the filter chain (``HttpFilter.disabled``), by a runtime fraction that lets requests
+    through (``filter_enabled`` / ``filter_enabled_metadata`` without ``deny_at_disable``),
+    or for a route or virtual host other than :data:`UNCHECKED_ROUTES`."""
+    problems = []
+    for node in _walk(doc):
+        typed = node.get("typed_config")
+        if isinstance(typed, dict) and typed.get("@type") == EXT_AUTHZ_TYPE:
+            if node.get("disabled"):
+                problems.append(f"filter {node.get('name')}: disabled in the filter chain")
+            enabled_by = [k for k in ("filter_enabled", "filter_enabled_metadata") if k in typed]
+            deny = typed.get("deny_at_disable", {})
+            if enabled_by and not (isinstance(deny, dict) and deny.get("default_value")):
+                problems.append(f"filter {node.get('name')}: {enabled_by[0]} lets requests by")
+        if "domains" in node and _skips_the_check(node):
+            problems.append(f"virtual host {node.get('name')}: ext_authz disabled for all routes")
+        if "match" in node and _skips_the_check(node):
+            match = {k: v for k, v in node["match"].items() if k in ("prefix", "path")}
+            if match not in UNCHECKED_ROUTES or len(node["match"]) != len(match):
+                problems.append(f"route {node['match']}: ext_authz disabled")
+    return problems
+
+
 def fail_open_problems(doc: dict[str, Any]) -> list[str]:
     """Why an ext_authz filter of ``doc`` could let a request through, or answer anything but
-    503, when extauthz cannot answer (empty: every filter fails closed)."""
-    problems = []
+    503, when extauthz cannot answer (empty: every filter fails closed), and every way around
+    the filter (:func:`bypass_problems`)."""
+    problems = bypass_problems(doc)
     for i, typed in enumerate(ext_authz_filters(doc)):
         if typed.get("failure_mode_allow") is not False:
             problems.append(f"filter {i}: failure_mode_allow is not an explicit false")
@@ -280,6 +326,61 @@ def test_a_fail_open_sidecar_is_caught(
     change(typed)
     problems = fail_open_problems(doc)
     assert len(problems) == 1 and problem in problems[0]
+
+
+def _http_filter(doc: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [n for n in _walk(doc) if n.get("typed_config") in ext_authz_filters(doc)]
+    return found
+
+
+def _catch_all(doc: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [n for n in _walk(doc) if n.get("match") == {"prefix": "/"}]
+    return found
+
+
+_DISABLED = {"@type": EXT_AUTHZ_PER_ROUTE_TYPE, "disabled": True}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: _http_filter(d).__setitem__("disabled", True), "disabled in the filter"),
+        (
+            lambda d: ext_authz_filters(d)[0].__setitem__(
+                "filter_enabled", {"default_value": {"numerator": 0}, "runtime_key": "authz"}
+            ),
+            "filter_enabled lets requests by",
+        ),
+        (
+            lambda d: ext_authz_filters(d)[0].__setitem__(
+                "filter_enabled_metadata", {"filter": "f", "path": [{"key": "k"}]}
+            ),
+            "filter_enabled_metadata lets requests by",
+        ),
+        (
+            lambda d: _catch_all(d)["typed_per_filter_config"].__setitem__(
+                "envoy.filters.http.ext_authz", _DISABLED
+            ),
+            "route {'prefix': '/'}: ext_authz disabled",
+        ),
+        (
+            lambda d: [n for n in _walk(d) if "domains" in n][0].__setitem__(
+                "typed_per_filter_config", {"envoy.filters.http.ext_authz": _DISABLED}
+            ),
+            "ext_authz disabled for all routes",
+        ),
+    ],
+)
+def test_a_sidecar_that_skips_the_check_is_caught(
+    change: Callable[[dict[str, Any]], object], problem: str
+) -> None:
+    """Fail-open without touching failure_mode_allow: the filter switched off in the chain,
+    by a runtime fraction, or for the upstream's routes."""
+    doc = copy.deepcopy(_load(SIDECAR))
+    assert fail_open_problems(doc) == []
+    change(doc)
+    problems = fail_open_problems(doc)
+    assert len(problems) == 1 and problem in problems[0], problems
 
 
 def test_the_server_states_the_keepalive_contract() -> None:

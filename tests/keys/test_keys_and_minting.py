@@ -304,14 +304,38 @@ def test_a_first_key_signs_at_once(tmp_path: Path) -> None:
     assert ring.signing_key.kid == load_key_file(only).kid
 
 
-def test_a_broken_reload_keeps_the_keys_in_use(tmp_path: Path) -> None:
+def test_a_reload_with_no_usable_key_keeps_the_keys_in_use(tmp_path: Path) -> None:
     key = generate_key(tmp_path)
     ring = KeyRing.from_directory(tmp_path)
+    key.rename(tmp_path / "old.pem.bak")
     (tmp_path / "broken.pem").write_text("not a key")
     with pytest.raises(KeyLoadError, match="broken.pem"):
         ring.reload()
-    assert ring.kids == [load_key_file(key).kid]
-    assert ring.signing_key.kid == load_key_file(key).kid
+    (tmp_path / "broken.pem").unlink()
+    with pytest.raises(KeyLoadError, match="no \\*.pem keys"):
+        ring.reload()  # an empty directory: nothing could sign
+    assert ring.kids == [load_key_file(tmp_path / "old.pem.bak").kid]
+    assert ring.signing_key.kid == load_key_file(tmp_path / "old.pem.bak").kid
+
+
+def test_a_removed_key_goes_even_while_another_file_is_bad(tmp_path: Path) -> None:
+    """Emergency removal (docs/operations.md): the compromised key's file is deleted while a
+    new key is still being copied in (half a file). The removal applies at once; the bad file
+    is skipped and named, and is taken up by a later reload once it is whole."""
+    compromised = generate_key(tmp_path)
+    spare = generate_key(tmp_path)
+    ring = KeyRing.from_directory(tmp_path)
+    new = generate_key(tmp_path / "staging")
+    (tmp_path / new.name).write_bytes(new.read_bytes()[:40])  # a copy under way
+    compromised.unlink()
+    assert ring.reload()
+    assert ring.kids == [load_key_file(spare).kid]
+    assert ring.signing_key.kid == load_key_file(spare).kid
+    assert len(ring.skipped) == 1 and new.name in ring.skipped[0]
+    (tmp_path / new.name).write_bytes(new.read_bytes())
+    assert ring.reload()
+    assert set(ring.kids) == {load_key_file(spare).kid, load_key_file(new).kid}
+    assert ring.skipped == []
 
 
 async def test_the_reload_task_publishes_a_new_key_while_serving(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -293,3 +294,39 @@ def test_sigterm_under_random_redis_faults_exits_within_the_bound(
                     f"{what}: {answer}\n{node.proc.tail()}"
                 )
         channel.close()
+
+
+def _bound_by_someone(port: int) -> bool:
+    """Whether another socket holds 127.0.0.1:``port``, listening or not (this probe does not
+    set ``SO_REUSEADDR``, so any bound socket conflicts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fault", ["freeze", "half_open"])
+def test_sigterm_during_start_up_against_a_redis_that_does_not_answer_exits_within_the_bound(
+    tmp_path: Path, proxy: TcpProxy, nodes: list[Node], fault: str
+) -> None:
+    """Start-up waits for Redis (registering the node, measuring the clock); SIGTERM then
+    comes before the node serves. The bound runs from the signal, not from the end of a
+    start-up that takes as long as Redis's timeouts make it."""
+    getattr(proxy, fault)()
+    grpc_port, http_port = free_port(), free_port()
+    config = write_config(tmp_path, grpc_port, http_port, store=redis_store(proxy.url), grace=1.0)
+    proc = ManagedProcess(f"serve-{grpc_port}", serve_argv(config), tmp_path,
+                          env=clean_env(), cwd=tmp_path)  # fmt: skip
+    proc.start()
+    node = Node(proc, grpc_port, http_port, 1.0)
+    nodes.append(node)
+    # the HTTP address is bound after the signal handlers are set and before the node's
+    # components start (and meet the Redis that does not answer)
+    proc.wait_until(lambda: _bound_by_someone(http_port), 20, "HTTP address bound")
+    time.sleep(0.2)
+    assert not grpc_health_serving(grpc_port)  # still starting
+    sent = node.sigterm()
+    node.exit_within_bound(sent)

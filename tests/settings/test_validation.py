@@ -241,3 +241,21 @@ def test_session_update_settings() -> None:
 def test_bad_session_update_settings_name_the_key(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"session_updates.{name.lower()}"):
         load_settings(environ={f"EXTAUTHZ_SESSION_UPDATES_{name}": value})
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/\\evil.example", "/\tx", "/a b", "/x\r\nSet-Cookie: a=b", "/\u2028x", "/caf\u00e9", ""],
+)
+def test_default_return_to_is_refused_where_a_client_return_to_would_be(target: str) -> None:
+    """The fallback target goes into Location as it is: what safe_return_to refuses in a
+    client's return_to (a backslash, which browsers read as "//", white space, controls,
+    unencoded non-ASCII) is refused in the setting too."""
+    with pytest.raises(SettingsError, match="auth.default_return_to"):
+        load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+
+
+@pytest.mark.parametrize("target", ["/", "/app?tab=1", "/caf%C3%A9"])
+def test_default_return_to_accepts_paths(target: str) -> None:
+    settings = load_settings(environ={"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": target})
+    assert settings.auth.default_return_to == target

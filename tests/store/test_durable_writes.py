@@ -233,3 +233,36 @@ async def _rotate_on_a_replicated_primary(
     retried = await sessions.rotate(old)
     assert not retried.created and retried.token is not None
     assert await store.token_hash_of(session.sid) == tokens.token_hash(retried.token)
+
+
+async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the_first(
+    nodes: tuple[RedisNode, RedisNode], clients: RedisClients
+) -> None:
+    """A revocation whose ``WAIT`` fell short has still deleted the record on the primary. A
+    retry by ``sid`` (``SessionAdmin/RevokeSession``) or by subject then finds nothing to
+    delete; it used to report success at once, with no ``WAIT``, while no replica had the
+    deletion: after a failover the session was back (seen with the Sentinel topology in
+    network namespaces). The retry now succeeds only once the replicas have everything the
+    primary wrote before it."""
+    primary, replica = nodes
+    prefix = f"d{uuid.uuid4().hex[:6]}:"
+    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
+    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    await _acknowledged_write(clients, "attached")
+    _, session = await sessions.create("alice")
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid(session.sid)
+        assert primary.command("EXISTS", f"{prefix}sid:{session.sid}") == 0
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid(session.sid)
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_subject("alice")
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    wait_until(replica.link_up, timeout=15, description="replica link up")
+    assert await store.revoke_sid(session.sid) is None  # confirmed: the replica has it
+    assert replica.command("EXISTS", f"{prefix}sid:{session.sid}") == 0
+    assert await store.revoke_subject("alice") == 0

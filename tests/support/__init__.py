@@ -3,10 +3,12 @@
 The processes themselves (Redis, Envoy, extauthz, the echo upstream, a whole stack) come from
 the top-level ``harness`` package, shared with the demo and the benchmark, and are re-exported
 here. The modules beside this one add test-only pieces: Redis topologies with replicas and
-Sentinels, the sticky-strategy cluster, the login stack, gRPC clients and a TCP relay that injects
-faults (latency, freeze, reset, drop, half-open, cut). ``tests/conftest.py`` turns them into
-fixtures, prints the log tails of failing tests, and (with :mod:`tests.support.e2e_guard`) fails
-a test that starts a process without the ``e2e`` marker.
+Sentinels, the sticky-strategy cluster, the login stack, gRPC clients, a TCP relay that injects
+faults (latency, freeze, reset, drop, half-open, cut), and a virtual network of Linux network
+namespaces whose hosts run the docker-compose topology and are partitioned by taking links
+down. ``tests/conftest.py`` turns them into fixtures, prints the log tails of failing tests, and
+(with :mod:`tests.support.e2e_guard`) fails a test that starts a process without the ``e2e``
+marker.
 """
 
 from __future__ import annotations

@@ -104,12 +104,15 @@ class Channel:
                 listener.subscribed()
 
     async def _session(self) -> None:
-        """One subscription, until it is lost (raises :class:`StoreUnavailable` then)."""
+        """One subscription, until it is lost (raises :class:`StoreUnavailable` then) or the
+        loop is stopped."""
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(*self._channels)
             heard = next_ping = self._clock()
-            while True:
+            # the stop flag, not only the cancellation: one can be swallowed inside redis-py's
+            # read timeout (Python 3.11), and the subscription would go on after stop()
+            while not self._loop.stopping:
                 now = self._clock()
                 if now - heard > self.silence:
                     raise ConnectionError(f"subscription silent for {self.silence:g} s")

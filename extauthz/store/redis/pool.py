@@ -43,6 +43,7 @@ class WaitingPool(ConnectionPool):
         self.wait_seconds = wait_seconds
         self.stats = PoolStats()
         self._freed = asyncio.Condition()
+        self._waking: set[asyncio.Task[None]] = set()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         """A connected connection; waits while every one is busy.
@@ -66,17 +67,32 @@ class WaitingPool(ConnectionPool):
                     await self._freed.wait_for(self.can_get_connection)
             except TimeoutError:
                 self.stats.exhausted += 1
+                self._pass_on()
                 raise PoolExhausted(
                     f"all {self.max_connections} connections busy for {self.wait_seconds:g} s"
                 ) from None
             except asyncio.CancelledError:
                 self.stats.exhausted += 1  # the caller's budget ran out first
+                self._pass_on()
                 raise
+
+    def _pass_on(self) -> None:
+        """A waiter that gives up may be the one a release had just woken: on Python 3.11
+        ``asyncio.Condition`` drops a wake-up whose waiter is cancelled, and the next waiter
+        would sleep beside a free connection until its own wait ran out. Wake the next one
+        in its place (a wake-up too many only makes a waiter look again)."""
+        if self.can_get_connection():
+            task = asyncio.get_running_loop().create_task(self._notify())
+            self._waking.add(task)
+            task.add_done_callback(self._waking.discard)
+
+    async def _notify(self) -> None:
+        async with self._freed:
+            self._freed.notify()
 
     async def release(self, connection: AbstractConnection) -> None:
         await super().release(connection)
-        async with self._freed:
-            self._freed.notify()
+        await self._notify()
 
 
 class WaitingConnectionPool(WaitingPool):

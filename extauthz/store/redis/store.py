@@ -12,8 +12,9 @@ handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -27,6 +28,8 @@ from extauthz.store.model import (
 from extauthz.store.redis import scripts
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
+
+T = TypeVar("T")
 
 
 class RedisSessionStore(RedisPrimary):
@@ -237,7 +240,8 @@ class RedisSessionStore(RedisPrimary):
         (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
         still not report success before that first invalidation has landed everywhere.
         Acknowledgements are monotonic, so waiting for the newest sequence number covers
-        every earlier one.
+        every earlier one. (That the deletion itself is on the replicas is
+        :meth:`_found_or_replicated`'s part.)
         """
         if self._replica_barrier is None and self._invalidation_barrier is None:
             return
@@ -250,15 +254,43 @@ class RedisSessionStore(RedisPrimary):
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
 
+    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
+        replicas have everything the primary wrote before.
+
+        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
+        retry that finds nothing must not report success before the deletion is on the
+        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
+        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
+        replicated: so it follows a write that is replicated and leaves nothing behind, a
+        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
+        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
+        when the primary changes, the read is repeated on the new one.
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+
+        async def op() -> T:
+            found = await read()
+            if not found and self._wait_replicas != 0:
+                async with await self._transaction() as pipe:
+                    pipe.publish(self.invalidation_channel + ":sync", "")
+                    await pipe.execute()  # raises StoreWriteNotDurable
+            return found
+
+        return await self._run(what, op)
+
     async def revoke_sid(self, sid: str) -> Session | None:
-        token_hash = await self._run("revoke_sid", lambda: self._redis.get(self._sid_key(sid)))
+        token_hash = await self._found_or_replicated(
+            "revoke_sid", lambda: self._redis.get(self._sid_key(sid))
+        )
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
         return await self.revoke(text(token_hash))
 
     async def revoke_subject(self, sub: str) -> int:
-        sids = await self._run(
+        sids = await self._found_or_replicated(
             "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
         )
         if not sids:
