@@ -126,7 +126,7 @@ class SessionUpdater:
         """
         remove: list[str] = [self.header] if ctx.updates else []
         append: list[tuple[str, str]] = []
-        # a denial is Envoy's own reply built from the Check's answer (Envoy 1.37+ runs
+        # a denial is Envoy's own reply built from the Check's answer (Envoy 1.40, not 1.36, runs
         # ext_proc on it), whose Set-Cookie clearing the session cookie is extauthz's own
         own_reply = ctx.decision == "deny"
         kept = [c for c in ctx.set_cookies if cookie_name_of(c) != self.cookie.name]
