@@ -5,7 +5,8 @@ Every call into redis-py goes through :func:`store_errors` (a context manager) o
 ``OSError`` (refused, reset, timed out) leaves it as
 :class:`~extauthz.errors.StoreUnavailable` naming the operation (gRPC ``UNAVAILABLE``,
 HTTP 503), never as a redis-py type. :func:`demoted` tells whether an error came from a node
-that is no longer the primary (``READONLY`` after a failover).
+that is no longer the primary (``READONLY`` after a failover), :func:`repointed` whether an
+operation that failed so may be tried again on the primary named now.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ReadOnlyError, RedisError
 
 from extauthz.errors import StoreUnavailable, StoreWriteNotDurable
@@ -23,6 +26,7 @@ __all__ = [
     "StoreUnavailable",
     "StoreWriteNotDurable",
     "demoted",
+    "repointed",
     "store_errors",
     "text",
     "translated",
@@ -75,6 +79,29 @@ def demoted(exc: BaseException) -> bool:
     if isinstance(exc, ReadOnlyError):
         return True
     return isinstance(exc, RedisError) and any(sign in str(exc) for sign in _DEMOTED_SIGNS)
+
+
+async def repointed(pool: ConnectionPool, exc: StoreUnavailable) -> bool:
+    """After ``exc`` from an operation on ``pool``'s primary: should it be tried again? Yes
+    when the node was demoted, or when ``WAIT`` fell short (:class:`StoreWriteNotDurable`)
+    and the Sentinels now name another primary; then every pooled connection is dropped, so
+    the next ones connect to the primary named now."""
+    was_demoted = demoted(exc)
+    if not was_demoted and not isinstance(exc, StoreWriteNotDurable):
+        return False
+    if isinstance(pool, SentinelConnectionPool):
+        before = pool.master_address
+        try:
+            async with store_errors("discover primary"):
+                after = await pool.get_master_address()
+        except StoreUnavailable:
+            return False
+        if not was_demoted and after == before:
+            return False  # WAIT fell short on the real primary: a genuine failure
+    elif not was_demoted:
+        return False
+    await pool.disconnect()
+    return True
 
 
 def text(value: Any) -> str:

@@ -13,8 +13,27 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from extauthz.store.redis.errors import text
+
 # lags longer than this many samples (at one sample per lease round) read as that long
 MAX_SAMPLES = 64
+
+
+def online_replica_count(info: dict[str, Any]) -> int:
+    """How many replicas a primary's parsed ``INFO replication`` reports ``state=online``
+    (its ``slaveN`` entries)."""
+    return sum(1 for key, value in info.items() if _is_online_replica(key, value))
+
+
+def _is_online_replica(key: Any, value: Any) -> bool:
+    """One ``slaveN`` entry of a parsed ``INFO replication`` that is ``state=online``."""
+    name = text(key)
+    if not (name.startswith("slave") and name[5:].isdigit()):
+        return False
+    if isinstance(value, dict):
+        state = value.get("state", value.get(b"state"))
+        return state in ("online", b"online")
+    return isinstance(value, (bytes, str)) and "state=online" in text(value)
 
 
 def replica_staleness(info: dict[str, Any]) -> float | None:

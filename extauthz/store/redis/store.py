@@ -23,12 +23,12 @@ from extauthz.store.redis import scripts
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
-    StoreWriteNotDurable,
-    demoted,
+    repointed,
     store_errors,
     text,
     translated,
 )
+from extauthz.store.redis.replication import online_replica_count
 
 T = TypeVar("T")
 
@@ -91,36 +91,16 @@ class RedisSessionStore:
     async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` against the primary. When the node turns out to be demoted
         (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
-        Sentinels already name another primary, re-resolve the primary and try once more."""
+        Sentinels already name another primary, re-resolve the primary and try once more
+        (:func:`~extauthz.store.redis.errors.repointed`)."""
         try:
             async with store_errors(what):
                 return await op()
         except StoreUnavailable as exc:  # StoreWriteNotDurable included
-            if not await self._repoint(exc):
+            if not await repointed(self._redis.connection_pool, exc):
                 raise
         async with store_errors(what):
             return await op()
-
-    async def _repoint(self, exc: StoreUnavailable) -> bool:
-        """After ``exc``: should the operation be tried again on a re-resolved primary?"""
-        pool = self._redis.connection_pool
-        was_demoted = demoted(exc)
-        if not was_demoted and not isinstance(exc, StoreWriteNotDurable):
-            return False
-        if isinstance(pool, SentinelConnectionPool):
-            before = pool.master_address
-            try:
-                async with store_errors("discover primary"):
-                    after = await pool.get_master_address()
-            except StoreUnavailable:
-                return False
-            if not was_demoted and after == before:
-                return False  # WAIT fell short on the real primary: a genuine failure
-        elif not was_demoted:
-            return False
-        # Drop every pooled connection: the next ones connect to the primary named now.
-        await pool.disconnect()
-        return True
 
     @translated("online replicas")
     async def online_replicas(self) -> int:
@@ -128,8 +108,7 @@ class RedisSessionStore:
         return await self._online_replicas()
 
     async def _online_replicas(self) -> int:
-        info = await self._redis.info("replication")
-        return sum(1 for key, value in info.items() if _is_online_replica(key, value))
+        return online_replica_count(await self._redis.info("replication"))
 
     async def _all_replicas(self) -> int:
         """What ``WAIT "all"`` waits for (see :meth:`__init__`)."""
@@ -410,13 +389,3 @@ class RedisSessionStore:
     async def stop(self) -> None:
         """Nothing to stop: the client belongs to its owner."""
 
-
-def _is_online_replica(key: Any, value: Any) -> bool:
-    """One ``slaveN`` entry of a parsed ``INFO replication`` that is ``state=online``."""
-    name = text(key)
-    if not (name.startswith("slave") and name[5:].isdigit()):
-        return False
-    if isinstance(value, dict):
-        state = value.get("state", value.get(b"state"))
-        return state in ("online", b"online")
-    return isinstance(value, (bytes, str)) and "state=online" in text(value)
