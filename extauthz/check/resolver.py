@@ -7,8 +7,9 @@ that cannot answer is not a denial: :class:`~extauthz.errors.StoreUnavailable` p
 Failed lookups (``unknown_session``, ``malformed_credential``) count in the per-address
 :class:`~extauthz.check.throttle.LookupThrottle`, **each** candidate on its own, also when another
 candidate of the same request is live, so one's own cookie carries no free guesses. A token
-the store remembers as revoked (``revoked_session``) is a stale cookie of its holder, not a
-guess: it does not count (no one can guess a revoked token without having held it).
+the store remembers as revoked (``revoked_session``) or as issued to a session that idled out
+(``session_expired``) is a stale cookie of its holder, not a guess: it does not count (no one
+can guess such a token without having held it).
 """
 
 from __future__ import annotations

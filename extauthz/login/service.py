@@ -177,7 +177,7 @@ class LoginService:
             misses = 0
             for token in self.resolver.presented(ctx):
                 if await self.sessions.revoke_token(token) is None and not (
-                    await self.sessions.was_revoked(token)
+                    await self.sessions.was_issued(token)
                 ):
                     misses += 1
             token, session = await self.sessions.create(
@@ -264,9 +264,9 @@ class LoginService:
             if gone is not None:
                 log.info("logout sub=%s sid=%s", gone.sub, gone.sid)
                 revoked += 1
-            elif not everywhere and not await self.sessions.was_revoked(token):
+            elif not everywhere and not await self.sessions.was_issued(token):
                 # (with ``everywhere`` the lookup above already counted; a token revoked
-                # before is a stale cookie, not a guess)
+                # before, or of a session that idled out, is a stale cookie, not a guess)
                 missed.add(token)
         return revoked
 

@@ -241,6 +241,9 @@ class CachingSessionStore:
     async def was_revoked(self, token_hash: str) -> bool:
         return await self.inner.was_revoked(token_hash)
 
+    async def was_issued(self, token_hash: str) -> bool:
+        return await self.inner.was_issued(token_hash)
+
     async def revoke_sid(self, sid: str) -> Session | None:
         return await self.inner.revoke_sid(sid)
 

@@ -198,8 +198,10 @@ class SessionManager:
 
         :raises Unauthenticated: ``malformed_credential`` (shape), ``revoked_session``
             (revoked before its absolute expiry, or rotated and its grace over: a stale
-            cookie, not a guess), ``unknown_session`` (never existed, or dropped by the
-            store) or ``session_expired``.
+            cookie, not a guess), ``session_expired`` (idle timeout or absolute expiry
+            passed; the store remembers an idled-out token until the absolute expiry) or
+            ``unknown_session`` (never issued, past its absolute expiry, or dropped by the
+            store).
         :raises StoreUnavailable: the store could not answer.
         """
         return (await self.find(token)).session
@@ -330,10 +332,13 @@ class SessionManager:
         return Rotated(chain.token, chain.session, created=False, grace_until=chain.grace_until)
 
     async def _missing(self, token_hash: str) -> Unauthenticated:
-        """Why no record answers ``token_hash``: revoked (the store remembers it), or
+        """Why no record answers ``token_hash``: revoked, or issued to a session that ended
+        by its idle timeout (the store remembers both until the absolute expiry), or
         unknown."""
         if await self.store.was_revoked(token_hash):
             return Unauthenticated(Reason.REVOKED_SESSION, "revoked session")
+        if await self.store.was_issued(token_hash):
+            return Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
         return Unauthenticated(Reason.UNKNOWN_SESSION, "unknown or revoked session")
 
     async def was_revoked(self, token: str) -> bool:
@@ -344,6 +349,19 @@ class SessionManager:
         if not tokens.has_token_shape(token):
             return False
         return await self.store.was_revoked(tokens.token_hash(token))
+
+    async def was_issued(self, token: str) -> bool:
+        """Whether the store issued ``token`` (at a login or a rotation) or revoked it, and
+        its session's absolute expiry has not passed: the session may live, have idled out or
+        have been revoked. A token that names no live session and was issued is a stale
+        cookie its holder kept, not a guess.
+
+        :raises StoreUnavailable: the store could not answer.
+        """
+        if not tokens.has_token_shape(token):
+            return False
+        token_hash = tokens.token_hash(token)
+        return await self.store.was_revoked(token_hash) or await self.store.was_issued(token_hash)
 
     async def revoke_token(self, token: str) -> Session | None:
         """Revoke the session of ``token`` (logout), also when ``token`` was rotated and its

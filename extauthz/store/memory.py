@@ -11,10 +11,12 @@ from extauthz.store.model import UPDATE_ATTEMPTS, Session, SessionChange, Succes
 
 
 class MemorySessionStore:
-    """Sessions in a dict; expired records are dropped on access and on each write. Revoked
-    token hashes are remembered until their session's absolute expiry (``was_revoked``),
-    rotated ones lead to their successor until the grace ends (``successor``). Every method
-    runs without an ``await`` in between its reads and writes: atomic on the event loop."""
+    """Sessions in a dict; expired records are dropped on access and on each write. Issued
+    and revoked token hashes are remembered until their session's absolute expiry
+    (``was_issued``, ``was_revoked``: purged on each creation and rotation, so at most one
+    entry per token issued within one absolute timeout), rotated ones lead to their successor
+    until the grace ends (``successor``). Every method runs without an ``await`` in between
+    its reads and writes: atomic on the event loop."""
 
     backend = "memory"
 
@@ -23,6 +25,7 @@ class MemorySessionStore:
         self._by_hash: dict[str, Session] = {}
         self._hash_by_sid: dict[str, str] = {}
         self._revoked_until: dict[str, float] = {}
+        self._issued_until: dict[str, float] = {}
         self._successors: dict[str, Successor] = {}
 
     def _live(self, token_hash: str) -> Session | None:
@@ -44,6 +47,8 @@ class MemorySessionStore:
             self._drop(token_hash)
         for token_hash in [h for h, t in self._revoked_until.items() if t <= now]:
             del self._revoked_until[token_hash]
+        for token_hash in [h for h, t in self._issued_until.items() if t <= now]:
+            del self._issued_until[token_hash]
         for token_hash in [h for h, s in self._successors.items() if s.until <= now]:
             del self._successors[token_hash]
 
@@ -51,6 +56,7 @@ class MemorySessionStore:
         self._sweep()
         self._by_hash[token_hash] = session
         self._hash_by_sid[session.sid] = token_hash
+        self._issued_until[token_hash] = session.expires_at
 
     async def get(self, token_hash: str) -> Session | None:
         return self._live(token_hash)
@@ -94,6 +100,9 @@ class MemorySessionStore:
     async def was_revoked(self, token_hash: str) -> bool:
         return self._revoked_until.get(token_hash, float("-inf")) > self._clock()
 
+    async def was_issued(self, token_hash: str) -> bool:
+        return self._issued_until.get(token_hash, float("-inf")) > self._clock()
+
     async def revoke_sid(self, sid: str) -> Session | None:
         token_hash = self._hash_by_sid.get(sid)
         return None if token_hash is None else await self.revoke(token_hash)
@@ -115,6 +124,7 @@ class MemorySessionStore:
     async def rotate(
         self, token_hash: str, version: int, session: Session, successor: Successor
     ) -> Successor | None:
+        self._sweep()
         earlier = await self.successor(token_hash)
         if earlier is not None:
             return earlier
@@ -126,6 +136,7 @@ class MemorySessionStore:
         self._hash_by_sid[session.sid] = successor.token_hash
         self._successors[token_hash] = successor
         self._revoked_until[token_hash] = current.expires_at
+        self._issued_until[successor.token_hash] = session.expires_at
         return successor
 
     async def successor(self, token_hash: str) -> Successor | None:

@@ -131,7 +131,8 @@ class SessionStore(Protocol):
         """``"redis"`` or ``"memory"`` (metrics, logs, the decision metadata)."""
 
     async def create(self, token_hash: str, session: Session) -> None:
-        """Store a new session; it expires from the store at ``session.deadline``."""
+        """Store a new session; it expires from the store at ``session.deadline``, while
+        ``token_hash`` is remembered as issued (:meth:`was_issued`) until the absolute expiry."""
 
     async def get(self, token_hash: str) -> Session | None:
         """The session stored under ``token_hash``, or ``None``."""
@@ -168,6 +169,12 @@ class SessionStore(Protocol):
         """Whether ``token_hash`` named a session that was revoked and whose absolute expiry
         has not passed yet (a stale cookie, not a guess)."""
 
+    async def was_issued(self, token_hash: str) -> bool:
+        """Whether ``token_hash`` was issued to a session (by :meth:`create` or as the new
+        token of :meth:`rotate`) whose absolute expiry has not passed yet, whether or not the
+        session still lives: a miss on such a token is a stale cookie of a session that
+        ended (idle timeout), not a guess."""
+
     async def revoke_sid(self, sid: str) -> Session | None:
         """Delete the session with id ``sid``; return what was deleted."""
 
@@ -184,8 +191,9 @@ class SessionStore(Protocol):
         ``version`` and was not rotated yet, store ``session`` (same ``sid``) under
         ``successor.token_hash``, point the ``sid`` at it, delete the old record, keep
         ``successor`` for ``token_hash`` until ``successor.until`` (:meth:`successor`),
-        remember ``token_hash`` as revoked (:meth:`was_revoked`) until the session's absolute
-        expiry, drop ``token_hash`` from every node's cache, and return ``successor``.
+        remember ``token_hash`` as revoked (:meth:`was_revoked`) and ``successor.token_hash``
+        as issued (:meth:`was_issued`) until the session's absolute expiry, drop
+        ``token_hash`` from every node's cache, and return ``successor``.
         When ``token_hash`` was rotated already (its grace not over): store nothing and
         return that earlier successor. Otherwise (no record, or another version): store
         nothing and return ``None``."""

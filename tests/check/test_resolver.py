@@ -145,12 +145,6 @@ def test_carries_cookie_looks_at_names_only(resolver: SessionResolver) -> None:
     assert not resolver.carries_cookie(request())
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported, not fixed: a session that ended by its idle timeout leaves no trace, so "
-    "its cookie reads as a guess (unknown_session) and counts toward check:addr",
-)
 async def test_a_cookie_of_a_session_that_idled_out_is_not_counted_as_a_guess() -> None:
     """A browser that comes back after the idle timeout sends its old cookie on every
     sub-request of the first page at once (images, scripts, API calls), before any of the

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from extauthz.keys.keyring import KeyRing, generate_key
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.http import AuthHandlers, client_address
 from extauthz.login.limits import LoginLimits
-from extauthz.login.ratelimit import MemoryRateLimiter
+from extauthz.login.ratelimit import CHECK_ADDR, MemoryRateLimiter, RateKey, address_subject
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier, User
 from extauthz.server.http_server import build_http_app
@@ -257,6 +257,29 @@ async def test_session_fixation_a_presented_token_is_revoked_at_login(harness: H
     assert fresh != planted
     assert await harness.store.get(tokens.token_hash(planted)) is None
     assert (await harness.sessions.lookup(fresh)).sub == "alice"
+
+
+async def test_a_cookie_that_idled_out_is_not_a_guess_at_login_or_logout(
+    harness: Harness,
+) -> None:
+    """The cookie of a session that ended by its idle timeout, presented to logout (once per
+    open tab) or to the next login, is its holder's own: it does not count toward the
+    address's budget of failed lookups. A token the store never issued still does."""
+    token, session = await harness.sessions.create("alice")
+    idled = replace(session, last_seen=session.last_seen - session.idle_timeout - 1)
+    assert await harness.store.touch(tokens.token_hash(token), idled)
+    budget = RateKey(CHECK_ADDR, address_subject("127.0.0.1"))
+    for _ in range(6):  # the throttle allows 5
+        resp = await harness.client.post("/auth/logout", headers={"Cookie": f"{COOKIE}={token}"})
+        assert resp.status == 200 and (await resp.json())["revoked"] == 0
+    resp = await harness.login_json("alice", "correct horse", Cookie=f"{COOKIE}={token}")
+    assert resp.status == 200
+    assert (await harness.throttle.limiter.blocked(budget)).remaining == 5
+    guess = await harness.client.post(
+        "/auth/logout", headers={"Cookie": f"{COOKIE}={tokens.mint_token()}"}
+    )
+    assert guess.status == 200
+    assert (await harness.throttle.limiter.blocked(budget)).remaining == 4
 
 
 async def test_store_outage_at_login_is_503_not_401(harness: Harness) -> None:

@@ -72,6 +72,9 @@ class RedisPrimary:
     def _revoked_key(self, token_hash: str) -> str:
         return f"{self._prefix}revoked:{token_hash}"
 
+    def _issued_key(self, token_hash: str) -> str:
+        return f"{self._prefix}issued:{token_hash}"
+
     def _successor_key(self, token_hash: str) -> str:
         return f"{self._prefix}successor:{token_hash}"
 

@@ -265,6 +265,10 @@ class ReplicatedSessionStore:
         """Asked on the primary, like every miss of :meth:`get`."""
         return await self._primary.was_revoked(token_hash)
 
+    async def was_issued(self, token_hash: str) -> bool:
+        """Asked on the primary, like every miss of :meth:`get`."""
+        return await self._primary.was_issued(token_hash)
+
     async def revoke_sid(self, sid: str) -> Session | None:
         return await self._primary.revoke_sid(sid)
 

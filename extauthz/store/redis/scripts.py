@@ -73,9 +73,10 @@ return seq
 
 # KEYS[1] = p+"session:"+old hash, KEYS[2] = p+"successor:"+old hash, KEYS[3] =
 # p+"session:"+new hash, KEYS[4] = p+"sid:"+sid, KEYS[5] = p+"revoked:"+old hash, KEYS[6] =
-# p+"invalidate:seq". ARGV[1] = the version the caller read, ARGV[2] = the new record, ARGV[3] =
-# its TTL (ms), ARGV[4] = the successor record, ARGV[5] = the grace (ms), ARGV[6] = the
-# tombstone's TTL (ms, until the absolute expiry), ARGV[7] = the invalidation channel,
+# p+"invalidate:seq", KEYS[7] = p+"issued:"+new hash. ARGV[1] = the version the caller read,
+# ARGV[2] = the new record, ARGV[3] = its TTL (ms), ARGV[4] = the successor record, ARGV[5] =
+# the grace (ms), ARGV[6] = the TTL (ms, until the absolute expiry) of the old hash's
+# tombstone and of the new hash's issued marker, ARGV[7] = the invalidation channel,
 # ARGV[8] = the old hash, ARGV[9] = the new hash.
 # Returns {1, successor} (rotated now), {0, successor} (rotated earlier: nothing written) or
 # {-1} (no record of that version: nothing written).
@@ -92,7 +93,10 @@ redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[5], '1', 'PX', ARGV[6]) end
+if tonumber(ARGV[6]) > 0 then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[6])
+  redis.call('SET', KEYS[7], '1', 'PX', ARGV[6])
+end
 local seq = redis.call('INCR', KEYS[6])
 redis.call('PUBLISH', ARGV[7], seq .. ':' .. ARGV[8])
 return {1, ARGV[4]}

@@ -44,6 +44,8 @@ class RedisSessionStore(RedisPrimary):
             async with await self._transaction() as pipe:
                 pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
                 pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
+                # the marker: a cookie of this session that idled out is not taken for a guess
+                pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
                 pipe.sadd(self._subject_key(session.sub), session.sid)
                 pipe.pexpire(self._subject_key(session.sub), absolute_ms, gt=True)
                 pipe.pexpire(self._subject_key(session.sub), absolute_ms, nx=True)
@@ -174,6 +176,12 @@ class RedisSessionStore(RedisPrimary):
         )
         return bool(found)
 
+    async def was_issued(self, token_hash: str) -> bool:
+        found = await self._run(
+            "was_issued", lambda: self._redis.exists(self._issued_key(token_hash))
+        )
+        return bool(found)
+
     async def rotate(
         self, token_hash: str, version: int, session: Session, successor: Successor
     ) -> Successor | None:
@@ -193,13 +201,14 @@ class RedisSessionStore(RedisPrimary):
             async with await self._transaction() as pipe:
                 pipe.eval(
                     scripts.ROTATE,
-                    6,
+                    7,
                     self._session_key(token_hash),
                     self._successor_key(token_hash),
                     self._session_key(successor.token_hash),
                     self._sid_key(session.sid),
                     self._revoked_key(token_hash),
                     self.invalidation_channel + ":seq",
+                    self._issued_key(successor.token_hash),
                     version,
                     session.to_json(),
                     self._ttl_ms(session),
