@@ -266,7 +266,9 @@ async def test_a_cookie_that_idled_out_is_not_a_guess_at_login_or_logout(
     open tab) or to the next login, is its holder's own: it does not count toward the
     address's budget of failed lookups. A token the store never issued still does."""
     token, session = await harness.sessions.create("alice")
-    idled = replace(session, last_seen=session.last_seen - session.idle_timeout - 1)
+    idled = replace(
+        session, last_seen=session.last_seen - session.idle_timeout - 1, version=session.version + 1
+    )
     assert await harness.store.touch(tokens.token_hash(token), idled)
     budget = RateKey(CHECK_ADDR, address_subject("127.0.0.1"))
     for _ in range(6):  # the throttle allows 5
