@@ -33,11 +33,6 @@ RACERS = 50
 StoreFactory = Callable[[], SessionStore]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
 async def stores(
     request: pytest.FixtureRequest, clock: FakeClock

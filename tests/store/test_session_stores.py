@@ -39,22 +39,6 @@ async def redis_client(redis_process: RedisServer) -> AsyncIterator[aioredis.Red
     await client.aclose()
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
-async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[SessionStore]:
-    if request.param == "memory":
-        yield MemorySessionStore(clock=clock)
-        return
-    server: RedisServer = request.getfixturevalue("redis_process")
-    client = aioredis.Redis.from_url(server.url)
-    yield RedisSessionStore(client, f"t{uuid.uuid4().hex[:8]}:", clock=clock)
-    await client.aclose()
-
-
 def new_session(
     clock: FakeClock, sub: str = "alice", sid: str | None = None, **kw: object
 ) -> Session:

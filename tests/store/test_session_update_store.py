@@ -5,7 +5,6 @@ and that the idle-deadline slide (``touch``) never writes back data an update re
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -13,27 +12,10 @@ import redis.asyncio as aioredis
 
 from extauthz import tokens
 from extauthz.store.manager import SessionManager
-from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore, VersionConflict
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock
 from tests.support import RedisServer
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
-async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[SessionStore]:
-    if request.param == "memory":
-        yield MemorySessionStore(clock=clock)
-        return
-    server: RedisServer = request.getfixturevalue("redis_process")
-    client = aioredis.Redis.from_url(server.url)
-    yield RedisSessionStore(client, f"u{uuid.uuid4().hex[:8]}:", clock=clock)
-    await client.aclose()
 
 
 def manager(store: SessionStore, clock: FakeClock) -> SessionManager:

@@ -1,0 +1,33 @@
+"""Fixtures shared by the store tests: an injected clock, and one session store per backend
+(the in-memory store, and the Redis store on the session's own redis-server under a fresh key
+prefix)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from extauthz.store.memory import MemorySessionStore
+from extauthz.store.model import SessionStore
+from extauthz.store.redis.store import RedisSessionStore
+from tests.fixtures.core import FakeClock
+from tests.support import RedisServer
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.e2e)])
+async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        yield MemorySessionStore(clock=clock)
+        return
+    server: RedisServer = request.getfixturevalue("redis_process")
+    client = aioredis.Redis.from_url(server.url)
+    yield RedisSessionStore(client, f"t{uuid.uuid4().hex[:8]}:", clock=clock)
+    await client.aclose()
