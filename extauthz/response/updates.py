@@ -9,7 +9,8 @@ The update header (``x-extauthz-session-update`` by default) holds one JSON valu
 
 Anything else (an array, a number, ``true``, ``null``, an unknown string) is refused. Limits:
 the header value at most :data:`MAX_PATCH_BYTES` bytes (UTF-8), nesting at most
-:data:`MAX_DEPTH` levels, no duplicate member names, no ``NaN``/``Infinity``; the merged
+:data:`MAX_DEPTH` levels, no duplicate member names, no ``NaN``/``Infinity`` and no number
+that overflows to infinity, no lone surrogate; the merged
 ``data`` within the session-data limit (:func:`extauthz.store.manager.validate_session_data`).
 Only top-level keys the upstream's Envoy cluster is allowed (:class:`Allowlist`) may be
 written, never a :data:`RESERVED_KEYS` name.
@@ -117,7 +118,10 @@ def parse(value: bytes | str, *, max_bytes: int = MAX_PATCH_BYTES) -> UpdateRequ
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constants,
         )
-    except (UnicodeDecodeError, ValueError) as exc:
+        # 1e999 reads as inf (written back as Infinity) and "\\ud800" as a lone surrogate:
+        # neither could be stored or put in a JWT as JSON text (RFC 8259 sections 6, 8.2)
+        json.dumps(parsed, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError, ValueError) as exc:
         raise Refused(Refusal.INVALID_JSON, type(exc).__name__) from None
     except RecursionError:
         raise Refused(Refusal.TOO_DEEP, "nested beyond the parser's limit") from None

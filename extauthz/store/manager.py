@@ -67,7 +67,8 @@ def validate_session_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ValueError("session data must be a JSON object")
     try:
-        encoded = json.dumps(dict(data), separators=(",", ":"))
+        # allow_nan=False: an inf or NaN would be written as Infinity/NaN, which is no JSON
+        encoded = json.dumps(dict(data), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"session data is not JSON: {exc}") from None
     if len(encoded.encode()) > MAX_DATA_BYTES:

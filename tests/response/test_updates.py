@@ -69,6 +69,21 @@ def test_what_is_refused(value: str | bytes, reason: Refusal) -> None:
     assert _refusal(value) == reason
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"theme": 1e999}',  # Python reads inf, which json.dumps writes as Infinity
+        '{"theme": -1e400}',
+        '{"theme": "\\ud800"}',  # a lone surrogate: no Unicode text (RFC 8259 section 8.2)
+        '{"theme": {"\\udfff": 1}}',
+    ],
+)
+def test_a_patch_without_a_json_text_form_is_refused(value: str) -> None:
+    """What the store and the JWT would carry must be JSON again: no non-finite number
+    (RFC 8259 section 6) and no lone surrogate, which cannot be written as UTF-8."""
+    assert _refusal(value) == Refusal.INVALID_JSON
+
+
 def test_the_size_limit_counts_utf8_bytes() -> None:
     at_limit = '{"t": "' + "x" * (4096 - 9) + '"}'
     assert len(at_limit.encode()) == 4096

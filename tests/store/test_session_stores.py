@@ -262,6 +262,14 @@ async def test_create_validates_subject_and_data(clock: FakeClock) -> None:
         validate_session_data(["not", "an", "object"])  # type: ignore[arg-type]
 
 
+def test_session_data_with_a_non_finite_number_is_refused() -> None:
+    """json.dumps would write ``Infinity``, which is no JSON (RFC 8259 section 6): the JWT
+    carrying it could not be read by an upstream."""
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError):
+            validate_session_data({"n": value})
+
+
 def test_session_json_round_trip_and_corrupt_records() -> None:
     s = new_session(FakeClock())
     assert Session.from_json(s.to_json()) == s
