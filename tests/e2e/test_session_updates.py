@@ -324,3 +324,18 @@ def test_an_update_the_store_cannot_take_is_a_503(
     finally:
         _redis_command(redis_server, "CLIENT", "UNPAUSE")
     assert data_on(node, token) == {}
+
+
+def test_an_upstream_cannot_set_the_session_cookie_with_whitespace_before_the_equals(
+    stack: UpdateStack,
+) -> None:
+    """A user agent trims whitespace around the cookie name (RFC 6265 §5.2 steps 4-5), so
+    ``<name> =v`` and ``<name>\\t=v`` set the session cookie just like ``<name>=v``: the
+    matcher must hand such a response to the processor, which drops the line."""
+    node = stack.nodes[0]
+    token = stack.token()
+    for planted in (f"{COOKIE} =planted; Path=/", f"{COOKIE}\t=planted; Path=/"):
+        status, headers, body = node.request(path(cookies=("a=1", planted)), bearer(token))
+        assert status == 200, body
+        got = [v for n, v in headers if n.lower() == "set-cookie"]
+        assert got == ["a=1"], got
