@@ -103,6 +103,19 @@ def depth(value: Any) -> int:
     return 0
 
 
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests more than ``levels`` levels (``depth(value) > levels``),
+    descending at most ``levels + 1`` levels: the parser takes nesting that a full
+    :func:`depth` could not recurse through."""
+    if isinstance(value, dict):
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return levels <= 0 or any(_deeper_than(child, levels - 1) for child in children)
+
+
 def parse(value: bytes | str, *, max_bytes: int = MAX_PATCH_BYTES) -> UpdateRequest:
     """The request carried by one header value.
 
@@ -131,7 +144,7 @@ def parse(value: bytes | str, *, max_bytes: int = MAX_PATCH_BYTES) -> UpdateRequ
         return Action(parsed)
     if not isinstance(parsed, dict):
         raise Refused(Refusal.NOT_AN_OBJECT, type(parsed).__name__)
-    if depth(parsed) > MAX_DEPTH:
+    if _deeper_than(parsed, MAX_DEPTH):
         raise Refused(Refusal.TOO_DEEP, f"at most {MAX_DEPTH} levels")
     return MergePatch(parsed)
 

@@ -84,6 +84,15 @@ def test_a_patch_without_a_json_text_form_is_refused(value: str) -> None:
     assert _refusal(value) == Refusal.INVALID_JSON
 
 
+@pytest.mark.parametrize("levels", [400, 900, 2000])
+def test_a_patch_nested_deeper_than_the_depth_check_can_recurse_is_too_deep(levels: int) -> None:
+    """An object holding arrays nested a few hundred levels deep: within the size limit and
+    read by the parser, it must still be refused (too_deep), not raise RecursionError (which
+    turned the upstream's response into a 503)."""
+    value = '{"a":' + "[" * levels + "]" * levels + "}"
+    assert _refusal(value, max_bytes=len(value)) == Refusal.TOO_DEEP
+
+
 def test_the_size_limit_counts_utf8_bytes() -> None:
     at_limit = '{"t": "' + "x" * (4096 - 9) + '"}'
     assert len(at_limit.encode()) == 4096
