@@ -91,9 +91,15 @@ class UpdateStack:
 
 
 def start_update_stack(
-    envoy_binary: str, work_dir: Path, redis: RedisServer, nodes: int = 2
+    envoy_binary: str,
+    work_dir: Path,
+    redis: RedisServer,
+    nodes: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> UpdateStack:
-    """:raises ProcessError: a part did not start (the parts already started are stopped)."""
+    """``extra_env``: more extauthz settings (environment overrides) for every node.
+
+    :raises ProcessError: a part did not start (the parts already started are stopped)."""
     log_dir, keys_dir = work_dir / "logs", work_dir / "keys"
     users_file = work_dir / "users.json"
     env = {
@@ -108,6 +114,7 @@ def start_update_stack(
         "EXTAUTHZ_SESSION_UPDATES_ALLOWED_KEYS": ALLOWED_KEYS,
         # a rotated token's grace: short, so that the tests see its end
         "EXTAUTHZ_SESSION_ROTATION_GRACE_SECONDS": str(ROTATION_GRACE_SECONDS),
+        **(extra_env or {}),
     }
     ensure_signing_key(keys_dir)
     add_user(users_file, USER, PASSWORD)
