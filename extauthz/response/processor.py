@@ -92,7 +92,9 @@ class SessionUpdater:
     """See the module docstring. ``count(result, reason)`` is called once per processed
     update (``applied``/``refused``) and per dropped cookie (``dropped_cookie``). ``rotate``
     carries out the ``rotate`` action (without it the action is refused, ``not_supported``);
-    ``clock`` gives Unix seconds (the new cookie's ``Max-Age``)."""
+    ``clock`` gives Unix seconds (the new cookie's ``Max-Age``); ``check_session`` raises
+    :class:`ValueError` for an updated session whose JWT would exceed ``jwt.max_bytes``
+    (:meth:`~extauthz.check.minting.JwtMinter.check_size`; refused as ``data_too_large``)."""
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class SessionUpdater:
         count: Callable[[str, str], None] = lambda result, reason: None,
         rotate: Rotate | None = None,
         clock: Callable[[], float] = time.time,
+        check_session: Callable[[Session], None] | None = None,
     ) -> None:
         self.store = store
         self.allowlist = allowlist
@@ -114,6 +117,7 @@ class SessionUpdater:
         self._count = count
         self._rotate = rotate
         self._clock = clock
+        self._check_session = check_session
         # sid -> (lock, holders): updates of one session on this node wait for each other
         # instead of losing compare-and-set rounds to each other
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -188,10 +192,12 @@ class SessionUpdater:
         def change(session: Session) -> Session:
             merged = merge_patch(dict(session.data), dict(request.patch))
             try:
-                data = validate_session_data(merged)
+                changed = replace(session, data=validate_session_data(merged))
+                if self._check_session is not None:
+                    self._check_session(changed)
             except ValueError:
                 raise Refused(Refusal.DATA_TOO_LARGE) from None
-            return replace(session, data=data)
+            return changed
 
         try:
             updated = await self.store.update(ctx.sid, change, attempts=self.limits.attempts)

@@ -232,6 +232,7 @@ def build_components(settings: Settings) -> Components:
         limits=UpdateLimits(u.max_patch_bytes, u.attempts, u.budget_ms / 1000),
         count=metrics.count_session_update,
         rotate=sessions.rotate_sid,
+        check_session=minter.check_size,  # jwt.max_bytes holds for updated sessions too
     )
     services: list[Service] = [redis.membership] if redis is not None else []
     return Components(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,7 +15,9 @@ from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 from google.protobuf.struct_pb2 import Struct
 
+from extauthz.check.minting import JwtMinter
 from extauthz.errors import StoreUnavailable
+from extauthz.keys.keyring import KeyRing
 from extauthz.login.cookies import SessionCookie
 from extauthz.response.ext_proc_adapter import (
     pass_through,
@@ -32,6 +36,7 @@ from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session
 from extauthz.store.redis.store import RedisSessionStore
+from tests.fixtures.core import AUDIENCE, ISSUER, key_dir
 from tests.support import RedisServer
 
 HEADER = "x-extauthz-session-update"
@@ -39,7 +44,7 @@ COOKIE = SessionCookie("sess", secure=True)
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, check_session: Callable[[Session], None] | None = None) -> None:
         self.store = MemorySessionStore()
         self.manager = SessionManager(self.store, idle_timeout=600, absolute_timeout=3600)
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -50,6 +55,7 @@ class Harness:
             header=HEADER,
             count=lambda result, reason: self.counts.update([(result, reason)]),
             rotate=self.manager.rotate_sid,
+            check_session=check_session,
         )
 
     async def session(self) -> tuple[str, Session]:
@@ -252,3 +258,21 @@ async def test_concurrent_updates_of_one_session_all_apply(redis_process: RedisS
         assert (await manager.lookup(token)).data["cart"] == {f"i{i}": i for i in range(20)}
     finally:
         await client.aclose()
+
+
+async def test_an_update_that_would_make_the_jwt_exceed_its_bound_is_refused(
+    tmp_path: Path,
+) -> None:
+    """``jwt.max_bytes`` holds for updated sessions as for new ones: data within the 4 KiB
+    session-data limit can still make the JWT too large for the upstreams' header limits."""
+    minter = JwtMinter(
+        KeyRing.from_directory(key_dir(tmp_path)), issuer=ISSUER, audience=AUDIENCE, max_bytes=1024
+    )
+    h = Harness(check_session=minter.check_size)
+    token, session = await h.session()
+    minter.check_size(session)
+    await h.run(session.sid, '{"cart": "' + "c" * 1500 + '"}')
+    assert h.counts == {("refused", "data_too_large"): 1}
+    after = await h.manager.lookup(token)
+    assert after.data == {"theme": "light"}
+    minter.check_size(after)
