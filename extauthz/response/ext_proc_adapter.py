@@ -49,7 +49,8 @@ def to_response_context(request: ProcessingRequest, update_header: str) -> Respo
     """Translate the ``response_headers`` phase of one ext_proc stream.
 
     Header names are compared lower-cased; update values are kept as bytes (the domain
-    decodes them strictly as UTF-8), ``Set-Cookie`` values decoded leniently.
+    decodes them strictly as UTF-8), ``Set-Cookie`` values decoded with ``surrogateescape``
+    (:func:`to_processing_response` restores their bytes).
     """
     updates: list[str | bytes] = []
     cookies: list[str] = []
@@ -59,7 +60,12 @@ def to_response_context(request: ProcessingRequest, update_header: str) -> Respo
         if key == name:
             updates.append(header.raw_value if header.raw_value else header.value)
         elif key == "set-cookie":
-            raw = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+            # surrogateescape: bytes that are not UTF-8 are written back as they came
+            raw = (
+                header.raw_value.decode("utf-8", "surrogateescape")
+                if header.raw_value
+                else header.value
+            )
             cookies.append(raw)
     fields = request.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].fields
     return ResponseContext(
@@ -78,7 +84,7 @@ def to_processing_response(changes: ResponseChanges) -> ProcessingResponse:
         remove_headers=list(changes.remove),
         set_headers=[
             HeaderValueOption(
-                header=HeaderValue(key=name, raw_value=value.encode()),
+                header=HeaderValue(key=name, raw_value=value.encode("utf-8", "surrogateescape")),
                 append=BoolValue(value=True),
             )
             for name, value in changes.append

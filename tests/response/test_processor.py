@@ -276,3 +276,20 @@ async def test_an_update_that_would_make_the_jwt_exceed_its_bound_is_refused(
     after = await h.manager.lookup(token)
     assert after.data == {"theme": "light"}
     minter.check_size(after)
+
+
+async def test_the_upstreams_other_cookies_keep_their_bytes(h: Harness) -> None:
+    """When the session cookie's line is dropped, the other Set-Cookie lines are written back:
+    byte for byte, also when they are not UTF-8 (obs-text, RFC 9110 section 5.5)."""
+    request = _request(
+        [
+            HeaderValue(key="set-cookie", raw_value=b"sess=planted"),
+            HeaderValue(key="set-cookie", raw_value=b"pref=caf\xe9; Path=/"),
+        ],
+        {"sid": "s1", "decision": "allow"},
+        "shop",
+    )
+    changes = await h.updater.process(to_response_context(request, HEADER))
+    mutation = to_processing_response(changes).response_headers.response.header_mutation
+    assert list(mutation.remove_headers) == ["set-cookie"]
+    assert [o.header.raw_value for o in mutation.set_headers] == [b"pref=caf\xe9; Path=/"]
