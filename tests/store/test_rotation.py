@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from extauthz import tokens
 from extauthz.errors import Reason, Unauthenticated
 from extauthz.store.cache import CachingSessionStore, lookup_source
-from extauthz.store.manager import SessionManager
+from extauthz.store.manager import Rotated, SessionManager
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore, Successor
 from extauthz.store.redis.channel import Channel
@@ -346,3 +346,43 @@ async def test_a_rotation_on_one_node_drops_the_old_token_from_another_nodes_cac
         await cache.stop()
         await rotator.aclose()
         await cacher.aclose()
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: RedisSessionStore.revoke reads the record, then deletes it and the "
+    "sid key in a MULTI without a version guard; a rotation in between leaves the new record "
+    "alive with its sid key and subject entry deleted (no revocation can find it)",
+)
+async def test_a_revocation_racing_a_rotation_ends_the_new_token_too(
+    redis_process: RedisServer, clock: FakeClock
+) -> None:
+    """The rotation lands between the revocation's read of the record and its write (real
+    Redis; the interleaving is forced by running the rotation inside the revoker's read):
+    the session must end, under whichever token, not live on under the new one."""
+    prefix = f"x{uuid.uuid4().hex[:8]}:"
+    rotator_client = aioredis.Redis.from_url(redis_process.url)
+    revoker_client = aioredis.Redis.from_url(redis_process.url)
+    try:
+        rotator = manager(RedisSessionStore(rotator_client, prefix, clock=clock), clock)
+        revoker = RedisSessionStore(revoker_client, prefix, clock=clock)
+        old, session = await rotator.create("alice")
+        old_key = f"{prefix}session:{tokens.token_hash(old)}"
+        rotated: list[Rotated] = []
+        read = revoker_client.get
+
+        async def read_then_rotate(name: str, *args: object, **kwargs: object) -> object:
+            value = await read(name, *args, **kwargs)
+            if name == old_key and not rotated:
+                rotated.append(await rotator.rotate(old))
+            return value
+
+        revoker_client.get = read_then_rotate  # type: ignore[assignment,method-assign]
+        await revoker.revoke_sid(session.sid)
+        assert rotated and rotated[0].token is not None
+        with pytest.raises(Unauthenticated):
+            await rotator.lookup(rotated[0].token)
+    finally:
+        await rotator_client.aclose()
+        await revoker_client.aclose()
