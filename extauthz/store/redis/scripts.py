@@ -25,6 +25,19 @@ return seq
 
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 
+# KEYS[1] = the session record, KEYS[2] = its sid key, KEYS[3] = p+"subject:"+sub; ARGV[1] =
+# the token hash, ARGV[2] = the sid. Deletes the record; the sid key and the subject's entry
+# only while the sid still names this token (a rotation since the record was read moved them
+# to the new token, whose revocation follows). Returns 1 if the record was deleted, else 0.
+REVOKE_RECORD = """
+local deleted = redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+return deleted
+"""
+
 # The stored record's version (absent in old records: 1), or nil when the record is missing
 # or not JSON. Defines ``stored_version``.
 STORED_VERSION = """

@@ -30,6 +30,8 @@ from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
 
 T = TypeVar("T")
+# how many further tokens one revocation follows when rotations moved the session meanwhile
+ROTATED_REVOKE_HOPS = 3
 
 
 class RedisSessionStore(RedisPrimary):
@@ -144,14 +146,28 @@ class RedisSessionStore(RedisPrimary):
         return None if found is None else text(found)
 
     async def revoke(self, token_hash: str) -> Session | None:
-        async def op() -> tuple[Session | None, int]:
+        return await self._revoke(token_hash, hops=ROTATED_REVOKE_HOPS)
+
+    async def _revoke(self, token_hash: str, hops: int) -> Session | None:
+        """Revoke the record of ``token_hash``; when a rotation moved the session to a new
+        token between the read and the write, revoke that one too (at most ``hops`` more)."""
+
+        async def op() -> tuple[Session | None, int, bool]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with await self._transaction() as pipe:
-                pipe.delete(self._session_key(token_hash))
-                if session is not None:
-                    pipe.delete(self._sid_key(session.sid))
-                    pipe.srem(self._subject_key(session.sub), session.sid)
+                if session is None:
+                    pipe.delete(self._session_key(token_hash))
+                else:
+                    pipe.eval(
+                        scripts.REVOKE_RECORD,
+                        3,
+                        self._session_key(token_hash),
+                        self._sid_key(session.sid),
+                        self._subject_key(session.sub),
+                        token_hash,
+                        session.sid,
+                    )
                     # the tombstone: a stale cookie of this session is not taken for a guess
                     left_ms = math.ceil((session.expires_at - self._clock()) * 1000)
                     if left_ms > 0:
@@ -164,10 +180,16 @@ class RedisSessionStore(RedisPrimary):
                     token_hash,
                 )
                 results = await pipe.execute()  # raises StoreWriteNotDurable
-            return session, int(results[-1])
+            return session, int(results[-1]), session is not None and int(results[0]) == 0
 
-        session, seq = await self._run("revoke", op)
+        session, seq, moved = await self._run("revoke", op)
         await self._barriers(seq)
+        if moved and session is not None and hops > 0:
+            # rotated between the read and the write: the session lives on under its new token
+            sid_key = self._sid_key(session.sid)
+            current = await self._run("revoke", lambda: self._redis.get(sid_key))
+            if current is not None and text(current) != token_hash:
+                await self._revoke(text(current), hops - 1)
         return session
 
     async def was_revoked(self, token_hash: str) -> bool:
@@ -296,7 +318,14 @@ class RedisSessionStore(RedisPrimary):
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
-        return await self.revoke(text(token_hash))
+        revoked = await self.revoke(text(token_hash))
+        if revoked is None:
+            # rotated between reading the sid and the record: the sid names the new token now
+            sid_key = self._sid_key(sid)
+            current = await self._run("revoke_sid", lambda: self._redis.get(sid_key))
+            if current is not None and text(current) != text(token_hash):
+                return await self.revoke(text(current))
+        return revoked
 
     async def revoke_subject(self, sub: str) -> int:
         sids = await self._found_or_replicated(
