@@ -374,5 +374,11 @@ class SessionManager:
         if not tokens.has_token_shape(token):
             return None
         # a rotated token (grace not over) ends the session it leads to
-        chain = await self._current(tokens.token_hash(token), token)
-        return await self.store.revoke(chain.token_hash)
+        presented = tokens.token_hash(token)
+        for _ in range(ROTATION_ATTEMPTS):
+            chain = await self._current(presented, token)
+            revoked = await self.store.revoke(chain.token_hash)
+            if revoked is not None or chain.session is None:
+                return revoked
+            # the record found went away before the revocation (a rotation): follow it again
+        return None

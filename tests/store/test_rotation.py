@@ -381,3 +381,36 @@ async def test_a_revocation_racing_a_rotation_ends_the_new_token_too(
     finally:
         await rotator_client.aclose()
         await revoker_client.aclose()
+
+
+@pytest.mark.e2e
+async def test_a_logout_racing_a_rotation_ends_the_new_token_too(
+    redis_process: RedisServer, clock: FakeClock
+) -> None:
+    """A logout (:meth:`SessionManager.revoke_token`) whose token is rotated right after it
+    found the record (real Redis; the rotation runs inside the logout's read): the session
+    ends under the new token too."""
+    prefix = f"y{uuid.uuid4().hex[:8]}:"
+    rotator_client = aioredis.Redis.from_url(redis_process.url)
+    logout_client = aioredis.Redis.from_url(redis_process.url)
+    try:
+        rotator = manager(RedisSessionStore(rotator_client, prefix, clock=clock), clock)
+        logout = manager(RedisSessionStore(logout_client, prefix, clock=clock), clock)
+        old, _ = await rotator.create("alice")
+        rotated: list[Rotated] = []
+        read = logout_client.get
+
+        async def read_then_rotate(name: str, *args: object, **kwargs: object) -> object:
+            value = await read(name, *args, **kwargs)
+            if name.startswith(f"{prefix}session:") and not rotated:
+                rotated.append(await rotator.rotate(old))
+            return value
+
+        logout_client.get = read_then_rotate  # type: ignore[assignment,method-assign]
+        await logout.revoke_token(old)
+        assert rotated and rotated[0].token is not None
+        with pytest.raises(Unauthenticated):
+            await rotator.lookup(rotated[0].token)
+    finally:
+        await rotator_client.aclose()
+        await logout_client.aclose()
