@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import grpc
 import pytest
+import redis
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue, Metadata
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
@@ -290,21 +291,10 @@ def test_an_upstream_cannot_set_the_session_cookie(stack: UpdateStack) -> None:
 
 def streams_started(node: Node) -> int:
     """Envoy's ``http.front.ext_proc.streams_started`` counter (absent before the first)."""
-    status, text = node.envoy.admin_get("/stats?filter=ext_proc.streams_started")
-    assert status == 200
-    match = re.search(r"ext_proc\.streams_started: (\d+)", text)
-    return int(match.group(1)) if match else 0
-
-
-def _redis_command(redis: RedisServer, *parts: str) -> bytes:
-    """One command on the test Redis (raw RESP, no client library)."""
-    import socket
-
-    encoded = [p.encode() for p in parts]
-    command = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
-    with socket.create_connection(("127.0.0.1", redis.port), timeout=2) as sock:
-        sock.sendall(command)
-        return sock.recv(64)
+    try:
+        return node.envoy.counter("http.front.ext_proc.streams_started")
+    except KeyError:
+        return 0
 
 
 def test_an_update_the_store_cannot_take_is_a_503(
@@ -316,14 +306,16 @@ def test_an_update_the_store_cannot_take_is_a_503(
     node = stack.nodes[0]
     token = stack.token()
     assert data_on(node, token) == {}
-    assert _redis_command(redis_server, "CLIENT", "PAUSE", "2500", "WRITE").startswith(b"+OK")
+    admin = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=2)
+    assert admin.client_pause(2500, all=False) is True  # CLIENT PAUSE 2500 WRITE
     try:
         assert node.request("/plain", bearer(token))[0] == 200
         status, headers, _ = node.request(path(update='{"theme": "dark"}'), bearer(token))
         assert status == 503
         assert_nothing_internal(headers)
     finally:
-        _redis_command(redis_server, "CLIENT", "UNPAUSE")
+        admin.client_unpause()
+        admin.close()
     assert data_on(node, token) == {}
 
 
