@@ -86,11 +86,7 @@ class JwtMinter:
         key = self.keyring.signing_key
         cached = self._cache.get(session.sid)
         fingerprint = ""
-        if (
-            cached is not None
-            and cached.kid == key.kid
-            and cached.exp - now >= self._min_remaining
-        ):
+        if cached is not None and cached.kid == key.kid and cached.exp - now >= self._min_remaining:
             # the same record version carries the same claims: skip the fingerprint
             if cached.version == session.version:
                 self._cache.move_to_end(session.sid)
@@ -129,7 +125,10 @@ class JwtMinter:
             "scope": " ".join(session.scopes),
             "roles": list(session.roles),
             "data": dict(session.data),
+            "auth_method": session.kind,
         }
+        if session.client_id is not None:
+            claims["client_id"] = session.client_id  # RFC 9068 §2.2
         token = jwt.encode(
             claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
         )

@@ -16,6 +16,10 @@ class Session:
     the token. ``version`` grows with every change so caches can tell records apart.
     ``rotated_at``: when the session's current token replaced an earlier one (token rotation);
     ``None`` while it still has the token its login issued.
+    ``kind``: how the token was obtained (:data:`SESSION_KINDS`): ``"session"`` from a login
+    (cookie or Bearer), ``"oauth"`` an access token issued to an application (RFC 6749,
+    Bearer only), ``"api_key"`` a key for a machine client (Bearer or the API-key header).
+    ``client_id``: the OAuth client the token was issued to (RFC 9068 §2.2), else ``None``.
     """
 
     sid: str
@@ -29,6 +33,8 @@ class Session:
     data: Mapping[str, Any] = field(default_factory=dict)
     version: int = 1
     rotated_at: float | None = None
+    kind: str = "session"
+    client_id: str | None = None
 
     @property
     def token_issued_at(self) -> float:
@@ -58,6 +64,10 @@ class Session:
         record["data"] = dict(self.data)
         if self.rotated_at is None:
             del record["rotated_at"]  # records of never-rotated sessions keep their old shape
+        if self.kind == "session":
+            del record["kind"]  # login sessions keep the shape they had before other kinds
+        if self.client_id is None:
+            del record["client_id"]
         return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -79,9 +89,21 @@ class Session:
                 rotated_at=(
                     None if record.get("rotated_at") is None else float(record["rotated_at"])
                 ),
+                kind=_kind(record.get("kind", "session")),
+                client_id=(None if record.get("client_id") is None else str(record["client_id"])),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
+
+
+SESSION_KINDS = ("session", "oauth", "api_key")
+"""The kinds of credential a session record stands for (:attr:`Session.kind`)."""
+
+
+def _kind(value: object) -> str:
+    if value not in SESSION_KINDS:
+        raise TypeError(f"unknown session kind {value!r}")
+    return str(value)
 
 
 class VersionConflict(Exception):
@@ -92,6 +114,8 @@ SessionChange = Callable[[Session], Session]
 """What :meth:`SessionStore.update` applies to the stored record; it may raise to refuse."""
 
 UPDATE_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class Successor:
     """Where a rotated token leads during its grace (token rotation).
@@ -157,6 +181,7 @@ class SessionStore(Protocol):
 
         :raises VersionConflict: every attempt lost to another write.
         """
+
     async def token_hash_of(self, sid: str) -> str | None:
         """The hash of the session ``sid``'s current token, or ``None``."""
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
@@ -181,6 +182,14 @@ def test_minted_jwt_carries_the_session_and_verifies_against_the_jwks(ring: KeyR
     assert claims["scope"] == "read write" and claims["roles"] == ["admin"]
     assert claims["data"] == {"tenant": "t1"}
     assert len(claims["jti"]) >= 16
+    assert claims["auth_method"] == "session" and "client_id" not in claims
+
+
+def test_an_application_token_names_its_client_in_the_jwt(ring: KeyRing) -> None:
+    clock = FakeClock()
+    s = replace(session(clock), kind="oauth", client_id="app-1")
+    claims = verify_jwt(ring, minter(ring, clock).mint(s))
+    assert (claims["auth_method"], claims["client_id"]) == ("oauth", "app-1")
 
 
 def test_jwt_does_not_verify_for_another_audience_or_algorithm(ring: KeyRing) -> None:
@@ -387,9 +396,7 @@ def test_a_verifier_with_no_leeway_accepts_a_jwt_from_a_node_whose_clock_is_ahea
 
 def test_the_jwt_size_bound_refuses_a_session_whose_jwt_would_not_fit(ring: KeyRing) -> None:
     clock = FakeClock()
-    bounded = JwtMinter(
-        ring, issuer=ISSUER, audience=AUDIENCE, clock=clock, max_bytes=4096
-    )
+    bounded = JwtMinter(ring, issuer=ISSUER, audience=AUDIENCE, clock=clock, max_bytes=4096)
     small = session(clock)
     bounded.check_size(small)  # fits
     assert bounded.size(small) == len(bounded.mint(small))
@@ -466,9 +473,7 @@ def test_es256_signatures_with_a_leading_zero_byte_in_r_or_s_verify(ring: KeyRin
         seen |= short
         assert verify_jwt(ring, token)["sid"] == f"sid-{n}"
         r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        public.verify(
-            encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256())
-        )
+        public.verify(encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256()))
         if seen == {"r", "s"}:
             return
     raise AssertionError(f"only {seen} with a leading zero byte in 20000 signatures")

@@ -195,5 +195,19 @@ def test_parse_returns_a_request_or_refuses(value: str | bytes) -> None:
 
 
 def test_reserved_keys_include_every_claim_of_the_jwt() -> None:
-    claims = {"iss", "aud", "sub", "sid", "iat", "nbf", "exp", "jti", "auth_time", "scope", "roles"}
+    claims = {
+        "iss",
+        "aud",
+        "sub",
+        "sid",
+        "iat",
+        "nbf",
+        "exp",
+        "jti",
+        "auth_time",
+        "scope",
+        "roles",
+        "auth_method",
+        "client_id",
+    }
     assert claims <= RESERVED_KEYS

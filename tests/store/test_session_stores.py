@@ -5,6 +5,7 @@ absolute expiry and sliding on an injected clock."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -276,6 +277,18 @@ def test_session_json_round_trip_and_corrupt_records() -> None:
     for bad in ("", "[]", "{}", '{"sid": 1}', "not json"):
         with pytest.raises(ValueError):
             Session.from_json(bad)
+
+
+def test_session_kind_and_client_id_round_trip_and_login_records_keep_their_shape() -> None:
+    s = new_session(FakeClock())
+    assert "kind" not in json.loads(s.to_json()) and "client_id" not in json.loads(s.to_json())
+    oauth = replace(s, kind="oauth", client_id="app-1")
+    assert Session.from_json(oauth.to_json()) == oauth
+    record = json.loads(oauth.to_json())
+    assert (record["kind"], record["client_id"]) == ("oauth", "app-1")
+    record["kind"] = "admin"  # a kind no version of extauthz wrote
+    with pytest.raises(ValueError):
+        Session.from_json(json.dumps(record))
 
 
 # -- Redis only ------------------------------------------------------------------------------------
