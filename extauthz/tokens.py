@@ -4,6 +4,10 @@ Shape (53 ASCII characters)::
 
     xat_ <43 base62 characters: 256 random bits> <6 base62 characters: CRC32 of the rest>
 
+The prefix says what the token is: ``xat_`` an access token (a login session's, or one issued
+to an OAuth client), ``xak_`` an API key, ``xrt_`` an OAuth refresh token. A token is only ever
+accepted where its prefix belongs (:func:`has_token_shape` takes the expected prefix).
+
 The CRC32 checksum lets the shape check reject typos and guessed tokens without a store
 round trip; it adds no secrecy. The token itself is never stored, logged or used as a key:
 the store is keyed by :func:`token_hash` (SHA-256, hex), logs use :func:`log_id`.
@@ -25,11 +29,19 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "xat_"
+"""Access tokens: login sessions and the access tokens issued to OAuth clients."""
+API_KEY_PREFIX = "xak_"
+"""API keys (a distinct prefix so that secret scanners can tell them apart)."""
+REFRESH_TOKEN_PREFIX = "xrt_"
+"""OAuth refresh tokens (RFC 6749 §1.5): never accepted by the Check."""
+PREFIXES = (PREFIX, API_KEY_PREFIX, REFRESH_TOKEN_PREFIX)
+SESSION_PREFIXES = (PREFIX, API_KEY_PREFIX)
+"""The tokens that name a session record: the store may be asked about these only."""
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY_LEN = 43  # 62**43 > 2**256
 _CHECK_LEN = 6  # 62**6 > 2**32
 TOKEN_LENGTH = len(PREFIX) + _BODY_LEN + _CHECK_LEN
-_SHAPE = re.compile(rf"^{PREFIX}[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}$")
+_BODY = re.compile(rf"[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}")
 
 
 def _base62(value: int, width: int) -> str:
@@ -46,15 +58,23 @@ def _checksum(head: str) -> str:
     return _base62(zlib.crc32(head.encode("ascii")), _CHECK_LEN)
 
 
-def mint_token() -> str:
-    """Return a new opaque access token carrying 256 bits from :mod:`secrets`."""
-    head = PREFIX + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _BODY_LEN)
+def mint_token(prefix: str = PREFIX) -> str:
+    """Return a new opaque token carrying 256 bits from :mod:`secrets`, with ``prefix`` (one
+    of :data:`PREFIXES`; :raises ValueError: another)."""
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown token prefix {prefix!r}")
+    head = prefix + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _BODY_LEN)
     return head + _checksum(head)
 
 
-def has_token_shape(candidate: str) -> bool:
-    """True when ``candidate`` has the prefix, length, alphabet and a matching checksum."""
-    if len(candidate) != TOKEN_LENGTH or not _SHAPE.match(candidate):
+def has_token_shape(candidate: str, prefix: str | tuple[str, ...] = PREFIX) -> bool:
+    """True when ``candidate`` has ``prefix`` (or one of several), the length, the alphabet
+    and a matching checksum."""
+    if (
+        len(candidate) != TOKEN_LENGTH
+        or not candidate.startswith(prefix)
+        or not _BODY.fullmatch(candidate, len(PREFIX))  # every prefix has four characters
+    ):
         return False
     head, check = candidate[:-_CHECK_LEN], candidate[-_CHECK_LEN:]
     return secrets.compare_digest(_checksum(head), check)

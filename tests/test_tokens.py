@@ -91,3 +91,30 @@ def test_token_hash_is_sha256_hex_and_log_id_differs() -> None:
 
 def test_log_id_accepts_any_text() -> None:
     assert len(tokens.log_id("é\x00\ud800")) == 12
+
+
+@pytest.mark.parametrize("prefix", [tokens.API_KEY_PREFIX, tokens.REFRESH_TOKEN_PREFIX])
+def test_a_token_is_accepted_only_where_its_prefix_belongs(prefix: str) -> None:
+    """An API key or a refresh token is no access token, and the other way round, although
+    all three share the length, alphabet and checksum."""
+    other = tokens.mint_token(prefix)
+    assert other.startswith(prefix) and other[-6:] == _crc_field(other[:-6])
+    assert tokens.has_token_shape(other, prefix)
+    assert not tokens.has_token_shape(other)
+    assert not tokens.has_token_shape(tokens.mint_token(), prefix)
+    # the same body under another prefix fails the checksum too
+    assert not tokens.has_token_shape(tokens.PREFIX + other[4:])
+
+
+def test_every_prefix_has_the_same_length() -> None:
+    assert {len(p) for p in tokens.PREFIXES} == {len(tokens.PREFIX)}
+    key = tokens.mint_token(tokens.API_KEY_PREFIX)
+    assert tokens.has_token_shape(key, tokens.SESSION_PREFIXES)
+    assert not tokens.has_token_shape(
+        tokens.mint_token(tokens.REFRESH_TOKEN_PREFIX), tokens.SESSION_PREFIXES
+    )
+
+
+def test_an_unknown_prefix_is_refused() -> None:
+    with pytest.raises(ValueError):
+        tokens.mint_token("xyz_")

@@ -81,7 +81,7 @@ def without_credentials(path: str, query: str) -> str:
         (name, value)
         for name, value in pairs
         if name.lower() != "access_token"
-        and not tokens.has_token_shape(value)
+        and not tokens.has_token_shape(value, tokens.PREFIXES)
         and not _has_jws(value)
     ]
     if len(kept) == len(pairs):

@@ -14,7 +14,7 @@ from typing import Any
 from extauthz import tokens
 from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
 from extauthz.scopes import validate_scope_tokens
-from extauthz.store.model import Session, SessionStore, Successor
+from extauthz.store.model import SESSION_KINDS, Session, SessionStore, Successor
 
 MAX_DATA_BYTES = 4096
 DEFAULT_ROTATION_GRACE_SECONDS = 5.0
@@ -163,10 +163,17 @@ class SessionManager:
         scopes: Iterable[str] = (),
         roles: Iterable[str] = (),
         data: Mapping[str, Any] | None = None,
+        kind: str = "session",
+        client_id: str | None = None,
+        lifetime_seconds: int | None = None,
     ) -> tuple[str, Session]:
         """Create a session for ``sub``; return ``(opaque token, session)``.
 
-        The token is returned here once and never again.
+        The token is returned here once and never again. ``kind`` (:data:`SESSION_KINDS`)
+        and ``client_id``: :class:`Session`. With ``lifetime_seconds`` the session lives
+        exactly that long from now and does not slide (idle timeout = lifetime): an OAuth
+        access token's ``expires_in`` (RFC 6749 §5.1) or an API key's expiry. An
+        ``"api_key"`` session's token has the API-key prefix (:data:`tokens.API_KEY_PREFIX`).
 
         :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
             control characters), a scope or role that is not an RFC 6749 §3.3
@@ -175,21 +182,32 @@ class SessionManager:
         :raises StoreUnavailable: the store did not take the write (incl. ``WAIT`` failure).
         """
         validate_subject(sub)
+        if kind not in SESSION_KINDS:
+            raise ValueError(f"unknown session kind {kind!r}")
+        if lifetime_seconds is not None and lifetime_seconds <= 0:
+            raise ValueError("lifetime_seconds must be positive")
         now = self._clock()
+        idle, absolute = (
+            (self.idle_timeout, self.absolute_timeout)
+            if lifetime_seconds is None
+            else (lifetime_seconds, lifetime_seconds)
+        )
         session = Session(
             sid=secrets.token_urlsafe(16),
             sub=sub,
             created_at=now,
             last_seen=now,
-            idle_timeout=self.idle_timeout,
-            expires_at=now + self.absolute_timeout,
+            idle_timeout=idle,
+            expires_at=now + absolute,
             scopes=validate_scope_tokens("scopes", scopes),
             roles=validate_scope_tokens("roles", roles),
             data=validate_session_data(data),
+            kind=kind,
+            client_id=client_id,
         )
         if self._check_session is not None:
             self._check_session(session)
-        token = tokens.mint_token()
+        token = tokens.mint_token(tokens.API_KEY_PREFIX if kind == "api_key" else tokens.PREFIX)
         await self.store.create(tokens.token_hash(token), session)
         return token, session
 
@@ -210,7 +228,7 @@ class SessionManager:
     async def find(self, token: str) -> Found:
         """As :meth:`lookup`, and whether ``token`` was superseded by a rotation (then with
         the session's current token, when the seals let this caller learn it)."""
-        if not tokens.has_token_shape(token):
+        if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "not an access token")
         presented = tokens.token_hash(token)
         chain = await self._current(presented, token)
@@ -347,7 +365,7 @@ class SessionManager:
 
         :raises StoreUnavailable: the store could not answer.
         """
-        if not tokens.has_token_shape(token):
+        if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return False
         return await self.store.was_revoked(tokens.token_hash(token))
 
@@ -359,7 +377,7 @@ class SessionManager:
 
         :raises StoreUnavailable: the store could not answer.
         """
-        if not tokens.has_token_shape(token):
+        if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return False
         token_hash = tokens.token_hash(token)
         return await self.store.was_revoked(token_hash) or await self.store.was_issued(token_hash)
@@ -371,7 +389,7 @@ class SessionManager:
         :raises StoreUnavailable: the revocation was not stored (the caller must not report
             success).
         """
-        if not tokens.has_token_shape(token):
+        if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return None
         # a rotated token (grace not over) ends the session it leads to
         presented = tokens.token_hash(token)

@@ -180,6 +180,30 @@ async def test_create_then_lookup(store: SessionStore, clock: FakeClock) -> None
     assert await store.get(tokens.token_hash(token)) is not None
 
 
+async def test_a_token_with_a_lifetime_lives_exactly_that_long_and_never_slides(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """An application's access token or an API key: ``lifetime_seconds`` from now, used or
+    not; an API key has its own prefix and is looked up like any session."""
+    m = manager(store, clock)
+    token, created = await m.create(
+        "client:app", kind="oauth", client_id="app", lifetime_seconds=600
+    )
+    key, key_session = await m.create("alice", kind="api_key", lifetime_seconds=IDLE * 3)
+    assert tokens.has_token_shape(token) and tokens.has_token_shape(key, tokens.API_KEY_PREFIX)
+    assert not tokens.has_token_shape(key)
+    assert (created.kind, created.client_id, created.expires_at) == ("oauth", "app", clock() + 600)
+    assert (await m.lookup(key)).kind == "api_key"
+    for _ in range(5):
+        clock.advance(IDLE / 2)  # the key is used, so a login session would slide past this
+        assert (await m.lookup(key)).sid == key_session.sid
+    clock.now = key_session.expires_at
+    await expect_denied(m, key, Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
+    for bad in ({"kind": "admin"}, {"lifetime_seconds": 0}):
+        with pytest.raises(ValueError):
+            await m.create("alice", **bad)  # type: ignore[arg-type]
+
+
 async def test_idle_timeout(store: SessionStore, clock: FakeClock) -> None:
     m = manager(store, clock)
     token, _ = await m.create("alice")
