@@ -201,7 +201,7 @@ async def test_a_token_with_a_lifetime_lives_exactly_that_long_and_never_slides(
     await expect_denied(m, key, Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
     for bad in ({"kind": "admin"}, {"lifetime_seconds": 0}):
         with pytest.raises(ValueError):
-            await m.create("alice", **bad)  # type: ignore[arg-type]
+            await m.create("alice", **bad)
 
 
 async def test_idle_timeout(store: SessionStore, clock: FakeClock) -> None:
