@@ -7,47 +7,40 @@ only as an argon2id hash with the same parameters as user passwords
 (:data:`~extauthz.login.users.passwords.PRODUCTION_PARAMETERS`); *public* clients get none and
 rely on PKCE. Client secrets are never logged.
 
-Redirect URI rules (checked by :func:`validate_redirect_uri`): absolute, ``https`` (or ``http``
-on a loopback host only: ``127.0.0.0/8``, ``[::1]``, ``localhost``, RFC 8252 §7.3), no fragment
-(RFC 6749 §3.1.2), no userinfo, no wildcard ``*``, no backslash, space, control or non-ASCII
-character, at most :data:`REDIRECT_URI_MAX` characters and :data:`REDIRECT_URIS_MAX` URIs per
-client. They are compared by exact string match.
+Redirect URIs follow :mod:`extauthz.oauth.redirect_uris` (exact, ``https`` or loopback
+``http``, no fragment, userinfo or wildcard).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
+import os
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any, Protocol
 
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from extauthz.errors import ExtauthzError, StoreUnavailable
 from extauthz.login.users.passwords import PRODUCTION_PARAMETERS
+from extauthz.oauth.redirect_uris import validate_redirect_uris
+from extauthz.recordfile import RecordFile, list_field
 from extauthz.scopes import validate_scope_tokens
 
 log = logging.getLogger("extauthz.oauth.clients")
 
 NAME_MAX = 100
-REDIRECT_URI_MAX = 2000
-REDIRECT_URIS_MAX = 10
 SCOPES_MAX = 100
 SECRET_MAX = 256
 """Longer presented secrets are refused without hashing (ours are 43 characters)."""
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Generated ids are ``secrets.token_urlsafe(16)`` (22 characters); stored ones may be 1-64."""
-
-# RFC 3986 §2 characters, without '#' (no fragment) and '*' (no wildcard)
-_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?\[\]@!$&'()+,;=%]+")
-_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+FILE_VERSION = 1
 
 _hasher = PRODUCTION_PARAMETERS.hasher()
 
@@ -74,85 +67,6 @@ def validate_client_name(name: object) -> str:
             "not starting or ending with a space"
         )
     return name
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_host(host: str, bracketed: bool) -> None:
-    if bracketed:
-        if "%" in host:
-            raise ValueError("an IPv6 zone id is not allowed")
-        ipaddress.IPv6Address(host)  # ValueError if not an address
-        return
-    labels = host.split(".")
-    if labels[-1].isdigit():  # looks numeric: only a dotted-quad IPv4 address, no "127.1"
-        ipaddress.IPv4Address(host)
-        return
-    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"invalid host {host!r}")
-
-
-def validate_redirect_uri(uri: object) -> str:
-    """Return ``uri`` if it may be registered as a redirect URI (rules in the module docstring,
-    RFC 6749 §3.1.2, RFC 8252 §7.3 and §8.3); raise ``ValueError`` saying why not."""
-    if not isinstance(uri, str):
-        raise ValueError(f"redirect URI must be a string, not {type(uri).__name__}")
-    shown = repr(uri[:120])
-    if not 1 <= len(uri) <= REDIRECT_URI_MAX:
-        raise ValueError(f"redirect URI {shown} must be 1-{REDIRECT_URI_MAX} characters")
-    if "#" in uri:
-        raise ValueError(f"redirect URI {shown} must not have a fragment (RFC 6749 §3.1.2)")
-    if "*" in uri:
-        raise ValueError(f"redirect URI {shown} must not contain a wildcard '*': exact URIs only")
-    if not _URI_CHARS.fullmatch(uri) or _BAD_PERCENT.search(uri):
-        raise ValueError(
-            f"redirect URI {shown} has a character that is not allowed in a URI "
-            "(backslash, space, control, non-ASCII or a bad %-escape)"
-        )
-    try:
-        parts = urlsplit(uri)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"redirect URI {shown} does not parse: {exc}") from None
-    if parts.scheme not in ("https", "http") or not uri.startswith(parts.scheme + "://"):
-        raise ValueError(
-            f"redirect URI {shown} must be an absolute https:// URI (http:// on loopback only)"
-        )
-    authority = parts.netloc
-    if "@" in authority:
-        raise ValueError(f"redirect URI {shown} must not contain userinfo ('@')")
-    host = parts.hostname or ""
-    if not host or authority.endswith(":") or (port is not None and port == 0):
-        raise ValueError(f"redirect URI {shown} needs a host (and a non-zero port if any)")
-    try:
-        _check_host(host, authority.startswith("["))
-    except ValueError:
-        raise ValueError(f"redirect URI {shown} has an invalid host") from None
-    if parts.scheme == "http" and not _loopback(host):
-        raise ValueError(
-            f"redirect URI {shown}: http:// is only allowed on a loopback host "
-            "(127.0.0.0/8, [::1], localhost); use https://"
-        )
-    return uri
-
-
-def validate_redirect_uris(uris: Iterable[str]) -> tuple[str, ...]:
-    """Each URI validated (:func:`validate_redirect_uri`), deduplicated in order, at most
-    :data:`REDIRECT_URIS_MAX`; ``ValueError`` otherwise (also for one string instead of a list).
-    """
-    if isinstance(uris, str):
-        raise ValueError("redirect_uris must be a list of strings, not one string")
-    out = tuple(dict.fromkeys(validate_redirect_uri(u) for u in uris))
-    if len(out) > REDIRECT_URIS_MAX:
-        raise ValueError(f"at most {REDIRECT_URIS_MAX} redirect URIs per client")
-    return out
 
 
 def validate_client_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
@@ -329,3 +243,78 @@ class MemoryClientStore:
 
     async def list(self) -> list[OAuthClient]:
         return sorted_clients(self._clients.values())
+
+
+_ENTRY_KEYS = {"name", "redirect_uris", "scopes", "confidential", "secret_hash", "created_at"}
+
+
+def client_from_fields(client_id: str, entry: dict[str, Any]) -> OAuthClient:
+    """An :class:`OAuthClient` from its stored fields (a file entry, a decoded Redis record):
+    the keys of :func:`client_fields`. ``ValueError`` saying what is wrong."""
+    unknown = set(entry) - _ENTRY_KEYS
+    missing = {"name", "confidential"} - set(entry)
+    if unknown or missing:
+        raise ValueError(
+            f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
+        )
+    return OAuthClient(
+        client_id=client_id,
+        name=entry["name"],
+        redirect_uris=tuple(list_field(entry, "redirect_uris")),
+        scopes=tuple(list_field(entry, "scopes")),
+        confidential=entry["confidential"],
+        secret_hash=entry.get("secret_hash"),
+        created_at=entry.get("created_at", 0.0),
+    )
+
+
+def client_fields(client: OAuthClient) -> dict[str, Any]:
+    """The stored fields of ``client`` (everything but ``client_id``, which is the key)."""
+    return {
+        "name": client.name,
+        "redirect_uris": list(client.redirect_uris),
+        "scopes": list(client.scopes),
+        "confidential": client.confidential,
+        "secret_hash": client.secret_hash,
+        "created_at": client.created_at,
+    }
+
+
+class FileClientStore:
+    """Clients in one JSON file (``{"version": 1, "clients": {client_id: {...}}}``), mode 0600,
+    managed by ``extauthz clients`` (:class:`~extauthz.recordfile.RecordFile`: atomic writes
+    under a ``flock``, re-read when the file changed, so a running server sees CLI edits).
+
+    Raises :class:`ClientStoreError` for a bad file, ``OSError`` for I/O failures.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._file = RecordFile(
+            path, version=FILE_VERSION, section="clients", noun="client",
+            parse=client_from_fields, dump=client_fields, error=ClientStoreError, log=log,
+        )
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    async def get(self, client_id: str) -> OAuthClient | None:
+        return (await self._file.read()).get(client_id) if is_client_id(client_id) else None
+
+    async def put(self, client: OAuthClient) -> None:
+        if not isinstance(client, OAuthClient):
+            raise ValueError("put takes an OAuthClient")
+
+        def change(clients: dict[str, OAuthClient]) -> bool:
+            clients[client.client_id] = client
+            return True
+
+        await self._file.modify(change)
+
+    async def remove(self, client_id: str) -> bool:
+        if not is_client_id(client_id):
+            return False
+        return await self._file.modify(lambda clients: clients.pop(client_id, None) is not None)
+
+    async def list(self) -> list[OAuthClient]:
+        return sorted_clients((await self._file.read()).values())
