@@ -200,9 +200,10 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         return None
 
     @staticmethod
-    def _skeleton(**_: Any) -> dict[str, Any]:
-        # the values are filled in by save_token, which issues them (a session, a record)
-        return {"token_type": "Bearer"}
+    def _skeleton(*, scope: str | None = None, **_: Any) -> dict[str, Any]:
+        # the values are filled in by save_token, which issues them (a session, a record);
+        # the scope is the one the grant decided (a refresh may narrow it, RFC 6749 §6)
+        return {"token_type": "Bearer", "scope": scope}
 
     def save_token(self, token: dict[str, Any], request: OAuthRequest) -> None:
         """Issue what ``token`` announces: the access token (a session) and the refresh
