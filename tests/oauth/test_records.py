@@ -72,7 +72,7 @@ async def test_a_family_knows_its_members_and_its_revocation(records: OAuthRecor
 async def test_consent_is_remembered_per_user_and_client(records: OAuthRecords) -> None:
     assert await records.get_consent("alice", "c1") is None
     await records.put_consent("alice", "c1", frozenset({"read", "write"}), 60)
-    assert await records.get_consent("alice", "c1") == {"read", "write"}
+    assert await records.get_consent("alice", "c1") == frozenset({"read", "write"})
     assert await records.get_consent("bob", "c1") is None
     assert await records.get_consent("alice", "c2") is None
     await records.drop_consent("alice", "c1")
