@@ -43,6 +43,7 @@ from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
+from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
 from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
@@ -82,6 +83,7 @@ class Components:
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
     updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
+    oauth: OAuthHandlers | None = None  # the OAuth 2.0 authorization server (oauth.enabled)
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -248,6 +250,8 @@ def build_components(settings: Settings) -> Components:
         [*services, store],
         probe,
         updater if u.enabled else None,
+        build_oauth(settings, sessions, auth, minter, redis.clients.primary if redis else None)
+        if settings.oauth.enabled else None,
     )
 
 
@@ -344,6 +348,7 @@ async def serve(settings: Settings) -> int:
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
+        oauth=components.oauth,
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()

@@ -254,6 +254,30 @@ class SessionUpdateSettings:
 
 
 @dataclass(frozen=True)
+class OAuthSettings:
+    """The OAuth 2.0 authorization server (docs/oauth.md, :mod:`extauthz.oauth`); off unless
+    ``enabled``. Lifetimes in seconds: an access token's (``expires_in``), a refresh-token
+    family's (absolute: rotation never extends it), an authorization code's.
+
+    ``issuer``: the RFC 8414 issuer, the base of the endpoints' URLs in the metadata (an https
+    URL; empty: ``jwt.issuer``). ``scope_descriptions``: entries ``"<scope>=<plain words>"``
+    shown on the consent page (a scope without one is shown as its token).
+    ``clients_backend``: where registered clients live, ``file`` (``clients_file``) or
+    ``redis`` (the session store's Redis).
+    """
+
+    enabled: bool = False
+    issuer: str = ""
+    access_token_lifetime_seconds: int = 600
+    refresh_token_lifetime_seconds: int = 30 * 86400
+    code_lifetime_seconds: int = 60
+    consent_lifetime_seconds: int = 365 * 86400
+    scope_descriptions: tuple[str, ...] = ()
+    clients_backend: UserBackend = UserBackend.FILE
+    clients_file: str = "clients.json"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every table of the settings file; built by :func:`extauthz.settings.load_settings`."""
 
@@ -268,6 +292,7 @@ class Settings:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
+    oauth: OAuthSettings = field(default_factory=OAuthSettings)
 
     @property
     def node_id(self) -> str:

@@ -58,6 +58,7 @@ def validate(s: Settings) -> None:
     _validate_users(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
+    _validate_oauth(s)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -328,3 +329,38 @@ def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -
         raise SettingsError("session_updates.attempts: expected 1-10")
     if not 50 <= u.budget_ms <= 5000:
         raise SettingsError("session_updates.budget_ms: expected 50-5000 ms")
+
+
+def _validate_oauth(s: Settings) -> None:
+    o = s.oauth
+    if not 10 <= o.access_token_lifetime_seconds <= 86400:
+        raise SettingsError("oauth.access_token_lifetime_seconds: expected 10-86400 seconds")
+    if not 60 <= o.refresh_token_lifetime_seconds <= 365 * 86400:
+        raise SettingsError("oauth.refresh_token_lifetime_seconds: expected 60 s - 365 days")
+    if not 5 <= o.code_lifetime_seconds <= 600:
+        raise SettingsError("oauth.code_lifetime_seconds: expected 5-600 seconds (RFC 6749 §4.1.2)")
+    if not 60 <= o.consent_lifetime_seconds <= 5 * 365 * 86400:
+        raise SettingsError("oauth.consent_lifetime_seconds: expected 60 s - 5 years")
+    issuer = o.issuer or s.jwt.issuer
+    parts = urlsplit(issuer)
+    loopback = (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+    if o.enabled and (
+        parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback)
+        or not parts.netloc or parts.query or parts.fragment
+    ):
+        raise SettingsError(
+            "oauth.issuer: expected an https URL without query or fragment (RFC 8414 §2; "
+            f"http only on loopback), got {issuer!r}"
+        )
+    for entry in o.scope_descriptions:
+        scope, sep, words = entry.partition("=")
+        if not sep or not scope.strip() or not words.strip():
+            raise SettingsError(
+                f"oauth.scope_descriptions: expected '<scope>=<description>', got {entry!r}"
+            )
+    if o.enabled and o.clients_backend == UserBackend.REDIS and (
+        s.store.backend != StoreBackend.REDIS
+    ):
+        raise SettingsError("oauth.clients_backend: redis needs store.backend = redis")
+    if o.clients_backend == UserBackend.FILE and not o.clients_file:
+        raise SettingsError("oauth.clients_file: must not be empty with clients_backend file")
