@@ -18,15 +18,14 @@ import grpc
 from argon2 import PasswordHasher
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
-from extauthz.errors import StoreUnavailable
 from extauthz.oauth.clients import (
+    CLIENT_STORE_ERRORS,
     ClientStore,
-    ClientStoreError,
     OAuthClient,
     is_client_id,
     new_client,
 )
-from extauthz.server.admin import AdminGuard, CallContext, _call, _timestamp
+from extauthz.server.admin import AdminGuard, CallContext, _timestamp
 from extauthz.store.model import SessionStore
 
 log = logging.getLogger("extauthz.admin")
@@ -71,7 +70,9 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
 
     Status codes: ``UNAUTHENTICATED``/``PERMISSION_DENIED`` from the guard;
     ``INVALID_ARGUMENT`` for a bad name, redirect URI, scope or client id (the message says
-    which); ``UNAVAILABLE`` when the client store or the session store cannot answer.
+    which); ``UNAVAILABLE`` when the client store (a bad or unreadable file too) or the
+    session store cannot answer (one of
+    :data:`~extauthz.oauth.clients.CLIENT_STORE_ERRORS`).
     ``hasher`` (argon2id) replaces the production parameters, for tests; hashing runs in a
     worker thread.
     """
@@ -91,13 +92,16 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
         self._clock = clock
         self._hasher = hasher
 
-    @staticmethod
-    async def _store(call: Awaitable[T]) -> T:
-        """``call``'s answer; a client file that cannot be read counts as unavailable."""
+    async def _call(self, context: CallContext, fn: Callable[[], Awaitable[T]]) -> T:
+        await self._guard.check(context)
         try:
-            return await call
-        except (ClientStoreError, OSError) as exc:
-            raise StoreUnavailable(f"client store: {exc}") from exc
+            return await fn()
+        except CLIENT_STORE_ERRORS as exc:  # from the client store or the token revocation
+            log.warning("client admin call failed: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "client or session store unavailable")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable")  # abort() always raises
 
     async def AddClient(
         self, request: admin_pb2.AddClientRequest, context: CallContext
@@ -112,7 +116,7 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
                 now=self._clock(),
                 hasher=self._hasher,
             )
-            await self._store(self._clients.put(client))
+            await self._clients.put(client)
             log.info(
                 "oauth client added client_id=%s type=%s", client.client_id, client.client_type
             )
@@ -120,16 +124,16 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
                 client=client_message(client), client_secret=secret or ""
             )
 
-        return await _call(context, self._guard, run)
+        return await self._call(context, run)
 
     async def ListClients(
         self, request: admin_pb2.ListClientsRequest, context: CallContext
     ) -> admin_pb2.ListClientsResponse:
         async def run() -> admin_pb2.ListClientsResponse:
-            clients = await self._store(self._clients.list())
+            clients = await self._clients.list()
             return admin_pb2.ListClientsResponse(clients=[client_message(c) for c in clients])
 
-        return await _call(context, self._guard, run)
+        return await self._call(context, run)
 
     async def RemoveClient(
         self, request: admin_pb2.RemoveClientRequest, context: CallContext
@@ -138,7 +142,7 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
             client_id = request.client_id
             if not is_client_id(client_id):
                 raise ValueError("client_id must be 1-64 characters of A-Z a-z 0-9 _ -")
-            removed = await self._store(self._clients.remove(client_id))
+            removed = await self._clients.remove(client_id)
             # also when it was not registered (any more): a retry finishes a failed revocation
             revoked = await self._revoke(client_id)
             log.info(
@@ -147,7 +151,7 @@ class ClientAdminServicer(admin_pb2_grpc.ClientAdminServicer):
             )
             return admin_pb2.RemoveClientResponse(removed=removed, tokens_revoked=revoked)
 
-        return await _call(context, self._guard, run)
+        return await self._call(context, run)
 
 
 def add_client_admin(server: grpc.aio.Server, servicer: ClientAdminServicer) -> str:
