@@ -1,0 +1,214 @@
+"""``extauthz.v1.ClientAdmin`` over a real gRPC socket: the admin token guards every call,
+the secret is answered once and never again, bad input is INVALID_ARGUMENT, a client store that
+cannot answer is UNAVAILABLE, and RemoveClient revokes the client's tokens at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from argon2 import PasswordHasher, Type
+from google.protobuf import json_format
+
+from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz.errors import Unauthenticated
+from extauthz.oauth.clients import ClientStore, FileClientStore, MemoryClientStore
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
+from extauthz.server.client_admin import ClientAdminServicer, client_credentials_revoker
+from extauthz.server.grpc_server import build_server
+from extauthz.server.health import HealthServicer
+from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN, Harness, build_harness
+from tests.support import free_port
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
+APP = "https://app.example/callback"
+
+
+@dataclass
+class Node:
+    harness: Harness
+    clients: ClientStore
+    admin: admin_pb2_grpc.ClientAdminStub
+
+
+StartNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def node_factory(tmp_path: Path) -> AsyncIterator[StartNode]:
+    started: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
+
+    async def start(clients: ClientStore | None = None, token: str | None = ADMIN_TOKEN) -> Node:
+        harness = build_harness(tmp_path)
+        clients = clients if clients is not None else MemoryClientStore()
+        guard = AdminGuard(token)
+        server, port = build_server(
+            f"127.0.0.1:{free_port()}",
+            harness.authorizer,
+            SessionAdminServicer(harness.sessions, guard),
+            StatusServicer(harness.sessions, harness.keyring, strategy="sticky", node_id="n1"),
+            HealthServicer(),
+            client_admin=ClientAdminServicer(
+                clients, guard, client_credentials_revoker(harness.store), clock=harness.clock,
+                hasher=FAST,
+            ),
+        )
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, channel))
+        return Node(harness, clients, admin_pb2_grpc.ClientAdminStub(channel))
+
+    yield start
+    for server, channel in started:
+        await channel.close(grace=None)
+        await server.stop(0)
+
+
+@pytest.fixture
+async def node(node_factory: StartNode) -> Node:
+    return await node_factory()
+
+
+async def add(node: Node, **fields: Any) -> admin_pb2.AddClientResponse:
+    request = admin_pb2.AddClientRequest(
+        **{"name": "Reporting", "redirect_uris": [APP], "scopes": ["read"], **fields}
+    )
+    reply: admin_pb2.AddClientResponse = await node.admin.AddClient(
+        request, metadata=ADMIN_METADATA, timeout=10
+    )
+    return reply
+
+
+CALLS = [
+    ("AddClient", admin_pb2.AddClientRequest(name="X", redirect_uris=[APP], scopes=["read"])),
+    ("ListClients", admin_pb2.ListClientsRequest()),
+    ("RemoveClient", admin_pb2.RemoveClientRequest(client_id="abc")),
+]
+
+
+@pytest.mark.parametrize(("rpc", "request_message"), CALLS, ids=[c[0] for c in CALLS])
+async def test_every_call_needs_the_admin_token(
+    node_factory: StartNode, rpc: str, request_message: object
+) -> None:
+    node: Node = await node_factory()
+    for metadata in [(), (("authorization", "Bearer wrong-token-0123456789"),)]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await getattr(node.admin, rpc)(request_message, metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    disabled: Node = await node_factory(token=None)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(disabled.admin, rpc)(request_message, metadata=ADMIN_METADATA, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await node.clients.list() == [] and await disabled.clients.list() == []
+
+
+async def test_add_answers_the_secret_once_and_list_never(node: Node) -> None:
+    reply = await add(node, name="Reporting", scopes=["read", "write"])
+    secret = reply.client_secret
+    assert len(secret) == 43
+    assert reply.client.name == "Reporting" and reply.client.confidential
+    assert list(reply.client.scopes) == ["read", "write"]
+    assert reply.client.created_at.seconds == int(node.harness.clock())
+    stored = await node.clients.get(reply.client.client_id)
+    assert stored is not None and stored.verify_secret(secret)
+    assert stored.secret_hash is not None
+
+    node.harness.clock.advance(1)  # the list is oldest first
+    public = await add(node, name="Mobile", redirect_uris=["http://127.0.0.1:8400/cb"],
+                       public_client=True)
+    assert public.client_secret == "" and not public.client.confidential
+
+    listed = await node.admin.ListClients(
+        admin_pb2.ListClientsRequest(), metadata=ADMIN_METADATA, timeout=10
+    )
+    assert [c.client_id for c in listed.clients] == [
+        reply.client.client_id, public.client.client_id,
+    ]
+    wire = listed.SerializeToString()
+    assert secret.encode() not in wire and stored.secret_hash.encode() not in wire
+    assert b"argon2" not in wire
+    assert "secret" not in json_format.MessageToJson(listed)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"redirect_uris": ["https://app.example/cb#x"]}, "fragment"),
+        ({"redirect_uris": ["http://app.example/cb"]}, "loopback"),
+        ({"redirect_uris": ["https://u@app.example/cb"]}, "userinfo"),
+        ({"redirect_uris": ["/relative"]}, "absolute"),
+        ({"redirect_uris": ["https://*.app.example/"]}, "wildcard"),
+        ({"redirect_uris": []}, None),  # confidential: client credentials only, fine
+        ({"redirect_uris": [], "public_client": True}, "at least one redirect URI"),
+        ({"scopes": ["a b"]}, "scope token"),
+        ({"scopes": []}, "1-100 scopes"),
+        ({"name": ""}, "client name"),
+    ],
+)
+async def test_bad_input_is_invalid_argument(
+    node: Node, fields: dict[str, Any], message: str | None
+) -> None:
+    if message is None:
+        reply = await add(node, **fields)
+        assert reply.client.client_id
+        return
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await add(node, **fields)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (refused.value.details() or "")
+    assert await node.clients.list() == []
+
+
+async def test_remove_revokes_the_clients_tokens_at_once(node: Node) -> None:
+    doomed = (await add(node, name="Doomed")).client.client_id
+    node.harness.clock.advance(1)
+    kept = (await add(node, name="Kept")).client.client_id
+    sessions = node.harness.sessions
+    doomed_tokens = [
+        (await sessions.create(f"client:{doomed}", scopes=["read"], kind="oauth",
+                               client_id=doomed, lifetime_seconds=600))[0]
+        for _ in range(2)
+    ]
+    kept_token, _ = await sessions.create(f"client:{kept}", kind="oauth", client_id=kept,
+                                          lifetime_seconds=600)
+    login_token, _ = await sessions.create("alice")
+
+    reply = await node.admin.RemoveClient(
+        admin_pb2.RemoveClientRequest(client_id=doomed), metadata=ADMIN_METADATA, timeout=10
+    )
+    assert (reply.removed, reply.tokens_revoked) == (True, 2)
+    assert await node.clients.get(doomed) is None
+    for token in doomed_tokens:
+        with pytest.raises(Unauthenticated):
+            await sessions.lookup(token)
+    assert (await sessions.lookup(kept_token)).client_id == kept
+    assert (await sessions.lookup(login_token)).sub == "alice"
+
+    again = await node.admin.RemoveClient(
+        admin_pb2.RemoveClientRequest(client_id=doomed), metadata=ADMIN_METADATA, timeout=10
+    )
+    assert (again.removed, again.tokens_revoked) == (False, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await node.admin.RemoveClient(
+            admin_pb2.RemoveClientRequest(client_id="../x"), metadata=ADMIN_METADATA, timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [c.client_id for c in await node.clients.list()] == [kept]
+
+
+async def test_a_client_store_that_cannot_answer_is_unavailable(
+    node_factory: StartNode, tmp_path: Path
+) -> None:
+    path = tmp_path / "clients.json"
+    path.write_text("{not json")
+    node: Node = await node_factory(FileClientStore(path))
+    for rpc, request_message in CALLS:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await getattr(node.admin, rpc)(request_message, metadata=ADMIN_METADATA, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, rpc
+        assert refused.value.details() == "client or session store unavailable"
+    assert path.read_text() == "{not json"  # nothing was overwritten
