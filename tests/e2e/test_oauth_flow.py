@@ -270,6 +270,30 @@ def test_a_browser_user_grants_an_application_read_access_with_pkce(
     assert agent.request("GET", WRITE_ROUTE, headers=API).status == 200
 
 
+def test_upstream_sees_the_application_and_the_granted_scope_only(
+    oauth: OAuthStack, apps: dict[str, RegisteredClient]
+) -> None:
+    """The browser test's step 5 and 6 with the small user agent: a grant of "read" by a user
+    who holds "read write"."""
+    printer = apps["printer"]
+    app = app_session(oauth, printer, scope="read")
+    token = code_flow_token(oauth, app, "bob")
+    assert token["scope"] == "read"
+    app.token = token
+    resp = app.get(oauth.url("/photos"), headers=API, timeout=10)
+    assert resp.status_code == 200, resp.text
+    claims = resp.json()["jwt"]["claims"]
+    assert (claims["sub"], claims["client_id"]) == ("bob", printer.client_id)
+    assert (claims["scope"], claims["auth_method"]) == ("read", "oauth")
+    assert "roles" not in claims or not claims["roles"]
+    denied = app.get(oauth.url(WRITE_ROUTE), headers=API, timeout=10)
+    assert denied.status_code == 403, denied.text
+    assert denied.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    agent = signed_in(oauth, "bob")  # bob himself holds "write"
+    assert agent.request("GET", WRITE_ROUTE, headers=API).status == 200
+
+
 def test_the_consent_page_cannot_be_framed_or_posted_cross_site(
     oauth: OAuthStack, apps: dict[str, RegisteredClient]
 ) -> None:
