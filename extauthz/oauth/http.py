@@ -26,6 +26,7 @@ from extauthz.login.csrf import SameSiteCheck, media_type
 from extauthz.login.http import AuthHandlers
 from extauthz.login.service import LOGIN_PATH
 from extauthz.oauth import consent
+from extauthz.oauth.issuer import TokenIssuer
 from extauthz.oauth.metadata import INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, TOKEN_PATH
 from extauthz.oauth.server import Answer, Incoming, JwtFor, OAuthServer
 from extauthz.store.model import Session
@@ -86,6 +87,12 @@ class OAuthHandlers:
         self.metadata = dict(metadata)
         self.same_site = same_site
         self.descriptions = dict(scope_descriptions)
+
+    @property
+    def issuer(self) -> TokenIssuer:
+        """The token issuer: ``revoke_client_tokens(client_id)`` when a client is removed,
+        ``revoke_grant(sub, client_id)``."""
+        return self.server.issuer
 
     def routes(self) -> list[web.RouteDef]:
         return [

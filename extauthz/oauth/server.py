@@ -25,7 +25,7 @@ from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Payload
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, OAuth2Error
 
 from extauthz.errors import StoreUnavailable
-from extauthz.oauth.clients import ClientStore, OAuthClient, is_client_id
+from extauthz.oauth.clients import ClientStore, ClientStoreError, OAuthClient, is_client_id
 from extauthz.oauth.issuer import CLIENT_SUBJECT_PREFIX, FamilyRevoked, TokenIssuer, new_family
 
 T = TypeVar("T")
@@ -59,6 +59,13 @@ class Answer:
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+MALFORMED = Answer(
+    400,
+    {"error": "invalid_request", "error_description": "The request is malformed."},
+    [("Cache-Control", "no-store"), ("Pragma", "no-cache")],
+)
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,10 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> Client | None:
         if not is_client_id(client_id):
             return None
-        found = self.run(self.clients.get(client_id))
+        try:
+            found = self.run(self.clients.get(client_id))
+        except (OSError, ClientStoreError) as exc:  # the clients file: unreadable or malformed
+            raise StoreUnavailable(f"oauth clients: {exc}") from None
         return Client(found) if found is not None else None
 
     def create_oauth2_request(self, request: Any) -> OAuthRequest:
@@ -244,21 +254,27 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             token["refresh_token"] = issued.refresh_token
 
     # -- entry points for the adapter (each runs in the pool) ----------------------------
+    # Authlib builds some error descriptions from the request's values and refuses to build
+    # one holding characters RFC 6749 §5.2 does not allow (ValueError): such a request is
+    # answered as malformed, never with a 500. InsecureTransportError: plain http to a host
+    # that is not loopback, without X-Forwarded-Proto: https from a trusted proxy.
 
     def token_answer(self, incoming: Incoming) -> Answer:
         try:
-            request = OAuthRequest(incoming)  # InsecureTransportError: plain http, not loopback
+            answer: Answer = self.create_token_response(OAuthRequest(incoming))
         except OAuth2Error as error:
             return self.handle_response(*error())
-        answer: Answer = self.create_token_response(request)
+        except ValueError:
+            return MALFORMED
         return answer
 
     def endpoint_answer(self, name: str, incoming: Incoming) -> Answer:
         try:
-            request = OAuthRequest(incoming)
+            answer: Answer = self.create_endpoint_response(name, OAuthRequest(incoming))
         except OAuth2Error as error:
             return self.handle_response(*error())
-        answer: Answer = self.create_endpoint_response(name, request)
+        except ValueError:
+            return MALFORMED
         return answer
 
     def consent_grant(self, incoming: Incoming) -> Any:
@@ -267,17 +283,22 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         the redirect URI when that was validated, else a 400 (never redirected)."""
         try:
             request = OAuthRequest(incoming)
+            try:
+                return self.get_consent_grant(request=request, end_user=None)
+            except OAuth2Error as error:
+                return self.handle_error_response(request, error)
         except OAuth2Error as error:
             return self.handle_response(*error())
-        try:
-            return self.get_consent_grant(request=request, end_user=None)
-        except OAuth2Error as error:
-            return self.handle_error_response(request, error)
+        except ValueError:
+            return MALFORMED
 
     def authorization_answer(self, grant: Any, sub: str | None) -> Answer:
         """The redirect for the user's decision: a code (``sub`` approved) or
         ``access_denied`` (``sub`` is ``None``)."""
-        answer: Answer = self.create_authorization_response(
-            request=grant.request, grant_user=sub, grant=grant
-        )
+        try:
+            answer: Answer = self.create_authorization_response(
+                request=grant.request, grant_user=sub, grant=grant
+            )
+        except ValueError:
+            return MALFORMED
         return answer

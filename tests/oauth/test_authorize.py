@@ -268,3 +268,24 @@ async def test_the_redirect_keeps_the_registered_uri_exactly(h: Harness) -> None
     answer = await get_authorize(h, h.authorize_params(code_challenge=challenge), await h.login())
     location = urlsplit(answer.headers["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == APP_CB
+
+
+async def test_through_the_login_form_and_back_to_the_consent_page(h: Harness) -> None:
+    verifier, challenge = pkce()
+    params = h.authorize_params(code_challenge=challenge)
+    to_login = await get_authorize(h, params, None)
+    assert to_login.status == 303
+    return_to = query_of(to_login.headers["Location"])["return_to"]
+    signed_in = await h.client.post(
+        "/auth/login", data={"username": "carol", "password": "s3cret pass",
+                             "return_to": return_to},
+        headers={"Origin": h.origin}, allow_redirects=False,
+    )
+    assert signed_in.status == 303, await signed_in.text()
+    assert signed_in.headers["Location"] == return_to
+    cookie = signed_in.cookies["sid"].value
+    fields = await h.consent_form(cookie, params)
+    answer = await h.decide(cookie, fields, "allow")
+    code = query_of(answer.headers["Location"])["code"]
+    body = await (await h.exchange(code, verifier)).json()
+    assert (await h.sessions.lookup(body["access_token"])).sub == "carol"

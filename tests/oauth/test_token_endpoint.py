@@ -52,6 +52,8 @@ async def test_client_credentials_issues_a_bearer_session_with_the_granted_scope
     assert claims["client_id"] == h.confidential.client_id
     assert claims["scope"] == "read"
     assert claims["sub"] == f"client:{h.confidential.client_id}"
+    assert claims["auth_method"] == "oauth"
+    assert claims.get("roles") in (None, [])
 
 
 async def test_client_credentials_with_the_secret_in_the_body(h: Harness) -> None:
@@ -81,6 +83,8 @@ async def test_client_credentials_refusals(
     sent = {"basic": h.basic(), "wrong": h.basic(secret="not-the-secret"), None: {}}[headers]
     answer = await h.token(data, sent)
     assert answer.status == status
+    if status == 401:  # RFC 6749 §5.2
+        assert answer.headers["WWW-Authenticate"].startswith("Basic")
     assert (await answer.json())["error"] == error
 
 
