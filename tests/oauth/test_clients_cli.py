@@ -15,21 +15,17 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from argon2 import PasswordHasher, Type
 
 from extauthz.cli import build_parser, main
 from extauthz.errors import Unauthenticated
 from extauthz.oauth.clients import ClientStore, FileClientStore, MemoryClientStore
 from extauthz.oauth.clients_cli import run_clients_command, store_registry
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
-from extauthz.server.client_admin import ClientAdminServicer, client_credentials_revoker
-from extauthz.server.grpc_server import build_server
-from extauthz.server.health import HealthServicer
 from extauthz.store.redis.oauth_clients import RedisClientStore
+from tests.fixtures.client_admin import FAST_HASHER as FAST
+from tests.fixtures.client_admin import client_admin_node
 from tests.fixtures.core import ADMIN_TOKEN, build_harness
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer
 
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
 APP = "https://app.example/callback"
 
 
@@ -169,36 +165,25 @@ def test_main_with_the_redis_backend(
     assert asyncio.run(stored()) == []
 
 
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """``extauthz clients ...`` as the command line runs it (its own event loop)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["clients", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
 async def test_target_goes_through_the_admin_api_and_revokes(tmp_path: Path) -> None:
-    harness = build_harness(tmp_path)
-    store = MemoryClientStore()
-    guard = AdminGuard(ADMIN_TOKEN)
-    server, port = build_server(
-        f"127.0.0.1:{free_port()}",
-        harness.authorizer,
-        SessionAdminServicer(harness.sessions, guard),
-        StatusServicer(harness.sessions, harness.keyring, strategy="sticky", node_id="n1"),
-        HealthServicer(),
-        client_admin=ClientAdminServicer(
-            store, guard, client_credentials_revoker(harness.store), clock=harness.clock,
-            hasher=FAST,
-        ),
-    )
-    await server.start()
     token_file = tmp_path / "admin.token"
     token_file.write_text(ADMIN_TOKEN)
-    target = ["--target", f"127.0.0.1:{port}", "--admin-token-file", str(token_file)]
+    store, harness = MemoryClientStore(), build_harness(tmp_path)
+    async with client_admin_node(harness, store) as node:
+        target = ["--target", node.target, "--admin-token-file", str(token_file)]
 
-    def cli(*argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["clients", *argv, *target])
-        return code, out.getvalue(), err.getvalue()
+        async def cli(*argv: str) -> tuple[int, str, str]:  # the node serves on this loop
+            return await asyncio.to_thread(run_main, *argv, *target)
 
-    try:
-        code, out, _ = await asyncio.to_thread(
-            cli, "add", "--name", "Batch", "--scope", "read"
-        )
+        code, out, _ = await cli("add", "--name", "Batch", "--scope", "read")
         assert code == 0
         added = fields(out)
         stored = await store.get(added["client_id"])
@@ -207,20 +192,17 @@ async def test_target_goes_through_the_admin_api_and_revokes(tmp_path: Path) -> 
             f"client:{added['client_id']}", kind="oauth", client_id=added["client_id"],
             lifetime_seconds=600,
         )
-        code, out, _ = await asyncio.to_thread(cli, "list")
+        code, out, _ = await cli("list")
         assert code == 0 and out.startswith(f"{added['client_id']}\tname=Batch\t")
-        code, _, err = await asyncio.to_thread(
-            cli, "add", "--name", "X", "--scope", "r", "--redirect-uri", "http://x.example/"
-        )
+        code, _, err = await cli("add", "--name", "X", "--scope", "r", "--redirect-uri",
+                                 "http://x.example/")
         assert code == 2 and "loopback" in err
-        code, out, err = await asyncio.to_thread(cli, "remove", added["client_id"])
+        code, out, err = await cli("remove", added["client_id"])
         assert (code, out, err) == (0, f"removed {added['client_id']}; revoked 1 tokens\n", "")
         with pytest.raises(Unauthenticated):
             await harness.sessions.lookup(token)
         assert await store.list() == []
         # a wrong token: UNAUTHENTICATED from the node, an error from the CLI
         token_file.write_text("wrong-token-0123456789abcdef")
-        code, _, err = await asyncio.to_thread(cli, "list")
+        code, _, err = await cli("list")
         assert code == 1 and "UNAUTHENTICATED" in err
-    finally:
-        await server.stop(0)

@@ -4,68 +4,40 @@ cannot answer is UNAVAILABLE, and RemoveClient revokes the client's tokens at on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from argon2 import PasswordHasher, Type
 from google.protobuf import json_format
 
-from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz._proto.extauthz.v1 import admin_pb2
 from extauthz.errors import Unauthenticated
 from extauthz.oauth.clients import ClientStore, FileClientStore, MemoryClientStore
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
-from extauthz.server.client_admin import ClientAdminServicer, client_credentials_revoker
-from extauthz.server.grpc_server import build_server
-from extauthz.server.health import HealthServicer
-from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN, Harness, build_harness
-from tests.support import free_port
+from tests.fixtures.client_admin import ClientAdminNode, client_admin_node
+from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN, build_harness
 
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
 APP = "https://app.example/callback"
 
 
-@dataclass
-class Node:
-    harness: Harness
-    clients: ClientStore
-    admin: admin_pb2_grpc.ClientAdminStub
-
-
+Node = ClientAdminNode
 StartNode = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
 async def node_factory(tmp_path: Path) -> AsyncIterator[StartNode]:
-    started: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(clients: ClientStore | None = None, token: str | None = ADMIN_TOKEN) -> Node:
-        harness = build_harness(tmp_path)
-        clients = clients if clients is not None else MemoryClientStore()
-        guard = AdminGuard(token)
-        server, port = build_server(
-            f"127.0.0.1:{free_port()}",
-            harness.authorizer,
-            SessionAdminServicer(harness.sessions, guard),
-            StatusServicer(harness.sessions, harness.keyring, strategy="sticky", node_id="n1"),
-            HealthServicer(),
-            client_admin=ClientAdminServicer(
-                clients, guard, client_credentials_revoker(harness.store), clock=harness.clock,
-                hasher=FAST,
-            ),
-        )
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        started.append((server, channel))
-        return Node(harness, clients, admin_pb2_grpc.ClientAdminStub(channel))
+        async def start(clients: ClientStore | None = None, token: str | None = ADMIN_TOKEN
+                        ) -> Node:
+            store = clients if clients is not None else MemoryClientStore()
+            return await stack.enter_async_context(
+                client_admin_node(build_harness(tmp_path), store, token)
+            )
 
-    yield start
-    for server, channel in started:
-        await channel.close(grace=None)
-        await server.stop(0)
+        yield start
 
 
 @pytest.fixture
