@@ -160,10 +160,11 @@ class OAuthClient:
 def _new_client_id() -> str:
     """``secrets.token_urlsafe(16)``, drawn again when it starts with ``-`` (a command line
     would read it as an option)."""
-    while True:
+    for _ in range(32):  # a draw starts with "-" once in 64
         client_id = secrets.token_urlsafe(16)
         if not client_id.startswith("-"):
             return client_id
+    raise RuntimeError("no usable client id in 32 draws: the random source is broken")
 
 
 def new_client(
