@@ -11,6 +11,8 @@ them the same way).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from extauthz import __version__
@@ -181,3 +183,17 @@ def build_client_store(settings: Settings, client: Redis | None) -> ClientStore:
             raise ValueError("oauth_clients.backend = redis needs the session store's Redis")
         return RedisClientStore(client, settings.store.key_prefix)
     return FileClientStore(settings.oauth_clients.file)
+
+
+@asynccontextmanager
+async def standalone_client_store(settings: Settings) -> AsyncIterator[ClientStore]:
+    """The client store of ``settings`` for a process that runs no node (``extauthz
+    clients``), with a Redis client of its own when it needs one, closed on exit."""
+    redis: RedisClients | None = None
+    if settings.oauth_clients_backend == UserBackend.REDIS:
+        redis = RedisClients(redis_endpoints(settings))
+    try:
+        yield build_client_store(settings, redis.primary if redis is not None else None)
+    finally:
+        if redis is not None:
+            await redis.aclose()

@@ -8,11 +8,11 @@ every reader sees the same answer.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
 
+from extauthz.addresses import is_loopback_host
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 
@@ -36,13 +36,7 @@ class ClientBackend(enum.StrEnum):
 def is_loopback(listen: str) -> bool:
     """Whether a ``HOST:PORT`` listen address (IPv6 in brackets) is reachable from this host
     only: ``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
 
 
 def resolve_wait_replicas(

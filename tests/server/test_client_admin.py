@@ -4,68 +4,44 @@ cannot answer is UNAVAILABLE, and RemoveClient revokes the client's tokens at on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from argon2 import PasswordHasher, Type
 from google.protobuf import json_format
 
-from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz._proto.extauthz.v1 import admin_pb2
 from extauthz.errors import Unauthenticated
+from extauthz.keys.keyring import generate_key
 from extauthz.oauth.clients import ClientStore, FileClientStore, MemoryClientStore
-from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
-from extauthz.server.client_admin import ClientAdminServicer, client_credentials_revoker
-from extauthz.server.grpc_server import build_server
-from extauthz.server.health import HealthServicer
-from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN, Harness, build_harness
-from tests.support import free_port
+from tests.fixtures.client_admin import ClientAdminNode, client_admin_node
+from tests.fixtures.core import ADMIN_METADATA, ADMIN_TOKEN, build_harness
+from tests.support import ExtauthzProcess
 
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
 APP = "https://app.example/callback"
 
 
-@dataclass
-class Node:
-    harness: Harness
-    clients: ClientStore
-    admin: admin_pb2_grpc.ClientAdminStub
-
-
+Node = ClientAdminNode
 StartNode = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
 async def node_factory(tmp_path: Path) -> AsyncIterator[StartNode]:
-    started: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(clients: ClientStore | None = None, token: str | None = ADMIN_TOKEN) -> Node:
-        harness = build_harness(tmp_path)
-        clients = clients if clients is not None else MemoryClientStore()
-        guard = AdminGuard(token)
-        server, port = build_server(
-            f"127.0.0.1:{free_port()}",
-            harness.authorizer,
-            SessionAdminServicer(harness.sessions, guard),
-            StatusServicer(harness.sessions, harness.keyring, strategy="sticky", node_id="n1"),
-            HealthServicer(),
-            client_admin=ClientAdminServicer(
-                clients, guard, client_credentials_revoker(harness.store), clock=harness.clock,
-                hasher=FAST,
-            ),
-        )
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        started.append((server, channel))
-        return Node(harness, clients, admin_pb2_grpc.ClientAdminStub(channel))
+        async def start(clients: ClientStore | None = None, token: str | None = ADMIN_TOKEN
+                        ) -> Node:
+            store = clients if clients is not None else MemoryClientStore()
+            return await stack.enter_async_context(
+                client_admin_node(build_harness(tmp_path), store, token)
+            )
 
-    yield start
-    for server, channel in started:
-        await channel.close(grace=None)
-        await server.stop(0)
+        yield start
 
 
 @pytest.fixture
@@ -106,7 +82,10 @@ async def test_every_call_needs_the_admin_token(
     assert await node.clients.list() == [] and await disabled.clients.list() == []
 
 
-async def test_add_answers_the_secret_once_and_list_never(node: Node) -> None:
+async def test_add_answers_the_secret_once_and_list_never(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     reply = await add(node, name="Reporting", scopes=["read", "write"])
     secret = reply.client_secret
     assert len(secret) == 43
@@ -132,6 +111,8 @@ async def test_add_answers_the_secret_once_and_list_never(node: Node) -> None:
     assert secret.encode() not in wire and stored.secret_hash.encode() not in wire
     assert b"argon2" not in wire
     assert "secret" not in json_format.MessageToJson(listed)
+    assert f"oauth client added client_id={reply.client.client_id}" in caplog.text
+    assert secret not in caplog.text and stored.secret_hash not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -212,3 +193,34 @@ async def test_a_client_store_that_cannot_answer_is_unavailable(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, rpc
         assert refused.value.details() == "client or session store unavailable"
     assert path.read_text() == "{not json"  # nothing was overwritten
+
+
+@pytest.mark.e2e
+def test_a_served_node_manages_the_clients_file_of_its_settings(tmp_path: Path) -> None:
+    """``python -m extauthz serve`` wires ClientAdmin to the ``[oauth_clients]`` store: a client
+    added straight in the file is listed by the node, removed through it, gone from the file."""
+    keys, clients_file = tmp_path / "keys", tmp_path / "clients.json"
+    generate_key(keys)
+    config = tmp_path / "extauthz.toml"
+    config.write_text(
+        '[store]\nstrategy = "sticky"\nbackend = "memory"\n'
+        f'[jwt]\nkeys_dir = "{keys}"\n'
+        f'[oauth_clients]\nfile = "{clients_file}"\n'
+    )
+    node = ExtauthzProcess(config, tmp_path)
+    node.start()
+    try:
+        added = dict(
+            line.split("=", 1)
+            for line in node.cli("clients", "add", "--name", "Batch", "--scope", "read",
+                                 "--config", str(config)).splitlines()
+        )
+        listed = node.cli("clients", "list", "--target", node.grpc_target)
+        assert listed.startswith(f"{added['client_id']}\tname=Batch\ttype=confidential\t")
+        assert added["client_secret"] not in listed
+        removed = node.cli("clients", "remove", added["client_id"], "--target", node.grpc_target)
+        assert removed == f"removed {added['client_id']}; revoked 0 tokens"
+        assert asyncio.run(FileClientStore(clients_file).list()) == []
+        assert added["client_secret"] not in node.tail(500)
+    finally:
+        node.stop()
