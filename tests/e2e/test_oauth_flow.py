@@ -86,11 +86,13 @@ def oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthStack]:
 @pytest.fixture(scope="module")
 def apps(oauth: OAuthStack) -> dict[str, RegisteredClient]:
     """The registered applications: a confidential web application (code flow), a public one
-    (code flow, PKCE and no secret) and a confidential back-end job (client credentials)."""
+    (code flow, PKCE and no secret), a confidential back-end job (client credentials) and
+    another; the first two with the CLI, the others through the admin API."""
     cb = [oauth.callback.redirect_uri]
     registered = {
-        "printer": register_client(oauth, "Photo Printer", cb, ["read", "write"]),
-        "public": register_client(oauth, "Pocket Viewer", cb, ["read"], confidential=False),
+        "printer": register_client(oauth, "Photo Printer", cb, ["read", "write"], via="cli"),
+        "public": register_client(oauth, "Pocket Viewer", cb, ["read"], confidential=False,
+                                  via="cli"),  # fmt: skip
         "batch": register_client(oauth, "Nightly Batch", cb, ["read"]),
         "other": register_client(oauth, "Other App", cb, ["read"]),
     }

@@ -226,17 +226,35 @@ def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parsed.items()}
 
 
+def parse_added(output: str) -> tuple[str, str | None]:
+    """``extauthz clients add``'s output (``client_id=<id>``, ``client_secret=<secret>`` for a
+    confidential client) as (client_id, secret)."""
+    fields = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    return fields["client_id"], fields.get("client_secret")
+
+
 def register_client(
     stack: OAuthStack, name: str, redirect_uris: list[str], scopes: list[str], *,
-    confidential: bool = True,
+    confidential: bool = True, via: str = "admin",
 ) -> RegisteredClient:
-    """Register an application through the admin API (``extauthz.v1.ClientAdmin/AddClient``
-    on node 1, with its admin token): the client_id and the secret shown once."""
+    """Register an application as an operator does: ``via="cli"``: ``extauthz clients add``
+    straight into the client store of node 1's settings; ``via="admin"``: the admin API
+    (``extauthz.v1.ClientAdmin/AddClient`` on node 1, with its admin token). The client_id
+    and the secret shown once."""
     import grpc
 
     from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 
     node = stack.nodes[0].extauthz
+    if via == "cli":
+        config = node.argv[node.argv.index("--config") + 1]
+        argv = ["clients", "add", "--config", config, "--name", name]
+        argv += [f"--redirect-uri={u}" for u in redirect_uris]
+        argv += [f"--scope={s}" for s in scopes]
+        if not confidential:
+            argv.append("--public")
+        client_id, secret = parse_added(node.cli(*argv))
+        return RegisteredClient(client_id, secret, name, tuple(redirect_uris), tuple(scopes))
     request = admin_pb2.AddClientRequest(
         name=name, redirect_uris=redirect_uris, scopes=scopes, public_client=not confidential
     )
@@ -261,6 +279,7 @@ __all__ = [
     "consent_form",
     "decide",
     "extauthz_cli",
+    "parse_added",
     "query_of",
     "register_client",
     "start_oauth_stack",
