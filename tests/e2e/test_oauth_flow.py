@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -338,6 +339,10 @@ def test_a_public_client_uses_pkce_and_no_secret(
 
 def curl(*args: str) -> tuple[int, Any]:
     """``curl -sS ARGS``: (HTTP status, the JSON body or the text)."""
+    if shutil.which("curl") is None:
+        from tests.conftest import missing
+
+        missing("curl is not on PATH (README: assumed, like make and apt-get)")
     proc = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args],
                           capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
     body, _, status = proc.stdout.rpartition("\n")
@@ -676,3 +681,34 @@ def test_no_log_line_of_any_process_holds_a_credential(oauth: OAuthStack) -> Non
                 assert not leaked, f"{path}:{number} holds a credential"
                 shaped = [t for t in TOKEN_IN_TEXT.findall(line) if len(t) == tokens.TOKEN_LENGTH]
                 assert not shaped, f"{path}:{number} holds a token"
+
+
+def test_redis_holds_no_credential_in_the_clear(oauth: OAuthStack) -> None:
+    """Sessions, codes, refresh tokens and client secrets are stored as hashes: no key and no
+    value in Redis holds one of the credentials the tests saw."""
+    import redis
+
+    def text(value: object) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    assert oauth.secrets
+    seen = 0
+    with redis.Redis(port=oauth.redis.port) as r:
+        for key in r.scan_iter(count=500):
+            kind = text(r.type(key))
+            values: list[object] = [key]
+            if kind == "string":
+                values.append(r.get(key))
+            elif kind == "hash":
+                values += [k + b"=" + v for k, v in r.hgetall(key).items()]
+            elif kind == "set":
+                values += list(r.smembers(key))
+            elif kind == "zset":
+                values += list(r.zrange(key, 0, -1))
+            elif kind == "list":
+                values += list(r.lrange(key, 0, -1))
+            seen += 1
+            for value in map(text, values):
+                leaked = [secret for secret in oauth.secrets if secret in value]
+                assert not leaked, f"redis key {text(key)} ({kind}) holds a credential"
+    assert seen > 0
