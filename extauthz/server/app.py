@@ -92,6 +92,8 @@ class Components:
     async def close(self, within: float | None = None) -> None:
         """Stop the services, then close the Redis clients. With ``within`` (seconds) all of
         it ends by then, whatever Redis does: what does not finish is logged and left."""
+        if self.oauth is not None:
+            self.oauth.server.close()  # its idle worker threads (Authlib's calls)
         if within is None:
             await stop_all(self.services)
             if self.redis is not None:

@@ -89,4 +89,4 @@ async def test_enabled_oauth_serves_metadata_and_tokens(tmp_path: Path) -> None:
         assert body["expires_in"] == 120
         session = await components.sessions.lookup(body["access_token"])
         assert session.client_id == client.client_id
-    components.oauth.server.close()
+    await components.close()
