@@ -157,6 +157,16 @@ class OAuthClient:
         return "confidential" if self.confidential else "public"
 
 
+def _new_client_id() -> str:
+    """``secrets.token_urlsafe(16)``, drawn again when it starts with ``-`` (a command line
+    would read it as an option)."""
+    for _ in range(32):  # a draw starts with "-" once in 64
+        client_id = secrets.token_urlsafe(16)
+        if not client_id.startswith("-"):
+            return client_id
+    raise RuntimeError("no usable client id in 32 draws: the random source is broken")
+
+
 def new_client(
     name: str,
     redirect_uris: Iterable[str],
@@ -166,8 +176,9 @@ def new_client(
     now: float,
     hasher: PasswordHasher | None = None,
 ) -> tuple[OAuthClient, str | None]:
-    """A new client with a fresh ``client_id``, and the plaintext secret to show once (``None``
-    for a public client). The secret is 256 random bits, base64url (43 characters).
+    """A new client with a fresh ``client_id`` (22 base64url characters, never starting with
+    ``-``), and the plaintext secret to show once (``None`` for a public client). The secret
+    is 256 random bits, base64url (43 characters).
 
     ``hasher`` (optional, argon2id) replaces the production parameters, for tests. Hashing is
     CPU-bound and blocking. Raises ``ValueError`` on a bad name, redirect URI or scope token.
@@ -181,7 +192,7 @@ def new_client(
     granted = validate_client_scopes(scopes)
     secret = secrets.token_urlsafe(32) if confidential else None
     client = OAuthClient(
-        client_id=secrets.token_urlsafe(16),
+        client_id=_new_client_id(),
         name=name,
         redirect_uris=uris,
         scopes=granted,

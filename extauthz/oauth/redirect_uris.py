@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from extauthz.addresses import is_loopback_host
+
 REDIRECT_URI_MAX = 2000
 REDIRECT_URIS_MAX = 10
 
@@ -21,15 +23,6 @@ REDIRECT_URIS_MAX = 10
 _URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?\[\]@!$&'()+,;=%]+")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_host(host: str, bracketed: bool) -> None:
@@ -82,7 +75,7 @@ def validate_redirect_uri(uri: object) -> str:
         _check_host(host, authority.startswith("["))
     except ValueError:
         raise ValueError(f"redirect URI {shown} has an invalid host") from None
-    if parts.scheme == "http" and not _loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise ValueError(
             f"redirect URI {shown}: http:// is only allowed on a loopback host "
             "(127.0.0.0/8, [::1], localhost); use https://"

@@ -26,10 +26,10 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
-from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
-from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
+from extauthz.login.users import PasswordVerifier
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
+from extauthz.oauth.clients import ClientStore
 from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
 from extauthz.server.admin import (
@@ -37,6 +37,10 @@ from extauthz.server.admin import (
     SessionAdminServicer,
     StatusServicer,
     load_admin_token,
+)
+from extauthz.server.client_admin import (
+    ClientAdminServicer,
+    RevokeClientTokens,
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
@@ -48,8 +52,11 @@ from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
+    build_client_store,
+    build_limiter,
     build_redis_side,
     build_store,
+    build_user_store,
     describe,
 )
 from extauthz.server.tasks import KeyReloader
@@ -57,8 +64,6 @@ from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
 from extauthz.store.redis.clients import Redis
-from extauthz.store.redis.ratelimit import RedisRateLimiter
-from extauthz.store.redis.users import RedisUserStore
 
 __all__ = ["Components", "build_components", "serve"]
 
@@ -79,6 +84,8 @@ class Components:
     authorizer: Authorizer
     auth: AuthHandlers
     verifier: PasswordVerifier
+    clients: ClientStore  # registered OAuth clients ([oauth_clients])
+    revoke_client_tokens: RevokeClientTokens  # what RemoveClient revokes a client's tokens with
     redis: RedisSide | None = None
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
@@ -106,21 +113,6 @@ class Components:
             await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
-def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
-    if settings.users.backend == "redis":
-        assert client is not None  # settings refuse users.backend=redis without a Redis store
-        return RedisUserStore(client, settings.store.key_prefix)
-    return FileUserStore(settings.users.file)
-
-
-def _limiter(
-    settings: Settings, client: Redis | None, limit: int, window: int
-) -> RateLimiter:
-    if client is None:
-        return MemoryRateLimiter(limit, window)
-    return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
-
-
 def build_auth(
     settings: Settings, sessions: SessionManager, client: Redis | None
 ) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
@@ -134,13 +126,15 @@ def build_auth(
     throttle: LookupThrottle | None = None
     if r.enabled:
         limits = LoginLimits(
-            per_user=_limiter(settings, client, r.login_user_limit, r.login_user_window_seconds),
-            per_address=_limiter(
+            per_user=build_limiter(
+                settings, client, r.login_user_limit, r.login_user_window_seconds
+            ),
+            per_address=build_limiter(
                 settings, client, r.login_addr_limit, r.login_addr_window_seconds
             ),
         )
         throttle = LookupThrottle(
-            _limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
+            build_limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
         )
     c = settings.session
     resolver = SessionResolver(
@@ -239,6 +233,9 @@ def build_components(settings: Settings) -> Components:
         check_session=minter.check_size,  # jwt.max_bytes holds for updated sessions too
     )
     services: list[Service] = [redis.membership] if redis is not None else []
+    primary = redis.clients.primary if redis is not None else None
+    clients = build_client_store(settings, primary)
+    oauth, revoke_client_tokens = build_oauth(settings, sessions, auth, minter, clients, primary)
     return Components(
         settings,
         store,
@@ -248,12 +245,13 @@ def build_components(settings: Settings) -> Components:
         authorizer,
         auth,
         verifier,
+        clients,
+        revoke_client_tokens,
         redis,
         [*services, store],
         probe,
         updater if u.enabled else None,
-        build_oauth(settings, sessions, auth, minter, redis.clients.primary if redis else None)
-        if settings.oauth.enabled else None,
+        oauth,
     )
 
 
@@ -328,6 +326,9 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
         components.updater,
+        ClientAdminServicer(
+            components.clients, guard, components.revoke_client_tokens, clock=time.time
+        ),
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
     try:

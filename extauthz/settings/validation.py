@@ -56,6 +56,7 @@ def validate(s: Settings) -> None:
         raise SettingsError("deny.realm: must not contain quotes or backslashes")
     _validate_auth(s.auth)
     _validate_users(s)
+    _validate_oauth_clients(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
     _validate_oauth(s)
@@ -304,6 +305,16 @@ def _validate_users(s: Settings) -> None:
         raise SettingsError("users.max_concurrent_hashes: expected 1-64")
 
 
+def _validate_oauth_clients(s: Settings) -> None:
+    backend = s.oauth_clients_backend
+    if backend == UserBackend.FILE and not s.oauth_clients.file:
+        raise SettingsError("oauth_clients.file: must not be empty when the backend is file")
+    if backend == UserBackend.REDIS and s.store.backend != StoreBackend.REDIS:
+        raise SettingsError(
+            "oauth_clients.backend: redis needs store.backend = redis (its Redis is used)"
+        )
+
+
 def _validate_ratelimit(r: model.RateLimitSettings) -> None:
     for name in ("login_user", "login_addr", "check_addr"):
         if getattr(r, f"{name}_limit") < 1:
@@ -358,9 +369,3 @@ def _validate_oauth(s: Settings) -> None:
             raise SettingsError(
                 f"oauth.scope_descriptions: expected '<scope>=<description>', got {entry!r}"
             )
-    if o.enabled and o.clients_backend == UserBackend.REDIS and (
-        s.store.backend != StoreBackend.REDIS
-    ):
-        raise SettingsError("oauth.clients_backend: redis needs store.backend = redis")
-    if o.clients_backend == UserBackend.FILE and not o.clients_file:
-        raise SettingsError("oauth.clients_file: must not be empty with clients_backend file")

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -385,3 +386,12 @@ async def test_redis_store_down_is_unavailable(fresh_redis: RedisServer) -> None
             await store.list()
     finally:
         await client.aclose()
+
+
+def test_a_client_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command line would read ``-abc`` as an option: such a draw is drawn again."""
+    draws = iter(["-dashfirst0123456789ab", "okay0123456789abcdefgh"])
+    real = secrets.token_urlsafe
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(draws) if n == 16 else real(n))
+    client = public()
+    assert client.client_id == "okay0123456789abcdefgh"
