@@ -134,3 +134,14 @@ async def test_metadata_is_valid_rfc8414(h: Harness) -> None:
     assert doc["issuer"] == "https://auth.example"
     assert doc["token_endpoint"] == "https://auth.example/auth/oauth/token"
     assert doc["code_challenge_methods_supported"] == ["S256"]
+
+
+async def test_https_behind_a_trusted_proxy_and_plain_http_only_on_loopback(h: Harness) -> None:
+    data = {"grant_type": "client_credentials"}
+    # Envoy terminates TLS and says so (the test client's address is a trusted proxy)
+    proxied = await h.token(data, {**h.basic(), "Host": "auth.example",
+                                   "X-Forwarded-Proto": "https"})
+    assert proxied.status == 200, await proxied.text()
+    plain = await h.token(data, {**h.basic(), "Host": "auth.example"})
+    assert plain.status == 400
+    assert (await plain.json())["error"] == "insecure_transport"
