@@ -3,6 +3,8 @@ parameter rules (form body only, no secret in a URL), and the access token throu
 
 from __future__ import annotations
 
+import logging
+
 import jwt
 import pytest
 
@@ -145,3 +147,13 @@ async def test_https_behind_a_trusted_proxy_and_plain_http_only_on_loopback(h: H
     plain = await h.token(data, {**h.basic(), "Host": "auth.example"})
     assert plain.status == 400
     assert (await plain.json())["error"] == "insecure_transport"
+
+
+async def test_no_token_reaches_the_logs_even_at_debug(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        answer = await h.token({"grant_type": "client_credentials"}, h.basic())
+        body = await answer.json()
+    assert body["access_token"] not in caplog.text
+    assert h.secret not in caplog.text
