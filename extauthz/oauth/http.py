@@ -112,7 +112,7 @@ class OAuthHandlers:
             uri=f"{ctx.scheme}://{request.host}{request.path_qs}",
             headers=request.headers,
             params=params,
-            wants_jwt=media_type(accept) == "application/jwt",
+            wants_jwt=any(media_type(part) == "application/jwt" for part in accept.split(",")),
         )
 
     def _render(self, answer: Answer) -> web.Response:

@@ -155,9 +155,12 @@ class _Family:
     revoked: bool = False
 
 
+SWEEP_EVERY = 256  # writes between two sweeps of the memory records
+
+
 class MemoryOAuthRecords:
     """:class:`OAuthRecords` in this process (single node, tests). Expired entries are
-    dropped when read."""
+    dropped when read, and all of them every :data:`SWEEP_EVERY` writes."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -165,8 +168,20 @@ class MemoryOAuthRecords:
         self._refresh: dict[str, tuple[RefreshRecord, bool]] = {}
         self._families: dict[str, _Family] = {}
         self._consents: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
+        self._writes = 0
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes % SWEEP_EVERY:
+            return
+        now = self._clock()
+        self._codes = {k: v for k, v in self._codes.items() if now < v[1]}
+        self._refresh = {k: v for k, v in self._refresh.items() if now < v[0].family_expires_at}
+        self._families = {k: v for k, v in self._families.items() if now < v.expires_at}
+        self._consents = {k: v for k, v in self._consents.items() if now < v[1]}
 
     async def put_code(self, code_hash: str, record: CodeRecord, ttl: float) -> None:
+        self._wrote()
         self._codes[code_hash] = (record, self._clock() + ttl, False)
 
     async def take_code(self, code_hash: str) -> Taken | None:
@@ -181,6 +196,7 @@ class MemoryOAuthRecords:
         return Taken(record, not used)
 
     async def put_refresh(self, token_hash: str, record: RefreshRecord) -> None:
+        self._wrote()
         self._refresh[token_hash] = (record, False)
 
     def _live_refresh(self, token_hash: str) -> tuple[RefreshRecord, bool] | None:
@@ -220,6 +236,7 @@ class MemoryOAuthRecords:
     ) -> bool:
         found = self._family(family)
         if found is None:
+            self._wrote()
             found = self._families[family] = _Family(client_id, sub, expires_at)
         found.expires_at = max(found.expires_at, expires_at)
         if sid is not None:
@@ -262,6 +279,7 @@ class MemoryOAuthRecords:
     async def put_consent(
         self, sub: str, client_id: str, scopes: frozenset[str], ttl: float
     ) -> None:
+        self._wrote()
         self._consents[(sub, client_id)] = (frozenset(scopes), self._clock() + ttl)
 
     async def drop_consent(self, sub: str, client_id: str) -> None:

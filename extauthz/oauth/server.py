@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from extauthz.oauth.clients import ClientStore, ClientStoreError, OAuthClient, i
 from extauthz.oauth.issuer import CLIENT_SUBJECT_PREFIX, FamilyRevoked, TokenIssuer, new_family
 
 T = TypeVar("T")
+# Authlib logs issued tokens at DEBUG ("Issue token %r to %r"): never, whatever the root level
+logging.getLogger("authlib").setLevel(logging.INFO)
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 PUBLIC_METHOD = "none"
 STORE_WAIT_SECONDS = 5.0

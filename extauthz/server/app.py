@@ -41,7 +41,6 @@ from extauthz.server.admin import (
 from extauthz.server.client_admin import (
     ClientAdminServicer,
     RevokeClientTokens,
-    client_credentials_revoker,
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
@@ -100,6 +99,8 @@ class Components:
     async def close(self, within: float | None = None) -> None:
         """Stop the services, then close the Redis clients. With ``within`` (seconds) all of
         it ends by then, whatever Redis does: what does not finish is logged and left."""
+        if self.oauth is not None:
+            self.oauth.server.close()  # its idle worker threads (Authlib's calls)
         if within is None:
             await stop_all(self.services)
             if self.redis is not None:
@@ -232,6 +233,9 @@ def build_components(settings: Settings) -> Components:
         check_session=minter.check_size,  # jwt.max_bytes holds for updated sessions too
     )
     services: list[Service] = [redis.membership] if redis is not None else []
+    primary = redis.clients.primary if redis is not None else None
+    clients = build_client_store(settings, primary)
+    oauth, revoke_client_tokens = build_oauth(settings, sessions, auth, minter, clients, primary)
     return Components(
         settings,
         store,
@@ -241,14 +245,13 @@ def build_components(settings: Settings) -> Components:
         authorizer,
         auth,
         verifier,
-        build_client_store(settings, redis.clients.primary if redis is not None else None),
-        client_credentials_revoker(store),
+        clients,
+        revoke_client_tokens,
         redis,
         [*services, store],
         probe,
         updater if u.enabled else None,
-        build_oauth(settings, sessions, auth, minter, redis.clients.primary if redis else None)
-        if settings.oauth.enabled else None,
+        oauth,
     )
 
 

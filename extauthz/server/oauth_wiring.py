@@ -12,17 +12,17 @@ from extauthz.check.minting import JwtMinter
 from extauthz.errors import SettingsError
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
-from extauthz.oauth.clients import ClientStore, FileClientStore
+from extauthz.oauth.clients import ClientStore
 from extauthz.oauth.consent import parse_descriptions
 from extauthz.oauth.grants import build_server
 from extauthz.oauth.http import OAuthHandlers
 from extauthz.oauth.issuer import Lifetimes, TokenIssuer
 from extauthz.oauth.metadata import metadata
 from extauthz.oauth.records import MemoryOAuthRecords, OAuthRecords
-from extauthz.settings import Settings, UserBackend
+from extauthz.server.client_admin import RevokeClientTokens, client_credentials_revoker
+from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import Redis
-from extauthz.store.redis.oauth_clients import RedisClientStore
 from extauthz.store.redis.oauth_records import RedisOAuthRecords
 
 __all__ = ["OAuthHandlers", "build_oauth"]
@@ -35,20 +35,20 @@ def build_oauth(
     sessions: SessionManager,
     auth: AuthHandlers,
     minter: JwtMinter,
+    clients: ClientStore,
     client: Redis | None,
-) -> OAuthHandlers:
-    """The authorization server's routes, with its client store and records in ``client``'s
-    Redis when given (records) / configured (clients), else in memory / the clients file.
+) -> tuple[OAuthHandlers | None, RevokeClientTokens]:
+    """The authorization server's routes (``None`` unless ``oauth.enabled``) over the
+    registered ``clients``, its records in ``client``'s Redis when given, else in memory; and
+    what removing a client revokes its tokens with (``ClientAdmin.RemoveClient``): its own
+    client-credentials sessions, and with the server every token of every grant too.
 
     :raises SettingsError: the metadata would not be valid RFC 8414 metadata.
     """
+    own_tokens = client_credentials_revoker(sessions.store)
+    if not settings.oauth.enabled:
+        return None, own_tokens
     o = settings.oauth
-    clients: ClientStore
-    if o.clients_backend == UserBackend.REDIS:
-        assert client is not None  # settings refuse clients_backend=redis without Redis
-        clients = RedisClientStore(client, settings.store.key_prefix)
-    else:
-        clients = FileClientStore(o.clients_file)
     records: OAuthRecords = (
         RedisOAuthRecords(client, settings.store.key_prefix)
         if client is not None else MemoryOAuthRecords()
@@ -68,8 +68,13 @@ def build_oauth(
         if document["issuer"].startswith("https:"):
             raise SettingsError(f"oauth.issuer: the RFC 8414 metadata is invalid: {exc}") from None
         log.warning("oauth.issuer is not https (loopback only): %s", exc)
-    return OAuthHandlers(
+    handlers = OAuthHandlers(
         build_server(clients, issuer), auth, minter, metadata=document,
         same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
         scope_descriptions=descriptions,
     )
+
+    async def revoke_client_tokens(client_id: str) -> int:
+        return await issuer.revoke_client_tokens(client_id) + await own_tokens(client_id)
+
+    return handlers, revoke_client_tokens

@@ -277,9 +277,8 @@ class OAuthSettings:
 
     ``issuer``: the RFC 8414 issuer, the base of the endpoints' URLs in the metadata (an https
     URL; empty: ``jwt.issuer``). ``scope_descriptions``: entries ``"<scope>=<plain words>"``
-    shown on the consent page (a scope without one is shown as its token).
-    ``clients_backend``: where registered clients live, ``file`` (``clients_file``) or
-    ``redis`` (the session store's Redis).
+    shown on the consent page (a scope without one is shown as its token). The registered
+    clients: ``[oauth_clients]``.
     """
 
     enabled: bool = False
@@ -289,8 +288,6 @@ class OAuthSettings:
     code_lifetime_seconds: int = 60
     consent_lifetime_seconds: int = 365 * 86400
     scope_descriptions: tuple[str, ...] = ()
-    clients_backend: UserBackend = UserBackend.FILE
-    clients_file: str = "clients.json"
 
 
 @dataclass(frozen=True)

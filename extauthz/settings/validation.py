@@ -369,9 +369,3 @@ def _validate_oauth(s: Settings) -> None:
             raise SettingsError(
                 f"oauth.scope_descriptions: expected '<scope>=<description>', got {entry!r}"
             )
-    if o.enabled and o.clients_backend == UserBackend.REDIS and (
-        s.store.backend != StoreBackend.REDIS
-    ):
-        raise SettingsError("oauth.clients_backend: redis needs store.backend = redis")
-    if o.clients_backend == UserBackend.FILE and not o.clients_file:
-        raise SettingsError("oauth.clients_file: must not be empty with clients_backend file")

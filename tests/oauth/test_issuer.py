@@ -67,3 +67,14 @@ async def test_a_refresh_family_ends_at_its_absolute_end(
     clock.now += 2
     assert await issuer.peek_refresh(issued.refresh_token) is None
     assert await issuer.take_refresh(issued.refresh_token, "a") is None
+
+
+async def test_the_memory_records_forget_what_expired(clock: Clock) -> None:
+    from extauthz.oauth.records import SWEEP_EVERY, CodeRecord
+
+    records = MemoryOAuthRecords(clock)
+    for n in range(SWEEP_EVERY - 1):
+        await records.put_code(f"old{n}", CodeRecord("a", "s", "u", "", "x", "f", 0.0), 60)
+    clock.now += 61
+    await records.put_code("new", CodeRecord("a", "s", "u", "", "x", "f", 0.0), 60)
+    assert len(records._codes) == 1

@@ -13,6 +13,7 @@ import redis.asyncio
 from extauthz.errors import StoreUnavailable
 from extauthz.oauth.records import CodeRecord, OAuthRecords, RefreshRecord
 from extauthz.store.redis.oauth_records import RedisOAuthRecords
+from tests.oauth.harness import Harness
 from tests.support import RedisServer
 
 
@@ -96,3 +97,25 @@ async def test_redis_records_that_cannot_answer_raise_store_unavailable(
             await records.get_consent("alice", "c1")
     finally:
         await client.aclose()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("records", ["redis"], indirect=True)
+async def test_redis_holds_no_code_or_token_in_the_clear(h: Harness, records: OAuthRecords) -> None:
+    assert isinstance(records, RedisOAuthRecords)
+    code, verifier = await h.code_for()
+    body = await (await h.exchange(code, verifier)).json()
+    secrets_sent = (code, body["access_token"], body["refresh_token"])
+    client = records._redis
+    async for key in client.scan_iter(match=records._p + "*"):
+        kind = await client.type(key)
+        values: list[bytes | str] = [key]
+        if kind == b"string":
+            values.append(await client.get(key) or b"")
+        elif kind == b"set":
+            values.extend(await client.smembers(key))
+        elif kind == b"hash":
+            values.extend((await client.hgetall(key)).values())
+        for value in values:
+            raw = value if isinstance(value, bytes) else value.encode()
+            assert not any(s.encode() in raw for s in secrets_sent), key

@@ -152,7 +152,8 @@ async def test_introspection_needs_a_confidential_client(h: Harness) -> None:
 
 async def test_introspection_as_application_jwt_is_the_session_jwt(h: Harness) -> None:
     first = await tokens_for(h, scope="read")
-    answer = await introspect(h, first["access_token"], {"Accept": "application/jwt"})
+    answer = await introspect(h, first["access_token"],
+                              {"Accept": "application/jwt;q=1, application/json;q=0.5"})
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("application/jwt")
     raw = await answer.text()

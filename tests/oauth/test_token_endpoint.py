@@ -3,6 +3,8 @@ parameter rules (form body only, no secret in a URL), and the access token throu
 
 from __future__ import annotations
 
+import logging
+
 import jwt
 import pytest
 
@@ -134,3 +136,24 @@ async def test_metadata_is_valid_rfc8414(h: Harness) -> None:
     assert doc["issuer"] == "https://auth.example"
     assert doc["token_endpoint"] == "https://auth.example/auth/oauth/token"
     assert doc["code_challenge_methods_supported"] == ["S256"]
+
+
+async def test_https_behind_a_trusted_proxy_and_plain_http_only_on_loopback(h: Harness) -> None:
+    data = {"grant_type": "client_credentials"}
+    # Envoy terminates TLS and says so (the test client's address is a trusted proxy)
+    proxied = await h.token(data, {**h.basic(), "Host": "auth.example",
+                                   "X-Forwarded-Proto": "https"})
+    assert proxied.status == 200, await proxied.text()
+    plain = await h.token(data, {**h.basic(), "Host": "auth.example"})
+    assert plain.status == 400
+    assert (await plain.json())["error"] == "insecure_transport"
+
+
+async def test_no_token_reaches_the_logs_even_at_debug(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        answer = await h.token({"grant_type": "client_credentials"}, h.basic())
+        body = await answer.json()
+    assert body["access_token"] not in caplog.text
+    assert h.secret not in caplog.text

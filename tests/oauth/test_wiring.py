@@ -48,7 +48,6 @@ def test_oauth_settings_from_the_environment() -> None:
         {"EXTAUTHZ_OAUTH_CODE_LIFETIME_SECONDS": "3600"},
         {"EXTAUTHZ_OAUTH_ACCESS_TOKEN_LIFETIME_SECONDS": "0"},
         {"EXTAUTHZ_OAUTH_SCOPE_DESCRIPTIONS": "read"},
-        {"EXTAUTHZ_OAUTH_ENABLED": "true", "EXTAUTHZ_OAUTH_CLIENTS_BACKEND": "redis"},
     ],
 )
 def test_bad_oauth_settings_are_refused(env: dict[str, str]) -> None:
@@ -71,9 +70,9 @@ async def test_enabled_oauth_serves_metadata_and_tokens(tmp_path: Path) -> None:
                                 confidential=True, now=1.0, hasher=FAST)
     await FileClientStore(clients_file).put(client)
     settings = node_settings(tmp_path, "n1", MEMORY, oauth={
-        "enabled": True, "issuer": "https://auth.example", "clients_file": str(clients_file),
+        "enabled": True, "issuer": "https://auth.example",
         "scope_descriptions": ["read=Read your reports"], "access_token_lifetime_seconds": 120,
-    })
+    }, oauth_clients={"backend": "file", "file": str(clients_file)})
     components = build_components(settings)
     assert components.oauth is not None
     app = build_http_app(components.keyring, components.auth, oauth=components.oauth)
@@ -89,4 +88,7 @@ async def test_enabled_oauth_serves_metadata_and_tokens(tmp_path: Path) -> None:
         assert body["expires_in"] == 120
         session = await components.sessions.lookup(body["access_token"])
         assert session.client_id == client.client_id
-    components.oauth.server.close()
+        # removing the client (ClientAdmin.RemoveClient) revokes its tokens
+        assert await components.revoke_client_tokens(client.client_id) >= 1
+        assert await components.sessions.was_revoked(body["access_token"])
+    await components.close()
