@@ -408,7 +408,8 @@ def test_refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_family(
 ) -> None:
     app = app_session(oauth, apps["printer"])
     first = code_flow_token(oauth, app)
-    second = dict(app.refresh_token(oauth.url(TOKEN), refresh_token=first["refresh_token"]))
+    # refreshed through the other node: the records are shared
+    second = dict(app.refresh_token(oauth.url(TOKEN, 1), refresh_token=first["refresh_token"]))
     oauth.remember(second.get("access_token"), second.get("refresh_token"))
     assert tokens.has_token_shape(second["refresh_token"], tokens.REFRESH_TOKEN_PREFIX)
     assert second["refresh_token"] != first["refresh_token"]
@@ -421,15 +422,21 @@ def test_refresh_rotates_and_reuse_of_a_rotated_token_revokes_the_family(
                           scope="read write")  # fmt: skip
     assert wider.value.error == "invalid_scope"
 
+    # both access tokens in use on both nodes (their session caches warm)
+    for access in (first["access_token"], second["access_token"]):
+        for node in (0, 1, 0, 1):
+            assert call(oauth, access, node=node).status_code == 200
+
     # the rotated token presented again: refused, and the whole family is revoked
     with refused() as reuse:
         app.refresh_token(oauth.url(TOKEN), refresh_token=first["refresh_token"])
     assert reuse.value.error == "invalid_grant"
+    for which, access in enumerate((first["access_token"], second["access_token"])):
+        for node in (0, 1):
+            assert call(oauth, access, node=node).status_code == 401, (which, node)
     with refused() as family:
         app.refresh_token(oauth.url(TOKEN), refresh_token=second["refresh_token"])
     assert family.value.error == "invalid_grant"
-    for access in (first["access_token"], second["access_token"]):
-        assert call(oauth, access).status_code == 401
 
 
 def test_a_refresh_token_is_not_an_access_token(
