@@ -393,6 +393,10 @@ def test_a_client_secret_in_the_query_string_is_refused(
     status, body = curl("-d", "grant_type=client_credentials", f"{oauth.url(TOKEN)}?{query}")
     assert status in (400, 401), body
     assert "access_token" not in body and body["error"] in ("invalid_request", "invalid_client")
+    # nor at the revocation and introspection endpoints
+    for endpoint in (REVOKE, INTROSPECT):
+        status, body = curl("-d", f"token={tokens.mint_token()}", f"{oauth.url(endpoint)}?{query}")
+        assert (status, body["error"]) == (400, "invalid_request"), (endpoint, body)
     # also with the secret correctly in the header as well: the query still has it
     status, body = curl("-u", f"{batch.client_id}:{batch.secret}",
                         "-d", "grant_type=client_credentials",
@@ -593,13 +597,15 @@ def test_an_altered_redirect_uri_is_refused_without_a_redirect(
     app = app_session(oauth, apps["printer"])
     url, _ = app.create_authorization_url(oauth.url(AUTHORIZE), code_verifier=generate_token(48),
                                           redirect_uri=bad)  # fmt: skip
-    agent = signed_in(oauth, "alice")
     parts = urlsplit(url)
     before = len(oauth.callback.requests)
-    resp = agent.request("GET", f"{parts.path}?{parts.query}", headers={"Accept": "text/html"})
-    assert resp.status == 400, (resp.status, resp.header("location"))
-    assert resp.header("location") is None
-    assert "code=" not in resp.text
+    # signed in, or not yet (then too, before any login page: nothing to come back to)
+    for agent in (signed_in(oauth, "alice"), oauth.client()):
+        resp = agent.request("GET", f"{parts.path}?{parts.query}",
+                             headers={"Accept": "text/html"})  # fmt: skip
+        assert resp.status == 400, (resp.status, resp.header("location"))
+        assert resp.header("location") is None
+        assert "code=" not in resp.text
     assert len(oauth.callback.requests) == before
 
 
