@@ -38,6 +38,7 @@ from extauthz.server.admin import (
     StatusServicer,
     load_admin_token,
 )
+from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
@@ -144,6 +145,7 @@ def build_auth(
         SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
         max_cookie_candidates=c.max_cookie_candidates,
         throttle=throttle,
+        api_key_header=settings.api_keys.header,
     )
     service = LoginService(
         resolver,  # the same one as Check's: one budget of failed lookups
@@ -183,6 +185,7 @@ def build_components(settings: Settings) -> Components:
         absolute_timeout=settings.session.absolute_timeout_seconds,
         check_session=minter.check_size,  # a session whose JWT would be too large is refused
         rotation_grace_seconds=settings.session.rotation_grace_seconds,
+        api_key_touch_interval=settings.api_keys.touch_interval_seconds,
     )
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
@@ -309,6 +312,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, on_signal)
     node_id = settings.node_id
     health_servicer = HealthServicer()
+    keys = settings.api_keys
     server, grpc_port = build_server(
         settings.server.grpc_listen,
         components.authorizer,
@@ -322,6 +326,9 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
         components.updater,
+        ApiKeyAdminServicer(
+            components.sessions, guard, keys.default_lifetime_days, keys.max_lifetime_days
+        ),
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
     try:

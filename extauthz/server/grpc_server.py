@@ -32,6 +32,7 @@ from extauthz.loops import Loop
 from extauthz.response import ext_proc_adapter
 from extauthz.response.processor import SessionUpdater
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
 from extauthz.store.model import SessionStore
@@ -166,9 +167,11 @@ def build_server(
     status: StatusServicer,
     health_servicer: HealthServicer,
     updater: SessionUpdater | None = None,
+    api_keys: ApiKeyAdminServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
-    ``ExternalProcessor`` is served when ``updater`` is given.
+    ``ExternalProcessor`` is served when ``updater`` is given, ``ApiKeyAdmin`` when
+    ``api_keys`` is.
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -186,12 +189,15 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     admin_pb2_grpc.add_SessionAdminServicer_to_server(admin, server)
     admin_pb2_grpc.add_StatusServicer_to_server(status, server)
+    if api_keys is not None:
+        admin_pb2_grpc.add_ApiKeyAdminServicer_to_server(api_keys, server)
     names = [
         AUTHORIZATION_SERVICE,
         *([EXTERNAL_PROCESSOR_SERVICE] if updater is not None else []),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["SessionAdmin"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+        *([admin_pb2.DESCRIPTOR.services_by_name["ApiKeyAdmin"].full_name] if api_keys else []),
         reflection.SERVICE_NAME,
     ]
     reflection.enable_server_reflection(names, server)

@@ -254,6 +254,23 @@ class SessionUpdateSettings:
 
 
 @dataclass(frozen=True)
+class ApiKeySettings:
+    """API keys for machine clients (``extauthz apikeys``, docs/authentication.md, 'API keys').
+
+    ``header``: where a client may send the bare key besides ``Authorization: Bearer``
+    (lower case; removed before the request goes upstream). A key's lifetime is mandatory:
+    ``default_lifetime_days`` when none is asked for, never more than ``max_lifetime_days``.
+    ``touch_interval_seconds``: a key's last use is written at its first use, then at most
+    this often.
+    """
+
+    header: str = "x-api-key"
+    default_lifetime_days: int = 90
+    max_lifetime_days: int = 365
+    touch_interval_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every table of the settings file; built by :func:`extauthz.settings.load_settings`."""
 
@@ -268,6 +285,7 @@ class Settings:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
+    api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
 
     @property
     def node_id(self) -> str:

@@ -58,6 +58,7 @@ def validate(s: Settings) -> None:
     _validate_users(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
+    _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -328,3 +329,20 @@ def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -
         raise SettingsError("session_updates.attempts: expected 1-10")
     if not 50 <= u.budget_ms <= 5000:
         raise SettingsError("session_updates.budget_ms: expected 50-5000 ms")
+
+
+# the longest lifetime api_keys.max_lifetime_days may allow: ten years
+MAX_API_KEY_DAYS = 3650
+
+
+def _validate_api_keys(k: model.ApiKeySettings, jwt_header: str, update_header: str) -> None:
+    if not _HEADER_NAME.fullmatch(k.header) or k.header.startswith(_RESERVED_PREFIXES):
+        raise SettingsError(f"api_keys.header: expected a lower-case header name, got {k.header!r}")
+    if k.header in _RESERVED_HEADERS or k.header in ("authorization", jwt_header, update_header):
+        raise SettingsError(f"api_keys.header: {k.header!r} means something else")
+    if not 1 <= k.max_lifetime_days <= MAX_API_KEY_DAYS:
+        raise SettingsError(f"api_keys.max_lifetime_days: expected 1-{MAX_API_KEY_DAYS}")
+    if not 1 <= k.default_lifetime_days <= k.max_lifetime_days:
+        raise SettingsError("api_keys.default_lifetime_days: expected 1-api_keys.max_lifetime_days")
+    if not 1 <= k.touch_interval_seconds <= 86400:
+        raise SettingsError("api_keys.touch_interval_seconds: expected 1-86400")
