@@ -179,8 +179,8 @@ def test_no_log_line_of_any_process_holds_a_key(stack: Stack) -> None:
         ("/logs/typo", {"x-api-key": key[:-1] + ("A" if key[-1] != "A" else "B")}),
         ("/logs/both", {"x-api-key": key, "authorization": "Bearer " + tokens.mint_token()}),
     ]
-    for path, headers in uses:
-        request(stack, path, headers)
+    for target, headers in uses:
+        request(stack, target, headers)
     assert cli(stack, "apikeys", "revoke", f"--id={key_id}") == "revoked"
     request(stack, "/logs/revoked", {"x-api-key": key})
     stack.envoy.wait_until(
