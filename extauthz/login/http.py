@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -190,7 +191,8 @@ def _refused(html: bool, denial: Denied) -> web.Response:
 
 class AuthHandlers:
     """The ``/auth/*`` handlers over ``service``. ``realm`` goes into ``WWW-Authenticate``;
-    ``trusted_proxies`` (CIDR strings) may set ``X-Forwarded-For`` and ``X-Forwarded-Proto``."""
+    ``trusted_proxies`` (CIDR strings) may set ``X-Forwarded-For`` and ``X-Forwarded-Proto``;
+    ``clock`` (Unix seconds) is the session manager's, to list only live sessions."""
 
     def __init__(
         self,
@@ -198,9 +200,10 @@ class AuthHandlers:
         *,
         realm: str,
         trusted_proxies: Iterable[str] = ("127.0.0.1/32", "::1/128"),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
-        self.account = AccountService(service)
+        self.account = AccountService(service, clock=clock)
         self.realm = realm
         self.trusted_proxies: _Networks = tuple(
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
