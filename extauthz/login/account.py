@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from extauthz.check.context import RequestContext
 from extauthz.errors import ExtauthzError, StoreUnavailable
@@ -32,6 +32,18 @@ class NoSuchSession(ExtauthzError):
 class NotALogin(ExtauthzError):
     """The caller presented an application's access token or an API key, not a login
     session (403 ``credential_kind_refused``): those may not end the user's sessions."""
+
+
+class GrantRevoker(Protocol):
+    """Ends what an application holds for a user beyond one access token: its other access
+    tokens, its refresh tokens (RFC 6749 §1.5), the remembered consent (the OAuth token
+    issuer)."""
+
+    async def revoke_grant(self, sub: str, client_id: str) -> int:
+        """Revoke every token ``client_id`` holds for ``sub``; how many.
+
+        :raises StoreUnavailable: not every revocation was stored."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -108,11 +120,20 @@ def overview_summary(overview: Overview) -> dict[str, Any]:
 class AccountService:
     """Lists and ends the caller's sessions through ``login`` (its resolver, throttle,
     same-site check and cookie). ``clock``: Unix seconds, to leave out records that are no
-    longer alive but not yet dropped by the store."""
+    longer alive but not yet dropped by the store. ``grants``: when given, ending an
+    application's access token ends the application's whole grant for the user (its refresh
+    tokens too); without it only that access token ends."""
 
-    def __init__(self, login: LoginService, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        login: LoginService,
+        *,
+        clock: Callable[[], float] = time.time,
+        grants: GrantRevoker | None = None,
+    ) -> None:
         self.login = login
         self.store = login.sessions.store
+        self.grants = grants
         self._clock = clock
 
     async def overview(self, ctx: RequestContext) -> Overview:
@@ -163,6 +184,8 @@ class AccountService:
             raise NoSuchSession("no such session")
         try:
             revoked = await self.store.revoke_sid(target.sid)
+            if revoked is not None and target.kind == "oauth" and target.client_id and self.grants:
+                await self.grants.revoke_grant(target.sub, target.client_id)
         except StoreUnavailable:
             log.error("session end failed: the revocation was not stored", exc_info=True)
             raise

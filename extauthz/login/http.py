@@ -24,6 +24,7 @@ from extauthz.login import pages
 from extauthz.login.account import (
     SESSION_END_PATH,
     AccountService,
+    GrantRevoker,
     NoSuchSession,
     NotALogin,
     overview_summary,
@@ -192,7 +193,9 @@ def _refused(html: bool, denial: Denied) -> web.Response:
 class AuthHandlers:
     """The ``/auth/*`` handlers over ``service``. ``realm`` goes into ``WWW-Authenticate``;
     ``trusted_proxies`` (CIDR strings) may set ``X-Forwarded-For`` and ``X-Forwarded-Proto``;
-    ``clock`` (Unix seconds) is the session manager's, to list only live sessions."""
+    ``clock`` (Unix seconds) is the session manager's, to list only live sessions;
+    ``grants`` ends an application's whole grant when the user ends its access token
+    (:class:`~extauthz.login.account.AccountService`)."""
 
     def __init__(
         self,
@@ -201,9 +204,10 @@ class AuthHandlers:
         realm: str,
         trusted_proxies: Iterable[str] = ("127.0.0.1/32", "::1/128"),
         clock: Callable[[], float] = time.time,
+        grants: GrantRevoker | None = None,
     ) -> None:
         self.service = service
-        self.account = AccountService(service, clock=clock)
+        self.account = AccountService(service, clock=clock, grants=grants)
         self.realm = realm
         self.trusted_proxies: _Networks = tuple(
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies

@@ -21,12 +21,13 @@ from argon2 import PasswordHasher, Type
 from extauthz.check.context import RequestContext
 from extauthz.check.decisions import Allow, Deny
 from extauthz.errors import Reason, StoreUnavailable, Unauthenticated
+from extauthz.login.account import GrantRevoker
 from extauthz.login.http import AuthHandlers
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier
 from extauthz.server.http_server import build_http_app
 from extauthz.store.memory import MemorySessionStore
-from extauthz.store.model import Session
+from extauthz.store.model import Session, SessionStore
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import COOKIE, FakeClock, Harness, build_harness
@@ -97,13 +98,35 @@ class Page:
         assert (await self.h.sessions.lookup(token)).sub == sub
 
 
-async def serve(h: Harness, tmp_path: Path) -> TestClient[web.Request, web.Application]:
+class StoreGrants:
+    """A grant revoker over the session store alone (the OAuth token issuer also drops the
+    grant's refresh tokens and consent): every access token of the client for the user."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.down = False
+        self.calls: list[tuple[str, str]] = []
+
+    async def revoke_grant(self, sub: str, client_id: str) -> int:
+        self.calls.append((sub, client_id))
+        if self.down:
+            raise StoreUnavailable("grant not revoked")
+        count = 0
+        for s in await self.store.list_subject(sub):
+            if s.kind == "oauth" and s.client_id == client_id:
+                count += await self.store.revoke_sid(s.sid) is not None
+        return count
+
+
+async def serve(
+    h: Harness, tmp_path: Path, grants: GrantRevoker | None = None
+) -> TestClient[web.Request, web.Application]:
     users = FileUserStore(tmp_path / "users.json")
     verifier = PasswordVerifier(
         users, hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
     )
     handlers = AuthHandlers(
-        LoginService(h.authorizer.resolver, verifier), realm="test", clock=h.clock
+        LoginService(h.authorizer.resolver, verifier), realm="test", clock=h.clock, grants=grants
     )
     client = TestClient(TestServer(build_http_app(h.keyring, handlers)))
     await client.start_server()
@@ -359,6 +382,44 @@ async def test_ending_without_a_session_or_a_sid(page: Page) -> None:
         resp = await page.client.post("/auth/session/end", json=body, headers=cookie)
         assert resp.status == 400, body
     await page.assert_alive(token)
+
+
+async def test_ending_an_application_ends_its_whole_grant(tmp_path: Path) -> None:
+    """With the token issuer's grant revoker wired, ending one access token of an application
+    ends every token it holds for the user (and not another application's, nor another
+    user's); a grant that could not be revoked is a 503."""
+    h = build_harness(tmp_path)
+    grants = StoreGrants(h.store)
+    client = await serve(h, tmp_path, grants)
+    page = Page(client, h)
+    try:
+        here, _ = await h.sessions.create("alice")
+
+        async def app(client_id: str, sub: str = "alice") -> tuple[str, Session]:
+            return await h.sessions.create(
+                sub, kind="oauth", client_id=client_id, lifetime_seconds=600
+            )
+
+        (first, shown), (second, _), (other_app, _), (bobs, _) = [
+            await app("printer"), await app("printer"), await app("calendar"),
+            await app("printer", "bob"),
+        ]  # fmt: skip
+        resp = await page.end(here, shown.sid)
+        assert resp.status == 303
+        assert grants.calls == [("alice", "printer")]
+        await page.assert_ended(first)
+        await page.assert_ended(second)
+        await page.assert_alive(other_app)
+        await page.assert_alive(bobs, "bob")
+        await page.assert_alive(here)
+        _, key_session = await h.sessions.create("alice", kind="api_key", lifetime_seconds=600)
+        assert (await page.end(here, key_session.sid)).status == 303
+        assert grants.calls == [("alice", "printer")]  # an API key is no grant
+        grants.down = True
+        _, calendar = await app("calendar")
+        assert (await page.end(here, calendar.sid)).status == 503
+    finally:
+        await client.close()
 
 
 # -- a store that cannot answer ---------------------------------------------------------------
