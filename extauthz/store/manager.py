@@ -194,18 +194,13 @@ class SessionManager:
         if lifetime_seconds is not None and lifetime_seconds <= 0:
             raise ValueError("lifetime_seconds must be positive")
         now = self._clock()
-        idle, absolute = (
-            (self.idle_timeout, self.absolute_timeout)
-            if lifetime_seconds is None
-            else (lifetime_seconds, lifetime_seconds)
-        )
         session = Session(
             sid=secrets.token_urlsafe(16),
             sub=sub,
             created_at=now,
             last_seen=now,
-            idle_timeout=idle,
-            expires_at=now + absolute,
+            idle_timeout=lifetime_seconds or self.idle_timeout,
+            expires_at=now + (lifetime_seconds or self.absolute_timeout),
             scopes=validate_scope_tokens("scopes", scopes),
             roles=validate_scope_tokens("roles", roles),
             data=validate_session_data(data),
