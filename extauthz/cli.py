@@ -3,7 +3,8 @@
 ``serve`` runs the service; ``sessions``, ``apikeys``, ``status`` call a running node's admin
 API over gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``) with the admin
 token of ``--admin-token-file`` (default ``$EXTAUTHZ_ADMIN_TOKEN_FILE``); ``keys generate``
-writes a signing key; ``users`` manages a file-backed user store.
+writes a signing key; ``users`` manages a file-backed user store; ``clients`` registers OAuth
+clients (in the store of ``--config``, or through a node's admin API with ``--target``).
 """
 
 from __future__ import annotations
@@ -37,17 +38,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-def _admin_channel(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]]]:
-    """A channel to ``--target`` and the metadata that carries the admin token."""
-    import grpc
-
+def _admin_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The metadata that carries the admin token of ``--admin-token-file``."""
     from extauthz.server.admin import load_admin_token
 
     metadata: list[tuple[str, str]] = []
     if args.admin_token_file:
         token = load_admin_token(args.admin_token_file)  # SettingsError: unreadable, malformed
         metadata.append(("authorization", f"Bearer {token}"))
-    return grpc.insecure_channel(args.target), metadata
+    return metadata
+
+
+def _admin_channel(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]]]:
+    """A channel to ``--target`` and the metadata that carries the admin token."""
+    import grpc
+
+    return grpc.insecure_channel(args.target), _admin_metadata(args)
 
 
 def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
@@ -184,6 +190,19 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clients(args: argparse.Namespace) -> int:
+    from extauthz.oauth.clients_cli import admin_registry, run_clients_command, store_registry
+
+    if args.target:
+        registry = admin_registry(args.target, _admin_metadata(args), args.timeout)
+    else:
+        from extauthz.server.store_wiring import standalone_client_store
+        from extauthz.settings import load_settings
+
+        registry = store_registry(standalone_client_store(load_settings(args.config)))
+    return run_clients_command(args, registry)
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
@@ -277,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_users_parser(sub)
+    from extauthz.oauth.clients_cli import add_clients_parser
+
+    add_clients_parser(sub).set_defaults(func=_cmd_clients)
     return parser
 
 

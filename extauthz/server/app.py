@@ -26,10 +26,10 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
-from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.service import LoginService
-from extauthz.login.users import FileUserStore, PasswordVerifier, UserStore
+from extauthz.login.users import PasswordVerifier
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
+from extauthz.oauth.clients import ClientStore
 from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
 from extauthz.server.admin import (
@@ -39,6 +39,11 @@ from extauthz.server.admin import (
     load_admin_token,
 )
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
+from extauthz.server.client_admin import (
+    ClientAdminServicer,
+    RevokeClientTokens,
+    client_credentials_revoker,
+)
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
@@ -48,8 +53,11 @@ from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
+    build_client_store,
+    build_limiter,
     build_redis_side,
     build_store,
+    build_user_store,
     describe,
 )
 from extauthz.server.tasks import KeyReloader
@@ -57,8 +65,6 @@ from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
 from extauthz.store.redis.clients import Redis
-from extauthz.store.redis.ratelimit import RedisRateLimiter
-from extauthz.store.redis.users import RedisUserStore
 
 __all__ = ["Components", "build_components", "serve"]
 
@@ -79,6 +85,8 @@ class Components:
     authorizer: Authorizer
     auth: AuthHandlers
     verifier: PasswordVerifier
+    clients: ClientStore  # registered OAuth clients ([oauth_clients])
+    revoke_client_tokens: RevokeClientTokens  # what RemoveClient revokes a client's tokens with
     redis: RedisSide | None = None
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
@@ -103,21 +111,6 @@ class Components:
             await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
-def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
-    if settings.users.backend == "redis":
-        assert client is not None  # settings refuse users.backend=redis without a Redis store
-        return RedisUserStore(client, settings.store.key_prefix)
-    return FileUserStore(settings.users.file)
-
-
-def _limiter(
-    settings: Settings, client: Redis | None, limit: int, window: int
-) -> RateLimiter:
-    if client is None:
-        return MemoryRateLimiter(limit, window)
-    return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
-
-
 def build_auth(
     settings: Settings, sessions: SessionManager, client: Redis | None
 ) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
@@ -131,13 +124,15 @@ def build_auth(
     throttle: LookupThrottle | None = None
     if r.enabled:
         limits = LoginLimits(
-            per_user=_limiter(settings, client, r.login_user_limit, r.login_user_window_seconds),
-            per_address=_limiter(
+            per_user=build_limiter(
+                settings, client, r.login_user_limit, r.login_user_window_seconds
+            ),
+            per_address=build_limiter(
                 settings, client, r.login_addr_limit, r.login_addr_window_seconds
             ),
         )
         throttle = LookupThrottle(
-            _limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
+            build_limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
         )
     c = settings.session
     resolver = SessionResolver(
@@ -247,6 +242,8 @@ def build_components(settings: Settings) -> Components:
         authorizer,
         auth,
         verifier,
+        build_client_store(settings, redis.clients.primary if redis is not None else None),
+        client_credentials_revoker(store),
         redis,
         [*services, store],
         probe,
@@ -326,8 +323,11 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
         components.updater,
-        ApiKeyAdminServicer(
+        api_keys=ApiKeyAdminServicer(
             components.sessions, guard, keys.default_lifetime_days, keys.max_lifetime_days
+        ),
+        client_admin=ClientAdminServicer(
+            components.clients, guard, components.revoke_client_tokens, clock=time.time
         ),
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)

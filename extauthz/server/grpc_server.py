@@ -33,6 +33,7 @@ from extauthz.response import ext_proc_adapter
 from extauthz.response.processor import SessionUpdater
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
+from extauthz.server.client_admin import ClientAdminServicer, add_client_admin
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
 from extauthz.store.model import SessionStore
@@ -168,10 +169,11 @@ def build_server(
     health_servicer: HealthServicer,
     updater: SessionUpdater | None = None,
     api_keys: ApiKeyAdminServicer | None = None,
+    client_admin: ClientAdminServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
     ``ExternalProcessor`` is served when ``updater`` is given, ``ApiKeyAdmin`` when
-    ``api_keys`` is.
+    ``api_keys`` is, ``ClientAdmin`` when ``client_admin`` is.
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -200,6 +202,8 @@ def build_server(
         *([admin_pb2.DESCRIPTOR.services_by_name["ApiKeyAdmin"].full_name] if api_keys else []),
         reflection.SERVICE_NAME,
     ]
+    if client_admin is not None:
+        names.append(add_client_admin(server, client_admin))
     reflection.enable_server_reflection(names, server)
     try:
         port = server.add_insecure_port(listen)

@@ -4,25 +4,41 @@ The only place where ``[store]`` settings become plain values for the store pack
 (:class:`~extauthz.store.redis.clients.RedisEndpoints`, prefixes, counts, seconds), and where
 the store of the configured strategy is assembled (docs/strategies.md) on the node's one
 :class:`~extauthz.store.redis.clients.RedisClients` and one
-:class:`~extauthz.store.redis.membership.Membership`.
+:class:`~extauthz.store.redis.membership.Membership`; also where the OAuth client store of
+``[oauth_clients]`` and the user store of ``[users]`` are chosen (the server and the CLI build
+them the same way).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from extauthz import __version__
-from extauthz.settings import Settings, StoreSettings
+from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
+from extauthz.login.users import FileUserStore, UserStore
+from extauthz.oauth.clients import ClientStore, FileClientStore
+from extauthz.settings import Settings, StoreSettings, UserBackend
 from extauthz.store.cache import CachingSessionStore
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import SessionStore
 from extauthz.store.redis.channel import Channel
-from extauthz.store.redis.clients import RedisClients, RedisEndpoints, parse_address, redact
+from extauthz.store.redis.clients import (
+    Redis,
+    RedisClients,
+    RedisEndpoints,
+    parse_address,
+    redact,
+)
 from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barrier
 from extauthz.store.redis.lease import leased_replicas, replica_barrier
 from extauthz.store.redis.membership import Membership
+from extauthz.store.redis.oauth_clients import RedisClientStore
+from extauthz.store.redis.ratelimit import RedisRateLimiter
 from extauthz.store.redis.replicated import ReplicatedSessionStore
 from extauthz.store.redis.store import RedisSessionStore
+from extauthz.store.redis.users import RedisUserStore
 
 
 def describe(s: StoreSettings) -> str:
@@ -139,3 +155,45 @@ def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
         max_age=settings.cache.max_age_seconds,
     )
     return StoreParts(cache, cache)
+
+
+def build_limiter(settings: Settings, client: Redis | None, limit: int, window: int) -> RateLimiter:
+    """A fixed-window limiter (``limit`` per ``window`` seconds) in ``client``'s Redis under
+    ``store.key_prefix``, or in memory without a Redis store."""
+    if client is None:
+        return MemoryRateLimiter(limit, window)
+    return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
+
+
+def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
+    """The user store of ``users.backend``: the JSON file ``users.file``, or ``client``'s
+    Redis (the session store's primary) under ``store.key_prefix``."""
+    if settings.users.backend == "redis":
+        assert client is not None  # settings refuse users.backend=redis without a Redis store
+        return RedisUserStore(client, settings.store.key_prefix)
+    return FileUserStore(settings.users.file)
+
+
+def build_client_store(settings: Settings, client: Redis | None) -> ClientStore:
+    """The OAuth client store of ``oauth_clients.backend`` (``users``: as ``users.backend``):
+    the JSON file ``oauth_clients.file``, or the session store's Redis under
+    ``store.key_prefix`` (``client``, the primary; settings refuse redis without one)."""
+    if settings.oauth_clients_backend == UserBackend.REDIS:
+        if client is None:
+            raise ValueError("oauth_clients.backend = redis needs the session store's Redis")
+        return RedisClientStore(client, settings.store.key_prefix)
+    return FileClientStore(settings.oauth_clients.file)
+
+
+@asynccontextmanager
+async def standalone_client_store(settings: Settings) -> AsyncIterator[ClientStore]:
+    """The client store of ``settings`` for a process that runs no node (``extauthz
+    clients``), with a Redis client of its own when it needs one, closed on exit."""
+    redis: RedisClients | None = None
+    if settings.oauth_clients_backend == UserBackend.REDIS:
+        redis = RedisClients(redis_endpoints(settings))
+    try:
+        yield build_client_store(settings, redis.primary if redis is not None else None)
+    finally:
+        if redis is not None:
+            await redis.aclose()

@@ -8,11 +8,11 @@ every reader sees the same answer.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
 
+from extauthz.addresses import is_loopback_host
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 
@@ -24,16 +24,19 @@ class UserBackend(enum.StrEnum):
     REDIS = "redis"  # the session store's Redis
 
 
+@enum.unique
+class ClientBackend(enum.StrEnum):
+    """Where OAuth clients live (``oauth_clients.backend``); ``users``: as ``users.backend``."""
+
+    USERS = "users"
+    FILE = "file"  # a JSON file managed by ``extauthz clients``
+    REDIS = "redis"  # the session store's Redis
+
+
 def is_loopback(listen: str) -> bool:
     """Whether a ``HOST:PORT`` listen address (IPv6 in brackets) is reachable from this host
     only: ``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``)."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
 
 
 def resolve_wait_replicas(
@@ -199,6 +202,19 @@ class UsersSettings:
 
 
 @dataclass(frozen=True)
+class OAuthClientsSettings:
+    """Where registered OAuth clients live (:mod:`extauthz.oauth.clients`).
+
+    ``backend = "users"`` (the default) follows ``users.backend``; ``"file"`` reads ``file``
+    (managed by ``extauthz clients``); ``"redis"`` uses the session store's Redis under
+    ``store.key_prefix``. ``backend_resolved`` is ``"file"`` or ``"redis"``.
+    """
+
+    backend: ClientBackend = ClientBackend.USERS
+    file: str = "oauth_clients.json"
+
+
+@dataclass(frozen=True)
 class RateLimitSettings:
     """Brute-force limits (fixed windows, :mod:`extauthz.login.ratelimit`); windows in seconds.
 
@@ -282,10 +298,17 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     users: UsersSettings = field(default_factory=UsersSettings)
+    oauth_clients: OAuthClientsSettings = field(default_factory=OAuthClientsSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
     api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
+
+    @property
+    def oauth_clients_backend(self) -> UserBackend:
+        """``oauth_clients.backend``, with ``"users"`` resolved to ``users.backend``."""
+        b = self.oauth_clients.backend
+        return self.users.backend if b == ClientBackend.USERS else UserBackend(b.value)
 
     @property
     def node_id(self) -> str:

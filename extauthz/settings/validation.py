@@ -56,6 +56,7 @@ def validate(s: Settings) -> None:
         raise SettingsError("deny.realm: must not contain quotes or backslashes")
     _validate_auth(s.auth)
     _validate_users(s)
+    _validate_oauth_clients(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
     _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
@@ -302,6 +303,16 @@ def _validate_users(s: Settings) -> None:
         raise SettingsError("users.backend: redis needs store.backend = redis (its Redis is used)")
     if not 1 <= u.max_concurrent_hashes <= 64:
         raise SettingsError("users.max_concurrent_hashes: expected 1-64")
+
+
+def _validate_oauth_clients(s: Settings) -> None:
+    backend = s.oauth_clients_backend
+    if backend == UserBackend.FILE and not s.oauth_clients.file:
+        raise SettingsError("oauth_clients.file: must not be empty when the backend is file")
+    if backend == UserBackend.REDIS and s.store.backend != StoreBackend.REDIS:
+        raise SettingsError(
+            "oauth_clients.backend: redis needs store.backend = redis (its Redis is used)"
+        )
 
 
 def _validate_ratelimit(r: model.RateLimitSettings) -> None:

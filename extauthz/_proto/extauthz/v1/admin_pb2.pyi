@@ -187,3 +187,63 @@ class RevokeApiKeyResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: bool
     def __init__(self, revoked: _Optional[bool] = ...) -> None: ...
+
+class OAuthClient(_message.Message):
+    __slots__ = ("client_id", "name", "redirect_uris", "scopes", "confidential", "created_at")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_URIS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    name: str
+    redirect_uris: _containers.RepeatedScalarFieldContainer[str]
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    confidential: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, client_id: _Optional[str] = ..., name: _Optional[str] = ..., redirect_uris: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., confidential: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AddClientRequest(_message.Message):
+    __slots__ = ("name", "redirect_uris", "scopes", "public_client")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_URIS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    redirect_uris: _containers.RepeatedScalarFieldContainer[str]
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    public_client: bool
+    def __init__(self, name: _Optional[str] = ..., redirect_uris: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., public_client: _Optional[bool] = ...) -> None: ...
+
+class AddClientResponse(_message.Message):
+    __slots__ = ("client", "client_secret")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    client: OAuthClient
+    client_secret: str
+    def __init__(self, client: _Optional[_Union[OAuthClient, _Mapping]] = ..., client_secret: _Optional[str] = ...) -> None: ...
+
+class ListClientsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListClientsResponse(_message.Message):
+    __slots__ = ("clients",)
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    clients: _containers.RepeatedCompositeFieldContainer[OAuthClient]
+    def __init__(self, clients: _Optional[_Iterable[_Union[OAuthClient, _Mapping]]] = ...) -> None: ...
+
+class RemoveClientRequest(_message.Message):
+    __slots__ = ("client_id",)
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    def __init__(self, client_id: _Optional[str] = ...) -> None: ...
+
+class RemoveClientResponse(_message.Message):
+    __slots__ = ("removed", "tokens_revoked")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    tokens_revoked: int
+    def __init__(self, removed: _Optional[bool] = ..., tokens_revoked: _Optional[int] = ...) -> None: ...

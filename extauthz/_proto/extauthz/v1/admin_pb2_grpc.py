@@ -515,3 +515,169 @@ class ApiKeyAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ClientAdminStub:
+    """OAuth 2.0 client registration (RFC 6749 §2). The client secret is returned once, by
+    AddClient; no call returns it, or its hash, again. Needs the admin token, like SessionAdmin.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddClient = channel.unary_unary(
+                '/extauthz.v1.ClientAdmin/AddClient',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.AddClientRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.AddClientResponse.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/extauthz.v1.ClientAdmin/ListClients',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.ListClientsRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.ListClientsResponse.FromString,
+                _registered_method=True)
+        self.RemoveClient = channel.unary_unary(
+                '/extauthz.v1.ClientAdmin/RemoveClient',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.RemoveClientRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.RemoveClientResponse.FromString,
+                _registered_method=True)
+
+
+class ClientAdminServicer:
+    """OAuth 2.0 client registration (RFC 6749 §2). The client secret is returned once, by
+    AddClient; no call returns it, or its hash, again. Needs the admin token, like SessionAdmin.
+    """
+
+    def AddClient(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveClient(self, request, context):
+        """Removes the client and revokes every token issued to it; idempotent (a retry after a
+        failed revocation revokes what is left).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClientAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddClient,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.AddClientRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.AddClientResponse.SerializeToString,
+            ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.ListClientsRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.ListClientsResponse.SerializeToString,
+            ),
+            'RemoveClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveClient,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.RemoveClientRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.RemoveClientResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'extauthz.v1.ClientAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('extauthz.v1.ClientAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ClientAdmin:
+    """OAuth 2.0 client registration (RFC 6749 §2). The client secret is returned once, by
+    AddClient; no call returns it, or its hash, again. Needs the admin token, like SessionAdmin.
+    """
+
+    @staticmethod
+    def AddClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ClientAdmin/AddClient',
+            extauthz_dot_v1_dot_admin__pb2.AddClientRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.AddClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ClientAdmin/ListClients',
+            extauthz_dot_v1_dot_admin__pb2.ListClientsRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.ListClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ClientAdmin/RemoveClient',
+            extauthz_dot_v1_dot_admin__pb2.RemoveClientRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.RemoveClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
