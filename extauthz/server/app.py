@@ -32,23 +32,18 @@ from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_a
 from extauthz.oauth.clients import ClientStore
 from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
-from extauthz.server.admin import (
-    AdminGuard,
-    SessionAdminServicer,
-    StatusServicer,
-    load_admin_token,
-)
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, admin_guard
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.client_admin import (
     ClientAdminServicer,
     RevokeClientTokens,
-    client_credentials_revoker,
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
+from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
 from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
@@ -91,6 +86,7 @@ class Components:
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
     updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
+    oauth: OAuthHandlers | None = None  # the OAuth 2.0 authorization server (oauth.enabled)
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -99,6 +95,8 @@ class Components:
     async def close(self, within: float | None = None) -> None:
         """Stop the services, then close the Redis clients. With ``within`` (seconds) all of
         it ends by then, whatever Redis does: what does not finish is logged and left."""
+        if self.oauth is not None:
+            self.oauth.server.close()  # its idle worker threads (Authlib's calls)
         if within is None:
             await stop_all(self.services)
             if self.redis is not None:
@@ -233,6 +231,9 @@ def build_components(settings: Settings) -> Components:
         check_session=minter.check_size,  # jwt.max_bytes holds for updated sessions too
     )
     services: list[Service] = [redis.membership] if redis is not None else []
+    primary = redis.clients.primary if redis is not None else None
+    clients = build_client_store(settings, primary)
+    oauth, revoke_client_tokens = build_oauth(settings, sessions, auth, minter, clients, primary)
     return Components(
         settings,
         store,
@@ -242,32 +243,19 @@ def build_components(settings: Settings) -> Components:
         authorizer,
         auth,
         verifier,
-        build_client_store(settings, redis.clients.primary if redis is not None else None),
-        client_credentials_revoker(store),
+        clients,
+        revoke_client_tokens,
         redis,
         [*services, store],
         probe,
         updater if u.enabled else None,
+        oauth,
     )
 
 
 def _admin_guard(settings: Settings) -> AdminGuard:
-    """The guard of ``SessionAdmin`` (:class:`AdminGuard`): the token from
-    ``admin.token_file``, or a guard that refuses every call when ``admin.enabled`` is false.
-
-    :raises SettingsError: the admin API is enabled without a token file, or the file is
-        unreadable or holds no usable token (:func:`~extauthz.server.admin.load_admin_token`).
-    """
-    if not settings.admin.enabled:
-        log.info("admin API disabled (admin.enabled = false): SessionAdmin refuses every call")
-        return AdminGuard(None)
-    if not settings.admin.token_file:
-        raise SettingsError(
-            "admin.token_file: the admin API needs a token file (a random token, mode 0600, "
-            "e.g. `openssl rand -hex 32`), or set admin.enabled = false; "
-            "see docs/authentication.md"
-        )
-    return AdminGuard(load_admin_token(settings.admin.token_file))
+    """:func:`~extauthz.server.admin.admin_guard` for ``[admin]``."""
+    return admin_guard(settings.admin.enabled, settings.admin.token_file)
 
 
 async def serve(settings: Settings) -> int:
@@ -351,6 +339,7 @@ async def serve(settings: Settings) -> int:
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
+        oauth=components.oauth,
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()

@@ -4,6 +4,8 @@
 (``Content-Type: application/jwk-set+json``), cacheable for five minutes.
 ``GET /metrics`` — Prometheus text format (:mod:`extauthz.server.metrics`).
 ``/auth/*`` — the authentication service's adapter (:mod:`extauthz.login.http`) when one is given.
+``/auth/oauth/*``, ``/.well-known/oauth-authorization-server`` — the OAuth 2.0 authorization
+server's adapter (:mod:`extauthz.oauth.http`) when one is given (``oauth.enabled``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from aiohttp import web
 
 from extauthz.keys.keyring import KeyRing
 from extauthz.login.http import AuthHandlers
+from extauthz.oauth.http import OAuthHandlers
 from extauthz.server.metrics import Metrics
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -46,6 +49,7 @@ def build_http_app(
     *,
     max_body_bytes: int = 16384,
     metrics_registry: Metrics | None = None,
+    oauth: OAuthHandlers | None = None,
 ) -> web.Application:
     """The app; request bodies over ``max_body_bytes`` are refused with 413."""
     app = web.Application(client_max_size=max_body_bytes)
@@ -57,4 +61,6 @@ def build_http_app(
     app.router.add_get("/healthz", healthz)
     if auth is not None:
         app.add_routes(auth.routes())
+    if oauth is not None:
+        app.add_routes(oauth.routes())
     return app

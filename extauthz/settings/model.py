@@ -287,6 +287,27 @@ class ApiKeySettings:
 
 
 @dataclass(frozen=True)
+class OAuthSettings:
+    """The OAuth 2.0 authorization server (docs/oauth.md, :mod:`extauthz.oauth`); off unless
+    ``enabled``. Lifetimes in seconds: an access token's (``expires_in``), a refresh-token
+    family's (absolute: rotation never extends it), an authorization code's.
+
+    ``issuer``: the RFC 8414 issuer, the base of the endpoints' URLs in the metadata (an https
+    URL; empty: ``jwt.issuer``). ``scope_descriptions``: entries ``"<scope>=<plain words>"``
+    shown on the consent page (a scope without one is shown as its token). The registered
+    clients: ``[oauth_clients]``.
+    """
+
+    enabled: bool = False
+    issuer: str = ""
+    access_token_lifetime_seconds: int = 600
+    refresh_token_lifetime_seconds: int = 30 * 86400
+    code_lifetime_seconds: int = 60
+    consent_lifetime_seconds: int = 365 * 86400
+    scope_descriptions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every table of the settings file; built by :func:`extauthz.settings.load_settings`."""
 
@@ -303,6 +324,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
     api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
+    oauth: OAuthSettings = field(default_factory=OAuthSettings)
 
     @property
     def oauth_clients_backend(self) -> UserBackend:

@@ -8,6 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from extauthz.addresses import is_loopback_host
 from extauthz.check.denials import safe_return_to
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
@@ -60,6 +61,7 @@ def validate(s: Settings) -> None:
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
     _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
+    _validate_oauth(s)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -357,3 +359,32 @@ def _validate_api_keys(k: model.ApiKeySettings, jwt_header: str, update_header: 
         raise SettingsError("api_keys.default_lifetime_days: expected 1-api_keys.max_lifetime_days")
     if not 1 <= k.touch_interval_seconds <= 86400:
         raise SettingsError("api_keys.touch_interval_seconds: expected 1-86400")
+
+
+def _validate_oauth(s: Settings) -> None:
+    o = s.oauth
+    if not 10 <= o.access_token_lifetime_seconds <= 86400:
+        raise SettingsError("oauth.access_token_lifetime_seconds: expected 10-86400 seconds")
+    if not 60 <= o.refresh_token_lifetime_seconds <= 365 * 86400:
+        raise SettingsError("oauth.refresh_token_lifetime_seconds: expected 60 s - 365 days")
+    if not 5 <= o.code_lifetime_seconds <= 600:
+        raise SettingsError("oauth.code_lifetime_seconds: expected 5-600 seconds (RFC 6749 §4.1.2)")
+    if not 60 <= o.consent_lifetime_seconds <= 5 * 365 * 86400:
+        raise SettingsError("oauth.consent_lifetime_seconds: expected 60 s - 5 years")
+    issuer = o.issuer or s.jwt.issuer
+    parts = urlsplit(issuer)
+    loopback = is_loopback_host(parts.hostname or "")
+    if o.enabled and (
+        parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback)
+        or not parts.netloc or parts.query or parts.fragment
+    ):
+        raise SettingsError(
+            "oauth.issuer: expected an https URL without query or fragment (RFC 8414 §2; "
+            f"http only on loopback), got {issuer!r}"
+        )
+    for entry in o.scope_descriptions:
+        scope, sep, words = entry.partition("=")
+        if not sep or not scope.strip() or not words.strip():
+            raise SettingsError(
+                f"oauth.scope_descriptions: expected '<scope>=<description>', got {entry!r}"
+            )
