@@ -46,7 +46,7 @@ from extauthz.server.client_admin import (
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
-from extauthz.server.http_server import build_http_app
+from extauthz.server.http_server import ForwardAuth, build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
 from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
@@ -351,6 +351,9 @@ async def serve(settings: Settings) -> int:
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
+        forward_auth=ForwardAuth(components.authorizer, components.auth.trusted_proxies)
+        if settings.auth.forward_auth
+        else None,
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()
