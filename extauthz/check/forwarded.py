@@ -96,12 +96,12 @@ def _single_values(
     return read, rest
 
 
-def _one_of(read: Mapping[str, str], names: tuple[str, str]) -> str:
-    """The value of the pair ``names``; both present must agree.
+def _one_of(read: Mapping[str, str], names: tuple[str, str], *, upper: bool = False) -> str:
+    """The value of the pair ``names`` (upper-cased with ``upper``); both present must agree.
 
     :raises BadRequest: neither is present, or they disagree.
     """
-    values = {read[n] for n in names if n in read}
+    values = {read[n].upper() if upper else read[n] for n in names if n in read}
     if not values:
         raise _malformed(f"{' or '.join(names)} is required")
     if len(values) > 1:
@@ -119,7 +119,7 @@ def forwarded_request(
     :raises BadRequest: a forwarding or policy header is missing, repeated or malformed.
     """
     read, rest = _single_values(lines)
-    method = _one_of(read, _PAIRS["method"]).upper()
+    method = _one_of(read, _PAIRS["method"], upper=True)
     if not _TOKEN.match(method):
         raise _malformed("the forwarded method is not a token")
     target = _one_of(read, _PAIRS["uri"])
