@@ -346,14 +346,13 @@ async def serve(settings: Settings) -> int:
     await start_all(loops)
     await server.start()
     await components.verifier.warm_up()
+    verify = ForwardAuth(components.authorizer, components.auth.trusted_proxies)
     http_app = build_http_app(
         components.keyring,
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
-        forward_auth=ForwardAuth(components.authorizer, components.auth.trusted_proxies)
-        if settings.auth.forward_auth
-        else None,
+        forward_auth=verify if settings.auth.forward_auth else None,  # GET /auth/verify
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()
