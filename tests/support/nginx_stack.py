@@ -34,8 +34,7 @@ class NginxStack:
 
     def create_session(self, sub: str, *args: str) -> str:
         """``extauthz sessions create --sub SUB ARGS`` against this node; the opaque token."""
-        return self.extauthz.cli("sessions", "create", "--sub", sub,
-                                 "--target", self.extauthz.grpc_target, *args)  # fmt: skip
+        return self.extauthz.create_session(sub, *args)
 
     def processes(self) -> list[ManagedProcess]:
         return [self.extauthz, self.echo, self.nginx]
