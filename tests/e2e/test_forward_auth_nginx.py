@@ -69,10 +69,13 @@ class Answer:
         return repr(self.headers) + self.body.decode("utf-8", "replace")
 
 
-def get(stack: NginxStack, path: str, headers: dict[str, str] | None = None) -> Answer:
+def get(
+    stack: NginxStack, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> Answer:
     conn = http.client.HTTPConnection(LOOPBACK, stack.port, timeout=10)
     try:
-        conn.request("GET", path, headers=headers or {})
+        body = b"{}" if method == "POST" else None
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return Answer(resp.status, resp.getheaders(), resp.read())
     finally:
@@ -160,6 +163,17 @@ def test_a_locations_policy_applies(stack: NginxStack) -> None:
     # /api/ is for API clients: never a redirect
     answer = get(stack, "/api/items", {"Accept": "text/html"})
     assert answer.status == 401 and answer.all("Location") == []
+
+
+def test_a_cross_site_post_with_the_session_cookie_is_refused(stack: NginxStack) -> None:
+    """`/` has same_site required: the method, host and Origin all reach the pipeline."""
+    token = stack.create_session("alice")
+    cookie = {"Cookie": f"{COOKIE}={token}", "Content-Type": "application/json"}
+    cross = get(stack, "/cart", {**cookie, "Origin": "https://evil.example"}, method="POST")
+    assert cross.status == 403, cross.everything()
+    same = get(stack, "/cart", {**cookie, "Origin": stack.base_url}, method="POST")
+    assert same.status == 200, same.everything()
+    assert same.echo()["method"] == "POST"
 
 
 def test_client_sent_forwarding_headers_change_nothing(stack: NginxStack) -> None:
