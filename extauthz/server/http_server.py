@@ -84,7 +84,7 @@ class ForwardAuth:
     async def verify(self, request: web.Request) -> web.Response:
         lines = list(request.headers.items())
         if not self._trusted(request):
-            log.warning("forward-auth request from %s, not in auth.trusted_proxies", request.remote)
+            log.info("forward-auth request from %s, not in auth.trusted_proxies", request.remote)
             denial = BadRequest(Reason.MALFORMED_REQUEST, "not a trusted proxy")
             return _respond(verify_answer(_EMPTY, self.authorizer.reject(denial)))
         try:
