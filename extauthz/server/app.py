@@ -40,7 +40,7 @@ from extauthz.server.client_admin import (
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
-from extauthz.server.http_server import build_http_app
+from extauthz.server.http_server import ForwardAuth, build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
 from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
@@ -334,12 +334,14 @@ async def serve(settings: Settings) -> int:
     await start_all(loops)
     await server.start()
     await components.verifier.warm_up()
+    verify = ForwardAuth(components.authorizer, components.auth.trusted_proxies)
     http_app = build_http_app(
         components.keyring,
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
         oauth=components.oauth,
+        forward_auth=verify if settings.auth.forward_auth else None,  # GET /auth/verify
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()

@@ -179,12 +179,17 @@ class AuthSettings:
     ``X-Forwarded-For`` is believed; the client address is the right-most entry they added.
     ``allowed_origins``: origins (``https://app.example``) accepted by the same-site check
     besides the request's own (:mod:`extauthz.login.csrf`).
+    ``forward_auth``: serve ``GET /auth/verify`` for nginx ``auth_request``, Traefik
+    ``ForwardAuth`` and Caddy ``forward_auth`` (docs/forward-auth.md), to ``trusted_proxies``
+    only. Off by default: its 200 carries the JWT, so no client may ever reach it through a
+    proxy that routes ``/auth/*`` to extauthz.
     """
 
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     allowed_origins: tuple[str, ...] = ()
     default_return_to: str = "/"
     max_body_bytes: int = 16384
+    forward_auth: bool = False
 
 
 @dataclass(frozen=True)
