@@ -269,3 +269,20 @@ def test_only_the_gateway_reaches_both_ports() -> None:
     }
     service = one(_resources(), "Service", "extauthz")
     assert {service_port(service, "grpc"), service_port(service, "http")} == {p for _, p in ports}
+
+
+def test_the_docs_state_what_the_manifests_say() -> None:
+    """docs/deploy.md and docs/benchmarks.md quote the resources, the gateway label and the
+    liveness service; a change to the manifests must change them too."""
+    deploy_md = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    benchmarks_md = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    resources = container(_deployment())["resources"]
+    for kind in ("requests", "limits"):
+        cpu = resources[kind]["cpu"]
+        cpu = f'"{cpu}"' if cpu.isdigit() else cpu
+        quoted = f"{kind}: {{cpu: {cpu}, memory: {resources[kind]['memory']}}}"
+        assert quoted in deploy_md, quoted
+        assert quoted in benchmarks_md.replace("\n", " "), quoted
+    ((label, value),) = GATEWAY_LABEL.items()
+    assert f'**`{label}: "{value}"`**' in deploy_md
+    assert f"service **`{LIVENESS_SERVICE}`**" in deploy_md
