@@ -9,7 +9,9 @@ decide (503); it is never turned into a denial.
 
 Health: the overall service (``""``) and ``envoy.service.auth.v3.Authorization`` report
 ``SERVING`` while the session store answers a ping and ``NOT_SERVING`` otherwise
-(``grpc.health.v1``), re-checked every ``health_check_interval_seconds``.
+(``grpc.health.v1``), re-checked every ``health_check_interval_seconds``. ``liveness``
+reports ``SERVING`` whatever the store does: the process answers (a Kubernetes liveness probe
+must not restart every node during a Redis outage). All three turn ``NOT_SERVING`` at shutdown.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authoriza
 EXTERNAL_PROCESSOR_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name[
     "ExternalProcessor"
 ].full_name
+# the process is alive: SERVING from the first store check on, independent of the store
+LIVENESS_SERVICE = "liveness"
 
 
 class AuthorizationServicer:
@@ -116,6 +120,8 @@ class StoreHealthReporter:
         self._loop = Loop("store-health", self._step, interval=interval, logger=log)
 
     async def check_once(self) -> bool:
+        if self.serving is None:  # the first check: the process is up
+            await self._servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         try:
             await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 0.5))
             serving = True
