@@ -26,7 +26,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv pyvenv redis iproute2 wrk browser lint test fuzz demo bench protos clean
+.PHONY: help venv pyvenv redis iproute2 wrk browser nginx lint test fuzz demo bench protos clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -85,12 +85,21 @@ browser:
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
 	}
 
+# the forward-auth tests (tests/e2e/test_forward_auth_nginx.py) run Debian's nginx (built with
+# the auth_request module) as their own non-daemon process on loopback ports, with their own
+# prefix and configuration; the package's system service is not used
+nginx:
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null || { \
+	  echo "nginx not found: installing Debian's nginx"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; \
+	}
+
 # ruff's lint rules only (no formatter); mypy checks the files listed in pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv redis iproute2 browser wrk
+test: venv redis iproute2 browser wrk nginx
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
 
 # the property tests of the parsers with Hypothesis's "fuzz" profile (tests/conftest.py)

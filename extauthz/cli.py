@@ -1,10 +1,10 @@
 """The ``extauthz`` command line.
 
-``serve`` runs the service; ``sessions``, ``status`` call a running node's admin API over
-gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``) with the admin token of
-``--admin-token-file`` (default ``$EXTAUTHZ_ADMIN_TOKEN_FILE``); ``keys generate`` writes a
-signing key; ``users`` manages a file-backed user store; ``clients`` registers OAuth clients
-(in the store of ``--config``, or through a node's admin API with ``--target``).
+``serve`` runs the service; ``sessions``, ``apikeys``, ``status`` call a running node's admin
+API over gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``) with the admin
+token of ``--admin-token-file`` (default ``$EXTAUTHZ_ADMIN_TOKEN_FILE``); ``keys generate``
+writes a signing key; ``users`` manages a file-backed user store; ``clients`` registers OAuth
+clients (in the store of ``--config``, or through a node's admin API with ``--target``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _admin_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The metadata that carries the admin token of ``--admin-token-file``."""
     from extauthz.server.admin import load_admin_token
 
     metadata: list[tuple[str, str]] = []
@@ -48,13 +49,17 @@ def _admin_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
     return metadata
 
 
-def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
+def _admin_channel(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str]]]:
+    """A channel to ``--target`` and the metadata that carries the admin token."""
     import grpc
 
+    return grpc.insecure_channel(args.target), _admin_metadata(args)
+
+
+def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
     from extauthz._proto.extauthz.v1 import admin_pb2_grpc
 
-    metadata = _admin_metadata(args)
-    channel = grpc.insecure_channel(args.target)
+    channel, metadata = _admin_channel(args)
     return (
         admin_pb2_grpc.SessionAdminStub(channel),
         admin_pb2_grpc.StatusStub(channel),
@@ -65,9 +70,7 @@ def _stub(args: argparse.Namespace) -> tuple[Any, Any, list[tuple[str, str]]]:
 def _print_message(message: Any, *, with_defaults: bool = False) -> None:
     from google.protobuf import json_format
 
-    as_dict = json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=with_defaults
-    )
+    as_dict = json_format.MessageToDict(message, always_print_fields_with_no_presence=with_defaults)
     print(json.dumps(as_dict, indent=2, sort_keys=True))
 
 
@@ -109,6 +112,47 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         print(f"revoked {reply.revoked}")
     elif args.action == "list":
         _print_message(sessions.ListSessions(admin_pb2.ListSessionsRequest(sub=args.sub), **kw))
+    return 0
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_lifetime(text: str) -> int:
+    """``--expires``: a whole number and a unit, ``s``, ``m``, ``h`` or ``d`` (``90d``); the
+    seconds it means. :raises argparse.ArgumentTypeError: anything else, or zero."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    if unit not in _DURATION_UNITS or not number.isdigit() or len(number) > 6:
+        raise argparse.ArgumentTypeError(f"expected e.g. 90d, 12h, 30m or 60s, got {text!r}")
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("an API key must live at least one second")
+    return seconds
+
+
+def _cmd_apikeys(args: argparse.Namespace) -> int:
+    from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+
+    channel, metadata = _admin_channel(args)
+    keys = admin_pb2_grpc.ApiKeyAdminStub(channel)
+    kw = {"metadata": metadata, "timeout": args.timeout}
+    if args.action == "create":
+        request = admin_pb2.CreateApiKeyRequest(
+            sub=args.sub, name=args.name, scopes=args.scope, lifetime_seconds=args.expires or 0
+        )
+        reply = keys.CreateApiKey(request, **kw)
+        print(reply.api_key)  # the only time the key is shown
+        print(
+            f"key_id={reply.key.key_id} sub={reply.key.sub} "
+            f"expires_at={reply.key.expires_at.ToJsonString()} (the key is not shown again)",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        _print_message(keys.ListApiKeys(admin_pb2.ListApiKeysRequest(sub=args.sub), **kw))
+    elif args.action == "revoke":
+        reply = keys.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(key_id=args.id), **kw)
+        print("revoked" if reply.revoked else "not found")
+        return 0 if reply.revoked else 1
     return 0
 
 
@@ -210,6 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, get, revoke, listing):
         _client_options(p)
     sessions.set_defaults(func=_cmd_sessions)
+
+    apikeys = sub.add_parser("apikeys", help="API keys for machine clients")
+    key_actions = apikeys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create an API key; prints the key once")
+    create.add_argument("--sub", required=True, help="the subject the key acts as")
+    create.add_argument("--name", required=True, help="what the key is for (shown in lists)")
+    create.add_argument("--scope", action="append", default=[])
+    create.add_argument(
+        "--expires",
+        type=parse_lifetime,
+        help="lifetime, e.g. 90d, 12h (default: api_keys.default_lifetime_days; at most "
+        "api_keys.max_lifetime_days)",
+    )
+    listing = key_actions.add_parser("list", help="list a subject's API keys (never the keys)")
+    listing.add_argument("--sub", required=True)
+    revoke = key_actions.add_parser("revoke", help="revoke one API key by its id")
+    revoke.add_argument("--id", required=True, help="the key id; write --id=ID (an id may "
+                        "start with '-')")  # fmt: skip
+    for p in (create, listing, revoke):
+        _client_options(p)
+    apikeys.set_defaults(func=_cmd_apikeys)
 
     status = sub.add_parser(
         "status",

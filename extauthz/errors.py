@@ -38,6 +38,12 @@ class Reason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     CROSS_SITE_REQUEST = "cross_site_request"
     SESSION_TOO_LARGE = "session_too_large"
+    # the route's context_extensions ``credentials`` refuses the kind of the session (or is
+    # itself invalid: fail closed): 403
+    CREDENTIAL_KIND_REFUSED = "credential_kind_refused"
+    # an application's access token or an API key in the session cookie: Bearer (or the API-key
+    # header) only, never a cookie: 401, and the cookie is cleared
+    BEARER_ONLY_CREDENTIAL = "bearer_only_credential"
 
 
 class ExtauthzError(Exception):

@@ -11,6 +11,7 @@ This package is part of the repository, not of the ``extauthz`` wheel: ``tests/s
 - :mod:`harness.envoy` -- finding, validating and running Envoy;
 - :mod:`harness.extauthz` -- ``extauthz serve``, its CLI and the demo's echo upstream;
 - :mod:`harness.stack` -- the front proxy on chosen ports with extauthz and the echo upstream.
+- :mod:`harness.nginx` -- nginx running ``deploy/nginx/nginx.conf`` on chosen ports (forward-auth).
 """
 
 from __future__ import annotations

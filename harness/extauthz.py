@@ -168,6 +168,10 @@ class ExtauthzProcess(ManagedProcess):
         admin token)."""
         return extauthz_cli(*args, env=self.env, timeout=timeout)
 
+    def create_session(self, sub: str, *args: str) -> str:
+        """``extauthz sessions create --sub SUB ARGS`` against this node; the opaque token."""
+        return self.cli("sessions", "create", "--sub", sub, "--target", self.grpc_target, *args)
+
 
 class EchoUpstreamProcess(ManagedProcess):
     """``demo/echo_upstream.py``: echoes each request as JSON and verifies its JWT."""

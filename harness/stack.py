@@ -118,8 +118,7 @@ class Stack:
 
     def create_session(self, sub: str, *args: str) -> str:
         """``extauthz sessions create --sub SUB ARGS`` against this stack; the opaque token."""
-        return self.extauthz.cli("sessions", "create", "--sub", sub,
-                                 "--target", self.extauthz.grpc_target, *args)  # fmt: skip
+        return self.extauthz.create_session(sub, *args)
 
     def processes(self) -> list[ManagedProcess]:
         return [self.extauthz, self.echo, self.envoy]

@@ -166,6 +166,9 @@ class Authorizer:
         to_remove: list[str] = []
         if credentials.source == "bearer" and self.jwt_header != "authorization":
             to_remove.append("authorization")
+        # an API key never reaches upstream, whichever header carried the credential used
+        if ctx.header(self.resolver.api_key_header) is not None:
+            to_remove.append(self.resolver.api_key_header)
         cookie_header = ctx.header("cookie")
         if cookie_header is not None:
             rest = strip_cookie(cookie_header, self.resolver.cookie.name)
@@ -179,7 +182,8 @@ class Authorizer:
             headers_to_remove=tuple(to_remove),
             # each its own header line toward the client, never folded with the upstream's
             response_headers_to_add=tuple(("set-cookie", value) for value in set_cookies),
-            # credential: "cookie" or "bearer" (the response path rotates cookie sessions only)
+            # credential: "cookie", "bearer" or "api_key_header" (the response path rotates
+            # cookie sessions only)
             metadata={
                 **self._metadata("allow", Reason.SESSION_VALID, session.sid),
                 "credential": credentials.source,

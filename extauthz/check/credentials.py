@@ -1,4 +1,5 @@
-"""Credential extraction: the session cookie and ``Authorization: Bearer``.
+"""Credential extraction: the session cookie, ``Authorization: Bearer`` and the API-key
+header (``api_keys.header``, default ``x-api-key``).
 
 Each extractor follows one contract: it returns ``None`` when the request carries no
 credential of its kind ("not mine"), returns the candidate token strings when it finds some,
@@ -14,6 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from extauthz import tokens
 from extauthz.check.context import RequestContext
 from extauthz.errors import Reason, Unauthenticated
 
@@ -135,29 +137,77 @@ class BearerExtractor:
 
 
 @dataclass(frozen=True)
+class ApiKeyHeaderExtractor:
+    """Finds an API key in its own header (``api_keys.header``): the bare key, ``xak_…``.
+    A value without the API-key prefix, empty, or repeated (Envoy joins repeated headers
+    with ``,``) is "mine, but invalid"."""
+
+    header: str = "x-api-key"
+
+    def extract(self, ctx: RequestContext) -> tuple[str, ...] | None:
+        value = ctx.header(self.header)
+        if value is None:
+            return None
+        if len(value) > MAX_HEADER_LENGTH:
+            raise Unauthenticated(Reason.MALFORMED_CREDENTIAL, "API-key header too large")
+        if "," in value:
+            raise Unauthenticated(Reason.AMBIGUOUS_CREDENTIAL, "more than one API-key header")
+        key = value.strip()
+        if not key.startswith(tokens.API_KEY_PREFIX) or not _B64TOKEN.match(key):
+            raise Unauthenticated(
+                Reason.MALFORMED_CREDENTIAL, "the API-key header holds no API key"
+            )
+        return (key,)
+
+
+BEARER, COOKIE, API_KEY_HEADER = "bearer", "cookie", "api_key_header"
+# the session kinds (Session.kind) each source may carry: an application's access token and
+# an API key are bearer credentials, never a cookie; the API-key header carries API keys only
+KINDS_BY_SOURCE = {
+    BEARER: frozenset({"session", "oauth", "api_key"}),
+    COOKIE: frozenset({"session"}),
+    API_KEY_HEADER: frozenset({"api_key"}),
+}
+
+_NAMES = {BEARER: "bearer token", COOKIE: "session cookie", API_KEY_HEADER: "API-key header"}
+
+
+@dataclass(frozen=True)
 class Credentials:
-    """Candidate tokens of one request: ``source`` is ``"bearer"`` or ``"cookie"``."""
+    """Candidate tokens of one request: ``source`` is ``"bearer"``, ``"cookie"`` or
+    ``"api_key_header"`` (:data:`KINDS_BY_SOURCE` says which session kinds each may carry)."""
 
     source: str
     tokens: tuple[str, ...]
 
 
 def extract_credentials(
-    ctx: RequestContext, cookies: CookieExtractor, bearer: BearerExtractor
+    ctx: RequestContext,
+    cookies: CookieExtractor,
+    bearer: BearerExtractor,
+    api_key: ApiKeyHeaderExtractor | None = None,
 ) -> Credentials | None:
-    """Run both extractors; ``None`` when neither finds anything.
+    """Run the extractors; ``None`` when none finds anything. A bearer token wins over the
+    API-key header, which wins over the cookie, when they name the same token.
 
-    :raises Unauthenticated: a malformed credential, or a bearer token and a session cookie
-        that name different tokens (``ambiguous_credential``).
+    :raises Unauthenticated: a malformed credential, or two credentials (bearer token, API-key
+        header, session cookie) that name different tokens (``ambiguous_credential``).
     """
-    bearer_tokens = bearer.extract(ctx)
-    cookie_tokens = cookies.extract(ctx)
-    if bearer_tokens is not None:
-        if cookie_tokens is not None and set(cookie_tokens) != set(bearer_tokens):
+    found = [
+        (source, extracted)
+        for source, extracted in (
+            (BEARER, bearer.extract(ctx)),
+            (API_KEY_HEADER, api_key.extract(ctx) if api_key is not None else None),
+            (COOKIE, cookies.extract(ctx)),
+        )
+        if extracted is not None
+    ]
+    if not found:
+        return None
+    first_source, first = found[0]
+    for source, extracted in found[1:]:
+        if set(extracted) != set(first):
             raise Unauthenticated(
-                Reason.AMBIGUOUS_CREDENTIAL, "bearer token and session cookie disagree"
+                Reason.AMBIGUOUS_CREDENTIAL, f"{_NAMES[first_source]} and {_NAMES[source]} disagree"
             )
-        return Credentials("bearer", bearer_tokens)
-    if cookie_tokens is not None:
-        return Credentials("cookie", cookie_tokens)
-    return None
+    return Credentials(first_source, first)

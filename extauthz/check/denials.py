@@ -2,13 +2,15 @@
 
 * API clients: 401 with an RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge and a small
   JSON body ``{"error", "error_description", "reason"}``; 403 ``insufficient_scope``; 400
-  ``invalid_request``; 403 ``cross_site_request`` (no challenge: no credential would help);
+  ``invalid_request``; 403 ``cross_site_request`` and ``credential_kind_refused`` (no
+  challenge: a valid credential of a kind the route refuses; the JSON ``error`` is the reason);
   429 with ``Retry-After`` when throttled.
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
 * A denial because the session cookie names no live session (unknown, revoked, expired,
-  malformed) also clears it, every variant (``Max-Age=0``, built by
-  :class:`~extauthz.login.cookies.SessionCookie`, as at logout); an ambiguous one is kept.
+  malformed, or a bearer-only token: an application's or an API key) also clears it, every
+  variant (``Max-Age=0``, built by :class:`~extauthz.login.cookies.SessionCookie`, as at
+  logout); an ambiguous one is kept.
   The login page itself is never redirected to itself, so a cookie that cannot be cleared
   cannot cause a loop.
 """
@@ -55,6 +57,7 @@ _CLEARS_COOKIE = frozenset(
         Reason.REVOKED_SESSION,
         Reason.SESSION_EXPIRED,
         Reason.MALFORMED_CREDENTIAL,
+        Reason.BEARER_ONLY_CREDENTIAL,
     }
 )
 
@@ -179,8 +182,8 @@ class DenialRenderer:
             headers.extend(("set-cookie", value) for value in self.cookie.clearing())
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
-        if denial.reason is Reason.CROSS_SITE_REQUEST:
-            return self._json(403, "cross_site_request", denial, headers, metadata)
+        if denial.reason in (Reason.CROSS_SITE_REQUEST, Reason.CREDENTIAL_KIND_REFUSED):
+            return self._json(403, str(denial.reason), denial, headers, metadata)
         if isinstance(denial, Forbidden):
             return self._challenge(403, "insufficient_scope", denial, headers, metadata)
         if denial.reason is Reason.RATE_LIMITED:

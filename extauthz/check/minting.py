@@ -2,10 +2,11 @@
 
 Claims: ``iss``, ``aud``, ``sub``, ``sid``, ``iat``, ``nbf``, ``exp``, ``jti``,
 ``auth_time`` (session creation), ``scope`` (space-separated, as in RFC 8693 §4.2),
-``roles`` and ``data`` (the session data). The JOSE header carries ``kid`` (RFC 7515
-§4.1.4), the RFC 7638 thumbprint of the signing key. ``iat`` and ``nbf`` are backdated by
-:data:`~extauthz.clock.JWT_BACKDATE_SECONDS` (the clock contract, :mod:`extauthz.clock`);
-``exp`` is ``lifetime_seconds`` after the node's real time.
+``roles`` and ``data`` (the session data), ``auth_method`` (the session's kind), ``client_id``
+(an application's token, RFC 9068 §2.2) and ``key_id`` (an API key's id, its ``sid``). The
+JOSE header carries ``kid`` (RFC 7515 §4.1.4), the RFC 7638 thumbprint of the signing key.
+``iat`` and ``nbf`` are backdated by :data:`~extauthz.clock.JWT_BACKDATE_SECONDS` (the clock
+contract, :mod:`extauthz.clock`); ``exp`` is ``lifetime_seconds`` after the node's real time.
 
 A session whose JWT would exceed ``max_bytes`` is refused when it is created
 (:meth:`JwtMinter.check_size`): upstream header limits (8 KiB is common) must hold it.
@@ -129,6 +130,8 @@ class JwtMinter:
         }
         if session.client_id is not None:
             claims["client_id"] = session.client_id  # RFC 9068 §2.2
+        if session.kind == "api_key":
+            claims["key_id"] = session.sid  # the key's id in the admin API and the CLI
         token = jwt.encode(
             claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
         )

@@ -10,12 +10,21 @@ candidate of the same request is live, so one's own cookie carries no free guess
 the store remembers as revoked (``revoked_session``) or as issued to a session that idled out
 (``session_expired``) is a stale cookie of its holder, not a guess: it does not count (no one
 can guess such a token without having held it).
+
+Each source carries only some session kinds (:data:`~extauthz.check.credentials.KINDS_BY_SOURCE`):
+a live session of another kind counts as a failed candidate, not as a miss (its holder holds
+it): an application's access token or an API key in the session cookie is
+``bearer_only_credential``. API keys in the API-key header are looked up, and their misses
+counted, exactly as bearer tokens.
 """
 
 from __future__ import annotations
 
 from extauthz.check.context import RequestContext
 from extauthz.check.credentials import (
+    COOKIE,
+    KINDS_BY_SOURCE,
+    ApiKeyHeaderExtractor,
     BearerExtractor,
     CookieExtractor,
     Credentials,
@@ -42,7 +51,8 @@ def is_miss(failure: Unauthenticated) -> bool:
 class SessionResolver:
     """Finds the session a request presents. ``cookie`` names the session cookie (and builds
     the ``Set-Cookie`` that clears it); at most ``max_cookie_candidates`` distinct session
-    cookies are looked up; ``throttle`` ``None`` counts nothing."""
+    cookies are looked up; ``throttle`` ``None`` counts nothing; API keys are also read from
+    the header ``api_key_header`` (lower case; ``api_keys.header``)."""
 
     def __init__(
         self,
@@ -51,19 +61,22 @@ class SessionResolver:
         *,
         max_cookie_candidates: int = 4,
         throttle: LookupThrottle | None = None,
+        api_key_header: str = "x-api-key",
     ) -> None:
         self.sessions = sessions
         self.cookie = cookie
         self.throttle = throttle
+        self.api_key_header = api_key_header
         self._cookies = CookieExtractor(cookie.name, max_cookie_candidates)
         self._bearer = BearerExtractor()
+        self._api_key = ApiKeyHeaderExtractor(api_key_header)
 
     def credentials(self, ctx: RequestContext) -> Credentials:
         """The request's credential (see :func:`~extauthz.check.credentials.extract_credentials`).
 
         :raises Unauthenticated: none (``no_credential``), a malformed one, or an ambiguous one.
         """
-        found = extract_credentials(ctx, self._cookies, self._bearer)
+        found = extract_credentials(ctx, self._cookies, self._bearer, self._api_key)
         if found is None:
             raise Unauthenticated(Reason.NO_CREDENTIAL, "")
         return found
@@ -118,7 +131,7 @@ class SessionResolver:
         self.refuse_blocked(address)
         misses: list[Unauthenticated] = []
         try:
-            found = await self._first_live(credentials.tokens, misses)
+            found = await self._first_live(credentials, misses)
         except StoreUnavailable:
             await self.count_misses(address, sum(map(is_miss, misses)))
             raise
@@ -133,18 +146,29 @@ class SessionResolver:
         if wait:
             raise TooManyRequests(wait, THROTTLED) from None
 
-    async def _first_live(
-        self, candidates: tuple[str, ...], misses: list[Unauthenticated]
-    ) -> Found:
+    async def _first_live(self, credentials: Credentials, misses: list[Unauthenticated]) -> Found:
         """Look up every candidate (each failure is appended to ``misses``): a single one
-        must be live; of several session cookies (host and parent-domain cookies sharing a
-        name) the first live one wins, unless live ones belong to different subjects."""
+        must be live and of a kind its source may carry; of several session cookies (host and
+        parent-domain cookies sharing a name) the first such one wins, unless they belong to
+        different subjects."""
         live: list[Found] = []
-        for token in candidates:
+        kinds = KINDS_BY_SOURCE[credentials.source]
+        for token in credentials.tokens:
             try:
-                live.append(await self.sessions.find(token))
+                found = await self.sessions.find(token)
             except Unauthenticated as failure:
                 misses.append(failure)
+                continue
+            if found.session.kind in kinds:
+                live.append(found)
+            elif credentials.source == COOKIE:
+                misses.append(
+                    Unauthenticated(
+                        Reason.BEARER_ONLY_CREDENTIAL, "a bearer-only token in a cookie"
+                    )
+                )
+            else:
+                misses.append(Unauthenticated(Reason.MALFORMED_CREDENTIAL, "not an API key"))
         if not live:
             raise misses[0] if misses else Unauthenticated(Reason.NO_CREDENTIAL, "")
         if len({found.session.sub for found in live}) > 1:

@@ -1,15 +1,17 @@
 """The aiohttp adapter of the authentication service: parses requests for
 :class:`~extauthz.login.service.LoginService` and renders what it returns or raises, HTML for
-forms and browsers, JSON for other clients. The routes ``/auth/login``, ``/auth/logout`` and
-``/auth/session`` (mounted by :mod:`extauthz.server.http_server`; Envoy routes ``/auth/*`` here
-with ext_authz disabled) and their answers: docs/authentication.md, 'Endpoints'.
+forms and browsers, JSON for other clients. The routes ``/auth/login``, ``/auth/logout``,
+``/auth/session`` and ``/auth/session/end`` (mounted by :mod:`extauthz.server.http_server`;
+Envoy routes ``/auth/*`` here with ext_authz disabled) and their answers:
+docs/authentication.md, 'Endpoints'.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +21,14 @@ from extauthz.check.context import RequestContext, join_headers
 from extauthz.check.denials import bearer_challenge
 from extauthz.errors import Denied, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login import pages
+from extauthz.login.account import (
+    SESSION_END_PATH,
+    AccountService,
+    GrantRevoker,
+    NoSuchSession,
+    NotALogin,
+    overview_summary,
+)
 from extauthz.login.csrf import media_type
 from extauthz.login.service import (
     INVALID_LOGIN,
@@ -33,7 +43,7 @@ from extauthz.login.service import (
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-_TITLES = {403: "Forbidden", 429: "Too many attempts", 503: "Try again later"}
+_TITLES = {403: "Forbidden", 404: "Not found", 429: "Too many attempts", 503: "Try again later"}
 
 
 def client_address(
@@ -93,31 +103,43 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     )
 
 
-async def read_login(request: web.Request) -> LoginForm:
-    """The login form or JSON body. :raises web.HTTPException: 400 / 413 / 415."""
+async def _read_fields(request: web.Request) -> Mapping[str, Any]:
+    """A form or a JSON object's fields. :raises web.HTTPException: 400 / 413 / 415."""
     kind = media_type(request.content_type)
-    fields: Mapping[str, Any]
     if kind in FORM_TYPES:
-        fields = await request.post()
-    elif kind == "application/json" or kind.endswith("+json"):
+        return await request.post()
+    if kind == "application/json" or kind.endswith("+json"):
         try:
             fields = json.loads(await request.text())
         except (ValueError, UnicodeDecodeError):
             raise _bad_request("the body is not JSON") from None
         if not isinstance(fields, dict):
             raise _bad_request("the body must be a JSON object")
-    else:
-        raise web.HTTPUnsupportedMediaType(
-            text=json.dumps(
-                {"error": "invalid_request", "error_description": "send a form or JSON"}
-            ),
-            content_type="application/json",
-        )
+        return fields
+    raise web.HTTPUnsupportedMediaType(
+        text=json.dumps({"error": "invalid_request", "error_description": "send a form or JSON"}),
+        content_type="application/json",
+    )
+
+
+async def read_login(request: web.Request) -> LoginForm:
+    """The login form or JSON body. :raises web.HTTPException: 400 / 413 / 415."""
+    fields = await _read_fields(request)
     username, password = fields.get("username"), fields.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise _bad_request("username and password are required strings")
     return_to = fields.get("return_to", "")
     return LoginForm(username, password, return_to if isinstance(return_to, str) else "")
+
+
+async def read_sid(request: web.Request) -> str:
+    """The ``sid`` of ``POST /auth/session/end`` (form or JSON).
+
+    :raises web.HTTPException: 400 / 413 / 415."""
+    sid = (await _read_fields(request)).get("sid")
+    if not isinstance(sid, str) or not 0 < len(sid) <= 128:
+        raise _bad_request("sid is a required string")
+    return sid
 
 
 def _html(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -170,7 +192,10 @@ def _refused(html: bool, denial: Denied) -> web.Response:
 
 class AuthHandlers:
     """The ``/auth/*`` handlers over ``service``. ``realm`` goes into ``WWW-Authenticate``;
-    ``trusted_proxies`` (CIDR strings) may set ``X-Forwarded-For`` and ``X-Forwarded-Proto``."""
+    ``trusted_proxies`` (CIDR strings) may set ``X-Forwarded-For`` and ``X-Forwarded-Proto``;
+    ``clock`` (Unix seconds) is the session manager's, to list only live sessions;
+    ``grants`` ends an application's whole grant when the user ends its access token
+    (:class:`~extauthz.login.account.AccountService`)."""
 
     def __init__(
         self,
@@ -178,8 +203,11 @@ class AuthHandlers:
         *,
         realm: str,
         trusted_proxies: Iterable[str] = ("127.0.0.1/32", "::1/128"),
+        clock: Callable[[], float] = time.time,
+        grants: GrantRevoker | None = None,
     ) -> None:
         self.service = service
+        self.account = AccountService(service, clock=clock, grants=grants)
         self.realm = realm
         self.trusted_proxies: _Networks = tuple(
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
@@ -192,6 +220,7 @@ class AuthHandlers:
             web.get(LOGOUT_PATH, self.logout_page),
             web.post(LOGOUT_PATH, self.logout),
             web.get(SESSION_PATH, self.session),
+            web.post(SESSION_END_PATH, self.end_session),
         ]
 
     def context(self, request: web.Request) -> RequestContext:
@@ -284,21 +313,54 @@ class AuthHandlers:
 
     # -- /auth/session ---------------------------------------------------------------------
 
+    def _unauthenticated(self, html: bool, denial: Unauthenticated) -> web.Response:
+        """A browser goes to the login form (back to the session page after it); any other
+        client gets 401 with ``WWW-Authenticate`` (RFC 6750 §3)."""
+        if html:
+            return _redirect(f"{LOGIN_PATH}?return_to={quote(SESSION_PATH, safe='')}")
+        error = None if denial.reason is Reason.NO_CREDENTIAL else "invalid_token"
+        body = {"error": error or "unauthenticated", "error_description": "no valid session"}
+        return _json(401, body, self._challenge(error))
+
     async def session(self, request: web.Request) -> web.Response:
         html = _wants_html(request)
         try:
-            found = await self.service.session(self.context(request))
+            overview = await self.account.overview(self.context(request))
         except StoreUnavailable:
             return _unavailable(html, "Please try again shortly.")
         except Unauthenticated as denial:
-            if html:
-                return _redirect(f"{LOGIN_PATH}?return_to={quote(SESSION_PATH, safe='')}")
-            error = None if denial.reason is Reason.NO_CREDENTIAL else "invalid_token"
-            body = {"error": error or "unauthenticated", "error_description": "no valid session"}
-            return _json(401, body, self._challenge(error))
+            return self._unauthenticated(html, denial)
         except Denied as denial:
             return _refused(html, denial)
-        summary = session_summary(found)
+        summary = overview_summary(overview)
         if html:
-            return _html(200, pages.session_page(summary, logout_action=LOGOUT_PATH))
+            page = pages.session_page(
+                summary, logout_action=LOGOUT_PATH, end_action=SESSION_END_PATH
+            )
+            return _html(200, page)
         return _json(200, summary)
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        """``POST /auth/session/end``: end one of the caller's sessions by ``sid``."""
+        html = _is_form(request) or _wants_html(request)
+        try:
+            ended = await self.account.end(self.context(request), lambda: read_sid(request))
+        except StoreUnavailable:
+            return _unavailable(
+                html, "The session could not be ended; it may still be active. Please try again."
+            )
+        except Unauthenticated as denial:
+            return self._unauthenticated(html, denial)
+        except Denied as denial:
+            return _refused(html, denial)
+        except NotALogin as refused:
+            return _error(html, 403, "credential_kind_refused", str(refused))
+        except NoSuchSession as missing:
+            return _error(html, 404, "not_found", str(missing))
+        if html:
+            response = _redirect(f"{LOGIN_PATH}?logged_out=1" if ended.current else SESSION_PATH)
+        else:
+            body = {"ended": ended.sid, "kind": ended.kind, "logged_out": ended.current}
+            response = _json(200, body)
+        _add_cookies(response, ended.set_cookies)
+        return response

@@ -119,7 +119,9 @@ class LoginService:
             return self.default_return_to
         return target
 
-    def _refuse_cross_site(self, ctx: RequestContext, what: str) -> None:
+    def refuse_cross_site(self, ctx: RequestContext, what: str) -> None:
+        """:raises Forbidden: ``ctx`` is not same-site (``cross_site_request``; ``what`` names
+        the action in the log and the message)."""
         violation = self.same_site.violation(ctx.scheme, ctx.host, ctx.headers)
         if violation is not None:
             log.warning("%s refused: cross-site request (%s)", what, violation)
@@ -147,7 +149,7 @@ class LoginService:
         :raises TooManyRequests: a login budget is spent (no password was checked).
         :raises StoreUnavailable: sessions, users or counters did not answer.
         """
-        self._refuse_cross_site(ctx, "login")
+        self.refuse_cross_site(ctx, "login")
         form = await read_form()
         return_to = self.return_to(form.return_to)
         username, address = form.username, ctx.peer_address
@@ -222,7 +224,7 @@ class LoginService:
             request put it there and ended nothing.
         :raises StoreUnavailable: a revocation was not stored (the session still works).
         """
-        self._refuse_cross_site(ctx, "logout")
+        self.refuse_cross_site(ctx, "logout")
         everywhere = await read_everywhere()
         presented = self.resolver.presented(ctx)
         self._refuse_blocked(ctx, presented)

@@ -275,3 +275,23 @@ class StatusServicer(admin_pb2_grpc.StatusServicer):
             clock_offset_seconds=state.clock_offset_seconds,
             clock_offset_max_seconds=MAX_CLOCK_OFFSET_SECONDS,
         )
+
+
+def admin_guard(enabled: bool, token_file: str) -> AdminGuard:
+    """The guard of the admin services (:class:`AdminGuard`): the token from ``token_file``
+    (``admin.token_file``), or a guard that refuses every call when ``enabled``
+    (``admin.enabled``) is false.
+
+    :raises SettingsError: the admin API is enabled without a token file, or the file is
+        unreadable or holds no usable token (:func:`load_admin_token`).
+    """
+    if not enabled:
+        log.info("admin API disabled (admin.enabled = false): SessionAdmin refuses every call")
+        return AdminGuard(None)
+    if not token_file:
+        raise SettingsError(
+            "admin.token_file: the admin API needs a token file (a random token, mode 0600, "
+            "e.g. `openssl rand -hex 32`), or set admin.enabled = false; "
+            "see docs/authentication.md"
+        )
+    return AdminGuard(load_admin_token(token_file))

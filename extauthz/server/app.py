@@ -32,19 +32,15 @@ from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_a
 from extauthz.oauth.clients import ClientStore
 from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
-from extauthz.server.admin import (
-    AdminGuard,
-    SessionAdminServicer,
-    StatusServicer,
-    load_admin_token,
-)
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, admin_guard
+from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.client_admin import (
     ClientAdminServicer,
     RevokeClientTokens,
 )
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
-from extauthz.server.http_server import build_http_app
+from extauthz.server.http_server import ForwardAuth, build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics import Metrics, NodeProbe
 from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
@@ -142,6 +138,7 @@ def build_auth(
         SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
         max_cookie_candidates=c.max_cookie_candidates,
         throttle=throttle,
+        api_key_header=settings.api_keys.header,
     )
     service = LoginService(
         resolver,  # the same one as Check's: one budget of failed lookups
@@ -181,6 +178,7 @@ def build_components(settings: Settings) -> Components:
         absolute_timeout=settings.session.absolute_timeout_seconds,
         check_session=minter.check_size,  # a session whose JWT would be too large is refused
         rotation_grace_seconds=settings.session.rotation_grace_seconds,
+        api_key_touch_interval=settings.api_keys.touch_interval_seconds,
     )
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
@@ -256,22 +254,8 @@ def build_components(settings: Settings) -> Components:
 
 
 def _admin_guard(settings: Settings) -> AdminGuard:
-    """The guard of ``SessionAdmin`` (:class:`AdminGuard`): the token from
-    ``admin.token_file``, or a guard that refuses every call when ``admin.enabled`` is false.
-
-    :raises SettingsError: the admin API is enabled without a token file, or the file is
-        unreadable or holds no usable token (:func:`~extauthz.server.admin.load_admin_token`).
-    """
-    if not settings.admin.enabled:
-        log.info("admin API disabled (admin.enabled = false): SessionAdmin refuses every call")
-        return AdminGuard(None)
-    if not settings.admin.token_file:
-        raise SettingsError(
-            "admin.token_file: the admin API needs a token file (a random token, mode 0600, "
-            "e.g. `openssl rand -hex 32`), or set admin.enabled = false; "
-            "see docs/authentication.md"
-        )
-    return AdminGuard(load_admin_token(settings.admin.token_file))
+    """:func:`~extauthz.server.admin.admin_guard` for ``[admin]``."""
+    return admin_guard(settings.admin.enabled, settings.admin.token_file)
 
 
 async def serve(settings: Settings) -> int:
@@ -313,6 +297,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, on_signal)
     node_id = settings.node_id
     health_servicer = HealthServicer()
+    keys = settings.api_keys
     server, grpc_port = build_server(
         settings.server.grpc_listen,
         components.authorizer,
@@ -326,7 +311,10 @@ async def serve(settings: Settings) -> int:
         ),
         health_servicer,
         components.updater,
-        ClientAdminServicer(
+        api_keys=ApiKeyAdminServicer(
+            components.sessions, guard, keys.default_lifetime_days, keys.max_lifetime_days
+        ),
+        client_admin=ClientAdminServicer(
             components.clients, guard, components.revoke_client_tokens, clock=time.time
         ),
     )
@@ -346,12 +334,14 @@ async def serve(settings: Settings) -> int:
     await start_all(loops)
     await server.start()
     await components.verifier.warm_up()
+    verify = ForwardAuth(components.authorizer, components.auth.trusted_proxies)
     http_app = build_http_app(
         components.keyring,
         components.auth,
         max_body_bytes=settings.auth.max_body_bytes,
         metrics_registry=components.authorizer.metrics,
         oauth=components.oauth,
+        forward_auth=verify if settings.auth.forward_auth else None,  # GET /auth/verify
     )
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()

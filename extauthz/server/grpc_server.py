@@ -9,7 +9,9 @@ decide (503); it is never turned into a denial.
 
 Health: the overall service (``""``) and ``envoy.service.auth.v3.Authorization`` report
 ``SERVING`` while the session store answers a ping and ``NOT_SERVING`` otherwise
-(``grpc.health.v1``), re-checked every ``health_check_interval_seconds``.
+(``grpc.health.v1``), re-checked every ``health_check_interval_seconds``. ``liveness``
+reports ``SERVING`` whatever the store does: the process answers (a Kubernetes liveness probe
+must not restart every node during a Redis outage). All three turn ``NOT_SERVING`` at shutdown.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from extauthz.loops import Loop
 from extauthz.response import ext_proc_adapter
 from extauthz.response.processor import SessionUpdater
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
+from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.client_admin import ClientAdminServicer, add_client_admin
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
@@ -43,6 +46,8 @@ AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authoriza
 EXTERNAL_PROCESSOR_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name[
     "ExternalProcessor"
 ].full_name
+# the process is alive: SERVING from the first store check on, independent of the store
+LIVENESS_SERVICE = "liveness"
 
 
 class AuthorizationServicer:
@@ -115,6 +120,8 @@ class StoreHealthReporter:
         self._loop = Loop("store-health", self._step, interval=interval, logger=log)
 
     async def check_once(self) -> bool:
+        if self.serving is None:  # the first check: the process is up
+            await self._servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         try:
             await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 0.5))
             serving = True
@@ -167,11 +174,12 @@ def build_server(
     status: StatusServicer,
     health_servicer: HealthServicer,
     updater: SessionUpdater | None = None,
+    api_keys: ApiKeyAdminServicer | None = None,
     client_admin: ClientAdminServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
-    ``ExternalProcessor`` is served when ``updater`` is given, ``ClientAdmin`` when
-    ``client_admin`` is.
+    ``ExternalProcessor`` is served when ``updater`` is given, ``ApiKeyAdmin`` when
+    ``api_keys`` is, ``ClientAdmin`` when ``client_admin`` is.
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -189,12 +197,15 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     admin_pb2_grpc.add_SessionAdminServicer_to_server(admin, server)
     admin_pb2_grpc.add_StatusServicer_to_server(status, server)
+    if api_keys is not None:
+        admin_pb2_grpc.add_ApiKeyAdminServicer_to_server(api_keys, server)
     names = [
         AUTHORIZATION_SERVICE,
         *([EXTERNAL_PROCESSOR_SERVICE] if updater is not None else []),
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["SessionAdmin"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Status"].full_name,
+        *([admin_pb2.DESCRIPTOR.services_by_name["ApiKeyAdmin"].full_name] if api_keys else []),
         reflection.SERVICE_NAME,
     ]
     if client_admin is not None:

@@ -74,6 +74,9 @@ def build_oauth(
         scope_descriptions=descriptions,
     )
 
+    # ending an application on the user's session page ends its whole grant (refresh too)
+    auth.account.grants = issuer
+
     async def revoke_client_tokens(client_id: str) -> int:
         return await issuer.revoke_client_tokens(client_id) + await own_tokens(client_id)
 

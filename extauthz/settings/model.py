@@ -179,12 +179,17 @@ class AuthSettings:
     ``X-Forwarded-For`` is believed; the client address is the right-most entry they added.
     ``allowed_origins``: origins (``https://app.example``) accepted by the same-site check
     besides the request's own (:mod:`extauthz.login.csrf`).
+    ``forward_auth``: serve ``GET /auth/verify`` for nginx ``auth_request``, Traefik
+    ``ForwardAuth`` and Caddy ``forward_auth`` (docs/forward-auth.md), to ``trusted_proxies``
+    only. Off by default: its 200 carries the JWT, so no client may ever reach it through a
+    proxy that routes ``/auth/*`` to extauthz.
     """
 
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     allowed_origins: tuple[str, ...] = ()
     default_return_to: str = "/"
     max_body_bytes: int = 16384
+    forward_auth: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,23 @@ class SessionUpdateSettings:
 
 
 @dataclass(frozen=True)
+class ApiKeySettings:
+    """API keys for machine clients (``extauthz apikeys``, docs/authentication.md, 'API keys').
+
+    ``header``: where a client may send the bare key besides ``Authorization: Bearer``
+    (lower case; removed before the request goes upstream). A key's lifetime is mandatory:
+    ``default_lifetime_days`` when none is asked for, never more than ``max_lifetime_days``.
+    ``touch_interval_seconds``: a key's last use is written at its first use, then at most
+    this often.
+    """
+
+    header: str = "x-api-key"
+    default_lifetime_days: int = 90
+    max_lifetime_days: int = 365
+    touch_interval_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class OAuthSettings:
     """The OAuth 2.0 authorization server (docs/oauth.md, :mod:`extauthz.oauth`); off unless
     ``enabled``. Lifetimes in seconds: an access token's (``expires_in``), a refresh-token
@@ -306,6 +328,7 @@ class Settings:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
+    api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
 
     @property

@@ -8,6 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from extauthz.addresses import is_loopback_host
 from extauthz.check.denials import safe_return_to
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
@@ -59,6 +60,7 @@ def validate(s: Settings) -> None:
     _validate_oauth_clients(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
+    _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
     _validate_oauth(s)
 
 
@@ -342,6 +344,23 @@ def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -
         raise SettingsError("session_updates.budget_ms: expected 50-5000 ms")
 
 
+# the longest lifetime api_keys.max_lifetime_days may allow: ten years
+MAX_API_KEY_DAYS = 3650
+
+
+def _validate_api_keys(k: model.ApiKeySettings, jwt_header: str, update_header: str) -> None:
+    if not _HEADER_NAME.fullmatch(k.header) or k.header.startswith(_RESERVED_PREFIXES):
+        raise SettingsError(f"api_keys.header: expected a lower-case header name, got {k.header!r}")
+    if k.header in _RESERVED_HEADERS or k.header in ("authorization", jwt_header, update_header):
+        raise SettingsError(f"api_keys.header: {k.header!r} means something else")
+    if not 1 <= k.max_lifetime_days <= MAX_API_KEY_DAYS:
+        raise SettingsError(f"api_keys.max_lifetime_days: expected 1-{MAX_API_KEY_DAYS}")
+    if not 1 <= k.default_lifetime_days <= k.max_lifetime_days:
+        raise SettingsError("api_keys.default_lifetime_days: expected 1-api_keys.max_lifetime_days")
+    if not 1 <= k.touch_interval_seconds <= 86400:
+        raise SettingsError("api_keys.touch_interval_seconds: expected 1-86400")
+
+
 def _validate_oauth(s: Settings) -> None:
     o = s.oauth
     if not 10 <= o.access_token_lifetime_seconds <= 86400:
@@ -354,7 +373,7 @@ def _validate_oauth(s: Settings) -> None:
         raise SettingsError("oauth.consent_lifetime_seconds: expected 60 s - 5 years")
     issuer = o.issuer or s.jwt.issuer
     parts = urlsplit(issuer)
-    loopback = (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+    loopback = is_loopback_host(parts.hostname or "")
     if o.enabled and (
         parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback)
         or not parts.netloc or parts.query or parts.fragment

@@ -59,9 +59,7 @@ def printable(text: str) -> str:
 
 def validate_session_data(data: Mapping[str, Any] | None) -> dict[str, Any]:
     """Session data must be a JSON object of at most 4 KiB when encoded.
-
-    :raises ValueError: not an object, not JSON-serialisable, or too large.
-    """
+    :raises ValueError: not an object, not JSON-serialisable, or too large."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -86,7 +84,6 @@ class Found:
     token: str
     session: Session
     superseded: bool = False
-    # superseded: the session's current token, when this caller could open the seals
     current_token: str | None = None
 
 
@@ -113,8 +110,7 @@ class Rotated:
     it (same ``sid``, ``sub``, data and expiry; ``rotated_at`` set). ``created``: this call
     made the rotation; ``False`` when a concurrent or earlier one did (the caller then sends
     that one's token, or nothing). ``grace_until``: the old token is accepted until then
-    (Unix seconds), revoked afterwards (``revoked_session``).
-    """
+    (Unix seconds), revoked afterwards (``revoked_session``)."""
 
     token: str | None
     session: Session
@@ -127,7 +123,9 @@ class SessionManager:
 
     The idle deadline slides on use, but the record is rewritten at most once per
     ``touch_interval`` seconds (default: a tenth of the idle timeout, at most 60 s), so a busy
-    session does not cost a store write per request.
+    session does not cost a store write per request. An API key's ``last_seen`` (its last use;
+    its lifetime never slides) is written at its first use, then at most once per
+    ``api_key_touch_interval`` seconds (``api_keys.touch_interval_seconds``).
 
     :param check_session: called with every new session before it is stored; raises
         :class:`ValueError` to refuse it (the JWT minter's size bound, ``jwt.max_bytes``).
@@ -145,6 +143,7 @@ class SessionManager:
         touch_interval: float | None = None,
         check_session: Callable[[Session], None] | None = None,
         rotation_grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS,
+        api_key_touch_interval: float = 300.0,
     ) -> None:
         self.store = store
         self.idle_timeout = idle_timeout
@@ -154,6 +153,14 @@ class SessionManager:
         self.rotation_grace = rotation_grace_seconds
         self._touch_interval = (
             touch_interval if touch_interval is not None else min(60.0, idle_timeout / 10)
+        )
+        self._api_key_touch_interval = api_key_touch_interval
+
+    def _touch_due(self, session: Session, now: float) -> bool:
+        if session.kind != "api_key":
+            return now - session.last_seen >= self._touch_interval
+        return session.last_seen == session.created_at or (  # never used yet
+            now - session.last_seen >= self._api_key_touch_interval
         )
 
     async def create(
@@ -187,18 +194,13 @@ class SessionManager:
         if lifetime_seconds is not None and lifetime_seconds <= 0:
             raise ValueError("lifetime_seconds must be positive")
         now = self._clock()
-        idle, absolute = (
-            (self.idle_timeout, self.absolute_timeout)
-            if lifetime_seconds is None
-            else (lifetime_seconds, lifetime_seconds)
-        )
         session = Session(
             sid=secrets.token_urlsafe(16),
             sub=sub,
             created_at=now,
             last_seen=now,
-            idle_timeout=idle,
-            expires_at=now + absolute,
+            idle_timeout=lifetime_seconds or self.idle_timeout,
+            expires_at=now + (lifetime_seconds or self.absolute_timeout),
             scopes=validate_scope_tokens("scopes", scopes),
             roles=validate_scope_tokens("roles", roles),
             data=validate_session_data(data),
@@ -238,7 +240,7 @@ class SessionManager:
         now = self._clock()
         if not session.is_alive(now):
             raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
-        if now - session.last_seen >= self._touch_interval:
+        if self._touch_due(session, now):
             touched = session.touched(now)
             if await self.store.touch(token_hash, touched):
                 session = touched
@@ -341,9 +343,7 @@ class SessionManager:
 
     async def _rotated_earlier(self, chain: _Chain) -> Rotated:
         """The answer to a rotation of a token that an earlier rotation replaced.
-
-        :raises Unauthenticated: no successor leads to a live record (see :meth:`lookup`).
-        """
+        :raises Unauthenticated: no successor leads to a live record (see :meth:`lookup`)."""
         if chain.session is None or chain.grace_until is None:
             raise await self._missing(chain.token_hash)
         if not chain.session.is_alive(self._clock()):
@@ -352,8 +352,7 @@ class SessionManager:
 
     async def _missing(self, token_hash: str) -> Unauthenticated:
         """Why no record answers ``token_hash``: revoked, or issued to a session that ended
-        by its idle timeout (the store remembers both until the absolute expiry), or
-        unknown."""
+        by its idle timeout (the store remembers both until the absolute expiry), or unknown."""
         if await self.store.was_revoked(token_hash):
             return Unauthenticated(Reason.REVOKED_SESSION, "revoked session")
         if await self.store.was_issued(token_hash):
@@ -362,21 +361,15 @@ class SessionManager:
 
     async def was_revoked(self, token: str) -> bool:
         """Whether ``token`` names a revoked session (until its absolute expiry).
-
-        :raises StoreUnavailable: the store could not answer.
-        """
+        :raises StoreUnavailable: the store could not answer."""
         if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return False
         return await self.store.was_revoked(tokens.token_hash(token))
 
     async def was_issued(self, token: str) -> bool:
         """Whether the store issued ``token`` (at a login or a rotation) or revoked it, and
-        its session's absolute expiry has not passed: the session may live, have idled out or
-        have been revoked. A token that names no live session and was issued is a stale
-        cookie its holder kept, not a guess.
-
-        :raises StoreUnavailable: the store could not answer.
-        """
+        its session's absolute expiry has not passed (a miss on it is a stale cookie, not a
+        guess). :raises StoreUnavailable: the store could not answer."""
         if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return False
         token_hash = tokens.token_hash(token)
@@ -386,8 +379,7 @@ class SessionManager:
         """Revoke the session of ``token`` (logout), also when ``token`` was rotated and its
         grace lasts. Returns what was revoked, if anything.
 
-        :raises StoreUnavailable: the revocation was not stored (the caller must not report
-            success).
+        :raises StoreUnavailable: the revocation was not stored (the caller must not report it).
         """
         if not tokens.has_token_shape(token, tokens.SESSION_PREFIXES):
             return None

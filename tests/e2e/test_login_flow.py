@@ -157,6 +157,30 @@ def test_logout_everywhere_ends_every_session_of_the_user(auth_stack: AuthStack)
     assert other.request("GET", "/x", headers=API).status == 200
 
 
+def test_the_session_page_ends_the_other_browsers_session(auth_stack: AuthStack) -> None:
+    """Two browsers of one user: the first sees the second on /auth/session (through Envoy)
+    and ends it with the page's form; the second's next navigation goes to the login form."""
+    laptop, phone = auth_stack.client(), auth_stack.client()
+    assert laptop.login("dave").status == 200 and phone.login("dave").status == 200
+    phone_sid = phone.request("GET", "/auth/session", headers=API).json()["sid"]
+    html = {"Accept": "text/html"}
+    page = laptop.request("GET", "/auth/session", headers=html)
+    assert page.status == 200
+    assert page.header("x-frame-options") == "DENY" and page.header("cache-control") == "no-store"
+    assert f'<tr data-sid="{phone_sid}">' in page.text
+    assert phone.cookies[COOKIE_NAME] not in page.text
+    ended = laptop.request(
+        "POST", "/auth/session/end", headers={**html, "Origin": auth_stack.origin},
+        form={"sid": phone_sid},
+    )  # fmt: skip
+    assert ended.status == 303 and ended.header("location") == "/auth/session"
+    assert phone_sid not in laptop.request("GET", "/auth/session", headers=html).text
+    sent_back = phone.request("GET", "/reports", headers=html)
+    assert sent_back.status == 302
+    assert (sent_back.header("location") or "").startswith("/auth/login?return_to=")
+    assert laptop.request("GET", "/x", headers=API).status == 200  # the laptop stays signed in
+
+
 def test_a_logout_whose_revocation_cannot_be_written_is_an_error(auth_stack: AuthStack) -> None:
     client = auth_stack.client()
     assert client.login("bob").status == 200

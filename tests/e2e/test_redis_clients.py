@@ -16,7 +16,10 @@ connected. The node's connections carry its client name (``extauthz:<node id>:<r
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ import pytest
 
 from extauthz import tokens
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from tests.support import ExtauthzProcess
 from tests.support.extauthz_nodes import CheckClient, keys_dir, settle, write_settings
 from tests.support.redis_topology import ReplicatedTopology, redis_server_available
@@ -124,3 +128,29 @@ def test_a_node_holds_one_client_per_role_and_one_sentinel_discovery(
         channel.close()
         checks.close()
         node.stop()
+
+
+async def test_discovery_does_not_wait_for_a_stopped_sentinel(topo: ReplicatedTopology) -> None:
+    """One Sentinel of three stopped (``SIGSTOP``: it accepts connections, never answers):
+    the other two are a majority, and the discovery ends on their answers instead of holding
+    every reconnect for the stopped one's socket timeout (here 30 s; a Check's budget is
+    400 ms). Regression: asked with ``gather``, a Check that reconnected while one Sentinel
+    was partitioned away answered ``UNAVAILABLE``."""
+    endpoints = RedisEndpoints(
+        primary_url="",
+        sentinels=tuple(topo.sentinel_addresses()),
+        sentinel_service=topo.service_name,
+        timeout_seconds=30.0,
+        name="discovery",
+    )
+    clients = RedisClients(endpoints)
+    stopped = topo.sentinels[0].pid
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        # a first connection asks the Sentinels; the stopped one would hold it for 30 s
+        await asyncio.wait_for(clients.primary.set("discovery", "1"), timeout=10)
+        assert await asyncio.wait_for(clients.primary.get("discovery"), timeout=10) == b"1"
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        await clients.aclose()

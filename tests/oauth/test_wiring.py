@@ -92,3 +92,31 @@ async def test_enabled_oauth_serves_metadata_and_tokens(tmp_path: Path) -> None:
         assert await components.revoke_client_tokens(client.client_id) >= 1
         assert await components.sessions.was_revoked(body["access_token"])
     await components.close()
+
+
+async def test_ending_an_application_on_the_session_page_ends_its_refresh_tokens(
+    tmp_path: Path,
+) -> None:
+    """The composition root hands the token issuer to the session page: the user ends an
+    application's access token there, and the application's refresh token dies with it."""
+    settings = node_settings(tmp_path, "n1", MEMORY, oauth={
+        "enabled": True, "issuer": "https://auth.example",
+    }, auth={"allowed_origins": ["https://auth.example"]})
+    components = build_components(settings)
+    assert components.oauth is not None
+    issuer = components.oauth.issuer
+    issued = await issuer.issue(client_id="app-1", sub="alice", scope="read", family="f1",
+                                with_refresh=True)
+    assert issued.refresh_token is not None
+    login, _ = await components.sessions.create("alice")
+    app_sid = (await components.sessions.lookup(issued.access_token)).sid
+    app = build_http_app(components.keyring, components.auth, oauth=components.oauth)
+    async with TestClient(TestServer(app)) as http:
+        answer = await http.post(
+            "/auth/session/end", json={"sid": app_sid},
+            headers={"Authorization": f"Bearer {login}", "Origin": "https://auth.example"},
+        )
+        assert answer.status == 200, await answer.text()
+    assert await components.sessions.was_revoked(issued.access_token)
+    assert await issuer.peek_refresh(issued.refresh_token) is None
+    await components.close()

@@ -29,6 +29,7 @@ from extauthz.keys.keyring import generate_key
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer
 from extauthz.server.grpc_server import (
     AUTHORIZATION_SERVICE,
+    LIVENESS_SERVICE,
     StoreHealthReporter,
     build_server,
 )
@@ -156,6 +157,8 @@ async def test_store_on_a_dead_port_is_unavailable_and_not_serving(
     assert node.reporter.serving is False
     assert await node.health() == NOT_SERVING
     assert await node.health(AUTHORIZATION_SERVICE) == NOT_SERVING
+    # the Kubernetes liveness probe's service: the process answers, the store plays no part
+    assert await node.health(LIVENESS_SERVICE) == SERVING
     # requests that never reach the store are still answered
     reply = await node.check(http_request({"authorization": "Basic x"}))
     assert reply.denied_response.status.code == 401  # type: ignore[attr-defined]
@@ -190,6 +193,7 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
         await assert_unavailable(node, cookie, token)
         assert await node.reporter.check_once() is False
         assert await node.health() == NOT_SERVING
+        assert await node.health(LIVENESS_SERVICE) == SERVING
 
         redis = RedisServer(tmp_path / "redis", port=redis.port).start()
         assert await node.reporter.check_once() is True
@@ -203,6 +207,32 @@ async def test_outage_and_recovery_keep_the_session(tmp_path: Path, redis_binary
         await node.server.stop(0)
         await clients.aclose()
         redis.stop()
+
+
+async def test_liveness_serves_from_the_first_check_until_shutdown(tmp_path: Path) -> None:
+    harness = build_harness(tmp_path)
+    health_servicer = HealthServicer()
+    server, port = build_server(
+        f"127.0.0.1:{free_port()}",
+        harness.authorizer,
+        SessionAdminServicer(harness.sessions, AdminGuard(ADMIN_TOKEN)),
+        StatusServicer(harness.sessions, harness.keyring, strategy="sticky", node_id="n1"),
+        health_servicer,
+    )
+    reporter = StoreHealthReporter(harness.store, health_servicer, 0.5)
+    await server.start()
+    node = Node(harness, server, grpc.aio.insecure_channel(f"127.0.0.1:{port}"), reporter)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # before the first store check
+            await node.health(LIVENESS_SERVICE)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert await reporter.check_once() is True
+        assert await node.health(LIVENESS_SERVICE) == SERVING
+        await health_servicer.enter_graceful_shutdown()
+        assert await node.health(LIVENESS_SERVICE) == NOT_SERVING
+    finally:
+        await node.channel.close(grace=None)
+        await node.server.stop(0)
 
 
 async def test_admin_and_status_services_answer(tmp_path: Path) -> None:

@@ -97,6 +97,13 @@ class EpochSentinel(Sentinel):
     replica: the reconnect lands there again and the write meets ``READONLY`` once more. Here
     every Sentinel is asked at once and the answer with the highest ``config-epoch`` (which a
     failover increments) wins. Callers that ask while a discovery is in flight share it.
+
+    The discovery ends as soon as a majority of the Sentinels have named a primary (or every
+    Sentinel has answered or failed): a failover needs the votes of a majority, so a majority
+    of answers includes a Sentinel that took part in the newest one. It never waits for a
+    Sentinel that is partitioned away or stopped: that one's connection would hold every
+    reconnect for the full socket timeout, longer than a Check's budget (a Check answered
+    ``UNAVAILABLE`` while one Sentinel of three was cut off).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,7 +135,16 @@ class EpochSentinel(Sentinel):
                 return dict(state)
             return None
 
-        states = [s for s in await asyncio.gather(*(ask(s) for s in self.sentinels)) if s]
+        majority = len(self.sentinels) // 2 + 1
+        pending = {asyncio.ensure_future(ask(s)) for s in self.sentinels}
+        states: list[dict[str, Any]] = []
+        try:
+            while pending and len(states) < majority:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                states.extend(state for task in done if (state := task.result()) is not None)
+        finally:
+            for task in pending:  # a straggler's connection is dropped by its cancellation
+                task.cancel()
         if not states:
             raise MasterNotFoundError(f"No master found for {service_name!r}")
         newest = max(states, key=lambda s: int(s.get("config-epoch", 0)))

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xtauthz/v1/admin.proto\x12\x0b\x65xtauthz.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n\x07Session\x12\x0b\n\x03sid\x18\x01 \x01(\t\x12\x0b\n\x03sub\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\r\n\x05roles\x18\x08 \x03(\t\x12%\n\x04\x64\x61ta\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"i\n\x14\x43reateSessionRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x15\x43reateSessionResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.extauthz.v1.Session\" \n\x11GetSessionRequest\x12\x0b\n\x03sid\x18\x01 \x01(\t\"#\n\x14RevokeSessionRequest\x12\x0b\n\x03sid\x18\x01 \x01(\t\"(\n\x15RevokeSessionResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"+\n\x1cRevokeSubjectSessionsRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\"0\n\x1dRevokeSubjectSessionsResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x03\"\"\n\x13ListSessionsRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\">\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.extauthz.v1.Session\"\x12\n\x10GetStatusRequest\"\xe6\x02\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estore_strategy\x18\x02 \x01(\t\x12\x15\n\rstore_backend\x18\x03 \x01(\t\x12\x17\n\x0fstore_reachable\x18\x04 \x01(\x08\x12\x17\n\x0fsigning_key_ids\x18\x05 \x03(\t\x12\x1d\n\x15\x61\x63tive_signing_key_id\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x15\n\rcache_channel\x18\x08 \x01(\t\x12\"\n\x1a\x63\x61\x63he_channel_down_seconds\x18\t \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_bypasses\x18\n \x01(\x04\x12!\n\x14\x63lock_offset_seconds\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12 \n\x18\x63lock_offset_max_seconds\x18\x0c \x01(\x01\x42\x17\n\x15_clock_offset_seconds\"\x9b\x01\n\x0bOAuthClient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rredirect_uris\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x14\n\x0c\x63onfidential\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x10\x41\x64\x64\x43lientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rredirect_uris\x18\x02 \x03(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x15\n\rpublic_client\x18\x04 \x01(\x08\"T\n\x11\x41\x64\x64\x43lientResponse\x12(\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x18.extauthz.v1.OAuthClient\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"\x14\n\x12ListClientsRequest\"@\n\x13ListClientsResponse\x12)\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x18.extauthz.v1.OAuthClient\"(\n\x13RemoveClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"?\n\x14RemoveClientResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x12\x16\n\x0etokens_revoked\x18\x02 \x01(\x03\x32\xc7\x03\n\x0cSessionAdmin\x12V\n\rCreateSession\x12!.extauthz.v1.CreateSessionRequest\x1a\".extauthz.v1.CreateSessionResponse\x12\x42\n\nGetSession\x12\x1e.extauthz.v1.GetSessionRequest\x1a\x14.extauthz.v1.Session\x12V\n\rRevokeSession\x12!.extauthz.v1.RevokeSessionRequest\x1a\".extauthz.v1.RevokeSessionResponse\x12n\n\x15RevokeSubjectSessions\x12).extauthz.v1.RevokeSubjectSessionsRequest\x1a*.extauthz.v1.RevokeSubjectSessionsResponse\x12S\n\x0cListSessions\x12 .extauthz.v1.ListSessionsRequest\x1a!.extauthz.v1.ListSessionsResponse2T\n\x06Status\x12J\n\tGetStatus\x12\x1d.extauthz.v1.GetStatusRequest\x1a\x1e.extauthz.v1.GetStatusResponse2\x80\x02\n\x0b\x43lientAdmin\x12J\n\tAddClient\x12\x1d.extauthz.v1.AddClientRequest\x1a\x1e.extauthz.v1.AddClientResponse\x12P\n\x0bListClients\x12\x1f.extauthz.v1.ListClientsRequest\x1a .extauthz.v1.ListClientsResponse\x12S\n\x0cRemoveClient\x12 .extauthz.v1.RemoveClientRequest\x1a!.extauthz.v1.RemoveClientResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xtauthz/v1/admin.proto\x12\x0b\x65xtauthz.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n\x07Session\x12\x0b\n\x03sid\x18\x01 \x01(\t\x12\x0b\n\x03sub\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\r\n\x05roles\x18\x08 \x03(\t\x12%\n\x04\x64\x61ta\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"i\n\x14\x43reateSessionRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x15\x43reateSessionResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.extauthz.v1.Session\" \n\x11GetSessionRequest\x12\x0b\n\x03sid\x18\x01 \x01(\t\"#\n\x14RevokeSessionRequest\x12\x0b\n\x03sid\x18\x01 \x01(\t\"(\n\x15RevokeSessionResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"+\n\x1cRevokeSubjectSessionsRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\"0\n\x1dRevokeSubjectSessionsResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x03\"\"\n\x13ListSessionsRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\">\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.extauthz.v1.Session\"\x12\n\x10GetStatusRequest\"\xe6\x02\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estore_strategy\x18\x02 \x01(\t\x12\x15\n\rstore_backend\x18\x03 \x01(\t\x12\x17\n\x0fstore_reachable\x18\x04 \x01(\x08\x12\x17\n\x0fsigning_key_ids\x18\x05 \x03(\t\x12\x1d\n\x15\x61\x63tive_signing_key_id\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x15\n\rcache_channel\x18\x08 \x01(\t\x12\"\n\x1a\x63\x61\x63he_channel_down_seconds\x18\t \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_bypasses\x18\n \x01(\x04\x12!\n\x14\x63lock_offset_seconds\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12 \n\x18\x63lock_offset_max_seconds\x18\x0c \x01(\x01\x42\x17\n\x15_clock_offset_seconds\"\xd5\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sub\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x13\x43reateApiKeyRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\x03\"I\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12 \n\x03key\x18\x02 \x01(\x0b\x32\x13.extauthz.v1.ApiKey\"!\n\x12ListApiKeysRequest\x12\x0b\n\x03sub\x18\x01 \x01(\t\"8\n\x13ListApiKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.extauthz.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\'\n\x14RevokeApiKeyResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\x9b\x01\n\x0bOAuthClient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rredirect_uris\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x14\n\x0c\x63onfidential\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x10\x41\x64\x64\x43lientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rredirect_uris\x18\x02 \x03(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x15\n\rpublic_client\x18\x04 \x01(\x08\"T\n\x11\x41\x64\x64\x43lientResponse\x12(\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x18.extauthz.v1.OAuthClient\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"\x14\n\x12ListClientsRequest\"@\n\x13ListClientsResponse\x12)\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x18.extauthz.v1.OAuthClient\"(\n\x13RemoveClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"?\n\x14RemoveClientResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x12\x16\n\x0etokens_revoked\x18\x02 \x01(\x03\x32\xc7\x03\n\x0cSessionAdmin\x12V\n\rCreateSession\x12!.extauthz.v1.CreateSessionRequest\x1a\".extauthz.v1.CreateSessionResponse\x12\x42\n\nGetSession\x12\x1e.extauthz.v1.GetSessionRequest\x1a\x14.extauthz.v1.Session\x12V\n\rRevokeSession\x12!.extauthz.v1.RevokeSessionRequest\x1a\".extauthz.v1.RevokeSessionResponse\x12n\n\x15RevokeSubjectSessions\x12).extauthz.v1.RevokeSubjectSessionsRequest\x1a*.extauthz.v1.RevokeSubjectSessionsResponse\x12S\n\x0cListSessions\x12 .extauthz.v1.ListSessionsRequest\x1a!.extauthz.v1.ListSessionsResponse2T\n\x06Status\x12J\n\tGetStatus\x12\x1d.extauthz.v1.GetStatusRequest\x1a\x1e.extauthz.v1.GetStatusResponse2\x89\x02\n\x0b\x41piKeyAdmin\x12S\n\x0c\x43reateApiKey\x12 .extauthz.v1.CreateApiKeyRequest\x1a!.extauthz.v1.CreateApiKeyResponse\x12P\n\x0bListApiKeys\x12\x1f.extauthz.v1.ListApiKeysRequest\x1a .extauthz.v1.ListApiKeysResponse\x12S\n\x0cRevokeApiKey\x12 .extauthz.v1.RevokeApiKeyRequest\x1a!.extauthz.v1.RevokeApiKeyResponse2\x80\x02\n\x0b\x43lientAdmin\x12J\n\tAddClient\x12\x1d.extauthz.v1.AddClientRequest\x1a\x1e.extauthz.v1.AddClientResponse\x12P\n\x0bListClients\x12\x1f.extauthz.v1.ListClientsRequest\x1a .extauthz.v1.ListClientsResponse\x12S\n\x0cRemoveClient\x12 .extauthz.v1.RemoveClientRequest\x1a!.extauthz.v1.RemoveClientResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,24 +57,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_end=903
   _globals['_GETSTATUSRESPONSE']._serialized_start=906
   _globals['_GETSTATUSRESPONSE']._serialized_end=1264
-  _globals['_OAUTHCLIENT']._serialized_start=1267
-  _globals['_OAUTHCLIENT']._serialized_end=1422
-  _globals['_ADDCLIENTREQUEST']._serialized_start=1424
-  _globals['_ADDCLIENTREQUEST']._serialized_end=1518
-  _globals['_ADDCLIENTRESPONSE']._serialized_start=1520
-  _globals['_ADDCLIENTRESPONSE']._serialized_end=1604
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=1606
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=1626
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=1628
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=1692
-  _globals['_REMOVECLIENTREQUEST']._serialized_start=1694
-  _globals['_REMOVECLIENTREQUEST']._serialized_end=1734
-  _globals['_REMOVECLIENTRESPONSE']._serialized_start=1736
-  _globals['_REMOVECLIENTRESPONSE']._serialized_end=1799
-  _globals['_SESSIONADMIN']._serialized_start=1802
-  _globals['_SESSIONADMIN']._serialized_end=2257
-  _globals['_STATUS']._serialized_start=2259
-  _globals['_STATUS']._serialized_end=2343
-  _globals['_CLIENTADMIN']._serialized_start=2346
-  _globals['_CLIENTADMIN']._serialized_end=2602
+  _globals['_APIKEY']._serialized_start=1267
+  _globals['_APIKEY']._serialized_end=1480
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1482
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1572
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1574
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1647
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1649
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1682
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1684
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1740
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1742
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1779
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1781
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1820
+  _globals['_OAUTHCLIENT']._serialized_start=1823
+  _globals['_OAUTHCLIENT']._serialized_end=1978
+  _globals['_ADDCLIENTREQUEST']._serialized_start=1980
+  _globals['_ADDCLIENTREQUEST']._serialized_end=2074
+  _globals['_ADDCLIENTRESPONSE']._serialized_start=2076
+  _globals['_ADDCLIENTRESPONSE']._serialized_end=2160
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=2162
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=2182
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=2184
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=2248
+  _globals['_REMOVECLIENTREQUEST']._serialized_start=2250
+  _globals['_REMOVECLIENTREQUEST']._serialized_end=2290
+  _globals['_REMOVECLIENTRESPONSE']._serialized_start=2292
+  _globals['_REMOVECLIENTRESPONSE']._serialized_end=2355
+  _globals['_SESSIONADMIN']._serialized_start=2358
+  _globals['_SESSIONADMIN']._serialized_end=2813
+  _globals['_STATUS']._serialized_start=2815
+  _globals['_STATUS']._serialized_end=2899
+  _globals['_APIKEYADMIN']._serialized_start=2902
+  _globals['_APIKEYADMIN']._serialized_end=3167
+  _globals['_CLIENTADMIN']._serialized_start=3170
+  _globals['_CLIENTADMIN']._serialized_end=3426
 # @@protoc_insertion_point(module_scope)

@@ -126,6 +126,68 @@ class GetStatusResponse(_message.Message):
     clock_offset_max_seconds: float
     def __init__(self, version: _Optional[str] = ..., store_strategy: _Optional[str] = ..., store_backend: _Optional[str] = ..., store_reachable: _Optional[bool] = ..., signing_key_ids: _Optional[_Iterable[str]] = ..., active_signing_key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., cache_channel: _Optional[str] = ..., cache_channel_down_seconds: _Optional[float] = ..., cache_bypasses: _Optional[int] = ..., clock_offset_seconds: _Optional[float] = ..., clock_offset_max_seconds: _Optional[float] = ...) -> None: ...
 
+class ApiKey(_message.Message):
+    __slots__ = ("key_id", "sub", "name", "scopes", "created_at", "expires_at", "last_used_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    sub: str
+    name: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    last_used_at: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., sub: _Optional[str] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("sub", "name", "scopes", "lifetime_seconds")
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    sub: str
+    name: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    lifetime_seconds: int
+    def __init__(self, sub: _Optional[str] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., lifetime_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("api_key", "key")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    key: ApiKey
+    def __init__(self, api_key: _Optional[str] = ..., key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ("sub",)
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    sub: str
+    def __init__(self, sub: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: bool
+    def __init__(self, revoked: _Optional[bool] = ...) -> None: ...
+
 class OAuthClient(_message.Message):
     __slots__ = ("client_id", "name", "redirect_uris", "scopes", "confidential", "created_at")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]

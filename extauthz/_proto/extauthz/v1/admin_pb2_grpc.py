@@ -350,6 +350,173 @@ class Status:
             _registered_method=True)
 
 
+class ApiKeyAdminStub:
+    """API keys for machine clients (docs/authentication.md, 'API keys'). The key itself is
+    returned once, by CreateApiKey, and stored only hashed; every other call names a key by its
+    id (key_id: the id of the session record the key stands for, the JWT's key_id and sid).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateApiKey = channel.unary_unary(
+                '/extauthz.v1.ApiKeyAdmin/CreateApiKey',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/extauthz.v1.ApiKeyAdmin/ListApiKeys',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/extauthz.v1.ApiKeyAdmin/RevokeApiKey',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+
+
+class ApiKeyAdminServicer:
+    """API keys for machine clients (docs/authentication.md, 'API keys'). The key itself is
+    returned once, by CreateApiKey, and stored only hashed; every other call names a key by its
+    id (key_id: the id of the session record the key stands for, the JWT's key_id and sid).
+    """
+
+    def CreateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ApiKeyAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'extauthz.v1.ApiKeyAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('extauthz.v1.ApiKeyAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ApiKeyAdmin:
+    """API keys for machine clients (docs/authentication.md, 'API keys'). The key itself is
+    returned once, by CreateApiKey, and stored only hashed; every other call names a key by its
+    id (key_id: the id of the session record the key stands for, the JWT's key_id and sid).
+    """
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ApiKeyAdmin/CreateApiKey',
+            extauthz_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ApiKeyAdmin/ListApiKeys',
+            extauthz_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.ApiKeyAdmin/RevokeApiKey',
+            extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ClientAdminStub:
     """OAuth 2.0 client registration (RFC 6749 §2). The client secret is returned once, by
     AddClient; no call returns it, or its hash, again. Needs the admin token, like SessionAdmin.
