@@ -344,6 +344,18 @@ def test_an_application_token_is_bearer_only(
     assert as_cookie.status_code == 401, as_cookie.text
 
 
+def test_a_route_for_logins_only_refuses_the_application(
+    oauth: OAuthStack, apps: dict[str, RegisteredClient]
+) -> None:
+    token = code_flow_token(oauth, app_session(oauth, apps["printer"], scope="read write"))
+    assert token["scope"] == "read write"
+    refused_kind = call(oauth, token["access_token"], "/account/security/password")
+    assert refused_kind.status_code == 403, refused_kind.text
+    assert refused_kind.json()["error"] == "credential_kind_refused"
+    agent = signed_in(oauth, "alice")  # the user herself, signed in
+    assert agent.request("GET", "/account/security/password", headers=API).status == 200
+
+
 def test_the_user_ends_an_application_from_the_session_page(
     oauth: OAuthStack, apps: dict[str, RegisteredClient]
 ) -> None:
