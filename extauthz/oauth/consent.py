@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -30,6 +31,25 @@ FORWARDED_PARAMS = (
 )
 """The authorization request's parameters the consent form carries as hidden fields."""
 HTML_HEADERS = pages.HTML_HEADERS
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
+
+
+def consent_headers(redirect_uri: str) -> dict[str, str]:
+    """The consent page's headers: the login pages' (:data:`HTML_HEADERS`), with the
+    ``redirect_uri``'s origin added to ``form-action``. The form posts to this origin, but its
+    answer is a redirect to the application (RFC 6749 §4.1.2), and browsers hold a form's
+    redirects to ``form-action`` too (CSP Level 3): with ``'self'`` alone, Allow and Deny went
+    nowhere. ``redirect_uri`` is a registered one (exact match); anything that is not a plain
+    origin is left out rather than written into the policy."""
+    parts = urlsplit(redirect_uri)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    headers = dict(HTML_HEADERS)
+    if _ORIGIN.fullmatch(origin) and "@" not in parts.netloc:
+        policy = headers["Content-Security-Policy"]
+        headers["Content-Security-Policy"] = policy.replace(
+            "form-action 'self'", f"form-action 'self' {origin}", 1
+        )
+    return headers
 
 
 def csrf_token(session_token: str, client_id: str, scope: str) -> str:

@@ -252,7 +252,7 @@ class OAuthHandlers:
                 csrf=consent.csrf_token(session_token, client.client_id, scope),
                 user=session.sub,
             )
-            return _html(200, page)
+            return _html(200, page, consent.consent_headers(grant.redirect_uri))
         decision, csrf = decided
         if not consent.csrf_ok(csrf, session_token, client.client_id, scope):
             return _html(403, consent.error_page("The form expired; please start again."))

@@ -204,6 +204,9 @@ async def test_the_consent_page_names_the_client_the_scopes_and_the_host(h: Harn
     headers = answer.headers
     assert headers["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    # the form's answer redirects to the application: form-action must allow its origin
+    # (a browser held Allow and Deny back under form-action 'self' alone)
+    assert "form-action 'self' https://app.example;" in headers["Content-Security-Policy"]
     assert 'name="csrf_token"' in page and 'value="allow"' in page and 'value="deny"' in page
 
 
@@ -289,3 +292,15 @@ async def test_through_the_login_form_and_back_to_the_consent_page(h: Harness) -
     code = query_of(answer.headers["Location"])["code"]
     body = await (await h.exchange(code, verifier)).json()
     assert (await h.sessions.lookup(body["access_token"])).sub == "carol"
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    ["https://a.example;script-src *", "https://a.example 'unsafe-inline'", "https://u@a.example",
+     "javascript://a.example", "https://a.example\nX: y"],
+)
+def test_the_consent_policy_never_takes_more_than_a_plain_origin(redirect_uri: str) -> None:
+    from extauthz.oauth.consent import HTML_HEADERS, consent_headers
+
+    policy = consent_headers(redirect_uri)["Content-Security-Policy"]
+    assert policy == HTML_HEADERS["Content-Security-Policy"]
