@@ -38,6 +38,7 @@ from extauthz.login.service import (
     LoginFailed,
     LoginForm,
     LoginService,
+    SecondStepNeeded,
     session_summary,
 )
 
@@ -264,6 +265,12 @@ class AuthHandlers:
             return _refused(html, denial)
         if isinstance(outcome, LoginFailed):
             return self._login_failed(html, outcome)
+        if isinstance(outcome, SecondStepNeeded):
+            # no session yet: the pending login's own cookie, and where its step is
+            body = {"second_step": outcome.purpose, "location": outcome.location}
+            step = _redirect(outcome.location) if html else _json(200, body)
+            _add_cookies(step, outcome.set_cookies)
+            return step
         response = _redirect(outcome.return_to) if html else _json(
             200, session_summary(outcome.session)
         )
