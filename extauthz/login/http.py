@@ -213,9 +213,15 @@ class AuthHandlers:
         self.trusted_proxies: _Networks = tuple(
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
         )
+        self._extra_routes: list[web.RouteDef] = []
+
+    def mount(self, routes: Iterable[web.RouteDef]) -> None:
+        """Serve ``routes`` beside these (the second-factor pages)."""
+        self._extra_routes.extend(routes)
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *self._extra_routes,
             web.get(LOGIN_PATH, self.login_page),
             web.post(LOGIN_PATH, self.login),
             web.get(LOGOUT_PATH, self.logout_page),

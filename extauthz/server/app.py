@@ -26,19 +26,16 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
+from extauthz.login.mfa.account import FactorAdmin
 from extauthz.login.service import LoginService
 from extauthz.login.users import PasswordVerifier
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
 from extauthz.oauth.clients import ClientStore
 from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
-from extauthz.server.admin import (
-    AdminGuard,
-    SessionAdminServicer,
-    StatusServicer,
-    load_admin_token,
-)
+from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, load_admin_token
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
+from extauthz.server.auth_wiring import build_second_factors
 from extauthz.server.client_admin import (
     ClientAdminServicer,
     RevokeClientTokens,
@@ -91,6 +88,7 @@ class Components:
     services: list[Service] = field(default_factory=list)
     probe: NodeProbe = field(default_factory=NodeProbe)
     updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
+    factors: FactorAdmin | None = None  # users' second factors ([mfa])
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -113,9 +111,10 @@ class Components:
 
 def build_auth(
     settings: Settings, sessions: SessionManager, client: Redis | None
-) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
+) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver, FactorAdmin]:
     """The authentication service and the session resolver it shares with Check, with their
-    users store and rate limiters (in ``client``'s Redis when given, else in memory)."""
+    users store and rate limiters (in ``client``'s Redis when given, else in memory), and
+    the second factors' administration."""
     verifier = PasswordVerifier(
         build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
     )
@@ -152,7 +151,7 @@ def build_auth(
     auth = AuthHandlers(
         service, realm=settings.deny.realm, trusted_proxies=settings.auth.trusted_proxies
     )
-    return auth, verifier, resolver
+    return auth, verifier, resolver, build_second_factors(settings, auth, verifier, client, limits)
 
 
 def build_components(settings: Settings) -> Components:
@@ -185,7 +184,7 @@ def build_components(settings: Settings) -> Components:
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
     # users and rate limits share the session store's primary client
-    auth, verifier, resolver = build_auth(
+    auth, verifier, resolver, factors = build_auth(
         settings, sessions, redis.clients.primary if redis is not None else None
     )
     denials = DenialRenderer(
@@ -248,6 +247,7 @@ def build_components(settings: Settings) -> Components:
         [*services, store],
         probe,
         updater if u.enabled else None,
+        factors,
     )
 
 

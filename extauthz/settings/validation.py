@@ -12,6 +12,7 @@ from extauthz.check.denials import safe_return_to
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
 from extauthz.response.updates import Allowlist
+from extauthz.scopes import validate_scope_tokens
 from extauthz.settings import model
 from extauthz.settings.model import Settings, UserBackend
 from extauthz.strategies import StoreBackend, StoreStrategy
@@ -60,6 +61,7 @@ def validate(s: Settings) -> None:
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
     _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
+    _validate_mfa(s)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -357,3 +359,21 @@ def _validate_api_keys(k: model.ApiKeySettings, jwt_header: str, update_header: 
         raise SettingsError("api_keys.default_lifetime_days: expected 1-api_keys.max_lifetime_days")
     if not 1 <= k.touch_interval_seconds <= 86400:
         raise SettingsError("api_keys.touch_interval_seconds: expected 1-86400")
+
+
+def _validate_mfa(s: Settings) -> None:
+    m = s.mfa
+    if m.mode == model.MfaMode.ROLES and not m.required_roles:
+        raise SettingsError("mfa.required_roles: must name a role when mfa.mode is roles")
+    try:
+        validate_scope_tokens("roles", m.required_roles)
+    except ValueError as exc:
+        raise SettingsError(f"mfa.required_roles: {exc}") from None
+    if s.users.backend == UserBackend.FILE and not m.file:
+        raise SettingsError("mfa.file: must not be empty when users.backend is file")
+    if not m.issuer or ":" in m.issuer or len(m.issuer) > 64:
+        raise SettingsError("mfa.issuer: expected 1-64 characters without ':'")
+    if not 60 <= m.fresh_auth_seconds <= 86400:
+        raise SettingsError("mfa.fresh_auth_seconds: expected 60-86400")
+    if not 30 <= m.pending_seconds <= 3600:
+        raise SettingsError("mfa.pending_seconds: expected 30-3600")
