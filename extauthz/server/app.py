@@ -41,6 +41,7 @@ from extauthz.server.client_admin import (
     RevokeClientTokens,
     client_credentials_revoker,
 )
+from extauthz.server.factor_admin import FactorAdminServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import build_http_app
@@ -329,6 +330,7 @@ async def serve(settings: Settings) -> int:
         client_admin=ClientAdminServicer(
             components.clients, guard, components.revoke_client_tokens, clock=time.time
         ),
+        factor_admin=FactorAdminServicer(components.factors, guard) if components.factors else None,
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
     try:
