@@ -4,6 +4,7 @@ stores of :mod:`extauthz.server.store_wiring`)."""
 
 from __future__ import annotations
 
+from extauthz.errors import SettingsError
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
@@ -37,10 +38,13 @@ def build_second_factors(
     """Give ``auth``'s login its second step and mount the ``/auth/mfa/*`` routes on it;
     return the administrators' side.
 
-    :raises OSError, ValueError: ``mfa.secret_key_file`` is unreadable or holds no key.
+    :raises SettingsError: ``mfa.secret_key_file`` is unreadable or holds no key.
     """
     m = settings.mfa
-    box = SecretBox(load_key(m.secret_key_file) if m.secret_key_file else None)
+    try:
+        box = SecretBox(load_key(m.secret_key_file) if m.secret_key_file else None)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"mfa.secret_key_file: {exc}") from None
     totp = TotpKind(box, issuer=m.issuer)
     recovery = RecoveryKind()
     factors = build_factor_store(settings, client)
