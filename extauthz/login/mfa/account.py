@@ -142,7 +142,7 @@ class MfaAccount:
             if any(f.kind == self.steps.totp.name and f.confirmed for f in factors):
                 raise AlreadyEnrolled()
             waiting = [f for f in factors if f.kind == self.steps.totp.name and not f.confirmed]
-            factor_id = waiting[-1].id if waiting else await self.steps._new_totp(session.sub)
+            factor_id = waiting[-1].id if waiting else await self.steps.new_totp(session.sub)
             view = await self.steps.enrolment_view(session.sub, factor_id)
         except STORE_ERRORS:
             raise StoreUnavailable("factor store unavailable") from None
@@ -168,7 +168,7 @@ class MfaAccount:
         try:
             await self._reserve(session.sub, ctx.peer_address)
             attempt = Attempt(session.sub, form.response, self._clock())
-            used = await self.steps._confirm(session.sub, form.factor_id, attempt)
+            used = await self.steps.confirm_totp(session.sub, form.factor_id, attempt)
             if used is None:
                 log.info("enrolment failed user_id=%s", tokens.log_id(session.sub))
                 return Failed((self.steps.totp.name,))

@@ -131,7 +131,7 @@ class SecondSteps:
                 purpose, factor_id, location = "login", "", VERIFY_PATH
             elif self.policy.requires(user):
                 purpose, location = "enrol", SETUP_PATH
-                factor_id = await self._new_totp(user.name)
+                factor_id = await self.new_totp(user.name)
             else:
                 return None
             now = self._clock()
@@ -145,7 +145,7 @@ class SecondSteps:
         cookie = self.pending_cookie.set(token, self.pending_seconds)
         return SecondStepNeeded(location, (cookie,), purpose)
 
-    async def _new_totp(self, user: str) -> str:
+    async def new_totp(self, user: str) -> str:
         """A fresh unconfirmed TOTP factor in place of earlier unconfirmed ones; its id."""
         for old in await self.factors.factors(user):
             if old.kind == self.totp.name and not old.confirmed:
@@ -234,7 +234,7 @@ class SecondSteps:
         now = self._clock()
         attempt = Attempt(record.sub, form.response, now, record.challenge)
         if record.purpose == "enrol":
-            used = await self._confirm(record.sub, record.factor_id, attempt)
+            used = await self.confirm_totp(record.sub, record.factor_id, attempt)
         else:
             used = await self.use_factor(record.sub, form.kind, attempt)
         if used is None:
@@ -276,7 +276,7 @@ class SecondSteps:
                 return used
         return None
 
-    async def _confirm(self, user: str, factor_id: str, attempt: Attempt) -> Factor | None:
+    async def confirm_totp(self, user: str, factor_id: str, attempt: Attempt) -> Factor | None:
         """Confirm the unconfirmed TOTP ``factor_id`` with its first code."""
 
         def confirm(factor: Factor) -> Factor:
