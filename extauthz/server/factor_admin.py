@@ -7,7 +7,6 @@ a reset removes every factor and revokes every session of the user
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -18,9 +17,7 @@ from extauthz.login.mfa.account import FactorAdmin
 from extauthz.login.mfa.factors import FACTOR_STORE_ERRORS, Factor
 from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.users.records import validate_name
-from extauthz.server.admin import AdminGuard, CallContext, _timestamp
-
-log = logging.getLogger("extauthz.admin")
+from extauthz.server.admin import AdminGuard, CallContext, _call, _timestamp
 
 T = TypeVar("T")
 
@@ -46,15 +43,8 @@ class FactorAdminServicer(admin_pb2_grpc.FactorAdminServicer):
         self._guard = guard
 
     async def _call(self, context: CallContext, fn: Callable[[], Awaitable[T]]) -> T:
-        await self._guard.check(context)
-        try:
-            return await fn()
-        except FACTOR_STORE_ERRORS as exc:
-            log.warning("factor admin call failed: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "factor or session store unavailable")
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        raise AssertionError("unreachable")  # abort() always raises
+        return await _call(context, self._guard, fn, unavailable=FACTOR_STORE_ERRORS,
+                           what="factor or session store")
 
     async def ListFactors(
         self, request: admin_pb2.ListFactorsRequest, context: CallContext

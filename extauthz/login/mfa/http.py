@@ -51,8 +51,15 @@ from extauthz.login.mfa.steps import (
     StepForm,
 )
 from extauthz.login.service import LOGIN_PATH
+from extauthz.store.model import Session
 
 _UNAVAILABLE = "Please try again shortly."
+# what the account side raises instead of answering (MfaHandlers._failure)
+_REFUSALS = (StoreUnavailable, Denied, StepUpRequired, AlreadyEnrolled)
+
+
+def _wrong_code() -> web.Response:
+    return _json(401, {"error": "invalid_code", "error_description": WRONG_CODE})
 
 
 def _text(fields: Mapping[str, Any], name: str, limit: int = 4096) -> str:
@@ -66,6 +73,28 @@ async def read_answer(request: web.Request) -> AnswerForm:
     fields = await _read_fields(request)
     return AnswerForm(_text(fields, "kind", 32), _text(fields, "response"),
                       _text(fields, "factor_id", 64), _text(fields, "return_to"))
+
+
+def _authenticated(
+    html: bool, session: Session, set_cookies: tuple[str, ...], target: str,
+    recovery_codes: tuple[str, ...],
+) -> web.Response:
+    """A sign-in, enrolment or step-up that succeeded: the recovery codes once (when there
+    are) or a 303 to ``target``; JSON: the session's ``sub``, ``sid``, ``amr``, ``auth_time``
+    (and ``recovery_codes``). With the new session cookie."""
+    if html:
+        response = (
+            _html(200, pages.recovery_page(recovery_codes, target))
+            if recovery_codes else _redirect(target)
+        )
+    else:
+        body: dict[str, Any] = {"sub": session.sub, "sid": session.sid, "amr": list(session.amr),
+                                "auth_time": int(session.authenticated_at)}
+        if recovery_codes:
+            body["recovery_codes"] = list(recovery_codes)
+        response = _json(200, body)
+    _add_cookies(response, set_cookies)
+    return response
 
 
 class MfaHandlers:
@@ -101,6 +130,20 @@ class MfaHandlers:
         body = {"error": "insufficient_user_authentication", "location": location,
                 "error_description": "a recent sign-in is required"}
         return _json(401, body)
+
+    def _failure(self, html: bool, back_to: str, exc: Exception) -> web.Response:
+        """What a refusal of the account side looks like: 503, the login (no session), the
+        step-up page (not fresh), the overview (enrolled already), 403/429 (``Denied``)."""
+        if isinstance(exc, StoreUnavailable):
+            return _unavailable(html, _UNAVAILABLE)
+        if isinstance(exc, Unauthenticated):
+            return self._to_login(html, back_to)
+        if isinstance(exc, StepUpRequired):
+            return self._to_step_up(html, back_to)
+        if isinstance(exc, AlreadyEnrolled):
+            return _redirect(MFA_PATH) if html else _json(409, {"error": "already_enrolled"})
+        assert isinstance(exc, Denied)
+        return _refused(html, exc)
 
     # -- the second step of a sign-in --------------------------------------------------------
 
@@ -141,25 +184,13 @@ class MfaHandlers:
             return _refused(html, denial)
         if isinstance(outcome, StepFailed):
             if not html:
-                return _json(401, {"error": "invalid_code", "error_description": WRONG_CODE})
+                return _wrong_code()
             view = outcome.view
             if view.enrolment is not None:
                 return _html(401, pages.enrol_page(SETUP_PATH, view.enrolment, error=WRONG_CODE))
             return _html(401, pages.verify_page(VERIFY_PATH, view.kinds, error=WRONG_CODE))
-        signed_in = outcome.signed_in
-        if html:
-            response = (
-                _html(200, pages.recovery_page(outcome.recovery_codes, signed_in.return_to))
-                if outcome.recovery_codes else _redirect(signed_in.return_to)
-            )
-        else:
-            body = {"sub": signed_in.session.sub, "sid": signed_in.session.sid,
-                    "amr": list(signed_in.session.amr)}
-            if outcome.recovery_codes:
-                body["recovery_codes"] = list(outcome.recovery_codes)
-            response = _json(200, body)
-        _add_cookies(response, signed_in.set_cookies)
-        return response
+        return _authenticated(html, outcome.signed_in.session, outcome.signed_in.set_cookies,
+                              outcome.signed_in.return_to, outcome.recovery_codes)
 
     # -- the user's own session --------------------------------------------------------------
 
@@ -167,12 +198,8 @@ class MfaHandlers:
         html = _wants_html(request)
         try:
             session, factors, required = await self.account.overview(self.auth.context(request))
-        except StoreUnavailable:
-            return _unavailable(html, _UNAVAILABLE)
-        except Unauthenticated:
-            return self._to_login(html, MFA_PATH)
-        except Denied as denial:
-            return _refused(html, denial)
+        except _REFUSALS as exc:
+            return self._failure(html, MFA_PATH, exc)
         summary = {
             "sub": session.sub, "amr": list(session.amr), "required": required,
             "auth_time": int(session.authenticated_at),
@@ -189,16 +216,8 @@ class MfaHandlers:
         html = _wants_html(request)
         try:
             view = await self.account.enrolment(self.auth.context(request))
-        except StoreUnavailable:
-            return _unavailable(html, _UNAVAILABLE)
-        except Unauthenticated:
-            return self._to_login(html, ENROL_PATH)
-        except StepUpRequired:
-            return self._to_step_up(html, ENROL_PATH)
-        except AlreadyEnrolled:
-            return _redirect(MFA_PATH) if html else _json(409, {"error": "already_enrolled"})
-        except Denied as denial:
-            return _refused(html, denial)
+        except _REFUSALS as exc:
+            return self._failure(html, ENROL_PATH, exc)
         if html:
             return _html(200, pages.enrol_page(ENROL_PATH, view))
         return _json(200, {"factor_id": view.factor_id, "secret": view.secret, "uri": view.uri})
@@ -208,39 +227,21 @@ class MfaHandlers:
         ctx = self.auth.context(request)
         try:
             outcome = await self.account.confirm(ctx, lambda: read_answer(request))
-        except StoreUnavailable:
-            return _unavailable(html, _UNAVAILABLE)
-        except Unauthenticated:
-            return self._to_login(html, ENROL_PATH)
-        except StepUpRequired:
-            return self._to_step_up(html, ENROL_PATH)
-        except Denied as denial:
-            return _refused(html, denial)
+        except _REFUSALS as exc:
+            return self._failure(html, ENROL_PATH, exc)
         if isinstance(outcome, Failed):
             if not html:
-                return _json(401, {"error": "invalid_code", "error_description": WRONG_CODE})
+                return _wrong_code()
             try:
                 view = await self.account.enrolment(ctx)
-            except (StoreUnavailable, Denied, StepUpRequired, AlreadyEnrolled):
+            except _REFUSALS:
                 return _error(True, 401, "invalid_code", WRONG_CODE)
             return _html(401, pages.enrol_page(ENROL_PATH, view, error=WRONG_CODE))
         return self._refreshed(html, outcome, MFA_PATH)
 
     def _refreshed(self, html: bool, outcome: Refreshed, fallback: str) -> web.Response:
-        target = outcome.return_to or fallback
-        if html:
-            response = (
-                _html(200, pages.recovery_page(outcome.recovery_codes, target))
-                if outcome.recovery_codes else _redirect(target)
-            )
-        else:
-            body = {"sid": outcome.session.sid, "amr": list(outcome.session.amr),
-                    "auth_time": int(outcome.session.authenticated_at)}
-            if outcome.recovery_codes:
-                body["recovery_codes"] = list(outcome.recovery_codes)
-            response = _json(200, body)
-        _add_cookies(response, outcome.set_cookies)
-        return response
+        return _authenticated(html, outcome.session, outcome.set_cookies,
+                              outcome.return_to or fallback, outcome.recovery_codes)
 
     # -- step-up -----------------------------------------------------------------------------
 
@@ -248,12 +249,8 @@ class MfaHandlers:
         return_to = self.auth.service.return_to(request.query.get("return_to", ""))
         try:
             kinds = await self.account.step_up_kinds(self.auth.context(request))
-        except StoreUnavailable:
-            return _unavailable(True, _UNAVAILABLE)
-        except Unauthenticated:
-            return self._to_login(True, return_to)
-        except Denied as denial:
-            return _refused(True, denial)
+        except _REFUSALS as exc:
+            return self._failure(True, return_to, exc)
         return _html(200, pages.step_up_page(STEP_UP_PATH, kinds, return_to))
 
     async def step_up(self, request: web.Request) -> web.Response:
@@ -262,15 +259,11 @@ class MfaHandlers:
             outcome = await self.account.step_up(
                 self.auth.context(request), lambda: read_answer(request)
             )
-        except StoreUnavailable:
-            return _unavailable(html, _UNAVAILABLE)
-        except Unauthenticated:
-            return self._to_login(html, STEP_UP_PATH)
-        except Denied as denial:
-            return _refused(html, denial)
+        except _REFUSALS as exc:
+            return self._failure(html, STEP_UP_PATH, exc)
         if isinstance(outcome, Failed):
             if not html:
-                return _json(401, {"error": "invalid_code", "error_description": WRONG_CODE})
+                return _wrong_code()
             page = pages.step_up_page(STEP_UP_PATH, outcome.kinds, outcome.return_to,
                                       error=WRONG_CODE)
             return _html(401, page)
