@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pyotp
+import redis.asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher, Type
@@ -26,7 +27,7 @@ from extauthz.login.mfa.factors import FactorStore
 from extauthz.login.mfa.file_store import FileFactorStore
 from extauthz.login.mfa.http import MfaHandlers
 from extauthz.login.mfa.kinds import FactorKinds
-from extauthz.login.mfa.pending import MemoryPendingLogins
+from extauthz.login.mfa.pending import MemoryPendingLogins, PendingLogins
 from extauthz.login.mfa.policy import MfaPolicy
 from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.mfa.sealing import SecretBox
@@ -38,6 +39,8 @@ from extauthz.login.users import FileUserStore, PasswordVerifier
 from extauthz.server.http_server import build_http_app
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
+from extauthz.store.redis.factors import RedisFactorStore
+from extauthz.store.redis.pending import RedisPendingLogins
 from tests.fixtures.core import FakeClock
 
 COOKIE = "sid"
@@ -118,8 +121,10 @@ class Mfa:
 @asynccontextmanager
 async def mfa_harness(
     tmp_path: Path, *, mode: str = "optional", required_roles: frozenset[str] = frozenset(),
-    user_limit: int = 5,
+    user_limit: int = 5, redis_client: redis.asyncio.Redis | None = None,
 ) -> AsyncIterator[Mfa]:
+    """With ``redis_client``: factors and pending logins in that Redis (as with
+    ``users.backend = "redis"`` and a Redis session store), else a factor file and memory."""
     clock = FakeClock(START)
     users = FileUserStore(tmp_path / "users.json")
     hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
@@ -133,9 +138,13 @@ async def mfa_harness(
     resolver = SessionResolver(sessions, SessionCookie(COOKIE, secure=False))
     service = LoginService(resolver, verifier, limits=limits)
     totp, recovery = TotpKind(SecretBox(bytes(32))), RecoveryKind()
-    factors = FileFactorStore(tmp_path / "factors.json")
+    factors: FactorStore = FileFactorStore(tmp_path / "factors.json")
+    pending: PendingLogins = MemoryPendingLogins(clock)
+    if redis_client is not None:
+        factors = RedisFactorStore(redis_client, "mfa-test:")
+        pending = RedisPendingLogins(redis_client, "mfa-test:", clock)
     steps = SecondSteps(
-        service, verifier, factors, MemoryPendingLogins(clock),
+        service, verifier, factors, pending,
         kinds=FactorKinds([totp, recovery]), totp=totp, recovery=recovery,
         policy=MfaPolicy(mode, required_roles), pending_cookie=SessionCookie(PENDING, secure=False),
         limits=limits.for_second_factors(), clock=clock,

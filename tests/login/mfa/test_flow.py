@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from extauthz import tokens
 from extauthz.login.mfa.steps import SETUP_PATH, VERIFY_PATH
 from tests.login.mfa.harness import COOKIE, PENDING, cookie_of, mfa_harness
+from tests.support import RedisServer
 
 
 async def test_enrolment_then_sign_in_with_a_code_and_a_replay_is_refused(
@@ -63,6 +65,35 @@ async def test_enrolment_then_sign_in_with_a_code_and_a_replay_is_refused(
         later = await h.post(VERIFY_PATH, {"kind": "totp", "response": h.code(secret)},
                              pending=replay_step)
         assert later.status == 200
+
+
+@pytest.mark.e2e
+async def test_enrolment_and_second_step_with_factors_and_pending_logins_in_redis(
+    tmp_path: Path, redis_process: RedisServer
+) -> None:
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_process.port)
+    await client.flushdb()
+    try:
+        async with mfa_harness(tmp_path, redis_client=client) as h:
+            secret, codes, _ = await h.enrol("alice", await h.login("alice"))
+            assert await client.hlen("mfa-test:mfa:alice") == 2
+            h.clock.advance(30)
+            pending = cookie_of(await h.password("alice"), PENDING)
+            assert pending and await client.exists(
+                "mfa-test:pending:" + tokens.token_hash(pending))
+            code = h.code(secret)
+            done = await h.post(VERIFY_PATH, {"kind": "totp", "response": code}, pending=pending)
+            assert done.status == 200 and cookie_of(done, COOKIE)
+            assert not await client.exists("mfa-test:pending:" + tokens.token_hash(pending))
+            again = cookie_of(await h.password("alice"), PENDING)
+            replayed = await h.post(VERIFY_PATH, {"kind": "totp", "response": code},
+                                    pending=again)
+            assert replayed.status == 401
+            used = await h.post(VERIFY_PATH, {"kind": "recovery", "response": codes[0]},
+                                pending=again)
+            assert used.status == 200
+    finally:
+        await client.aclose()
 
 
 async def test_a_recovery_code_works_once(tmp_path: Path) -> None:
