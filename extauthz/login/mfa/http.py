@@ -251,7 +251,8 @@ class MfaHandlers:
             kinds = await self.account.step_up_kinds(self.auth.context(request))
         except _REFUSALS as exc:
             return self._failure(True, return_to, exc)
-        return _html(200, pages.step_up_page(STEP_UP_PATH, kinds, return_to))
+        return _html(200, pages.step_up_page(STEP_UP_PATH, kinds, return_to,
+                                             enrol_href=ENROL_PATH))
 
     async def step_up(self, request: web.Request) -> web.Response:
         html = _is_form(request)
@@ -265,6 +266,6 @@ class MfaHandlers:
             if not html:
                 return _wrong_code()
             page = pages.step_up_page(STEP_UP_PATH, outcome.kinds, outcome.return_to,
-                                      error=WRONG_CODE)
+                                      error=WRONG_CODE, enrol_href=ENROL_PATH)
             return _html(401, page)
         return self._refreshed(html, outcome, self.auth.service.default_return_to)

@@ -77,12 +77,22 @@ def recovery_page(codes: Iterable[str], continue_to: str) -> str:
     return _page("Recovery codes", body)
 
 
-def step_up_page(action: str, kinds: Sequence[str], return_to: str, *, error: str = "") -> str:
-    """Re-authentication for a route that needs a recent or stronger sign-in."""
+def step_up_page(
+    action: str, kinds: Sequence[str], return_to: str, *, error: str = "", enrol_href: str = ""
+) -> str:
+    """Re-authentication for a route that needs a recent or stronger sign-in. A user without
+    a second factor (``kinds`` is the password alone) is also shown ``enrol_href``: a page
+    that needs a second factor cannot be reached with the password alone."""
+    e = html.escape
     forms = "".join(answer_form(action, k, {"return_to": return_to}) for k in kinds)
+    enrol = (
+        f'<p id="enrol-hint">Some pages need a second factor: <a id="enrol" '
+        f'href="{e(enrol_href)}">set up an authenticator app</a> after confirming it is you.</p>'
+        if enrol_href and "password" in kinds else ""
+    )
     body = (
         "<h1>Confirm it is you</h1><p>This page needs a recent sign-in.</p>"
-        f"{_error(error)}{forms}"
+        f"{_error(error)}{forms}{enrol}"
     )
     return _page("Confirm it is you", body)
 

@@ -140,7 +140,9 @@ async def test_enrolment_needs_a_fresh_sign_in_and_step_up_with_the_password_giv
         assert browser.headers["Location"] == "/auth/mfa/step-up?return_to=%2Fauth%2Fmfa%2Fenrol"
         page = await h.client.get("/auth/mfa/step-up", params={"return_to": "/auth/mfa/enrol"},
                                   headers=h.headers(session=token, Accept="text/html"))
-        assert 'id="password-form"' in await page.text()  # bob has no factor: his password
+        text = await page.text()
+        assert 'id="password-form"' in text  # bob has no factor: his password
+        assert 'id="enrol" href="/auth/mfa/enrol"' in text  # and the way to get one
         wrong = await h.post("/auth/mfa/step-up", {"kind": "password", "response": "nope"},
                              session=token)
         assert wrong.status == 401
