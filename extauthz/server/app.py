@@ -113,9 +113,8 @@ class Components:
 def build_auth(
     settings: Settings, sessions: SessionManager, client: Redis | None
 ) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver, FactorAdmin]:
-    """The authentication service and the session resolver it shares with Check, with their
-    users store and rate limiters (in ``client``'s Redis when given, else in memory), and
-    the second factors' administration."""
+    """The authentication service, the session resolver it shares with Check, its users store
+    and rate limiters (in ``client``'s Redis when given, else memory), its second factors."""
     verifier = PasswordVerifier(
         build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
     )

@@ -121,7 +121,7 @@ class Mfa:
 @asynccontextmanager
 async def mfa_harness(
     tmp_path: Path, *, mode: str = "optional", required_roles: frozenset[str] = frozenset(),
-    user_limit: int = 5, redis_client: redis.asyncio.Redis | None = None,
+    user_limit: int = 5, addr_limit: int = 50, redis_client: redis.asyncio.Redis | None = None,
 ) -> AsyncIterator[Mfa]:
     """With ``redis_client``: factors and pending logins in that Redis (as with
     ``users.backend = "redis"`` and a Redis session store), else a factor file and memory."""
@@ -134,7 +134,7 @@ async def mfa_harness(
     sessions = SessionManager(MemorySessionStore(clock=clock), idle_timeout=3600,
                               absolute_timeout=86400, clock=clock, rotation_grace_seconds=5)
     limits = LoginLimits(MemoryRateLimiter(user_limit, 300, clock=clock),
-                         MemoryRateLimiter(50, 300, clock=clock))
+                         MemoryRateLimiter(addr_limit, 300, clock=clock))
     resolver = SessionResolver(sessions, SessionCookie(COOKIE, secure=False))
     service = LoginService(resolver, verifier, limits=limits)
     totp, recovery = TotpKind(SecretBox(bytes(32))), RecoveryKind()

@@ -217,6 +217,26 @@ async def test_second_factor_guessing_hits_the_rate_limit_and_a_password_does_no
         assert right.status == 429 and "Retry-After" in right.headers
 
 
+async def test_second_factor_guessing_from_one_address_across_users_hits_its_limit(
+    tmp_path: Path,
+) -> None:
+    async with mfa_harness(tmp_path, addr_limit=4) as h:
+        await h.enrol("alice", await h.login("alice"))
+        bob_secret, _, _ = await h.enrol("bob", await h.login("bob"))
+        h.clock.advance(30)
+        statuses = []
+        for user in ("alice", "bob", "alice", "bob"):
+            pending = cookie_of(await h.password(user), PENDING)
+            guess = await h.post(VERIFY_PATH, {"kind": "recovery", "response": "0" * 16},
+                                 pending=pending)
+            statuses.append(guess.status)
+        assert statuses == [401, 401, 401, 401]
+        pending = cookie_of(await h.password("bob"), PENDING)
+        right = await h.post(VERIFY_PATH, {"kind": "totp", "response": h.code(bob_secret)},
+                             pending=pending)
+        assert right.status == 429  # the address's budget of codes is spent, whoever it is
+
+
 async def test_a_cross_site_second_step_is_refused(tmp_path: Path) -> None:
     async with mfa_harness(tmp_path) as h:
         secret, _, _ = await h.enrol("alice", await h.login("alice"))
