@@ -108,6 +108,8 @@ def session_summary(session: Session) -> dict[str, Any]:
         "created_at": int(session.created_at),
         "expires_at": int(session.expires_at),
         "idle_timeout_seconds": session.idle_timeout,
+        "amr": list(session.amr),
+        "auth_time": int(session.authenticated_at),
     }
 
 

@@ -27,6 +27,7 @@ async def test_enrolment_then_sign_in_with_a_code_and_a_replay_is_refused(
         assert len(codes) == 10
         me = await h.client.get("/auth/session", headers=h.headers(session=token))
         assert me.status == 200
+        assert (await me.json())["amr"] == ["pwd", "otp", "mfa"]
         gone = await h.client.get("/auth/session", headers=h.headers(session=other))
         assert gone.status == 401  # a change of factors ends the other sessions
         session = await h.sessions.lookup(token)
