@@ -182,6 +182,39 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_users_mfa(args: argparse.Namespace) -> int:
+    """``users mfa list|reset USER`` through the node's admin API (``FactorAdmin``): the node
+    holds the factor store and the sessions a reset revokes."""
+    from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
+
+    channel, metadata = _admin_channel(args)
+    factors = admin_pb2_grpc.FactorAdminStub(channel)
+    kw = {"metadata": metadata, "timeout": args.timeout}
+    if args.mfa_action == "list":
+        reply = factors.ListFactors(admin_pb2.ListFactorsRequest(user=args.user), **kw)
+        for f in reply.factors:
+            used = f.last_used_at.ToJsonString() if f.HasField("last_used_at") else "-"
+            left = f"\tcodes_left={f.codes_left}" if f.kind == "recovery" else ""
+            print(f"{f.id}\t{f.kind}\tconfirmed={str(f.confirmed).lower()}\t"
+                  f"created={f.created_at.ToJsonString()}\tlast_used={used}{left}")
+    else:
+        done = factors.ResetFactors(admin_pb2.ResetFactorsRequest(user=args.user), **kw)
+        print(f"reset {args.user}: factors_removed={done.factors_removed} "
+              f"sessions_revoked={done.sessions_revoked}")
+    return 0
+
+
+def _add_users_mfa(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mfa = actions.add_parser("mfa", help="list or reset a user's second factors (admin API)")
+    mfa_actions = mfa.add_subparsers(dest="mfa_action", required=True)
+    for name, text in (("list", "list a user's factors (never a secret or a code)"),
+                       ("reset", "remove a user's factors and revoke their sessions")):
+        action = mfa_actions.add_parser(name, help=text)
+        action.add_argument("user")
+        _client_options(action)
+    mfa.set_defaults(func=_cmd_users_mfa)
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from extauthz.keys.keyring import generate_key
 
@@ -295,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
-        add_users_parser(sub)
+        add_users_parser(sub, _add_users_mfa)
     from extauthz.oauth.clients_cli import add_clients_parser
 
     add_clients_parser(sub).set_defaults(func=_cmd_clients)

@@ -44,6 +44,11 @@ class Reason(enum.StrEnum):
     # an application's access token or an API key in the session cookie: Bearer (or the API-key
     # header) only, never a cookie: 401, and the cookie is cleared
     BEARER_ONLY_CREDENTIAL = "bearer_only_credential"
+    # the route's required_amr / max_auth_age is not met: authenticate again (step-up,
+    # RFC 9470): 401 with the challenge, browsers to the step-up page
+    INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"
+    # the route's context_extensions hold a value that cannot be read (fail closed): 403
+    ROUTE_MISCONFIGURED = "route_misconfigured"
 
 
 class ExtauthzError(Exception):
@@ -85,6 +90,17 @@ class Forbidden(Denied):
     def __init__(self, reason: Reason, detail: str = "", required_scope: str = "") -> None:
         super().__init__(reason, detail)
         self.required_scope = required_scope
+
+
+class InsufficientAuthentication(Denied):
+    """The session is valid but its authentication is too weak or too old for the route
+    (RFC 9470 §3): ``acr_values`` (space-separated, our values are RFC 8176 ``amr`` names)
+    and ``max_age`` (seconds, ``None`` when the route sets none) go into the challenge."""
+
+    def __init__(self, detail: str, *, acr_values: str = "", max_age: int | None = None) -> None:
+        super().__init__(Reason.INSUFFICIENT_USER_AUTHENTICATION, detail)
+        self.acr_values = acr_values
+        self.max_age = max_age
 
 
 class BadRequest(Denied):

@@ -5,7 +5,8 @@ Shape (53 ASCII characters)::
     xat_ <43 base62 characters: 256 random bits> <6 base62 characters: CRC32 of the rest>
 
 The prefix says what the token is: ``xat_`` an access token (a login session's, or one issued
-to an OAuth client), ``xak_`` an API key, ``xrt_`` an OAuth refresh token. A token is only ever
+to an OAuth client), ``xak_`` an API key, ``xrt_`` an OAuth refresh token, ``xpl_`` a login
+waiting for its second factor. A token is only ever
 accepted where its prefix belongs (:func:`has_token_shape` takes the expected prefix).
 
 The CRC32 checksum lets the shape check reject typos and guessed tokens without a store
@@ -34,7 +35,9 @@ API_KEY_PREFIX = "xak_"
 """API keys (a distinct prefix so that secret scanners can tell them apart)."""
 REFRESH_TOKEN_PREFIX = "xrt_"
 """OAuth refresh tokens (RFC 6749 §1.5): never accepted by the Check."""
-PREFIXES = (PREFIX, API_KEY_PREFIX, REFRESH_TOKEN_PREFIX)
+PENDING_LOGIN_PREFIX = "xpl_"
+"""A login waiting for its second factor (its own cookie): never accepted by the Check."""
+PREFIXES = (PREFIX, API_KEY_PREFIX, REFRESH_TOKEN_PREFIX, PENDING_LOGIN_PREFIX)
 SESSION_PREFIXES = (PREFIX, API_KEY_PREFIX)
 """The tokens that name a session record: the store may be asked about these only."""
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

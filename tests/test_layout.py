@@ -79,10 +79,11 @@ def test_only_the_envoy_adapters_speak_envoys_protobuf() -> None:
 
 
 def test_the_domain_does_not_know_the_web_framework() -> None:
-    # extauthz.oauth.http: the OAuth 2.0 authorization server's aiohttp adapter
+    # extauthz.oauth.http: the OAuth 2.0 authorization server's aiohttp adapter;
+    # extauthz.login.mfa.http: the second-factor pages' adapter, beside login.http
     allowed = {
-        "extauthz.login.http", "extauthz.oauth.http", "extauthz.server.http_server",
-        "extauthz.server.app",
+        "extauthz.login.http", "extauthz.login.mfa.http", "extauthz.oauth.http",
+        "extauthz.server.http_server", "extauthz.server.app",
     }
     assert _importers("aiohttp") <= allowed, sorted(_importers("aiohttp") - allowed)
 
@@ -90,6 +91,10 @@ def test_the_domain_does_not_know_the_web_framework() -> None:
 def test_only_the_composition_root_and_the_cli_read_settings_types() -> None:
     readers = {m for m in _importers("extauthz.settings") if not m.startswith("extauthz.settings")}
     # the composition root is app.py, with the settings-to-store conversion beside it
-    # and oauth_wiring, the OAuth part of the root (app.py is at the module size limit)
-    root = {"extauthz.server.app", "extauthz.server.store_wiring", "extauthz.server.oauth_wiring"}
+    # oauth_wiring and auth_wiring: the OAuth and the login/[mfa] parts of the root (app.py is
+    # at the module size limit)
+    root = {
+        "extauthz.server.app", "extauthz.server.store_wiring", "extauthz.server.oauth_wiring",
+        "extauthz.server.auth_wiring",
+    }
     assert readers <= root | {"extauthz.cli"}, sorted(readers)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from extauthz import tokens
 from extauthz.check.context import RequestContext
@@ -38,7 +39,8 @@ class Authorizer:
     same one serves ``/auth/*``). ``jwt_header`` is where the JWT goes toward upstream:
     ``authorization`` gets ``Bearer <JWT>``, any other header the bare JWT.
     ``store_budget_seconds`` bounds the resolver's whole time on the store
-    (:func:`~extauthz.store.budget.store_budget`; ``None``: unbounded); a token rotation
+    (:func:`~extauthz.store.budget.store_budget`; ``None``: unbounded); ``clock`` (Unix
+    seconds) dates a route's ``max_auth_age``; a token rotation
     (``rotation``, :mod:`extauthz.check.rotation`) gets what is left of it."""
 
     def __init__(
@@ -54,8 +56,10 @@ class Authorizer:
         metrics: Metrics | None = None,
         store_budget_seconds: float | None = None,
         rotation: RollingRotation | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.resolver = resolver
+        self._clock = clock
         self.minter = minter
         self.denials = denials
         self.jwt_header = jwt_header
@@ -93,7 +97,7 @@ class Authorizer:
             self._check_same_site(ctx, policy, credentials)
             async with store_budget(self.store_budget_seconds):
                 found = await self.resolver.find(ctx, credentials)
-            policy.check(found.session)
+            policy.check(found.session, self._clock())
             set_cookies = await self._rotate(found, credentials, started)
         except Denied as denial:
             log.info(

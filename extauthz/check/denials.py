@@ -7,6 +7,10 @@
   429 with ``Retry-After`` when throttled.
 * Browser navigations: 302 to the login page with a ``return_to`` that is always a path on
   the same host.
+* Step-up (``insufficient_user_authentication``, RFC 9470 §3): browser navigations go to the
+  step-up page (``step_up_url``, same ``return_to`` rules); API clients get 401 with
+  ``WWW-Authenticate: Bearer error="insufficient_user_authentication"`` and the route's
+  ``acr_values`` and ``max_age``.
 * A denial because the session cookie names no live session (unknown, revoked, expired,
   malformed, or a bearer-only token: an application's or an API key) also clears it, every
   variant (``Max-Age=0``, built by :class:`~extauthz.login.cookies.SessionCookie`, as at
@@ -31,6 +35,7 @@ from extauthz.errors import (
     BadRequest,
     Denied,
     Forbidden,
+    InsufficientAuthentication,
     Reason,
     TooManyRequests,
 )
@@ -152,6 +157,7 @@ class DenialRenderer:
     realm: str
     login_url: str
     cookie: SessionCookie
+    step_up_url: str = "/auth/mfa/step-up"
 
     def _is_login_page(self, ctx: RequestContext) -> bool:
         return urlsplit(self.login_url).path == ctx.path
@@ -182,7 +188,11 @@ class DenialRenderer:
             headers.extend(("set-cookie", value) for value in self.cookie.clearing())
         if isinstance(denial, BadRequest):
             return self._challenge(400, "invalid_request", denial, headers, metadata)
-        if denial.reason in (Reason.CROSS_SITE_REQUEST, Reason.CREDENTIAL_KIND_REFUSED):
+        if isinstance(denial, InsufficientAuthentication):
+            return self._step_up(ctx, policy, denial, headers, metadata)
+        if denial.reason in (
+            Reason.CROSS_SITE_REQUEST, Reason.CREDENTIAL_KIND_REFUSED, Reason.ROUTE_MISCONFIGURED
+        ):
             return self._json(403, str(denial.reason), denial, headers, metadata)
         if isinstance(denial, Forbidden):
             return self._challenge(403, "insufficient_scope", denial, headers, metadata)
@@ -191,13 +201,34 @@ class DenialRenderer:
                 headers.append(("retry-after", str(denial.retry_after_seconds)))
             return self._json(429, "rate_limited", denial, headers, metadata)
         if self._is_navigation(ctx, policy) and not self._is_login_page(ctx):
-            separator = "&" if "?" in self.login_url else "?"
-            target = safe_return_to(without_credentials(ctx.path, ctx.query))
-            location = f"{self.login_url}{separator}return_to={quote(target, safe='')}"
-            headers.append(("location", location))
-            return Deny(302, tuple(headers), "", metadata)
+            return self._redirect(self.login_url, ctx, headers, metadata)
         error = _RFC6750_ERROR.get(denial.reason, "invalid_token")
         return self._challenge(401, error, denial, headers, metadata)
+
+    def _redirect(
+        self, url: str, ctx: RequestContext, headers: list[tuple[str, str]],
+        metadata: dict[str, str],
+    ) -> Deny:
+        separator = "&" if "?" in url else "?"
+        target = safe_return_to(without_credentials(ctx.path, ctx.query))
+        headers.append(("location", f"{url}{separator}return_to={quote(target, safe='')}"))
+        return Deny(302, tuple(headers), "", metadata)
+
+    def _step_up(
+        self, ctx: RequestContext, policy: Policy, denial: InsufficientAuthentication,
+        headers: list[tuple[str, str]], metadata: dict[str, str],
+    ) -> Deny:
+        """RFC 9470 §3: a browser re-authenticates on the step-up page, an API client is
+        told what the route needs (``acr_values``, ``max_age``)."""
+        if self._is_navigation(ctx, policy) and urlsplit(self.step_up_url).path != ctx.path:
+            return self._redirect(self.step_up_url, ctx, headers, metadata)
+        challenge = bearer_challenge(self.realm, str(denial.reason), denial.detail)
+        if denial.acr_values and _is_quotable(denial.acr_values):
+            challenge += f', acr_values="{denial.acr_values}"'
+        if denial.max_age is not None:
+            challenge += f', max_age="{denial.max_age}"'
+        headers.append(("www-authenticate", challenge))
+        return self._json(401, str(denial.reason), denial, headers, metadata)
 
     def _challenge(
         self,

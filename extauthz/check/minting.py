@@ -1,10 +1,12 @@
 """Minting the JWT that carries the session toward upstream services (RFC 7519).
 
 Claims: ``iss``, ``aud``, ``sub``, ``sid``, ``iat``, ``nbf``, ``exp``, ``jti``,
-``auth_time`` (session creation), ``scope`` (space-separated, as in RFC 8693 §4.2),
-``roles`` and ``data`` (the session data), ``auth_method`` (the session's kind), ``client_id``
-(an application's token, RFC 9068 §2.2) and ``key_id`` (an API key's id, its ``sid``). The
-JOSE header carries ``kid`` (RFC 7515 §4.1.4), the RFC 7638 thumbprint of the signing key.
+``auth_time`` (the session's latest authentication, :attr:`Session.authenticated_at`),
+``amr`` (RFC 8176 methods, when the session records them), ``scope`` (space-separated, as
+in RFC 8693 §4.2), ``roles`` and ``data`` (the session data), ``auth_method`` (the
+session's kind), ``client_id`` (an application's token, RFC 9068 §2.2) and ``key_id`` (an
+API key's id, its ``sid``). The JOSE header carries ``kid`` (RFC 7515 §4.1.4), the RFC 7638
+thumbprint of the signing key.
 ``iat`` and ``nbf`` are backdated by :data:`~extauthz.clock.JWT_BACKDATE_SECONDS` (the clock
 contract, :mod:`extauthz.clock`); ``exp`` is ``lifetime_seconds`` after the node's real time.
 
@@ -44,7 +46,14 @@ class _Minted:
 
 def _fingerprint(session: Session) -> str:
     material = json.dumps(
-        [session.sub, list(session.scopes), list(session.roles), dict(session.data)],
+        [
+            session.sub,
+            list(session.scopes),
+            list(session.roles),
+            dict(session.data),
+            list(session.amr),
+            session.auth_time,
+        ],
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -122,12 +131,14 @@ class JwtMinter:
             "nbf": issued,
             "exp": exp,
             "jti": secrets.token_urlsafe(16),
-            "auth_time": int(session.created_at),
+            "auth_time": int(session.authenticated_at),
             "scope": " ".join(session.scopes),
             "roles": list(session.roles),
             "data": dict(session.data),
             "auth_method": session.kind,
         }
+        if session.amr:
+            claims["amr"] = list(session.amr)  # RFC 8176 §1 (OpenID Connect Core §2)
         if session.client_id is not None:
             claims["client_id"] = session.client_id  # RFC 9068 §2.2
         if session.kind == "api_key":

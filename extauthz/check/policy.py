@@ -1,6 +1,8 @@
 """Per-route requirements, carried by Envoy ``context_extensions``
 (``ExtAuthzPerRoute.check_settings.context_extensions`` in the route configuration):
-``required_scopes``, ``required_roles``, ``credentials``, ``client`` and ``same_site``. What each
+``required_scopes``, ``required_roles``, ``credentials``, ``client``, ``same_site``, and the
+step-up pair ``required_amr`` (RFC 8176 values the session's ``amr`` must all hold, e.g.
+``mfa``) and ``max_auth_age`` (seconds since the session's latest authentication). What each
 key means, and that routes without authentication are configured in Envoy, never guessed here
 from paths: README.md, 'Putting it in front of your services'.
 """
@@ -8,10 +10,11 @@ from paths: README.md, 'Putting it in front of your services'.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from extauthz.errors import Forbidden, Reason
+from extauthz.errors import Forbidden, InsufficientAuthentication, Reason
 from extauthz.store.model import SESSION_KINDS, Session
 
 CLIENT_KINDS = ("auto", "browser", "api")
@@ -53,6 +56,9 @@ class Policy:
     same_site_required: bool = False
     # the session kinds the route accepts; None: the route's value was invalid (refuse all)
     credential_kinds: frozenset[str] | None = ALL_KINDS
+    required_amr: tuple[str, ...] = ()
+    # seconds; None: no bound; -1: the route's value was invalid (refuse all)
+    max_auth_age: int | None = None
 
     @classmethod
     def from_context_extensions(cls, extensions: Mapping[str, str]) -> Policy:
@@ -64,18 +70,30 @@ class Policy:
         kinds = parse_credential_kinds(extensions.get("credentials"))
         if kinds is None:
             _report_bad_credentials(extensions["credentials"])
+        max_auth_age = _max_auth_age(extensions.get("max_auth_age"))
         return cls(
             required_scopes=frozenset(extensions.get("required_scopes", "").split()),
             required_roles=frozenset(extensions.get("required_roles", "").split()),
             client=client if client in CLIENT_KINDS else "auto",
             same_site_required=extensions.get("same_site", "").strip().lower() == "required",
             credential_kinds=kinds,
+            required_amr=tuple(dict.fromkeys(extensions.get("required_amr", "").split())),
+            max_auth_age=max_auth_age,
         )
 
-    def check(self, session: Session) -> None:
-        """:raises Forbidden: the route refuses the session's kind (``credential_kind_refused``;
-        also when its ``credentials`` value is invalid), or the session lacks a required scope
-        or every required role."""
+    def check(self, session: Session, now: float | None = None) -> None:
+        """``now``: Unix seconds (default: the time now).
+
+        :raises Forbidden: the route refuses the session's kind (``credential_kind_refused``;
+            also when its ``credentials`` value is invalid), a route value cannot be read
+            (``route_misconfigured``), or the session lacks a required scope or every
+            required role.
+        :raises InsufficientAuthentication: the session's ``amr`` lacks a ``required_amr``
+            value, or its latest authentication is older than ``max_auth_age``
+            (RFC 9470: the client authenticates again).
+        """
+        if self.max_auth_age == -1:
+            raise Forbidden(Reason.ROUTE_MISCONFIGURED, "the route's max_auth_age is invalid")
         if self.credential_kinds is None:
             raise Forbidden(
                 Reason.CREDENTIAL_KIND_REFUSED, "the route's credentials are misconfigured"
@@ -94,3 +112,32 @@ class Policy:
             )
         if self.required_roles and self.required_roles.isdisjoint(session.roles):
             raise Forbidden(Reason.INSUFFICIENT_ROLE, "the session lacks a required role")
+        self._check_authentication(session, time.time() if now is None else now)
+
+    def _check_authentication(self, session: Session, now: float) -> None:
+        missing = [value for value in self.required_amr if value not in session.amr]
+        too_old = self.max_auth_age is not None and (
+            now - session.authenticated_at > self.max_auth_age
+        )
+        if missing or too_old:
+            raise InsufficientAuthentication(
+                "a stronger authentication is required" if missing
+                else "a more recent authentication is required",
+                acr_values=" ".join(self.required_amr),
+                max_age=self.max_auth_age,
+            )
+
+
+def _max_auth_age(value: str | None) -> int | None:
+    """The route's ``max_auth_age``: decimal seconds (0-31536000); absent or blank: no bound;
+    anything else: -1 (the route refuses every request, logged once)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and int(text) <= 31_536_000:
+        return int(text)
+    if text not in _reported and len(_reported) < _MAX_REPORTED:
+        _reported.add(text)
+        log.error("route configuration error: context_extensions max_auth_age=%r is not a "
+                  "number of seconds; the route refuses every request", text[:200])
+    return -1

@@ -38,6 +38,7 @@ from extauthz.login.service import (
     LoginFailed,
     LoginForm,
     LoginService,
+    SecondStepNeeded,
     session_summary,
 )
 
@@ -212,9 +213,15 @@ class AuthHandlers:
         self.trusted_proxies: _Networks = tuple(
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
         )
+        self._extra_routes: list[web.RouteDef] = []
+
+    def mount(self, routes: Iterable[web.RouteDef]) -> None:
+        """Serve ``routes`` beside these (the second-factor pages)."""
+        self._extra_routes.extend(routes)
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *self._extra_routes,
             web.get(LOGIN_PATH, self.login_page),
             web.post(LOGIN_PATH, self.login),
             web.get(LOGOUT_PATH, self.logout_page),
@@ -264,6 +271,12 @@ class AuthHandlers:
             return _refused(html, denial)
         if isinstance(outcome, LoginFailed):
             return self._login_failed(html, outcome)
+        if isinstance(outcome, SecondStepNeeded):
+            # no session yet: the pending login's own cookie, and where its step is
+            body = {"second_step": outcome.purpose, "location": outcome.location}
+            step = _redirect(outcome.location) if html else _json(200, body)
+            _add_cookies(step, outcome.set_cookies)
+            return step
         response = _redirect(outcome.return_to) if html else _json(
             200, session_summary(outcome.session)
         )

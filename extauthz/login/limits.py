@@ -12,7 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from extauthz.errors import StoreUnavailable
-from extauthz.login.ratelimit import LOGIN_ADDR, LOGIN_USER, RateKey, RateLimiter
+from extauthz.login.ratelimit import (
+    LOGIN_ADDR,
+    LOGIN_USER,
+    MFA_ADDR,
+    MFA_USER,
+    RateKey,
+    RateLimiter,
+)
 
 log = logging.getLogger("extauthz.auth")
 
@@ -24,11 +31,16 @@ class LoginLimits:
 
     per_user: RateLimiter
     per_address: RateLimiter
+    # the counters' namespaces: second-factor attempts (``mfa:user``, ``mfa:addr``) count
+    # apart from passwords, so a right password (which resets ``login:user``) never buys
+    # more code guesses
+    user_namespace: str = LOGIN_USER
+    address_namespace: str = LOGIN_ADDR
 
     def _keys(self, name: str, address: str) -> list[tuple[RateLimiter, RateKey]]:
-        keys = [(self.per_user, RateKey(LOGIN_USER, name))]
+        keys = [(self.per_user, RateKey(self.user_namespace, name))]
         if address:
-            keys.append((self.per_address, RateKey.for_address(LOGIN_ADDR, address)))
+            keys.append((self.per_address, RateKey.for_address(self.address_namespace, address)))
         return keys
 
     async def reserve(self, name: str, address: str) -> int:
@@ -63,9 +75,14 @@ class LoginLimits:
         """A reserved attempt with the right password: forget the user's failures, and take
         this attempt back from the address's budget (only this one: one known account must
         not buy an address more guesses at others)."""
-        await self.per_user.reset(RateKey(LOGIN_USER, name))
+        await self.per_user.reset(RateKey(self.user_namespace, name))
         if address:
-            await self.per_address.refund(RateKey.for_address(LOGIN_ADDR, address))
+            await self.per_address.refund(RateKey.for_address(self.address_namespace, address))
+
+    def for_second_factors(self) -> LoginLimits:
+        """The same budgets, counted apart for second-factor attempts (``mfa:user``,
+        ``mfa:addr``)."""
+        return LoginLimits(self.per_user, self.per_address, MFA_USER, MFA_ADDR)
 
     async def release(self, name: str, address: str) -> None:
         """Take a reserved attempt back from both budgets (no answer about the password was

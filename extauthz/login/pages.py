@@ -163,7 +163,7 @@ def session_page(summary: Mapping[str, Any], *, logout_action: str, end_action: 
         f'<h2>This browser</h2><table id="this-browser">{table}</table><p>'
         + logout_form(logout_action)
         + logout_form(logout_action, everywhere=True)
-        + "</p>"
+        + '</p><p><a id="mfa" href="/auth/mfa">Second factors and sign-in methods</a></p>'
         + _table("other-sessions", "Other browsers", ("Signed in", "Last seen", "Expires"),
                  logins, end_action)
         + _table("applications", "Applications",

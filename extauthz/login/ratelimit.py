@@ -21,6 +21,8 @@ from typing import Protocol
 LOGIN_USER = "login:user"
 LOGIN_ADDR = "login:addr"
 CHECK_ADDR = "check:addr"
+MFA_USER = "mfa:user"
+MFA_ADDR = "mfa:addr"
 
 _NAMESPACE = re.compile(r"[a-z0-9_]+(?::[a-z0-9_]+)*")
 _DIGEST_HEX = 32  # 128 bits of SHA-256: no practical collisions, short keys

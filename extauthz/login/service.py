@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from extauthz import tokens
 from extauthz.check.context import RequestContext
@@ -23,7 +23,7 @@ from extauthz.check.resolver import SessionResolver, is_miss
 from extauthz.errors import Forbidden, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.limits import LoginLimits
-from extauthz.login.users import PasswordVerifier
+from extauthz.login.users import PasswordVerifier, User
 from extauthz.login.users.records import USER_STORE_ERRORS
 from extauthz.store.model import Session
 
@@ -61,6 +61,27 @@ class SignedIn:
 
 
 @dataclass(frozen=True)
+class SecondStepNeeded:
+    """The password was right and a second step comes before any session: ``location`` is
+    the page of that step (entering a code, or enrolling a factor policy requires);
+    ``set_cookies`` carry the pending login's own cookie, never a session."""
+
+    location: str
+    set_cookies: tuple[str, ...]
+    purpose: str
+
+
+class SecondStepGate(Protocol):
+    """What the login asks after a right password (:mod:`extauthz.login.mfa`)."""
+
+    async def after_password(self, user: User, return_to: str) -> SecondStepNeeded | None:
+        """``None``: sign in now with the password alone; else the step to take first.
+
+        :raises StoreUnavailable: (or a user/factor store error) the answer is unknown.
+        """
+
+
+@dataclass(frozen=True)
 class LoginFailed:
     """A wrong name or password (:data:`INVALID_LOGIN`); the form may be shown again."""
 
@@ -87,6 +108,8 @@ def session_summary(session: Session) -> dict[str, Any]:
         "created_at": int(session.created_at),
         "expires_at": int(session.expires_at),
         "idle_timeout_seconds": session.idle_timeout,
+        "amr": list(session.amr),
+        "auth_time": int(session.authenticated_at),
     }
 
 
@@ -103,6 +126,7 @@ class LoginService:
         limits: LoginLimits | None = None,
         same_site: SameSiteCheck | None = None,
         default_return_to: str = "/",
+        gate: SecondStepGate | None = None,
     ) -> None:
         self.resolver = resolver
         self.sessions = resolver.sessions
@@ -111,6 +135,7 @@ class LoginService:
         self.limits = limits
         self.same_site = same_site or SameSiteCheck()
         self.default_return_to = default_return_to
+        self.gate = gate
 
     def return_to(self, candidate: object) -> str:
         """A same-host path to go to after signing in (never the login or logout page)."""
@@ -141,7 +166,7 @@ class LoginService:
 
     async def login(
         self, ctx: RequestContext, read_form: Callable[[], Awaitable[LoginForm]]
-    ) -> SignedIn | LoginFailed:
+    ) -> SignedIn | LoginFailed | SecondStepNeeded:
         """Sign in with the form ``read_form`` returns (read only after the same-site check;
         its own errors propagate).
 
@@ -174,6 +199,35 @@ class LoginService:
             log.info("login failed user_id=%s addr=%s", user_id, address)
             return LoginFailed(username, return_to)
         try:
+            step = await self.gate.after_password(user, return_to) if self.gate else None
+            if step is not None:
+                log.info("login needs a second step user_id=%s purpose=%s addr=%s", user_id,
+                         step.purpose, address)
+            signed_in = step or await self.start_session(ctx, user, ("pwd",), return_to)
+        except _BACKEND_ERRORS:  # the password was right: not a failure
+            log.error("login: a store is unavailable", exc_info=True)
+            await self._release(username, address)
+            raise StoreUnavailable("a store behind the login is unavailable") from None
+        except Forbidden:
+            await self._release(username, address)
+            raise
+        if self.limits:
+            try:
+                await self.limits.succeeded(username, address)
+            except _BACKEND_ERRORS:
+                log.warning("login: cannot reset the user's failure count", exc_info=True)
+        return signed_in
+
+    async def start_session(
+        self, ctx: RequestContext, user: User, amr: tuple[str, ...], return_to: str
+    ) -> SignedIn:
+        """A new session for ``user`` authenticated by ``amr`` (RFC 8176), after revoking
+        whatever the request presented (session fixation).
+
+        :raises StoreUnavailable: the session store did not answer.
+        :raises Forbidden: ``session_too_large``: the user's JWT would exceed ``jwt.max_bytes``.
+        """
+        try:
             # session fixation: nothing presented before the login survives it. The answer
             # does not depend on these revocations, but a miss is still a failed lookup.
             misses = 0
@@ -183,23 +237,17 @@ class LoginService:
                 ):
                     misses += 1
             token, session = await self.sessions.create(
-                user.name, scopes=user.scopes, roles=user.roles
+                user.name, scopes=user.scopes, roles=user.roles, amr=amr
             )
         except StoreUnavailable:
             log.error("login: session store unavailable", exc_info=True)
-            await self._release(username, address)  # the password was right: not a failure
             raise
         except ValueError as exc:  # the user's roles and scopes make a JWT over jwt.max_bytes
-            log.error("login refused user_id=%s: %s", user_id, exc)
-            await self._release(username, address)
+            log.error("login refused user_id=%s: %s", tokens.log_id(user.name), exc)
             raise Forbidden(Reason.SESSION_TOO_LARGE, str(exc)) from None
-        await self.resolver.count_misses(address, misses)
-        if self.limits:
-            try:
-                await self.limits.succeeded(username, address)
-            except _BACKEND_ERRORS:
-                log.warning("login: cannot reset the user's failure count", exc_info=True)
-        log.info("login sub=%s sid=%s addr=%s", session.sub, session.sid, address)
+        await self.resolver.count_misses(ctx.peer_address, misses)
+        log.info("login sub=%s sid=%s addr=%s amr=%s", session.sub, session.sid,
+                 ctx.peer_address, " ".join(amr))
         set_cookies = self.cookie.setting(token, session.expires_at - time.time())
         return SignedIn(session, set_cookies, return_to)
 

@@ -32,7 +32,7 @@ RESERVED_KEYS = frozenset(
     {
         "sub", "sid", "scope", "scopes", "roles", "exp", "expires_at", "iat", "nbf", "iss",
         "aud", "jti", "auth_time", "created_at", "last_seen", "idle_timeout", "version",
-        "auth_method", "client_id", "kind",
+        "auth_method", "client_id", "kind", "amr", "acr",
     }
 )  # fmt: skip
 

@@ -135,14 +135,21 @@ class AdminGuard:
 
 
 async def _call(
-    context: CallContext, guard: AdminGuard, fn: Callable[[], Awaitable[T]]
+    context: CallContext,
+    guard: AdminGuard,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    unavailable: tuple[type[Exception], ...] = (StoreUnavailable,),
+    what: str = "session store",
 ) -> T:
+    """``fn()`` behind ``guard``: ``unavailable`` errors become ``UNAVAILABLE`` ("``what``
+    unavailable"), ``ValueError`` ``INVALID_ARGUMENT``."""
     await guard.check(context)
     try:
         return await fn()
-    except StoreUnavailable as exc:
+    except unavailable as exc:
         log.warning("admin call failed: %s", exc)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{what} unavailable")
     except ValueError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     raise AssertionError("unreachable")  # abort() always raises

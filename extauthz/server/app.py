@@ -26,6 +26,7 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
+from extauthz.login.mfa.account import FactorAdmin
 from extauthz.login.service import LoginService
 from extauthz.login.users import PasswordVerifier
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
@@ -34,10 +35,12 @@ from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, admin_guard
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
+from extauthz.server.auth_wiring import build_second_factors
 from extauthz.server.client_admin import (
     ClientAdminServicer,
     RevokeClientTokens,
 )
+from extauthz.server.factor_admin import FactorAdminServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import ForwardAuth, build_http_app
@@ -87,6 +90,7 @@ class Components:
     probe: NodeProbe = field(default_factory=NodeProbe)
     updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
     oauth: OAuthHandlers | None = None  # the OAuth 2.0 authorization server (oauth.enabled)
+    factors: FactorAdmin | None = None  # users' second factors ([mfa])
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -111,9 +115,9 @@ class Components:
 
 def build_auth(
     settings: Settings, sessions: SessionManager, client: Redis | None
-) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver]:
-    """The authentication service and the session resolver it shares with Check, with their
-    users store and rate limiters (in ``client``'s Redis when given, else in memory)."""
+) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver, FactorAdmin]:
+    """The authentication service, the session resolver it shares with Check, its users store
+    and rate limiters (in ``client``'s Redis when given, else memory), its second factors."""
     verifier = PasswordVerifier(
         build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
     )
@@ -150,7 +154,7 @@ def build_auth(
     auth = AuthHandlers(
         service, realm=settings.deny.realm, trusted_proxies=settings.auth.trusted_proxies
     )
-    return auth, verifier, resolver
+    return auth, verifier, resolver, build_second_factors(settings, auth, verifier, client, limits)
 
 
 def build_components(settings: Settings) -> Components:
@@ -183,7 +187,7 @@ def build_components(settings: Settings) -> Components:
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
     # users and rate limits share the session store's primary client
-    auth, verifier, resolver = build_auth(
+    auth, verifier, resolver, factors = build_auth(
         settings, sessions, redis.clients.primary if redis is not None else None
     )
     denials = DenialRenderer(
@@ -250,6 +254,7 @@ def build_components(settings: Settings) -> Components:
         probe,
         updater if u.enabled else None,
         oauth,
+        factors,
     )
 
 
@@ -317,6 +322,7 @@ async def serve(settings: Settings) -> int:
         client_admin=ClientAdminServicer(
             components.clients, guard, components.revoke_client_tokens, clock=time.time
         ),
+        factor_admin=FactorAdminServicer(components.factors, guard) if components.factors else None,
     )
     http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
     try:

@@ -36,6 +36,7 @@ from extauthz.response.processor import SessionUpdater
 from extauthz.server.admin import SessionAdminServicer, StatusServicer
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.client_admin import ClientAdminServicer, add_client_admin
+from extauthz.server.factor_admin import FactorAdminServicer, add_factor_admin
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
 from extauthz.store.model import SessionStore
@@ -176,10 +177,12 @@ def build_server(
     updater: SessionUpdater | None = None,
     api_keys: ApiKeyAdminServicer | None = None,
     client_admin: ClientAdminServicer | None = None,
+    factor_admin: FactorAdminServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
     ``ExternalProcessor`` is served when ``updater`` is given, ``ApiKeyAdmin`` when
-    ``api_keys`` is, ``ClientAdmin`` when ``client_admin`` is.
+    ``api_keys`` is, ``ClientAdmin`` when ``client_admin`` is, ``FactorAdmin`` when
+    ``factor_admin`` is.
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -210,6 +213,8 @@ def build_server(
     ]
     if client_admin is not None:
         names.append(add_client_admin(server, client_admin))
+    if factor_admin is not None:
+        names.append(add_factor_admin(server, factor_admin))
     reflection.enable_server_reflection(names, server)
     try:
         port = server.add_insecure_port(listen)

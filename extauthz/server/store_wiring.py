@@ -16,6 +16,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from extauthz import __version__
+from extauthz.login.mfa.factors import FactorStore
+from extauthz.login.mfa.file_store import FileFactorStore
+from extauthz.login.mfa.pending import MemoryPendingLogins, PendingLogins
 from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
 from extauthz.login.users import FileUserStore, UserStore
 from extauthz.oauth.clients import ClientStore, FileClientStore
@@ -31,10 +34,12 @@ from extauthz.store.redis.clients import (
     parse_address,
     redact,
 )
+from extauthz.store.redis.factors import RedisFactorStore
 from extauthz.store.redis.invalidation import InvalidationSubscriber, cache_barrier
 from extauthz.store.redis.lease import leased_replicas, replica_barrier
 from extauthz.store.redis.membership import Membership
 from extauthz.store.redis.oauth_clients import RedisClientStore
+from extauthz.store.redis.pending import RedisPendingLogins
 from extauthz.store.redis.ratelimit import RedisRateLimiter
 from extauthz.store.redis.replicated import ReplicatedSessionStore
 from extauthz.store.redis.store import RedisSessionStore
@@ -172,6 +177,23 @@ def build_user_store(settings: Settings, client: Redis | None) -> UserStore:
         assert client is not None  # settings refuse users.backend=redis without a Redis store
         return RedisUserStore(client, settings.store.key_prefix)
     return FileUserStore(settings.users.file)
+
+
+def build_factor_store(settings: Settings, client: Redis | None) -> FactorStore:
+    """The second-factor store, beside the users (``users.backend``): the JSON file
+    ``mfa.file``, or ``client``'s Redis under ``store.key_prefix``."""
+    if settings.users.backend == "redis":
+        assert client is not None  # settings refuse users.backend=redis without a Redis store
+        return RedisFactorStore(client, settings.store.key_prefix)
+    return FileFactorStore(settings.mfa.file)
+
+
+def build_pending_logins(settings: Settings, client: Redis | None) -> PendingLogins:
+    """Pending logins in ``client``'s Redis (every node can finish a sign-in another node
+    began), or in this process with the in-memory store."""
+    if client is None:
+        return MemoryPendingLogins()
+    return RedisPendingLogins(client, settings.store.key_prefix)
 
 
 def build_client_store(settings: Settings, client: Redis | None) -> ClientStore:

@@ -291,6 +291,38 @@ class ApiKeySettings:
     touch_interval_seconds: int = 300
 
 
+@enum.unique
+class MfaMode(enum.StrEnum):
+    """Who must sign in with a second factor (``mfa.mode``)."""
+
+    OPTIONAL = "optional"  # whoever has one uses it; nobody must enrol
+    REQUIRED = "required"  # every user
+    ROLES = "roles"  # users holding one of mfa.required_roles
+
+
+@dataclass(frozen=True)
+class MfaSettings:
+    """Second factors (docs/authentication.md, 'Second factors and step-up').
+
+    ``mode`` and ``required_roles``: who must have one (a user who must and has none enrols
+    right after the password, before any session exists). Factors live beside the users
+    (``users.backend``): in ``file`` or the session store's Redis. ``secret_key_file``: a
+    file holding 32 bytes (64 hex digits or base64) that seals TOTP secrets at rest
+    (AES-256-GCM); empty: secrets are stored unsealed, protected like the user file.
+    ``issuer``: the name authenticator apps show. ``fresh_auth_seconds``: how recent the
+    latest authentication must be to enrol. ``pending_seconds``: how long a sign-in waits
+    for its second step.
+    """
+
+    mode: MfaMode = MfaMode.OPTIONAL
+    required_roles: tuple[str, ...] = ()
+    file: str = "factors.json"
+    secret_key_file: str = ""
+    issuer: str = "extauthz"
+    fresh_auth_seconds: int = 600
+    pending_seconds: int = 300
+
+
 @dataclass(frozen=True)
 class OAuthSettings:
     """The OAuth 2.0 authorization server (docs/oauth.md, :mod:`extauthz.oauth`); off unless
@@ -330,6 +362,7 @@ class Settings:
     session_updates: SessionUpdateSettings = field(default_factory=SessionUpdateSettings)
     api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
+    mfa: MfaSettings = field(default_factory=MfaSettings)
 
     @property
     def oauth_clients_backend(self) -> UserBackend:

@@ -8,31 +8,22 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-from extauthz.addresses import is_loopback_host
 from extauthz.check.denials import safe_return_to
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import has_host_prefix, has_secure_prefix
 from extauthz.response.updates import Allowlist
 from extauthz.settings import model
+from extauthz.settings.access import validate_access
+from extauthz.settings.headers import HEADER_NAME as _HEADER_NAME
+from extauthz.settings.headers import RESERVED_HEADERS as _RESERVED_HEADERS
+from extauthz.settings.headers import RESERVED_PREFIXES as _RESERVED_PREFIXES
 from extauthz.settings.model import Settings, UserBackend
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")  # RFC 9110 token, lower case
 # RFC 1035 host name labels (a leading dot is ignored by RFC 6265 §5.2.3 and allowed here)
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"\.?(?:{_LABEL}\.)*{_LABEL}")
-# headers the JWT must never be written into: their values mean something else to HTTP,
-# to Envoy or to the upstream
-_RESERVED_HEADERS = frozenset(
-    {
-        "host", "cookie", "set-cookie", "content-length", "content-type", "content-encoding",
-        "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
-        "proxy-authorization", "proxy-connection", "forwarded", "via", "x-request-id",
-        "expect", "range", "origin", "referer",
-    }
-)  # fmt: skip
-_RESERVED_PREFIXES = ("x-forwarded-", "x-envoy-", "sec-", ":")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # what a Check needs besides the store, inside Envoy's ext_authz timeout: the gRPC round trip,
 # the JWT, the event loop's other work (docs/strategies.md, 'A Check's budget')
@@ -57,11 +48,9 @@ def validate(s: Settings) -> None:
         raise SettingsError("deny.realm: must not contain quotes or backslashes")
     _validate_auth(s.auth)
     _validate_users(s)
-    _validate_oauth_clients(s)
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
-    _validate_api_keys(s.api_keys, s.jwt.header, s.session_updates.header)
-    _validate_oauth(s)
+    validate_access(s)
 
 
 def _check_listen(dotted: str, value: str) -> None:
@@ -307,16 +296,6 @@ def _validate_users(s: Settings) -> None:
         raise SettingsError("users.max_concurrent_hashes: expected 1-64")
 
 
-def _validate_oauth_clients(s: Settings) -> None:
-    backend = s.oauth_clients_backend
-    if backend == UserBackend.FILE and not s.oauth_clients.file:
-        raise SettingsError("oauth_clients.file: must not be empty when the backend is file")
-    if backend == UserBackend.REDIS and s.store.backend != StoreBackend.REDIS:
-        raise SettingsError(
-            "oauth_clients.backend: redis needs store.backend = redis (its Redis is used)"
-        )
-
-
 def _validate_ratelimit(r: model.RateLimitSettings) -> None:
     for name in ("login_user", "login_addr", "check_addr"):
         if getattr(r, f"{name}_limit") < 1:
@@ -342,49 +321,3 @@ def _validate_session_updates(u: model.SessionUpdateSettings, jwt_header: str) -
         raise SettingsError("session_updates.attempts: expected 1-10")
     if not 50 <= u.budget_ms <= 5000:
         raise SettingsError("session_updates.budget_ms: expected 50-5000 ms")
-
-
-# the longest lifetime api_keys.max_lifetime_days may allow: ten years
-MAX_API_KEY_DAYS = 3650
-
-
-def _validate_api_keys(k: model.ApiKeySettings, jwt_header: str, update_header: str) -> None:
-    if not _HEADER_NAME.fullmatch(k.header) or k.header.startswith(_RESERVED_PREFIXES):
-        raise SettingsError(f"api_keys.header: expected a lower-case header name, got {k.header!r}")
-    if k.header in _RESERVED_HEADERS or k.header in ("authorization", jwt_header, update_header):
-        raise SettingsError(f"api_keys.header: {k.header!r} means something else")
-    if not 1 <= k.max_lifetime_days <= MAX_API_KEY_DAYS:
-        raise SettingsError(f"api_keys.max_lifetime_days: expected 1-{MAX_API_KEY_DAYS}")
-    if not 1 <= k.default_lifetime_days <= k.max_lifetime_days:
-        raise SettingsError("api_keys.default_lifetime_days: expected 1-api_keys.max_lifetime_days")
-    if not 1 <= k.touch_interval_seconds <= 86400:
-        raise SettingsError("api_keys.touch_interval_seconds: expected 1-86400")
-
-
-def _validate_oauth(s: Settings) -> None:
-    o = s.oauth
-    if not 10 <= o.access_token_lifetime_seconds <= 86400:
-        raise SettingsError("oauth.access_token_lifetime_seconds: expected 10-86400 seconds")
-    if not 60 <= o.refresh_token_lifetime_seconds <= 365 * 86400:
-        raise SettingsError("oauth.refresh_token_lifetime_seconds: expected 60 s - 365 days")
-    if not 5 <= o.code_lifetime_seconds <= 600:
-        raise SettingsError("oauth.code_lifetime_seconds: expected 5-600 seconds (RFC 6749 §4.1.2)")
-    if not 60 <= o.consent_lifetime_seconds <= 5 * 365 * 86400:
-        raise SettingsError("oauth.consent_lifetime_seconds: expected 60 s - 5 years")
-    issuer = o.issuer or s.jwt.issuer
-    parts = urlsplit(issuer)
-    loopback = is_loopback_host(parts.hostname or "")
-    if o.enabled and (
-        parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback)
-        or not parts.netloc or parts.query or parts.fragment
-    ):
-        raise SettingsError(
-            "oauth.issuer: expected an https URL without query or fragment (RFC 8414 §2; "
-            f"http only on loopback), got {issuer!r}"
-        )
-    for entry in o.scope_descriptions:
-        scope, sep, words = entry.partition("=")
-        if not sep or not scope.strip() or not words.strip():
-            raise SettingsError(
-                f"oauth.scope_descriptions: expected '<scope>=<description>', got {entry!r}"
-            )

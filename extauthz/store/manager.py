@@ -173,13 +173,15 @@ class SessionManager:
         kind: str = "session",
         client_id: str | None = None,
         lifetime_seconds: int | None = None,
+        amr: Iterable[str] = (),
     ) -> tuple[str, Session]:
         """Create a session for ``sub``; return ``(opaque token, session)``.
 
         The token is returned here once and never again. ``kind`` (:data:`SESSION_KINDS`)
         and ``client_id``: :class:`Session`. With ``lifetime_seconds`` the session lives
         exactly that long from now and does not slide (idle timeout = lifetime): an OAuth
-        access token's ``expires_in`` (RFC 6749 §5.1) or an API key's expiry. An
+        access token's ``expires_in`` (RFC 6749 §5.1) or an API key's expiry. ``amr``: how
+        the user authenticated (RFC 8176), recorded with ``auth_time`` = now when given. An
         ``"api_key"`` session's token has the API-key prefix (:data:`tokens.API_KEY_PREFIX`).
 
         :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
@@ -206,6 +208,8 @@ class SessionManager:
             data=validate_session_data(data),
             kind=kind,
             client_id=client_id,
+            amr=tuple(amr),
+            auth_time=now if amr else None,
         )
         if self._check_session is not None:
             self._check_session(session)

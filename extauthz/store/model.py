@@ -20,6 +20,10 @@ class Session:
     (cookie or Bearer), ``"oauth"`` an access token issued to an application (RFC 6749,
     Bearer only), ``"api_key"`` a key for a machine client (Bearer or the API-key header).
     ``client_id``: the OAuth client the token was issued to (RFC 9068 §2.2), else ``None``.
+    ``amr``: how the user authenticated (RFC 8176 values: ``pwd``, ``otp``, ``mfa``, later
+    ``hwk``/``swk``), ``()`` when not recorded (sessions from before second factors, API keys).
+    ``auth_time``: when the latest of those authentications happened (Unix seconds; a step-up
+    moves it), ``None`` when not recorded: the session's creation counts then.
     """
 
     sid: str
@@ -35,6 +39,14 @@ class Session:
     rotated_at: float | None = None
     kind: str = "session"
     client_id: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: float | None = None
+
+    @property
+    def authenticated_at(self) -> float:
+        """When the user last authenticated (Unix seconds): ``auth_time``, else the
+        session's creation (OpenID Connect Core §2 ``auth_time``)."""
+        return self.created_at if self.auth_time is None else self.auth_time
 
     @property
     def token_issued_at(self) -> float:
@@ -68,6 +80,11 @@ class Session:
             del record["kind"]  # login sessions keep the shape they had before other kinds
         if self.client_id is None:
             del record["client_id"]
+        record["amr"] = list(self.amr)
+        if not self.amr:
+            del record["amr"]  # records without second factors keep their old shape
+        if self.auth_time is None:
+            del record["auth_time"]
         return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -91,6 +108,10 @@ class Session:
                 ),
                 kind=_kind(record.get("kind", "session")),
                 client_id=(None if record.get("client_id") is None else str(record["client_id"])),
+                amr=_amr(record.get("amr", ())),
+                auth_time=(
+                    None if record.get("auth_time") is None else float(record["auth_time"])
+                ),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
@@ -104,6 +125,12 @@ def _kind(value: object) -> str:
     if value not in SESSION_KINDS:
         raise TypeError(f"unknown session kind {value!r}")
     return str(value)
+
+
+def _amr(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("amr must be a list of strings")
+    return tuple(value)
 
 
 class VersionConflict(Exception):

@@ -192,6 +192,19 @@ def test_an_application_token_names_its_client_in_the_jwt(ring: KeyRing) -> None
     assert (claims["auth_method"], claims["client_id"]) == ("oauth", "app-1")
 
 
+def test_jwt_auth_time_is_the_latest_authentication_and_amr_is_a_list(ring: KeyRing) -> None:
+    clock = FakeClock()
+    s = session(clock)
+    m = minter(ring, clock)
+    assert "amr" not in verify_jwt(ring, m.mint(s))
+    stepped = replace(
+        s, amr=("pwd", "otp", "mfa"), auth_time=s.created_at + 120, version=s.version + 1
+    )
+    claims = verify_jwt(ring, m.mint(stepped))  # the cached JWT of the older record is not it
+    assert claims["auth_time"] == int(s.created_at) + 120
+    assert claims["amr"] == ["pwd", "otp", "mfa"]
+
+
 def test_jwt_does_not_verify_for_another_audience_or_algorithm(ring: KeyRing) -> None:
     clock = FakeClock()
     token = minter(ring, clock).mint(session(clock))

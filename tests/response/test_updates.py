@@ -209,5 +209,6 @@ def test_reserved_keys_include_every_claim_of_the_jwt() -> None:
         "roles",
         "auth_method",
         "client_id",
+        "amr",
     }
     assert claims <= RESERVED_KEYS

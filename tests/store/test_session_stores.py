@@ -315,6 +315,20 @@ def test_session_kind_and_client_id_round_trip_and_login_records_keep_their_shap
         Session.from_json(json.dumps(record))
 
 
+def test_session_amr_and_auth_time_round_trip_and_old_records_keep_their_shape() -> None:
+    s = new_session(FakeClock())
+    assert "amr" not in json.loads(s.to_json()) and "auth_time" not in json.loads(s.to_json())
+    assert s.authenticated_at == s.created_at
+    strong = replace(s, amr=("pwd", "otp", "mfa"), auth_time=s.created_at + 60)
+    assert Session.from_json(strong.to_json()) == strong
+    assert strong.authenticated_at == s.created_at + 60
+    record = json.loads(strong.to_json())
+    assert record["amr"] == ["pwd", "otp", "mfa"]
+    record["amr"] = "pwd"  # not a list
+    with pytest.raises(ValueError):
+        Session.from_json(json.dumps(record))
+
+
 # -- Redis only ------------------------------------------------------------------------------------
 
 

@@ -26,11 +26,13 @@ from extauthz.scopes import validate_scope_tokens
 
 def add_users_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    extra: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None,
 ) -> argparse.ArgumentParser:
     """Add ``users add|remove|passwd|list --file PATH`` to a CLI; returns the ``users`` parser.
 
     The parsed namespace has ``users_command`` set and ``func`` = :func:`run_users_command`
-    (the convention of ``extauthz.cli``).
+    (the convention of ``extauthz.cli``). ``extra`` adds more actions (``users mfa``, which
+    sets its own ``func``).
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--file", required=True, metavar="PATH",
@@ -51,6 +53,8 @@ def add_users_parser(
     passwd.add_argument("name")
     actions.add_parser("list", parents=[common], help="list users")
     users.set_defaults(func=run_users_command)
+    if extra is not None:
+        extra(actions)
     return users
 
 

@@ -132,6 +132,15 @@ class PasswordVerifier:
                 log.warning("could not store the rehashed password of user %s", name, exc_info=True)
         return record.user
 
+    async def user(self, name: str) -> User | None:
+        """The enabled user ``name`` (no password check: for a login whose password was
+        verified a moment ago, read again for its second step), else ``None``. Store
+        failures propagate."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            return None
+        record = await self._store.get(name)
+        return None if record is None or record.disabled else record.user
+
     def _dummy_hash(self) -> str:
         with self._dummy_lock:
             if self._dummy is None:

@@ -241,6 +241,17 @@ end
 return 0
 """
 
+# -- second factors (extauthz.store.redis.factors) ----------------------------------------------
+
+# compare-and-set of one factor: write ARGV[3] to field ARGV[1] only if it still holds ARGV[2]
+SET_FIELD_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
 # -- rate limits (extauthz.store.redis.ratelimit) ----------------------------------------------
 
 # INCR and the expiry in one atomic step. A key without a TTL (left by a crash between two

@@ -247,3 +247,45 @@ class RemoveClientResponse(_message.Message):
     removed: bool
     tokens_revoked: int
     def __init__(self, removed: _Optional[bool] = ..., tokens_revoked: _Optional[int] = ...) -> None: ...
+
+class Factor(_message.Message):
+    __slots__ = ("id", "kind", "confirmed", "created_at", "last_used_at", "codes_left")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    CODES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    confirmed: bool
+    created_at: _timestamp_pb2.Timestamp
+    last_used_at: _timestamp_pb2.Timestamp
+    codes_left: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., confirmed: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., codes_left: _Optional[int] = ...) -> None: ...
+
+class ListFactorsRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    def __init__(self, user: _Optional[str] = ...) -> None: ...
+
+class ListFactorsResponse(_message.Message):
+    __slots__ = ("factors",)
+    FACTORS_FIELD_NUMBER: _ClassVar[int]
+    factors: _containers.RepeatedCompositeFieldContainer[Factor]
+    def __init__(self, factors: _Optional[_Iterable[_Union[Factor, _Mapping]]] = ...) -> None: ...
+
+class ResetFactorsRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    def __init__(self, user: _Optional[str] = ...) -> None: ...
+
+class ResetFactorsResponse(_message.Message):
+    __slots__ = ("factors_removed", "sessions_revoked")
+    FACTORS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    factors_removed: int
+    sessions_revoked: int
+    def __init__(self, factors_removed: _Optional[int] = ..., sessions_revoked: _Optional[int] = ...) -> None: ...

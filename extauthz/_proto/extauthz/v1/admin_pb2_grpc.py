@@ -681,3 +681,126 @@ class ClientAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class FactorAdminStub:
+    """Users' second factors (docs/authentication.md, 'Second factors and step-up'). No call
+    returns a secret, a code or a code's digest. Needs the admin token, like SessionAdmin.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListFactors = channel.unary_unary(
+                '/extauthz.v1.FactorAdmin/ListFactors',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.ListFactorsRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.ListFactorsResponse.FromString,
+                _registered_method=True)
+        self.ResetFactors = channel.unary_unary(
+                '/extauthz.v1.FactorAdmin/ResetFactors',
+                request_serializer=extauthz_dot_v1_dot_admin__pb2.ResetFactorsRequest.SerializeToString,
+                response_deserializer=extauthz_dot_v1_dot_admin__pb2.ResetFactorsResponse.FromString,
+                _registered_method=True)
+
+
+class FactorAdminServicer:
+    """Users' second factors (docs/authentication.md, 'Second factors and step-up'). No call
+    returns a secret, a code or a code's digest. Needs the admin token, like SessionAdmin.
+    """
+
+    def ListFactors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetFactors(self, request, context):
+        """Removes every factor of the user and revokes every session of theirs: the user signs in
+        with the password alone next time (and enrols again where policy requires a factor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FactorAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListFactors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFactors,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.ListFactorsRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.ListFactorsResponse.SerializeToString,
+            ),
+            'ResetFactors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetFactors,
+                    request_deserializer=extauthz_dot_v1_dot_admin__pb2.ResetFactorsRequest.FromString,
+                    response_serializer=extauthz_dot_v1_dot_admin__pb2.ResetFactorsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'extauthz.v1.FactorAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('extauthz.v1.FactorAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FactorAdmin:
+    """Users' second factors (docs/authentication.md, 'Second factors and step-up'). No call
+    returns a secret, a code or a code's digest. Needs the admin token, like SessionAdmin.
+    """
+
+    @staticmethod
+    def ListFactors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.FactorAdmin/ListFactors',
+            extauthz_dot_v1_dot_admin__pb2.ListFactorsRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.ListFactorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetFactors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/extauthz.v1.FactorAdmin/ResetFactors',
+            extauthz_dot_v1_dot_admin__pb2.ResetFactorsRequest.SerializeToString,
+            extauthz_dot_v1_dot_admin__pb2.ResetFactorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,68 @@
+"""The composition root's part for second factors: ``[mfa]`` settings in, the second step of
+the login, the ``/auth/mfa/*`` pages and the administrators' :class:`FactorAdmin` out (on the
+stores of :mod:`extauthz.server.store_wiring`)."""
+
+from __future__ import annotations
+
+from extauthz.errors import SettingsError
+from extauthz.login.cookies import SessionCookie
+from extauthz.login.http import AuthHandlers
+from extauthz.login.limits import LoginLimits
+from extauthz.login.mfa.account import FactorAdmin, MfaAccount
+from extauthz.login.mfa.http import MfaHandlers
+from extauthz.login.mfa.kinds import FactorKinds
+from extauthz.login.mfa.policy import MfaPolicy
+from extauthz.login.mfa.recovery import RecoveryKind
+from extauthz.login.mfa.sealing import SecretBox, load_key
+from extauthz.login.mfa.steps import SecondSteps
+from extauthz.login.mfa.totp import TotpKind
+from extauthz.login.users import PasswordVerifier
+from extauthz.server.store_wiring import build_factor_store, build_pending_logins
+from extauthz.settings import Settings
+from extauthz.store.redis.clients import Redis
+
+
+def pending_cookie_name(session_cookie: str) -> str:
+    """The pending login's cookie: the session cookie's name with ``-mfa`` (a ``__Host-``
+    prefix carries over, so its rules hold for both)."""
+    return f"{session_cookie}-mfa"
+
+
+def build_second_factors(
+    settings: Settings,
+    auth: AuthHandlers,
+    verifier: PasswordVerifier,
+    client: Redis | None,
+    limits: LoginLimits | None,
+) -> FactorAdmin:
+    """Give ``auth``'s login its second step and mount the ``/auth/mfa/*`` routes on it;
+    return the administrators' side.
+
+    :raises SettingsError: ``mfa.secret_key_file`` is unreadable or holds no key.
+    """
+    m = settings.mfa
+    try:
+        box = SecretBox(load_key(m.secret_key_file) if m.secret_key_file else None)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"mfa.secret_key_file: {exc}") from None
+    totp = TotpKind(box, issuer=m.issuer)
+    recovery = RecoveryKind()
+    factors = build_factor_store(settings, client)
+    service = auth.service
+    c = settings.session
+    steps = SecondSteps(
+        service,
+        verifier,
+        factors,
+        build_pending_logins(settings, client),
+        kinds=FactorKinds([totp, recovery]),
+        totp=totp,
+        recovery=recovery,
+        policy=MfaPolicy(str(m.mode), frozenset(m.required_roles), m.fresh_auth_seconds),
+        pending_cookie=SessionCookie(pending_cookie_name(c.cookie_name), secure=c.cookie_secure),
+        limits=limits.for_second_factors() if limits is not None else None,
+        pending_seconds=m.pending_seconds,
+    )
+    service.gate = steps
+    auth.mount(MfaHandlers(auth, steps, MfaAccount(steps)).routes())
+    return FactorAdmin(factors, service.sessions.store)
