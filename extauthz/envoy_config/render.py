@@ -76,11 +76,28 @@ _MAP_FIELDS = frozenset({
 })  # fmt: skip
 
 
+# Fields written out although they hold proto3's default (which the JSON mapping leaves out):
+# that a filter fails closed is said in the file, for its readers and for the contract tests
+# (tests/e2e/test_envoy_contracts.py), not left to a default.
+_EXPLICIT = {
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
+        "failure_mode_allow": False,
+    },
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor": {
+        "failure_mode_allow": False,
+    },
+}
+
+
 def _plain(value: object, sort: bool = False) -> object:
-    """``value`` with every mapping a plain dict (PyYAML's safe dumper knows no OrderedDict)."""
+    """``value`` with every mapping a plain dict (PyYAML's safe dumper knows no OrderedDict),
+    with the :data:`_EXPLICIT` defaults added."""
     if isinstance(value, Mapping):
         items = sorted(value.items()) if sort else value.items()
-        return {k: _plain(v, k in _MAP_FIELDS) for k, v in items}
+        out = {k: _plain(v, k in _MAP_FIELDS) for k, v in items}
+        for key, default in _EXPLICIT.get(str(value.get("@type", "")), {}).items():
+            out.setdefault(key, default)
+        return out
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
