@@ -35,6 +35,7 @@ def _hcm(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _filter(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [f["typed_config"] for f in _hcm(doc)["http_filters"] if f["name"] == name]
     return found
 
