@@ -9,14 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extauthz.cli import main as extauthz_main
-from harness import REPO_ROOT
 from harness.envoy import EnvoyProcess
 from harness.extauthz import ExtauthzProcess, ensure_signing_key
 from harness.ports import LOOPBACK, free_port
 from harness.stack import DEMO_SETTINGS, Stack, start_stack
 
-SIDECAR = REPO_ROOT / "envoy" / "sidecar.yaml"
-STICKY_FRONT = REPO_ROOT / "envoy" / "sticky-front.yaml"
 NODES_CLUSTER = "nodes"
 
 
