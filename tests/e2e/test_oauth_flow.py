@@ -334,6 +334,69 @@ def test_a_public_client_uses_pkce_and_no_secret(
         "bob", apps["public"].client_id, "read")  # fmt: skip
 
 
+def test_an_application_token_is_bearer_only(
+    oauth: OAuthStack, apps: dict[str, RegisteredClient]
+) -> None:
+    access = client_credentials(oauth, apps["batch"])
+    assert call(oauth, access).status_code == 200
+    as_cookie = requests.get(oauth.url("/photos"), timeout=10,
+                             headers={**API, "Cookie": f"extauthz_session={access}"})  # fmt: skip
+    assert as_cookie.status_code == 401, as_cookie.text
+
+
+def test_a_route_for_logins_only_refuses_the_application(
+    oauth: OAuthStack, apps: dict[str, RegisteredClient]
+) -> None:
+    token = code_flow_token(oauth, app_session(oauth, apps["printer"], scope="read write"))
+    assert token["scope"] == "read write"
+    refused_kind = call(oauth, token["access_token"], "/account/security/password")
+    assert refused_kind.status_code == 403, refused_kind.text
+    assert refused_kind.json()["error"] == "credential_kind_refused"
+    agent = signed_in(oauth, "alice")  # the user herself, signed in
+    assert agent.request("GET", "/account/security/password", headers=API).status == 200
+
+
+def test_the_user_ends_an_application_from_the_session_page(
+    oauth: OAuthStack, apps: dict[str, RegisteredClient]
+) -> None:
+    other = apps["other"]
+    app = app_session(oauth, other)
+    token = code_flow_token(oauth, app, "bob")
+    access = token["access_token"]
+    for node in (0, 1, 0, 1):  # in use on both nodes
+        assert call(oauth, access, node=node).status_code == 200
+
+    # the application sees only itself there, and may end nothing
+    itself = call(oauth, access, "/auth/session")
+    assert itself.status_code == 200 and itself.json()["kind"] == "oauth", itself.text
+    bearer = {**API, "Authorization": f"Bearer {access}", "Origin": oauth.base_url}
+    refused_end = requests.post(oauth.url("/auth/session/end"), json={"sid": "x"},
+                                headers=bearer, timeout=10)  # fmt: skip
+    assert refused_end.status_code == 403
+    assert refused_end.json()["error"] == "credential_kind_refused"
+
+    # bob's session page lists the application with its scope, never a token
+    bob = signed_in(oauth, "bob")
+    page = bob.request("GET", "/auth/session", headers=API)
+    assert page.status == 200, page.text
+    listed = [a for a in page.json()["applications"] if a["client_id"] == other.client_id]
+    assert len(listed) == 1 and listed[0]["scopes"] == ["read"], listed
+    assert access not in page.text and token["refresh_token"] not in page.text
+    assert not TOKEN_IN_TEXT.search(page.text)
+    end = bob.request("POST", "/auth/session/end", json_body={"sid": listed[0]["sid"]},
+                      headers={**API, "Origin": oauth.base_url})  # fmt: skip
+    assert end.status == 200, end.text
+    assert end.json()["kind"] == "oauth" and end.json()["logged_out"] is False
+
+    # the whole grant ends: the access token on every node, and the refresh token
+    for node in (0, 1):
+        assert call(oauth, access, node=node).status_code == 401, node
+    with refused() as ended:
+        app.refresh_token(oauth.url(TOKEN), refresh_token=token["refresh_token"])
+    assert ended.value.error == "invalid_grant"
+    assert bob.request("GET", "/x", headers=API).status == 200  # bob himself is still in
+
+
 # -- client credentials, with curl ----------------------------------------------------------------
 
 

@@ -73,3 +73,11 @@ def test_the_write_route_needs_the_scope_and_keeps_the_catch_alls_rules() -> Non
     catch_all = _per_route(route_for("/anything"), EXT_AUTHZ)["check_settings"]
     assert settings == {**catch_all["context_extensions"], "required_scopes": "write"}
     assert route_for("/editor")["match"] == {"prefix": "/"}  # a prefix, not a substring
+
+
+def test_the_account_security_route_is_for_logins_only() -> None:
+    route = route_for("/account/security/password")
+    settings = _per_route(route, EXT_AUTHZ)["check_settings"]["context_extensions"]
+    catch_all = _per_route(route_for("/anything"), EXT_AUTHZ)["check_settings"]
+    assert settings == {**catch_all["context_extensions"], "credentials": "session"}
+    assert route_for("/account")["match"] == {"prefix": "/"}
