@@ -32,7 +32,7 @@ _PURPOSE = {
         'Front Envoy of the "sticky" strategy: pins each user to one node by consistent hashing\n'
         "on an affinity cookie that Envoy itself issues; no ext_authz here -- each node's sidecar\n"
         "authorises against its node-local session store. A lost node costs exactly its own\n"
-        "users' sessions (docs/deploy.md, 'Generating the Envoy config')."
+        "users' sessions (docs/strategies.md, 'sticky'; why: extauthz/envoy_config/bootstrap.py)."
     ),
 }
 
