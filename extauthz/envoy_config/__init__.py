@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from extauthz.errors import SettingsError
+
 from .bootstrap import front_proxy, sidecar, sticky_front
 from .model import DEFAULT_ROUTES, Endpoint, Route, ServiceInputs, StickyInputs, load_routes
 from .render import header, to_yaml
@@ -86,8 +88,15 @@ def command_line(args: argparse.Namespace) -> str:
 def generate(args: argparse.Namespace, values: SettingsValues) -> str:
     """The YAML for ``args`` (the parsed subcommand) and ``values``.
 
-    :raises SettingsError: an address is not ``HOST:PORT``, or the route table is bad.
+    :raises SettingsError: an address is not ``HOST:PORT``, the route table is bad, or an
+        option of another kind is given (``--nodes`` is the sticky front's alone).
     """
+    unused = ["nodes"] if args.kind != "sticky" else [
+        "upstream", "extauthz_grpc", "extauthz_http", "routes",
+    ]  # fmt: skip
+    given = [f"--{n.replace('_', '-')}" for n in unused if getattr(args, n, None) is not None]
+    if given:
+        raise SettingsError(f"envoy-config {args.kind}: {', '.join(given)} does not apply")
     listen = Endpoint.parse(args.listen or DEFAULT_LISTEN[args.kind])
     admin = Endpoint.parse(args.admin or DEFAULT_ADMIN[args.kind])
     inputs: ServiceInputs | StickyInputs

@@ -171,3 +171,15 @@ def test_a_bad_route_table_is_refused(
 def test_a_bad_address_is_refused(capsys: pytest.CaptureFixture[str], address: str) -> None:
     assert main(["envoy-config", "front", "--upstream", address]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["sticky", "--upstream", "127.0.0.1:1"], ["sticky", "--routes", "r.toml"],
+     ["front", "--nodes", "127.0.0.1:1"]],
+)  # fmt: skip
+def test_an_option_of_another_kind_is_refused(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert main(["envoy-config", *args]) == 2
+    assert "does not apply" in capsys.readouterr().err
