@@ -57,6 +57,18 @@ def test_generated_config_is_fresh(path: Path, tmp_path: Path) -> None:
     assert fresh == path.read_text(), f"{path.name} is stale: run `make envoy-config` and commit"
 
 
+def test_make_envoy_config_runs_the_same_commands() -> None:
+    """``make envoy-config`` writes each file with the command its first line names."""
+    makefile = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    recipes = [
+        shlex.split(line.strip().removeprefix("$(ENVOY_GEN)"))
+        for line in makefile.splitlines()
+        if line.strip().startswith("$(ENVOY_GEN)")
+    ]
+    expected = [[*_command(p)[2:], "--out", f"envoy/{p.name}"] for p in GENERATED]
+    assert sorted(recipes) == sorted(expected)
+
+
 def test_the_check_notices_a_hand_edit(tmp_path: Path) -> None:
     """The comparison above fails when the file was edited by hand (one value changed)."""
     path = ENVOY_DIR / "front-proxy.yaml"
