@@ -1,5 +1,5 @@
-# extauthz, the demo upstream and the config renderer (docker-compose.yml), and the image the
-# Kubernetes manifests run (deploy/kubernetes/, docs/deploy.md). Not needed for the tests or
+# extauthz, the demo upstream and `extauthz envoy-config` (docker-compose.yml), and the image
+# the Kubernetes manifests run (deploy/kubernetes/, docs/deploy.md). Not needed for the tests or
 # `make demo`, which run everything from .venv/.
 #
 # Runs as the numeric user 65534 (nobody), so that Kubernetes' runAsNonRoot can verify it, and

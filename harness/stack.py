@@ -2,8 +2,8 @@
 
 One stack is what ``make demo`` runs and what the end-to-end tests run on free ports: extauthz
 (``demo/extauthz.toml`` plus ``EXTAUTHZ_*`` overrides), the echo upstream verifying the JWT
-against extauthz's JWKS, and Envoy running ``envoy/front-proxy.yaml`` (or the sidecar, which has
-the same shape) rewritten onto the stack's ports. Redis, when used, is the caller's.
+against extauthz's JWKS, and Envoy running ``envoy/front-proxy.yaml`` (or the sidecar) as
+``extauthz envoy-config`` generates it for the stack's ports. Redis, when used, is the caller's.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 
 FRONT_PROXY = REPO_ROOT / "envoy" / "front-proxy.yaml"
+SIDECAR = REPO_ROOT / "envoy" / "sidecar.yaml"
 DEMO_SETTINGS = REPO_ROOT / "demo" / "extauthz.toml"
-
-# cluster name in envoy/front-proxy.yaml -> StackPorts attribute
-_CLUSTER_PORTS = {"extauthz_grpc": "grpc", "extauthz_http": "http", "upstream": "upstream"}
+# the route tables of envoy/front-proxy.yaml and envoy/sidecar.yaml (see the Makefile)
+ROUTES = {
+    "front": REPO_ROOT / "envoy" / "front-proxy-routes.toml",
+    "sidecar": REPO_ROOT / "envoy" / "sidecar-routes.toml",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class StackPorts:
 
 
 def set_port(socket_address: dict[str, Any], port: int) -> None:
-    """Set ``port_value`` of an Envoy ``SocketAddress`` mapping.
+    """Set ``port_value`` of an Envoy ``SocketAddress`` mapping (the benchmark's own config,
+    benchmarks/envoy-bench.yaml, is rewritten this way).
 
     :raises ValueError: it has no ``port_value`` (a named port or a pipe would be missed).
     """
@@ -68,38 +72,37 @@ def write_config(doc: Mapping[str, Any], out: Path) -> Path:
     return out
 
 
-def render_front_proxy(
-    ports: StackPorts, out_dir: Path, source: Path = FRONT_PROXY, name: str | None = None
+def generate_envoy_config(
+    ports: StackPorts,
+    out_dir: Path,
+    kind: str = "front",
+    *,
+    routes: Path | None = None,
+    settings_path: Path = DEMO_SETTINGS,
+    name: str | None = None,
 ) -> Path:
-    """Write a copy of ``source`` whose socket addresses use ``ports``; return its path.
+    """``extauthz envoy-config KIND`` for this stack's ports; the path of the file written.
 
-    Only the listener, the admin interface and the endpoints of the three known clusters change;
-    everything else is the file as committed.
+    The same command and inputs that made envoy/front-proxy.yaml or envoy/sidecar.yaml (the
+    settings, the route table of ``ROUTES[kind]`` unless ``routes`` is given), only with the
+    stack's ports: what the tests run is what ships.
 
-    :raises ValueError: the file has a different number of listeners or an unknown cluster,
-        so the rewrite would silently test something other than what ships.
+    :raises ValueError: the command refused its inputs (its message is on stderr).
     """
-    doc = yaml.safe_load(Path(source).read_text())
-    set_port(doc["admin"]["address"]["socket_address"], ports.admin)
+    from extauthz.cli import main
 
-    listeners = doc["static_resources"]["listeners"]
-    if len(listeners) != 1:
-        raise ValueError(f"{source}: expected one listener, found {len(listeners)}")
-    set_port(listeners[0]["address"]["socket_address"], ports.listener)
-
-    seen = set()
-    for cluster in doc["static_resources"]["clusters"]:
-        attr = _CLUSTER_PORTS.get(cluster["name"])
-        if attr is None:
-            raise ValueError(f"{source}: unknown cluster {cluster['name']!r}")
-        seen.add(cluster["name"])
-        for locality in cluster["load_assignment"]["endpoints"]:
-            for lb_endpoint in locality["lb_endpoints"]:
-                set_port(lb_endpoint["endpoint"]["address"]["socket_address"], getattr(ports, attr))
-    missing = set(_CLUSTER_PORTS) - seen
-    if missing:
-        raise ValueError(f"{source}: missing clusters {sorted(missing)}")
-    return write_config(doc, Path(out_dir) / (name or f"{Path(source).stem}-{ports.listener}.yaml"))
+    out = Path(out_dir) / (name or f"{kind}-{ports.listener}.yaml")
+    at = f"{LOOPBACK}:"
+    argv = [
+        "envoy-config", kind, "--config", str(settings_path),
+        "--listen", f"{at}{ports.listener}", "--admin", f"{at}{ports.admin}",
+        "--upstream", f"{at}{ports.upstream}", "--extauthz-grpc", f"{at}{ports.grpc}",
+        "--extauthz-http", f"{at}{ports.http}", "--routes", str(routes or ROUTES[kind]),
+        "--out", str(out),
+    ]  # fmt: skip
+    if main(argv) != 0:
+        raise ValueError(f"extauthz {' '.join(argv)} failed")
+    return out
 
 
 @dataclass
@@ -143,12 +146,14 @@ def start_stack(
     ports: StackPorts | None = None,
     keys_dir: Path | None = None,
     log_dir: Path | None = None,
-    envoy_source: Path = FRONT_PROXY,
+    envoy_kind: str = "front",
+    envoy_routes: Path | None = None,
     name_prefix: str = "",
     envoy_name: str | None = None,
 ) -> Stack:
     """Start extauthz (``settings_path`` plus overrides), the echo upstream and Envoy running
-    ``envoy_source`` rewritten onto ``ports`` (default: free ones).
+    the ``envoy_kind`` config (front or sidecar; ``envoy_routes``: another route table)
+    generated for ``ports`` (default: free ones).
 
     ``redis_url`` selects the Redis store at that URL; without it the in-memory store (sticky)
     is used. A signing key is generated into ``keys_dir`` (default ``work_dir/keys``) when none
@@ -188,7 +193,9 @@ def start_stack(
             audience=audience, name=f"{name_prefix}echo",
         )  # fmt: skip
         started.append(echo.start())
-        config = render_front_proxy(ports, work_dir, source=envoy_source)
+        config = generate_envoy_config(
+            ports, work_dir, envoy_kind, routes=envoy_routes, settings_path=settings_path
+        )
         name = envoy_name or f"envoy-{envoy_version(envoy_binary)}"
         envoy = EnvoyProcess(envoy_binary, config, log_dir, name=name)
         started.append(envoy.start())

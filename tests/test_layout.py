@@ -1,6 +1,7 @@
 """The architecture rules that keep the layout readable (docs/architecture.md), checked on the
 package's source: module size, which modules may speak Redis, Envoy's protobuf (one adapter
-module per Envoy service: ext_authz and ext_proc), aiohttp, and the settings types."""
+module per Envoy service, ext_authz and ext_proc, and the config generator), aiohttp, and the
+settings types."""
 
 from __future__ import annotations
 
@@ -72,10 +73,31 @@ ENVOY_ADAPTERS = {
 }
 
 
+# A third role, not a run-time adapter: ``extauthz envoy-config`` builds Envoy's bootstrap from
+# the typed config messages (envoy.config.*, envoy.extensions.*, xds.type.matcher) and never
+# sees a request. It must not import the run-time adapters, nor they it.
+ENVOY_CONFIG_GENERATOR = {
+    "extauthz.envoy_config.bootstrap",  # listener, routes, clusters
+    "extauthz.envoy_config.filters",  # the HTTP filters and the access log
+}
+
+
 def test_only_the_envoy_adapters_speak_envoys_protobuf() -> None:
-    assert _importers("envoy") <= ENVOY_ADAPTERS | {"extauthz.server.grpc_server"}
+    allowed = ENVOY_ADAPTERS | ENVOY_CONFIG_GENERATOR | {"extauthz.server.grpc_server"}
+    assert _importers("envoy") <= allowed, sorted(_importers("envoy") - allowed)
+    assert _importers("xds") <= ENVOY_CONFIG_GENERATOR
     # the server registers the generated servicers; every message is built by an adapter
-    assert _importers("envoy") >= ENVOY_ADAPTERS
+    assert _importers("envoy") >= ENVOY_ADAPTERS | ENVOY_CONFIG_GENERATOR
+
+
+def test_the_config_generator_and_the_run_time_adapters_are_apart() -> None:
+    own = {_name(p) for p in (PACKAGE / "envoy_config").glob("*.py")}
+    # only the command line uses the generator ...
+    assert _importers("extauthz.envoy_config") <= own | {"extauthz.cli"}
+    # ... and the generator uses nothing of the run-time pipeline
+    used = {m for p in (PACKAGE / "envoy_config").glob("*.py") for m in _imports(p)}
+    package = {m for m in used if m.startswith("extauthz.") and m not in own}
+    assert package <= {"extauthz.errors", "extauthz.envoy_config"}, sorted(package)
 
 
 def test_the_domain_does_not_know_the_web_framework() -> None:

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from extauthz import tokens
-from tests.support import FRONT_PROXY, ProcessError, RedisServer, Stack, start_stack
+from tests.support import ROUTES, ProcessError, RedisServer, Stack, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -30,24 +29,15 @@ ACCOUNT = "/account/"  # the route that refuses API keys
 
 
 def with_account_route(out: Path) -> Path:
-    """envoy/front-proxy.yaml plus a route for ``/account/`` (before the catch-all) whose
+    """The route table of envoy/front-proxy.yaml plus a route for ``/account/`` (first) whose
     ``context_extensions`` accept login sessions and applications' tokens, not API keys."""
-    doc = yaml.safe_load(FRONT_PROXY.read_text())
-    listener = doc["static_resources"]["listeners"][0]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
-    catch_all = routes[-1]
-    assert catch_all["match"] == {"prefix": "/"}
-    account = json.loads(json.dumps(catch_all))
-    account["match"] = {"prefix": ACCOUNT}
-    per_route = account["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
-    per_route["check_settings"]["context_extensions"] = {
-        "client": "api",
-        "credentials": "session oauth",
-    }
-    routes.insert(len(routes) - 1, account)
+    account = f"""[[routes]]
+prefix = "{ACCOUNT}"
+context_extensions = {{ client = "api", credentials = "session oauth" }}
+
+"""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out.write_text(account + ROUTES["front"].read_text())
     return out
 
 
@@ -60,7 +50,7 @@ def stack(
         envoy_binary,
         work,
         redis_url=redis_server.url,
-        envoy_source=with_account_route(work / "front-proxy-account.yaml"),
+        envoy_routes=with_account_route(work / "front-proxy-account-routes.toml"),
         # its own keys in the shared Redis; every log line written, debug included
         env={"EXTAUTHZ_STORE_KEY_PREFIX": "apikeys-e2e:", "EXTAUTHZ_LOG_LEVEL": "debug"},
     )

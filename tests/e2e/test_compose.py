@@ -64,7 +64,7 @@ def test_repository_files_in_commands_exist() -> None:
             for rel in APP_PATH.findall(str(word)):
                 named += 1
                 assert (REPO_ROOT / rel).exists(), f"{name}: names missing /app/{rel}"
-    assert named >= 4  # the settings, the echo upstream, the renderer, the front proxy
+    assert named >= 4  # the settings, the echo upstream, the route table of the front proxy
 
 
 def test_production_shaped_central_topology() -> None:
@@ -107,11 +107,11 @@ def test_extauthz_settings_load_as_compose_gives_them(service: str) -> None:
 @pytest.mark.e2e
 def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> None:
     command = _words(_services()["envoy-config"])
-    args = [w.replace("/app/", f"{REPO_ROOT}/") for w in command[2:]]
+    assert command[:5] == ["python", "-m", "extauthz", "envoy-config", "front"], command
+    args = [w.replace("/app/", f"{REPO_ROOT}/") for w in command[1:]]
     out = tmp_path / "front-proxy.yaml"
     args[args.index("--out") + 1] = str(out)
-    subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "render_front_proxy.py"), *args],
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run([sys.executable, *args], check=True, capture_output=True, timeout=60)
     result = validate_envoy_config(envoy_binary, out)
     assert result.returncode == 0, result.stderr
     doc = yaml.safe_load(out.read_text())

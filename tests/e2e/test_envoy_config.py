@@ -34,7 +34,7 @@ from tests.support import (
     EnvoyProcess,
     Stack,
     StackPorts,
-    render_front_proxy,
+    generate_envoy_config,
     validate_envoy_config,
 )
 
@@ -72,7 +72,7 @@ def test_validation_rejects_a_broken_config(envoy_binary: str, tmp_path: Path) -
 
 @pytest.mark.e2e
 def test_rendered_front_proxy_validates(envoy_binary: str, tmp_path: Path) -> None:
-    rendered = render_front_proxy(StackPorts.allocate(), tmp_path)
+    rendered = generate_envoy_config(StackPorts.allocate(), tmp_path)
     result = validate_envoy_config(envoy_binary, rendered)
     assert result.returncode == 0, result.stderr
 
@@ -126,7 +126,7 @@ def test_ext_authz_fails_closed_with_503() -> None:
     assert config["transport_api_version"] == "V3"
     assert config["failure_mode_allow"] is False
     assert config["status_on_error"]["code"] in ("ServiceUnavailable", 503)
-    assert config["include_peer_certificate"] is False
+    assert config.get("include_peer_certificate", False) is False  # proto3 default: left out
     assert config["grpc_service"]["envoy_grpc"]["cluster_name"] == "extauthz_grpc"
     timeout = config["grpc_service"]["timeout"]
     assert timeout.endswith("s") and 0 < float(timeout[:-1]) <= 1.0
@@ -194,9 +194,9 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def test_render_changes_only_socket_addresses(tmp_path: Path) -> None:
+def test_the_tests_config_differs_from_the_shipped_one_only_in_ports(tmp_path: Path) -> None:
     ports = StackPorts(listener=18080, admin=19901, grpc=19001, http=19002, upstream=19003)
-    rendered = yaml.safe_load(render_front_proxy(ports, tmp_path).read_text())
+    rendered = yaml.safe_load(generate_envoy_config(ports, tmp_path).read_text())
     changed = _differences(_front(), rendered)
     assert len(changed) == 5
     assert all(p.endswith(".socket_address.port_value") for p in changed), changed
@@ -305,7 +305,7 @@ def front_proxy(
         work, port=ports.upstream, jwks_url=f"http://127.0.0.1:{ports.http}/.well-known/jwks.json",
         issuer="http://issuer.test", audience="upstream",
     )  # fmt: skip
-    envoy = EnvoyProcess(envoy_binary, render_front_proxy(ports, work), work)
+    envoy = EnvoyProcess(envoy_binary, generate_envoy_config(ports, work), work)
     try:
         echo.start()
         envoy.start()

@@ -4,16 +4,15 @@ contract.
 
 "Every" means: each ``envoy.filters.http.ext_authz`` (and ``ext_proc``) filter, wherever it
 sits (any listener, any filter chain), in every config the repository ships (``envoy/*.yaml``,
-``benchmarks/envoy-bench.yaml``) and every config it renders (the tests' and the demo's
-``harness.stack.render_front_proxy`` of the front proxy and the sidecar, the sticky front,
-``deploy/render_front_proxy.py`` for docker-compose, the benchmark's ``render_bench_config``).
+``benchmarks/envoy-bench.yaml``) and every config it generates or renders (``extauthz
+envoy-config`` as the tests and the demo run it for the front proxy, the sidecar and the sticky
+front, and as docker-compose runs it with host names; the benchmark's ``render_bench_config``).
 Structural only: no process is started.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +22,18 @@ import pytest
 import yaml
 
 from benchmarks.scenarios import EnvoyPorts, render_bench_config
+from extauthz.cli import main as extauthz_main
 from extauthz.server.grpc_server import MIN_PING_INTERVAL_MS, SERVER_OPTIONS
-from tests.support import FRONT_PROXY, REPO_ROOT, StackPorts, render_front_proxy
-from tests.support.sticky import SIDECAR, render_sticky_front
+from tests.support import (
+    DEMO_SETTINGS,
+    FRONT_PROXY,
+    REPO_ROOT,
+    ROUTES,
+    SIDECAR,
+    StackPorts,
+    generate_envoy_config,
+)
+from tests.support.sticky import generate_sticky_front
 
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
@@ -40,15 +48,17 @@ SHIPPED = [
 MAX_TIMEOUT_SECONDS = 1.0
 
 
-def _deploy_render() -> Callable[..., dict[str, Any]]:
-    spec = importlib.util.spec_from_file_location(
-        "render_front_proxy", REPO_ROOT / "deploy" / "render_front_proxy.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    render: Callable[..., dict[str, Any]] = module.render
-    return render
+def _compose_front(out: Path) -> Path:
+    """The front proxy as docker-compose.yml generates it: host names, two extauthz nodes."""
+    path = out / "compose-front-proxy.yaml"
+    argv = [
+        "envoy-config", "front", "--config", str(DEMO_SETTINGS), "--routes", str(ROUTES["front"]),
+        "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9901",
+        "--extauthz-grpc", "extauthz-1:9001,extauthz-2:9001", "--extauthz-http", "extauthz-1:9002",
+        "--upstream", "echo:9003", "--out", str(path),
+    ]  # fmt: skip
+    assert extauthz_main(argv) == 0
+    return path
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -61,14 +71,10 @@ def rendered_configs(out: Path) -> dict[str, dict[str, Any]]:
     ports = StackPorts.allocate()
     grpc_ports = {"extauthz_grpc": 50051, "noop_authz_grpc": 50052, "extauthz_nocache_grpc": 50053}
     return {
-        "stack front-proxy": _load(render_front_proxy(ports, out, source=FRONT_PROXY)),
-        "stack sidecar": _load(render_front_proxy(ports, out, source=SIDECAR)),
-        "sticky front": _load(render_sticky_front(18080, 19901, [18081, 18082, 18083], out)),
-        "compose front-proxy": _deploy_render()(
-            FRONT_PROXY, listen="0.0.0.0:8080", admin="0.0.0.0:9901",
-            endpoints={"grpc": ["extauthz-1:9001", "extauthz-2:9001"],
-                       "http": ["extauthz-1:9002"], "upstream": ["echo:9003"]},
-        ),  # fmt: skip
+        "stack front-proxy": _load(generate_envoy_config(ports, out, "front")),
+        "stack sidecar": _load(generate_envoy_config(ports, out, "sidecar")),
+        "sticky front": _load(generate_sticky_front(18080, 19901, [18081, 18082, 18083], out)),
+        "compose front-proxy": _load(_compose_front(out)),
         "bench rendered": _load(
             render_bench_config(out, EnvoyPorts.allocate(), grpc_ports, '{"keys": []}')
         ),

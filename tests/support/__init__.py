@@ -27,15 +27,19 @@ from harness.redis import RedisServer, redis_binary
 from harness.stack import (
     DEMO_SETTINGS,
     FRONT_PROXY,
+    ROUTES,
+    SIDECAR,
     Stack,
     StackPorts,
-    render_front_proxy,
+    generate_envoy_config,
     start_stack,
 )
 
 __all__ = [
     "DEMO_SETTINGS",
     "FRONT_PROXY",
+    "ROUTES",
+    "SIDECAR",
     "LOOPBACK",
     "REPO_ROOT",
     "EchoUpstreamProcess",
@@ -54,7 +58,7 @@ __all__ = [
     "grpc_health_serving",
     "port_accepts",
     "redis_binary",
-    "render_front_proxy",
+    "generate_envoy_config",
     "start_stack",
     "validate_envoy_config",
     "wait_until",

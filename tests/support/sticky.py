@@ -1,54 +1,37 @@
 """The sticky strategy as real processes: N nodes (extauthz with its own in-memory store, the echo
 upstream, a sidecar Envoy running envoy/sidecar.yaml) behind a front Envoy running
-envoy/sticky-front.yaml, every socket address moved to a free port.
+envoy/sticky-front.yaml, both as ``extauthz envoy-config`` generates them on free ports.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from harness import REPO_ROOT
+from extauthz.cli import main as extauthz_main
 from harness.envoy import EnvoyProcess
 from harness.extauthz import ExtauthzProcess, ensure_signing_key
 from harness.ports import LOOPBACK, free_port
-from harness.stack import Stack, set_port, start_stack, write_config
+from harness.stack import DEMO_SETTINGS, Stack, start_stack
 
-SIDECAR = REPO_ROOT / "envoy" / "sidecar.yaml"
-STICKY_FRONT = REPO_ROOT / "envoy" / "sticky-front.yaml"
 NODES_CLUSTER = "nodes"
 
 
-def render_sticky_front(
-    listener: int, admin: int, node_ports: list[int], out_dir: Path, source: Path = STICKY_FRONT
-) -> Path:
-    """envoy/sticky-front.yaml with its listener, admin and node endpoints on the given ports.
+def generate_sticky_front(listener: int, admin: int, node_ports: list[int], out_dir: Path) -> Path:
+    """``extauthz envoy-config sticky`` (as for envoy/sticky-front.yaml) with its listener,
+    admin and node sidecars on the given loopback ports; the path written.
 
-    :raises ValueError: the file does not have one listener and one ``nodes`` cluster, or it
-        lists a different number of nodes than ``node_ports``.
+    :raises ValueError: the command refused its inputs.
     """
-    doc: dict[str, Any] = yaml.safe_load(Path(source).read_text())
-    set_port(doc["admin"]["address"]["socket_address"], admin)
-    listeners = doc["static_resources"]["listeners"]
-    if len(listeners) != 1:
-        raise ValueError(f"{source}: expected one listener, found {len(listeners)}")
-    set_port(listeners[0]["address"]["socket_address"], listener)
-    clusters = doc["static_resources"]["clusters"]
-    if [c["name"] for c in clusters] != [NODES_CLUSTER]:
-        raise ValueError(f"{source}: expected exactly the cluster {NODES_CLUSTER!r}")
-    endpoints = [
-        lb["endpoint"]["address"]["socket_address"]
-        for locality in clusters[0]["load_assignment"]["endpoints"]
-        for lb in locality["lb_endpoints"]
-    ]
-    if len(endpoints) != len(node_ports):
-        raise ValueError(f"{source}: lists {len(endpoints)} nodes, the test runs {len(node_ports)}")
-    for address, port in zip(endpoints, node_ports, strict=True):
-        set_port(address, port)
-    return write_config(doc, Path(out_dir) / f"sticky-front-{listener}.yaml")
+    out = Path(out_dir) / f"sticky-front-{listener}.yaml"
+    argv = [
+        "envoy-config", "sticky", "--config", str(DEMO_SETTINGS),
+        "--listen", f"{LOOPBACK}:{listener}", "--admin", f"{LOOPBACK}:{admin}",
+        "--nodes", ",".join(f"{LOOPBACK}:{port}" for port in node_ports), "--out", str(out),
+    ]  # fmt: skip
+    if extauthz_main(argv) != 0:
+        raise ValueError(f"extauthz {' '.join(argv)} failed")
+    return out
 
 
 @dataclass
@@ -85,7 +68,7 @@ def start_sticky_node(
         "EXTAUTHZ_RATELIMIT_ENABLED": "false",
     }
     stack = start_stack(
-        envoy_binary, work_dir, env=env, keys_dir=keys_dir, envoy_source=SIDECAR,
+        envoy_binary, work_dir, env=env, keys_dir=keys_dir, envoy_kind="sidecar",
         name_prefix=f"{node_id}-", envoy_name=f"{node_id}-sidecar",
     )  # fmt: skip
     return StickyNode(node_id, stack)
@@ -120,7 +103,7 @@ def start_sticky_cluster(envoy_binary: str, work_dir: Path, count: int = 3) -> S
             nodes.append(start_sticky_node(envoy_binary, work_dir, f"node-{i}", keys_dir))
         listener, admin = free_port(), free_port()
         node_ports = [n.stack.ports.listener for n in nodes]
-        config = render_sticky_front(listener, admin, node_ports, work_dir)
+        config = generate_sticky_front(listener, admin, node_ports, work_dir)
         front = EnvoyProcess(envoy_binary, config, work_dir / "logs", name="sticky-front")
         front.start()
     except BaseException:

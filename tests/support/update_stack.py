@@ -21,7 +21,7 @@ from harness.extauthz import ExtauthzProcess, add_user, ensure_signing_key
 from harness.ports import LOOPBACK, free_port
 from harness.process import ManagedProcess
 from harness.redis import RedisServer
-from harness.stack import DEMO_SETTINGS, StackPorts, render_front_proxy
+from harness.stack import DEMO_SETTINGS, StackPorts, generate_envoy_config
 
 ALLOWED_KEYS = "upstream=theme,upstream=cart"
 USER, PASSWORD = "uma", "uma-password-1"
@@ -135,7 +135,7 @@ def start_update_stack(
             ports = StackPorts(
                 free_port(), free_port(), extauthz.grpc_port, extauthz.http_port, upstream.port
             )
-            config = render_front_proxy(ports, work_dir, name=f"front-{i}.yaml")
+            config = generate_envoy_config(ports, work_dir, name=f"front-{i}.yaml")
             envoy = EnvoyProcess(envoy_binary, config, log_dir, name=f"upd{i}-envoy-{version}")
             started.append(envoy.start())
             built.append(Node(extauthz, envoy, ports.listener))
