@@ -12,14 +12,13 @@ from urllib.parse import urlsplit
 
 import pyotp
 import pytest
-import yaml
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.extauthz import add_user
-from harness.stack import FRONT_PROXY, start_stack
+from harness.stack import ROUTES, start_stack
 from tests.support.auth_stack import COOKIE_NAME, USERS, Client
 from tests.support.browser import chromium
 
@@ -30,24 +29,18 @@ BROWSER = {"Accept": "text/html"}
 
 
 def front_proxy_with_a_step_up_route(work_dir: Path) -> Path:
-    """The front proxy, plus ``/admin/`` (before the catch-all) needing ``mfa`` within 300 s."""
-    doc = yaml.safe_load(FRONT_PROXY.read_text())
-    for listener in doc["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for f in chain["filters"]:
-                config = f.get("typed_config", {})
-                for host in config.get("route_config", {}).get("virtual_hosts", []):
-                    catch_all = host["routes"][-1]
-                    assert catch_all["match"] == {"prefix": "/"}
-                    admin = yaml.safe_load(yaml.safe_dump(catch_all))
-                    admin["match"] = {"prefix": "/admin/"}
-                    per_route = admin["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
-                    per_route["check_settings"]["context_extensions"].update(
-                        {"required_amr": "mfa", "max_auth_age": "300"}
-                    )
-                    host["routes"].insert(len(host["routes"]) - 1, admin)
-    out = work_dir / "front-proxy-step-up.yaml"
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    """The front proxy's route table, plus ``/admin/`` (first) needing ``mfa`` within 300 s."""
+    admin = """[[routes]]
+prefix = "/admin/"
+[routes.context_extensions]
+client = "auto"
+same_site = "required"
+required_amr = "mfa"
+max_auth_age = "300"
+
+"""
+    out = work_dir / "front-proxy-step-up-routes.toml"
+    out.write_text(admin + ROUTES["front"].read_text())
     return out
 
 
@@ -60,7 +53,7 @@ def stack(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         add_user(users, name, password, roles, scopes)
     env = {"EXTAUTHZ_USERS_FILE": str(users), "EXTAUTHZ_MFA_FILE": str(work / "factors.json")}
     running = start_stack(envoy_binary, work, env=env,
-                          envoy_source=front_proxy_with_a_step_up_route(work))
+                          envoy_routes=front_proxy_with_a_step_up_route(work))
     try:
         yield Client(running.ports.listener)
     finally:
