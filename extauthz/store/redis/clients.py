@@ -103,7 +103,8 @@ class EpochSentinel(Sentinel):
     of answers includes a Sentinel that took part in the newest one. It never waits for a
     Sentinel that is partitioned away or stopped: that one's connection would hold every
     reconnect for the full socket timeout, longer than a Check's budget (a Check answered
-    ``UNAVAILABLE`` while one Sentinel of three was cut off).
+    ``UNAVAILABLE`` while one Sentinel of three was cut off). The slower answers are left to
+    finish (bounded by the socket timeout), so each Sentinel keeps its one connection.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -111,6 +112,7 @@ class EpochSentinel(Sentinel):
         # does not reach calls through super()
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._inflight: dict[str, asyncio.Future[tuple[str, int]]] = {}
+        self._stragglers: set[asyncio.Future[dict[str, Any] | None]] = set()
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         pending = self._inflight.get(service_name)
@@ -138,13 +140,14 @@ class EpochSentinel(Sentinel):
         majority = len(self.sentinels) // 2 + 1
         pending = {asyncio.ensure_future(ask(s)) for s in self.sentinels}
         states: list[dict[str, Any]] = []
-        try:
-            while pending and len(states) < majority:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                states.extend(state for task in done if (state := task.result()) is not None)
-        finally:
-            for task in pending:  # a straggler's connection is dropped by its cancellation
-                task.cancel()
+        while pending and len(states) < majority:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            states.extend(state for task in done if (state := task.result()) is not None)
+        # stragglers finish on their own, within the Sentinel socket timeout: cancelling one
+        # mid-command would drop its connection, and the next discovery would open it again
+        self._stragglers.update(pending)
+        for task in pending:
+            task.add_done_callback(self._stragglers.discard)
         if not states:
             raise MasterNotFoundError(f"No master found for {service_name!r}")
         newest = max(states, key=lambda s: int(s.get("config-epoch", 0)))
