@@ -81,6 +81,7 @@ def test_only_the_envoy_adapters_speak_envoys_protobuf() -> None:
 def test_the_domain_does_not_know_the_web_framework() -> None:
     allowed = {"extauthz.login.http", "extauthz.server.http_server", "extauthz.server.app"}
     allowed.add("extauthz.login.mfa.http")  # the second-factor pages' adapter, beside login.http
+    allowed.add("extauthz.login.mfa.passkey_http")  # the passkey pages' adapter, beside mfa.http
     assert _importers("aiohttp") <= allowed, sorted(_importers("aiohttp") - allowed)
 
 

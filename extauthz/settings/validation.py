@@ -15,6 +15,7 @@ from extauthz.response.updates import Allowlist
 from extauthz.scopes import validate_scope_tokens
 from extauthz.settings import model
 from extauthz.settings.model import Settings, UserBackend
+from extauthz.settings.passkeys import validate_passkeys
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
@@ -377,3 +378,5 @@ def _validate_mfa(s: Settings) -> None:
         raise SettingsError("mfa.fresh_auth_seconds: expected 60-86400")
     if not 30 <= m.pending_seconds <= 3600:
         raise SettingsError("mfa.pending_seconds: expected 30-3600")
+    validate_passkeys(m)
+
