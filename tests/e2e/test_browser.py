@@ -10,14 +10,11 @@ hold a JWT: neither in a cookie nor in a page.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -25,40 +22,18 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from extauthz import tokens
 from tests.support.auth_stack import COOKIE_NAME, USERS, AuthStack
+from tests.support.browser import chromium
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # a JWS compact serialisation: three base64url parts, the header starting with '{"' (eyJ)
 JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @pytest.fixture
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
-    from tests.conftest import missing
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        missing("Debian's chromium and chromium-driver are not installed (make browser)")
-
-    # Selenium Manager must not try to download a browser or a driver
-    monkeypatch.setenv("SE_OFFLINE", "1")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(20)
-    try:
+    with chromium(tmp_path, monkeypatch) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
 def assert_no_jwt(driver: WebDriver) -> None:

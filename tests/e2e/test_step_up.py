@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyotp
 import pytest
 import yaml
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.extauthz import add_user
 from harness.stack import FRONT_PROXY, start_stack
 from tests.support.auth_stack import COOKIE_NAME, USERS, Client
+from tests.support.browser import chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +55,9 @@ def front_proxy_with_a_step_up_route(work_dir: Path) -> Path:
 def stack(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     work = tmp_path_factory.mktemp("step-up")
     users = work / "users.json"
-    password, roles, scopes = USERS["alice"]
-    add_user(users, "alice", password, roles, scopes)
+    for name in ("alice", "bob"):
+        password, roles, scopes = USERS[name]
+        add_user(users, name, password, roles, scopes)
     env = {"EXTAUTHZ_USERS_FILE": str(users), "EXTAUTHZ_MFA_FILE": str(work / "factors.json")}
     running = start_stack(envoy_binary, work, env=env,
                           envoy_source=front_proxy_with_a_step_up_route(work))
@@ -94,3 +101,61 @@ def test_step_up_through_envoy(stack: Client) -> None:
     claims = allowed.json()["jwt"]["claims"]
     assert allowed.json()["jwt"]["verified"]
     assert claims["amr"] == ["pwd", "otp", "mfa"] and claims["sub"] == "alice"
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    with chromium(tmp_path, monkeypatch) as driver:
+        yield driver
+
+
+def test_a_browser_steps_up_enrols_and_signs_in_with_a_recovery_code(
+    stack: Client, browser: WebDriver
+) -> None:
+    """Plain forms under the strict CSP, in Chromium: the QR code is drawn (inline SVG), the
+    pending login's cookie carries the second step, no script anywhere."""
+    driver, base = browser, f"http://127.0.0.1:{stack.port}"
+    wait = WebDriverWait(driver, 10)
+
+    def path() -> str:
+        parts = urlsplit(driver.current_url)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def sign_in() -> None:
+        wait.until(ec.presence_of_element_located((By.ID, "login")))
+        driver.find_element(By.ID, "username").send_keys("bob")
+        driver.find_element(By.ID, "password").send_keys(USERS["bob"][0])
+        driver.find_element(By.ID, "submit").click()
+
+    driver.get(f"{base}/admin/users")
+    sign_in()
+    wait.until(ec.presence_of_element_located((By.ID, "password-form")))
+    assert path() == "/auth/mfa/step-up?return_to=%2Fadmin%2Fusers"  # the password is not enough
+    driver.find_element(By.ID, "enrol").click()
+    wait.until(ec.presence_of_element_located((By.ID, "qr")))
+    qr = driver.find_element(By.CSS_SELECTOR, "#qr svg")
+    assert qr.size["width"] >= 100 and qr.size["height"] >= 100  # drawn, not blocked
+    assert "<script" not in driver.page_source
+    secret = driver.find_element(By.ID, "secret").text.replace(" ", "")
+    driver.find_element(By.ID, "totp-response").send_keys(pyotp.TOTP(secret).now())
+    driver.find_element(By.ID, "totp-submit").click()
+    wait.until(ec.presence_of_element_located((By.ID, "recovery-codes")))
+    codes = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#recovery-codes li")]
+    assert len(codes) == 10
+
+    driver.get(f"{base}/admin/users")
+    wait.until(ec.presence_of_element_located((By.TAG_NAME, "body")))
+    assert "Signed in as bob" in driver.find_element(By.TAG_NAME, "body").text
+
+    # a new sign-in: the password, then the second step on the pending login's cookie
+    driver.delete_all_cookies()
+    driver.get(f"{base}/admin/users")
+    sign_in()
+    wait.until(ec.presence_of_element_located((By.ID, "recovery-form")))
+    assert path() == "/auth/mfa/verify"
+    assert {c["name"] for c in driver.get_cookies()} == {f"{COOKIE_NAME}-mfa"}
+    driver.find_element(By.ID, "recovery-response").send_keys(codes[0])
+    driver.find_element(By.ID, "recovery-submit").click()
+    wait.until(ec.url_contains("/admin/users"))
+    assert "Signed in as bob" in driver.find_element(By.TAG_NAME, "body").text
+    assert {c["name"] for c in driver.get_cookies()} == {COOKIE_NAME}
