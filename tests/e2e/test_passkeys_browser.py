@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -23,8 +24,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from harness.extauthz import add_user
 from harness.stack import StackPorts, start_stack
-from tests.e2e.test_browser import assert_no_jwt, browser, path_of  # noqa: F401 (fixture)
+from tests.e2e.test_browser import assert_no_jwt, path_of
 from tests.support.auth_stack import COOKIE_NAME, USERS, Client
+from tests.support.browser import chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +46,12 @@ def base_url(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield origin
     finally:
         running.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    with chromium(tmp_path, monkeypatch) as driver:
+        yield driver
 
 
 def session_amr(driver: WebDriver, port: int) -> list[str]:
@@ -74,7 +82,7 @@ def log_out(driver: WebDriver, base: str, wait: WebDriverWait[WebDriver]) -> Non
 
 
 def test_register_a_passkey_then_sign_in_with_it_alone_and_after_the_password(
-    base_url: str, browser: WebDriver  # noqa: F811
+    base_url: str, browser: WebDriver
 ) -> None:
     driver, base = browser, base_url
     port = int(base.rsplit(":", 1)[1])
