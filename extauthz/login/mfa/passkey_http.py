@@ -73,6 +73,7 @@ class PasskeyHandlers:
     def __init__(self, auth: AuthHandlers, passkeys: Passkeys) -> None:
         self.auth, self.passkeys = auth, passkeys
         self.script = _script()
+        auth.passkey_sign_in = SIGN_IN_PATH  # the login page links to it
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -249,6 +249,7 @@ async def test_the_passkey_pages_load_one_script_from_the_service(tmp_path: Path
         assert "navigator.credentials.get" in await script.text()
         login = await h.client.get("/auth/login", headers={"Accept": "text/html"})
         assert "script-src" not in login.headers["Content-Security-Policy"]
+        assert 'href="/auth/passkeys/sign-in?return_to=%2F"' in await login.text()
 
 
 async def test_no_challenge_credential_id_or_key_is_logged(
