@@ -23,7 +23,7 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin, MfaAccount
-from extauthz.login.mfa.challenges import MemoryCeremonies
+from extauthz.login.mfa.challenges import Ceremonies, MemoryCeremonies
 from extauthz.login.mfa.factors import FactorStore
 from extauthz.login.mfa.file_store import FileFactorStore
 from extauthz.login.mfa.http import MfaHandlers
@@ -43,6 +43,7 @@ from extauthz.login.users import FileUserStore, PasswordVerifier
 from extauthz.server.http_server import build_http_app
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
+from extauthz.store.redis.challenges import RedisCeremonies
 from extauthz.store.redis.factors import RedisFactorStore
 from extauthz.store.redis.pending import RedisPendingLogins
 from tests.fixtures.core import FakeClock
@@ -162,7 +163,10 @@ async def mfa_harness(
     auth = AuthHandlers(service, realm="test", clock=clock)
     auth.mount(MfaHandlers(auth, steps, MfaAccount(steps, clock=clock)).routes())
     if rp is not None:
-        passkeys = Passkeys(steps, WebAuthnKind(rp), MemoryCeremonies(clock), clock=clock)
+        ceremonies: Ceremonies = MemoryCeremonies(clock)
+        if redis_client is not None:
+            ceremonies = RedisCeremonies(redis_client, "mfa-test:", clock)
+        passkeys = Passkeys(steps, WebAuthnKind(rp), ceremonies, clock=clock)
         auth.mount(PasskeyHandlers(auth, passkeys).routes())
     generate_key(tmp_path / "keys", "ES256")
     app = build_http_app(KeyRing.from_directory(tmp_path / "keys"), auth)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from extauthz.login.mfa.factors import Factor, FactorRejected
 from extauthz.login.mfa.kinds import Attempt
@@ -19,6 +20,7 @@ from extauthz.login.mfa.steps import VERIFY_PATH
 from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
 from tests.login.mfa.harness import COOKIE, PENDING, Mfa, cookie_of, mfa_harness
 from tests.login.mfa.soft_authenticator import UP, SoftAuthenticator
+from tests.support import RedisServer
 
 RP_ID = "login.example"
 ORIGIN = "https://login.example"
@@ -274,6 +276,29 @@ async def test_no_challenge_credential_id_or_key_is_logged(
     assert "factor enrolled" in logged
     for secret in secrets:
         assert secret not in logged
+
+
+@pytest.mark.e2e
+async def test_passkeys_and_their_challenges_in_redis(
+    tmp_path: Path, redis_process: RedisServer
+) -> None:
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_process.port)
+    await client.flushdb()
+    try:
+        async with mfa_harness(tmp_path, rp=RP, redis_client=client) as h:
+            key = SoftAuthenticator(RP_ID, ORIGIN)
+            assert (await register(h, await h.login("alice"), key))[0] == 200
+            assert await client.hlen("mfa-test:mfa:alice") == 1
+            request = await options(h, "/auth/passkeys/sign-in/options")
+            stored = await client.keys("mfa-test:webauthn:*")
+            assert len(stored) == 1 and request["challenge"].encode() not in stored[0]
+            assert 0 < await client.ttl(stored[0]) <= 120
+            asserted = key.get(request)
+            assert (await h.post("/auth/passkeys/sign-in", {"credential": asserted})).status == 200
+            assert not await client.keys("mfa-test:webauthn:*")  # taken
+            assert (await h.post("/auth/passkeys/sign-in", {"credential": asserted})).status == 400
+    finally:
+        await client.aclose()
 
 
 def test_the_kind_refuses_an_assertion_without_a_challenge() -> None:
