@@ -7,12 +7,14 @@ second step's passkey page; the answer goes to ``/auth/mfa/verify``) and the scr
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from extauthz.check.context import RequestContext
 from extauthz.errors import Denied, StoreUnavailable, Unauthenticated
 from extauthz.login.http import (
     AuthHandlers,
@@ -137,12 +139,19 @@ class PasskeyHandlers:
                                    options=f"{REGISTER_PATH}/options", action=REGISTER_PATH)
         return _html(200, page, pages.PASSKEY_HTML_HEADERS)
 
-    async def registration_options(self, request: web.Request) -> web.Response:
+    async def _options(
+        self, request: web.Request,
+        make: Callable[[RequestContext], Awaitable[dict[str, Any]]], back_to: str,
+    ) -> web.Response:
+        """The JSON options of a ceremony, or what a refusal looks like to a script."""
         try:
-            options = await self.passkeys.registration_options(self.auth.context(request))
+            options = await make(self.auth.context(request))
         except _REFUSALS as exc:
-            return self._failure(False, PASSKEYS_PATH, exc)
+            return self._failure(False, back_to, exc)
         return _json(200, options)
+
+    async def registration_options(self, request: web.Request) -> web.Response:
+        return await self._options(request, self.passkeys.registration_options, PASSKEYS_PATH)
 
     async def register(self, request: web.Request) -> web.Response:
         ctx = self.auth.context(request)
@@ -182,11 +191,7 @@ class PasskeyHandlers:
         return _html(200, page, pages.PASSKEY_HTML_HEADERS)
 
     async def sign_in_options(self, request: web.Request) -> web.Response:
-        try:
-            options = await self.passkeys.sign_in_options(self.auth.context(request))
-        except _REFUSALS as exc:
-            return self._failure(False, SIGN_IN_PATH, exc)
-        return _json(200, options)
+        return await self._options(request, self.passkeys.sign_in_options, SIGN_IN_PATH)
 
     async def sign_in(self, request: web.Request) -> web.Response:
         ctx = self.auth.context(request)
@@ -213,8 +218,4 @@ class PasskeyHandlers:
         return _html(200, page, pages.PASSKEY_HTML_HEADERS)
 
     async def second_step_options(self, request: web.Request) -> web.Response:
-        try:
-            options = await self.passkeys.second_step_options(self.auth.context(request))
-        except _REFUSALS as exc:
-            return self._failure(False, LOGIN_PATH, exc)
-        return _json(200, options)
+        return await self._options(request, self.passkeys.second_step_options, LOGIN_PATH)

@@ -44,6 +44,16 @@ async def register(h: Mfa, token: str, key: SoftAuthenticator, name: str = "lapt
     return done.status, cookie_of(done, COOKIE) or token
 
 
+async def enrolled(h: Mfa, user: str = "alice", **options: Any
+                   ) -> tuple[SoftAuthenticator, str]:
+    """A passkey registered from a new password session of ``user``: the authenticator and
+    the session's token."""
+    key = SoftAuthenticator(RP_ID, ORIGIN, **options)
+    status, token = await register(h, await h.login(user), key)
+    assert status == 200
+    return key, token
+
+
 async def sign_in(h: Mfa, key: SoftAuthenticator, **wrong: Any) -> tuple[int, dict[str, Any]]:
     asserted = key.get(await options(h, "/auth/passkeys/sign-in/options"), **wrong)
     done = await h.post("/auth/passkeys/sign-in", {"credential": asserted, "return_to": "/x"})
@@ -97,9 +107,7 @@ async def test_registration_options_ask_for_a_discoverable_verified_credential(
     tmp_path: Path,
 ) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
-        token = await h.login("alice")
-        key = SoftAuthenticator(RP_ID, ORIGIN)
-        assert (await register(h, token, key))[0] == 200
+        _, token = await enrolled(h)
         token = (await register(h, token, SoftAuthenticator(RP_ID, ORIGIN)))[1]
         created = await options(h, "/auth/passkeys/register/options", session=token)
         selection = created["authenticatorSelection"]
@@ -156,27 +164,20 @@ async def test_a_counter_that_does_not_grow_is_refused_unless_both_are_zero(
     tmp_path: Path,
 ) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
-        token = await h.login("alice")
-        key = SoftAuthenticator(RP_ID, ORIGIN)
-        status, token = await register(h, token, key)
-        assert status == 200 and (await sign_in(h, key))[0] == 200  # counter 1
+        key, _ = await enrolled(h)
+        assert (await sign_in(h, key))[0] == 200  # counter 1
         assert (await sign_in(h, key, counter=1))[0] == 400  # the same
         assert (await sign_in(h, key, counter=0))[0] == 400  # lower
         assert (await sign_in(h, key))[0] == 200  # 2
 
-        no_counter = SoftAuthenticator(RP_ID, ORIGIN, counter_step=0)
-        h.clock.advance(1)
-        token = await h.login("bob")
-        assert (await register(h, token, no_counter))[0] == 200
+        no_counter, _ = await enrolled(h, "bob", counter_step=0)
         for _ in range(2):  # an authenticator without a counter: 0 and 0
             assert (await sign_in(h, no_counter))[0] == 200
 
 
 async def test_an_unknown_credential_or_user_is_refused(tmp_path: Path) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
-        token = await h.login("alice")
-        key = SoftAuthenticator(RP_ID, ORIGIN)
-        assert (await register(h, token, key))[0] == 200
+        key, _ = await enrolled(h)
         stranger = SoftAuthenticator(RP_ID, ORIGIN)
         stranger.user_handle = b"alice"  # claims alice, holds a key never registered
         assert (await sign_in(h, stranger))[0] == 400
@@ -191,8 +192,7 @@ async def test_an_unknown_credential_or_user_is_refused(tmp_path: Path) -> None:
 
 async def test_a_roaming_authenticator_earns_hwk(tmp_path: Path) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
-        key = SoftAuthenticator(RP_ID, ORIGIN, attachment="cross-platform")
-        assert (await register(h, await h.login("alice"), key))[0] == 200
+        key, _ = await enrolled(h, attachment="cross-platform")
         status, body = await sign_in(h, key)
         assert status == 200 and body["amr"] == ["hwk", "mfa"]
 
@@ -201,10 +201,7 @@ async def test_registration_and_removal_need_a_fresh_session_and_revoke_the_othe
     tmp_path: Path,
 ) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
-        token = await h.login("alice")
-        key = SoftAuthenticator(RP_ID, ORIGIN)
-        status, token = await register(h, token, key, name="phone")
-        assert status == 200
+        key, token = await enrolled(h)
         h.clock.advance(601)
         stale = await h.post("/auth/passkeys/register/options", {}, session=token)
         assert stale.status == 401
@@ -286,8 +283,7 @@ async def test_passkeys_and_their_challenges_in_redis(
     await client.flushdb()
     try:
         async with mfa_harness(tmp_path, rp=RP, redis_client=client) as h:
-            key = SoftAuthenticator(RP_ID, ORIGIN)
-            assert (await register(h, await h.login("alice"), key))[0] == 200
+            key, _ = await enrolled(h)
             assert await client.hlen("mfa-test:mfa:alice") == 1
             request = await options(h, "/auth/passkeys/sign-in/options")
             stored = await client.keys("mfa-test:webauthn:*")
