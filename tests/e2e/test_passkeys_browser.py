@@ -1,9 +1,10 @@
 """Passkeys in a real browser through the real stack: headless Chromium with a WebDriver
 virtual authenticator (CTAP2, internal transport, resident keys, user verification) on
 ``http://localhost:<port>`` (a secure context; an IP address cannot be a WebAuthn rp id),
-Envoy, extauthz and the echo upstream. A password sign-in registers a passkey; after logging
-out the passkey alone signs in (``amr`` = ``swk mfa`` in the session and in the JWT the
-upstream received), then the password plus the passkey as second step (``pwd swk mfa``)."""
+Envoy, extauthz and the echo upstream. A password sign-in registers a passkey and steps up
+with it on a route needing ``mfa``; after logging out the passkey alone signs in (``amr`` =
+``swk mfa`` in the session and in the JWT the upstream received), then the password plus the
+passkey as second step (``pwd swk mfa``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from harness.extauthz import add_user
 from harness.stack import StackPorts, start_stack
 from tests.e2e.test_browser import assert_no_jwt, path_of
+from tests.e2e.test_step_up import front_proxy_with_a_step_up_route
 from tests.support.auth_stack import COOKIE_NAME, USERS, Client
 from tests.support.browser import chromium
 
@@ -41,7 +43,8 @@ def base_url(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     origin = f"http://localhost:{ports.listener}"
     env = {"EXTAUTHZ_USERS_FILE": str(users), "EXTAUTHZ_MFA_FILE": str(work / "factors.json"),
            "EXTAUTHZ_MFA_RP_ID": "localhost", "EXTAUTHZ_MFA_ORIGINS": origin}
-    running = start_stack(envoy_binary, work, env=env, ports=ports)
+    running = start_stack(envoy_binary, work, env=env, ports=ports,
+                          envoy_source=front_proxy_with_a_step_up_route(work))
     try:
         yield origin
     finally:
@@ -104,9 +107,18 @@ def test_register_a_passkey_then_sign_in_with_it_alone_and_after_the_password(
     assert len(rows) == 1 and "laptop" in rows[0].text and "swk" in rows[0].text
     credentials = driver.get_credentials()
     assert len(credentials) == 1 and credentials[0].is_resident_credential
+    assert session_amr(driver, port) == ["pwd"]  # registering is no authentication
+
+    # 2. a route that needs mfa: the step-up page, answered with the passkey
+    driver.get(f"{base}/admin/users")
+    wait.until(ec.element_to_be_clickable((By.ID, "webauthn-link"))).click()
+    wait.until(ec.element_to_be_clickable((By.ID, "passkey-button"))).click()
+    wait.until(ec.url_contains("/admin/users"))
+    wait.until(ec.presence_of_element_located((By.TAG_NAME, "strong")))
+    assert session_amr(driver, port) == ["swk", "mfa"]
     log_out(driver, base, wait)
 
-    # 2. the passkey alone
+    # 3. the passkey alone
     driver.get(f"{base}/auth/passkeys/sign-in?return_to=%2Fauth%2Fsession")
     wait.until(ec.element_to_be_clickable((By.ID, "passkey-button"))).click()
     wait.until(ec.presence_of_element_located((By.ID, "user")))
@@ -116,7 +128,7 @@ def test_register_a_passkey_then_sign_in_with_it_alone_and_after_the_password(
     assert_no_jwt(driver)
     log_out(driver, base, wait)
 
-    # 3. the password, then the passkey as the second step
+    # 4. the password, then the passkey as the second step
     driver.get(f"{base}/auth/login?return_to=%2Fauth%2Fsession")
     driver.find_element(By.ID, "username").send_keys("alice")
     driver.find_element(By.ID, "password").send_keys(USERS["alice"][0])

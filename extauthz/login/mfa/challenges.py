@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 CHALLENGE_SECONDS = 120  # the options' timeout is 60 s; a little slack for the round trip
-PURPOSES = ("register", "sign-in")
+PURPOSES = ("register", "sign-in", "step-up")
 
 
 def challenge_key(challenge: str) -> str:
@@ -26,8 +26,8 @@ def challenge_key(challenge: str) -> str:
 @dataclass(frozen=True)
 class Ceremony:
     """``purpose``: ``"register"`` (``sub`` adds a passkey; ``sid`` is the session it came
-    from) or ``"sign-in"`` (``sub`` empty: the user handle tells who); ``expires_at``: Unix
-    seconds."""
+    from), ``"step-up"`` (the session ``sid`` of ``sub`` authenticates again) or
+    ``"sign-in"`` (``sub`` empty: the user handle tells who); ``expires_at``: Unix seconds."""
 
     purpose: str
     sub: str

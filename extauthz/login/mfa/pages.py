@@ -46,12 +46,12 @@ def answer_form(action: str, kind: str, hidden: Mapping[str, str] | None = None)
 
 
 def _passkey_link(action: str, return_to: str) -> str:
-    """The second step: the passkey page of this pending login. Elsewhere (a step-up, which
-    has no WebAuthn challenge of its own): a new sign-in with the passkey, which is fresh."""
+    """The second step: the passkey page of this pending login; a step-up: the passkey
+    step-up page (its own challenge, bound to the session)."""
     if action == VERIFY_PATH:
         return '<p><a id="webauthn-link" href="/auth/passkeys/verify">Use a passkey</a></p>'
-    href = "/auth/passkeys/sign-in?return_to=" + quote(return_to, safe="")
-    link = f'<a id="webauthn-link" href="{html.escape(href)}">Sign in again with a passkey</a>'
+    href = "/auth/passkeys/step-up?return_to=" + quote(return_to, safe="")
+    link = f'<a id="webauthn-link" href="{html.escape(href)}">Use a passkey</a>'
     return f"<p>{link}</p>"
 
 

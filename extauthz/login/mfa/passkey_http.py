@@ -47,6 +47,7 @@ REGISTER_PATH = f"{PASSKEYS_PATH}/register"
 REMOVE_PATH = f"{PASSKEYS_PATH}/remove"
 SIGN_IN_PATH = f"{PASSKEYS_PATH}/sign-in"
 SECOND_STEP_PATH = f"{PASSKEYS_PATH}/verify"
+STEP_UP = f"{PASSKEYS_PATH}/step-up"
 REFUSED = "The passkey was not accepted."
 _UNAVAILABLE = "Please try again shortly."
 _REFUSALS = (StoreUnavailable, Denied, StepUpRequired, PendingGone, PasskeyRefused, NoSuchPasskey)
@@ -87,6 +88,9 @@ class PasskeyHandlers:
             web.get(SIGN_IN_PATH, self.sign_in_page),
             web.post(f"{SIGN_IN_PATH}/options", self.sign_in_options),
             web.post(SIGN_IN_PATH, self.sign_in),
+            web.get(STEP_UP, self.step_up_page),
+            web.post(f"{STEP_UP}/options", self.step_up_options),
+            web.post(STEP_UP, self.step_up),
             web.get(SECOND_STEP_PATH, self.second_step_page),
             web.get(f"{SECOND_STEP_PATH}/options", self.second_step_options),
         ]
@@ -203,6 +207,27 @@ class PasskeyHandlers:
                                 "location": signed_in.return_to}
         response = _json(200, body)
         _add_cookies(response, signed_in.set_cookies)
+        return response
+
+    # -- step-up -----------------------------------------------------------------------------
+
+    async def step_up_page(self, request: web.Request) -> web.Response:
+        return_to = self.auth.service.return_to(request.query.get("return_to", ""))
+        page = pages.step_up_page(f"{STEP_UP}/options", STEP_UP, return_to)
+        return _html(200, page, pages.PASSKEY_HTML_HEADERS)
+
+    async def step_up_options(self, request: web.Request) -> web.Response:
+        return await self._options(request, self.passkeys.step_up_options, STEP_UP)
+
+    async def step_up(self, request: web.Request) -> web.Response:
+        ctx = self.auth.context(request)
+        try:
+            done = await self.passkeys.step_up(ctx, lambda: read_passkey(request))
+        except _REFUSALS as exc:
+            return self._failure(False, STEP_UP, exc)
+        body: dict[str, Any] = {**session_summary(done.session), "location": done.return_to}
+        response = _json(200, body)
+        _add_cookies(response, done.set_cookies)
         return response
 
     # -- the second step ---------------------------------------------------------------------

@@ -78,6 +78,15 @@ def sign_in_page(options: str, action: str, return_to: str) -> str:
     return _page("Sign in with a passkey", body)
 
 
+def step_up_page(options: str, action: str, return_to: str) -> str:
+    """Re-authentication of the current session with a passkey."""
+    body = (
+        "<h1>Confirm it is you</h1><p>This page needs a recent sign-in.</p>"
+        + _ceremony("step-up", options, action, "Use your passkey", return_to=return_to)
+    )
+    return _page("Confirm it is you", body)
+
+
 def second_step_page(options: str, action: str) -> str:
     """The second step of a sign-in, answered with a passkey."""
     body = "<h1>Confirm it is you</h1>" + _ceremony(

@@ -14,13 +14,13 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from extauthz import tokens
 from extauthz.check.context import RequestContext
 from extauthz.errors import Forbidden, Reason, StoreUnavailable, TooManyRequests
-from extauthz.login.mfa.account import StepUpRequired, revoke_others
+from extauthz.login.mfa.account import MfaAccount, Refreshed, StepUpRequired, revoke_others
 from extauthz.login.mfa.challenges import (
     CHALLENGE_SECONDS,
     Ceremonies,
@@ -97,6 +97,7 @@ class Passkeys:
     ) -> None:
         self.steps, self.kind, self.ceremonies = steps, kind, ceremonies
         self.login = steps.login
+        self.account = MfaAccount(steps, clock=clock)
         self._clock = clock
         self.challenge_seconds = challenge_seconds
 
@@ -283,6 +284,51 @@ class Passkeys:
             except FactorRejected:
                 return None
         return None  # an unknown credential
+
+    # -- step-up ---------------------------------------------------------------------------
+
+    async def step_up_options(self, ctx: RequestContext) -> dict[str, Any]:
+        """Request options for a step-up of the caller's session: a challenge bound to it,
+        the user's passkeys in ``allowCredentials``."""
+        self.login.refuse_cross_site(ctx, "passkey step-up")
+        session = (await self._found(ctx, fresh=False)).session
+        mine = [f for f in await self._mine(session.sub) if f.confirmed]
+        challenge = await self._challenge("step-up", session.sub, session.sid)
+        return self.kind.authentication_options(challenge, mine)
+
+    async def step_up(
+        self, ctx: RequestContext, read_form: Callable[[], Awaitable[PasskeyForm]]
+    ) -> Refreshed:
+        """Authenticate the caller's session again with a passkey: its ``amr`` becomes the
+        passkey's value and ``mfa``, ``auth_time`` now, its token rotated (as a step-up with a
+        code, :class:`~extauthz.login.mfa.account.MfaAccount`); ``return_to`` validated.
+
+        :raises PasskeyRefused: does not verify, or the challenge was another session's.
+        :raises TooManyRequests: the user's or the address's budget is spent.
+        """
+        self.login.refuse_cross_site(ctx, "passkey step-up")
+        form = await read_form()
+        found = await self._found(ctx, fresh=False)
+        sub = found.session.sub
+        challenge, ceremony = await self._take(form.credential, "step-up")
+        answer = read_answer(form.credential)
+        if answer is None or ceremony.sub != sub or ceremony.sid != found.session.sid:
+            raise PasskeyRefused("another session's challenge")
+        try:
+            await self._reserve(sub, ctx.peer_address)
+            used = await self._use(sub, form.credential, answer.credential_id, challenge)
+        except STORE_ERRORS:
+            raise StoreUnavailable("factor store unavailable") from None
+        if used is None:
+            log.info("passkey step-up failed user_id=%s addr=%s", tokens.log_id(sub),
+                     ctx.peer_address)
+            raise PasskeyRefused("does not verify")
+        if self.steps.limits:
+            await self.steps.limits.succeeded(sub, ctx.peer_address)
+        amr = amr_with(self.kind.amr_of_factor(used), earlier=())
+        refreshed = await self.account.refresh(found, amr, ctx)
+        log.info("step-up sub=%s sid=%s amr=%s", sub, found.session.sid, " ".join(amr))
+        return replace(refreshed, return_to=self.login.return_to(form.return_to))
 
     async def second_step_options(self, ctx: RequestContext) -> dict[str, Any]:
         """Request options for the pending login's second step: its challenge, the user's

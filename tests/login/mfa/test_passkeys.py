@@ -226,11 +226,42 @@ async def test_registration_and_removal_need_a_fresh_session_and_revoke_the_othe
         assert missing.status == 404
 
 
+async def test_step_up_with_a_passkey_refreshes_this_session(tmp_path: Path) -> None:
+    async with mfa_harness(tmp_path, rp=RP) as h:
+        key, _ = await enrolled(h)
+        other = await passkey_session(h, key)
+        token = await passkey_session(h, key)
+        h.clock.advance(601)
+        page = await h.client.get("/auth/mfa/step-up?return_to=/admin",
+                                  headers=h.headers(session=token, Accept="text/html"))
+        assert 'href="/auth/passkeys/step-up?return_to=%2Fadmin"' in await page.text()
+        # a challenge bound to another session does not step this one up
+        foreign = key.get(await options(h, "/auth/passkeys/step-up/options", session=other))
+        refused = await h.post("/auth/passkeys/step-up", {"credential": foreign},
+                               session=token)
+        assert refused.status == 400
+        asserted = key.get(await options(h, "/auth/passkeys/step-up/options", session=token))
+        done = await h.post("/auth/passkeys/step-up", {"credential": asserted,
+                                                       "return_to": "/admin"}, session=token)
+        assert done.status == 200, await done.text()
+        body = await done.json()
+        assert body["amr"] == ["swk", "mfa"] and body["location"] == "/admin"
+        assert body["auth_time"] == int(h.clock())
+        new = cookie_of(done, COOKIE)
+        assert new and new != token
+        assert (await h.sessions.lookup(new)).auth_time == h.clock()
+        replay = await h.post("/auth/passkeys/step-up", {"credential": asserted}, session=new)
+        assert replay.status == 400
+        # now fresh: registration is allowed again
+        assert (await h.post("/auth/passkeys/register/options", {}, session=new)).status == 200
+
+
 async def test_cross_site_passkey_requests_are_refused(tmp_path: Path) -> None:
     async with mfa_harness(tmp_path, rp=RP) as h:
         evil = {"Origin": "https://evil.example", "Accept": "application/json"}
         for path in ("/auth/passkeys/sign-in/options", "/auth/passkeys/sign-in",
-                     "/auth/passkeys/register/options"):
+                     "/auth/passkeys/register/options", "/auth/passkeys/step-up/options",
+                     "/auth/passkeys/step-up", "/auth/passkeys/remove"):
             refused = await h.client.post(path, json={}, headers=evil)
             assert refused.status == 403, path
 
