@@ -297,11 +297,16 @@ async def test_no_challenge_credential_id_or_key_is_logged(
         asserted = key.get(request)
         assert (await h.post("/auth/passkeys/sign-in", {"credential": asserted})).status == 200
         assert (await h.post("/auth/passkeys/sign-in", {"credential": asserted})).status == 400
+        token = cookie_of(done, COOKIE) or ""
+        step_up = await options(h, "/auth/passkeys/step-up/options", session=token)
+        stepped = await h.post("/auth/passkeys/step-up", {"credential": key.get(step_up)},
+                               session=token)
+        assert stepped.status == 200
         factor = (await h.factors.factors("alice"))[0]
-    secrets = [created_options["challenge"], request["challenge"], key.id,
+    secrets = [created_options["challenge"], request["challenge"], step_up["challenge"], key.id,
                factor.data["public_key"], asserted["response"]["signature"]]
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "factor enrolled" in logged
+    assert "factor enrolled" in logged and "step-up sub=alice" in logged
     for secret in secrets:
         assert secret not in logged
 
