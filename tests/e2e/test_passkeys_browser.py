@@ -102,6 +102,9 @@ def test_register_a_passkey_then_sign_in_with_it_alone_and_after_the_password(
     wait.until(ec.presence_of_element_located((By.ID, "passkey-name"))).send_keys("laptop")
     assert "script-src 'self'" not in driver.page_source  # the policy is a header, not inline
     driver.find_element(By.ID, "passkey-button").click()
+    codes = wait.until(ec.presence_of_element_located((By.ID, "recovery-codes")))
+    assert len(codes.find_elements(By.TAG_NAME, "li")) == 10  # the first factor's, once
+    driver.find_element(By.ID, "continue").click()
     wait.until(ec.url_contains("done=added"))
     rows = driver.find_elements(By.CSS_SELECTOR, "#passkeys tr[data-passkey]")
     assert len(rows) == 1 and "laptop" in rows[0].text and "swk" in rows[0].text

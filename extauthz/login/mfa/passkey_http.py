@@ -166,6 +166,8 @@ class PasskeyHandlers:
         assert changed.factor is not None
         body = {"passkey": passkey_summary(changed.factor), "revoked": changed.revoked,
                 "location": f"{PASSKEYS_PATH}?done=added"}
+        if changed.recovery_codes:
+            body["recovery_codes"] = list(changed.recovery_codes)
         response = _json(200, body)
         _add_cookies(response, changed.set_cookies)
         return response

@@ -64,11 +64,13 @@ class PasskeyForm:
 @dataclass(frozen=True)
 class Changed:
     """A passkey added (``factor``) or removed; ``set_cookies`` carry the session's new
-    token; ``revoked``: the user's other sessions ended."""
+    token; ``revoked``: the user's other sessions ended; ``recovery_codes``: made when the
+    passkey was the user's first factor (shown once), else ``()``."""
 
     set_cookies: tuple[str, ...]
     revoked: int
     factor: Factor | None = None
+    recovery_codes: tuple[str, ...] = ()
 
 
 def passkey_summary(factor: Factor) -> dict[str, Any]:
@@ -172,7 +174,8 @@ class Passkeys:
     async def register(
         self, ctx: RequestContext, read_form: Callable[[], Awaitable[PasskeyForm]]
     ) -> Changed:
-        """Verify a ``navigator.credentials.create()`` answer and store the passkey.
+        """Verify a ``navigator.credentials.create()`` answer and store the passkey; the
+        user's first factor comes with recovery codes, as a TOTP enrolment does.
 
         :raises PasskeyRefused: it does not verify, or the challenge was not this session's.
         :raises StepUpRequired: not fresh.
@@ -194,13 +197,15 @@ class Passkeys:
         if any(f.data.get("credential_id") == factor.data["credential_id"] for f in mine):
             raise PasskeyRefused("registered already")
         try:
+            first = not await self.steps.usable(sub)
             await self.steps.factors.put(sub, factor)
+            codes = await self.steps.new_recovery_codes(sub) if first else ()
         except STORE_ERRORS:
             raise StoreUnavailable("factor store unavailable") from None
         cookies, revoked = await self._changed(found, ctx)
         log.info("factor enrolled sub=%s sid=%s kind=webauthn factor_id=%s revoked_sessions=%d",
                  sub, found.session.sid, factor.id, revoked)
-        return Changed(cookies, revoked, factor)
+        return Changed(cookies, revoked, factor, codes)
 
     async def remove(self, ctx: RequestContext, read_id: Callable[[], Awaitable[str]]) -> Changed:
         """Remove one of the caller's passkeys (same-site, fresh session).

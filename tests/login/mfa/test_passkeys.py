@@ -103,6 +103,25 @@ async def test_register_then_sign_in_alone_and_as_the_second_step(tmp_path: Path
         assert session.amr == ("pwd", "swk", "mfa")
 
 
+async def test_the_first_passkey_comes_with_recovery_codes(tmp_path: Path) -> None:
+    async with mfa_harness(tmp_path, rp=RP) as h:
+        token = await h.login("alice")
+        key = SoftAuthenticator(RP_ID, ORIGIN)
+        created = key.create(await options(h, "/auth/passkeys/register/options", session=token))
+        first = await h.post("/auth/passkeys/register", {"credential": created}, session=token)
+        codes = (await first.json())["recovery_codes"]
+        assert len(codes) == 10
+        token = cookie_of(first, COOKIE) or ""
+        second = SoftAuthenticator(RP_ID, ORIGIN).create(
+            await options(h, "/auth/passkeys/register/options", session=token))
+        again = await h.post("/auth/passkeys/register", {"credential": second}, session=token)
+        assert again.status == 200 and "recovery_codes" not in await again.json()
+        pending = cookie_of(await h.password("alice"), PENDING)
+        used = await h.post(VERIFY_PATH, {"kind": "recovery", "response": codes[0]},
+                            pending=pending)
+        assert used.status == 200 and (await used.json())["amr"] == ["pwd", "otp", "mfa"]
+
+
 async def test_registration_options_ask_for_a_discoverable_verified_credential(
     tmp_path: Path,
 ) -> None:
@@ -320,7 +339,7 @@ async def test_passkeys_and_their_challenges_in_redis(
     try:
         async with mfa_harness(tmp_path, rp=RP, redis_client=client) as h:
             key, _ = await enrolled(h)
-            assert await client.hlen("mfa-test:mfa:alice") == 1
+            assert await client.hlen("mfa-test:mfa:alice") == 2  # the passkey, recovery codes
             request = await options(h, "/auth/passkeys/sign-in/options")
             stored = await client.keys("mfa-test:webauthn:*")
             assert len(stored) == 1 and request["challenge"].encode() not in stored[0]

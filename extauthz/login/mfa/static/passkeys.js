@@ -115,6 +115,31 @@
     return [await call("POST", root.dataset.action, body), returnTo];
   }
 
+  // recovery codes made with a first factor: shown once, in place of the button
+  function showCodes(codes, next) {
+    const heading = document.createElement("h2");
+    heading.textContent = "Recovery codes";
+    const intro = document.createElement("p");
+    intro.textContent = "Keep these codes somewhere safe. Each works once, when you do not "
+      + "have your passkey. They are not shown again.";
+    const list = document.createElement("ul");
+    list.id = "recovery-codes";
+    codes.forEach(function (code) {
+      const item = document.createElement("li");
+      const text = document.createElement("code");
+      text.textContent = code;
+      item.appendChild(text);
+      list.appendChild(item);
+    });
+    const link = document.createElement("a");
+    link.id = "continue";
+    link.href = next;
+    link.textContent = "Continue";
+    const paragraph = document.createElement("p");
+    paragraph.appendChild(link);
+    root.replaceChildren(heading, intro, list, paragraph);
+  }
+
   async function run() {
     show("");
     button.disabled = true;
@@ -124,6 +149,10 @@
         return;
       }
       const result = done[0];
+      if (result.ok && result.data.recovery_codes) {
+        showCodes(result.data.recovery_codes, result.data.location || done[1]);
+        return;
+      }
       if (result.ok) {
         window.location.assign(result.data.location || done[1]);
         return;
