@@ -30,7 +30,7 @@ from extauthz.login.http import (
     _wants_html,
 )
 from extauthz.login.mfa import passkey_pages as pages
-from extauthz.login.mfa.account import STEP_UP_PATH, StepUpRequired
+from extauthz.login.mfa.account import STEP_UP_PATH, Refreshed, StepUpRequired
 from extauthz.login.mfa.passkeys import (
     PASSKEYS_PATH,
     NoSuchPasskey,
@@ -41,7 +41,7 @@ from extauthz.login.mfa.passkeys import (
     passkey_summary,
 )
 from extauthz.login.mfa.steps import VERIFY_PATH, PendingGone
-from extauthz.login.service import LOGIN_PATH, session_summary
+from extauthz.login.service import LOGIN_PATH, SignedIn, session_summary
 
 REGISTER_PATH = f"{PASSKEYS_PATH}/register"
 REMOVE_PATH = f"{PASSKEYS_PATH}/remove"
@@ -50,6 +50,7 @@ SECOND_STEP_PATH = f"{PASSKEYS_PATH}/verify"
 STEP_UP = f"{PASSKEYS_PATH}/step-up"
 REFUSED = "The passkey was not accepted."
 _UNAVAILABLE = "Please try again shortly."
+_ReadForm = Callable[[], Awaitable[PasskeyForm]]
 _REFUSALS = (StoreUnavailable, Denied, StepUpRequired, PendingGone, PasskeyRefused, NoSuchPasskey)
 
 
@@ -191,46 +192,47 @@ class PasskeyHandlers:
 
     # -- sign-in -----------------------------------------------------------------------------
 
-    async def sign_in_page(self, request: web.Request) -> web.Response:
+    def _page(self, request: web.Request, build: Callable[[str, str, str], str],
+              path: str) -> web.Response:
+        """A ceremony page whose options are at ``<path>/options`` and answer at ``path``."""
         return_to = self.auth.service.return_to(request.query.get("return_to", ""))
-        page = pages.sign_in_page(f"{SIGN_IN_PATH}/options", SIGN_IN_PATH, return_to)
-        return _html(200, page, pages.PASSKEY_HTML_HEADERS)
+        return _html(200, build(f"{path}/options", path, return_to), pages.PASSKEY_HTML_HEADERS)
+
+    async def sign_in_page(self, request: web.Request) -> web.Response:
+        return self._page(request, pages.sign_in_page, SIGN_IN_PATH)
 
     async def sign_in_options(self, request: web.Request) -> web.Response:
         return await self._options(request, self.passkeys.sign_in_options, SIGN_IN_PATH)
 
     async def sign_in(self, request: web.Request) -> web.Response:
-        ctx = self.auth.context(request)
+        return await self._authenticated(request, self.passkeys.sign_in, SIGN_IN_PATH)
+
+    async def _authenticated(
+        self, request: web.Request, call: Callable[[RequestContext, _ReadForm],
+                                                   Awaitable[SignedIn | Refreshed]],
+        back_to: str,
+    ) -> web.Response:
+        """A sign-in or step-up with a passkey: the session's summary, ``location`` (its
+        ``return_to``) and the cookie with its token; or the refusal."""
         try:
-            signed_in = await self.passkeys.sign_in(ctx, lambda: read_passkey(request))
+            done = await call(self.auth.context(request), lambda: read_passkey(request))
         except _REFUSALS as exc:
-            return self._failure(False, SIGN_IN_PATH, exc)
-        body: dict[str, Any] = {**session_summary(signed_in.session),
-                                "location": signed_in.return_to}
+            return self._failure(False, back_to, exc)
+        body: dict[str, Any] = {**session_summary(done.session), "location": done.return_to}
         response = _json(200, body)
-        _add_cookies(response, signed_in.set_cookies)
+        _add_cookies(response, done.set_cookies)
         return response
 
     # -- step-up -----------------------------------------------------------------------------
 
     async def step_up_page(self, request: web.Request) -> web.Response:
-        return_to = self.auth.service.return_to(request.query.get("return_to", ""))
-        page = pages.step_up_page(f"{STEP_UP}/options", STEP_UP, return_to)
-        return _html(200, page, pages.PASSKEY_HTML_HEADERS)
+        return self._page(request, pages.step_up_page, STEP_UP)
 
     async def step_up_options(self, request: web.Request) -> web.Response:
         return await self._options(request, self.passkeys.step_up_options, STEP_UP)
 
     async def step_up(self, request: web.Request) -> web.Response:
-        ctx = self.auth.context(request)
-        try:
-            done = await self.passkeys.step_up(ctx, lambda: read_passkey(request))
-        except _REFUSALS as exc:
-            return self._failure(False, STEP_UP, exc)
-        body: dict[str, Any] = {**session_summary(done.session), "location": done.return_to}
-        response = _json(200, body)
-        _add_cookies(response, done.set_cookies)
-        return response
+        return await self._authenticated(request, self.passkeys.step_up, STEP_UP)
 
     # -- the second step ---------------------------------------------------------------------
 
