@@ -102,10 +102,10 @@ def test_the_config_generator_and_the_run_time_adapters_are_apart() -> None:
 
 def test_the_domain_does_not_know_the_web_framework() -> None:
     # extauthz.oauth.http: the OAuth 2.0 authorization server's aiohttp adapter;
-    # extauthz.login.mfa.http: the second-factor pages' adapter, beside login.http
+    # extauthz.login.mfa.http, .passkey_http: the second-factor and passkey pages' adapters
     allowed = {
-        "extauthz.login.http", "extauthz.login.mfa.http", "extauthz.oauth.http",
-        "extauthz.server.http_server", "extauthz.server.app",
+        "extauthz.login.http", "extauthz.login.mfa.http", "extauthz.login.mfa.passkey_http",
+        "extauthz.oauth.http", "extauthz.server.http_server", "extauthz.server.app",
     }
     assert _importers("aiohttp") <= allowed, sorted(_importers("aiohttp") - allowed)
 

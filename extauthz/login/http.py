@@ -214,6 +214,7 @@ class AuthHandlers:
             ipaddress.ip_network(p, strict=False) for p in trusted_proxies
         )
         self._extra_routes: list[web.RouteDef] = []
+        self.passkey_sign_in = ""  # the passkey sign-in page, when passkeys are on
 
     def mount(self, routes: Iterable[web.RouteDef]) -> None:
         """Serve ``routes`` beside these (the second-factor pages)."""
@@ -252,10 +253,11 @@ class AuthHandlers:
 
     async def login_page(self, request: web.Request) -> web.Response:
         notice = "You are signed out." if _flag(request.query.get("logged_out", "")) else ""
+        return_to = self.service.return_to(request.query.get("return_to", ""))
+        passkey = self.passkey_sign_in
         page = pages.login_page(
-            action=LOGIN_PATH,
-            return_to=self.service.return_to(request.query.get("return_to", "")),
-            notice=notice,
+            action=LOGIN_PATH, return_to=return_to, notice=notice,
+            passkey_href=f"{passkey}?return_to={quote(return_to, safe='')}" if passkey else "",
         )
         return _html(200, page)
 

@@ -48,8 +48,10 @@ def login_page(
     username: str = "",
     error: str = "",
     notice: str = "",
+    passkey_href: str = "",
 ) -> str:
-    """The login form; it posts ``username``, ``password`` and ``return_to`` to ``action``."""
+    """The login form; it posts ``username``, ``password`` and ``return_to`` to ``action``.
+    ``passkey_href``: the page that signs in with a passkey instead (none: no link)."""
     e = html.escape
     parts = ["<h1>Sign in</h1>"]
     if notice:
@@ -68,6 +70,9 @@ def login_page(
         '<button type="submit" id="submit">Sign in</button>'
         "</form>"
     )
+    if passkey_href:
+        parts.append(f'<p><a id="passkey-sign-in" href="{e(passkey_href)}">Sign in with a '
+                     "passkey</a></p>")
     return _page("Sign in", "".join(parts))
 
 

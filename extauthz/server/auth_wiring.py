@@ -10,14 +10,21 @@ from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin, MfaAccount
 from extauthz.login.mfa.http import MfaHandlers
-from extauthz.login.mfa.kinds import FactorKinds
+from extauthz.login.mfa.kinds import FactorKind, FactorKinds
+from extauthz.login.mfa.passkey_http import PasskeyHandlers
+from extauthz.login.mfa.passkeys import Passkeys
 from extauthz.login.mfa.policy import MfaPolicy
 from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.mfa.sealing import SecretBox, load_key
 from extauthz.login.mfa.steps import SecondSteps
 from extauthz.login.mfa.totp import TotpKind
+from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
 from extauthz.login.users import PasswordVerifier
-from extauthz.server.store_wiring import build_factor_store, build_pending_logins
+from extauthz.server.store_wiring import (
+    build_ceremonies,
+    build_factor_store,
+    build_pending_logins,
+)
 from extauthz.settings import Settings
 from extauthz.store.redis.clients import Redis
 
@@ -47,6 +54,10 @@ def build_second_factors(
         raise SettingsError(f"mfa.secret_key_file: {exc}") from None
     totp = TotpKind(box, issuer=m.issuer)
     recovery = RecoveryKind()
+    kinds: list[FactorKind] = [totp, recovery]
+    passkey = WebAuthnKind(RelyingParty(m.rp_id, m.rp_name, m.origins)) if m.rp_id else None
+    if passkey is not None:
+        kinds.append(passkey)
     factors = build_factor_store(settings, client)
     service = auth.service
     c = settings.session
@@ -55,7 +66,7 @@ def build_second_factors(
         verifier,
         factors,
         build_pending_logins(settings, client),
-        kinds=FactorKinds([totp, recovery]),
+        kinds=FactorKinds(kinds),
         totp=totp,
         recovery=recovery,
         policy=MfaPolicy(str(m.mode), frozenset(m.required_roles), m.fresh_auth_seconds),
@@ -65,4 +76,7 @@ def build_second_factors(
     )
     service.gate = steps
     auth.mount(MfaHandlers(auth, steps, MfaAccount(steps)).routes())
+    if passkey is not None:  # mfa.rp_id set: passkeys (docs/authentication.md, 'Passkeys')
+        passkeys = Passkeys(steps, passkey, build_ceremonies(settings, client))
+        auth.mount(PasskeyHandlers(auth, passkeys).routes())
     return FactorAdmin(factors, service.sessions.store)

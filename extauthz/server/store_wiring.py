@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from extauthz import __version__
+from extauthz.login.mfa.challenges import Ceremonies, MemoryCeremonies
 from extauthz.login.mfa.factors import FactorStore
 from extauthz.login.mfa.file_store import FileFactorStore
 from extauthz.login.mfa.pending import MemoryPendingLogins, PendingLogins
@@ -26,6 +27,7 @@ from extauthz.settings import Settings, StoreSettings, UserBackend
 from extauthz.store.cache import CachingSessionStore
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import SessionStore
+from extauthz.store.redis.challenges import RedisCeremonies
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.clients import (
     Redis,
@@ -194,6 +196,13 @@ def build_pending_logins(settings: Settings, client: Redis | None) -> PendingLog
     if client is None:
         return MemoryPendingLogins()
     return RedisPendingLogins(client, settings.store.key_prefix)
+
+
+def build_ceremonies(settings: Settings, client: Redis | None) -> Ceremonies:
+    """Passkey challenges beside the pending logins: ``client``'s Redis, or this process."""
+    if client is None:
+        return MemoryCeremonies()
+    return RedisCeremonies(client, settings.store.key_prefix)
 
 
 def build_client_store(settings: Settings, client: Redis | None) -> ClientStore:

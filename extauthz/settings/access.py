@@ -13,6 +13,7 @@ from extauthz.scopes import validate_scope_tokens
 from extauthz.settings import model
 from extauthz.settings.headers import HEADER_NAME, RESERVED_HEADERS, RESERVED_PREFIXES
 from extauthz.settings.model import Settings, UserBackend
+from extauthz.settings.passkeys import validate_passkeys
 from extauthz.strategies import StoreBackend
 
 
@@ -96,3 +97,4 @@ def _validate_mfa(s: Settings) -> None:
         raise SettingsError("mfa.fresh_auth_seconds: expected 60-86400")
     if not 30 <= m.pending_seconds <= 3600:
         raise SettingsError("mfa.pending_seconds: expected 30-3600")
+    validate_passkeys(m)

@@ -311,7 +311,10 @@ class MfaSettings:
     (AES-256-GCM); empty: secrets are stored unsealed, protected like the user file.
     ``issuer``: the name authenticator apps show. ``fresh_auth_seconds``: how recent the
     latest authentication must be to enrol. ``pending_seconds``: how long a sign-in waits
-    for its second step.
+    for its second step. Passkeys (WebAuthn) are offered when ``rp_id`` is set: the relying
+    party id (the site's domain, e.g. ``example.com``), ``rp_name`` (what the authenticator
+    shows) and ``origins`` (every origin the pages are served on, e.g.
+    ``https://login.example.com``; compared exactly with the browser's clientDataJSON).
     """
 
     mode: MfaMode = MfaMode.OPTIONAL
@@ -321,6 +324,9 @@ class MfaSettings:
     issuer: str = "extauthz"
     fresh_auth_seconds: int = 600
     pending_seconds: int = 300
+    rp_id: str = ""
+    rp_name: str = "extauthz"
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(wheel: Path) -> None:
         "extauthz/check/authorizer.py",
         "extauthz/store/redis/store.py",
         "extauthz/py.typed",
+        "extauthz/login/mfa/static/passkeys.js",  # served by the passkey pages
     ):
         assert needed in names, f"{needed} is missing from the wheel"
 

@@ -239,6 +239,11 @@ class MfaAccount:
             log.warning("second factor throttled user_id=%s addr=%s", tokens.log_id(sub), address)
             raise TooManyRequests(wait, THROTTLED)
 
+    async def refresh(self, found: Found, amr: tuple[str, ...], ctx: RequestContext) -> Refreshed:
+        """A step-up made elsewhere (a passkey's, :mod:`extauthz.login.mfa.passkeys`):
+        :meth:`_refresh`."""
+        return await self._refresh(found, amr, ctx)
+
     async def _refresh(self, found: Found, amr: tuple[str, ...], ctx: RequestContext) -> Refreshed:
         """Record ``amr`` and ``auth_time`` = now on the session, then rotate its token (the
         old one lives for the rotation grace).

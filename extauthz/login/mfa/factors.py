@@ -1,7 +1,7 @@
 """Factor records, the store protocol every factor store satisfies, and the in-memory store.
 
 A user has zero or more :class:`Factor` records, each of one *kind* (``"totp"``,
-``"recovery"``; later ``"webauthn"``) whose rules live in a
+``"recovery"``, ``"webauthn"``) whose rules live in a
 :class:`~extauthz.login.mfa.kinds.FactorKind`. A record's ``data`` is the kind's own JSON
 object (a sealed TOTP secret and the last time-step used; recovery-code hashes; a passkey's
 credential id, public key and sign count): stores keep it opaque.

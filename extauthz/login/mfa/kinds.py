@@ -49,6 +49,15 @@ class FactorKind(Protocol):
         """
 
 
+def amr_of(kind: FactorKind, factor: Factor) -> tuple[str, ...]:
+    """What a use of ``factor`` earns: ``kind.amr``, or the factor's own values when the kind
+    tells them apart (``amr_of_factor``; passkeys: ``hwk`` or ``swk`` by attachment)."""
+    per_factor = getattr(kind, "amr_of_factor", None)
+    if callable(per_factor):
+        return tuple(str(value) for value in per_factor(factor))
+    return kind.amr
+
+
 class FactorKinds:
     """The registry: kinds by name, in the order the second-step page offers them."""
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
-from extauthz.login.mfa.steps import EnrolmentView
+from extauthz.login.mfa.steps import VERIFY_PATH, EnrolmentView
 from extauthz.login.pages import _page, _when
 
 _LABELS = {
@@ -27,6 +28,8 @@ def answer_form(action: str, kind: str, hidden: Mapping[str, str] | None = None)
     """A form posting ``kind`` and ``response`` (plus ``hidden`` fields) to ``action``; the
     input's id is ``<kind>-response``, the button's ``<kind>-submit``."""
     e = html.escape
+    if kind == "webauthn":  # the ceremony runs on a passkey page of its own (script)
+        return _passkey_link(action, (hidden or {}).get("return_to", ""))
     label, autocomplete, mode = _LABELS.get(kind, (kind, "off", "text"))
     fields = "".join(
         f'<input type="hidden" name="{e(k)}" value="{e(v)}">' for k, v in (hidden or {}).items()
@@ -40,6 +43,16 @@ def answer_form(action: str, kind: str, hidden: Mapping[str, str] | None = None)
         f'autocomplete="{autocomplete}" inputmode="{mode}">'
         f'<button type="submit" id="{e(kind)}-submit">Continue</button></form>'
     )
+
+
+def _passkey_link(action: str, return_to: str) -> str:
+    """The second step: the passkey page of this pending login; a step-up: the passkey
+    step-up page (its own challenge, bound to the session)."""
+    if action == VERIFY_PATH:
+        return '<p><a id="webauthn-link" href="/auth/passkeys/verify">Use a passkey</a></p>'
+    href = "/auth/passkeys/step-up?return_to=" + quote(return_to, safe="")
+    link = f'<a id="webauthn-link" href="{html.escape(href)}">Use a passkey</a>'
+    return f"<p>{link}</p>"
 
 
 def verify_page(action: str, kinds: Sequence[str], *, error: str = "") -> str:
@@ -115,6 +128,7 @@ def overview_page(summary: Mapping[str, Any], *, enrol_href: str, step_up_href: 
     links = f'<p><a id="step-up" href="{e(step_up_href)}">Confirm it is you again</a></p>'
     if not summary["has_totp"]:
         links += f'<p><a id="enrol" href="{e(enrol_href)}">Set up an authenticator app</a></p>'
+    links += '<p><a id="passkeys" href="/auth/passkeys">Passkeys</a></p>'
     required = "<p>Your account requires a second factor.</p>" if summary["required"] else ""
     body = f"<h1>Second factors</h1>{required}{table}{links}"
     return _page("Second factors", body, wide=True)

@@ -20,7 +20,7 @@ from extauthz.errors import StoreUnavailable, TooManyRequests
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.factors import FACTOR_STORE_ERRORS, Factor, FactorRejected, FactorStore
-from extauthz.login.mfa.kinds import Attempt, FactorKinds
+from extauthz.login.mfa.kinds import Attempt, FactorKinds, amr_of
 from extauthz.login.mfa.pending import PENDING_SECONDS, PendingLogin, PendingLogins
 from extauthz.login.mfa.policy import MfaPolicy, amr_with
 from extauthz.login.mfa.recovery import RecoveryKind
@@ -183,6 +183,12 @@ class SecondSteps:
             raise PendingGone()
         return key, record
 
+    async def pending_login(self, ctx: RequestContext) -> PendingLogin:
+        """The request's live pending login (a passkey signs its ``challenge``).
+
+        :raises PendingGone: none."""
+        return (await self._pending(ctx))[1]
+
     async def _view(self, record: PendingLogin) -> StepView:
         if record.purpose == "enrol":
             view = await self.enrolment_view(record.sub, record.factor_id)
@@ -252,7 +258,7 @@ class SecondSteps:
             revoked = await self.login.sessions.store.revoke_subject(user.name)
             log.info("factor enrolled sub=%s kind=totp revoked_sessions=%d", user.name, revoked)
         kind = self.kinds.get(used.kind)
-        amr = amr_with(kind.amr if kind is not None else ())
+        amr = amr_with(amr_of(kind, used) if kind is not None else ())
         signed_in = await self.login.start_session(ctx, user, amr, record.return_to)
         if self.limits:
             await self.limits.succeeded(record.sub, address)

@@ -23,22 +23,27 @@ from extauthz.login.cookies import SessionCookie
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin, MfaAccount
+from extauthz.login.mfa.challenges import Ceremonies, MemoryCeremonies
 from extauthz.login.mfa.factors import FactorStore
 from extauthz.login.mfa.file_store import FileFactorStore
 from extauthz.login.mfa.http import MfaHandlers
-from extauthz.login.mfa.kinds import FactorKinds
+from extauthz.login.mfa.kinds import FactorKind, FactorKinds
+from extauthz.login.mfa.passkey_http import PasskeyHandlers
+from extauthz.login.mfa.passkeys import Passkeys
 from extauthz.login.mfa.pending import MemoryPendingLogins, PendingLogins
 from extauthz.login.mfa.policy import MfaPolicy
 from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.mfa.sealing import SecretBox
 from extauthz.login.mfa.steps import SecondSteps
 from extauthz.login.mfa.totp import TotpKind
+from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
 from extauthz.login.ratelimit import MemoryRateLimiter
 from extauthz.login.service import LoginService
 from extauthz.login.users import FileUserStore, PasswordVerifier
 from extauthz.server.http_server import build_http_app
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
+from extauthz.store.redis.challenges import RedisCeremonies
 from extauthz.store.redis.factors import RedisFactorStore
 from extauthz.store.redis.pending import RedisPendingLogins
 from tests.fixtures.core import FakeClock
@@ -122,9 +127,11 @@ class Mfa:
 async def mfa_harness(
     tmp_path: Path, *, mode: str = "optional", required_roles: frozenset[str] = frozenset(),
     user_limit: int = 5, addr_limit: int = 50, redis_client: redis.asyncio.Redis | None = None,
+    rp: RelyingParty | None = None,
 ) -> AsyncIterator[Mfa]:
     """With ``redis_client``: factors and pending logins in that Redis (as with
-    ``users.backend = "redis"`` and a Redis session store), else a factor file and memory."""
+    ``users.backend = "redis"`` and a Redis session store), else a factor file and memory.
+    With ``rp``: passkeys too (the ``webauthn`` kind and the ``/auth/passkeys`` routes)."""
     clock = FakeClock(START)
     users = FileUserStore(tmp_path / "users.json")
     hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
@@ -138,6 +145,9 @@ async def mfa_harness(
     resolver = SessionResolver(sessions, SessionCookie(COOKIE, secure=False))
     service = LoginService(resolver, verifier, limits=limits)
     totp, recovery = TotpKind(SecretBox(bytes(32))), RecoveryKind()
+    kinds: list[FactorKind] = [totp, recovery]
+    if rp is not None:
+        kinds.append(WebAuthnKind(rp))
     factors: FactorStore = FileFactorStore(tmp_path / "factors.json")
     pending: PendingLogins = MemoryPendingLogins(clock)
     if redis_client is not None:
@@ -145,13 +155,19 @@ async def mfa_harness(
         pending = RedisPendingLogins(redis_client, "mfa-test:", clock)
     steps = SecondSteps(
         service, verifier, factors, pending,
-        kinds=FactorKinds([totp, recovery]), totp=totp, recovery=recovery,
+        kinds=FactorKinds(kinds), totp=totp, recovery=recovery,
         policy=MfaPolicy(mode, required_roles), pending_cookie=SessionCookie(PENDING, secure=False),
         limits=limits.for_second_factors(), clock=clock,
     )
     service.gate = steps
     auth = AuthHandlers(service, realm="test", clock=clock)
     auth.mount(MfaHandlers(auth, steps, MfaAccount(steps, clock=clock)).routes())
+    if rp is not None:
+        ceremonies: Ceremonies = MemoryCeremonies(clock)
+        if redis_client is not None:
+            ceremonies = RedisCeremonies(redis_client, "mfa-test:", clock)
+        passkeys = Passkeys(steps, WebAuthnKind(rp), ceremonies, clock=clock)
+        auth.mount(PasskeyHandlers(auth, passkeys).routes())
     generate_key(tmp_path / "keys", "ES256")
     app = build_http_app(KeyRing.from_directory(tmp_path / "keys"), auth)
     client = TestClient(TestServer(app), cookie_jar=aiohttp.DummyCookieJar())
