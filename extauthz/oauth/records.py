@@ -19,11 +19,26 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, Self, cast
+
+
+class _JsonRecord:
+    """A record of flat JSON fields (a frozen dataclass): ``to_json`` and ``from_json``."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(cast(Any, self)), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        """:raises ValueError: not such a record."""
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed {cls.__name__}: {exc.__class__.__name__}") from None
 
 
 @dataclass(frozen=True)
-class CodeRecord:
+class CodeRecord(_JsonRecord):
     """An authorization code (RFC 6749 §4.1.2), bound to ``client_id``, ``redirect_uri`` and
     the PKCE ``code_challenge`` (RFC 7636 §4.4, always ``S256``). ``scope``: the granted
     scope (space-separated); ``family``: the family its tokens will join. Times: Unix s."""
@@ -36,20 +51,9 @@ class CodeRecord:
     family: str
     expires_at: float
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> CodeRecord:
-        """:raises ValueError: not such a record."""
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"malformed code record: {exc}") from None
-
 
 @dataclass(frozen=True)
-class RefreshRecord:
+class RefreshRecord(_JsonRecord):
     """A refresh token (RFC 6749 §1.5) of ``family``: usable once (rotation), the family
     ends at ``family_expires_at`` (absolute, Unix s) whatever the rotations."""
 
@@ -58,17 +62,6 @@ class RefreshRecord:
     scope: str
     family: str
     family_expires_at: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> RefreshRecord:
-        """:raises ValueError: not such a record."""
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"malformed refresh record: {exc}") from None
 
 
 @dataclass(frozen=True)
