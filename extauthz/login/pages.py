@@ -6,20 +6,36 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-# no script, no plugin, no framing; forms may post only to this origin
-HTML_HEADERS: Mapping[str, str] = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+
+def html_headers(*, script: bool = False, form_targets: Iterable[str] = ()) -> dict[str, str]:
+    """The headers of every page the service renders: a Content-Security-Policy allowing no
+    script (``script``: the service's own scripts and requests to this origin, for the pages
+    that need them), no plugin and no framing (``frame-ancestors 'none'``, ``X-Frame-Options:
+    DENY``); forms post only to this origin, plus ``form_targets`` (origins a form's answer
+    redirects to: browsers hold those redirects to ``form-action`` too, CSP Level 3)."""
+    directives = ["default-src 'none'"]
+    if script:
+        directives += ["script-src 'self'", "connect-src 'self'"]
+    directives += [
+        "style-src 'unsafe-inline'",
+        " ".join(["form-action 'self'", *form_targets]),
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+    return {
+        "Content-Security-Policy": "; ".join(directives),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+
+
+HTML_HEADERS: Mapping[str, str] = html_headers()
+"""The login pages' headers: no script at all."""
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:26rem;margin:4rem auto;padding:0 1rem}"

@@ -43,13 +43,9 @@ def consent_headers(redirect_uri: str) -> dict[str, str]:
     origin is left out rather than written into the policy."""
     parts = urlsplit(redirect_uri)
     origin = f"{parts.scheme}://{parts.netloc}"
-    headers = dict(HTML_HEADERS)
     if _ORIGIN.fullmatch(origin) and "@" not in parts.netloc:
-        policy = headers["Content-Security-Policy"]
-        headers["Content-Security-Policy"] = policy.replace(
-            "form-action 'self'", f"form-action 'self' {origin}", 1
-        )
-    return headers
+        return pages.html_headers(form_targets=[origin])
+    return dict(HTML_HEADERS)
 
 
 def csrf_token(session_token: str, client_id: str, scope: str) -> str:

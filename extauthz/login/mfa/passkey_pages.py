@@ -10,16 +10,10 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from extauthz.login.pages import HTML_HEADERS, _page, _when
+from extauthz.login.pages import _page, _when, html_headers
 
 SCRIPT_PATH = "/auth/static/passkeys.js"
-PASSKEY_HTML_HEADERS: Mapping[str, str] = {
-    **HTML_HEADERS,
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-}
+PASSKEY_HTML_HEADERS: Mapping[str, str] = html_headers(script=True)
 
 
 def _ceremony(mode: str, options: str, action: str, label: str, *, return_to: str = "",
