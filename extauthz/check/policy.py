@@ -134,7 +134,9 @@ def _max_auth_age(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isascii() and text.isdigit() and int(text) <= 31_536_000:
+    # the length first: int() refuses strings of over 4300 digits with a ValueError
+    short = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 8
+    if short and int(text) <= 31_536_000:
         return int(text)
     if text not in _reported and len(_reported) < _MAX_REPORTED:
         _reported.add(text)

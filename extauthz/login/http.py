@@ -104,15 +104,27 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     )
 
 
+async def read_form(request: web.Request) -> Mapping[str, Any]:
+    """The fields of a form body (``request.post()``).
+
+    :raises web.HTTPException: 400 (an OAuth-shaped ``invalid_request``) for a body that is
+        not UTF-8, which aiohttp raises as ``UnicodeDecodeError``; 413 over the size limit.
+    """
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise _bad_request("the form is not UTF-8 form data") from None
+
+
 async def _read_fields(request: web.Request) -> Mapping[str, Any]:
     """A form or a JSON object's fields. :raises web.HTTPException: 400 / 413 / 415."""
     kind = media_type(request.content_type)
     if kind in FORM_TYPES:
-        return await request.post()
+        return await read_form(request)
     if kind == "application/json" or kind.endswith("+json"):
         try:
             fields = json.loads(await request.text())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack
             raise _bad_request("the body is not JSON") from None
         if not isinstance(fields, dict):
             raise _bad_request("the body must be a JSON object")
@@ -307,7 +319,7 @@ class AuthHandlers:
         async def everywhere() -> bool:
             flag = _flag(request.query.get("everywhere", ""))
             if _is_form(request):
-                flag = flag or _flag((await request.post()).get("everywhere", ""))
+                flag = flag or _flag((await read_form(request)).get("everywhere", ""))
             return flag
 
         try:

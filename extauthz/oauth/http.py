@@ -23,7 +23,7 @@ from aiohttp import web
 from extauthz.check.minting import JwtMinter
 from extauthz.errors import Denied, StoreUnavailable, TooManyRequests, Unauthenticated
 from extauthz.login.csrf import SameSiteCheck, media_type
-from extauthz.login.http import AuthHandlers
+from extauthz.login.http import AuthHandlers, read_form
 from extauthz.login.service import LOGIN_PATH
 from extauthz.oauth import consent
 from extauthz.oauth.issuer import TokenIssuer
@@ -138,7 +138,7 @@ class OAuthHandlers:
             )
         if media_type(request.content_type) != FORM:
             return _oauth_error(400, "invalid_request", f"send {FORM}")
-        incoming = self._incoming(request, _params(await request.post()))
+        incoming = self._incoming(request, _params(await read_form(request)))
         try:
             if endpoint is None:
                 answer = await self.server.call(self.server.token_answer, incoming)
@@ -201,7 +201,7 @@ class OAuthHandlers:
             return _html(403, consent.error_page(f"Refused: {violation}."))
         if media_type(request.content_type) != FORM:
             return _html(400, consent.error_page("The consent form was not sent as a form."))
-        form = await request.post()
+        form = await read_form(request)
         decision = form.get("decision")
         return await self._authorize(
             request, [p for p in _params(form) if p[0] in consent.FORWARDED_PARAMS],

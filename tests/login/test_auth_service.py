@@ -249,6 +249,21 @@ async def test_login_rejects_bad_bodies(harness: Harness) -> None:
     assert resp.status == 415
 
 
+async def test_advisory_a_body_that_is_not_utf8_or_nested_past_the_stack_is_a_400(
+    harness: Harness,
+) -> None:
+    """A form that is not UTF-8 (aiohttp's UnicodeDecodeError) and JSON nested 10,000 deep
+    (RecursionError, within the 16 KiB body limit) were 500s at login and logout."""
+    same_site = harness.same_site()
+    for path in ("/auth/login", "/auth/logout"):
+        form = await harness.client.post(path, data=b"username=\xff&everywhere=1", headers={
+            **same_site, "Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status == 400, path
+    nested = await harness.client.post("/auth/login", data=b"[" * 10_000, headers={
+        **same_site, "Content-Type": "application/json"})
+    assert nested.status == 400
+
+
 async def test_session_fixation_a_presented_token_is_revoked_at_login(harness: Harness) -> None:
     planted, _ = await harness.sessions.create("bob")  # e.g. set by an attacker
     resp = await harness.login_json("alice", "correct horse", Cookie=f"{COOKIE}={planted}")

@@ -57,3 +57,17 @@ async def test_hostile_values_are_refused_never_a_500(h: Harness, bad: str) -> N
             if answer.status == 302:
                 assert answer.headers["Location"].startswith(h.confidential.redirect_uris[0])
                 assert "code=" not in answer.headers["Location"]
+
+
+@pytest.mark.parametrize("path", ["/auth/oauth/token", "/auth/oauth/revoke",
+                                  "/auth/oauth/introspect"])
+async def test_advisory_a_form_body_that_is_not_utf8_is_a_400_never_a_500(
+    h: Harness, path: str
+) -> None:
+    """aiohttp raises UnicodeDecodeError reading such a form: it was a 500 with a traceback."""
+    answer = await h.client.post(
+        path, data=b"grant_type=client_credentials&token=\xff",
+        headers={**h.basic(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status == 400
+    assert (await answer.json())["error"] == "invalid_request"

@@ -42,7 +42,10 @@ KIND = "webauthn"
 TIMEOUT_MS = 60_000
 NAME_LIMIT = 64
 # what malformed input makes py_webauthn or the JSON parser raise
-_BAD_INPUT = (WebAuthnException, ValueError, TypeError, KeyError, AttributeError)
+# RecursionError: JSON nested past the stack (a client's credential or its clientDataJSON)
+_BAD_INPUT = (
+    WebAuthnException, ValueError, TypeError, KeyError, AttributeError, RecursionError,
+)
 
 
 @dataclass(frozen=True)

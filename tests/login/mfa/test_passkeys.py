@@ -17,7 +17,7 @@ import redis.asyncio
 from extauthz.login.mfa.factors import Factor, FactorRejected
 from extauthz.login.mfa.kinds import Attempt
 from extauthz.login.mfa.steps import VERIFY_PATH
-from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
+from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind, read_answer
 from tests.login.mfa.harness import COOKIE, PENDING, Mfa, cookie_of, mfa_harness
 from tests.login.mfa.soft_authenticator import UP, SoftAuthenticator
 from tests.support import RedisServer
@@ -368,3 +368,14 @@ def test_the_kind_refuses_an_assertion_without_a_challenge() -> None:
     other = Factor("factor-5678", "webauthn", 0.0, True, {**factor.data, "credential_id": "AA"})
     with pytest.raises(FactorRejected):
         kind.verify(other, Attempt("alice", assertion, 1.0, challenge))
+
+
+def test_advisory_a_credential_nested_past_the_stack_reads_as_malformed() -> None:
+    """json.loads raises RecursionError for JSON nested 10,000 deep: an anonymous passkey
+    sign-in carrying one (as the credential, or as its clientDataJSON) escaped as a 500."""
+    import base64
+
+    deep = "[" * 10_000
+    client_data = base64.urlsafe_b64encode(deep.encode()).decode().rstrip("=")
+    assert read_answer(deep) is None
+    assert read_answer({"id": "x", "response": {"clientDataJSON": client_data}}) is None
