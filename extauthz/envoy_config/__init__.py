@@ -39,13 +39,15 @@ _OPTIONS = ("config", "listen", "admin", "upstream", "extauthz_grpc", "extauthz_
 @dataclass(frozen=True)
 class SettingsValues:
     """What the generator takes from the extauthz settings: ``server.grpc_listen``,
-    ``server.http_listen``, ``session.cookie_name``, ``jwt.header``, ``session_updates.header``."""
+    ``server.http_listen``, ``session.cookie_name``, ``jwt.header``, ``session_updates.header``,
+    and ``check_headers``, the request headers the Check reads (with ``api_keys.header``)."""
 
     grpc_listen: str = "127.0.0.1:9001"
     http_listen: str = "127.0.0.1:9002"
     cookie_name: str = "extauthz_session"
     jwt_header: str = "authorization"
     session_update_header: str = "x-extauthz-session-update"
+    check_headers: tuple[str, ...] = ()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -113,6 +115,7 @@ def generate(args: argparse.Namespace, values: SettingsValues) -> str:
             listen, admin, grpc, http, Endpoint.parse_list(args.upstream or DEFAULT_UPSTREAM),
             cookie_name=values.cookie_name, jwt_header=values.jwt_header,
             session_update_header=values.session_update_header,
+            check_headers=values.check_headers,
             routes=load_routes(Path(args.routes)) if args.routes else DEFAULT_ROUTES,
         )  # fmt: skip
         boot = front_proxy(inputs) if args.kind == "front" else sidecar(inputs)
