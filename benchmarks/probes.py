@@ -130,14 +130,37 @@ end
 """
 
 
+# what a browser's fetch() from a page of the same site sends besides its credential (a recent
+# Chrome's headers; no cookie): every scenario's request carries them, so that a CheckRequest
+# holds what it would in production (ext_authz_all_headers: all of them)
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Accept: application/json, text/plain, */*",
+    "Accept-Language: en-GB,en-US;q=0.9,en;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    'Sec-Ch-Ua: "Chromium";v="131", "Not_A Brand";v="24"',
+    "Sec-Ch-Ua-Mobile: ?0",
+    'Sec-Ch-Ua-Platform: "Linux"',
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: cors",
+    "Sec-Fetch-Dest: empty",
+    "Referer: http://127.0.0.1/app/orders?page=2",
+    "Priority: u=1, i",
+)
+
+
 def run_wrk(
     args: argparse.Namespace, port: int, bearer: str | Sequence[str], duration: int
 ) -> str:
-    """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook)."""
+    """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook), and
+    :data:`BROWSER_HEADERS`."""
     argv = [
         args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
         "--timeout", "5s",
     ]  # fmt: skip
+    for line in BROWSER_HEADERS:
+        argv += ["-H", line]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="wrk-") as script:
         if isinstance(bearer, str):
             argv += ["-H", f"Authorization: Bearer {bearer}"]

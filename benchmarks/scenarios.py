@@ -21,6 +21,7 @@ SCENARIOS = (
     "ext_authz_noop",
     "ext_authz_nocache",
     "ext_authz",
+    "ext_authz_all_headers",
     "ext_authz_proc",
     "ext_authz_update",
 )
@@ -33,6 +34,7 @@ LABELS = {
     "ext_authz_noop": "ext_authz -> no-op Python Check",
     "ext_authz_nocache": "extauthz, session cache off (Redis)",
     "ext_authz": "extauthz, session cache on (default)",
+    "ext_authz_all_headers": "extauthz, cache on, every header sent",
     "ext_authz_proc": "extauthz + session-update processor, no update",
     "ext_authz_update": "extauthz + a session update per response",
 }

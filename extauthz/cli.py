@@ -47,6 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_envoy_config(args: argparse.Namespace) -> int:
+    from extauthz.check.context import check_headers
     from extauthz.envoy_config import SettingsValues, run
     from extauthz.settings import load_settings
 
@@ -55,6 +56,7 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         grpc_listen=settings.server.grpc_listen, http_listen=settings.server.http_listen,
         cookie_name=settings.session.cookie_name, jwt_header=settings.jwt.header,
         session_update_header=settings.session_updates.header, workers=settings.worker_count,
+        check_headers=check_headers(settings.api_keys.header),
     )  # fmt: skip
     return run(args, values)
 

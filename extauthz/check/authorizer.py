@@ -21,7 +21,7 @@ from extauthz.check.credentials import Credentials, strip_cookie
 from extauthz.check.decisions import Allow, Decision
 from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
-from extauthz.check.policy import Policy
+from extauthz.check.policy import Policy, route_policy
 from extauthz.check.resolver import SessionResolver
 from extauthz.check.rotation import RollingRotation
 from extauthz.errors import Denied, Forbidden, Reason
@@ -89,7 +89,7 @@ class Authorizer:
         :raises StoreUnavailable: the session store could not answer.
         """
         lookup_source.set("off")
-        policy = Policy.from_context_extensions(ctx.context_extensions)
+        policy = route_policy(ctx.context_extensions)
         credentials: Credentials | None = None
         started = time.monotonic()
         try:

@@ -9,6 +9,32 @@ from dataclasses import dataclass, field
 # is joined with that: Cookie with "; " (RFC 6265 §5.4, RFC 9113 §8.2.3)
 _SEPARATORS = {"cookie": "; "}
 
+# Every request header the Check reads, besides ``api_keys.header``: the credentials
+# (``authorization``, ``cookie``), the denial's form (``accept``), the same-site check of
+# ``same_site: required`` routes (``origin``, ``sec-fetch-site``, ``referer``,
+# ``content-type``: extauthz.login.csrf) and the W3C Trace Context a Check continues
+# (``traceparent``, ``tracestate``). Method, scheme, host and path come in fields of their own.
+# Envoy sends only these (ext_authz ``allowed_headers``, extauthz.envoy_config.filters).
+CHECK_HEADERS = (
+    "authorization",
+    "cookie",
+    "accept",
+    "origin",
+    "sec-fetch-site",
+    "referer",
+    "content-type",
+    "traceparent",
+    "tracestate",
+)
+
+
+def check_headers(api_key_header: str) -> tuple[str, ...]:
+    """:data:`CHECK_HEADERS` and ``api_key_header`` (``api_keys.header``, lower case): the
+    request headers a ``CheckRequest`` must carry for the Check to decide as it would with
+    all of them."""
+    name = api_key_header.lower()
+    return CHECK_HEADERS if name in CHECK_HEADERS else (*CHECK_HEADERS, name)
+
 
 def join_headers(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
     """``(name, value)`` field lines → lower-case name → value; repeated lines are joined in

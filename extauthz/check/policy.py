@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from extauthz.errors import Forbidden, InsufficientAuthentication, Reason
 from extauthz.store.model import SESSION_KINDS, Session
@@ -22,6 +23,8 @@ ALL_KINDS = frozenset(SESSION_KINDS)
 # a route's credentials value is logged once per distinct bad value, in this many at most
 _MAX_REPORTED = 64
 _reported: set[str] = set()
+# distinct route settings remembered parsed (routes are few; any more are parsed again)
+_ROUTE_CACHE_SIZE = 256
 log = logging.getLogger("extauthz.check.policy")
 
 
@@ -126,6 +129,17 @@ class Policy:
                 acr_values=" ".join(self.required_amr),
                 max_age=self.max_auth_age,
             )
+
+
+def route_policy(extensions: Mapping[str, str]) -> Policy:
+    """:meth:`Policy.from_context_extensions`, parsed once per distinct set of route settings
+    (a :class:`Policy` is immutable: every Check of a route shares one)."""
+    return _parsed(tuple(extensions.items()))
+
+
+@lru_cache(maxsize=_ROUTE_CACHE_SIZE)
+def _parsed(items: tuple[tuple[str, str], ...]) -> Policy:
+    return Policy.from_context_extensions(dict(items))
 
 
 def _max_auth_age(value: str | None) -> int | None:

@@ -41,7 +41,8 @@ _OPTIONS = ("config", "listen", "admin", "upstream", "extauthz_grpc", "extauthz_
 class SettingsValues:
     """What the generator takes from the extauthz settings: ``server.grpc_listen``,
     ``server.http_listen``, ``session.cookie_name``, ``jwt.header``, ``session_updates.header``,
-    and the count of ``server.workers`` (``Settings.worker_count``)."""
+    the count of ``server.workers`` (``Settings.worker_count``), and ``check_headers``, the
+    request headers the Check reads (with ``api_keys.header``)."""
 
     grpc_listen: str = "127.0.0.1:9001"
     http_listen: str = "127.0.0.1:9002"
@@ -49,6 +50,7 @@ class SettingsValues:
     jwt_header: str = "authorization"
     session_update_header: str = "x-extauthz-session-update"
     workers: int = 1
+    check_headers: tuple[str, ...] = ()
 
 
 def worker_endpoints(nodes: Sequence[Endpoint], workers: int) -> tuple[Endpoint, ...]:
@@ -137,6 +139,7 @@ def generate(args: argparse.Namespace, values: SettingsValues) -> str:
             listen, admin, grpc, http, Endpoint.parse_list(args.upstream or DEFAULT_UPSTREAM),
             cookie_name=values.cookie_name, jwt_header=values.jwt_header,
             session_update_header=values.session_update_header,
+            check_headers=values.check_headers,
             routes=load_routes(Path(args.routes)) if args.routes else DEFAULT_ROUTES,
         )  # fmt: skip
         boot = front_proxy(inputs) if args.kind == "front" else sidecar(inputs)

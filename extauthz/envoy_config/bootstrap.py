@@ -194,7 +194,7 @@ def _service(name: str, inputs: ServiceInputs, *, edge: bool, health_path: str) 
     )
     hcm.http_filters.extend([
         filters.header_mutation(extra),
-        filters.ext_authz(),
+        filters.ext_authz(inputs.check_headers),
         filters.session_update(inputs.cookie_name, inputs.session_update_header),
         filters.router(),
     ])  # fmt: skip

@@ -93,11 +93,19 @@ def header_mutation(extra_headers: Sequence[str] = ()) -> HttpFilter:
     return HttpFilter(name="envoy.filters.http.header_mutation", typed_config=packed(config))
 
 
-def ext_authz() -> HttpFilter:
+def ext_authz(check_headers: Sequence[str] = ()) -> HttpFilter:
     """ext_authz over gRPC to ``extauthz_grpc``. An authz service that cannot answer (down,
     timeout 0.5 s, a gRPC error such as UNAVAILABLE from a store failover) is a 503
-    (``status_on_error``), never an allow (``failure_mode_allow``) and never a 401."""
+    (``status_on_error``), never an allow (``failure_mode_allow``) and never a 401.
+
+    ``allowed_headers``: the ``CheckRequest`` carries only ``check_headers``, the request
+    headers the Check reads (``extauthz.check.context.check_headers``), not every header of the
+    request: less for Envoy to copy and serialise and for extauthz to parse per request
+    (docs/benchmarks.md). Envoy fills method, scheme, host and path whatever the list says.
+    Empty: no list, Envoy sends every header."""
     config = ExtAuthz(transport_api_version=ApiVersion.V3, failure_mode_allow=False)
+    for name in check_headers:
+        config.allowed_headers.patterns.add(exact=name)
     config.grpc_service.envoy_grpc.cluster_name = EXTAUTHZ_GRPC
     config.grpc_service.timeout.FromMilliseconds(500)
     config.status_on_error.code = StatusCode.ServiceUnavailable

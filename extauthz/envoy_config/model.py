@@ -124,7 +124,9 @@ class ServiceInputs:
     """A front proxy or sidecar Envoy in front of ``upstream``, authorising with extauthz.
 
     From the extauthz settings: ``cookie_name`` (``session.cookie_name``), ``jwt_header``
-    (``jwt.header``), ``session_update_header`` (``session_updates.header``) and, unless given,
+    (``jwt.header``), ``session_update_header`` (``session_updates.header``), ``check_headers``
+    (the request headers the Check reads, ``api_keys.header`` among them; empty: Envoy sends
+    every header) and, unless given,
     the extauthz endpoints (``server.grpc_listen``, ``server.http_listen``). The rest is
     Envoy's own: ``listen`` and ``admin`` addresses, the upstream, the route table.
     """
@@ -138,6 +140,7 @@ class ServiceInputs:
     jwt_header: str = "authorization"
     session_update_header: str = "x-extauthz-session-update"
     routes: tuple[Route, ...] = DEFAULT_ROUTES
+    check_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

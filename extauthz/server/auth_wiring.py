@@ -4,6 +4,8 @@ stores of :mod:`extauthz.server.store_wiring`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import SessionCookie
 from extauthz.login.http import AuthHandlers
@@ -11,14 +13,11 @@ from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin, MfaAccount
 from extauthz.login.mfa.http import MfaHandlers
 from extauthz.login.mfa.kinds import FactorKind, FactorKinds
-from extauthz.login.mfa.passkey_http import PasskeyHandlers
-from extauthz.login.mfa.passkeys import Passkeys
 from extauthz.login.mfa.policy import MfaPolicy
 from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.mfa.sealing import SecretBox, load_key
 from extauthz.login.mfa.steps import SecondSteps
 from extauthz.login.mfa.totp import TotpKind
-from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
 from extauthz.login.users import PasswordVerifier
 from extauthz.server.store_wiring import (
     build_ceremonies,
@@ -28,11 +27,23 @@ from extauthz.server.store_wiring import (
 from extauthz.settings import Settings
 from extauthz.store.redis.clients import Redis
 
+if TYPE_CHECKING:
+    from extauthz.login.mfa.webauthn_kind import WebAuthnKind
+
 
 def pending_cookie_name(session_cookie: str) -> str:
     """The pending login's cookie: the session cookie's name with ``-mfa`` (a ``__Host-``
     prefix carries over, so its rules hold for both)."""
     return f"{session_cookie}-mfa"
+
+
+def _passkey_kind(settings: Settings) -> WebAuthnKind:
+    """Passkeys' factor kind. Imported here, when ``mfa.rp_id`` turns passkeys on: py_webauthn
+    and its dependencies are some 5 MiB resident in every process otherwise."""
+    from extauthz.login.mfa.webauthn_kind import RelyingParty, WebAuthnKind
+
+    m = settings.mfa
+    return WebAuthnKind(RelyingParty(m.rp_id, m.rp_name, m.origins))
 
 
 def build_second_factors(
@@ -55,7 +66,7 @@ def build_second_factors(
     totp = TotpKind(box, issuer=m.issuer)
     recovery = RecoveryKind()
     kinds: list[FactorKind] = [totp, recovery]
-    passkey = WebAuthnKind(RelyingParty(m.rp_id, m.rp_name, m.origins)) if m.rp_id else None
+    passkey = _passkey_kind(settings) if m.rp_id else None
     if passkey is not None:
         kinds.append(passkey)
     factors = build_factor_store(settings, client)
@@ -77,6 +88,9 @@ def build_second_factors(
     service.gate = steps
     auth.mount(MfaHandlers(auth, steps, MfaAccount(steps)).routes())
     if passkey is not None:  # mfa.rp_id set: passkeys (docs/authentication.md, 'Passkeys')
+        from extauthz.login.mfa.passkey_http import PasskeyHandlers
+        from extauthz.login.mfa.passkeys import Passkeys
+
         passkeys = Passkeys(steps, passkey, build_ceremonies(settings, client))
         auth.mount(PasskeyHandlers(auth, passkeys).routes())
     return FactorAdmin(factors, service.sessions.store)

@@ -66,7 +66,12 @@ class AuthorizationServicer:
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         """One ``CheckRequest``; ``context`` is the call's ``grpc.aio.ServicerContext``, of which
-        only ``abort`` is used (the in-process tests pass a stand-in)."""
+        only ``abort`` is used (the in-process tests pass a stand-in).
+
+        The Check's seam: whatever is observed once per Check (a latency histogram by
+        decision, a tracing span continuing the request's ``traceparent``) belongs here, around
+        the three steps, and nowhere deeper in the pipeline. It runs on every request: keep it
+        to a clock read and one branch when tracing is off (docs/benchmarks.md)."""
         try:
             ctx = to_request_context(request)
         except BadRequest as denial:

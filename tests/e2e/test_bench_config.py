@@ -117,7 +117,8 @@ def test_listeners_differ_only_by_the_auth_step() -> None:
     response_path = [HEADER_MUTATION, EXT_AUTHZ, SESSION_UPDATE]
     auth_filters = {"direct": [], "jwt_authn": [JWT_AUTHN], "ext_authz_noop": [EXT_AUTHZ],
                     "ext_authz_nocache": [EXT_AUTHZ], "ext_authz": [EXT_AUTHZ],
-                    "ext_authz_proc": response_path, "ext_authz_update": response_path}  # fmt: skip
+                    "ext_authz_all_headers": [EXT_AUTHZ], "ext_authz_proc": response_path,
+                    "ext_authz_update": response_path}  # fmt: skip
     # ext_authz_update alone answers from the origin listener, which adds a session update
     (update_route,) = _hcm(listeners["ext_authz_update"])["route_config"]["virtual_hosts"][0][
         "routes"
@@ -188,6 +189,15 @@ def test_ext_authz_step_is_configured_like_the_front_proxy(
     as_message = json_format.ParseDict(cluster(doc, cluster_name), Cluster())
     assert as_message == json_format.ParseDict(cluster(front, "extauthz_grpc"), Cluster())
     assert "http2_protocol_options" in json.dumps(cluster(doc, cluster_name))
+
+
+def test_all_headers_differs_from_ext_authz_only_by_the_header_allow_list() -> None:
+    listeners = _listeners(_doc())
+    ours = _ext_authz(_filter(_hcm(listeners["ext_authz_all_headers"]), EXT_AUTHZ)["typed_config"])
+    theirs = _ext_authz(_filter(_hcm(listeners["ext_authz"]), EXT_AUTHZ)["typed_config"])
+    assert theirs.allowed_headers.patterns and not ours.HasField("allowed_headers")
+    theirs.ClearField("allowed_headers")
+    assert ours == theirs
 
 
 def test_jwt_authn_requires_an_es256_token_from_a_local_jwks() -> None:

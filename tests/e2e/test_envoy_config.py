@@ -27,6 +27,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from extauthz.check.context import check_headers
 from tests.support import (
     FRONT_PROXY,
     REPO_ROOT,
@@ -329,6 +330,25 @@ def test_allowed_request_reaches_upstream_with_the_authz_headers(front_proxy: Fr
     check = front_proxy.authz.requests[-1]
     assert check.attributes.context_extensions["client"] == "auto"
     assert check.attributes.request.http.headers["authorization"] == "Bearer opaque-client-token"
+
+
+@pytest.mark.e2e
+def test_check_request_carries_only_the_headers_the_check_reads(front_proxy: FrontProxy) -> None:
+    """ext_authz ``allowed_headers``: every header the Check reads reaches the CheckRequest,
+    a header it does not read does not; method, scheme, host and path come whatever the list."""
+    read = {name: f"value-of-{name}" for name in check_headers("x-api-key")}
+    unread = {"x-not-read-by-the-check": "1", "user-agent": "test-agent", "accept-language": "en"}
+    status, _, body = front_proxy.request(
+        "/allowed-headers?q=1", method="POST", headers={**read, **unread}
+    )
+    assert status == 200, body
+    (check,) = [r for r in front_proxy.authz.requests
+                if r.attributes.request.http.path == "/allowed-headers?q=1"]  # fmt: skip
+    http = check.attributes.request.http
+    assert (http.method, http.scheme, http.path) == ("POST", "http", "/allowed-headers?q=1")
+    assert http.host == f"127.0.0.1:{front_proxy.ports.listener}"
+    assert {k: v for k, v in http.headers.items() if k in read} == read
+    assert set(http.headers) <= set(read), sorted(set(http.headers) - set(read))
 
 
 @pytest.mark.e2e

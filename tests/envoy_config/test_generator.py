@@ -12,6 +12,7 @@ import yaml
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
+from extauthz.check.context import CHECK_HEADERS
 from extauthz.cli import main
 from extauthz.envoy_config import filters  # noqa: F401 (registers the typed_config types)
 
@@ -86,6 +87,13 @@ header = "x-app-session-patch"
     removals = _filter(doc, "envoy.filters.http.header_mutation")["mutations"]["response_mutations"]
     assert {"remove": "x-app-session-patch"} in removals
     assert {"remove_on_match": {"key_matcher": {"prefix": "x-extauthz-"}}} in removals
+
+
+def test_ext_authz_sends_only_the_headers_the_check_reads(tmp_path: Path) -> None:
+    doc = _run(tmp_path, "front", settings='[api_keys]\nheader = "x-service-key"\n')
+    allowed = [p["exact"] for p in _filter(doc, EXT_AUTHZ)["allowed_headers"]["patterns"]]
+    assert allowed == [*CHECK_HEADERS, "x-service-key"]
+    assert {"authorization", "cookie", "accept", "origin", "traceparent"} <= set(allowed)
 
 
 def test_host_names_make_a_dns_cluster(tmp_path: Path) -> None:
