@@ -384,15 +384,33 @@ class Settings:
     def worker_count(self) -> int:
         """``server.workers`` as a count: ``"auto"`` is the CPUs this process may run on
         (``os.sched_getaffinity``, else ``os.cpu_count()``) with the Redis store, and 1 with
-        the in-memory store (several processes would not share its sessions)."""
+        the in-memory store (several processes would not share its sessions). ``"auto"``
+        stops short of the ports it cannot use (:attr:`worker_port_room`): with the gRPC port
+        right below the HTTP port (9001 and 9002, the defaults) that is one worker."""
         workers = self.server.workers
         if isinstance(workers, int):
             return workers
         if self.store.backend == StoreBackend.MEMORY:
             return 1
+        return min(self.cpu_count, self.worker_port_room)
+
+    @property
+    def cpu_count(self) -> int:
+        """The CPUs this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``)."""
         if hasattr(os, "sched_getaffinity"):
             return max(len(os.sched_getaffinity(0)), 1)
         return os.cpu_count() or 1
+
+    @property
+    def worker_port_room(self) -> int:
+        """How many workers fit on consecutive gRPC ports from ``server.grpc_listen``'s before
+        ``server.http_listen``'s port or past 65535 (at least 1)."""
+        first = int(self.server.grpc_listen.rpartition(":")[2])
+        http = int(self.server.http_listen.rpartition(":")[2])
+        room = 65536 - first
+        if http > first:
+            room = min(room, http - first)
+        return max(room, 1)
 
     @property
     def node_id(self) -> str:

@@ -70,9 +70,9 @@ def _validate_server(s: model.ServerSettings) -> None:
 
 
 def _validate_workers(s: Settings) -> None:
-    """``server.workers``: a count >= 1 or "auto"; more than one needs the Redis store. The
-    ports of an explicit count are checked here, those of "auto" (which depends on the machine)
-    by ``extauthz serve`` (:func:`check_worker_ports`)."""
+    """``server.workers``: a count >= 1 or "auto"; more than one needs the Redis store, and
+    free gRPC ports (:func:`check_worker_ports`; "auto" stops short of the ports it cannot use:
+    :attr:`Settings.worker_count`)."""
     workers = s.server.workers
     if isinstance(workers, str) and workers != "auto" or isinstance(workers, int) and workers < 1:
         raise SettingsError(f"server.workers: expected a count >= 1 or 'auto', got {workers!r}")
@@ -81,8 +81,7 @@ def _validate_workers(s: Settings) -> None:
             f"server.workers: {workers} workers need store.backend = redis (the in-memory "
             "store lives in one process: the workers would not share its sessions)"
         )
-    if isinstance(workers, int):
-        check_worker_ports(s)
+    check_worker_ports(s)
 
 
 def check_worker_ports(s: Settings) -> None:

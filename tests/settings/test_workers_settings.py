@@ -69,13 +69,20 @@ def test_the_workers_grpc_ports_must_exist_and_miss_the_http_port() -> None:
         })  # fmt: skip
 
 
-def test_auto_ports_are_checked_when_serve_resolves_them() -> None:
-    # "auto" depends on the machine: loading stays the same everywhere, serve checks
-    settings = load_settings(environ=REDIS)
-    if settings.worker_count > 1:
-        with pytest.raises(SettingsError, match=r"^server\.workers: "):
-            check_worker_ports(settings)
-    check_worker_ports(load_settings(environ={**REDIS, **PORTS}))
+def test_auto_stops_short_of_the_http_port() -> None:
+    # the default ports, 9001 and 9002, leave room for one gRPC port: "auto" is one worker
+    # there (serve logs why), and every CPU once the ranges are apart
+    assert load_settings(environ=REDIS).worker_count == 1
+    apart = load_settings(environ={**REDIS, **PORTS})
+    assert apart.worker_count == apart.cpu_count
+    near = load_settings(environ={
+        **REDIS, "EXTAUTHZ_SERVER_GRPC_LISTEN": "127.0.0.1:9000",
+        "EXTAUTHZ_SERVER_HTTP_LISTEN": "127.0.0.1:9002",
+    })  # fmt: skip
+    assert near.worker_count == min(2, near.cpu_count)
+    top = load_settings(environ={**REDIS, "EXTAUTHZ_SERVER_GRPC_LISTEN": "127.0.0.1:65535"})
+    assert top.worker_count == 1
+    check_worker_ports(apart)
 
 
 def test_each_worker_has_its_own_grpc_port_and_node_id() -> None:
