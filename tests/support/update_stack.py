@@ -65,10 +65,10 @@ class Node:
             text = resp.read().decode()
         pattern = (
             rf'^extauthz_session_updates_total\{{result="{result}",reason="{re.escape(reason)}"'
-            rf"\}} (\d+)$"
+            rf"\}} ([0-9.e+]+)$"
         )
         match = re.search(pattern, text, re.M)
-        return int(match.group(1)) if match else 0
+        return int(float(match.group(1))) if match else 0
 
 
 @dataclass
