@@ -60,6 +60,8 @@ from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
 
 if TYPE_CHECKING:  # loaded only when tracing is on
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from extauthz.server.tracing import CheckTracing
 
 __all__ = ["Components", "build_components", "serve"]
@@ -114,13 +116,16 @@ class Components:
             await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
-def build_components(settings: Settings) -> Components:
+def build_components(
+    settings: Settings, span_exporter: SpanExporter | None = None
+) -> Components:
     """Build the pipeline on the node's one Redis client per role (no I/O).
+    ``span_exporter`` replaces ``tracing.exporter`` (:func:`build_tracing`).
 
     :raises KeyLoadError: no usable signing key.
     """
     metrics = build_metrics(settings)
-    tracing = build_tracing(settings)
+    tracing = build_tracing(settings, span_exporter)
     keyring = KeyRing.from_directory(
         settings.jwt.keys_dir, publish_before_sign=settings.jwt.publish_before_sign_seconds
     )
