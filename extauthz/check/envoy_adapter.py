@@ -114,3 +114,20 @@ def to_check_response(decision: Decision) -> CheckResponse:
     _add_options(denied.headers, decision.headers, _APPEND)
     denied.body = decision.body
     return response
+
+
+TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context, §3
+
+
+def trace_context(request: CheckRequest) -> dict[str, str]:
+    """The checked request's W3C Trace Context headers (``traceparent``, ``tracestate``;
+    lower-case names), those that are there, as Envoy forwarded them in
+    ``attributes.request.http`` (``headers`` or ``header_map``)."""
+    http = request.attributes.request.http
+    if http.header_map.headers:
+        return {
+            e.key.lower(): e.raw_value.decode("utf-8", "replace") if e.raw_value else e.value
+            for e in http.header_map.headers
+            if e.key.lower() in TRACE_CONTEXT_HEADERS
+        }
+    return {k.lower(): v for k, v in http.headers.items() if k.lower() in TRACE_CONTEXT_HEADERS}

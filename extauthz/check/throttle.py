@@ -22,7 +22,9 @@ class LookupThrottle:
     """Counts failed lookups per address (``limiter``'s limit and window apply).
 
     At most ``max_blocked`` blocked addresses are remembered locally; past that the oldest
-    entries are dropped (they are still blocked in a shared limiter).
+    entries are dropped (they are still blocked in a shared limiter). ``refused(CHECK_ADDR)``
+    is told of every lookup refused by a block remembered here (one the limiter itself
+    reports is its own to count: :class:`~extauthz.login.ratelimit.CountedRateLimiter`).
     """
 
     def __init__(
@@ -31,14 +33,17 @@ class LookupThrottle:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_blocked: int = 65536,
+        refused: Callable[[str], None] | None = None,
     ) -> None:
         self.limiter = limiter
+        self._refused = refused
         self._clock = clock
         self._max_blocked = max_blocked
         self._blocked_until: dict[str, float] = {}
 
     def retry_after(self, address: str) -> int:
-        """Seconds until ``address`` may try again (0: not blocked). No I/O."""
+        """Seconds until ``address`` may try again (0: not blocked; anything else is a refusal,
+        counted). No I/O."""
         if not address or not self._blocked_until:  # the hot path: nobody is blocked
             return 0
         subject = address_subject(address)
@@ -49,6 +54,8 @@ class LookupThrottle:
         if left <= 0:
             del self._blocked_until[subject]
             return 0
+        if self._refused is not None:
+            self._refused(CHECK_ADDR)
         return max(1, int(left + 0.999))
 
     async def failed(self, address: str, times: int = 1) -> int:

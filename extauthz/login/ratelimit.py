@@ -109,6 +109,32 @@ class RateLimiter(Protocol):
         window has ended); the window's end does not move."""
 
 
+class CountedRateLimiter:
+    """``inner``, and ``refused(key.namespace)`` for every :meth:`hit` over the limit (the
+    ``extauthz_rate_limited_total`` metric)."""
+
+    def __init__(self, inner: RateLimiter, refused: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.limit = inner.limit
+        self.window_seconds = inner.window_seconds
+        self._refused = refused
+
+    async def hit(self, key: RateKey) -> Verdict:
+        verdict = await self.inner.hit(key)
+        if verdict.blocked:
+            self._refused(key.namespace)
+        return verdict
+
+    async def blocked(self, key: RateKey) -> Verdict:
+        return await self.inner.blocked(key)
+
+    async def reset(self, key: RateKey) -> None:
+        await self.inner.reset(key)
+
+    async def refund(self, key: RateKey) -> None:
+        await self.inner.refund(key)
+
+
 def _check_config(limit: int, window_seconds: int) -> None:
     for name, value in (("limit", limit), ("window_seconds", window_seconds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

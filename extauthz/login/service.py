@@ -20,7 +20,14 @@ from extauthz import tokens
 from extauthz.check.context import RequestContext
 from extauthz.check.denials import safe_return_to
 from extauthz.check.resolver import SessionResolver, is_miss
-from extauthz.errors import Forbidden, Reason, StoreUnavailable, TooManyRequests, Unauthenticated
+from extauthz.errors import (
+    Denied,
+    Forbidden,
+    Reason,
+    StoreUnavailable,
+    TooManyRequests,
+    Unauthenticated,
+)
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.limits import LoginLimits
 from extauthz.login.users import PasswordVerifier, User
@@ -116,7 +123,8 @@ def session_summary(session: Session) -> dict[str, Any]:
 class LoginService:
     """Every dependency is given; nothing here reads settings. ``resolver`` is the one
     ``Check`` uses (its throttle is the one budget of failed lookups); ``limits`` ``None``
-    counts no login attempts."""
+    counts no login attempts; ``count(outcome)`` is told how each :meth:`login` ended
+    (:data:`~extauthz.server.metrics.LOGIN_OUTCOMES`)."""
 
     def __init__(
         self,
@@ -127,8 +135,10 @@ class LoginService:
         same_site: SameSiteCheck | None = None,
         default_return_to: str = "/",
         gate: SecondStepGate | None = None,
+        count: Callable[[str], None] | None = None,
     ) -> None:
         self.resolver = resolver
+        self.count = count
         self.sessions = resolver.sessions
         self.cookie = resolver.cookie
         self.verifier = verifier
@@ -174,6 +184,25 @@ class LoginService:
         :raises TooManyRequests: a login budget is spent (no password was checked).
         :raises StoreUnavailable: sessions, users or counters did not answer.
         """
+        if self.count is None:
+            return await self._login(ctx, read_form)
+        try:
+            result = await self._login(ctx, read_form)
+        except TooManyRequests:
+            self.count("throttled")
+            raise
+        except Denied:  # cross-site, a bad body, a session too large
+            self.count("refused")
+            raise
+        except StoreUnavailable:
+            self.count("unavailable")
+            raise
+        self.count(_OUTCOMES[type(result)])
+        return result
+
+    async def _login(
+        self, ctx: RequestContext, read_form: Callable[[], Awaitable[LoginForm]]
+    ) -> SignedIn | LoginFailed | SecondStepNeeded:
         self.refuse_cross_site(ctx, "login")
         form = await read_form()
         return_to = self.return_to(form.return_to)
@@ -333,6 +362,9 @@ class LoginService:
             return await self.resolver.resolve(ctx)
         except TooManyRequests as throttled:
             raise _lookups_throttled(throttled.retry_after_seconds) from None
+
+
+_OUTCOMES = {SignedIn: "signed_in", LoginFailed: "failed", SecondStepNeeded: "second_step"}
 
 
 def _lookups_throttled(wait: int) -> TooManyRequests:

@@ -26,7 +26,7 @@ from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.keys.keyring import KeyRing
-from extauthz.server.metrics import NodeState
+from extauthz.server.node_state import NodeState
 from extauthz.store.manager import SessionManager, printable
 from extauthz.store.model import Session
 
@@ -241,7 +241,7 @@ class SessionAdminServicer(admin_pb2_grpc.SessionAdminServicer):
 
 
 class StatusServicer(admin_pb2_grpc.StatusServicer):
-    """``GetStatus``; ``state`` (a :class:`~extauthz.server.metrics.NodeProbe`) gives the push
+    """``GetStatus``; ``state`` (a :class:`~extauthz.server.node_state.NodeProbe`) gives the push
     channel and the clock offset."""
 
     def __init__(

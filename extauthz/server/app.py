@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,17 +18,12 @@ from extauthz import __version__
 from extauthz.check.authorizer import Authorizer
 from extauthz.check.denials import DenialRenderer
 from extauthz.check.minting import JwtMinter
-from extauthz.check.resolver import SessionResolver
 from extauthz.check.rotation import RollingRotation
-from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import SettingsError
 from extauthz.keys.keyring import KeyRing
-from extauthz.login.cookies import SessionCookie
 from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
-from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin
-from extauthz.login.service import LoginService
 from extauthz.login.users import PasswordVerifier
 from extauthz.loops import RECANCEL_SECONDS, Service, bounded, start_all, stop_all
 from extauthz.oauth.clients import ClientStore
@@ -35,32 +31,36 @@ from extauthz.response.processor import SessionUpdater, UpdateLimits
 from extauthz.response.updates import Allowlist
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, admin_guard
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
-from extauthz.server.auth_wiring import build_second_factors
+from extauthz.server.auth_wiring import build_auth
 from extauthz.server.client_admin import ClientAdminServicer, RevokeClientTokens
 from extauthz.server.factor_admin import FactorAdminServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import ForwardAuth, build_http_app
 from extauthz.server.listeners import bind_tcp
-from extauthz.server.metrics import Metrics, NodeProbe
+from extauthz.server.metrics_wiring import build_metrics, metrics_services, watch_keys
+from extauthz.server.node_state import NodeProbe
 from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
 from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
     StoreParts,
     build_client_store,
-    build_limiter,
     build_redis_side,
     build_store,
-    build_user_store,
     describe,
 )
 from extauthz.server.tasks import KeyReloader
+from extauthz.server.tracing_wiring import build_tracing
 from extauthz.server.workers import WorkerLink
 from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
-from extauthz.store.redis.clients import Redis
+
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from extauthz.server.tracing import CheckTracing
 
 __all__ = ["Components", "build_components", "serve"]
 
@@ -89,6 +89,7 @@ class Components:
     updater: SessionUpdater | None = None  # session updates from responses (ext_proc)
     oauth: OAuthHandlers | None = None  # the OAuth 2.0 authorization server (oauth.enabled)
     factors: FactorAdmin | None = None  # users' second factors ([mfa])
+    tracing: CheckTracing | None = None  # Check spans ([tracing]; extauthz.server.tracing)
 
     async def start(self) -> None:
         """:raises SettingsError: live nodes in the same store run another strategy."""
@@ -99,6 +100,8 @@ class Components:
         it ends by then, whatever Redis does: what does not finish is logged and left."""
         if self.oauth is not None:
             self.oauth.server.close()  # its idle worker threads (Authlib's calls)
+        if self.tracing is not None:  # the last spans, from a thread: a collector may hang
+            await bounded("exporting spans", asyncio.to_thread(self.tracing.shutdown), 1.0)
         if within is None:
             await stop_all(self.services)
             if self.redis is not None:
@@ -111,60 +114,22 @@ class Components:
             await bounded("closing the Redis clients", self.redis.clients.aclose(), left)
 
 
-def build_auth(
-    settings: Settings, sessions: SessionManager, client: Redis | None
-) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver, FactorAdmin]:
-    """The authentication service, the session resolver it shares with Check, its users store
-    and rate limiters (in ``client``'s Redis when given, else memory), its second factors."""
-    verifier = PasswordVerifier(
-        build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
-    )
-    r = settings.ratelimit
-    limits: LoginLimits | None = None
-    throttle: LookupThrottle | None = None
-    if r.enabled:
-        limits = LoginLimits(
-            per_user=build_limiter(
-                settings, client, r.login_user_limit, r.login_user_window_seconds
-            ),
-            per_address=build_limiter(
-                settings, client, r.login_addr_limit, r.login_addr_window_seconds
-            ),
-        )
-        throttle = LookupThrottle(
-            build_limiter(settings, client, r.check_addr_limit, r.check_addr_window_seconds)
-        )
-    c = settings.session
-    resolver = SessionResolver(
-        sessions,
-        SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
-        max_cookie_candidates=c.max_cookie_candidates,
-        throttle=throttle,
-        api_key_header=settings.api_keys.header,
-    )
-    service = LoginService(
-        resolver,  # the same one as Check's: one budget of failed lookups
-        verifier,
-        limits=limits,
-        same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
-        default_return_to=settings.auth.default_return_to,
-    )
-    auth = AuthHandlers(
-        service, realm=settings.deny.realm, trusted_proxies=settings.auth.trusted_proxies
-    )
-    return auth, verifier, resolver, build_second_factors(settings, auth, verifier, client, limits)
-
-
-def build_components(settings: Settings) -> Components:
+def build_components(
+    settings: Settings, span_exporter: SpanExporter | None = None
+) -> Components:
     """Build the pipeline on the node's one Redis client per role (no I/O).
+    ``span_exporter`` replaces ``tracing.exporter`` (:func:`build_tracing`).
 
     :raises KeyLoadError: no usable signing key.
     """
+    metrics = build_metrics(settings)
+    tracing = build_tracing(settings, span_exporter)
     keyring = KeyRing.from_directory(
         settings.jwt.keys_dir, publish_before_sign=settings.jwt.publish_before_sign_seconds
     )
+    watch_keys(metrics, keyring)
     redis = build_redis_side(settings)
-    parts: StoreParts = build_store(settings, redis)
+    parts: StoreParts = build_store(settings, redis, metrics)
     store = parts.store
     minter = JwtMinter(
         keyring,
@@ -175,7 +140,7 @@ def build_components(settings: Settings) -> Components:
         max_bytes=settings.jwt.max_bytes,
     )
     sessions = SessionManager(
-        store,
+        tracing.traced_store(store) if tracing is not None else store,  # lookups: spans
         idle_timeout=settings.session.idle_timeout_seconds,
         absolute_timeout=settings.session.absolute_timeout_seconds,
         check_session=minter.check_size,  # a session whose JWT would be too large is refused
@@ -186,7 +151,7 @@ def build_components(settings: Settings) -> Components:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it
     # users and rate limits share the session store's primary client
     auth, verifier, resolver, factors = build_auth(
-        settings, sessions, redis.clients.primary if redis is not None else None
+        settings, sessions, redis.clients.primary if redis is not None else None, metrics
     )
     denials = DenialRenderer(
         realm=settings.deny.realm, login_url=settings.deny.login_url, cookie=resolver.cookie
@@ -198,17 +163,8 @@ def build_components(settings: Settings) -> Components:
     probe = NodeProbe(
         parts.cache, lambda: membership.clock_offset if membership is not None else None
     )
-    metrics = Metrics(
-        {
-            "version": __version__,
-            "node_id": settings.node_id,
-            "store_strategy": settings.store.strategy,
-            "store_backend": store.backend,
-        },
-        state=probe,
-        redis_pools=redis.clients.pool_counts if redis is not None else None,
-        rotations=rotation.stats,
-    )
+    metrics.state, metrics.rotations = probe, rotation.stats
+    metrics.redis_pools = redis.clients.pool_counts if redis is not None else None
     authorizer = Authorizer(
         resolver,
         minter,
@@ -248,11 +204,12 @@ def build_components(settings: Settings) -> Components:
         clients,
         revoke_client_tokens,
         redis,
-        [*services, store],
+        [*services, store, *metrics_services(metrics)],
         probe,
         updater if u.enabled else None,
         oauth,
         factors,
+        tracing,
     )
 
 
@@ -323,6 +280,7 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
             components.clients, guard, components.revoke_client_tokens, clock=time.time
         ),
         factor_admin=FactorAdminServicer(components.factors, guard) if components.factors else None,
+        tracing=components.tracing,
     )
     listen = settings.server.http_listen
     http_socket = worker.http_socket if worker else bind_tcp("server.http_listen", listen)

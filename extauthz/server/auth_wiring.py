@@ -1,13 +1,17 @@
-"""The composition root's part for second factors: ``[mfa]`` settings in, the second step of
-the login, the ``/auth/mfa/*`` pages and the administrators' :class:`FactorAdmin` out (on the
-stores of :mod:`extauthz.server.store_wiring`)."""
+"""The composition root's part for the authentication service (:func:`build_auth`: the login,
+its users and budgets, the session resolver Check shares) and for second factors: ``[mfa]``
+settings in, the second step of the login, the ``/auth/mfa/*`` pages and the administrators'
+:class:`FactorAdmin` out (on the stores of :mod:`extauthz.server.store_wiring`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from extauthz.check.resolver import SessionResolver
+from extauthz.check.throttle import LookupThrottle
 from extauthz.errors import SettingsError
 from extauthz.login.cookies import SessionCookie
+from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.login.limits import LoginLimits
 from extauthz.login.mfa.account import FactorAdmin, MfaAccount
@@ -18,13 +22,18 @@ from extauthz.login.mfa.recovery import RecoveryKind
 from extauthz.login.mfa.sealing import SecretBox, load_key
 from extauthz.login.mfa.steps import SecondSteps
 from extauthz.login.mfa.totp import TotpKind
+from extauthz.login.service import LoginService
 from extauthz.login.users import PasswordVerifier
+from extauthz.server.metrics import Metrics
 from extauthz.server.store_wiring import (
     build_ceremonies,
     build_factor_store,
+    build_limiter,
     build_pending_logins,
+    build_user_store,
 )
 from extauthz.settings import Settings
+from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import Redis
 
 if TYPE_CHECKING:
@@ -94,3 +103,53 @@ def build_second_factors(
         passkeys = Passkeys(steps, passkey, build_ceremonies(settings, client))
         auth.mount(PasskeyHandlers(auth, passkeys).routes())
     return FactorAdmin(factors, service.sessions.store)
+
+
+def build_auth(
+    settings: Settings, sessions: SessionManager, client: Redis | None, metrics: Metrics
+) -> tuple[AuthHandlers, PasswordVerifier, SessionResolver, FactorAdmin]:
+    """The authentication service, the session resolver it shares with Check, its users store
+    and rate limiters (in ``client``'s Redis when given, else memory), its second factors;
+    logins and refusals by a spent budget are counted in ``metrics``."""
+    refused = metrics.count_rate_limited
+    verifier = PasswordVerifier(
+        build_user_store(settings, client), max_concurrent=settings.users.max_concurrent_hashes
+    )
+    r = settings.ratelimit
+    limits: LoginLimits | None = None
+    throttle: LookupThrottle | None = None
+    if r.enabled:
+        limits = LoginLimits(
+            per_user=build_limiter(
+                settings, client, r.login_user_limit, r.login_user_window_seconds, refused
+            ),
+            per_address=build_limiter(
+                settings, client, r.login_addr_limit, r.login_addr_window_seconds, refused
+            ),
+        )
+        throttle = LookupThrottle(
+            build_limiter(
+                settings, client, r.check_addr_limit, r.check_addr_window_seconds, refused
+            ),
+            refused=refused,
+        )
+    c = settings.session
+    resolver = SessionResolver(
+        sessions,
+        SessionCookie(c.cookie_name, secure=c.cookie_secure, domain=c.cookie_domain),
+        max_cookie_candidates=c.max_cookie_candidates,
+        throttle=throttle,
+        api_key_header=settings.api_keys.header,
+    )
+    service = LoginService(
+        resolver,  # the same one as Check's: one budget of failed lookups
+        verifier,
+        limits=limits,
+        same_site=SameSiteCheck.with_origins(settings.auth.allowed_origins),
+        default_return_to=settings.auth.default_return_to,
+        count=metrics.count_login,
+    )
+    auth = AuthHandlers(
+        service, realm=settings.deny.realm, trusted_proxies=settings.auth.trusted_proxies
+    )
+    return auth, verifier, resolver, build_second_factors(settings, auth, verifier, client, limits)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from extauthz._proto.extauthz.v1 import admin_pb2, admin_pb2_grpc
 from extauthz.check.authorizer import Authorizer
+from extauthz.check.decisions import Decision
 from extauthz.check.envoy_adapter import to_check_response, to_request_context
 from extauthz.errors import BadRequest, StoreUnavailable
 from extauthz.loops import Loop
@@ -40,7 +42,11 @@ from extauthz.server.client_admin import ClientAdminServicer, add_client_admin
 from extauthz.server.factor_admin import FactorAdminServicer, add_factor_admin
 from extauthz.server.health import HealthServicer
 from extauthz.server.listeners import address_in_use
+from extauthz.server.metrics import Metrics
 from extauthz.store.model import SessionStore
+
+if TYPE_CHECKING:  # imported only when tracing is on (it loads OpenTelemetry)
+    from extauthz.server.tracing import CheckTracing
 
 log = logging.getLogger("extauthz.grpc")
 
@@ -57,31 +63,71 @@ class AuthorizationServicer:
 
     Not derived from the generated ``AuthorizationServicer``, which xds-protos ships without
     types: ``add_AuthorizationServicer_to_server`` needs only :meth:`Check`.
+
+    :meth:`Check` is the one place that times a Check (``observe_check`` and
+    ``observe_unavailable`` of :class:`~extauthz.server.metrics.Metrics`; by default the
+    authorizer's) and hands it to ``tracing`` (:mod:`extauthz.server.tracing`; ``None``:
+    tracing off, which costs one ``if``).
     """
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        metrics: Metrics | None = None,
+        tracing: CheckTracing | None = None,
+    ) -> None:
         self._authorizer = authorizer
+        metrics = metrics if metrics is not None else authorizer.metrics
+        self._observe = metrics.observe_check if metrics is not None else _not_timed
+        self._observe_unavailable = (
+            metrics.observe_unavailable if metrics is not None else _not_timed_unavailable
+        )
+        self._tracing = tracing
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         """One ``CheckRequest``; ``context`` is the call's ``grpc.aio.ServicerContext``, of which
-        only ``abort`` is used (the in-process tests pass a stand-in).
+        ``abort`` and (with tracing) ``invocation_metadata`` are used (the in-process tests
+        pass a stand-in).
 
-        The Check's seam: whatever is observed once per Check (a latency histogram by
-        decision, a tracing span continuing the request's ``traceparent``) belongs here, around
-        the three steps, and nowhere deeper in the pipeline. It runs on every request: keep it
-        to a clock read and one branch when tracing is off (docs/benchmarks.md)."""
+        The Check's seam: whatever is observed once per Check (the latency histogram by
+        decision, the tracing span continuing the request's ``traceparent``) belongs here,
+        around the steps, and nowhere deeper in the pipeline. It runs on every request: keep it
+        to a clock read, one observation and one branch when tracing is off
+        (docs/benchmarks.md)."""
+        started = time.perf_counter()
+        try:
+            if self._tracing is None:
+                decision = await self.decide(request)
+            else:
+                decision = await self._tracing.check(request, context, self.decide)
+        except StoreUnavailable as exc:
+            self._observe_unavailable(started)
+            log.warning("check failed closed: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
+        response = to_check_response(decision)
+        self._observe(decision, started)
+        return response
+
+    async def decide(self, request: external_auth_pb2.CheckRequest) -> Decision:
+        """Translate, decide.
+
+        :raises StoreUnavailable: the session store could not answer.
+        """
         try:
             ctx = to_request_context(request)
         except BadRequest as denial:
-            return to_check_response(self._authorizer.reject(denial))
-        try:
-            decision = await self._authorizer.authorize(ctx)
-        except StoreUnavailable as exc:
-            log.warning("check failed closed: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "session store unavailable")
-        return to_check_response(decision)
+            return self._authorizer.reject(denial)
+        return await self._authorizer.authorize(ctx)
+
+
+def _not_timed(decision: Decision, started: float) -> None:
+    return None
+
+
+def _not_timed_unavailable(started: float) -> None:
+    return None
 
 
 class ExternalProcessorServicer:
@@ -210,11 +256,12 @@ def build_server(
     api_keys: ApiKeyAdminServicer | None = None,
     client_admin: ClientAdminServicer | None = None,
     factor_admin: FactorAdminServicer | None = None,
+    tracing: CheckTracing | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server with every service registered; return it and the bound port.
     ``ExternalProcessor`` is served when ``updater`` is given, ``ApiKeyAdmin`` when
     ``api_keys`` is, ``ClientAdmin`` when ``client_admin`` is, ``FactorAdmin`` when
-    ``factor_admin`` is.
+    ``factor_admin`` is. ``tracing``: Check spans (:mod:`extauthz.server.tracing`).
 
     The port is bound here, without ``SO_REUSEPORT`` (gRPC's default would let a second
     node share it: :mod:`extauthz.server.listeners`).
@@ -223,7 +270,7 @@ def build_server(
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationServicer(authorizer), server
+        AuthorizationServicer(authorizer, tracing=tracing), server
     )
     if updater is not None:
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(

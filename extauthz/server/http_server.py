@@ -2,7 +2,7 @@
 
 ``GET /.well-known/jwks.json`` — RFC 7517 §5 JWK Set of every published signing key
 (``Content-Type: application/jwk-set+json``), cacheable for five minutes.
-``GET /metrics`` — Prometheus text format (:mod:`extauthz.server.metrics`).
+``GET /metrics`` — Prometheus text format by ``prometheus_client`` (:mod:`.metrics`).
 ``/auth/*`` — the authentication service's adapter (:mod:`extauthz.login.http`) when one is given.
 ``/auth/oauth/*``, ``/.well-known/oauth-authorization-server`` — the OAuth 2.0 authorization
 server's adapter (:mod:`extauthz.oauth.http`) when one is given (``oauth.enabled``).
@@ -32,7 +32,7 @@ from extauthz.errors import BadRequest, Reason, StoreUnavailable
 from extauthz.keys.keyring import KeyRing
 from extauthz.login.http import AuthHandlers, client_address
 from extauthz.oauth.http import OAuthHandlers
-from extauthz.server.metrics import Metrics
+from extauthz.server.metrics import CONTENT_TYPE, Metrics
 
 JWKS_PATH = "/.well-known/jwks.json"
 KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring", KeyRing)
@@ -53,9 +53,8 @@ async def jwks(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(
-        text=request.app[METRICS].render(),
-        content_type="text/plain",
-        headers={"Cache-Control": "no-store"},
+        body=request.app[METRICS].render().encode(),
+        headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"},
     )
 
 

@@ -11,7 +11,7 @@ them the same way).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,9 +20,10 @@ from extauthz.login.mfa.challenges import Ceremonies, MemoryCeremonies
 from extauthz.login.mfa.factors import FactorStore
 from extauthz.login.mfa.file_store import FileFactorStore
 from extauthz.login.mfa.pending import MemoryPendingLogins, PendingLogins
-from extauthz.login.ratelimit import MemoryRateLimiter, RateLimiter
+from extauthz.login.ratelimit import CountedRateLimiter, MemoryRateLimiter, RateLimiter
 from extauthz.login.users import FileUserStore, UserStore
 from extauthz.oauth.clients import ClientStore, FileClientStore
+from extauthz.server.metrics import Metrics
 from extauthz.settings import Settings, StoreSettings, UserBackend
 from extauthz.store.cache import CachingSessionStore
 from extauthz.store.memory import MemorySessionStore
@@ -115,28 +116,38 @@ class StoreParts:
     cache: CachingSessionStore | None = None
 
 
-def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
-    """The session store of the configured strategy and topology (docs/strategies.md)."""
+def build_store(
+    settings: Settings, redis: RedisSide | None, metrics: Metrics | None = None
+) -> StoreParts:
+    """The session store of the configured strategy and topology (docs/strategies.md);
+    with ``metrics``, its Redis operations and acknowledgement barriers are timed."""
     s = settings.store
     if redis is None:
         return StoreParts(MemorySessionStore())  # node-local: nothing to cache or invalidate
     client, replica, membership = redis.clients.primary, redis.clients.replica, redis.membership
     trust_window = settings.cache.trust_window_ms / 1000
+    caches = cache_barrier(membership, trust_window=trust_window)
+    readers = (
+        replica_barrier(membership, timeout=s.wait_timeout_ms / 1000)
+        if replica is not None
+        else None
+    )
+    if metrics is not None:
+        caches.observe = metrics.ack_observer("cache")
+        if readers is not None:
+            readers.observe = metrics.ack_observer("replica")
     primary = RedisSessionStore(
         client,
         s.key_prefix,
         wait_replicas=s.wait_replicas_resolved,
         wait_timeout_ms=s.wait_timeout_ms,
         # revocations wait for every caching node, whether or not this process caches
-        invalidation_barrier=cache_barrier(membership, trust_window=trust_window),
+        invalidation_barrier=caches,
         # replicated: ... and for the replica of every node that reads from one, or fail
-        replica_barrier=(
-            replica_barrier(membership, timeout=s.wait_timeout_ms / 1000)
-            if replica is not None
-            else None
-        ),
+        replica_barrier=readers,
         # replicated: WAIT "all" waits for as many replicas as nodes read from
         replicas_read=leased_replicas(membership) if replica is not None else None,
+        observe=metrics.store_observer("primary") if metrics is not None else None,
     )
     # the node's one subscription, where it reads sessions: an invalidation is never read
     # before the revocation reached that server
@@ -152,6 +163,7 @@ def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
             max_staleness_seconds=s.replica_max_staleness_seconds,
             # a replica further behind than a write waits for it is given up
             max_lag_seconds=s.wait_timeout_ms / 1000,
+            observe_replica=metrics.store_observer("replica") if metrics is not None else None,
         )
     if not settings.cache.enabled:
         return StoreParts(store)
@@ -164,12 +176,22 @@ def build_store(settings: Settings, redis: RedisSide | None) -> StoreParts:
     return StoreParts(cache, cache)
 
 
-def build_limiter(settings: Settings, client: Redis | None, limit: int, window: int) -> RateLimiter:
+def build_limiter(
+    settings: Settings,
+    client: Redis | None,
+    limit: int,
+    window: int,
+    refused: Callable[[str], None] | None = None,
+) -> RateLimiter:
     """A fixed-window limiter (``limit`` per ``window`` seconds) in ``client``'s Redis under
-    ``store.key_prefix``, or in memory without a Redis store."""
+    ``store.key_prefix``, or in memory without a Redis store; ``refused(namespace)`` is told
+    of every hit over the limit."""
+    limiter: RateLimiter
     if client is None:
-        return MemoryRateLimiter(limit, window)
-    return RedisRateLimiter(client, settings.store.key_prefix, limit, window)
+        limiter = MemoryRateLimiter(limit, window)
+    else:
+        limiter = RedisRateLimiter(client, settings.store.key_prefix, limit, window)
+    return limiter if refused is None else CountedRateLimiter(limiter, refused)
 
 
 def build_user_store(settings: Settings, client: Redis | None) -> UserStore:

@@ -38,11 +38,13 @@ START_SECONDS = 10.0
 
 def worker_settings(settings: Settings, node_id: str, index: int) -> Settings:
     """The settings of worker ``index``: gRPC on ``server.grpc_listen``'s port + ``index``,
-    node id ``<node_id>-w<index>``, one worker."""
+    node id ``<node_id>-w<index>``; ``server.workers`` stays the node's count (the worker
+    serves, it does not supervise: only ``extauthz serve`` reads it to start workers; the
+    worker's ``extauthz_workers`` shows it)."""
     host, _, port = settings.server.grpc_listen.rpartition(":")
     server = dataclasses.replace(
         settings.server, grpc_listen=f"{host}:{int(port) + index}",
-        node_id=f"{node_id}-w{index}", workers=1,
+        node_id=f"{node_id}-w{index}", workers=settings.worker_count,
     )  # fmt: skip
     return dataclasses.replace(settings, server=server)
 

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from extauthz.addresses import is_loopback_host
+from extauthz.settings.tracing import TracingSettings
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 
@@ -373,6 +374,7 @@ class Settings:
     api_keys: ApiKeySettings = field(default_factory=ApiKeySettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def oauth_clients_backend(self) -> UserBackend:

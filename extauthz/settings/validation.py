@@ -18,6 +18,7 @@ from extauthz.settings.headers import HEADER_NAME as _HEADER_NAME
 from extauthz.settings.headers import RESERVED_HEADERS as _RESERVED_HEADERS
 from extauthz.settings.headers import RESERVED_PREFIXES as _RESERVED_PREFIXES
 from extauthz.settings.model import Settings, UserBackend
+from extauthz.settings.tracing import validate_tracing
 from extauthz.strategies import StoreBackend, StoreStrategy
 
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
@@ -52,6 +53,7 @@ def validate(s: Settings) -> None:
     _validate_ratelimit(s.ratelimit)
     _validate_session_updates(s.session_updates, s.jwt.header)
     validate_access(s)
+    validate_tracing(s.tracing)
 
 
 def _check_listen(dotted: str, value: str) -> None:

@@ -219,7 +219,7 @@ def test_metrics_record_the_strategy_and_the_decisions(redis_stack: Stack) -> No
     assert 'extauthz_store_strategy{strategy="central"} 1' in text
     counter = 'extauthz_check_decisions_total{decision="allow",reason="session_valid"}'
     allowed = [line for line in text.splitlines() if line.startswith(counter)]
-    assert allowed and int(allowed[0].rsplit(" ", 1)[1]) >= 1
+    assert allowed and float(allowed[0].rsplit(" ", 1)[1]) >= 1
 
 
 def raw_http1(stack: Stack, head: str) -> tuple[int, bytes]:

@@ -111,7 +111,7 @@ def rotation_counts(stack: Stack) -> dict[str, int]:
     for line in text.splitlines():
         if line.startswith("extauthz_token_rotations_total{"):
             labels, _, value = line.rpartition(" ")
-            counts[labels.split('"')[1]] = int(value)
+            counts[labels.split('"')[1]] = int(float(value))
     return counts
 
 

@@ -93,5 +93,5 @@ def test_each_worker_has_its_own_grpc_port_and_node_id() -> None:
     ]  # fmt: skip
     assert [w.node_id for w in workers] == ["node-a-w0", "node-a-w1", "node-a-w2"]
     assert {w.server.http_listen for w in workers} == {"127.0.0.1:9002"}  # one shared socket
-    assert all(w.worker_count == 1 for w in workers)
+    assert all(w.worker_count == 3 for w in workers)  # the node's count (extauthz_workers)
     assert workers[1].store == settings.store and workers[1].jwt == settings.jwt

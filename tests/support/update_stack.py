@@ -9,7 +9,6 @@ token's grace is :data:`ROTATION_GRACE_SECONDS`.
 from __future__ import annotations
 
 import http.client
-import re
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from harness.ports import LOOPBACK, free_port
 from harness.process import ManagedProcess
 from harness.redis import RedisServer
 from harness.stack import DEMO_SETTINGS, StackPorts, generate_envoy_config
+from tests.support.metrics_text import parse, value
 
 ALLOWED_KEYS = "upstream=theme,upstream=cart"
 USER, PASSWORD = "uma", "uma-password-1"
@@ -63,12 +63,8 @@ class Node:
         url = f"http://{LOOPBACK}:{self.extauthz.http_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
-        pattern = (
-            rf'^extauthz_session_updates_total\{{result="{result}",reason="{re.escape(reason)}"'
-            rf"\}} (\d+)$"
-        )
-        match = re.search(pattern, text, re.M)
-        return int(match.group(1)) if match else 0
+        found = value(parse(text), "extauthz_session_updates_total", result=result, reason=reason)
+        return int(found or 0)
 
 
 @dataclass

@@ -71,8 +71,10 @@ class AckBarrier:
         timeout: float,
         strict: bool,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self.pending = pending
+        self.observe = observe  # seconds from the call to the last acknowledgement (or deadline)
         self.timeout = timeout
         self._strict = strict
         self._clock = clock
@@ -83,7 +85,8 @@ class AckBarrier:
 
         :raises StoreWriteNotDurable: the deadline passed and the barrier is strict.
         """
-        deadline = self._clock() + self.timeout
+        started = self._clock()
+        deadline = started + self.timeout
         self.stats["waits"] += 1
         delay = 0.0005
         while True:
@@ -95,10 +98,14 @@ class AckBarrier:
                 cause = exc.__cause__ if exc.__cause__ is not None else exc
                 waiting = [f"? ({cause.__class__.__name__})"]
             if not waiting:
+                if self.observe is not None:
+                    self.observe(self._clock() - started)
                 return
             left = deadline - self._clock()
             if left <= 0:
                 self.stats["timeouts"] += 1
+                if self.observe is not None:
+                    self.observe(self._clock() - started)
                 self._expired(seq, waiting)
                 return
             await asyncio.sleep(min(delay, left))

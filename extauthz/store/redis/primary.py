@@ -45,11 +45,13 @@ class RedisPrimary:
         invalidation_barrier: Callable[[int], Awaitable[None]] | None = None,
         replica_barrier: Callable[[int], Awaitable[None]] | None = None,
         replicas_read: Callable[[], Awaitable[int]] | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         """``wait_replicas``: a count, or ``"all"``: every replica the primary reports online,
         or, given ``replicas_read`` (how many replicas nodes read from: ``replicated``'s
         :func:`~extauthz.store.redis.lease.leased_replicas`), that many of them, at least
-        one. ``wait_timeout_ms``: how long a write waits for them."""
+        one. ``wait_timeout_ms``: how long a write waits for them. ``observe(operation,
+        seconds)`` is told how long each operation took (:meth:`_run`), failures included."""
         self._redis = client
         self._replicas_read = replicas_read
         self._invalidation_barrier = invalidation_barrier
@@ -58,6 +60,7 @@ class RedisPrimary:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._clock = clock
+        self._observe = observe
         self.invalidation_channel = key_prefix + "invalidate"
 
     def _session_key(self, token_hash: str) -> str:
@@ -89,7 +92,17 @@ class RedisPrimary:
     async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` against the primary. When the node turns out to be demoted
         (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
-        Sentinels already name another primary, re-resolve the primary and try once more."""
+        Sentinels already name another primary, re-resolve the primary and try once more.
+        Every store operation passes here: the one place it is timed (``observe``)."""
+        if self._observe is None:
+            return await self._run_once_more(what, op)
+        started = time.perf_counter()
+        try:
+            return await self._run_once_more(what, op)
+        finally:
+            self._observe(what, time.perf_counter() - started)
+
+    async def _run_once_more(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         try:
             async with store_errors(what):
                 return await op()

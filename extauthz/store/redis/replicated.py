@@ -68,10 +68,12 @@ class ReplicatedSessionStore:
         max_lag_seconds: float = 0.25,
         freshness_check_interval: float = FRESHNESS_CHECK_INTERVAL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        observe_replica: Callable[[str, float], None] | None = None,
     ) -> None:
         self._primary = primary
         self._replica_client = replica
-        self._replica = RedisSessionStore(replica, key_prefix)
+        # observe_replica(operation, seconds): the replica's reads, timed like the primary's
+        self._replica = RedisSessionStore(replica, key_prefix, observe=observe_replica)
         self._max_staleness = max_staleness_seconds
         self._max_lag = max_lag_seconds
         self._lag = ReplicationLag()
