@@ -16,6 +16,7 @@ Nothing here reads the environment at import time. A bad value raises
 from __future__ import annotations
 
 from extauthz.settings.loading import load_settings
+from extauthz.settings.mfa import MfaMode, MfaSettings
 from extauthz.settings.model import (
     AdminSettings,
     AuthSettings,
@@ -23,8 +24,6 @@ from extauthz.settings.model import (
     ClientBackend,
     DenySettings,
     JwtSettings,
-    MfaMode,
-    MfaSettings,
     OAuthClientsSettings,
     OAuthSettings,
     RateLimitSettings,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from extauthz.addresses import is_loopback_host
 from extauthz.errors import SettingsError
 from extauthz.scopes import validate_scope_tokens
-from extauthz.settings import model
+from extauthz.settings import mfa, model
 from extauthz.settings.headers import HEADER_NAME, RESERVED_HEADERS, RESERVED_PREFIXES
 from extauthz.settings.model import Settings, UserBackend
 from extauthz.settings.passkeys import validate_passkeys
@@ -83,7 +83,7 @@ def _validate_oauth(s: Settings) -> None:
 
 def _validate_mfa(s: Settings) -> None:
     m = s.mfa
-    if m.mode == model.MfaMode.ROLES and not m.required_roles:
+    if m.mode == mfa.MfaMode.ROLES and not m.required_roles:
         raise SettingsError("mfa.required_roles: must name a role when mfa.mode is roles")
     try:
         validate_scope_tokens("roles", m.required_roles)

@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, field
 
 from extauthz.addresses import is_loopback_host
+from extauthz.settings import workers
+from extauthz.settings.mfa import MfaSettings
 from extauthz.settings.tracing import TracingSettings
 from extauthz.strategies import StoreBackend, StoreStrategy
 
@@ -296,44 +298,6 @@ class ApiKeySettings:
     touch_interval_seconds: int = 300
 
 
-@enum.unique
-class MfaMode(enum.StrEnum):
-    """Who must sign in with a second factor (``mfa.mode``)."""
-
-    OPTIONAL = "optional"  # whoever has one uses it; nobody must enrol
-    REQUIRED = "required"  # every user
-    ROLES = "roles"  # users holding one of mfa.required_roles
-
-
-@dataclass(frozen=True)
-class MfaSettings:
-    """Second factors (docs/authentication.md, 'Second factors and step-up').
-
-    ``mode`` and ``required_roles``: who must have one (a user who must and has none enrols
-    right after the password, before any session exists). Factors live beside the users
-    (``users.backend``): in ``file`` or the session store's Redis. ``secret_key_file``: a
-    file holding 32 bytes (64 hex digits or base64) that seals TOTP secrets at rest
-    (AES-256-GCM); empty: secrets are stored unsealed, protected like the user file.
-    ``issuer``: the name authenticator apps show. ``fresh_auth_seconds``: how recent the
-    latest authentication must be to enrol. ``pending_seconds``: how long a sign-in waits
-    for its second step. Passkeys (WebAuthn) are offered when ``rp_id`` is set: the relying
-    party id (the site's domain, e.g. ``example.com``), ``rp_name`` (what the authenticator
-    shows) and ``origins`` (every origin the pages are served on, e.g.
-    ``https://login.example.com``; compared exactly with the browser's clientDataJSON).
-    """
-
-    mode: MfaMode = MfaMode.OPTIONAL
-    required_roles: tuple[str, ...] = ()
-    file: str = "factors.json"
-    secret_key_file: str = ""
-    issuer: str = "extauthz"
-    fresh_auth_seconds: int = 600
-    pending_seconds: int = 300
-    rp_id: str = ""
-    rp_name: str = "extauthz"
-    origins: tuple[str, ...] = ()
-
-
 @dataclass(frozen=True)
 class OAuthSettings:
     """The OAuth 2.0 authorization server (docs/oauth.md, :mod:`extauthz.oauth`); off unless
@@ -387,32 +351,20 @@ class Settings:
         """``server.workers`` as a count: ``"auto"`` is the CPUs this process may run on
         (``os.sched_getaffinity``, else ``os.cpu_count()``) with the Redis store, and 1 with
         the in-memory store (several processes would not share its sessions). ``"auto"``
-        stops short of the ports it cannot use (:attr:`worker_port_room`): with the gRPC port
-        right below the HTTP port (9001 and 9002, the defaults) that is one worker."""
-        workers = self.server.workers
-        if isinstance(workers, int):
-            return workers
+        stops short of the ports it cannot use (:func:`extauthz.settings.workers.port_room`):
+        with the gRPC port right below the HTTP port (9001 and 9002, the defaults) that is
+        one worker."""
+        if isinstance(self.server.workers, int):
+            return self.server.workers
         if self.store.backend == StoreBackend.MEMORY:
             return 1
-        return min(self.cpu_count, self.worker_port_room)
+        room = workers.port_room(self.server.grpc_listen, self.server.http_listen)
+        return min(self.cpu_count, room)
 
     @property
     def cpu_count(self) -> int:
-        """The CPUs this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``)."""
-        if hasattr(os, "sched_getaffinity"):
-            return max(len(os.sched_getaffinity(0)), 1)
-        return os.cpu_count() or 1
-
-    @property
-    def worker_port_room(self) -> int:
-        """How many workers fit on consecutive gRPC ports from ``server.grpc_listen``'s before
-        ``server.http_listen``'s port or past 65535 (at least 1)."""
-        first = int(self.server.grpc_listen.rpartition(":")[2])
-        http = int(self.server.http_listen.rpartition(":")[2])
-        room = 65536 - first
-        if http > first:
-            room = min(room, http - first)
-        return max(room, 1)
+        """The CPUs this process may run on (:func:`extauthz.settings.workers.cpu_count`)."""
+        return workers.cpu_count()
 
     @property
     def node_id(self) -> str:

@@ -7,13 +7,13 @@ import re
 from urllib.parse import urlsplit
 
 from extauthz.errors import SettingsError
-from extauthz.settings import model
+from extauthz.settings import mfa
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _RP_ID = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
 
-def validate_passkeys(m: model.MfaSettings) -> None:
+def validate_passkeys(m: mfa.MfaSettings) -> None:
     """``rp_id`` a lower-case domain (WebAuthn §5.1.3: never an IP address); each origin
     ``https://host[:port]`` (``http://`` only for ``localhost``) whose host is ``rp_id`` or
     below it."""
