@@ -158,6 +158,29 @@ def memory_section(report: dict[str, Any]) -> str:
     )
 
 
+def soak_section(report: dict[str, Any]) -> str:
+    soak = report.get("soak")
+    if not soak:
+        return ""
+    rows = []
+    for i, w in enumerate(soak["windows"]):
+        pc = w["percentiles_ms"]
+        rss = " / ".join(f"{v:.1f}" for v in w["rss_mib"].values() if v is not None)
+        rows.append((str(i + 1), f"{w['achieved_rps']:.0f}",
+                     *(_ms(_pct(pc, p)) for p in (50.0, 99.0, 99.9, 100.0)),
+                     str(w["non_2xx"] + w["socket_errors"]), rss))  # fmt: skip
+    b = soak["bounds"]
+    verdict = "passed" if not soak["problems"] else "FAILED: " + "; ".join(soak["problems"])
+    return (
+        f"## Soak: {soak['minutes']:g} min at {soak['rate']:.0f} req/s (of a measured peak of "
+        f"{soak['peak_rps']:.0f}), {soak['window_s']:g} s windows\n\n"
+        + table(("window", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+                 "extauthz RSS MiB"), rows)  # fmt: skip
+        + f"\n\nBounds: RSS growth ≤ {b['rss_growth_mib']:g} MiB per process (first to last "
+        f"window); last p99 ≤ {b['p99_factor']:g} × first + {b['p99_slack_ms']:g} ms. {verdict}"
+    )
+
+
 def store_section(report: dict[str, Any]) -> str:
     store = report.get("store_bench")
     if not store:
@@ -178,20 +201,23 @@ def render_markdown(report: dict[str, Any], report_path: Path) -> str:
     m, src = report["machine"], report["extauthz"]
     commit = src.get("commit", "")[:12] + (" + uncommitted changes in extauthz/"
                                            if src.get("uncommitted_changes") else "")  # fmt: skip
+    wrk = report.get("wrk", "").split(" [")[0].replace("debian/", "wrk ")
+    redis = report.get("redis", "").split(" sha=")[0]
     head = (
         "# Benchmark results\n\n"
         "<!-- written by benchmarks/bench.py --report (make bench); edit docs/benchmarks.md "
         "instead -->\n\n"
         f"**{report['date']}**, extauthz {src['version']} at `{commit or 'unknown'}`, Envoy "
         f"{report['envoy']} (`--concurrency {report['envoy_concurrency']}`), Python "
-        f"{m['python']}, {report['wrk']}, {report.get('h2load', '')}, {report['redis']}.  \n"
+        f"{m['python']}, {wrk}, {report.get('h2load', '')}, {redis}.  \n"
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, shared by every "
         f"process of the run; load average before the run: {report.get('loadavg', '?')}.  \n"
         f"Command: `{report['command']}`"
     )
     sections = [head, targets_section(report), throughput_section(report),
                 one_connection_section(report), open_loop_section(report),
-                scaling_section(report), memory_section(report), store_section(report),
+                scaling_section(report), memory_section(report), soak_section(report),
+                store_section(report),
                 plots_section(report, report_path)]  # fmt: skip
     problems = report.get("problems", [])
     if problems:
