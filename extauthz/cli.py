@@ -36,6 +36,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     _configure_logging(args.log_level)
     settings = load_settings(args.config)
+    if settings.worker_count > 1:  # a supervisor and its worker processes
+        from extauthz.server.worker_wiring import serve_workers
+        from extauthz.settings.validation import check_worker_ports
+
+        check_worker_ports(settings)  # "auto": as many as this machine has CPUs
+
+        return serve_workers(settings, args.log_level)
     return asyncio.run(serve(settings))
 
 

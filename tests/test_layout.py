@@ -114,9 +114,9 @@ def test_only_the_composition_root_and_the_cli_read_settings_types() -> None:
     readers = {m for m in _importers("extauthz.settings") if not m.startswith("extauthz.settings")}
     # the composition root is app.py, with the settings-to-store conversion beside it
     # oauth_wiring and auth_wiring: the OAuth and the login/[mfa] parts of the root (app.py is
-    # at the module size limit)
+    # at the module size limit); worker_wiring: each worker's settings (server.workers)
     root = {
         "extauthz.server.app", "extauthz.server.store_wiring", "extauthz.server.oauth_wiring",
-        "extauthz.server.auth_wiring",
+        "extauthz.server.auth_wiring", "extauthz.server.worker_wiring",
     }
     assert readers <= root | {"extauthz.cli"}, sorted(readers)

@@ -36,10 +36,7 @@ from extauthz.response.updates import Allowlist
 from extauthz.server.admin import AdminGuard, SessionAdminServicer, StatusServicer, admin_guard
 from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.auth_wiring import build_second_factors
-from extauthz.server.client_admin import (
-    ClientAdminServicer,
-    RevokeClientTokens,
-)
+from extauthz.server.client_admin import ClientAdminServicer, RevokeClientTokens
 from extauthz.server.factor_admin import FactorAdminServicer
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
@@ -59,6 +56,7 @@ from extauthz.server.store_wiring import (
     describe,
 )
 from extauthz.server.tasks import KeyReloader
+from extauthz.server.workers import WorkerLink
 from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
@@ -263,8 +261,10 @@ def _admin_guard(settings: Settings) -> AdminGuard:
     return admin_guard(settings.admin.enabled, settings.admin.token_file)
 
 
-async def serve(settings: Settings) -> int:
-    """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code.
+async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
+    """Run the gRPC and HTTP servers until SIGTERM or SIGINT; return the exit code. As one of
+    several ``worker`` processes (:mod:`extauthz.server.worker_wiring`): its HTTP socket and
+    health follow the supervisor's link.
 
     Both listen addresses are bound first. Shutdown (:mod:`extauthz.server.shutdown`): at once
     ``NOT_SERVING`` and no new calls, in-flight calls get ``server.shutdown_grace_seconds``,
@@ -324,7 +324,8 @@ async def serve(settings: Settings) -> int:
         ),
         factor_admin=FactorAdminServicer(components.factors, guard) if components.factors else None,
     )
-    http_socket = bind_tcp("server.http_listen", settings.server.http_listen)
+    listen = settings.server.http_listen
+    http_socket = worker.http_socket if worker else bind_tcp("server.http_listen", listen)
     try:
         await components.start()
     except BaseException:
@@ -333,7 +334,8 @@ async def serve(settings: Settings) -> int:
         raise
     loops: list[Service] = [
         StoreHealthReporter(
-            components.store, health_servicer, settings.server.health_check_interval_seconds
+            components.store, health_servicer, settings.server.health_check_interval_seconds,
+            peers=worker,
         ),
         KeyReloader(components.keyring, settings.jwt.keys_reload_seconds),
     ]
@@ -352,6 +354,8 @@ async def serve(settings: Settings) -> int:
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=grace)
     await runner.setup()
     await web.SockSite(runner, http_socket).start()
+    if worker is not None:
+        worker.ready()
     log.info(
         "extauthz %s serving node_id=%s store_strategy=%s store_backend=%s store_topology=[%s] "
         "grpc=%s http=%s signing_kid=%s",

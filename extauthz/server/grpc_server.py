@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -107,17 +108,29 @@ class ExternalProcessorServicer:
             await context.write(ext_proc_adapter.to_processing_response(changes))
 
 
+class Peers(Protocol):
+    """The other workers of this node (:class:`extauthz.server.workers.WorkerLink`)."""
+
+    all_up: bool
+
+    def subscribe(self, changed: Callable[[], Awaitable[object]]) -> None: ...
+
+
 class StoreHealthReporter:
     """Keeps the health status in line with the store's reachability: :meth:`start` checks
-    once, then every ``interval`` seconds until :meth:`stop`."""
+    once, then every ``interval`` seconds until :meth:`stop`. With ``peers`` (one of several
+    workers), also ``NOT_SERVING`` while any worker of the node is down, at once on a change."""
 
     def __init__(
-        self, store: SessionStore, servicer: HealthServicer, interval: float
-    ) -> None:
+        self, store: SessionStore, servicer: HealthServicer, interval: float,
+        peers: Peers | None = None,
+    ) -> None:  # fmt: skip
         self._store = store
         self._servicer = servicer
         self._interval = interval
+        self._peers = peers
         self.serving: bool | None = None
+        self._store_ok: bool | None = None
         self._loop = Loop("store-health", self._step, interval=interval, logger=log)
 
     async def check_once(self) -> bool:
@@ -125,9 +138,19 @@ class StoreHealthReporter:
             await self._servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         try:
             await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 0.5))
-            serving = True
+            store_ok = True
         except (StoreUnavailable, TimeoutError):
-            serving = False
+            store_ok = False
+        if store_ok != self._store_ok:
+            (log.info if store_ok else log.warning)(
+                "session store %s", "reachable" if store_ok else "unreachable: NOT_SERVING"
+            )
+            self._store_ok = store_ok
+        return await self.refresh()
+
+    async def refresh(self) -> bool:
+        """Set the status from the last store check and the peers; whether it is SERVING."""
+        serving = bool(self._store_ok) and (self._peers is None or self._peers.all_up)
         if serving != self.serving:
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -136,9 +159,11 @@ class StoreHealthReporter:
             )
             for service in ("", AUTHORIZATION_SERVICE):
                 await self._servicer.set(service, status)
-            (log.info if serving else log.warning)(
-                "session store %s", "reachable" if serving else "unreachable: NOT_SERVING"
-            )
+            if self._peers is not None and self._store_ok:
+                if serving:
+                    log.info("every worker serves")
+                else:
+                    log.warning("not every worker serves: NOT_SERVING")
             self.serving = serving
         return serving
 
@@ -147,6 +172,8 @@ class StoreHealthReporter:
 
     async def start(self) -> None:
         if not self._loop.running:
+            if self._peers is not None:
+                self._peers.subscribe(self.refresh)
             await self.check_once()
             await self._loop.start()
 

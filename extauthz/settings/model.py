@@ -61,6 +61,10 @@ class ServerSettings:
     grpc_listen: str = "127.0.0.1:9001"
     http_listen: str = "127.0.0.1:9002"
     node_id: str = ""  # empty: "<hostname>-<pid>"
+    # extauthz processes on this node, each on its own gRPC port (grpc_listen's port + i), all
+    # on http_listen: a count >= 1, or "auto" (Settings.worker_count: the CPUs with a Redis
+    # store, 1 with the in-memory store, whose sessions live in one process)
+    workers: int | str = "auto"
     shutdown_grace_seconds: float = 10.0
     health_check_interval_seconds: float = 1.0
     # the timeout of the Envoy ext_authz filter that calls this node (grpc_service.timeout of
@@ -375,6 +379,20 @@ class Settings:
         """``oauth_clients.backend``, with ``"users"`` resolved to ``users.backend``."""
         b = self.oauth_clients.backend
         return self.users.backend if b == ClientBackend.USERS else UserBackend(b.value)
+
+    @property
+    def worker_count(self) -> int:
+        """``server.workers`` as a count: ``"auto"`` is the CPUs this process may run on
+        (``os.sched_getaffinity``, else ``os.cpu_count()``) with the Redis store, and 1 with
+        the in-memory store (several processes would not share its sessions)."""
+        workers = self.server.workers
+        if isinstance(workers, int):
+            return workers
+        if self.store.backend == StoreBackend.MEMORY:
+            return 1
+        if hasattr(os, "sched_getaffinity"):
+            return max(len(os.sched_getaffinity(0)), 1)
+        return os.cpu_count() or 1
 
     @property
     def node_id(self) -> str:

@@ -37,6 +37,7 @@ def validate(s: Settings) -> None:
     """:raises SettingsError: the first setting that is out of range, malformed, or does not
     fit the others."""
     _validate_server(s.server)
+    _validate_workers(s)
     _validate_cache(s.cache)
     _validate_store(s.store)
     _validate_check_budget(s.store, s.server)
@@ -66,6 +67,45 @@ def _validate_server(s: model.ServerSettings) -> None:
         raise SettingsError("server.shutdown_grace_seconds: must not be negative")
     if s.health_check_interval_seconds <= 0:
         raise SettingsError("server.health_check_interval_seconds: must be positive")
+
+
+def _validate_workers(s: Settings) -> None:
+    """``server.workers``: a count >= 1 or "auto"; more than one needs the Redis store. The
+    ports of an explicit count are checked here, those of "auto" (which depends on the machine)
+    by ``extauthz serve`` (:func:`check_worker_ports`)."""
+    workers = s.server.workers
+    if isinstance(workers, str) and workers != "auto" or isinstance(workers, int) and workers < 1:
+        raise SettingsError(f"server.workers: expected a count >= 1 or 'auto', got {workers!r}")
+    if isinstance(workers, int) and workers > 1 and s.store.backend == StoreBackend.MEMORY:
+        raise SettingsError(
+            f"server.workers: {workers} workers need store.backend = redis (the in-memory "
+            "store lives in one process: the workers would not share its sessions)"
+        )
+    if isinstance(workers, int):
+        check_worker_ports(s)
+
+
+def check_worker_ports(s: Settings) -> None:
+    """The workers' gRPC ports, ``server.grpc_listen``'s port + 0 ... + count - 1
+    (:attr:`Settings.worker_count`), exist and do not include ``server.http_listen``'s port.
+
+    :raises SettingsError: naming ``server.workers`` and the ports.
+    """
+    count = s.worker_count
+    first = int(s.server.grpc_listen.rpartition(":")[2])
+    last = first + count - 1
+    where = (
+        f"server.workers: {count} workers listen on gRPC ports {first}-{last} "
+        "(server.grpc_listen's port + i)"
+    )
+    if last > 65535:
+        raise SettingsError(f"{where}: past 65535")
+    http = int(s.server.http_listen.rpartition(":")[2])
+    if count > 1 and first <= http <= last:
+        raise SettingsError(
+            f"{where}, which include server.http_listen's port {http}: move one of them or "
+            "set server.workers"
+        )
 
 
 def _validate_cache(c: model.CacheSettings) -> None:
