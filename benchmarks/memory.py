@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import parse_h2load
-from benchmarks.probes import process_tree
+from benchmarks.probes import process_role, process_tree
 from benchmarks.scenarios import BenchError
 from benchmarks.stack import Stack
 from benchmarks.throughput import add_counters, check_run, snapshot
@@ -76,12 +76,12 @@ def memory_after_checks(
     run = drive_checks(args, stack, "ext_authz", count)
     after = rss_by_process(root)
     processes = [
-        {"pid": pid, "role": "main" if pid == root else "worker",
+        {"pid": pid, "role": process_role(pid, root),
          "rss_before_mib": before.get(pid, {}).get("VmRSS"), "rss_after_mib": v.get("VmRSS"),
          "hwm_mib": v.get("VmHWM")}  # fmt: skip
         for pid, v in after.items()
     ]
-    workers = [p for p in processes if p["role"] == "worker"] or processes
+    workers = [p for p in processes if p["role"] == "worker"] or processes[:1]
     worst = max(float(p["rss_after_mib"] or 0.0) for p in workers)
     result = {"checks": count, "rps": run["rps"], "elapsed_s": run["elapsed_s"],
               "processes": processes, "max_worker_rss_mib": worst,

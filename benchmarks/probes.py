@@ -85,6 +85,18 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def process_role(pid: int, root: int) -> str:
+    """``main`` (the process started), ``helper`` (multiprocessing's resource tracker, which
+    the ``spawn`` start method runs beside the workers) or ``worker``."""
+    if pid == root:
+        return "main"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "worker"
+    return "helper" if b"resource_tracker" in cmdline else "worker"
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """:func:`cpu_seconds` of ``pid`` and of each of its descendants (a supervisor and its
     workers) that still runs."""

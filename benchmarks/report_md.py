@@ -132,12 +132,13 @@ def scaling_section(report: dict[str, Any]) -> str:
         cpu = r["cpu_us_per_request"]
         rows.append((str(r["workers"]), f"{r['rps']:.0f}", _ms(r["p50_ms"]), _ms(r["p99_ms"]),
                      f"{cpu['envoy']:.0f}", f"{cpu['extauthz']:.0f}",
-                     f"{r['cpu_cores']['extauthz']:.2f}", f"{r['speedup']:.2f}"))
+                     f"{r['cpu_cores']['extauthz']:.2f}", f"{r['speedup']:.2f}",
+                     " / ".join(f"{v:.1f}" for v in r.get("worker_cpu_s", {}).values())))
     return (
         f"## Scaling with server.workers (extauthz, session cache on; wrk -c{sc['connections']} "
         f"-d{sc['duration_s']}s; Envoy --concurrency {sc['envoy_concurrency']})\n\n"
         + table(("workers", "req/s", "p50 ms", "p99 ms", "Envoy µs/req", "extauthz µs/req",
-                 "extauthz cores", "× 1 worker"), rows)  # fmt: skip
+                 "extauthz cores", "× 1 worker", "CPU s per worker"), rows)  # fmt: skip
     )
 
 

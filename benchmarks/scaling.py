@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.probes import http_get
+from benchmarks.probes import cpu_seconds, http_get, process_role, process_tree
 from benchmarks.scenarios import BENCH_CONFIG, BenchError, EnvoyPorts
 from benchmarks.stack import Stack, say, workers_supported
 from benchmarks.throughput import check_run, measure
@@ -100,12 +100,29 @@ def scaling_step(args: argparse.Namespace, stack: Stack, workers: int) -> dict[s
             raise BenchError(f"scaling, {workers} workers: no 401 without a credential")
         say(f"scaling: {workers} workers (pid {node.pid}), wrk -c{args.connections} "
             f"-d{args.duration}s")  # fmt: skip
+        assert node.pid is not None
+        before = {pid: cpu_seconds(pid) for pid in process_tree(node.pid)}
         result = measure(args, step, SCENARIO)
+        result["worker_cpu_s"] = {
+            str(pid): cpu_seconds(pid) - start
+            for pid, start in before.items() if process_role(pid, node.pid) == "worker"
+        } or {str(node.pid): cpu_seconds(node.pid) - before[node.pid]}  # fmt: skip
     finally:
         for proc in reversed(started):
             proc.stop()
     result["workers"] = workers
     return result
+
+
+def check_spread(result: dict[str, Any], share: float = 0.1) -> list[str]:
+    """Every worker must have done part of the work: at least ``share`` / workers of the CPU
+    time the workers spent (else Envoy did not spread the Checks over the endpoints)."""
+    cpu = result["worker_cpu_s"]
+    if len(cpu) != result["workers"]:
+        return [f"{len(cpu)} worker processes found, not {result['workers']}"]
+    total = sum(cpu.values())
+    idle = [pid for pid, s in cpu.items() if s < share * total / len(cpu)]
+    return [f"worker pid {pid} answered (almost) no Check" for pid in idle]
 
 
 def scaling_run(args: argparse.Namespace, stack: Stack, problems: list[str]) -> dict[str, Any]:
@@ -119,5 +136,6 @@ def scaling_run(args: argparse.Namespace, stack: Stack, problems: list[str]) -> 
     runs = [scaling_step(args, stack, n) for n in args.scaling]
     for r in runs:
         r["speedup"] = r["rps"] / runs[0]["rps"] if runs[0]["rps"] else 0.0
-        problems += [f"scaling, {r['workers']} workers: {p}" for p in check_run(SCENARIO, r)]
+        problems += [f"scaling, {r['workers']} workers: {p}"
+                     for p in check_run(SCENARIO, r) + check_spread(r)]  # fmt: skip
     return base | {"runs": runs}
