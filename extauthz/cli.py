@@ -54,7 +54,7 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     values = SettingsValues(
         grpc_listen=settings.server.grpc_listen, http_listen=settings.server.http_listen,
         cookie_name=settings.session.cookie_name, jwt_header=settings.jwt.header,
-        session_update_header=settings.session_updates.header,
+        session_update_header=settings.session_updates.header, workers=settings.worker_count,
     )  # fmt: skip
     return run(args, values)
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import REPO_ROOT
-from .ports import LOOPBACK, free_port, port_accepts
+from .ports import LOOPBACK, free_port, free_ports, port_accepts
 from .process import ManagedProcess, ProcessError
 
 
@@ -114,7 +114,9 @@ class ExtauthzProcess(ManagedProcess):
     admin token file is ``env``'s ``EXTAUTHZ_ADMIN_TOKEN_FILE``, or else a fresh one in
     ``log_dir`` (:func:`write_admin_token`); :meth:`cli` passes it on. Ready when both ports
     accept and gRPC health says SERVING, which the server reports once its session store
-    answers.
+    answers. ``workers`` (``server.workers``, 1 unless given): worker ``i`` serves gRPC on
+    ``grpc_port + i`` (:attr:`grpc_ports`, consecutive free ports unless ``grpc_port`` is
+    given); ready when every one of them says SERVING.
     """
 
     def __init__(
@@ -127,8 +129,10 @@ class ExtauthzProcess(ManagedProcess):
         env: Mapping[str, str] | None = None,
         name: str = "extauthz",
         listen_host: str = LOOPBACK,
+        workers: int = 1,
     ) -> None:
-        self.grpc_port = grpc_port or free_port()
+        self.workers = workers
+        self.grpc_port = grpc_port or (free_ports(workers) if workers > 1 else free_port())
         self.http_port = http_port or free_port()
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -138,9 +142,16 @@ class ExtauthzProcess(ManagedProcess):
         full_env["EXTAUTHZ_SERVER_GRPC_LISTEN"] = f"{listen_host}:{self.grpc_port}"
         full_env["EXTAUTHZ_SERVER_HTTP_LISTEN"] = f"{listen_host}:{self.http_port}"
         full_env["PYTHONUNBUFFERED"] = "1"
+        if "EXTAUTHZ_SERVER_WORKERS" not in (env or {}):
+            full_env["EXTAUTHZ_SERVER_WORKERS"] = str(workers)
         argv = [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)]
         super().__init__(name, argv, log_dir, env=full_env, cwd=REPO_ROOT)
         self.ready_timeout = 30.0
+
+    @property
+    def grpc_ports(self) -> list[int]:
+        """Every worker's gRPC port."""
+        return [self.grpc_port + i for i in range(self.workers)]
 
     @property
     def grpc_target(self) -> str:
@@ -151,10 +162,8 @@ class ExtauthzProcess(ManagedProcess):
         return f"http://{LOOPBACK}:{self.http_port}/.well-known/jwks.json"
 
     def is_ready(self) -> bool:
-        return (
-            port_accepts(self.grpc_port)
-            and port_accepts(self.http_port)
-            and grpc_health_serving(self.grpc_port)
+        return port_accepts(self.http_port) and all(
+            port_accepts(port) and grpc_health_serving(port) for port in self.grpc_ports
         )
 
     @property

@@ -66,6 +66,22 @@ def free_port(host: str = LOOPBACK) -> int:
     raise OSError(f"no free port on {host} outside {sorted(RESERVED_PORTS)}")
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> int:
+    """The first of ``count`` consecutive free ports (as :func:`free_port` finds one): the
+    gRPC ports of ``count`` extauthz workers.
+
+    :raises OSError: no such range could be found in 200 tries.
+    """
+    for _ in range(200):
+        first = free_port(host)
+        rest = range(first + 1, first + count)
+        if all(p not in _handed_out and p not in RESERVED_PORTS and _bindable(host, p)
+               for p in rest):  # fmt: skip
+            _handed_out.update(rest)
+            return first
+    raise OSError(f"no {count} consecutive free ports on {host}")
+
+
 def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
     """True when a TCP connection to ``host:port`` succeeds now."""
     try:

@@ -20,7 +20,7 @@ import yaml
 from . import REPO_ROOT
 from .envoy import EnvoyProcess, envoy_version
 from .extauthz import EchoUpstreamProcess, ExtauthzProcess, ensure_signing_key
-from .ports import LOOPBACK, free_port
+from .ports import LOOPBACK, free_port, free_ports
 from .process import ManagedProcess
 
 FRONT_PROXY = REPO_ROOT / "envoy" / "front-proxy.yaml"
@@ -44,9 +44,10 @@ class StackPorts:
     upstream: int
 
     @classmethod
-    def allocate(cls) -> StackPorts:
-        """Fresh free ports for every part."""
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+    def allocate(cls, workers: int = 1) -> StackPorts:
+        """Fresh free ports for every part (``workers`` consecutive ones from ``grpc``)."""
+        grpc = free_ports(workers) if workers > 1 else free_port()
+        return cls(free_port(), free_port(), grpc, free_port(), free_port())
 
     @classmethod
     def defaults(cls) -> StackPorts:
@@ -80,12 +81,14 @@ def generate_envoy_config(
     routes: Path | None = None,
     settings_path: Path = DEMO_SETTINGS,
     name: str | None = None,
+    workers: int = 1,
 ) -> Path:
     """``extauthz envoy-config KIND`` for this stack's ports; the path of the file written.
 
     The same command and inputs that made envoy/front-proxy.yaml or envoy/sidecar.yaml (the
     settings, the route table of ``ROUTES[kind]`` unless ``routes`` is given), only with the
-    stack's ports: what the tests run is what ships.
+    stack's ports: what the tests run is what ships. ``workers``: extauthz processes behind
+    ``ports.grpc`` (one endpoint each, ``--workers``).
 
     :raises ValueError: the command refused its inputs (its message is on stderr).
     """
@@ -97,8 +100,8 @@ def generate_envoy_config(
         "envoy-config", kind, "--config", str(settings_path),
         "--listen", f"{at}{ports.listener}", "--admin", f"{at}{ports.admin}",
         "--upstream", f"{at}{ports.upstream}", "--extauthz-grpc", f"{at}{ports.grpc}",
-        "--extauthz-http", f"{at}{ports.http}", "--routes", str(routes or ROUTES[kind]),
-        "--out", str(out),
+        "--extauthz-http", f"{at}{ports.http}", "--workers", str(workers),
+        "--routes", str(routes or ROUTES[kind]), "--out", str(out),
     ]  # fmt: skip
     if main(argv) != 0:
         raise ValueError(f"extauthz {' '.join(argv)} failed")
@@ -150,6 +153,7 @@ def start_stack(
     envoy_routes: Path | None = None,
     name_prefix: str = "",
     envoy_name: str | None = None,
+    workers: int = 1,
 ) -> Stack:
     """Start extauthz (``settings_path`` plus overrides), the echo upstream and Envoy running
     the ``envoy_kind`` config (front or sidecar; ``envoy_routes``: another route table)
@@ -159,14 +163,15 @@ def start_stack(
     is used. A signing key is generated into ``keys_dir`` (default ``work_dir/keys``) when none
     is there. Logs go to ``log_dir`` (default ``work_dir/logs``), each process named
     ``<name_prefix>extauthz``, ``<name_prefix>echo`` and ``envoy_name`` (default
-    ``envoy-<version>``).
+    ``envoy-<version>``). ``workers``: extauthz processes (``server.workers``; more than one
+    needs ``redis_url``), each an endpoint of Envoy's ``extauthz_grpc`` cluster.
 
     :raises ProcessError: a part did not start; the parts already started are stopped.
     """
     work_dir = Path(work_dir)
     log_dir = log_dir or work_dir / "logs"
     keys_dir = keys_dir or work_dir / "keys"
-    ports = ports or StackPorts.allocate()
+    ports = ports or StackPorts.allocate(workers)
     overrides = {"EXTAUTHZ_JWT_KEYS_DIR": str(keys_dir)}
     if redis_url:
         overrides |= {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": redis_url}
@@ -185,7 +190,7 @@ def start_stack(
     try:
         extauthz = ExtauthzProcess(
             settings_path, log_dir, grpc_port=ports.grpc, http_port=ports.http, env=overrides,
-            name=f"{name_prefix}extauthz",
+            name=f"{name_prefix}extauthz", workers=workers,
         )  # fmt: skip
         started.append(extauthz.start())
         echo = EchoUpstreamProcess(
@@ -194,7 +199,8 @@ def start_stack(
         )  # fmt: skip
         started.append(echo.start())
         config = generate_envoy_config(
-            ports, work_dir, envoy_kind, routes=envoy_routes, settings_path=settings_path
+            ports, work_dir, envoy_kind, routes=envoy_routes, settings_path=settings_path,
+            workers=workers,
         )
         name = envoy_name or f"envoy-{envoy_version(envoy_binary)}"
         envoy = EnvoyProcess(envoy_binary, config, log_dir, name=name)
