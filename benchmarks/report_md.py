@@ -125,8 +125,6 @@ def scaling_section(report: dict[str, Any]) -> str:
     sc = report.get("scaling")
     if not sc:
         return ""
-    if sc.get("note"):
-        return f"## Scaling with server.workers\n\n{sc['note']}"
     rows = []
     for r in sc["runs"]:
         cpu = r["cpu_us_per_request"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +20,16 @@ import yaml
 
 from benchmarks.probes import cpu_seconds, http_get, process_role, process_tree
 from benchmarks.scenarios import BENCH_CONFIG, BenchError, EnvoyPorts
-from benchmarks.stack import Stack, say, workers_supported
+from benchmarks.stack import Stack, say
 from benchmarks.throughput import check_run, measure
 from harness.envoy import EnvoyProcess
 from harness.extauthz import ExtauthzProcess
-from harness.ports import LOOPBACK, free_port, port_accepts
+from harness.ports import free_port
 from harness.process import ManagedProcess
 from harness.stack import set_port, write_config
 
 SCENARIO = "ext_authz"
 CLUSTER = "extauthz_grpc"
-
-
-def free_port_run(count: int, tries: int = 100) -> int:
-    """A port ``p`` such that ``p`` ... ``p + count - 1`` are all free now.
-
-    :raises BenchError: none found in ``tries`` attempts.
-    """
-    for _ in range(tries):
-        base = free_port()
-        ok = True
-        for port in range(base + 1, base + count):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((LOOPBACK, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise BenchError(f"no run of {count} free ports found")
 
 
 def render_scaling_config(out_dir: Path, ports: EnvoyPorts, grpc_base: int, workers: int) -> Path:
@@ -76,21 +55,18 @@ def render_scaling_config(out_dir: Path, ports: EnvoyPorts, grpc_base: int, work
 
 def scaling_step(args: argparse.Namespace, stack: Stack, workers: int) -> dict[str, Any]:
     logs = stack.work_dir / "logs"
-    grpc_base = free_port_run(workers)
+    # ready once every worker's gRPC port says SERVING
     node = ExtauthzProcess(
-        stack.work_dir / "extauthz.toml", logs, grpc_port=grpc_base, name=f"extauthz-w{workers}",
-        env={"EXTAUTHZ_LOG_LEVEL": "warning", "EXTAUTHZ_SERVER_WORKERS": str(workers),
-             "EXTAUTHZ_SERVER_NODE_ID": f"bench-w{workers}"},
+        stack.work_dir / "extauthz.toml", logs, name=f"extauthz-w{workers}", workers=workers,
+        env={"EXTAUTHZ_LOG_LEVEL": "warning", "EXTAUTHZ_SERVER_NODE_ID": f"bench-w{workers}"},
     )  # fmt: skip
     ports = EnvoyPorts(free_port(), {SCENARIO: free_port()})
-    config = render_scaling_config(stack.work_dir, ports, grpc_base, workers)
+    config = render_scaling_config(stack.work_dir, ports, node.grpc_port, workers)
     envoy = EnvoyProcess(args.envoy, config, logs, name=f"envoy-w{workers}",
                          admin_port=ports.admin, concurrency=args.envoy_concurrency)  # fmt: skip
     started: list[ManagedProcess] = []
     try:
         started.append(node.start())
-        node.wait_until(lambda: all(port_accepts(grpc_base + i) for i in range(workers)),
-                        30.0, f"serving on {workers} gRPC ports")  # fmt: skip
         started.append(envoy.start())
         step = dataclasses.replace(stack, extauthz=node, envoy=envoy, ports=ports, processes=[])
         status, body, _ = http_get(ports.listeners[SCENARIO], bearer=stack.credentials[SCENARIO])
@@ -126,13 +102,10 @@ def check_spread(result: dict[str, Any], share: float = 0.1) -> list[str]:
 
 
 def scaling_run(args: argparse.Namespace, stack: Stack, problems: list[str]) -> dict[str, Any]:
-    """Every count of ``args.scaling`` in turn (``{"note": ...}`` when extauthz has no
-    ``server.workers``); each result's ``speedup`` is its req/s over the first step's."""
+    """Every count of ``args.scaling`` in turn; each result's ``speedup`` is its req/s over
+    the first step's."""
     base = {"connections": args.connections, "duration_s": args.duration,
             "envoy_concurrency": args.envoy_concurrency}  # fmt: skip
-    if not workers_supported():
-        say("scaling: skipped, this extauthz has no server.workers setting")
-        return base | {"note": "Not measured: this extauthz has no `server.workers` setting."}
     runs = [scaling_step(args, stack, n) for n in args.scaling]
     for r in runs:
         r["speedup"] = r["rps"] / runs[0]["rps"] if runs[0]["rps"] else 0.0

@@ -5,7 +5,6 @@ stopped by its PID; and the checks that every scenario answers as it should befo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def workers_supported() -> bool:
-    """Whether this extauthz has ``server.workers`` (several processes per node)."""
-    from extauthz.settings.model import ServerSettings
-
-    return "workers" in {f.name for f in dataclasses.fields(ServerSettings)}
-
-
-def one_worker() -> dict[str, str]:
-    """The environment that runs an extauthz node as one process (``server.workers = 1``)
-    where the setting exists: the scenarios' clusters list one endpoint each."""
-    return {"EXTAUTHZ_SERVER_WORKERS": "1"} if workers_supported() else {}
 
 
 class NoopAuthzProcess(ManagedProcess):
@@ -130,16 +116,15 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
     ensure_signing_key(keys)
     settings = work_dir / "extauthz.toml"
     write_settings(settings, redis.url, keys)
-    extauthz = ExtauthzProcess(
-        settings, logs, env={"EXTAUTHZ_LOG_LEVEL": "warning", **one_worker()}
-    )
+    # one process each (server.workers = 1): the scenarios' clusters list one endpoint
+    extauthz = ExtauthzProcess(settings, logs, env={"EXTAUTHZ_LOG_LEVEL": "warning"}, workers=1)
     processes.append(extauthz.start())
     say(f"extauthz pid {extauthz.pid} on gRPC port {extauthz.grpc_port}")
     token = extauthz.cli("sessions", "create", "--sub", "bench", "--target", extauthz.grpc_target)
     nocache = ExtauthzProcess(
         settings, logs, name="extauthz-nocache",
         env={"EXTAUTHZ_LOG_LEVEL": "warning", "EXTAUTHZ_CACHE_ENABLED": "false",
-             "EXTAUTHZ_SERVER_NODE_ID": "bench-nocache", **one_worker()},
+             "EXTAUTHZ_SERVER_NODE_ID": "bench-nocache"}, workers=1,
     )  # fmt: skip
     processes.append(nocache.start())
     say(f"extauthz (cache off) pid {nocache.pid} on gRPC port {nocache.grpc_port}")
