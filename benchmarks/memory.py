@@ -45,9 +45,12 @@ def rss_by_process(root: int) -> dict[int, dict[str, float]]:
 
 
 def drive_checks(args: argparse.Namespace, stack: Stack, name: str, count: int) -> dict[str, Any]:
-    """``count`` requests through ``name``'s listener with h2load (4 connections × 8 streams,
-    closed loop), checked like every run (no non-2xx, Envoy's counters cover them)."""
-    argv = [args.h2load, "-t1", "-c4", "-m8", f"-n{count}",
+    """``count`` requests through ``name``'s listener with h2load, closed loop, as many at once
+    as wrk's connections (4 HTTP/2 connections, ``args.connections / 4`` streams each), checked
+    like every run (no non-2xx, Envoy's counters cover them)."""
+    clients = min(4, args.connections)
+    streams = max(1, args.connections // clients)
+    argv = [args.h2load, "-t1", f"-c{clients}", f"-m{streams}", f"-n{count}",
             "-H", f"authorization: Bearer {stack.credentials[name]}",
             f"http://{LOOPBACK}:{stack.ports.listeners[name]}/"]  # fmt: skip
     before = snapshot(stack)
