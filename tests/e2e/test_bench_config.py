@@ -3,9 +3,11 @@
 ``benchmarks/envoy-bench.yaml`` must be accepted by every supported Envoy (as committed and as
 ``bench.py`` renders it), its listeners must differ only by the auth step, and both ext_authz
 steps (extauthz and the no-op Check) must be configured like the front proxy's.
-``bench.py --smoke`` runs the real stack for about a second per scenario and must pass its own
+``bench.py --smoke`` runs the real stack for a second or two per scenario and phase (throughput,
+one connection, open loop, a 1- and 2-worker scaling step, memory) and must pass its own
 checks (200 with the credential, 401 without, no non-2xx, every request through the auth
-step), so the benchmark cannot silently measure errors.
+step, every worker answering), so the benchmark cannot silently measure errors; its report
+and plots must be written.
 """
 
 from __future__ import annotations
