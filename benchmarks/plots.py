@@ -50,7 +50,7 @@ def plot_scenario(
         ax.set_ylabel("latency, ms (log scale)")
         ax.set_title(f"{label}\n{subtitle}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
