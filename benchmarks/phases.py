@@ -4,8 +4,10 @@ problems to the report; and the soak that replaces them with ``--soak``."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +97,24 @@ def open_loop_phase(
             "duration_s": args.open_loop_duration, "runs": runs, "skipped": skipped}  # fmt: skip
 
 
-def store_bench(args: argparse.Namespace, problems: list[str]) -> str:
-    """The session store's figures: ``benchmarks/store_bench.py``'s Markdown (its stdout), or a
-    note that the repository has no such script yet."""
+def store_bench(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:
+    """The session store's figures from ``benchmarks/store_bench.py`` (its ``--json``; 2,000
+    sessions with ``--smoke``, its default otherwise), or a note that the repository has no
+    such script yet."""
     if not STORE_BENCH.exists():
-        return "Not measured: the repository has no `benchmarks/store_bench.py`."
+        return {"note": "Not measured: the repository has no `benchmarks/store_bench.py`."}
     say("session store: benchmarks/store_bench.py")
-    argv = [sys.executable, str(STORE_BENCH), *(["--smoke"] if args.smoke else [])]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
-    if proc.returncode != 0:
-        problems.append(f"store_bench.py exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-        return f"`store_bench.py` failed (exit {proc.returncode})."
-    return proc.stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+        out = Path(tmp) / "store.json"
+        argv = [sys.executable, str(STORE_BENCH), "--json", str(out),
+                *(["--sessions", "2000"] if args.smoke else [])]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0 or not out.exists():
+            problems.append(f"store_bench.py exited {proc.returncode}: "
+                            f"{proc.stderr.strip()[-500:]}")  # fmt: skip
+            return {"note": f"`benchmarks/store_bench.py` failed (exit {proc.returncode})."}
+        figures: dict[str, Any] = json.loads(out.read_text())
+    return {"figures": figures, "output": proc.stdout.strip()}
 
 
 def run_soak(args: argparse.Namespace, stack: Stack, report: dict[str, Any]) -> None:

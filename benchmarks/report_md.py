@@ -180,11 +180,38 @@ def soak_section(report: dict[str, Any]) -> str:
     )
 
 
+# the session store's targets (issue 13, item 3)
+TARGET_BYTES_PER_SESSION = 400
+TARGET_CREATES_PER_SECOND = 5000
+
+
 def store_section(report: dict[str, Any]) -> str:
     store = report.get("store_bench")
     if not store:
         return ""
-    return f"## Session store (benchmarks/store_bench.py)\n\n{store}"
+    title = "## Session store (benchmarks/store_bench.py)\n\n"
+    if "figures" not in store:
+        return title + str(store.get("note", ""))
+    f = store["figures"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    rows = [
+        ("Redis bytes per session (`INFO memory` growth / sessions)",
+         f"{f.get('bytes_per_session', float('nan')):g}", f"≤ {TARGET_BYTES_PER_SESSION}",
+         verdict(f.get("bytes_per_session", 1e9) <= TARGET_BYTES_PER_SESSION)),
+        ("keys per session", f"{f.get('keys_per_session', float('nan')):g}", "", ""),
+        ("session creations per second (one process)",
+         f"{f.get('creates_per_second', float('nan')):g}", f"≥ {TARGET_CREATES_PER_SECOND}",
+         verdict(f.get("creates_per_second", 0) >= TARGET_CREATES_PER_SECOND)),
+        ("CPU per creation, Python / Redis (µs)",
+         f"{f.get('python_cpu_us_per_create', '?')} / {f.get('redis_cpu_us_per_create', '?')}",
+         "", ""),
+    ]  # fmt: skip
+    return (title + f"{f.get('sessions', '?')} sessions created through the real code "
+            f"({f.get('concurrency', '?')} at once), Redis {f.get('redis_version', '?')}\n\n"
+            + table(("figure", "measured", "target", ""), rows))  # fmt: skip
 
 
 def plots_section(report: dict[str, Any], report_path: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.latency import open_loop_stats, parse_h2load, percentile, read_h2load_log
 from benchmarks.probes import parse_percentiles
-from benchmarks.report_md import render_markdown, targets_section
+from benchmarks.report_md import render_markdown, store_section, targets_section
 from benchmarks.scenarios import BenchError
 from benchmarks.soak import SoakBounds, judge_soak, windows_for
 
@@ -132,3 +132,15 @@ def test_the_report_names_its_run_and_lists_problems(tmp_path: Path) -> None:
     text = render_markdown(report, tmp_path / "r.md")
     assert "`0123456789ab`" in text and "Envoy 1.40.0" in text
     assert "## Problems (the run failed)\n\n* boom" in text
+
+
+def test_the_store_figures_against_their_targets() -> None:
+    figures = {"sessions": 2000, "concurrency": 50, "bytes_per_session": 388.2,
+               "keys_per_session": 2.0, "creates_per_second": 4100,
+               "python_cpu_us_per_create": 120.5, "redis_cpu_us_per_create": 30.1,
+               "redis_version": "7.0.15"}  # fmt: skip
+    text = store_section({"store_bench": {"figures": figures}})
+    assert "| 388.2 | ≤ 400 | met |" in text
+    assert "| 4100 | ≥ 5000 | not met |" in text
+    note = store_section({"store_bench": {"note": "Not measured: no store_bench.py."}})
+    assert note.endswith("Not measured: no store_bench.py.")
