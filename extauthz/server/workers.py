@@ -104,6 +104,7 @@ class _Slot:
     process: BaseProcess | None = None
     conn: Connection | None = None
     up: bool = False
+    closed: bool = False  # the worker's end of the pipe closed: it is exiting
     started: float = 0.0
     delay: float = 0.0
     restart_at: float | None = None
@@ -182,7 +183,7 @@ class Supervisor:
         )  # fmt: skip
         process.start()
         child.close()
-        slot.process, slot.conn, slot.up = process, parent, False
+        slot.process, slot.conn, slot.up, slot.closed = process, parent, False, False
         slot.started, slot.restart_at = time.monotonic(), None
         log.info("worker %d started (pid %s)", slot.index, process.pid)
 
@@ -191,8 +192,10 @@ class Supervisor:
         timeout = max(min(due) - time.monotonic(), 0.0) if due else None
         waitables: list[Any] = [wake]
         for slot in self._slots:
-            if slot.process is not None and slot.conn is not None:
-                waitables += [slot.process.sentinel, slot.conn]
+            if slot.process is not None:
+                waitables.append(slot.process.sentinel)
+            if slot.conn is not None and not slot.closed:
+                waitables.append(slot.conn)
         ready = wait(waitables, timeout)
         if wake in ready:
             try:
@@ -215,7 +218,8 @@ class Supervisor:
         try:
             message = slot.conn.recv_bytes()
         except (EOFError, OSError):
-            return  # the worker is exiting: its sentinel says so
+            slot.closed = True  # the worker is exiting: its sentinel says so
+            return
         if message == READY and not slot.up:
             slot.up = True
             log.info("worker %d serves", slot.index)

@@ -1,12 +1,17 @@
 """``server.workers`` through a real Envoy: the generated front proxy lists one ``extauthz_grpc``
 endpoint per worker, and Envoy spreads Checks over them, so every worker answers some of 1,000
-Checks. Which worker answered is the ``node_id`` of the CheckResponse's dynamic metadata
-(``<server.node_id>-w<i>``), which Envoy's access log prints."""
+Checks; a worker killed meanwhile costs next to none. Which worker answered is the ``node_id``
+of the CheckResponse's dynamic metadata (``<server.node_id>-w<i>``), which Envoy's access log
+prints."""
 
 from __future__ import annotations
 
 import collections
 import http.client
+import os
+import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +74,29 @@ def test_envoy_spreads_checks_over_every_worker(stack: Stack) -> None:
     print(f"Checks per worker ({stack.envoy.name}): {dict(sorted(per_worker.items()))}")
     assert set(per_worker) == {f"demo-1-w{i}" for i in range(WORKERS)}, per_worker
     assert all(count > 0 for count in per_worker.values())
+
+
+def test_a_killed_worker_costs_envoy_next_to_no_checks(stack: Stack) -> None:
+    """The dead worker's endpoint is ejected at its first refused connection (the generated
+    cluster's outlier detection): the other worker answers meanwhile, until the supervisor has
+    started a new one."""
+    token = stack.create_session("kill")
+    log = stack.extauthz.stderr_path
+    pid = int(re.findall(r"worker 1 started \(pid (\d+)\)", log.read_text())[-1])
+    serving_before = log.read_text().count("worker 1 serves")
+    statuses: collections.Counter[int] = collections.Counter()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.listener, timeout=10)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while log.read_text().count("worker 1 serves") == serving_before:
+            assert time.monotonic() < deadline, stack.extauthz.tail(40)
+            conn.request("GET", "/hello", headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            response.read()
+            statuses[response.status] += 1
+    finally:
+        conn.close()
+    print(f"while worker 1 was down ({stack.envoy.name}): {dict(statuses)}")
+    assert set(statuses) <= {200, 503} and statuses[200] >= 50, statuses
+    assert statuses[503] <= max(5, sum(statuses.values()) // 50), statuses

@@ -1,13 +1,17 @@
 """``extauthz serve`` with ``server.workers = 2``, as real processes: a worker killed with SIGKILL
 is started again and, until it serves, gRPC health is ``NOT_SERVING`` on the other worker too;
 SIGTERM drains every worker (Checks in flight are answered) and the supervisor exits 0 with no
-worker left; the supervisor killed with SIGKILL takes its workers with it."""
+worker left; the supervisor killed with SIGKILL takes its workers with it; a worker's settings
+error (its gRPC port taken) stops the node with exit status 2."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +22,9 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from extauthz.server.shutdown import MARGIN_SECONDS
+from harness import REPO_ROOT
 from harness.extauthz import ensure_signing_key
+from harness.ports import free_port, free_ports
 from harness.stack import DEMO_SETTINGS
 from tests.fixtures.core import bearer_request
 from tests.support import (
@@ -34,7 +40,7 @@ pytestmark = pytest.mark.e2e
 
 GRACE = 3.0
 # a fresh interpreter importing the node, on a busy 2-core machine
-START_SECONDS = 30.0
+START_SECONDS = 60.0
 
 
 def _alive(pid: int) -> bool:
@@ -145,3 +151,32 @@ def test_the_workers_drain_when_the_supervisor_is_killed(node: ExtauthzProcess) 
         diagnostics=lambda: node.tail(40),
     )  # fmt: skip
     assert "the supervisor is gone; draining" in node.stderr_path.read_text()
+
+
+def test_a_worker_that_cannot_bind_its_grpc_port_stops_the_node_with_2(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Worker 1's port (grpc_listen's + 1) is taken: a settings error, not a restart loop."""
+    keys = tmp_path / "keys"
+    ensure_signing_key(keys)
+    first = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("EXTAUTHZ_")},
+            "EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": redis_server.url,
+            "EXTAUTHZ_JWT_KEYS_DIR": str(keys), "EXTAUTHZ_SERVER_WORKERS": "2",
+            "EXTAUTHZ_SERVER_GRPC_LISTEN": f"127.0.0.1:{first}",
+            "EXTAUTHZ_SERVER_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+            "EXTAUTHZ_ADMIN_ENABLED": "false",
+        }  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "extauthz", "serve", "--config", str(DEMO_SETTINGS)],
+            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=START_SECONDS + 20,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"server.grpc_listen: cannot listen on 127.0.0.1:{first + 1}" in done.stderr
+    assert "stopped on a settings error; stopping" in done.stderr
+    assert "starting it again" not in done.stderr
