@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.probes import SPECTRUM, parse_percentiles, parse_wrk, run_wrk
+from benchmarks.probes import SPECTRUM, h2load_headers, parse_percentiles, parse_wrk, run_wrk
 from benchmarks.scenarios import LABELS, BenchError
 from benchmarks.stack import Stack
 from benchmarks.throughput import add_counters, snapshot
@@ -74,8 +74,8 @@ def h2load_argv(
     clients = H2LOAD_CLIENTS if rate >= 4 * H2LOAD_CLIENTS and count >= H2LOAD_CLIENTS else 1
     return [
         h2load, "-t1", f"-c{clients}", f"-m{H2LOAD_STREAMS}", f"--rps={rate / clients:.3f}",
-        f"-n{count}", "-H", f"authorization: Bearer {bearer}", f"--log-file={log_file}",
-        f"http://{LOOPBACK}:{port}/",
+        f"-n{count}", "-H", f"authorization: Bearer {bearer}", *h2load_headers(),
+        f"--log-file={log_file}", f"http://{LOOPBACK}:{port}/",
     ]  # fmt: skip
 
 

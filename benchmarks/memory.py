@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.latency import parse_h2load
-from benchmarks.probes import process_role, process_tree
+from benchmarks.probes import h2load_headers, process_role, process_tree
 from benchmarks.scenarios import BenchError
 from benchmarks.stack import Stack
 from benchmarks.throughput import add_counters, check_run, snapshot
@@ -51,7 +51,7 @@ def drive_checks(args: argparse.Namespace, stack: Stack, name: str, count: int) 
     clients = min(4, args.connections)
     streams = max(1, args.connections // clients)
     argv = [args.h2load, "-t1", f"-c{clients}", f"-m{streams}", f"-n{count}",
-            "-H", f"authorization: Bearer {stack.credentials[name]}",
+            "-H", f"authorization: Bearer {stack.credentials[name]}", *h2load_headers(),
             f"http://{LOOPBACK}:{stack.ports.listeners[name]}/"]  # fmt: skip
     before = snapshot(stack)
     started = time.monotonic()

@@ -181,6 +181,35 @@ end
 SPECTRUM = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99)
 
 
+# what a browser's fetch() from a page of the same site sends besides its credential (a recent
+# Chrome's headers; no cookie): every scenario's request carries them, so that a CheckRequest
+# holds what it would in production (ext_authz_all_headers: all of them)
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Accept: application/json, text/plain, */*",
+    "Accept-Language: en-GB,en-US;q=0.9,en;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    'Sec-Ch-Ua: "Chromium";v="131", "Not_A Brand";v="24"',
+    "Sec-Ch-Ua-Mobile: ?0",
+    'Sec-Ch-Ua-Platform: "Linux"',
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: cors",
+    "Sec-Fetch-Dest: empty",
+    "Referer: http://127.0.0.1/app/orders?page=2",
+    "Priority: u=1, i",
+)
+
+
+def h2load_headers() -> list[str]:
+    """h2load's ``-H`` arguments for :data:`BROWSER_HEADERS` (HTTP/2: names in lower case)."""
+    argv = []
+    for line in BROWSER_HEADERS:
+        name, _, value = line.partition(": ")
+        argv += ["-H", f"{name.lower()}: {value}"]
+    return argv
+
+
 def run_wrk(
     args: argparse.Namespace,
     port: int,
@@ -190,8 +219,9 @@ def run_wrk(
     connections: int | None = None,
     percentiles: bool = False,
 ) -> str:
-    """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook);
-    ``percentiles``: also print ``percentile P MICROSECONDS`` lines (:func:`parse_percentiles`).
+    """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook), and
+    :data:`BROWSER_HEADERS`; ``percentiles``: also print ``percentile P MICROSECONDS`` lines
+    (:func:`parse_percentiles`).
     """
     conns = args.connections if connections is None else connections
     threads = min(args.threads, conns)
@@ -199,6 +229,8 @@ def run_wrk(
         args.wrk, f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
         "--timeout", "5s",
     ]  # fmt: skip
+    for line in BROWSER_HEADERS:
+        argv += ["-H", line]
     lua = ""
     if isinstance(bearer, str):
         argv += ["-H", f"Authorization: Bearer {bearer}"]

@@ -148,11 +148,11 @@ def start_stack(args: argparse.Namespace, work_dir: Path, processes: list[Manage
         work_dir, redis, extauthz, nocache, noop, envoy, ports,
         credentials={"direct": token, "jwt_authn": material.token, "ext_authz_noop": token,
                      "ext_authz_nocache": token, "ext_authz": token, "ext_authz_proc": token,
-                     "ext_authz_update": token},
+                     "ext_authz_update": token, "ext_authz_all_headers": token},
         # a JWT signed by an unknown key; a well-formed token that names no session
         wrong={"jwt_authn": material.foreign_token, "ext_authz_nocache": mint_token(),
                "ext_authz": mint_token(), "ext_authz_proc": mint_token(),
-               "ext_authz_update": mint_token()},
+               "ext_authz_update": mint_token(), "ext_authz_all_headers": mint_token()},
         spread={"ext_authz_update": create_sessions(extauthz, UPDATE_SESSIONS)},
         processes=processes,
     )  # fmt: skip
