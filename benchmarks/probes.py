@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -67,6 +68,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from ``/proc/<pid>/task/<tid>/children``), parents first;
+    processes that exit meanwhile are left out."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def process_role(pid: int, root: int) -> str:
+    """``main`` (the process started), ``helper`` (multiprocessing's resource tracker, which
+    the ``spawn`` start method runs beside the workers) or ``worker``."""
+    if pid == root:
+        return "main"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "worker"
+    return "helper" if b"resource_tracker" in cmdline else "worker"
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and of each of its descendants (a supervisor and its
+    workers) that still runs."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU time spent by every process on the machine so far (all CPUs, not idle/iowait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -128,6 +168,17 @@ request = function()
   return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[counter %% #tokens + 1]})
 end
 """
+# wrk's summary hook: the latency distribution (microseconds) at the percentiles of SPECTRUM
+_PERCENTILES_LUA = """
+done = function(summary, latency, requests)
+  for _, p in ipairs({%s}) do
+    io.write(string.format("percentile %%s %%d\\n", p, latency:percentile(p)))
+  end
+  io.write(string.format("percentile 0 %%d\\npercentile 100 %%d\\n", latency.min, latency.max))
+end
+"""
+# the percentiles a latency distribution is reported at (the plots' x axis)
+SPECTRUM = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99)
 
 
 # what a browser's fetch() from a page of the same site sends besides its credential (a recent
@@ -150,22 +201,46 @@ BROWSER_HEADERS = (
 )
 
 
+def h2load_headers() -> list[str]:
+    """h2load's ``-H`` arguments for :data:`BROWSER_HEADERS` (HTTP/2: names in lower case)."""
+    argv = []
+    for line in BROWSER_HEADERS:
+        name, _, value = line.partition(": ")
+        argv += ["-H", f"{name.lower()}: {value}"]
+    return argv
+
+
 def run_wrk(
-    args: argparse.Namespace, port: int, bearer: str | Sequence[str], duration: int
+    args: argparse.Namespace,
+    port: int,
+    bearer: str | Sequence[str],
+    duration: int,
+    *,
+    connections: int | None = None,
+    percentiles: bool = False,
 ) -> str:
     """wrk against ``port`` with one bearer token, or several taken in turn (a Lua hook), and
-    :data:`BROWSER_HEADERS`."""
+    :data:`BROWSER_HEADERS`; ``percentiles``: also print ``percentile P MICROSECONDS`` lines
+    (:func:`parse_percentiles`).
+    """
+    conns = args.connections if connections is None else connections
+    threads = min(args.threads, conns)
     argv = [
-        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
+        args.wrk, f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
         "--timeout", "5s",
     ]  # fmt: skip
     for line in BROWSER_HEADERS:
         argv += ["-H", line]
+    lua = ""
+    if isinstance(bearer, str):
+        argv += ["-H", f"Authorization: Bearer {bearer}"]
+    else:
+        lua += _ROUND_ROBIN_LUA % ", ".join(f'"{t}"' for t in bearer)
+    if percentiles:
+        lua += _PERCENTILES_LUA % ", ".join(repr(p) for p in SPECTRUM[1:])
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="wrk-") as script:
-        if isinstance(bearer, str):
-            argv += ["-H", f"Authorization: Bearer {bearer}"]
-        else:
-            script.write(_ROUND_ROBIN_LUA % ", ".join(f'"{t}"' for t in bearer))
+        if lua:
+            script.write(lua)
             script.flush()
             argv += ["-s", script.name]
         argv.append(f"http://{LOOPBACK}:{port}/")
@@ -175,3 +250,15 @@ def run_wrk(
     if proc.returncode != 0:
         raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def parse_percentiles(out: str) -> dict[float, float]:
+    """``{percentile: milliseconds}`` from the ``percentile P MICROSECONDS`` lines of
+    :func:`run_wrk`'s output (0: the minimum, 100: the maximum)."""
+    found = {
+        float(m.group(1)): int(m.group(2)) / 1000.0
+        for m in re.finditer(r"^percentile ([\d.]+) (\d+)$", out, re.M)
+    }
+    if not found:
+        raise BenchError(f"wrk: no percentiles in its output:\n{out}")
+    return found

@@ -3,9 +3,11 @@
 ``benchmarks/envoy-bench.yaml`` must be accepted by every supported Envoy (as committed and as
 ``bench.py`` renders it), its listeners must differ only by the auth step, and both ext_authz
 steps (extauthz and the no-op Check) must be configured like the front proxy's.
-``bench.py --smoke`` runs the real stack for about a second per scenario and must pass its own
+``bench.py --smoke`` runs the real stack for a second or two per scenario and phase (throughput,
+one connection, open loop, a 1- and 2-worker scaling step, memory) and must pass its own
 checks (200 with the credential, 401 without, no non-2xx, every request through the auth
-step), so the benchmark cannot silently measure errors.
+step, every worker answering), so the benchmark cannot silently measure errors; its report
+and plots must be written.
 """
 
 from __future__ import annotations
@@ -295,16 +297,17 @@ def test_a_run_with_errors_is_reported_as_failed() -> None:
 
 @pytest.mark.e2e
 def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
-    for tool in ("wrk", "redis-server"):
+    for tool in ("wrk", "h2load", "redis-server"):
         if shutil.which(tool) is None:
             if os.environ.get("CI"):
                 pytest.fail(f"{tool} is not on PATH (CI runs `make test`)", pytrace=False)
-            pytest.skip(f"{tool} is not on PATH")
-    out = tmp_path / "smoke.json"
+            pytest.skip(f"{tool} is not on PATH (`make wrk h2load redis` installs it)")
+    out, report_md, plots = tmp_path / "smoke.json", tmp_path / "results.md", tmp_path / "plots"
     proc = subprocess.run(
         [sys.executable, str(BENCH_DIR / "bench.py"), "--smoke", "--envoy", envoy_binary,
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False,
+         "--scaling", "1,2", "--json", str(out), "--report", str(report_md), "--plots",
+         str(plots)],
+        capture_output=True, text=True, timeout=400, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, f"bench.py --smoke failed:\n{proc.stdout}\n{proc.stderr}"
     report = json.loads(out.read_text())
@@ -325,3 +328,56 @@ def test_bench_smoke_run(envoy_binary: str, tmp_path: Path) -> None:
     # without the cache every Check reads the session from Redis; with it, almost none does
     assert by_name["ext_authz_nocache"]["redis_commands_per_request"] >= 1
     assert "checks passed" in proc.stderr
+    _check_latency_phases(report)
+    _check_memory_and_scaling(report)
+    _check_outputs(report, report_md, plots)
+
+
+def _check_latency_phases(report: dict[str, Any]) -> None:
+    """One connection: every scenario, from p0 to the max, and what it adds over Envoy alone.
+    Open loop: at least the scenarios that the smoke rate cannot overload, every request
+    answered 2xx and counted by Envoy's auth step."""
+    one = {r["scenario"]: r for r in report["one_connection"]}
+    assert list(one) == list(bench.SCENARIOS)
+    for name, r in one.items():
+        assert r["requests"] > 0 and r["non_2xx"] == 0, name
+        pcts = [r["percentiles_ms"][k] for k in ("0.0", "50.0", "99.0", "99.9", "100.0")]
+        assert pcts == sorted(pcts) and pcts[-1] > 0, name
+        assert "50.0" in r["added_ms"], name
+    assert one["direct"]["added_ms"]["50.0"] == 0
+    ol = report["open_loop"]
+    assert 0 < ol["rate"] <= 200
+    runs = {r["scenario"]: r for r in ol["runs"]}
+    assert {"direct", "ext_authz_noop"} <= set(runs)
+    assert set(runs) | {s["scenario"] for s in ol["skipped"]} == set(bench.SCENARIOS)
+    for name, r in runs.items():
+        assert r["requests"] == r["scheduled"] and r["non_2xx"] == 0, name
+        assert r["achieved_rps"] >= 0.9 * r["rate"], name
+        passed = r["envoy_counters"].get("ext_authz.ok", r["envoy_counters"]["downstream_rq_2xx"])
+        if name == "jwt_authn":
+            passed = r["envoy_counters"]["jwt_authn.allowed"]
+        assert passed >= r["requests"], name
+
+
+def _check_memory_and_scaling(report: dict[str, Any]) -> None:
+    memory = report["memory"]
+    assert memory["checks"] == 2000 and memory["processes"]
+    assert all(p["rss_after_mib"] > 10 for p in memory["processes"])
+    # two workers: each answered part of the Checks (bench.py checks their CPU time)
+    runs = report["scaling"]["runs"]
+    assert [r["workers"] for r in runs] == [1, 2]
+    for r in runs:
+        assert r["requests"] > 0 and r["envoy_counters"]["ext_authz.ok"] >= r["requests"]
+        assert len(r["worker_cpu_s"]) == r["workers"] and min(r["worker_cpu_s"].values()) > 0
+
+
+def _check_outputs(report: dict[str, Any], report_md: Path, plots: Path) -> None:
+    text = report_md.read_text()
+    for heading in ("## Targets", "## Throughput", "## One connection", "## Open loop",
+                    "## Scaling", "## Memory", "## Latency distributions"):  # fmt: skip
+        assert heading in text, heading
+    names = {Path(p).name for p in report["plots"]}
+    assert {f"latency-{name}.png" for name in bench.SCENARIOS} == names
+    for name in names:
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({plots.name}/{name})" in text  # linked relative to the report
