@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from benchmarks.probes import http_get
 from benchmarks.scenarios import (
     SCENARIOS,
@@ -189,10 +191,14 @@ def session_updates_applied(stack: Stack) -> int:
     status, body, _ = http_get(stack.extauthz.http_port, "/metrics")
     if status != 200:
         raise BenchError(f"extauthz /metrics answered {status}")
-    wanted = 'extauthz_session_updates_total{result="applied",reason="merge_patch"} '
-    for line in body.decode().splitlines():
-        if line.startswith(wanted):
-            return int(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if (
+                sample.name == "extauthz_session_updates_total"
+                and sample.labels.get("result") == "applied"
+                and sample.labels.get("reason") == "merge_patch"
+            ):
+                return int(sample.value)
     return 0
 
 
