@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from extauthz.store.model import Session
+from extauthz.store.redis import scripts
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
@@ -27,6 +28,7 @@ from extauthz.store.redis.errors import (
     text,
     translated,
 )
+from extauthz.store.redis.keys import SessionKeys
 
 T = TypeVar("T")
 
@@ -58,25 +60,23 @@ class RedisPrimary:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._clock = clock
+        self.keys = SessionKeys(key_prefix)
         self.invalidation_channel = key_prefix + "invalidate"
 
     def _session_key(self, token_hash: str) -> str:
-        return f"{self._prefix}session:{token_hash}"
+        return self.keys.record(token_hash)
 
     def _sid_key(self, sid: str) -> str:
-        return f"{self._prefix}sid:{sid}"
-
-    def _subject_key(self, sub: str) -> str:
-        return f"{self._prefix}subject:{sub}"
+        return self.keys.sid(sid)
 
     def _revoked_key(self, token_hash: str) -> str:
-        return f"{self._prefix}revoked:{token_hash}"
+        return self.keys.revoked(token_hash)
 
     def _issued_key(self, token_hash: str) -> str:
-        return f"{self._prefix}issued:{token_hash}"
+        return self.keys.issued(token_hash)
 
     def _successor_key(self, token_hash: str) -> str:
-        return f"{self._prefix}successor:{token_hash}"
+        return self.keys.successor(token_hash)
 
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
@@ -145,6 +145,37 @@ class RedisPrimary:
             wanted = await self._all_replicas()
         assert isinstance(wanted, int)
         return DurablePipeline(self._redis, wanted, self._wait_timeout_ms)
+
+    async def _publish(self, what: str, token_hash: str) -> int:
+        """Publish the invalidation of ``token_hash`` (:data:`~extauthz.store.redis.scripts.
+        PUBLISH`: the next sequence number, then the message) durably; return the number.
+
+        Every change a cache must not serve any more (revocation, session update, token
+        rotation) is written first, in a script or ``MULTI`` of its session's slot, and
+        published after, here: on Redis Cluster the sequence number and the channel live in a
+        slot of their own. Why that keeps revocation synchronous: a cache drops the hash when
+        the message arrives, and reads the record again (already changed: it was written
+        before the number existed); the writer reports success only after :meth:`_barriers`
+        saw every live cache acknowledge this number or a later one (acknowledgements are
+        monotonic); a cache that misses the message misses its proof of liveness too and
+        stops answering within its trust window (:mod:`~extauthz.store.redis.invalidation`).
+        A writer that fails between the two steps reports failure: the caller retries, and a
+        revocation publishes again even when it finds nothing left to delete.
+        """
+
+        async def op() -> int:
+            async with await self._transaction() as pipe:
+                pipe.eval(
+                    scripts.PUBLISH,
+                    1,
+                    self.invalidation_channel + ":seq",
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                (seq,) = await pipe.execute()  # raises StoreWriteNotDurable
+            return int(seq)
+
+        return await self._run(what, op)
 
     async def _barriers(self, seq: int) -> None:
         """Wait until the change numbered ``seq`` reached every reader's replica and every
