@@ -11,11 +11,13 @@ handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.commands.core import AsyncScript
 
 from extauthz.store.model import (
     UPDATE_ATTEMPTS,
@@ -51,18 +53,25 @@ class RedisSessionStore(RedisPrimary):
             return
         index, field = self.keys.index(session.sid)
         tag = index[len(self.keys.prefix) + 1 : len(self.keys.prefix) + 1 + TAG_LENGTH]
+        keys = (self._session_key(token_hash), index)
+        args = (
+            record, self._record_ttl_ms(token_hash, session), field,
+            self.keys.index_value(token_hash), self.keys.tag_records(tag), INDEX_PRUNE_ABOVE,
+        )  # fmt: skip
 
         async def op() -> None:
+            if self._wait_replicas == 0:  # no WAIT: the script alone (EVALSHA), one reply
+                await self._create_script(keys=keys, args=args)
+                return
             async with await self._transaction() as pipe:
-                pipe.eval(
-                    scripts.CREATE, 2, self._session_key(token_hash), index,
-                    record, self._record_ttl_ms(token_hash, session), field,
-                    self.keys.index_value(token_hash), self.keys.tag_records(tag),
-                    INDEX_PRUNE_ABOVE,
-                )  # fmt: skip
+                pipe.eval(scripts.CREATE, len(keys), *keys, *args)
                 await pipe.execute()  # raises StoreWriteNotDurable
 
         await self._run("create", op)
+
+    @functools.cached_property
+    def _create_script(self) -> AsyncScript:
+        return self._redis.register_script(scripts.CREATE)
 
     async def _create_legacy(self, token_hash: str, session: Session, record: bytes) -> None:
         ttl = self._ttl_ms(session)
