@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from extauthz import tokens
+from extauthz.store.redis.keys import SessionKeys
 from tests.support import (
     DEMO_SETTINGS,
     ExtauthzProcess,
@@ -154,7 +155,7 @@ async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
 
 
 def _session_key(token: str) -> str:
-    return f"{PREFIX}session:{tokens.token_hash(token)}"
+    return SessionKeys(PREFIX).record(tokens.token_hash(token))
 
 
 async def _wait_for(predicate_coro, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -193,8 +194,8 @@ async def test_a_node_with_its_push_channel_cut_does_not_answer_from_its_cache(
         # behind every cache's back: node 3 sees it at once, a warm node 2 does not
         admin.delete(_session_key(token))
         gone = await third.check(token)
-        # the store still remembers the token as issued: the record read as ended
-        assert not gone.allowed and gone.metadata["reason"] == "session_expired", gone
+        # the record was also what remembered the token as issued: now it is unknown
+        assert not gone.allowed and gone.metadata["reason"] == "unknown_session", gone
         assert (await second.check(token)).cache == "hit"
 
         # node 3 knows its cache is untrusted and leaves CACHE: a revocation no longer waits

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from extauthz.store.model import Session
+from extauthz.store.redis import scripts
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
@@ -27,6 +28,7 @@ from extauthz.store.redis.errors import (
     text,
     translated,
 )
+from extauthz.store.redis.keys import SessionKeys
 
 T = TypeVar("T")
 
@@ -61,25 +63,20 @@ class RedisPrimary:
         self._wait_timeout_ms = wait_timeout_ms
         self._clock = clock
         self._observe = observe
+        self.keys = SessionKeys(key_prefix)
         self.invalidation_channel = key_prefix + "invalidate"
 
     def _session_key(self, token_hash: str) -> str:
-        return f"{self._prefix}session:{token_hash}"
-
-    def _sid_key(self, sid: str) -> str:
-        return f"{self._prefix}sid:{sid}"
-
-    def _subject_key(self, sub: str) -> str:
-        return f"{self._prefix}subject:{sub}"
+        return self.keys.record(token_hash)
 
     def _revoked_key(self, token_hash: str) -> str:
-        return f"{self._prefix}revoked:{token_hash}"
+        return self.keys.revoked(token_hash)
 
     def _issued_key(self, token_hash: str) -> str:
-        return f"{self._prefix}issued:{token_hash}"
+        return self.keys.issued(token_hash)
 
     def _successor_key(self, token_hash: str) -> str:
-        return f"{self._prefix}successor:{token_hash}"
+        return self.keys.successor(token_hash)
 
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
@@ -159,6 +156,37 @@ class RedisPrimary:
         assert isinstance(wanted, int)
         return DurablePipeline(self._redis, wanted, self._wait_timeout_ms)
 
+    async def _publish(self, what: str, token_hash: str) -> int:
+        """Publish the invalidation of ``token_hash`` (:data:`~extauthz.store.redis.scripts.
+        PUBLISH`: the next sequence number, then the message) durably; return the number.
+
+        Every change a cache must not serve any more (revocation, session update, token
+        rotation) is written first, in a script or ``MULTI`` of its session's slot, and
+        published after, here: on Redis Cluster the sequence number and the channel live in a
+        slot of their own. Why that keeps revocation synchronous: a cache drops the hash when
+        the message arrives, and reads the record again (already changed: it was written
+        before the number existed); the writer reports success only after :meth:`_barriers`
+        saw every live cache acknowledge this number or a later one (acknowledgements are
+        monotonic); a cache that misses the message misses its proof of liveness too and
+        stops answering within its trust window (:mod:`~extauthz.store.redis.invalidation`).
+        A writer that fails between the two steps reports failure: the caller retries, and a
+        revocation publishes again even when it finds nothing left to delete.
+        """
+
+        async def op() -> int:
+            async with await self._transaction() as pipe:
+                pipe.eval(
+                    scripts.PUBLISH,
+                    1,
+                    self.invalidation_channel + ":seq",
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                (seq,) = await pipe.execute()  # raises StoreWriteNotDurable
+            return int(seq)
+
+        return await self._run(what, op)
+
     async def _barriers(self, seq: int) -> None:
         """Wait until the change numbered ``seq`` reached every reader's replica and every
         caching node (the barriers this store was given)."""
@@ -166,6 +194,53 @@ class RedisPrimary:
             await self._replica_barrier(seq)  # raises StoreWriteNotDurable
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
+
+    async def _settle(self, what: str) -> None:
+        """Wait until every revocation made so far, by any node, has passed the barriers.
+
+        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
+        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
+        still not report success before that first invalidation has landed everywhere.
+        Acknowledgements are monotonic, so waiting for the newest sequence number covers
+        every earlier one. (That the deletion itself is on the replicas is
+        :meth:`_found_or_replicated`'s part.)
+        """
+        if self._replica_barrier is None and self._invalidation_barrier is None:
+            return
+        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
+        seq = int(text(raw)) if raw is not None else 0
+        if seq <= 0:
+            return
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+
+    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
+        replicas have everything the primary wrote before.
+
+        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
+        retry that finds nothing must not report success before the deletion is on the
+        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
+        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
+        replicated: so it follows a write that is replicated and leaves nothing behind, a
+        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
+        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
+        when the primary changes, the read is repeated on the new one.
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+
+        async def op() -> T:
+            found = await read()
+            if not found and self._wait_replicas != 0:
+                async with await self._transaction() as pipe:
+                    pipe.publish(self.invalidation_channel + ":sync", "")
+                    await pipe.execute()  # raises StoreWriteNotDurable
+            return found
+
+        return await self._run(what, op)
 
 
 def _is_online_replica(key: Any, value: Any) -> bool:

@@ -11,12 +11,13 @@ handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.commands.core import AsyncScript
 
 from extauthz.store.model import (
     UPDATE_ATTEMPTS,
@@ -28,10 +29,13 @@ from extauthz.store.model import (
 from extauthz.store.redis import scripts
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
+from extauthz.tokens import TAG_LENGTH, subject_tag
 
 T = TypeVar("T")
 # how many further tokens one revocation follows when rotations moved the session meanwhile
 ROTATED_REVOKE_HOPS = 3
+# a tag's index is cleared of sessions past their absolute expiry when it grows beyond this
+INDEX_PRUNE_ABOVE = 32
 
 
 class RedisSessionStore(RedisPrimary):
@@ -40,65 +44,107 @@ class RedisSessionStore(RedisPrimary):
     backend = "redis"
 
     async def create(self, token_hash: str, session: Session) -> None:
+        """A tagged session: one script (:data:`~extauthz.store.redis.scripts.CREATE`, the
+        record and the tag's index) in one durable round trip; one from before tags: the keys
+        it had then."""
+        record = session.to_record()
+        if not self.keys.record_lasts_until_expiry(token_hash):
+            await self._run("create", lambda: self._create_legacy(token_hash, session, record))
+            return
+        index, field = self.keys.index(session.sid)
+        tag = index[len(self.keys.prefix) + 1 : len(self.keys.prefix) + 1 + TAG_LENGTH]
+        keys = (self._session_key(token_hash), index)
+        args = (
+            record, self._record_ttl_ms(token_hash, session), field,
+            self.keys.index_value(token_hash), self.keys.tag_records(tag), INDEX_PRUNE_ABOVE,
+        )  # fmt: skip
+
         async def op() -> None:
-            ttl = self._ttl_ms(session)
-            absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
+            if self._wait_replicas == 0:  # no WAIT: the script alone (EVALSHA), one reply
+                await self._create_script(keys=keys, args=args)
+                return
             async with await self._transaction() as pipe:
-                pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
-                pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
-                # the marker: a cookie of this session that idled out is not taken for a guess
-                pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
-                pipe.sadd(self._subject_key(session.sub), session.sid)
-                pipe.pexpire(self._subject_key(session.sub), absolute_ms, gt=True)
-                pipe.pexpire(self._subject_key(session.sub), absolute_ms, nx=True)
+                pipe.eval(scripts.CREATE, len(keys), *keys, *args)
                 await pipe.execute()  # raises StoreWriteNotDurable
 
         await self._run("create", op)
+
+    @functools.cached_property
+    def _create_script(self) -> AsyncScript:
+        return self._redis.register_script(scripts.CREATE)
+
+    async def _create_legacy(self, token_hash: str, session: Session, record: bytes) -> None:
+        ttl = self._ttl_ms(session)
+        absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
+        index, _ = self.keys.index(session.sid)
+        subject_key = self.keys.legacy_subject(session.sub)
+        async with await self._transaction() as pipe:
+            pipe.set(self._session_key(token_hash), record, px=ttl)
+            pipe.set(index, token_hash, px=ttl)
+            # the marker: a cookie of this session that idled out is not taken for a guess
+            pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
+            pipe.sadd(subject_key, session.sid)
+            pipe.pexpire(subject_key, absolute_ms, gt=True)
+            pipe.pexpire(subject_key, absolute_ms, nx=True)
+            await pipe.execute()  # raises StoreWriteNotDurable
+
+    def _record_ttl_ms(self, token_hash: str, session: Session) -> int:
+        """A tagged record lasts until the absolute expiry (it is the issued marker too);
+        one from before tags until the session's deadline."""
+        if not self.keys.record_lasts_until_expiry(token_hash):
+            return self._ttl_ms(session)
+        return max(1, math.ceil((session.expires_at - self._clock()) * 1000))
 
     async def get(self, token_hash: str) -> Session | None:
         raw = await self._run("get", lambda: self._redis.get(self._session_key(token_hash)))
         return self._decode(raw)
 
-    @staticmethod
-    def _decode(raw: bytes | str | None) -> Session | None:
+    def _decode(self, raw: bytes | str | None) -> Session | None:
+        """The live session in ``raw``: ``None`` for no record, a corrupt one, or one past its
+        deadline (a tagged record outlives its idle deadline as the issued marker)."""
         if raw is None:
             return None
         try:
-            return Session.from_json(raw)
+            session = Session.from_record(raw)
         except ValueError:
             return None  # a corrupt record names no live session
+        return session if session.is_alive(self._clock()) else None
 
     async def touch(self, token_hash: str, session: Session) -> bool:
         async def op() -> bool:
             # never re-create a record that a logout deleted meanwhile, never overwrite one
             # that a session update changed meanwhile
+            index, field = self.keys.index(session.sid)
             stored = await self._redis.eval(
-                scripts.TOUCH,
-                2,
-                self._session_key(token_hash),
-                self._sid_key(session.sid),
-                session.to_json(),
-                self._ttl_ms(session),
-                session.version - 1,
-            )
+                scripts.TOUCH, 2, self._session_key(token_hash), index, session.to_record(),
+                self._record_ttl_ms(token_hash, session), session.version - 1, field,
+            )  # fmt: skip
             return bool(stored == 1)
 
         return await self._run("touch", op)
 
     async def get_by_sid(self, sid: str) -> Session | None:
         async def op() -> Any:
-            token_hash = await self._redis.get(self._sid_key(sid))
+            token_hash = await self._index_get(sid)
             if token_hash is None:
                 return None
-            return await self._redis.get(self._session_key(text(token_hash)))
+            return await self._redis.get(self._session_key(token_hash))
 
         return self._decode(await self._run("get_by_sid", op))
+
+    async def _index_get(self, sid: str) -> str | None:
+        """The token hash session ``sid``'s index entry names (inside an operation)."""
+        index, field = self.keys.index(sid)
+        found = await (self._redis.hget(index, field) if field else self._redis.get(index))
+        if found is None:
+            return None
+        return f"{sid[:TAG_LENGTH]}.{text(found)}" if field else text(found)
 
     async def update(
         self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
     ) -> Session | None:
         for _ in range(max(1, attempts)):
-            token_hash = await self._run("update", lambda: self._redis.get(self._sid_key(sid)))
+            token_hash = await self._run("update", lambda: self._index_get(sid))
             if token_hash is None:
                 return None
             stored = self._decode(await self._get_record(text(token_hash)))
@@ -108,11 +154,11 @@ class RedisSessionStore(RedisPrimary):
             updated = replace(
                 changed, sid=stored.sid, expires_at=stored.expires_at, version=stored.version + 1
             )
-            seq = await self._replace_if_version(text(token_hash), stored.version, updated)
-            if seq < 0:
+            written = await self._replace_if_version(text(token_hash), stored.version, updated)
+            if written < 0:
                 return None
-            if seq > 0:
-                await self._barriers(seq)
+            if written > 0:
+                await self._barriers(await self._publish("update", text(token_hash)))
                 return updated
         raise VersionConflict(f"session changed by other writes in {attempts} attempts")
 
@@ -120,76 +166,75 @@ class RedisSessionStore(RedisPrimary):
         return await self._run("update", lambda: self._redis.get(self._session_key(token_hash)))
 
     async def _replace_if_version(self, token_hash: str, version: int, new: Session) -> int:
-        """Write ``new`` over the record of ``token_hash`` if its version is ``version`` and
-        publish the change (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`)."""
+        """Write ``new`` over the record of ``token_hash`` if its version is ``version``
+        (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`: 1 written, 0 changed
+        meanwhile, -1 gone); the caller publishes it (:meth:`_publish`)."""
 
         async def op() -> int:
+            index, field = self.keys.index(new.sid)
             async with await self._transaction() as pipe:
                 pipe.eval(
-                    scripts.REPLACE_IF_VERSION,
-                    3,
-                    self._session_key(token_hash),
-                    self.invalidation_channel + ":seq",
-                    self._sid_key(new.sid),
-                    new.to_json(),
-                    version,
-                    self.invalidation_channel,
-                    token_hash,
-                )
+                    scripts.REPLACE_IF_VERSION, 2, self._session_key(token_hash), index,
+                    new.to_record(), version, self.keys.index_value(token_hash), field,
+                )  # fmt: skip
                 results = await pipe.execute()  # raises StoreWriteNotDurable
             return int(results[-1])
 
         return await self._run("update", op)
 
     async def token_hash_of(self, sid: str) -> str | None:
-        found = await self._run("token_hash_of", lambda: self._redis.get(self._sid_key(sid)))
-        return None if found is None else text(found)
+        """Only of a live session (a tag's index keeps entries until the absolute expiry)."""
+
+        async def op() -> str | None:
+            token_hash = await self._index_get(sid)
+            if token_hash is None or not self.keys.record_lasts_until_expiry(token_hash):
+                return token_hash
+            live = self._decode(await self._redis.get(self._session_key(token_hash)))
+            return None if live is None else token_hash
+
+        return await self._run("token_hash_of", op)
 
     async def revoke(self, token_hash: str) -> Session | None:
         return await self._revoke(token_hash, hops=ROTATED_REVOKE_HOPS)
 
     async def _revoke(self, token_hash: str, hops: int) -> Session | None:
         """Revoke the record of ``token_hash``; when a rotation moved the session to a new
-        token between the read and the write, revoke that one too (at most ``hops`` more)."""
+        token between the read and the write, revoke that one too (at most ``hops`` more).
+        The deletion (one slot) comes first, then its invalidation (:meth:`_publish`), also
+        when nothing was left to delete (a retry after a failure between the two)."""
 
-        async def op() -> tuple[Session | None, int, bool]:
+        async def op() -> tuple[Session | None, bool]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with await self._transaction() as pipe:
-                if session is None:
+                if session is None and raw is not None and self.keys.record_lasts_until_expiry(
+                    token_hash
+                ):
+                    pass  # ended (idle timeout): the record stays as the token's issued marker
+                elif session is None:
                     pipe.delete(self._session_key(token_hash))
                 else:
+                    index, field = self.keys.index(session.sid)
+                    subject_key = index if field else self.keys.legacy_subject(session.sub)
                     pipe.eval(
-                        scripts.REVOKE_RECORD,
-                        3,
-                        self._session_key(token_hash),
-                        self._sid_key(session.sid),
-                        self._subject_key(session.sub),
-                        token_hash,
-                        session.sid,
-                    )
+                        scripts.REVOKE_RECORD, 3, self._session_key(token_hash), index,
+                        subject_key, self.keys.index_value(token_hash), session.sid, field,
+                    )  # fmt: skip
                     # the tombstone: a stale cookie of this session is not taken for a guess
                     left_ms = math.ceil((session.expires_at - self._clock()) * 1000)
                     if left_ms > 0:
                         pipe.set(self._revoked_key(token_hash), "1", px=left_ms)
-                pipe.eval(
-                    scripts.PUBLISH,
-                    1,
-                    self.invalidation_channel + ":seq",
-                    self.invalidation_channel,
-                    token_hash,
-                )
                 results = await pipe.execute()  # raises StoreWriteNotDurable
-            return session, int(results[-1]), session is not None and int(results[0]) == 0
+            return session, session is not None and int(results[0]) == 0
 
-        session, seq, moved = await self._run("revoke", op)
-        await self._barriers(seq)
+        session, moved = await self._run("revoke", op)
+        await self._barriers(await self._publish("revoke", token_hash))
         if moved and session is not None and hops > 0:
             # rotated between the read and the write: the session lives on under its new token
-            sid_key = self._sid_key(session.sid)
-            current = await self._run("revoke", lambda: self._redis.get(sid_key))
-            if current is not None and text(current) != token_hash:
-                await self._revoke(text(current), hops - 1)
+            sid = session.sid
+            current = await self._run("revoke", lambda: self._index_get(sid))
+            if current is not None and current != token_hash:
+                await self._revoke(current, hops - 1)
         return session
 
     async def was_revoked(self, token_hash: str) -> bool:
@@ -207,11 +252,11 @@ class RedisSessionStore(RedisPrimary):
     async def rotate(
         self, token_hash: str, version: int, session: Session, successor: Successor
     ) -> Successor | None:
-        """One Lua script (:data:`~extauthz.store.redis.scripts.ROTATE`) in a durable
-        transaction: atomic on the primary, then ``WAIT`` as for :meth:`create`. The
-        invalidation of ``token_hash`` is published without waiting for the caches: the old
-        token stays valid for the grace, which settings keep longer than the caches' trust
-        window.
+        """One Lua script (:data:`~extauthz.store.redis.scripts.ROTATE`, the session's slot)
+        in a durable transaction: atomic on the primary, then ``WAIT`` as for :meth:`create`.
+        The invalidation of ``token_hash`` is published after (:meth:`_publish`), without
+        waiting for the caches: the old token stays valid for the grace, which settings keep
+        longer than the caches' trust window.
 
         :raises StoreWriteNotDurable: the rotation is on the primary but not on the replicas
             (a retry returns the same successor).
@@ -220,33 +265,25 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> list[Any]:
             now = self._clock()
             tombstone_ms = max(0, math.ceil((session.expires_at - now) * 1000))
+            index, field = self.keys.index(session.sid)
             async with await self._transaction() as pipe:
                 pipe.eval(
-                    scripts.ROTATE,
-                    7,
-                    self._session_key(token_hash),
-                    self._successor_key(token_hash),
-                    self._session_key(successor.token_hash),
-                    self._sid_key(session.sid),
-                    self._revoked_key(token_hash),
-                    self.invalidation_channel + ":seq",
-                    self._issued_key(successor.token_hash),
-                    version,
-                    session.to_json(),
-                    self._ttl_ms(session),
-                    successor.to_json(),
-                    max(1, math.ceil((successor.until - now) * 1000)),
-                    tombstone_ms,
-                    self.invalidation_channel,
-                    token_hash,
-                    successor.token_hash,
-                )
+                    scripts.ROTATE, 6, self._session_key(token_hash),
+                    self._successor_key(token_hash), self._session_key(successor.token_hash),
+                    index, self._revoked_key(token_hash), self._issued_key(successor.token_hash),
+                    version, session.to_record(),
+                    self._record_ttl_ms(successor.token_hash, session), successor.to_json(),
+                    max(1, math.ceil((successor.until - now) * 1000)), tombstone_ms,
+                    self.keys.index_value(successor.token_hash), field,
+                )  # fmt: skip
                 (reply,) = await pipe.execute()  # raises StoreWriteNotDurable
             return list(reply)
 
         reply = await self._run("rotate", op)
         if int(reply[0]) < 0:
             return None
+        if int(reply[0]) == 1:
+            await self._publish("rotate", token_hash)
         try:
             return Successor.from_json(reply[1])
         except ValueError:
@@ -264,97 +301,59 @@ class RedisSessionStore(RedisPrimary):
             return None
         return found if found.until > self._clock() else None
 
-    async def _settle(self, what: str) -> None:
-        """Wait until every revocation made so far, by any node, has passed the barriers.
-
-        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
-        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
-        still not report success before that first invalidation has landed everywhere.
-        Acknowledgements are monotonic, so waiting for the newest sequence number covers
-        every earlier one. (That the deletion itself is on the replicas is
-        :meth:`_found_or_replicated`'s part.)
-        """
-        if self._replica_barrier is None and self._invalidation_barrier is None:
-            return
-        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
-        seq = int(text(raw)) if raw is not None else 0
-        if seq <= 0:
-            return
-        if self._replica_barrier is not None:
-            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
-        if self._invalidation_barrier is not None:
-            await self._invalidation_barrier(seq)
-
-    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
-        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
-        replicas have everything the primary wrote before.
-
-        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
-        retry that finds nothing must not report success before the deletion is on the
-        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
-        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
-        replicated: so it follows a write that is replicated and leaves nothing behind, a
-        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
-        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
-        when the primary changes, the read is repeated on the new one.
-
-        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
-        """
-
-        async def op() -> T:
-            found = await read()
-            if not found and self._wait_replicas != 0:
-                async with await self._transaction() as pipe:
-                    pipe.publish(self.invalidation_channel + ":sync", "")
-                    await pipe.execute()  # raises StoreWriteNotDurable
-            return found
-
-        return await self._run(what, op)
-
     async def revoke_sid(self, sid: str) -> Session | None:
-        token_hash = await self._found_or_replicated(
-            "revoke_sid", lambda: self._redis.get(self._sid_key(sid))
-        )
+        token_hash = await self._found_or_replicated("revoke_sid", lambda: self._index_get(sid))
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
-        revoked = await self.revoke(text(token_hash))
+        revoked = await self.revoke(token_hash)
         if revoked is None:
             # rotated between reading the sid and the record: the sid names the new token now
-            sid_key = self._sid_key(sid)
-            current = await self._run("revoke_sid", lambda: self._redis.get(sid_key))
-            if current is not None and text(current) != text(token_hash):
-                return await self.revoke(text(current))
+            current = await self._run("revoke_sid", lambda: self._index_get(sid))
+            if current is not None and current != token_hash:
+                return await self.revoke(current)
         return revoked
 
     async def revoke_subject(self, sub: str) -> int:
-        sids = await self._found_or_replicated(
-            "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
-        )
+        sids = await self._found_or_replicated("revoke_subject", lambda: self._subject_sids(sub))
         if not sids:
             await self._settle("revoke_subject")
         revoked = 0
-        for sid in sorted(text(s) for s in sids):
+        for sid in sids:
             if await self.revoke_sid(sid) is not None:
                 revoked += 1
         return revoked
 
+    async def _subject_sids(self, sub: str) -> list[str]:
+        """The ids of ``sub``'s sessions, sorted: the entries of its tag's index whose record
+        is ``sub``'s (or is gone: then nothing tells, and revoking it changes nothing), and the
+        members of its set from before tags."""
+        tag = subject_tag(sub)
+        sids = {text(s) for s in await self._redis.smembers(self.keys.legacy_subject(sub))}
+        entries = await self._redis.hgetall(self.keys.tag_index(tag))
+        for field, value in entries.items():
+            sid = f"{tag}.{text(field)}"
+            raw = await self._redis.get(self._session_key(f"{tag}.{text(value)}"))
+            if raw is None:  # rotated since the index was read, or ended: read it again
+                current = await self._index_get(sid)
+                raw = None if current is None else await self._redis.get(self._session_key(current))
+            if raw is None or _subject_of(raw) in (sub, None):
+                sids.add(sid)
+        return sorted(sids)
+
     async def list_subject(self, sub: str) -> list[Session]:
         async def op() -> list[Any]:
-            sids = sorted(text(s) for s in await self._redis.smembers(self._subject_key(sub)))
-            if not sids:
-                return []
-            hashes = await self._redis.mget([self._sid_key(s) for s in sids])
-            live = [(sid, text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
-            stale = [sid for sid, h in zip(sids, hashes, strict=True) if not h]
-            if stale:
-                await self._redis.srem(self._subject_key(sub), *stale)
-            if not live:
-                return []
-            return list(await self._redis.mget([self._session_key(h) for _, h in live]))
+            records = []
+            for sid in await self._subject_sids(sub):
+                token_hash = await self._index_get(sid)
+                if token_hash is None:  # ended (idle timeout) without a revocation
+                    await self._redis.srem(self.keys.legacy_subject(sub), sid)
+                    continue
+                records.append(await self._redis.get(self._session_key(token_hash)))
+            return records
 
         records = await self._run("list_subject", op)
-        sessions = [s for s in (self._decode(r) for r in records) if s is not None]
+        sessions = [s for s in map(self._decode, records) if s is not None and s.sub == sub]
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def ping(self) -> None:
@@ -376,3 +375,11 @@ class RedisSessionStore(RedisPrimary):
 
     async def stop(self) -> None:
         """Nothing to stop: the client belongs to its owner."""
+
+
+def _subject_of(raw: bytes | str) -> str | None:
+    """The subject of a stored record, ``None`` when it is not a record."""
+    try:
+        return Session.from_record(raw).sub
+    except ValueError:
+        return None
