@@ -47,6 +47,8 @@ class RedisEndpoints:
     :param primary_url: the primary when no Sentinels are given (``redis://``, ``rediss://``,
         ``unix://``).
     :param sentinels: ``(host, port)`` of each Sentinel; when given, they name the primary.
+    :param cluster_nodes: ``(host, port)`` of Redis Cluster startup nodes; when given, the
+        primary is the cluster (each slot's primary, as the cluster names it).
     :param replica_url: the node's local replica (``replicated``), empty for none.
     :param timeout_seconds: connect and read timeout of every connection.
     :param name: the node's part of the client name (``CLIENT SETNAME``).
@@ -57,6 +59,7 @@ class RedisEndpoints:
     primary_url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_service: str = "extauthz"
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
     replica_url: str = ""
     timeout_seconds: float = 0.5
     name: str = "node"
