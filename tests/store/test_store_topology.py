@@ -145,13 +145,11 @@ def test_the_composition_root_hands_the_store_plain_values() -> None:
 
 
 def test_a_cluster_is_loaded_waits_for_one_replica_and_is_described() -> None:
-    s = load_settings(
-        None, {**REDIS, "EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER}
-    ).store
+    environ = {**REDIS, "EXTAUTHZ_STORE_STRATEGY": "central"}
+    environ["EXTAUTHZ_STORE_CLUSTER_NODES"] = CLUSTER
+    s = load_settings(None, environ).store
     assert s.cluster_nodes == ("127.0.0.1:7001", "127.0.0.1:7002")
     assert s.wait_replicas_resolved == 1
     assert topology.describe(s) == "cluster nodes=2 wait_replicas=1"
-    endpoints = topology.redis_endpoints(load_settings(None, {
-        **REDIS, "EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER
-    }))  # fmt: skip
+    endpoints = topology.redis_endpoints(load_settings(None, environ))
     assert endpoints.cluster_nodes == (("127.0.0.1", 7001), ("127.0.0.1", 7002))
