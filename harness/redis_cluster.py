@@ -126,17 +126,24 @@ class RedisCluster:
         return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every running node reports ``cluster_state:ok`` and knows as many primaries
-        with slots as at the start."""
+        """Until :meth:`ok`."""
         wait_until(
             self.ok, timeout=timeout, description="cluster_state:ok on every node", interval=0.1
         )
 
     def ok(self) -> bool:
+        """Every running node reports ``cluster_state:ok``, and every running replica's link
+        to its primary is up (``master_link_status:up``: it has the primary's data)."""
         running = [n for n in self.nodes if n.running]
-        return bool(running) and all(
-            "cluster_state:ok" in self.command(n.port, "CLUSTER", "INFO") for n in running
-        )
+        if not running:
+            return False
+        for node in running:
+            if "cluster_state:ok" not in self.command(node.port, "CLUSTER", "INFO"):
+                return False
+            replication = self.command(node.port, "INFO", "replication")
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return False
+        return True
 
     def command(self, port: int, *args: str) -> str:
         """One command through ``redis-cli`` against ``127.0.0.1:port``: its text output

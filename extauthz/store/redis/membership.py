@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import SettingsError
 from extauthz.loops import Loop
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
+from extauthz.store.redis.cluster import is_cluster
 from extauthz.store.redis.errors import StoreUnavailable, store_errors, text, translated
 
 log = logging.getLogger("extauthz.store.membership")
@@ -74,7 +74,7 @@ class Membership:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Redis,
         key_prefix: str,
         node_id: str,
         *,
@@ -115,7 +115,10 @@ class Membership:
         )
 
     def keys(self, role: Role) -> list[str]:
-        return [self._prefix + role.members, self._prefix + role.acks]
+        """``[members, acks]`` of ``role``; one hash tag on a cluster (the scripts read both),
+        the names of old on a single primary."""
+        p = self._prefix + ("{membership}" if is_cluster(self._redis) else "")
+        return [p + role.members, p + role.acks]
 
     # -- the node record ----------------------------------------------------------------------
 
@@ -293,8 +296,12 @@ class Membership:
     @translated("publish")
     async def publish(self, channel: str, message: str) -> None:
         """Publish ``message`` on ``channel`` through the primary (a member's liveness
-        proof, :mod:`~extauthz.store.redis.invalidation`)."""
-        await self._redis.publish(channel, message)
+        proof, :mod:`~extauthz.store.redis.invalidation`); a shard channel (``SPUBLISH``) on
+        a cluster, where the node subscribes with ``SSUBSCRIBE``."""
+        if is_cluster(self._redis):
+            await self._redis.spublish(channel, message)
+        else:
+            await self._redis.publish(channel, message)
 
     @translated("pending acknowledgements")
     async def pending(self, role: Role, seq: int) -> list[str]:

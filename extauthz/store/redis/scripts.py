@@ -23,6 +23,10 @@ redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
 return seq
 """
 
+# The same on a Redis Cluster: a shard channel (SPUBLISH, Redis 7.0+), which must hash to the
+# slot of KEYS[1] (p+"{inv}invalidate:seq" and p+"{inv}invalidate": extauthz.store.redis.cluster)
+SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
+
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 
 # KEYS[1] = the session record, KEYS[2] = its sid key, KEYS[3] = p+"subject:"+sub; ARGV[1] =

@@ -26,6 +26,7 @@ from extauthz.store.model import (
     VersionConflict,
 )
 from extauthz.store.redis import scripts
+from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
 
@@ -43,7 +44,7 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> None:
             ttl = self._ttl_ms(session)
             absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
                 pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
                 # the marker: a cookie of this session that idled out is not taken for a guess
@@ -124,7 +125,7 @@ class RedisSessionStore(RedisPrimary):
         publish the change (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`)."""
 
         async def op() -> int:
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.REPLACE_IF_VERSION,
                     3,
@@ -155,7 +156,7 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> tuple[Session | None, int, bool]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 if session is None:
                     pipe.delete(self._session_key(token_hash))
                 else:
@@ -173,7 +174,7 @@ class RedisSessionStore(RedisPrimary):
                     if left_ms > 0:
                         pipe.set(self._revoked_key(token_hash), "1", px=left_ms)
                 pipe.eval(
-                    scripts.PUBLISH,
+                    self.publish_script,
                     1,
                     self.invalidation_channel + ":seq",
                     self.invalidation_channel,
@@ -220,7 +221,7 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> list[Any]:
             now = self._clock()
             tombstone_ms = max(0, math.ceil((session.expires_at - now) * 1000))
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.ROTATE,
                     7,
@@ -304,8 +305,14 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> T:
             found = await read()
             if not found and self._wait_replicas != 0:
-                async with await self._transaction() as pipe:
-                    pipe.publish(self.invalidation_channel + ":sync", "")
+                # on a cluster this follows the shard of the invalidation channel only
+                async with await self._transaction(self.invalidation_channel) as pipe:
+                    sync = self.invalidation_channel + ":sync"
+                    # SPUBLISH is in a shard's replication stream; a cluster's PUBLISH is not
+                    if isinstance(self._redis, StoreCluster):
+                        pipe.spublish(sync, "")
+                    else:
+                        pipe.publish(sync, "")
                     await pipe.execute()  # raises StoreWriteNotDurable
             return found
 
@@ -364,6 +371,9 @@ class RedisSessionStore(RedisPrimary):
         calls it every ``server.health_check_interval_seconds``)."""
 
         async def op() -> None:
+            if isinstance(self._redis, StoreCluster):
+                await self._redis.ping(target_nodes=StoreCluster.PRIMARIES)
+                return
             pool = self._redis.connection_pool
             if isinstance(pool, SentinelConnectionPool):
                 await pool.get_master_address()

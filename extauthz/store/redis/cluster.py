@@ -1,0 +1,100 @@
+"""Redis Cluster as the central strategy's primary (``store.cluster_nodes``).
+
+:class:`StoreCluster` is redis-py's ``redis.asyncio.cluster.RedisCluster`` (slots, ``MOVED``
+and ``ASK`` redirections, the cluster's own failover: no Sentinel) with what the store needs on
+top, per **shard** (a primary and its replicas, owning some of the 16384 hash slots):
+
+- :meth:`StoreCluster.shard_for`: a plain client of the primary that owns a key's slot now.
+  A durable write runs ``MULTI``/``EXEC`` and ``WAIT`` on one connection of that client
+  (:class:`~extauthz.store.redis.durable.DurablePipeline`): ``WAIT`` counts the writes of its
+  own connection and only that shard's replicas (https://redis.io/docs/latest/commands/wait/),
+  and redis-py would send a keyless ``WAIT`` to its "default node", usually another shard.
+  The node's subscription (:class:`~extauthz.store.redis.channel.Channel`) uses it too, with
+  ``SSUBSCRIBE`` (https://redis.io/docs/latest/commands/ssubscribe/).
+- :meth:`StoreCluster.refresh`: re-read the slot map (``CLUSTER SLOTS``) after a connection
+  error or a redirection seen outside redis-py's own retry, so that the next try goes to the
+  primary the cluster promoted.
+
+Every key that one command or script touches shares one hash tag (``{...}``, https://redis.io/
+docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags); :func:`tagged` adds the tag
+on a cluster only, so that the key names on a single primary stay what they were.
+docs/strategies.md, 'Redis Cluster'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from extauthz.store.redis.pool import WaitingConnectionPool
+
+
+class StoreCluster(RedisCluster):
+    """``RedisCluster`` plus one plain client per primary (module docstring).
+
+    :param nodes: ``(host, port)`` startup nodes (any node of the cluster; the rest is
+        discovered with ``CLUSTER SLOTS``).
+    :param pool_size: connections per node, for the cluster client and for each shard client.
+    :param pool_wait_seconds: how long a shard client's request waits for a connection.
+    :param kwargs: connection settings (timeouts, ``retry``, ``client_name``).
+    """
+
+    def __init__(
+        self,
+        nodes: tuple[tuple[str, int], ...],
+        *,
+        pool_size: int,
+        pool_wait_seconds: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            max_connections=pool_size,
+            **kwargs,
+        )
+        self._shard_kwargs = {
+            **kwargs,
+            "max_connections": pool_size,
+            "wait_seconds": pool_wait_seconds,
+        }
+        self._shards: dict[str, aioredis.Redis] = {}
+
+    async def shard_for(self, key: str) -> aioredis.Redis:
+        """The plain client of the primary that owns ``key``'s slot, by the slot map now
+        (read first when the client has none yet).
+
+        :raises redis.exceptions.RedisError: the map could not be read, or no primary serves
+            the slot (``SlotNotCoveredError``).
+        """
+        await self.initialize()
+        node = self.get_node_from_key(key)
+        if node is None:  # typed Optional; get_node_from_key raises when the slot is unserved
+            raise RuntimeError(f"no node serves the slot of {key!r}")
+        shard = self._shards.get(node.name)
+        if shard is None:
+            pool = WaitingConnectionPool(host=node.host, port=node.port, **self._shard_kwargs)
+            shard = self._shards[node.name] = aioredis.Redis.from_pool(pool)
+        return shard
+
+    async def refresh(self) -> None:
+        """Read the slot map again (after a failover the promoted replica owns the slots)."""
+        await self.initialize()
+        await self.nodes_manager.initialize()
+
+    async def aclose_shards(self) -> None:
+        """Close every shard client (the cluster client itself: ``aclose``)."""
+        shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            await shard.aclose()
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client."""
+    return isinstance(client, RedisCluster)
+
+
+def tagged(name: str, client: object) -> str:
+    """``name`` as a hash tag (``"{name}"``) on a cluster, unchanged on a single primary."""
+    return "{" + name + "}" if is_cluster(client) else name
