@@ -10,8 +10,9 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
 
-from extauthz.errors import StoreWriteNotDurable
+from extauthz.errors import SettingsError, StoreWriteNotDurable
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.clients import RedisClients
 from extauthz.store.redis.cluster import StoreCluster
@@ -19,6 +20,7 @@ from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.invalidation import InvalidationSubscriber
 from extauthz.store.redis.membership import CACHE, Membership
 from extauthz.store.redis.store import RedisSessionStore
+from harness.ports import LOOPBACK
 from harness.redis_cluster import RedisCluster
 from tests.support.redis_cluster import cluster_clients
 
@@ -127,3 +129,16 @@ async def test_a_write_is_durable_only_when_the_slot_primarys_replica_has_it(
             await pipe.execute()
     finally:
         os.kill(replica.pid, signal.SIGCONT)
+
+
+async def test_a_node_configured_for_one_primary_is_refused_on_a_cluster_node(
+    redis_cluster: RedisCluster,
+) -> None:
+    single = aioredis.Redis(host=LOOPBACK, port=redis_cluster.nodes[0].port)
+    try:
+        m = Membership(single, "mixed:", "node-2", strategy="central", version="t",
+                       topology="primary", heartbeat_seconds=1.0)  # fmt: skip
+        with pytest.raises(SettingsError, match="^store.cluster_nodes: the store is a Redis"):
+            await m.register()
+    finally:
+        await single.aclose()

@@ -146,12 +146,29 @@ class Membership:
             f"registered in the same store ({self.key}) run another strategy: {named}"
         )
 
-    async def register(self) -> None:
-        """Check and register atomically.
+    @translated("cluster mode")
+    async def _on_cluster_node(self) -> bool:
+        """Whether this node's single-primary client talks to a Redis Cluster node
+        (``INFO cluster``: ``cluster_enabled:1``)."""
+        if is_cluster(self._redis):
+            return False
+        info = await self._redis.info("cluster")
+        return str(info.get("cluster_enabled", "0")) == "1"
 
-        :raises SettingsError: live nodes in this store run another strategy (named).
+    async def register(self) -> None:
+        """Check and register atomically. A node configured for a single primary (or
+        Sentinels) whose primary is a Redis Cluster node is refused: it would share the
+        cluster with nodes configured for it (``store.cluster_nodes``), with other key names.
+
+        :raises SettingsError: live nodes in this store run another strategy (named), or the
+            store is a Redis Cluster that this node is not configured for.
         :raises StoreUnavailable: the store did not answer.
         """
+        if await self._on_cluster_node():
+            raise SettingsError(
+                "store.cluster_nodes: the store is a Redis Cluster node; configure every node "
+                "of the deployment with store.cluster_nodes (docs/strategies.md, 'Redis Cluster')"
+            )
         registered, conflicts = await self._call("check")
         if not registered:
             raise self._conflict_error(conflicts)
