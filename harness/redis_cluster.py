@@ -17,6 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Self
 
+import redis
+
 from .ports import FIRST_PORT, LOOPBACK, RESERVED_PORTS, _ephemeral_low
 from .process import ProcessError, wait_until
 from .redis import RedisServer
@@ -123,7 +125,33 @@ class RedisCluster:
         if create.returncode != 0:
             raise ProcessError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}")
         self.wait_ok(timeout)
+        self.settle()
         return self
+
+    def settle(self, timeout_ms: int = 5000) -> None:
+        """Wait until each primary's replicas acknowledge a write (``WAIT``): a replica that
+        has just synced acknowledges its first ``WAIT`` only at its next replication cron,
+        up to a second later, longer than a login waits.
+
+        :raises ProcessError: a primary's replicas did not acknowledge within ``timeout_ms``.
+        """
+        roles = self.roles()
+        for port, role in roles.items():
+            if role != "primary":
+                continue
+            with redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout_ms / 1000 + 1) as r:
+                for n in range(1000):  # a key of this primary's slots: the others say MOVED
+                    try:
+                        r.set(f"settle:{n}", "1")
+                    except redis.ResponseError:
+                        continue
+                    acked = int(r.execute_command("WAIT", self.replicas, timeout_ms))
+                    r.delete(f"settle:{n}")
+                    break
+                else:
+                    raise ProcessError(f"no key of primary {port} found")
+            if acked < self.replicas:
+                raise ProcessError(f"primary {port}: {acked} of {self.replicas} replicas acked")
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until :meth:`ok`."""
@@ -203,6 +231,21 @@ class RedisCluster:
         ports = [int(line.split()[1].split("@")[0].rpartition(":")[2])
                  for line in text.splitlines() if line.strip()]  # fmt: skip
         return [self.node(p) for p in ports if self.node(p).running]
+
+    def wait_for_failover(self, old: RedisServer, timeout: float = 20.0) -> None:
+        """After ``old`` (a primary) was stopped: until the others flag it failed and report
+        ``cluster_state:ok`` again (its replica owns its slots)."""
+        wait_until(
+            lambda: old.port not in self.roles() and self.ok(),
+            timeout=timeout, description=f"failover of primary {old.port}", interval=0.05,
+        )  # fmt: skip
+
+    def rejoin(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Start a stopped node again: it reads its ``nodes.conf`` and comes back as a replica
+        (empty, no persistence; it syncs from its shard's primary)."""
+        node.start()
+        self.wait_ok(timeout)
+        self.settle()
 
     def stop(self) -> None:
         for node in self.nodes:
