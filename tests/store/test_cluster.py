@@ -1,6 +1,7 @@
 """The store's plumbing on a Redis Cluster (3 primaries, 3 replicas on loopback): the client,
 the memberships and the node registry (multi-key scripts in one slot), the invalidation over a
-shard channel, and ``WAIT`` on the connection that wrote to the slot's primary."""
+shard channel, ``WAIT`` on the connection that wrote to the slot's primary, and the users, rate
+limits and factors (single-key commands, routed by slot)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from argon2 import PasswordHasher
 
 from extauthz.errors import SettingsError, StoreWriteNotDurable
+from extauthz.login.ratelimit import RateKey
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.clients import RedisClients
 from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.durable import DurablePipeline
+from extauthz.store.redis.factors import RedisFactorStore
 from extauthz.store.redis.invalidation import InvalidationSubscriber
 from extauthz.store.redis.membership import CACHE, Membership
+from extauthz.store.redis.ratelimit import RedisRateLimiter
 from extauthz.store.redis.store import RedisSessionStore
+from extauthz.store.redis.users import RedisUserStore
 from harness.ports import LOOPBACK
 from harness.redis_cluster import RedisCluster
 from tests.support.redis_cluster import cluster_clients
@@ -142,3 +148,21 @@ async def test_a_node_configured_for_one_primary_is_refused_on_a_cluster_node(
             await m.register()
     finally:
         await single.aclose()
+
+
+async def test_users_rate_limits_and_factors_work_on_the_cluster(clients: RedisClients) -> None:
+    users = RedisUserStore(clients.primary, "u:")
+    hashed = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("pw")
+    for name in ("alice", "bob", "carol"):  # spread over the shards; names() asks each
+        await users.put(name, hashed, ["admin"], ["read"])
+    assert await users.names() == ["alice", "bob", "carol"]
+    assert await users.set_password_hash("bob", hashed)
+    assert await users.remove("carol") and await users.get("carol") is None
+    limiter = RedisRateLimiter(clients.primary, "u:", limit=2, window_seconds=30)
+    key = RateKey("login:user", "alice")
+    assert not (await limiter.hit(key)).blocked
+    assert not (await limiter.hit(key)).blocked
+    assert (await limiter.blocked(key)).blocked
+    await limiter.refund(key)
+    assert not (await limiter.blocked(key)).blocked
+    assert await RedisFactorStore(clients.primary, "u:").remove_all("alice") == 0
