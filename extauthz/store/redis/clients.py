@@ -282,6 +282,6 @@ class RedisClients:
 
 def _counts(client: Redis) -> dict[str, int]:
     if isinstance(client, StoreCluster):
-        return dataclasses.asdict(PoolStats())  # redis-py's per-node pools do not wait
+        return dataclasses.asdict(client.stats)
     pool = client.connection_pool
     return dataclasses.asdict(pool.stats if isinstance(pool, WaitingPool) else PoolStats())

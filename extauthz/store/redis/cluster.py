@@ -11,6 +11,11 @@ top, per **shard** (a primary and its replicas, owning some of the 16384 hash sl
   and redis-py would send a keyless ``WAIT`` to its "default node", usually another shard.
   The node's subscription (:class:`~extauthz.store.redis.channel.Channel`) uses it too, with
   ``SSUBSCRIBE`` (https://redis.io/docs/latest/commands/ssubscribe/).
+- **Waiting for a connection.** redis-py's cluster node raises ``MaxConnectionsError`` the
+  moment its ``max_connections`` are busy (a burst of 200 reads on one shard with 100
+  connections failed half of them, healthy cluster). Here at most ``pool_size`` commands are in
+  flight per client; one more waits for a free turn, at most ``pool_wait_seconds`` (the Check's
+  budget), counted like the waiting pools' (:class:`~extauthz.store.redis.pool.PoolStats`).
 - :meth:`StoreCluster.refresh`: re-read the slot map (``CLUSTER SLOTS``) after a connection
   error or a redirection seen outside redis-py's own retry, so that the next try goes to the
   primary the cluster promoted.
@@ -23,12 +28,13 @@ docs/strategies.md, 'Redis Cluster'.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from extauthz.store.redis.pool import WaitingConnectionPool
+from extauthz.store.redis.pool import PoolExhausted, PoolStats, WaitingConnectionPool
 
 
 class StoreCluster(RedisCluster):
@@ -60,6 +66,36 @@ class StoreCluster(RedisCluster):
             "wait_seconds": pool_wait_seconds,
         }
         self._shards: dict[str, aioredis.Redis] = {}
+        self._turns = asyncio.Semaphore(pool_size)
+        self.pool_size = pool_size
+        self.wait_seconds = pool_wait_seconds
+        self.stats = PoolStats()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's ``execute_command`` (routing, redirections, retries), after waiting for a
+        turn when ``pool_size`` commands are in flight (module docstring).
+
+        :raises PoolExhausted: no turn came free within ``pool_wait_seconds``.
+        """
+        if self._turns.locked():
+            self.stats.waits += 1
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    await self._turns.acquire()
+            except TimeoutError:
+                self.stats.exhausted += 1
+                raise PoolExhausted(
+                    f"all {self.pool_size} cluster turns busy for {self.wait_seconds:g} s"
+                ) from None
+            except asyncio.CancelledError:
+                self.stats.exhausted += 1
+                raise
+        else:
+            await self._turns.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._turns.release()
 
     async def shard_for(self, key: str) -> aioredis.Redis:
         """The plain client of the primary that owns ``key``'s slot, by the slot map now
