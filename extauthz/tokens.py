@@ -1,8 +1,18 @@
-"""Opaque access tokens: mint, shape check and hash.
+"""Opaque access tokens: mint, shape check and hash; the hash tag of a session's store keys.
 
-Shape (53 ASCII characters)::
+Shapes (ASCII)::
 
-    xat_ <43 base62 characters: 256 random bits> <6 base62 characters: CRC32 of the rest>
+    xat_ <4 base62: tag> <43 base62: 256 random bits> <6 base62: CRC32 of the rest>   57 chars
+    xat_ <43 base62: 256 random bits> <6 base62: CRC32 of the rest>                   53 chars
+
+A session's tokens carry its **tag** (:func:`subject_tag`, 4 base62 characters of a hash of its
+``sub``; a session id carries it too, :func:`mint_sid`), so that every Redis key of the session
+shares one hash tag ``{tag}`` (one Redis Cluster slot; https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags)
+and a lookup computes the key from the token alone. The tag is no secret (the holder of a token
+knows its subject) and takes nothing from the 256 random bits. Tokens of the older, untagged
+shape (issued before tags, and ``xrt_``/``xpl_`` tokens, which name no session) still pass the
+shape check; their hash has no tag (:func:`hash_tag`), and the store keeps their sessions under
+the untagged keys.
 
 The prefix says what the token is: ``xat_`` an access token (a login session's, or one issued
 to an OAuth client), ``xak_`` an API key, ``xrt_`` an OAuth refresh token, ``xpl_`` a login
@@ -11,7 +21,7 @@ accepted where its prefix belongs (:func:`has_token_shape` takes the expected pr
 
 The CRC32 checksum lets the shape check reject typos and guessed tokens without a store
 round trip; it adds no secrecy. The token itself is never stored, logged or used as a key:
-the store is keyed by :func:`token_hash` (SHA-256, hex), logs use :func:`log_id`.
+the store is keyed by :func:`token_hash` (SHA-256), logs use :func:`log_id`.
 
 A rotated token's successor is kept in the store only sealed (:func:`seal_successor`, AES-256-GCM
 under a key derived from the *old* token): whoever presents the old token during the grace can
@@ -43,8 +53,19 @@ SESSION_PREFIXES = (PREFIX, API_KEY_PREFIX)
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY_LEN = 43  # 62**43 > 2**256
 _CHECK_LEN = 6  # 62**6 > 2**32
+TAG_LENGTH = 4
+"""Characters of a tag (62**4 = 14.8 million tags: far more than Redis Cluster's 16,384 slots)."""
 TOKEN_LENGTH = len(PREFIX) + _BODY_LEN + _CHECK_LEN
+"""The untagged shape's length (53)."""
+TAGGED_TOKEN_LENGTH = TOKEN_LENGTH + TAG_LENGTH
+"""The tagged shape's length (57): what :func:`mint_token` issues with a tag."""
 _BODY = re.compile(rf"[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}")
+_TAGGED_BODY = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH + _BODY_LEN + _CHECK_LEN}}}")
+_TAG = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}")
+_SID_RANDOM_BYTES = 16
+_TAGGED_SID = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{22}}")
+_HASH_SEPARATOR = "."
+_TAGGED_HASH = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{43}}")
 
 
 def _base62(value: int, width: int) -> str:
@@ -61,31 +82,79 @@ def _checksum(head: str) -> str:
     return _base62(zlib.crc32(head.encode("ascii")), _CHECK_LEN)
 
 
-def mint_token(prefix: str = PREFIX) -> str:
+def subject_tag(sub: str) -> str:
+    """The tag of every session of ``sub``: 4 base62 characters of SHA-256 of ``sub``
+    (UTF-8), so that a subject's sessions share one Redis Cluster slot."""
+    digest = hashlib.sha256(b"tag:" + sub.encode("utf-8", "surrogatepass")).digest()
+    return _base62(int.from_bytes(digest[:8], "big") % 62**TAG_LENGTH, TAG_LENGTH)
+
+
+def mint_token(prefix: str = PREFIX, *, tag: str | None = None) -> str:
     """Return a new opaque token carrying 256 bits from :mod:`secrets`, with ``prefix`` (one
-    of :data:`PREFIXES`; :raises ValueError: another)."""
+    of :data:`PREFIXES`) and, given one, ``tag`` (:func:`subject_tag`): 57 characters, else
+    the untagged 53.
+
+    :raises ValueError: an unknown prefix, or a tag that is not 4 base62 characters.
+    """
     if prefix not in PREFIXES:
         raise ValueError(f"unknown token prefix {prefix!r}")
-    head = prefix + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _BODY_LEN)
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise ValueError("a tag is 4 base62 characters")
+    head = prefix + (tag or "") + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _BODY_LEN)
     return head + _checksum(head)
 
 
 def has_token_shape(candidate: str, prefix: str | tuple[str, ...] = PREFIX) -> bool:
-    """True when ``candidate`` has ``prefix`` (or one of several), the length, the alphabet
-    and a matching checksum."""
-    if (
-        len(candidate) != TOKEN_LENGTH
-        or not candidate.startswith(prefix)
-        or not _BODY.fullmatch(candidate, len(PREFIX))  # every prefix has four characters
-    ):
+    """True when ``candidate`` has ``prefix`` (or one of several), one of the two lengths,
+    the alphabet and a matching checksum."""
+    if len(candidate) == TOKEN_LENGTH:
+        body = _BODY
+    elif len(candidate) == TAGGED_TOKEN_LENGTH:
+        body = _TAGGED_BODY
+    else:
         return False
+    if not candidate.startswith(prefix) or not body.fullmatch(candidate, len(PREFIX)):
+        return False  # every prefix has four characters
     head, check = candidate[:-_CHECK_LEN], candidate[-_CHECK_LEN:]
     return secrets.compare_digest(_checksum(head), check)
 
 
+def token_tag(token: str) -> str | None:
+    """The tag of a token of the tagged shape (checked: :func:`has_token_shape`), else ``None``."""
+    if len(token) != TAGGED_TOKEN_LENGTH:
+        return None
+    return token[len(PREFIX) : len(PREFIX) + TAG_LENGTH]
+
+
 def token_hash(token: str) -> str:
-    """The store key part for ``token``: SHA-256 of the token, 64 hex characters."""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+    """The store key part for ``token``, SHA-256 of the token: for a tagged token its tag, a
+    dot and the digest in URL-safe base64 without padding (48 characters,
+    ``"Ab3d.<43 chars>"``); for an untagged one the digest in hex (64 characters)."""
+    digest = hashlib.sha256(token.encode("ascii"))
+    tag = token_tag(token)
+    if tag is None:
+        return digest.hexdigest()
+    encoded = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+    return tag + _HASH_SEPARATOR + encoded
+
+
+def hash_tag(token_hash: str) -> str | None:
+    """The tag a :func:`token_hash` carries; ``None`` for the hash of an untagged token (keys
+    without a hash tag: on Redis Cluster they land in slots of their own)."""
+    return token_hash[:TAG_LENGTH] if _TAGGED_HASH.fullmatch(token_hash) else None
+
+
+def mint_sid(tag: str | None) -> str:
+    """A new session id: ``tag``, a dot and 128 random bits as URL-safe base64 (27
+    characters); without a tag only the random part (22, the shape of sessions from before
+    tags)."""
+    random_part = secrets.token_urlsafe(_SID_RANDOM_BYTES)
+    return random_part if tag is None else tag + _HASH_SEPARATOR + random_part
+
+
+def sid_tag(sid: str) -> str | None:
+    """The tag a session id from :func:`mint_sid` carries, ``None`` for any other string."""
+    return sid[:TAG_LENGTH] if _TAGGED_SID.fullmatch(sid) else None
 
 
 def log_id(value: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import zlib
@@ -83,6 +84,7 @@ def test_a_token_with_a_recomputed_checksum_passes_the_shape_check() -> None:
 def test_token_hash_is_sha256_hex_and_log_id_differs() -> None:
     token = tokens.mint_token()
     assert tokens.token_hash(token) == hashlib.sha256(token.encode()).hexdigest()
+    assert tokens.hash_tag(tokens.token_hash(token)) is None
     log_id = tokens.log_id(token)
     assert re.fullmatch(r"[0-9a-f]{12}", log_id)
     assert log_id not in tokens.token_hash(token)
@@ -118,3 +120,61 @@ def test_every_prefix_has_the_same_length() -> None:
 def test_an_unknown_prefix_is_refused() -> None:
     with pytest.raises(ValueError):
         tokens.mint_token("xyz_")
+
+
+# -- tags: every key of a session in one Redis Cluster slot --------------------------------------
+
+
+def test_a_tagged_token_has_the_documented_format() -> None:
+    tag = tokens.subject_tag("alice")
+    token = tokens.mint_token(tag=tag)
+    assert len(token) == tokens.TAGGED_TOKEN_LENGTH == 57
+    assert re.fullmatch(r"xat_[0-9A-Za-z]{53}", token) and token[4:8] == tag
+    assert token[-6:] == _crc_field(token[:-6])  # the checksum covers the tag
+    assert tokens.has_token_shape(token) and tokens.token_tag(token) == tag
+    key = tokens.mint_token(tokens.API_KEY_PREFIX, tag=tag)
+    assert tokens.has_token_shape(key, tokens.SESSION_PREFIXES) and not tokens.has_token_shape(key)
+
+
+def test_a_tagged_token_keeps_256_random_bits() -> None:
+    tag = tokens.subject_tag("alice")
+    bodies = {tokens.mint_token(tag=tag)[8:51] for _ in range(200)}
+    assert len(bodies) == 200 and all(len(b) == 43 for b in bodies)
+
+
+def test_a_changed_tag_fails_the_checksum() -> None:
+    token = tokens.mint_token(tag="AAAA")
+    assert not tokens.has_token_shape(token[:4] + "AAAB" + token[8:])
+    # and the untagged shape of the same characters does not pass either
+    assert not tokens.has_token_shape(token[:4] + token[8:])
+
+
+@pytest.mark.parametrize("tag", ["", "abc", "abcde", "ab-c", "ab.c", "äbcd"])
+def test_a_bad_tag_is_refused(tag: str) -> None:
+    with pytest.raises(ValueError):
+        tokens.mint_token(tag=tag)
+
+
+def test_the_subject_tag_is_stable_and_spread() -> None:
+    assert tokens.subject_tag("alice") == tokens.subject_tag("alice")
+    assert re.fullmatch(r"[0-9A-Za-z]{4}", tokens.subject_tag("é\u202e" * 200))
+    assert len({tokens.subject_tag(f"user-{n}") for n in range(1000)}) > 990
+
+
+def test_a_tagged_hash_carries_the_tag_and_the_digest() -> None:
+    token = tokens.mint_token(tag="Ab3d")
+    token_hash = tokens.token_hash(token)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=")
+    assert token_hash == "Ab3d." + digest.decode()
+    assert tokens.hash_tag(token_hash) == "Ab3d"
+    assert tokens.hash_tag(tokens.token_hash(tokens.mint_token())) is None
+    assert tokens.hash_tag("Ab3d." + "x" * 42) is None  # not a hash this module makes
+
+
+def test_a_session_id_carries_the_tag() -> None:
+    sid = tokens.mint_sid("Ab3d")
+    assert re.fullmatch(r"Ab3d\.[0-9A-Za-z_-]{22}", sid) and tokens.sid_tag(sid) == "Ab3d"
+    old = tokens.mint_sid(None)
+    assert len(old) == 22 and tokens.sid_tag(old) is None
+    for other in ("", "Ab3d.", "Ab3d." + "x" * 23, "Ab3d-" + "x" * 22, "Ab3d.x{y}" + "x" * 15):
+        assert tokens.sid_tag(other) is None

@@ -87,6 +87,9 @@ def _validate_store(s: model.StoreSettings) -> None:
         raise SettingsError("store.redis_url: expected a redis://, rediss:// or unix:// URL")
     if s.timeout_seconds <= 0:
         raise SettingsError("store.timeout_seconds: must be positive")
+    if "{" in s.key_prefix or "}" in s.key_prefix:
+        # a session's keys carry the hash tag {tag} after the prefix (store/redis/keys.py)
+        raise SettingsError("store.key_prefix: must not contain '{' or '}' (Redis hash tags)")
     _validate_store_topology(s)
     _validate_wait(s)
     if s.replica_max_staleness_seconds <= 0:

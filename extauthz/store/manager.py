@@ -4,7 +4,6 @@ creation, lookup with idle timeout and absolute expiry, sliding, token rotation,
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -196,8 +195,9 @@ class SessionManager:
         if lifetime_seconds is not None and lifetime_seconds <= 0:
             raise ValueError("lifetime_seconds must be positive")
         now = self._clock()
+        tag = tokens.subject_tag(sub)  # every key of the session in one slot: store/redis/keys
         session = Session(
-            sid=secrets.token_urlsafe(16),
+            sid=tokens.mint_sid(tag),
             sub=sub,
             created_at=now,
             last_seen=now,
@@ -213,7 +213,8 @@ class SessionManager:
         )
         if self._check_session is not None:
             self._check_session(session)
-        token = tokens.mint_token(tokens.API_KEY_PREFIX if kind == "api_key" else tokens.PREFIX)
+        prefix = tokens.API_KEY_PREFIX if kind == "api_key" else tokens.PREFIX
+        token = tokens.mint_token(prefix, tag=tag)
         await self.store.create(tokens.token_hash(token), session)
         return token, session
 
@@ -333,7 +334,8 @@ class SessionManager:
             now = self._clock()
             if not session.is_alive(now):
                 raise Unauthenticated(Reason.SESSION_EXPIRED, "session expired")
-            new_token = tokens.mint_token()
+            # the session's tag, from its sid (none for sessions from before tags)
+            new_token = tokens.mint_token(tag=tokens.sid_tag(session.sid))
             sealed = tokens.seal_successor(token, new_token) if token is not None else ""
             mine = Successor(tokens.token_hash(new_token), sealed, now + self.rotation_grace)
             rotated = replace(session, last_seen=now, rotated_at=now, version=session.version + 1)

@@ -88,6 +88,11 @@ class Session:
         return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
     @classmethod
+    def from_record(cls, raw: str | bytes) -> Session:
+        """A record as a store keeps it. :raises ValueError: not a session record."""
+        return cls.from_json(raw)
+
+    @classmethod
     def from_json(cls, text: str | bytes) -> Session:
         """:raises ValueError: the record is not a session (corrupt or foreign data)."""
         try:

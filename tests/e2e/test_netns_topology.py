@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from extauthz.store.redis.keys import SessionKeys
 from tests.support import envoy_binaries
 from tests.support.extauthz_nodes import CheckClient
 from tests.support.netns import VirtualNetwork, unavailable
@@ -45,6 +46,7 @@ from tests.support.redis_topology import RedisNode, SentinelNode, needs_redis_se
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 STALENESS_BOUND = 2.0  # replica_max_staleness_seconds of the replicated nodes
+KEYS = SessionKeys("extauthz:")  # the key prefix of the nodes' settings
 
 
 @pytest.fixture
@@ -137,7 +139,7 @@ def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token
     on_node_2 = CheckClient(nodes[1].grpc_target)  # its portal: asked from inside its host
     try:
         token, sid = admin.create("victim")
-        session_key = f"extauthz:sid:{sid}"
+        session_key = KEYS.sid(sid)
         assert on_node_2.check(token) == "allow"
         assert {front.get(token) for _ in range(6)} == {200}
 
@@ -396,7 +398,7 @@ def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_co
 
     still_revoked("after the failover")
     revoked_sids = [sid for token, sid in sessions if token in revoked]
-    assert sum(new.command("EXISTS", f"extauthz:sid:{sid}") for sid in revoked_sids) == 0
+    assert sum(new.command("EXISTS", KEYS.sid(sid)) for sid in revoked_sids) == 0
 
     healed_at = time.monotonic()
     c.network.reconnect(old_host)
@@ -411,8 +413,8 @@ def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_co
     wait_until(rejoined, timeout=30, description="the old primary to rejoin as a replica")
     rejoined_at = time.monotonic()
     settle(new, 2)
-    assert sum(old.command("EXISTS", f"extauthz:sid:{sid}") for sid in revoked_sids) == 0
-    assert all(old.command("EXISTS", f"extauthz:sid:{sid}") for _, sid in kept)
+    assert sum(old.command("EXISTS", KEYS.sid(sid)) for sid in revoked_sids) == 0
+    assert all(old.command("EXISTS", KEYS.sid(sid)) for _, sid in kept)
     still_revoked("after the old primary rejoined")
     print(
         "netns Sentinel failover figures:",

@@ -24,6 +24,8 @@ import pytest
 import redis
 
 from extauthz import tokens
+from extauthz.store.model import Session
+from extauthz.store.redis.keys import SessionKeys
 from harness.ports import LOOPBACK
 from tests.support import RedisServer, Stack, start_stack
 
@@ -118,10 +120,16 @@ def rotation_counts(stack: Stack) -> dict[str, int]:
 def stored_tokens_of(client: redis.Redis, prefix: str, sid: str) -> list[str]:
     """The token hashes Redis holds a session record of ``sid`` under."""
     hashes = []
-    for key in client.scan_iter(match=f"{prefix}session:*", count=1000):
+    tag = tokens.sid_tag(sid)
+    keys = SessionKeys(prefix)
+    pattern = f"{prefix}session:*" if tag is None else f"{prefix}{{{tag}}}s:*"
+    for key in client.scan_iter(match=pattern, count=1000):
         record = client.get(key)
-        if record is not None and json.loads(record)["sid"] == sid:
-            hashes.append(key.decode().rpartition(":")[2])
+        if record is not None and Session.from_record(record).sid == sid:
+            rest = key.decode().rpartition(":")[2]
+            token_hash = rest if tag is None else f"{tag}.{rest}"
+            assert keys.record(token_hash) == key.decode()
+            hashes.append(token_hash)
     return hashes
 
 

@@ -24,6 +24,7 @@ from extauthz.server import store_wiring as topology
 from extauthz.server.app import build_components
 from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import RedisClients
+from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import RedisSessionStore
 from tests.support import ExtauthzProcess
 from tests.support.extauthz_nodes import (
@@ -38,6 +39,7 @@ from tests.support.redis_topology import ReplicatedTopology, needs_redis_server
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 FAILOVER_BUDGET_S = 20.0
+KEYS = SessionKeys("extauthz:")  # the key prefix of the nodes' settings
 SESSIONS = 8
 
 
@@ -191,8 +193,8 @@ def test_kill9_primary_gives_503s_never_denials_and_recovers_without_restart(
         # every login and logout that reported success is on the new primary
         assert created and revoked
         with new.client() as r:
-            missing = [sid for sid in created if not r.exists(f"extauthz:sid:{sid}")]
-            resurrected = [sid for sid in revoked if r.exists(f"extauthz:sid:{sid}")]
+            missing = [sid for sid in created if not r.exists(KEYS.sid(sid))]
+            resurrected = [sid for sid in revoked if r.exists(KEYS.sid(sid))]
         assert missing == [] and resurrected == []
 
         figures = {
@@ -289,7 +291,7 @@ async def test_sentinel_failover_surfaces_no_readonly_to_any_caller(
         # after the failover, writes go to the new primary
         token, session = await sessions.create("after")
         with new.client() as r:
-            assert r.exists(f"extauthz:sid:{session.sid}")
+            assert r.exists(KEYS.sid(session.sid))
     finally:
         stop.set()
         await components.close()

@@ -23,6 +23,7 @@ from extauthz.check.envoy_adapter import to_request_context
 from extauthz.errors import SettingsError, StoreUnavailable
 from extauthz.server.app import Components, build_components
 from extauthz.settings import load_settings
+from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.lease import LEASE_SLACK_SECONDS
 from extauthz.store.redis.replicated import ReplicatedSessionStore
 from tests.fixtures.core import bearer_request
@@ -38,6 +39,7 @@ from tests.support.tcp_proxy import TcpProxy
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
 TRIALS = 1000
+KEYS = SessionKeys("extauthz:")  # the key prefix of the nodes' settings
 
 
 @pytest.fixture
@@ -130,8 +132,8 @@ async def test_logout_waits_for_every_replica(
     await nodes[0].sessions.revoke_token(token)
     for replica in topo.replicas:  # no replica can still answer for the revoked token
         with replica.client() as r:
-            assert not r.exists(f"extauthz:session:{tokens.token_hash(token)}")
-            assert not r.exists(f"extauthz:sid:{session.sid}")
+            assert not r.exists(KEYS.record(tokens.token_hash(token)))
+            assert not r.exists(KEYS.sid(session.sid))
 
 
 async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bound(

@@ -42,6 +42,7 @@ def test_defaults_and_environment_overrides() -> None:
         ({"EXTAUTHZ_AUTH_TRUSTED_PROXIES": "envoy"}, "auth.trusted_proxies"),
         ({"EXTAUTHZ_AUTH_ALLOWED_ORIGINS": "https://a.example/path"}, "auth.allowed_origins"),
         ({"EXTAUTHZ_AUTH_DEFAULT_RETURN_TO": "//evil.example"}, "auth.default_return_to"),
+        ({"EXTAUTHZ_STORE_KEY_PREFIX": "app{1}:"}, "store.key_prefix"),  # hash tags are ours
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], key: str) -> None:

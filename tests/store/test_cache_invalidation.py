@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from extauthz import tokens
+from extauthz.store.redis.keys import SessionKeys
 from tests.support import (
     DEMO_SETTINGS,
     ExtauthzProcess,
@@ -154,7 +155,7 @@ async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
 
 
 def _session_key(token: str) -> str:
-    return f"{PREFIX}session:{tokens.token_hash(token)}"
+    return SessionKeys(PREFIX).record(tokens.token_hash(token))
 
 
 async def _wait_for(predicate_coro, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

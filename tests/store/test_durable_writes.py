@@ -23,6 +23,7 @@ from extauthz import tokens
 from extauthz.errors import StoreWriteNotDurable, Unauthenticated
 from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
+from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import RedisSessionStore
 from harness.process import wait_until
 from tests.support.redis_nodes import RedisNode, parse_info, redis_server_available
@@ -255,7 +256,7 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
     try:
         with pytest.raises(StoreWriteNotDurable):
             await store.revoke_sid(session.sid)
-        assert primary.command("EXISTS", f"{prefix}sid:{session.sid}") == 0
+        assert primary.command("EXISTS", SessionKeys(prefix).sid(session.sid)) == 0
         with pytest.raises(StoreWriteNotDurable):
             await store.revoke_sid(session.sid)
         with pytest.raises(StoreWriteNotDurable):
@@ -264,5 +265,5 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
         os.kill(replica.pid, signal.SIGCONT)
     wait_until(replica.link_up, timeout=15, description="replica link up")
     assert await store.revoke_sid(session.sid) is None  # confirmed: the replica has it
-    assert replica.command("EXISTS", f"{prefix}sid:{session.sid}") == 0
+    assert replica.command("EXISTS", SessionKeys(prefix).sid(session.sid)) == 0
     assert await store.revoke_subject("alice") == 0

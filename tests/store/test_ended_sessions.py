@@ -26,6 +26,7 @@ from extauthz.login.ratelimit import CHECK_ADDR, MemoryRateLimiter, RateKey, add
 from extauthz.store.manager import SessionManager
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import SessionStore
+from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock
 from tests.support import RedisServer
@@ -179,7 +180,7 @@ async def test_after_the_absolute_expiry_the_token_is_unknown_again() -> None:
 async def test_redis_markers_are_small_and_expire_at_the_absolute_expiry(
     redis_process: RedisServer,
 ) -> None:
-    """The create's ``MULTI`` and the rotation's script write ``p + "issued:" + <hash>``
+    """The create's ``MULTI`` and the rotation's script write the issued marker of a hash
     (value ``"1"``) with the session's absolute expiry as TTL, whatever the idle timeout."""
     client = aioredis.Redis.from_url(redis_process.url)
     try:
@@ -190,12 +191,12 @@ async def test_redis_markers_are_small_and_expire_at_the_absolute_expiry(
         rotated = await env.sessions.rotate(token)
         assert rotated.token is not None
         for issued in (token, rotated.token):
-            key = f"{p}issued:{tokens.token_hash(issued)}"
+            key = SessionKeys(p).issued(tokens.token_hash(issued))
             assert await client.get(key) == b"1"
             assert (ABSOLUTE - 5) * 1000 < await client.pttl(key) <= ABSOLUTE * 1000
             usage = await client.memory_usage(key)
             assert usage is not None and usage <= 160  # bytes (136 on Redis 7.0)
-        session_key = f"{p}session:{tokens.token_hash(rotated.token)}"
+        session_key = SessionKeys(p).record(tokens.token_hash(rotated.token))
         assert 0 < await client.pttl(session_key) <= IDLE * 1000
     finally:
         await client.aclose()

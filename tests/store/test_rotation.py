@@ -22,6 +22,7 @@ from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore, Successor
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.invalidation import InvalidationSubscriber
+from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.membership import Membership
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock
@@ -363,7 +364,8 @@ async def test_a_revocation_racing_a_rotation_ends_the_new_token_too(
         rotator = manager(RedisSessionStore(rotator_client, prefix, clock=clock), clock)
         revoker = RedisSessionStore(revoker_client, prefix, clock=clock)
         old, session = await rotator.create("alice")
-        key = f"{prefix}sid:{session.sid}" if after == "sid" else f"{prefix}session:"
+        keys = SessionKeys(prefix)
+        key = keys.sid(session.sid) if after == "sid" else keys.record(tokens.token_hash(old))
         rotated: list[Rotated] = []
         read = revoker_client.get
 
@@ -402,7 +404,7 @@ async def test_a_logout_racing_a_rotation_ends_the_new_token_too(
 
         async def read_then_rotate(name: str, *args: object, **kwargs: object) -> object:
             value = await read(name, *args, **kwargs)
-            if name.startswith(f"{prefix}session:") and not rotated:
+            if name == SessionKeys(prefix).record(tokens.token_hash(old)) and not rotated:
                 rotated.append(await rotator.rotate(old))
             return value
 

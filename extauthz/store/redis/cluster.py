@@ -134,3 +134,14 @@ def is_cluster(client: object) -> bool:
 def tagged(name: str, client: object) -> str:
     """``name`` as a hash tag (``"{name}"``) on a cluster, unchanged on a single primary."""
     return "{" + name + "}" if is_cluster(client) else name
+
+
+def slot_channel(key: str, suffix: str) -> str:
+    """A channel (or key) name in ``key``'s hash slot: ``key``'s hash tag, or the whole of
+    ``key`` as one (the cluster spec's rule: the first ``{`` and the next ``}``, not empty),
+    followed by ``":" + suffix``."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    if end > start + 1:
+        return key[: end + 1] + ":" + suffix
+    return "{" + key + "}:" + suffix

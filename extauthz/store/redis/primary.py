@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from extauthz.store.model import Session
 from extauthz.store.redis import scripts
 from extauthz.store.redis.clients import Redis
-from extauthz.store.redis.cluster import StoreCluster, is_cluster
+from extauthz.store.redis.cluster import StoreCluster, is_cluster, slot_channel
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
@@ -31,6 +31,7 @@ from extauthz.store.redis.errors import (
     text,
     translated,
 )
+from extauthz.store.redis.keys import SessionKeys
 
 T = TypeVar("T")
 
@@ -62,6 +63,7 @@ class RedisPrimary:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._clock = clock
+        self.keys = SessionKeys(key_prefix)
         # on a cluster every channel and key of the invalidation shares one slot
         # (extauthz.store.redis.cluster); on a single primary the names stay as they were
         tag = "{inv}" if is_cluster(client) else ""
@@ -70,22 +72,19 @@ class RedisPrimary:
         self.publish_script = scripts.SHARDED_PUBLISH if is_cluster(client) else scripts.PUBLISH
 
     def _session_key(self, token_hash: str) -> str:
-        return f"{self._prefix}session:{token_hash}"
+        return self.keys.record(token_hash)
 
     def _sid_key(self, sid: str) -> str:
-        return f"{self._prefix}sid:{sid}"
-
-    def _subject_key(self, sub: str) -> str:
-        return f"{self._prefix}subject:{sub}"
+        return self.keys.sid(sid)
 
     def _revoked_key(self, token_hash: str) -> str:
-        return f"{self._prefix}revoked:{token_hash}"
+        return self.keys.revoked(token_hash)
 
     def _issued_key(self, token_hash: str) -> str:
-        return f"{self._prefix}issued:{token_hash}"
+        return self.keys.issued(token_hash)
 
     def _successor_key(self, token_hash: str) -> str:
-        return f"{self._prefix}successor:{token_hash}"
+        return self.keys.successor(token_hash)
 
     def _ttl_ms(self, session: Session) -> int:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
@@ -167,6 +166,52 @@ class RedisPrimary:
             wanted = await self._all_replicas(shard)
         assert isinstance(wanted, int)
         return DurablePipeline(shard, wanted, self._wait_timeout_ms)
+
+    async def _publish(self, what: str, token_hash: str) -> int:
+        """Publish the invalidation of ``token_hash`` (:data:`~extauthz.store.redis.scripts.
+        PUBLISH`: the next sequence number, then the message) durably; return the number.
+
+        Every change a cache must not serve any more (revocation, session update, token
+        rotation) is written first, in a script or ``MULTI`` of its session's slot, and
+        published after, here: on Redis Cluster the sequence number and the channel live in a
+        slot of their own. Why that keeps revocation synchronous: a cache drops the hash when
+        the message arrives, and reads the record again (already changed: it was written
+        before the number existed); the writer reports success only after :meth:`_barriers`
+        saw every live cache acknowledge this number or a later one (acknowledgements are
+        monotonic); a cache that misses the message misses its proof of liveness too and
+        stops answering within its trust window (:mod:`~extauthz.store.redis.invalidation`).
+        A writer that fails between the two steps reports failure: the caller retries, and a
+        revocation publishes again even when it finds nothing left to delete.
+        """
+
+        async def op() -> int:
+            async with await self._transaction(self.invalidation_channel) as pipe:
+                pipe.eval(
+                    self.publish_script,
+                    1,
+                    self.invalidation_channel + ":seq",
+                    self.invalidation_channel,
+                    token_hash,
+                )
+                (seq,) = await pipe.execute()  # raises StoreWriteNotDurable
+            return int(seq)
+
+        return await self._run(what, op)
+
+    async def _replicated_write(self, key: str) -> None:
+        """A write that replicates and leaves nothing behind, and its ``WAIT``, on ``key``'s
+        primary: a ``PUBLISH`` that no one hears on one primary; on a cluster an ``SPUBLISH``
+        (a cluster's ``PUBLISH`` is not in the shard's replication stream) on a channel in
+        ``key``'s slot (:func:`~extauthz.store.redis.cluster.slot_channel`).
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+        async with await self._transaction(key) as pipe:
+            if is_cluster(self._redis):
+                pipe.spublish(slot_channel(key, "sync"), "")
+            else:
+                pipe.publish(self.invalidation_channel + ":sync", "")
+            await pipe.execute()
 
     async def _barriers(self, seq: int) -> None:
         """Wait until the change numbered ``seq`` reached every reader's replica and every

@@ -17,6 +17,8 @@ local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
 # -- revocation: the sequence number and the invalidation message ------------------------------
 
 # KEYS[1] = p+"invalidate:seq"; ARGV[1] = channel, ARGV[2] = token hash. Returns the seq.
+# Runs after the change it announces, in a call of its own: the session scripts below touch the
+# keys of one session's slot only (extauthz.store.redis.keys), never the sequence number.
 PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
@@ -29,7 +31,7 @@ SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 
-# KEYS[1] = the session record, KEYS[2] = its sid key, KEYS[3] = p+"subject:"+sub; ARGV[1] =
+# KEYS[1] = the session record, KEYS[2] = its sid key, KEYS[3] = the subject's set; ARGV[1] =
 # the token hash, ARGV[2] = the sid. Deletes the record; the sid key and the subject's entry
 # only while the sid still names this token (a rotation since the record was read moved them
 # to the new token, whose revocation follows). Returns 1 if the record was deleted, else 0.
@@ -66,35 +68,32 @@ return 1
 """
 )
 
-# KEYS[1] = the session record, KEYS[2] = p+"invalidate:seq", KEYS[3] = the session's sid key;
-# ARGV[1] = the new record, ARGV[2] = the version it replaces, ARGV[3] = the invalidation
-# channel, ARGV[4] = the token hash. Writes (TTL kept) and publishes like a revocation. Returns
-# the seq (> 0); 0: the record changed meanwhile, or the sid names another token now (a token
-# rotation): read again; -1: the session is gone.
+# KEYS[1] = the session record, KEYS[2] = the session's sid key; ARGV[1] = the new record,
+# ARGV[2] = the version it replaces, ARGV[3] = the token hash. Writes (TTL kept); the caller
+# then publishes it like a revocation. Returns 1: written; 0: the record changed meanwhile, or
+# the sid names another token now (a token rotation): read again; -1: the session is gone.
 REPLACE_IF_VERSION = (
     STORED_VERSION
     + """
-local current = redis.call('GET', KEYS[3])
+local current = redis.call('GET', KEYS[2])
 if not current then return -1 end
-if current ~= ARGV[4] then return 0 end
+if current ~= ARGV[3] then return 0 end
 if stored_version == nil then return -1 end
 if stored_version ~= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[3], seq .. ':' .. ARGV[4])
-return seq
+return 1
 """
 )
 
 # -- token rotation (RedisSessionStore.rotate) --------------------------------------------------
 
-# KEYS[1] = p+"session:"+old hash, KEYS[2] = p+"successor:"+old hash, KEYS[3] =
-# p+"session:"+new hash, KEYS[4] = p+"sid:"+sid, KEYS[5] = p+"revoked:"+old hash, KEYS[6] =
-# p+"invalidate:seq", KEYS[7] = p+"issued:"+new hash. ARGV[1] = the version the caller read,
-# ARGV[2] = the new record, ARGV[3] = its TTL (ms), ARGV[4] = the successor record, ARGV[5] =
-# the grace (ms), ARGV[6] = the TTL (ms, until the absolute expiry) of the old hash's
-# tombstone and of the new hash's issued marker, ARGV[7] = the invalidation channel,
-# ARGV[8] = the old hash, ARGV[9] = the new hash.
+# Keys (extauthz.store.redis.keys; one session, one slot): KEYS[1] = the old hash's record,
+# KEYS[2] = its successor, KEYS[3] = the new hash's record, KEYS[4] = the sid's index entry,
+# KEYS[5] = the old hash's tombstone, KEYS[6] = the new hash's issued marker. ARGV[1] = the
+# version the caller read, ARGV[2] = the new record, ARGV[3] = its TTL (ms), ARGV[4] = the
+# successor record, ARGV[5] = the grace (ms), ARGV[6] = the TTL (ms, until the absolute
+# expiry) of the old hash's tombstone and of the new hash's issued marker, ARGV[7] = the new
+# hash. The caller publishes the old hash's invalidation after {1, ...}.
 # Returns {1, successor} (rotated now), {0, successor} (rotated earlier: nothing written) or
 # {-1} (no record of that version: nothing written).
 ROTATE = """
@@ -107,15 +106,13 @@ if not ok or type(rec) ~= 'table' or tonumber(rec.version) ~= tonumber(ARGV[1]) 
   return {-1}
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 if tonumber(ARGV[6]) > 0 then
   redis.call('SET', KEYS[5], '1', 'PX', ARGV[6])
-  redis.call('SET', KEYS[7], '1', 'PX', ARGV[6])
+  redis.call('SET', KEYS[6], '1', 'PX', ARGV[6])
 end
-local seq = redis.call('INCR', KEYS[6])
-redis.call('PUBLISH', ARGV[7], seq .. ':' .. ARGV[8])
 return {1, ARGV[4]}
 """
 

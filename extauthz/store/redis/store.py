@@ -49,9 +49,10 @@ class RedisSessionStore(RedisPrimary):
                 pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
                 # the marker: a cookie of this session that idled out is not taken for a guess
                 pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
-                pipe.sadd(self._subject_key(session.sub), session.sid)
-                pipe.pexpire(self._subject_key(session.sub), absolute_ms, gt=True)
-                pipe.pexpire(self._subject_key(session.sub), absolute_ms, nx=True)
+                subject_key = self.keys.subject_of(session.sid, session.sub)
+                pipe.sadd(subject_key, session.sid)
+                pipe.pexpire(subject_key, absolute_ms, gt=True)
+                pipe.pexpire(subject_key, absolute_ms, nx=True)
                 await pipe.execute()  # raises StoreWriteNotDurable
 
         await self._run("create", op)
@@ -109,11 +110,11 @@ class RedisSessionStore(RedisPrimary):
             updated = replace(
                 changed, sid=stored.sid, expires_at=stored.expires_at, version=stored.version + 1
             )
-            seq = await self._replace_if_version(text(token_hash), stored.version, updated)
-            if seq < 0:
+            written = await self._replace_if_version(text(token_hash), stored.version, updated)
+            if written < 0:
                 return None
-            if seq > 0:
-                await self._barriers(seq)
+            if written > 0:
+                await self._barriers(await self._publish("update", text(token_hash)))
                 return updated
         raise VersionConflict(f"session changed by other writes in {attempts} attempts")
 
@@ -121,20 +122,19 @@ class RedisSessionStore(RedisPrimary):
         return await self._run("update", lambda: self._redis.get(self._session_key(token_hash)))
 
     async def _replace_if_version(self, token_hash: str, version: int, new: Session) -> int:
-        """Write ``new`` over the record of ``token_hash`` if its version is ``version`` and
-        publish the change (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`)."""
+        """Write ``new`` over the record of ``token_hash`` if its version is ``version``
+        (:data:`~extauthz.store.redis.scripts.REPLACE_IF_VERSION`: 1 written, 0 changed
+        meanwhile, -1 gone); the caller publishes it (:meth:`_publish`)."""
 
         async def op() -> int:
             async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.REPLACE_IF_VERSION,
-                    3,
+                    2,
                     self._session_key(token_hash),
-                    self.invalidation_channel + ":seq",
                     self._sid_key(new.sid),
                     new.to_json(),
                     version,
-                    self.invalidation_channel,
                     token_hash,
                 )
                 results = await pipe.execute()  # raises StoreWriteNotDurable
@@ -151,9 +151,11 @@ class RedisSessionStore(RedisPrimary):
 
     async def _revoke(self, token_hash: str, hops: int) -> Session | None:
         """Revoke the record of ``token_hash``; when a rotation moved the session to a new
-        token between the read and the write, revoke that one too (at most ``hops`` more)."""
+        token between the read and the write, revoke that one too (at most ``hops`` more).
+        The deletion (one slot) comes first, then its invalidation (:meth:`_publish`), also
+        when nothing was left to delete (a retry after a failure between the two)."""
 
-        async def op() -> tuple[Session | None, int, bool]:
+        async def op() -> tuple[Session | None, bool]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with await self._transaction(self._session_key(token_hash)) as pipe:
@@ -165,7 +167,7 @@ class RedisSessionStore(RedisPrimary):
                         3,
                         self._session_key(token_hash),
                         self._sid_key(session.sid),
-                        self._subject_key(session.sub),
+                        self.keys.subject_of(session.sid, session.sub),
                         token_hash,
                         session.sid,
                     )
@@ -173,18 +175,11 @@ class RedisSessionStore(RedisPrimary):
                     left_ms = math.ceil((session.expires_at - self._clock()) * 1000)
                     if left_ms > 0:
                         pipe.set(self._revoked_key(token_hash), "1", px=left_ms)
-                pipe.eval(
-                    self.publish_script,
-                    1,
-                    self.invalidation_channel + ":seq",
-                    self.invalidation_channel,
-                    token_hash,
-                )
                 results = await pipe.execute()  # raises StoreWriteNotDurable
-            return session, int(results[-1]), session is not None and int(results[0]) == 0
+            return session, session is not None and int(results[0]) == 0
 
-        session, seq, moved = await self._run("revoke", op)
-        await self._barriers(seq)
+        session, moved = await self._run("revoke", op)
+        await self._barriers(await self._publish("revoke", token_hash))
         if moved and session is not None and hops > 0:
             # rotated between the read and the write: the session lives on under its new token
             sid_key = self._sid_key(session.sid)
@@ -208,11 +203,11 @@ class RedisSessionStore(RedisPrimary):
     async def rotate(
         self, token_hash: str, version: int, session: Session, successor: Successor
     ) -> Successor | None:
-        """One Lua script (:data:`~extauthz.store.redis.scripts.ROTATE`) in a durable
-        transaction: atomic on the primary, then ``WAIT`` as for :meth:`create`. The
-        invalidation of ``token_hash`` is published without waiting for the caches: the old
-        token stays valid for the grace, which settings keep longer than the caches' trust
-        window.
+        """One Lua script (:data:`~extauthz.store.redis.scripts.ROTATE`, the session's slot)
+        in a durable transaction: atomic on the primary, then ``WAIT`` as for :meth:`create`.
+        The invalidation of ``token_hash`` is published after (:meth:`_publish`), without
+        waiting for the caches: the old token stays valid for the grace, which settings keep
+        longer than the caches' trust window.
 
         :raises StoreWriteNotDurable: the rotation is on the primary but not on the replicas
             (a retry returns the same successor).
@@ -224,13 +219,12 @@ class RedisSessionStore(RedisPrimary):
             async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.ROTATE,
-                    7,
+                    6,
                     self._session_key(token_hash),
                     self._successor_key(token_hash),
                     self._session_key(successor.token_hash),
                     self._sid_key(session.sid),
                     self._revoked_key(token_hash),
-                    self.invalidation_channel + ":seq",
                     self._issued_key(successor.token_hash),
                     version,
                     session.to_json(),
@@ -238,8 +232,6 @@ class RedisSessionStore(RedisPrimary):
                     successor.to_json(),
                     max(1, math.ceil((successor.until - now) * 1000)),
                     tombstone_ms,
-                    self.invalidation_channel,
-                    token_hash,
                     successor.token_hash,
                 )
                 (reply,) = await pipe.execute()  # raises StoreWriteNotDurable
@@ -248,6 +240,8 @@ class RedisSessionStore(RedisPrimary):
         reply = await self._run("rotate", op)
         if int(reply[0]) < 0:
             return None
+        if int(reply[0]) == 1:
+            await self._publish("rotate", token_hash)
         try:
             return Successor.from_json(reply[1])
         except ValueError:
@@ -286,9 +280,11 @@ class RedisSessionStore(RedisPrimary):
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
 
-    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
-        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
-        replicas have everything the primary wrote before.
+    async def _found_or_replicated(
+        self, what: str, key: str, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``read`` (of ``key``) on the primary; when it finds nothing, also wait until
+        ``wait_replicas`` replicas have everything the primary (``key``'s) wrote before.
 
         A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
         retry that finds nothing must not report success before the deletion is on the
@@ -305,22 +301,15 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> T:
             found = await read()
             if not found and self._wait_replicas != 0:
-                # on a cluster this follows the shard of the invalidation channel only
-                async with await self._transaction(self.invalidation_channel) as pipe:
-                    sync = self.invalidation_channel + ":sync"
-                    # SPUBLISH is in a shard's replication stream; a cluster's PUBLISH is not
-                    if isinstance(self._redis, StoreCluster):
-                        pipe.spublish(sync, "")
-                    else:
-                        pipe.publish(sync, "")
-                    await pipe.execute()  # raises StoreWriteNotDurable
+                await self._replicated_write(key)  # raises StoreWriteNotDurable
             return found
 
         return await self._run(what, op)
 
     async def revoke_sid(self, sid: str) -> Session | None:
+        sid_key = self._sid_key(sid)
         token_hash = await self._found_or_replicated(
-            "revoke_sid", lambda: self._redis.get(self._sid_key(sid))
+            "revoke_sid", sid_key, lambda: self._redis.get(sid_key)
         )
         if token_hash is None:
             await self._settle("revoke_sid")
@@ -336,29 +325,43 @@ class RedisSessionStore(RedisPrimary):
 
     async def revoke_subject(self, sub: str) -> int:
         sids = await self._found_or_replicated(
-            "revoke_subject", lambda: self._redis.smembers(self._subject_key(sub))
+            "revoke_subject", self.keys.subject(sub), lambda: self._subject_sids(sub)
         )
         if not sids:
             await self._settle("revoke_subject")
         revoked = 0
-        for sid in sorted(text(s) for s in sids):
+        for sid in sids:
             if await self.revoke_sid(sid) is not None:
                 revoked += 1
         return revoked
 
+    async def _get_each(self, keys: list[str]) -> list[Any]:
+        """``GET`` of each key in one pipeline (not ``MGET``: the keys of sessions from
+        before tags are in slots of their own on Redis Cluster)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return list(await pipe.execute())
+
+    async def _subject_sids(self, sub: str) -> list[str]:
+        """The session ids in ``sub``'s set, and in its set from before tags, sorted."""
+        tagged = await self._redis.smembers(self.keys.subject(sub))
+        legacy = await self._redis.smembers(self.keys.legacy_subject(sub))
+        return sorted({text(s) for s in tagged} | {text(s) for s in legacy})
+
     async def list_subject(self, sub: str) -> list[Session]:
         async def op() -> list[Any]:
-            sids = sorted(text(s) for s in await self._redis.smembers(self._subject_key(sub)))
+            sids = await self._subject_sids(sub)
             if not sids:
                 return []
-            hashes = await self._redis.mget([self._sid_key(s) for s in sids])
+            hashes = await self._get_each([self._sid_key(s) for s in sids])
             live = [(sid, text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
-            stale = [sid for sid, h in zip(sids, hashes, strict=True) if not h]
-            if stale:
-                await self._redis.srem(self._subject_key(sub), *stale)
+            for sid, h in zip(sids, hashes, strict=True):
+                if not h:  # stale: the session ended (idle timeout) without a revocation
+                    await self._redis.srem(self.keys.subject_of(sid, sub), sid)
             if not live:
                 return []
-            return list(await self._redis.mget([self._session_key(h) for _, h in live]))
+            return await self._get_each([self._session_key(h) for _, h in live])
 
         records = await self._run("list_subject", op)
         sessions = [s for s in (self._decode(r) for r in records) if s is not None]
