@@ -45,7 +45,7 @@ def new_session(
 ) -> Session:
     now = clock()
     values: dict[str, object] = {
-        "sid": sid or uuid.uuid4().hex,
+        "sid": sid or tokens.mint_sid(tokens.subject_tag(sub)),
         "sub": sub,
         "created_at": now,
         "last_seen": now,
@@ -59,8 +59,9 @@ def new_session(
     return Session(**values)  # type: ignore[arg-type]
 
 
-def a_hash() -> str:
-    return tokens.token_hash(tokens.mint_token())
+def a_hash(sub: str = "alice") -> str:
+    """A token hash of ``sub``'s tag (on a Redis Cluster a session's keys share its slot)."""
+    return tokens.token_hash(tokens.mint_token(tag=tokens.subject_tag(sub)))
 
 
 # -- the store protocol ---------------------------------------------------------------------------
@@ -122,13 +123,13 @@ async def test_revoke_sid(store: SessionStore, clock: FakeClock) -> None:
 
 async def test_revoke_subject_and_list_subject(store: SessionStore, clock: FakeClock) -> None:
     alice = []
-    for i in range(3):
-        s = new_session(clock, "alice", sid=f"a{i}")
+    for _ in range(3):
+        s = new_session(clock, "alice")
         await store.create(a_hash(), s)
         alice.append(s)
         clock.advance(1)
     bob = new_session(clock, "bob")
-    hb = a_hash()
+    hb = a_hash("bob")
     await store.create(hb, bob)
     assert await store.list_subject("alice") == alice  # oldest first
     assert await store.list_subject("nobody") == []
@@ -345,17 +346,17 @@ async def test_redis_ttl_follows_the_deadline(
     s = new_session(clock, expires_at=clock() + 2 * IDLE)
     h = a_hash()
     await store.create(h, s)
-    ttl = await redis_client.pttl(f"{p}session:{h}")
+    ttl = await redis_client.pttl(store.keys.record(h))
     assert IDLE * 1000 - 2000 < ttl <= IDLE * 1000  # idle deadline comes first
-    assert IDLE * 1000 - 2000 < await redis_client.pttl(f"{p}sid:{s.sid}") <= IDLE * 1000
-    subject_ttl = await redis_client.pttl(f"{p}subject:alice")
+    assert IDLE * 1000 - 2000 < await redis_client.pttl(store.keys.sid(s.sid)) <= IDLE * 1000
+    subject_ttl = await redis_client.pttl(store.keys.subject("alice"))
     assert 2 * IDLE * 1000 - 2000 < subject_ttl <= 2 * IDLE * 1000  # absolute expiry
     # slide to 100 s before the absolute expiry: now the absolute expiry comes first
     clock.advance(2 * IDLE - 100)
     assert await store.touch(h, s.touched(clock()))
-    ttl = await redis_client.pttl(f"{p}session:{h}")
+    ttl = await redis_client.pttl(store.keys.record(h))
     assert 98_000 < ttl <= 100_000
-    assert 98_000 < await redis_client.pttl(f"{p}sid:{s.sid}") <= 100_000
+    assert 98_000 < await redis_client.pttl(store.keys.sid(s.sid)) <= 100_000
 
 
 @pytest.mark.e2e
@@ -369,7 +370,7 @@ async def test_redis_touch_after_revoke_leaves_no_key(
     await store.create(h, s)
     await store.revoke(h)
     assert await store.touch(h, s.touched(clock())) is False
-    assert await redis_client.exists(f"{p}session:{h}", f"{p}sid:{s.sid}") == 0
+    assert await redis_client.exists(store.keys.record(h), store.keys.sid(s.sid)) == 0
 
 
 @pytest.mark.e2e
@@ -395,7 +396,7 @@ async def test_redis_corrupt_record_is_no_session(
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     h = a_hash()
-    await redis_client.set(f"{p}session:{h}", b"\xff{not json")
+    await redis_client.set(store.keys.record(h), b"\xff{not json")
     assert await store.get(h) is None
 
 
