@@ -62,6 +62,11 @@ async def test_a_killed_shard_primary_costs_503s_then_everything_works_again(
     pipe = DurablePipeline(await cluster.shard_for(key), 1, 250)
     pipe.set(key, _session("alice").to_json(), px=600_000)
     await pipe.execute()
+    # a second client that learns the slot map now and stays idle through the failover and the
+    # old primary's return as a replica (redis-py's stale-slot path: MOVED from the old node)
+    idle = cluster_clients(redis_cluster)
+    idle_store = RedisSessionStore(idle.primary, PREFIX)
+    assert await idle_store.get(token_hash) is not None
     await subscriber.start()
     try:
         for _ in range(250):
@@ -105,6 +110,11 @@ async def test_a_killed_shard_primary_costs_503s_then_everything_works_again(
                 break
             await asyncio.sleep(0.02)
         assert subscriber.stats["invalidations"] == before + 1
+        redis_cluster.rejoin(victim)
+        records = await asyncio.gather(*(idle_store.get(token_hash) for _ in range(50)))
+        assert all(f is not None for f in records)
     finally:
         await subscriber.stop()
-        redis_cluster.rejoin(victim)
+        await idle.aclose()
+        if not victim.running:
+            redis_cluster.rejoin(victim)
