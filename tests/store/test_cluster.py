@@ -16,6 +16,7 @@ from argon2 import PasswordHasher
 
 from extauthz.errors import SettingsError, StoreWriteNotDurable
 from extauthz.login.ratelimit import RateKey
+from extauthz.store.manager import SessionManager
 from extauthz.store.redis.channel import Channel
 from extauthz.store.redis.clients import RedisClients
 from extauthz.store.redis.cluster import StoreCluster
@@ -166,3 +167,24 @@ async def test_users_rate_limits_and_factors_work_on_the_cluster(clients: RedisC
     await limiter.refund(key)
     assert not (await limiter.blocked(key)).blocked
     assert await RedisFactorStore(clients.primary, "u:").remove_all("alice") == 0
+
+
+async def test_a_login_is_not_reported_durable_while_its_shards_replica_is_stopped(
+    clients: RedisClients, redis_cluster: RedisCluster
+) -> None:
+    store = RedisSessionStore(clients.primary, "dur:", wait_replicas=1, wait_timeout_ms=200)
+    manager = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    await manager.create("erin")  # the shard's replica acknowledges
+    primary = redis_cluster.primary_for(store.keys.subject("erin"))
+    (replica,) = redis_cluster.replicas_of(primary)
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreWriteNotDurable):
+            await manager.create("erin")
+        subjects = ("a", "b", "c", "d", "e", "f", "g", "h")
+        shard = {s: redis_cluster.primary_for(store.keys.subject(s)) for s in subjects}
+        other = next(s for s in subjects if shard[s] is not primary)
+        await manager.create(other)  # another shard's replicas are not stopped
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
