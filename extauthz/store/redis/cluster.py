@@ -33,6 +33,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError, RedisError
 
 from extauthz.store.redis.pool import PoolExhausted, PoolStats, WaitingConnectionPool
 
@@ -113,6 +114,21 @@ class StoreCluster(RedisCluster):
             pool = WaitingConnectionPool(host=node.host, port=node.port, **self._shard_kwargs)
             shard = self._shards[node.name] = aioredis.Redis.from_pool(pool)
         return shard
+
+    async def ping_any(self) -> None:
+        """Return when one primary answers ``PING`` (asked in turn).
+
+        :raises redis.exceptions.RedisError: none did (the last one's error).
+        """
+        await self.initialize()
+        failure: Exception = ConnectionError("no primary known")
+        for node in self.get_primaries():
+            try:
+                await self.ping(target_nodes=node)
+                return
+            except (RedisError, OSError) as exc:
+                failure = exc
+        raise failure
 
     async def refresh(self) -> None:
         """Read the slot map again (after a failover the promoted replica owns the slots)."""

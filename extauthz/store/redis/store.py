@@ -371,12 +371,12 @@ class RedisSessionStore(RedisPrimary):
         """Answer when the primary does. With a Sentinel-managed client, first ask the
         Sentinels who the primary is: after a graceful failover the old primary keeps
         accepting connections for seconds, and this re-points the pool (the health reporter
-        calls it every ``server.health_check_interval_seconds``)."""
+        calls it every ``server.health_check_interval_seconds``). On a cluster: when one
+        primary does (a failed shard costs its own sessions 503s, not the node's health)."""
 
         async def op() -> None:
             if isinstance(self._redis, StoreCluster):
-                await self._redis.ping(target_nodes=StoreCluster.PRIMARIES)
-                return
+                return await self._redis.ping_any()
             pool = self._redis.connection_pool
             if isinstance(pool, SentinelConnectionPool):
                 await pool.get_master_address()
