@@ -42,6 +42,7 @@ from tests.support.netns_stack import (
     wait_sentinels_agree,
 )
 from tests.support.redis_topology import RedisNode, SentinelNode, needs_redis_server, wait_until
+from tests.support.session_index import index_probe
 
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
@@ -139,7 +140,7 @@ def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token
     on_node_2 = CheckClient(nodes[1].grpc_target)  # its portal: asked from inside its host
     try:
         token, sid = admin.create("victim")
-        session_key = KEYS.sid(sid)
+        session_key = index_probe(KEYS, sid)
         assert on_node_2.check(token) == "allow"
         assert {front.get(token) for _ in range(6)} == {200}
 
@@ -180,8 +181,8 @@ def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token
         assert after and "allow" not in after, after
         assert 200 not in through_front, through_front
         # its replica still holds the session: the refusal is the node's fencing, not new data
-        assert primary.command("EXISTS", session_key) == 0
-        assert replicas[1].command("EXISTS", session_key) == 1
+        assert primary.command(*session_key) == 0
+        assert replicas[1].command(*session_key) == 1
         assert hosts[1].link_state() == "DOWN"
 
         healed_at = time.monotonic()
@@ -192,7 +193,7 @@ def test_replicated_a_node_cut_off_from_the_primary_never_allows_a_revoked_token
             answer = on_node_2.check(token)
             healed[answer] = healed.get(answer, 0) + 1
             return (
-                replicas[1].command("EXISTS", session_key) == 0
+                replicas[1].command(*session_key) == 0
                 and live_read_leases(primary) == 2
                 and answer == "deny:revoked_session"
             )
@@ -398,7 +399,7 @@ def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_co
 
     still_revoked("after the failover")
     revoked_sids = [sid for token, sid in sessions if token in revoked]
-    assert sum(new.command("EXISTS", KEYS.sid(sid)) for sid in revoked_sids) == 0
+    assert sum(new.command(*index_probe(KEYS, sid)) for sid in revoked_sids) == 0
 
     healed_at = time.monotonic()
     c.network.reconnect(old_host)
@@ -413,8 +414,8 @@ def test_central_a_primary_cut_off_from_the_majority_fails_over_and_no_logout_co
     wait_until(rejoined, timeout=30, description="the old primary to rejoin as a replica")
     rejoined_at = time.monotonic()
     settle(new, 2)
-    assert sum(old.command("EXISTS", KEYS.sid(sid)) for sid in revoked_sids) == 0
-    assert all(old.command("EXISTS", KEYS.sid(sid)) for _, sid in kept)
+    assert sum(old.command(*index_probe(KEYS, sid)) for sid in revoked_sids) == 0
+    assert all(old.command(*index_probe(KEYS, sid)) for _, sid in kept)
     still_revoked("after the old primary rejoined")
     print(
         "netns Sentinel failover figures:",

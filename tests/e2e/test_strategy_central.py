@@ -35,6 +35,7 @@ from tests.support.extauthz_nodes import (
     write_settings,
 )
 from tests.support.redis_topology import ReplicatedTopology, needs_redis_server
+from tests.support.session_index import index_probe
 
 pytestmark = [pytest.mark.e2e, needs_redis_server]
 
@@ -193,8 +194,8 @@ def test_kill9_primary_gives_503s_never_denials_and_recovers_without_restart(
         # every login and logout that reported success is on the new primary
         assert created and revoked
         with new.client() as r:
-            missing = [sid for sid in created if not r.exists(KEYS.sid(sid))]
-            resurrected = [sid for sid in revoked if r.exists(KEYS.sid(sid))]
+            missing = [sid for sid in created if not r.execute_command(*index_probe(KEYS, sid))]
+            resurrected = [sid for sid in revoked if r.execute_command(*index_probe(KEYS, sid))]
         assert missing == [] and resurrected == []
 
         figures = {
@@ -291,7 +292,7 @@ async def test_sentinel_failover_surfaces_no_readonly_to_any_caller(
         # after the failover, writes go to the new primary
         token, session = await sessions.create("after")
         with new.client() as r:
-            assert r.exists(KEYS.sid(session.sid))
+            assert r.execute_command(*index_probe(KEYS, session.sid))
     finally:
         stop.set()
         await components.close()

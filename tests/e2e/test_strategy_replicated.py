@@ -34,6 +34,7 @@ from tests.support.redis_topology import (
     needs_redis_server,
     wait_until,
 )
+from tests.support.session_index import index_probe
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, needs_redis_server]
@@ -133,7 +134,7 @@ async def test_logout_waits_for_every_replica(
     for replica in topo.replicas:  # no replica can still answer for the revoked token
         with replica.client() as r:
             assert not r.exists(KEYS.record(tokens.token_hash(token)))
-            assert not r.exists(KEYS.sid(session.sid))
+            assert not r.execute_command(*index_probe(KEYS, session.sid))
 
 
 async def test_a_replica_cut_off_from_the_primary_is_trusted_only_within_the_bound(

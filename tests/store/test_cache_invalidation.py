@@ -194,8 +194,8 @@ async def test_a_node_with_its_push_channel_cut_does_not_answer_from_its_cache(
         # behind every cache's back: node 3 sees it at once, a warm node 2 does not
         admin.delete(_session_key(token))
         gone = await third.check(token)
-        # the store still remembers the token as issued: the record read as ended
-        assert not gone.allowed and gone.metadata["reason"] == "session_expired", gone
+        # the record was also what remembered the token as issued: now it is unknown
+        assert not gone.allowed and gone.metadata["reason"] == "unknown_session", gone
         assert (await second.check(token)).cache == "hit"
 
         # node 3 knows its cache is untrusted and leaves CACHE: a revocation no longer waits

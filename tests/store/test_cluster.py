@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 
+from extauthz import tokens
 from extauthz.errors import SettingsError, StoreWriteNotDurable
 from extauthz.login.ratelimit import RateKey
 from extauthz.store.manager import SessionManager
@@ -175,7 +176,7 @@ async def test_a_login_is_not_reported_durable_while_its_shards_replica_is_stopp
     store = RedisSessionStore(clients.primary, "dur:", wait_replicas=1, wait_timeout_ms=200)
     manager = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
     await manager.create("erin")  # the shard's replica acknowledges
-    primary = redis_cluster.primary_for(store.keys.subject("erin"))
+    primary = redis_cluster.primary_for(store.keys.tag_index(tokens.subject_tag("erin")))
     (replica,) = redis_cluster.replicas_of(primary)
     assert replica.pid is not None
     os.kill(replica.pid, signal.SIGSTOP)
@@ -183,7 +184,8 @@ async def test_a_login_is_not_reported_durable_while_its_shards_replica_is_stopp
         with pytest.raises(StoreWriteNotDurable):
             await manager.create("erin")
         subjects = ("a", "b", "c", "d", "e", "f", "g", "h")
-        shard = {s: redis_cluster.primary_for(store.keys.subject(s)) for s in subjects}
+        index = {s: store.keys.tag_index(tokens.subject_tag(s)) for s in subjects}
+        shard = {s: redis_cluster.primary_for(index[s]) for s in subjects}
         other = next(s for s in subjects if shard[s] is not primary)
         await manager.create(other)  # another shard's replicas are not stopped
     finally:

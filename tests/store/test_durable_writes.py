@@ -27,6 +27,7 @@ from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import RedisSessionStore
 from harness.process import wait_until
 from tests.support.redis_nodes import RedisNode, parse_info, redis_server_available
+from tests.support.session_index import index_probe
 
 pytestmark = [
     pytest.mark.e2e,
@@ -256,7 +257,7 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
     try:
         with pytest.raises(StoreWriteNotDurable):
             await store.revoke_sid(session.sid)
-        assert primary.command("EXISTS", SessionKeys(prefix).sid(session.sid)) == 0
+        assert primary.command(*index_probe(SessionKeys(prefix), session.sid)) == 0
         with pytest.raises(StoreWriteNotDurable):
             await store.revoke_sid(session.sid)
         with pytest.raises(StoreWriteNotDurable):
@@ -265,5 +266,5 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
         os.kill(replica.pid, signal.SIGCONT)
     wait_until(replica.link_up, timeout=15, description="replica link up")
     assert await store.revoke_sid(session.sid) is None  # confirmed: the replica has it
-    assert replica.command("EXISTS", SessionKeys(prefix).sid(session.sid)) == 0
+    assert replica.command(*index_probe(SessionKeys(prefix), session.sid)) == 0
     assert await store.revoke_subject("alice") == 0

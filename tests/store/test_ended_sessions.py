@@ -180,23 +180,29 @@ async def test_after_the_absolute_expiry_the_token_is_unknown_again() -> None:
 async def test_redis_markers_are_small_and_expire_at_the_absolute_expiry(
     redis_process: RedisServer,
 ) -> None:
-    """The create's ``MULTI`` and the rotation's script write the issued marker of a hash
-    (value ``"1"``) with the session's absolute expiry as TTL, whatever the idle timeout."""
+    """What remembers a token until the session's absolute expiry, whatever the idle timeout:
+    a tagged session's record itself (the create's and the rotation's script keep it that
+    long; the store reads it as ended past the idle deadline), and the rotated token's
+    tombstone; both small."""
     client = aioredis.Redis.from_url(redis_process.url)
     try:
         p = f"t{uuid.uuid4().hex[:8]}:"
+        keys = SessionKeys(p)
         store = RedisSessionStore(client, p)
         env = _env(store, time.time, _no_wait)
         token, _ = await env.sessions.create("alice")
         rotated = await env.sessions.rotate(token)
         assert rotated.token is not None
-        for issued in (token, rotated.token):
-            key = SessionKeys(p).issued(tokens.token_hash(issued))
-            assert await client.get(key) == b"1"
+        record = keys.issued(tokens.token_hash(rotated.token))
+        assert record == keys.record(tokens.token_hash(rotated.token))
+        tombstone = keys.revoked(tokens.token_hash(token))
+        assert await client.get(tombstone) == b"1"
+        for key in (record, tombstone):
             assert (ABSOLUTE - 5) * 1000 < await client.pttl(key) <= ABSOLUTE * 1000
-            usage = await client.memory_usage(key)
-            assert usage is not None and usage <= 160  # bytes (136 on Redis 7.0)
-        session_key = SessionKeys(p).record(tokens.token_hash(rotated.token))
-        assert 0 < await client.pttl(session_key) <= IDLE * 1000
+        usage = await client.memory_usage(record)
+        assert usage is not None and usage <= 240  # bytes (216 on Redis 7.0)
+        assert await store.was_issued(tokens.token_hash(rotated.token))
+        assert await store.was_issued(tokens.token_hash(token)) is False  # revoked instead
+        assert await store.was_revoked(tokens.token_hash(token))
     finally:
         await client.aclose()

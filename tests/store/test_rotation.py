@@ -365,17 +365,23 @@ async def test_a_revocation_racing_a_rotation_ends_the_new_token_too(
         revoker = RedisSessionStore(revoker_client, prefix, clock=clock)
         old, session = await rotator.create("alice")
         keys = SessionKeys(prefix)
-        key = keys.sid(session.sid) if after == "sid" else keys.record(tokens.token_hash(old))
+        key = keys.index(session.sid)[0] if after == "sid" else keys.record(tokens.token_hash(old))
         rotated: list[Rotated] = []
-        read = revoker_client.get
+        get, hget = revoker_client.get, revoker_client.hget
 
-        async def read_then_rotate(name: str, *args: object, **kwargs: object) -> object:
-            value = await read(name, *args, **kwargs)
-            if name.startswith(key) and not rotated:
+        async def then_rotate(name: str, value: object) -> object:
+            if name == key and not rotated:
                 rotated.append(await rotator.rotate(old))
             return value
 
-        revoker_client.get = read_then_rotate  # type: ignore[assignment,method-assign]
+        async def get_then_rotate(name: str) -> object:
+            return await then_rotate(name, await get(name))
+
+        async def hget_then_rotate(name: str, field: str) -> object:
+            return await then_rotate(name, await hget(name, field))
+
+        revoker_client.get = get_then_rotate  # type: ignore[assignment,method-assign]
+        revoker_client.hget = hget_then_rotate  # type: ignore[assignment,method-assign]
         await revoker.revoke_sid(session.sid)
         assert rotated and rotated[0].token is not None
         with pytest.raises(Unauthenticated):

@@ -343,20 +343,21 @@ async def test_redis_ttl_follows_the_deadline(
 ) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
-    s = new_session(clock, expires_at=clock() + 2 * IDLE)
-    h = a_hash()
+    # a session from before tags (untagged token and sid): the keys it had then
+    s = new_session(clock, sid=uuid.uuid4().hex, expires_at=clock() + 2 * IDLE)
+    h = tokens.token_hash(tokens.mint_token())
     await store.create(h, s)
-    ttl = await redis_client.pttl(store.keys.record(h))
+    ttl = await redis_client.pttl(f"{p}session:{h}")
     assert IDLE * 1000 - 2000 < ttl <= IDLE * 1000  # idle deadline comes first
-    assert IDLE * 1000 - 2000 < await redis_client.pttl(store.keys.sid(s.sid)) <= IDLE * 1000
-    subject_ttl = await redis_client.pttl(store.keys.subject("alice"))
+    assert IDLE * 1000 - 2000 < await redis_client.pttl(f"{p}sid:{s.sid}") <= IDLE * 1000
+    subject_ttl = await redis_client.pttl(f"{p}subject:alice")
     assert 2 * IDLE * 1000 - 2000 < subject_ttl <= 2 * IDLE * 1000  # absolute expiry
     # slide to 100 s before the absolute expiry: now the absolute expiry comes first
     clock.advance(2 * IDLE - 100)
     assert await store.touch(h, s.touched(clock()))
-    ttl = await redis_client.pttl(store.keys.record(h))
+    ttl = await redis_client.pttl(f"{p}session:{h}")
     assert 98_000 < ttl <= 100_000
-    assert 98_000 < await redis_client.pttl(store.keys.sid(s.sid)) <= 100_000
+    assert 98_000 < await redis_client.pttl(f"{p}sid:{s.sid}") <= 100_000
 
 
 @pytest.mark.e2e
@@ -365,12 +366,12 @@ async def test_redis_touch_after_revoke_leaves_no_key(
 ) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
-    s = new_session(clock)
-    h = a_hash()
+    s = new_session(clock, sid=uuid.uuid4().hex)  # from before tags
+    h = tokens.token_hash(tokens.mint_token())
     await store.create(h, s)
     await store.revoke(h)
     assert await store.touch(h, s.touched(clock())) is False
-    assert await redis_client.exists(store.keys.record(h), store.keys.sid(s.sid)) == 0
+    assert await redis_client.exists(f"{p}session:{h}", f"{p}sid:{s.sid}") == 0
 
 
 @pytest.mark.e2e

@@ -4,26 +4,28 @@ A session's tag (:func:`extauthz.tokens.subject_tag`) is in its tokens, so in th
 (:func:`extauthz.tokens.hash_tag`), and in its session id (:func:`extauthz.tokens.sid_tag`).
 Every key of a tagged session carries it as the Redis hash tag ``{tag}``: the keys of one
 session, and of every session of one subject, share one Redis Cluster slot, so a lookup needs
-no extra round trip and create, revoke and revoke-all of a subject run in one slot (one
+no extra round trip, and create, revoke and revoke-all of a subject run in one slot (one
 ``MULTI`` or one script). The kind of key follows the tag in one letter::
 
-    p + "{" + tag + "}s:" + <hash>     the session record
-    p + "{" + tag + "}d:" + <sid>      the token hash of session <sid>
-    p + "{" + tag + "}u:" + <sub>      the subject's session ids
+    p + "{" + tag + "}s:" + <hash>     the session record (MessagePack), kept until the absolute
+                                       expiry: it is also the token's "issued" marker
+    p + "{" + tag + "}x"               the tag's index: a hash <sid> -> <hash> (listpack-small),
+                                       expiring with the last absolute expiry in it
     p + "{" + tag + "}r:" + <hash>     a revoked token's tombstone
-    p + "{" + tag + "}i:" + <hash>     an issued token's marker
     p + "{" + tag + "}n:" + <hash>     a rotated token's successor
 
-(``<hash>`` and ``<sid>`` without their tag and dot.) Sessions from before tags (untagged
-token hashes and sids) keep the keys they were written under (``p + "session:" + <hash>``,
-``"sid:"``, ``"subject:"``, ``"revoked:"``, ``"issued:"``, ``"successor:"``): on one primary they
-keep working; on Redis Cluster those keys are spread over slots (:func:`is_tagged` tells them
-apart). Layout and expiries: docs/strategies.md, 'Keys'.
+(``<hash>`` and ``<sid>`` without their tag and dot.) The index serves both the lookup by sid and
+"every session of a subject" (the subjects that share a tag are told apart by the records), so
+a session costs one key of its own. Sessions from before tags (untagged token hashes and sids)
+keep the keys they were written under (``p + "session:" + <hash>``, ``"sid:"``, ``"subject:"``,
+``"revoked:"``, ``"issued:"``, ``"successor:"``): on one primary they keep working; on Redis
+Cluster those keys are spread over slots (:func:`is_tagged` tells them apart). Layout and
+expiries: docs/strategies.md, 'Keys'.
 """
 
 from __future__ import annotations
 
-from extauthz.tokens import TAG_LENGTH, hash_tag, sid_tag, subject_tag
+from extauthz.tokens import TAG_LENGTH, hash_tag, sid_tag
 
 _TAG_END = TAG_LENGTH + 1  # the tag and its dot
 
@@ -54,28 +56,45 @@ class SessionKeys:
         return self._by_hash("r", "revoked", token_hash)
 
     def issued(self, token_hash: str) -> str:
-        """The marker of an issued ``token_hash``."""
-        return self._by_hash("i", "issued", token_hash)
+        """The marker of an issued ``token_hash``: for a tagged one, its record (kept until
+        the absolute expiry, :meth:`record_lasts_until_expiry`)."""
+        return self._by_hash("s", "issued", token_hash)
+
+    @staticmethod
+    def record_lasts_until_expiry(token_hash: str) -> bool:
+        """Whether the record of ``token_hash`` is kept until the session's absolute expiry
+        (tagged: the store reads a record past its idle deadline as ended) rather than its
+        deadline (sessions from before tags, with a separate issued marker)."""
+        return is_tagged(token_hash)
 
     def successor(self, token_hash: str) -> str:
         """The successor of a rotated ``token_hash``."""
         return self._by_hash("n", "successor", token_hash)
 
-    def sid(self, sid: str) -> str:
-        """The index entry of session ``sid`` (its current token hash)."""
+    def index(self, sid: str) -> tuple[str, str]:
+        """Where session ``sid``'s current token hash is kept: ``(key, field)``, the tag's
+        index hash and the sid without its tag, or, for a sid from before tags, its own
+        string key and ``""``."""
         tag = sid_tag(sid)
         if tag is None:
-            return f"{self.prefix}sid:{sid}"
-        return f"{self.prefix}{{{tag}}}d:{sid[_TAG_END:]}"
+            return f"{self.prefix}sid:{sid}", ""
+        return f"{self.prefix}{{{tag}}}x", sid[_TAG_END:]
 
-    def subject(self, sub: str) -> str:
-        """The set of the session ids of ``sub``'s tagged sessions."""
-        return f"{self.prefix}{{{subject_tag(sub)}}}u:{sub}"
+    @staticmethod
+    def index_value(token_hash: str) -> str:
+        """What the index keeps for ``token_hash``: a tagged hash without its tag and dot
+        (the index's key has it), else the whole hash."""
+        return token_hash[_TAG_END:] if is_tagged(token_hash) else token_hash
+
+    def tag_index(self, tag: str) -> str:
+        """The index hash of ``tag`` (:meth:`index`)."""
+        return f"{self.prefix}{{{tag}}}x"
+
+    def tag_records(self, tag: str) -> str:
+        """The common start of the record keys of ``tag`` (the scripts append a hash)."""
+        return f"{self.prefix}{{{tag}}}s:"
 
     def legacy_subject(self, sub: str) -> str:
-        """The set of the session ids of ``sub``'s sessions from before tags."""
+        """The set of the session ids of ``sub``'s sessions from before tags (tagged
+        sessions are found through the index of the subject's tag)."""
         return f"{self.prefix}subject:{sub}"
-
-    def subject_of(self, sid: str, sub: str) -> str:
-        """The subject set that holds ``sid``: tagged or from before tags, as ``sid`` is."""
-        return self.subject(sub) if sid_tag(sid) is not None else self.legacy_subject(sub)

@@ -74,9 +74,6 @@ class RedisPrimary:
     def _session_key(self, token_hash: str) -> str:
         return self.keys.record(token_hash)
 
-    def _sid_key(self, sid: str) -> str:
-        return self.keys.sid(sid)
-
     def _revoked_key(self, token_hash: str) -> str:
         return self.keys.revoked(token_hash)
 
@@ -220,6 +217,53 @@ class RedisPrimary:
             await self._replica_barrier(seq)  # raises StoreWriteNotDurable
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
+
+    async def _settle(self, what: str) -> None:
+        """Wait until every revocation made so far, by any node, has passed the barriers.
+
+        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
+        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
+        still not report success before that first invalidation has landed everywhere.
+        Acknowledgements are monotonic, so waiting for the newest sequence number covers
+        every earlier one. (That the deletion itself is on the replicas is
+        :meth:`_found_or_replicated`'s part.)
+        """
+        if self._replica_barrier is None and self._invalidation_barrier is None:
+            return
+        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
+        seq = int(text(raw)) if raw is not None else 0
+        if seq <= 0:
+            return
+        if self._replica_barrier is not None:
+            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
+        if self._invalidation_barrier is not None:
+            await self._invalidation_barrier(seq)
+
+    async def _found_or_replicated(
+        self, what: str, key: str, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``read`` (of ``key``) on the primary; when it finds nothing, also wait until
+        ``wait_replicas`` replicas have everything the primary (``key``'s) wrote before.
+
+        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
+        retry that finds nothing must not report success before the deletion is on the
+        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
+        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
+        replicated: so it follows a write that is replicated and leaves nothing behind, a
+        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
+        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
+        when the primary changes, the read is repeated on the new one.
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+
+        async def op() -> T:
+            found = await read()
+            if not found and self._wait_replicas != 0:
+                await self._replicated_write(key)  # raises StoreWriteNotDurable
+            return found
+
+        return await self._run(what, op)
 
 
 async def _refreshed(cluster: StoreCluster, exc: StoreUnavailable) -> bool:

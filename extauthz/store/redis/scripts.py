@@ -30,52 +30,108 @@ return seq
 SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
+#
+# Keys: extauthz.store.redis.keys. Every script below touches the keys of one session, so one
+# slot (tagged sessions also read records of their tag found in the index: the same slot). A
+# session's index entry is either a string key (sessions from before tags: GET/SET/DEL, and a
+# subject set) or a field of the tag's index hash (HGET/HSET/HDEL): ``field`` is '' for the
+# first. Records are MessagePack (Session.to_record) or, written before it, JSON.
 
-# KEYS[1] = the session record, KEYS[2] = its sid key, KEYS[3] = the subject's set; ARGV[1] =
-# the token hash, ARGV[2] = the sid. Deletes the record; the sid key and the subject's entry
-# only while the sid still names this token (a rotation since the record was read moved them
-# to the new token, whose revocation follows). Returns 1 if the record was deleted, else 0.
-REVOKE_RECORD = """
-local deleted = redis.call('DEL', KEYS[1])
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[2])
+# Defines ``index_get(key, field)``.
+INDEX = """
+local function index_get(key, field)
+  if field == '' then return redis.call('GET', key) end
+  return redis.call('HGET', key, field)
 end
-return deleted
 """
 
-# The stored record's version (absent in old records: 1), or nil when the record is missing
-# or not JSON. Defines ``stored_version``.
+# The stored record's version (absent in old JSON records: 1), or nil when the record is missing
+# or not a record. Defines ``stored_version``.
 STORED_VERSION = """
 local stored_version = nil
 local raw = redis.call('GET', KEYS[1])
 if raw then
-  local ok, rec = pcall(cjson.decode, raw)
-  if ok and type(rec) == 'table' then stored_version = tonumber(rec.version or 1) end
+  local ok, rec
+  if string.sub(raw, 1, 1) == '{' then
+    ok, rec = pcall(cjson.decode, raw)
+    if ok and type(rec) == 'table' then stored_version = tonumber(rec.version or 1) end
+  else
+    ok, rec = pcall(cmsgpack.unpack, raw)
+    if ok and type(rec) == 'table' then stored_version = tonumber(rec.v) end
+  end
 end
 """
 
-# KEYS[1] = the session record, KEYS[2] = its sid key; ARGV[1] = the touched record, ARGV[2] =
-# its TTL (ms), ARGV[3] = the version it replaces. 1: written; 0: missing (revoked) or
-# changed meanwhile (a session update): never re-created, never overwritten.
+# A tagged session's creation. KEYS[1] = the record, KEYS[2] = the tag's index hash; ARGV[1] =
+# the record, ARGV[2] = its TTL (ms, until the absolute expiry), ARGV[3] = the index field (the
+# sid without its tag), ARGV[4] = the index value (the token hash without its tag), ARGV[5] =
+# the tag's record key prefix, ARGV[6] = the index size above which entries whose record is
+# gone (past its absolute expiry) are removed (records of the tag: the same slot). The index
+# expires with the last absolute expiry of its sessions. Returns 1.
+CREATE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT') == 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2], 'NX')
+end
+if redis.call('HLEN', KEYS[2]) > tonumber(ARGV[6]) then
+  local entries = redis.call('HGETALL', KEYS[2])
+  for i = 1, #entries, 2 do
+    if redis.call('EXISTS', ARGV[5] .. entries[i + 1]) == 0 then
+      redis.call('HDEL', KEYS[2], entries[i])
+    end
+  end
+end
+return 1
+"""
+
+# KEYS[1] = the session record, KEYS[2] = its index key, KEYS[3] = the subject's set (sessions
+# from before tags; else the index again); ARGV[1] = the index value of the token hash
+# (SessionKeys.index_value), ARGV[2] = the sid,
+# ARGV[3] = the index field. Deletes the record; the index entry (and the subject's set entry)
+# only while it still names this token (a rotation since the record was read moved it to the
+# new token, whose revocation follows). Returns 1 if the record was deleted, else 0.
+REVOKE_RECORD = (
+    INDEX
+    + """
+local deleted = redis.call('DEL', KEYS[1])
+if index_get(KEYS[2], ARGV[3]) == ARGV[1] then
+  if ARGV[3] == '' then
+    redis.call('DEL', KEYS[2])
+    redis.call('SREM', KEYS[3], ARGV[2])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[3])
+  end
+end
+return deleted
+"""
+)
+
+# KEYS[1] = the session record, KEYS[2] = its index key; ARGV[1] = the touched record, ARGV[2] =
+# its TTL (ms), ARGV[3] = the version it replaces, ARGV[4] = the index field. 1: written; 0:
+# missing (revoked) or changed meanwhile (a session update): never re-created, never
+# overwritten. A string index entry expires with the record; a tag's index hash outlives it.
 TOUCH = (
     STORED_VERSION
     + """
 if stored_version == nil or stored_version ~= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if ARGV[4] == '' then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return 1
 """
 )
 
-# KEYS[1] = the session record, KEYS[2] = the session's sid key; ARGV[1] = the new record,
-# ARGV[2] = the version it replaces, ARGV[3] = the token hash. Writes (TTL kept); the caller
-# then publishes it like a revocation. Returns 1: written; 0: the record changed meanwhile, or
-# the sid names another token now (a token rotation): read again; -1: the session is gone.
+# KEYS[1] = the session record, KEYS[2] = its index key; ARGV[1] = the new record, ARGV[2] =
+# the version it replaces, ARGV[3] = the index value of the token hash, ARGV[4] = the index
+# field. Writes (TTL
+# kept); the caller then publishes it like a revocation. Returns 1: written; 0: the record
+# changed meanwhile, or the sid names another token now (a token rotation): read again; -1:
+# the session is gone.
 REPLACE_IF_VERSION = (
     STORED_VERSION
+    + INDEX
     + """
-local current = redis.call('GET', KEYS[2])
+local current = index_get(KEYS[2], ARGV[4])
 if not current then return -1 end
 if current ~= ARGV[3] then return 0 end
 if stored_version == nil then return -1 end
@@ -87,34 +143,36 @@ return 1
 
 # -- token rotation (RedisSessionStore.rotate) --------------------------------------------------
 
-# Keys (extauthz.store.redis.keys; one session, one slot): KEYS[1] = the old hash's record,
-# KEYS[2] = its successor, KEYS[3] = the new hash's record, KEYS[4] = the sid's index entry,
-# KEYS[5] = the old hash's tombstone, KEYS[6] = the new hash's issued marker. ARGV[1] = the
+# KEYS[1] = the old hash's record, KEYS[2] = its successor, KEYS[3] = the new hash's record,
+# KEYS[4] = the sid's index key, KEYS[5] = the old hash's tombstone, KEYS[6] = the new hash's
+# issued marker (sessions from before tags; a tagged record is its own marker). ARGV[1] = the
 # version the caller read, ARGV[2] = the new record, ARGV[3] = its TTL (ms), ARGV[4] = the
 # successor record, ARGV[5] = the grace (ms), ARGV[6] = the TTL (ms, until the absolute
-# expiry) of the old hash's tombstone and of the new hash's issued marker, ARGV[7] = the new
-# hash. The caller publishes the old hash's invalidation after {1, ...}.
-# Returns {1, successor} (rotated now), {0, successor} (rotated earlier: nothing written) or
-# {-1} (no record of that version: nothing written).
-ROTATE = """
+# expiry) of the old hash's tombstone and of the new hash's issued marker, ARGV[7] = the index
+# value of the new hash, ARGV[8] = the index field. The caller publishes the old hash's
+# invalidation after {1, ...}. Returns {1, successor} (rotated now), {0, successor} (rotated
+# earlier: nothing written) or {-1} (no record of that version: nothing written).
+ROTATE = (
+    STORED_VERSION
+    + """
 local earlier = redis.call('GET', KEYS[2])
 if earlier then return {0, earlier} end
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {-1} end
-local ok, rec = pcall(cjson.decode, raw)
-if not ok or type(rec) ~= 'table' or tonumber(rec.version) ~= tonumber(ARGV[1]) then
-  return {-1}
-end
+if stored_version == nil or stored_version ~= tonumber(ARGV[1]) then return {-1} end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[3])
+if ARGV[8] == '' then
+  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[3])
+else
+  redis.call('HSET', KEYS[4], ARGV[8], ARGV[7])
+end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 if tonumber(ARGV[6]) > 0 then
   redis.call('SET', KEYS[5], '1', 'PX', ARGV[6])
-  redis.call('SET', KEYS[6], '1', 'PX', ARGV[6])
+  if ARGV[8] == '' then redis.call('SET', KEYS[6], '1', 'PX', ARGV[6]) end
 end
 return {1, ARGV[4]}
 """
+)
 
 # -- membership (extauthz.store.redis.membership) ----------------------------------------------
 

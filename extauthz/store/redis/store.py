@@ -12,7 +12,6 @@ handling: docs/strategies.md, 'Keys' and 'Writes that must survive a failover'.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -29,10 +28,13 @@ from extauthz.store.redis import scripts
 from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
+from extauthz.tokens import TAG_LENGTH, subject_tag
 
 T = TypeVar("T")
 # how many further tokens one revocation follows when rotations moved the session meanwhile
 ROTATED_REVOKE_HOPS = 3
+# a tag's index is cleared of sessions past their absolute expiry when it grows beyond this
+INDEX_PRUNE_ABOVE = 32
 
 
 class RedisSessionStore(RedisPrimary):
@@ -41,66 +43,100 @@ class RedisSessionStore(RedisPrimary):
     backend = "redis"
 
     async def create(self, token_hash: str, session: Session) -> None:
+        """A tagged session: one script (:data:`~extauthz.store.redis.scripts.CREATE`, the
+        record and the tag's index) in one durable round trip; one from before tags: the keys
+        it had then."""
+        record = session.to_record()
+        if not self.keys.record_lasts_until_expiry(token_hash):
+            await self._run("create", lambda: self._create_legacy(token_hash, session, record))
+            return
+        index, field = self.keys.index(session.sid)
+        tag = index[len(self.keys.prefix) + 1 : len(self.keys.prefix) + 1 + TAG_LENGTH]
+
         async def op() -> None:
-            ttl = self._ttl_ms(session)
-            absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
             async with await self._transaction(self._session_key(token_hash)) as pipe:
-                pipe.set(self._session_key(token_hash), session.to_json(), px=ttl)
-                pipe.set(self._sid_key(session.sid), token_hash, px=ttl)
-                # the marker: a cookie of this session that idled out is not taken for a guess
-                pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
-                subject_key = self.keys.subject_of(session.sid, session.sub)
-                pipe.sadd(subject_key, session.sid)
-                pipe.pexpire(subject_key, absolute_ms, gt=True)
-                pipe.pexpire(subject_key, absolute_ms, nx=True)
+                pipe.eval(
+                    scripts.CREATE, 2, self._session_key(token_hash), index,
+                    record, self._record_ttl_ms(token_hash, session), field,
+                    self.keys.index_value(token_hash), self.keys.tag_records(tag),
+                    INDEX_PRUNE_ABOVE,
+                )  # fmt: skip
                 await pipe.execute()  # raises StoreWriteNotDurable
 
         await self._run("create", op)
+
+    async def _create_legacy(self, token_hash: str, session: Session, record: bytes) -> None:
+        ttl = self._ttl_ms(session)
+        absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
+        index, _ = self.keys.index(session.sid)
+        subject_key = self.keys.legacy_subject(session.sub)
+        async with await self._transaction(self._session_key(token_hash)) as pipe:
+            pipe.set(self._session_key(token_hash), record, px=ttl)
+            pipe.set(index, token_hash, px=ttl)
+            # the marker: a cookie of this session that idled out is not taken for a guess
+            pipe.set(self._issued_key(token_hash), "1", px=absolute_ms)
+            pipe.sadd(subject_key, session.sid)
+            pipe.pexpire(subject_key, absolute_ms, gt=True)
+            pipe.pexpire(subject_key, absolute_ms, nx=True)
+            await pipe.execute()  # raises StoreWriteNotDurable
+
+    def _record_ttl_ms(self, token_hash: str, session: Session) -> int:
+        """A tagged record lasts until the absolute expiry (it is the issued marker too);
+        one from before tags until the session's deadline."""
+        if not self.keys.record_lasts_until_expiry(token_hash):
+            return self._ttl_ms(session)
+        return max(1, math.ceil((session.expires_at - self._clock()) * 1000))
 
     async def get(self, token_hash: str) -> Session | None:
         raw = await self._run("get", lambda: self._redis.get(self._session_key(token_hash)))
         return self._decode(raw)
 
-    @staticmethod
-    def _decode(raw: bytes | str | None) -> Session | None:
+    def _decode(self, raw: bytes | str | None) -> Session | None:
+        """The live session in ``raw``: ``None`` for no record, a corrupt one, or one past its
+        deadline (a tagged record outlives its idle deadline as the issued marker)."""
         if raw is None:
             return None
         try:
-            return Session.from_json(raw)
+            session = Session.from_record(raw)
         except ValueError:
             return None  # a corrupt record names no live session
+        return session if session.is_alive(self._clock()) else None
 
     async def touch(self, token_hash: str, session: Session) -> bool:
         async def op() -> bool:
             # never re-create a record that a logout deleted meanwhile, never overwrite one
             # that a session update changed meanwhile
+            index, field = self.keys.index(session.sid)
             stored = await self._redis.eval(
-                scripts.TOUCH,
-                2,
-                self._session_key(token_hash),
-                self._sid_key(session.sid),
-                session.to_json(),
-                self._ttl_ms(session),
-                session.version - 1,
-            )
+                scripts.TOUCH, 2, self._session_key(token_hash), index, session.to_record(),
+                self._record_ttl_ms(token_hash, session), session.version - 1, field,
+            )  # fmt: skip
             return bool(stored == 1)
 
         return await self._run("touch", op)
 
     async def get_by_sid(self, sid: str) -> Session | None:
         async def op() -> Any:
-            token_hash = await self._redis.get(self._sid_key(sid))
+            token_hash = await self._index_get(sid)
             if token_hash is None:
                 return None
-            return await self._redis.get(self._session_key(text(token_hash)))
+            return await self._redis.get(self._session_key(token_hash))
 
         return self._decode(await self._run("get_by_sid", op))
+
+    async def _index_get(self, sid: str) -> str | None:
+        """The token hash session ``sid``'s index entry names (inside an operation)."""
+        index, field = self.keys.index(sid)
+        found = await (self._redis.hget(index, field) if field else self._redis.get(index))
+        if found is None:
+            return None
+        return f"{sid[:TAG_LENGTH]}.{text(found)}" if field else text(found)
 
     async def update(
         self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
     ) -> Session | None:
         for _ in range(max(1, attempts)):
-            token_hash = await self._run("update", lambda: self._redis.get(self._sid_key(sid)))
+            token_hash = await self._run("update", lambda: self._index_get(sid))
             if token_hash is None:
                 return None
             stored = self._decode(await self._get_record(text(token_hash)))
@@ -127,24 +163,28 @@ class RedisSessionStore(RedisPrimary):
         meanwhile, -1 gone); the caller publishes it (:meth:`_publish`)."""
 
         async def op() -> int:
+            index, field = self.keys.index(new.sid)
             async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
-                    scripts.REPLACE_IF_VERSION,
-                    2,
-                    self._session_key(token_hash),
-                    self._sid_key(new.sid),
-                    new.to_json(),
-                    version,
-                    token_hash,
-                )
+                    scripts.REPLACE_IF_VERSION, 2, self._session_key(token_hash), index,
+                    new.to_record(), version, self.keys.index_value(token_hash), field,
+                )  # fmt: skip
                 results = await pipe.execute()  # raises StoreWriteNotDurable
             return int(results[-1])
 
         return await self._run("update", op)
 
     async def token_hash_of(self, sid: str) -> str | None:
-        found = await self._run("token_hash_of", lambda: self._redis.get(self._sid_key(sid)))
-        return None if found is None else text(found)
+        """Only of a live session (a tag's index keeps entries until the absolute expiry)."""
+
+        async def op() -> str | None:
+            token_hash = await self._index_get(sid)
+            if token_hash is None or not self.keys.record_lasts_until_expiry(token_hash):
+                return token_hash
+            live = self._decode(await self._redis.get(self._session_key(token_hash)))
+            return None if live is None else token_hash
+
+        return await self._run("token_hash_of", op)
 
     async def revoke(self, token_hash: str) -> Session | None:
         return await self._revoke(token_hash, hops=ROTATED_REVOKE_HOPS)
@@ -159,18 +199,19 @@ class RedisSessionStore(RedisPrimary):
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
             async with await self._transaction(self._session_key(token_hash)) as pipe:
-                if session is None:
+                if session is None and raw is not None and self.keys.record_lasts_until_expiry(
+                    token_hash
+                ):
+                    pass  # ended (idle timeout): the record stays as the token's issued marker
+                elif session is None:
                     pipe.delete(self._session_key(token_hash))
                 else:
+                    index, field = self.keys.index(session.sid)
+                    subject_key = index if field else self.keys.legacy_subject(session.sub)
                     pipe.eval(
-                        scripts.REVOKE_RECORD,
-                        3,
-                        self._session_key(token_hash),
-                        self._sid_key(session.sid),
-                        self.keys.subject_of(session.sid, session.sub),
-                        token_hash,
-                        session.sid,
-                    )
+                        scripts.REVOKE_RECORD, 3, self._session_key(token_hash), index,
+                        subject_key, self.keys.index_value(token_hash), session.sid, field,
+                    )  # fmt: skip
                     # the tombstone: a stale cookie of this session is not taken for a guess
                     left_ms = math.ceil((session.expires_at - self._clock()) * 1000)
                     if left_ms > 0:
@@ -182,10 +223,10 @@ class RedisSessionStore(RedisPrimary):
         await self._barriers(await self._publish("revoke", token_hash))
         if moved and session is not None and hops > 0:
             # rotated between the read and the write: the session lives on under its new token
-            sid_key = self._sid_key(session.sid)
-            current = await self._run("revoke", lambda: self._redis.get(sid_key))
-            if current is not None and text(current) != token_hash:
-                await self._revoke(text(current), hops - 1)
+            sid = session.sid
+            current = await self._run("revoke", lambda: self._index_get(sid))
+            if current is not None and current != token_hash:
+                await self._revoke(current, hops - 1)
         return session
 
     async def was_revoked(self, token_hash: str) -> bool:
@@ -216,24 +257,17 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> list[Any]:
             now = self._clock()
             tombstone_ms = max(0, math.ceil((session.expires_at - now) * 1000))
+            index, field = self.keys.index(session.sid)
             async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
-                    scripts.ROTATE,
-                    6,
-                    self._session_key(token_hash),
-                    self._successor_key(token_hash),
-                    self._session_key(successor.token_hash),
-                    self._sid_key(session.sid),
-                    self._revoked_key(token_hash),
-                    self._issued_key(successor.token_hash),
-                    version,
-                    session.to_json(),
-                    self._ttl_ms(session),
-                    successor.to_json(),
-                    max(1, math.ceil((successor.until - now) * 1000)),
-                    tombstone_ms,
-                    successor.token_hash,
-                )
+                    scripts.ROTATE, 6, self._session_key(token_hash),
+                    self._successor_key(token_hash), self._session_key(successor.token_hash),
+                    index, self._revoked_key(token_hash), self._issued_key(successor.token_hash),
+                    version, session.to_record(),
+                    self._record_ttl_ms(successor.token_hash, session), successor.to_json(),
+                    max(1, math.ceil((successor.until - now) * 1000)), tombstone_ms,
+                    self.keys.index_value(successor.token_hash), field,
+                )  # fmt: skip
                 (reply,) = await pipe.execute()  # raises StoreWriteNotDurable
             return list(reply)
 
@@ -259,73 +293,24 @@ class RedisSessionStore(RedisPrimary):
             return None
         return found if found.until > self._clock() else None
 
-    async def _settle(self, what: str) -> None:
-        """Wait until every revocation made so far, by any node, has passed the barriers.
-
-        A revocation whose first try deleted the record but raised ``StoreWriteNotDurable``
-        (a node had not acknowledged it) leaves nothing for a retry to delete; the retry must
-        still not report success before that first invalidation has landed everywhere.
-        Acknowledgements are monotonic, so waiting for the newest sequence number covers
-        every earlier one. (That the deletion itself is on the replicas is
-        :meth:`_found_or_replicated`'s part.)
-        """
-        if self._replica_barrier is None and self._invalidation_barrier is None:
-            return
-        raw = await self._run(what, lambda: self._redis.get(self.invalidation_channel + ":seq"))
-        seq = int(text(raw)) if raw is not None else 0
-        if seq <= 0:
-            return
-        if self._replica_barrier is not None:
-            await self._replica_barrier(seq)  # raises StoreWriteNotDurable
-        if self._invalidation_barrier is not None:
-            await self._invalidation_barrier(seq)
-
-    async def _found_or_replicated(
-        self, what: str, key: str, read: Callable[[], Awaitable[T]]
-    ) -> T:
-        """``read`` (of ``key``) on the primary; when it finds nothing, also wait until
-        ``wait_replicas`` replicas have everything the primary (``key``'s) wrote before.
-
-        A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
-        retry that finds nothing must not report success before the deletion is on the
-        replicas, or a failover brings the session back. ``WAIT`` counts only the writes of
-        its own connection, and a write that changes nothing (``DEL`` of a missing key) is not
-        replicated: so it follows a write that is replicated and leaves nothing behind, a
-        ``PUBLISH`` on a channel no one subscribes to; the replication stream is ordered, so
-        a replica that has it has every earlier write. Both run in one try of :meth:`_run`:
-        when the primary changes, the read is repeated on the new one.
-
-        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
-        """
-
-        async def op() -> T:
-            found = await read()
-            if not found and self._wait_replicas != 0:
-                await self._replicated_write(key)  # raises StoreWriteNotDurable
-            return found
-
-        return await self._run(what, op)
-
     async def revoke_sid(self, sid: str) -> Session | None:
-        sid_key = self._sid_key(sid)
         token_hash = await self._found_or_replicated(
-            "revoke_sid", sid_key, lambda: self._redis.get(sid_key)
+            "revoke_sid", self.keys.index(sid)[0], lambda: self._index_get(sid)
         )
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
-        revoked = await self.revoke(text(token_hash))
+        revoked = await self.revoke(token_hash)
         if revoked is None:
             # rotated between reading the sid and the record: the sid names the new token now
-            sid_key = self._sid_key(sid)
-            current = await self._run("revoke_sid", lambda: self._redis.get(sid_key))
-            if current is not None and text(current) != text(token_hash):
-                return await self.revoke(text(current))
+            current = await self._run("revoke_sid", lambda: self._index_get(sid))
+            if current is not None and current != token_hash:
+                return await self.revoke(current)
         return revoked
 
     async def revoke_subject(self, sub: str) -> int:
         sids = await self._found_or_replicated(
-            "revoke_subject", self.keys.subject(sub), lambda: self._subject_sids(sub)
+            "revoke_subject", self.keys.tag_index(subject_tag(sub)), lambda: self._subject_sids(sub)
         )
         if not sids:
             await self._settle("revoke_subject")
@@ -335,36 +320,36 @@ class RedisSessionStore(RedisPrimary):
                 revoked += 1
         return revoked
 
-    async def _get_each(self, keys: list[str]) -> list[Any]:
-        """``GET`` of each key in one pipeline (not ``MGET``: the keys of sessions from
-        before tags are in slots of their own on Redis Cluster)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return list(await pipe.execute())
-
     async def _subject_sids(self, sub: str) -> list[str]:
-        """The session ids in ``sub``'s set, and in its set from before tags, sorted."""
-        tagged = await self._redis.smembers(self.keys.subject(sub))
-        legacy = await self._redis.smembers(self.keys.legacy_subject(sub))
-        return sorted({text(s) for s in tagged} | {text(s) for s in legacy})
+        """The ids of ``sub``'s sessions, sorted: the entries of its tag's index whose record
+        is ``sub``'s (or is gone: then nothing tells, and revoking it changes nothing), and the
+        members of its set from before tags."""
+        tag = subject_tag(sub)
+        sids = {text(s) for s in await self._redis.smembers(self.keys.legacy_subject(sub))}
+        entries = await self._redis.hgetall(self.keys.tag_index(tag))
+        for field, value in entries.items():
+            sid = f"{tag}.{text(field)}"
+            raw = await self._redis.get(self._session_key(f"{tag}.{text(value)}"))
+            if raw is None:  # rotated since the index was read, or ended: read it again
+                current = await self._index_get(sid)
+                raw = None if current is None else await self._redis.get(self._session_key(current))
+            if raw is None or _subject_of(raw) in (sub, None):
+                sids.add(sid)
+        return sorted(sids)
 
     async def list_subject(self, sub: str) -> list[Session]:
         async def op() -> list[Any]:
-            sids = await self._subject_sids(sub)
-            if not sids:
-                return []
-            hashes = await self._get_each([self._sid_key(s) for s in sids])
-            live = [(sid, text(h)) for sid, h in zip(sids, hashes, strict=True) if h]
-            for sid, h in zip(sids, hashes, strict=True):
-                if not h:  # stale: the session ended (idle timeout) without a revocation
-                    await self._redis.srem(self.keys.subject_of(sid, sub), sid)
-            if not live:
-                return []
-            return await self._get_each([self._session_key(h) for _, h in live])
+            records = []
+            for sid in await self._subject_sids(sub):
+                token_hash = await self._index_get(sid)
+                if token_hash is None:  # ended (idle timeout) without a revocation
+                    await self._redis.srem(self.keys.legacy_subject(sub), sid)
+                    continue
+                records.append(await self._redis.get(self._session_key(token_hash)))
+            return records
 
         records = await self._run("list_subject", op)
-        sessions = [s for s in (self._decode(r) for r in records) if s is not None]
+        sessions = [s for s in map(self._decode, records) if s is not None and s.sub == sub]
         return sorted(sessions, key=lambda s: s.created_at)
 
     async def ping(self) -> None:
@@ -389,3 +374,11 @@ class RedisSessionStore(RedisPrimary):
 
     async def stop(self) -> None:
         """Nothing to stop: the client belongs to its owner."""
+
+
+def _subject_of(raw: bytes | str) -> str | None:
+    """The subject of a stored record, ``None`` when it is not a record."""
+    try:
+        return Session.from_record(raw).sub
+    except ValueError:
+        return None
