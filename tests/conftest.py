@@ -25,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:  # `pytest` run without `python -m`
     sys.path.insert(0, str(REPO_ROOT))
 
 from harness import process as _processes  # noqa: E402
+from harness.redis_cluster import RedisCluster  # noqa: E402
 from tests.support import (  # noqa: E402
     RedisServer,
     Stack,
@@ -91,6 +92,19 @@ def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server = RedisServer(tmp_path_factory.mktemp("redis"), name="redis-module").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the test module's own: 3 primaries, one replica each, on loopback
+    (:class:`harness.redis_cluster.RedisCluster`; a node is failed over after 1 s)."""
+    _need_redis()
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -54,7 +54,9 @@ def describe(s: StoreSettings) -> str:
     ``sentinel service=extauthz sentinels=3 wait_replicas=1``. Never contains a password."""
     if s.backend == "memory":
         return "memory (node-local)"
-    if s.sentinels:
+    if s.cluster_nodes:
+        primary = f"cluster nodes={len(s.cluster_nodes)}"
+    elif s.sentinels:
         primary = f"sentinel service={s.sentinel_service} sentinels={len(s.sentinels)}"
     else:
         primary = f"primary={redact(s.redis_url)}"
@@ -73,6 +75,7 @@ def redis_endpoints(settings: Settings) -> RedisEndpoints:
         primary_url=s.redis_url,
         sentinels=tuple(parse_address(a) for a in s.sentinels),
         sentinel_service=s.sentinel_service,
+        cluster_nodes=tuple(parse_address(a) for a in s.cluster_nodes),
         replica_url=s.replica_url if s.strategy == "replicated" else "",
         timeout_seconds=s.timeout_seconds,
         name=settings.node_id,

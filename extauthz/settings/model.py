@@ -43,16 +43,20 @@ def is_loopback(listen: str) -> bool:
 
 
 def resolve_wait_replicas(
-    wait_replicas: int | str, strategy: StoreStrategy, sentinels: tuple[str, ...]
+    wait_replicas: int | str,
+    strategy: StoreStrategy,
+    sentinels: tuple[str, ...],
+    cluster_nodes: tuple[str, ...] = (),
 ) -> int | str:
     """How many replicas a durable write waits for (``WAIT``): a count, or ``"all"`` (every
     replica the primary reports online at the time of the write). ``"auto"`` resolves per
-    strategy: central 1 with Sentinels (0 without), replicated ``"all"``, sticky 0."""
+    strategy: central 1 with Sentinels or a Cluster (0 without), replicated ``"all"``,
+    sticky 0."""
     if wait_replicas != "auto":
         return wait_replicas
     if strategy == StoreStrategy.REPLICATED:
         return "all"
-    if strategy == StoreStrategy.CENTRAL and sentinels:
+    if strategy == StoreStrategy.CENTRAL and (sentinels or cluster_nodes):
         return 1
     return 0
 
@@ -93,10 +97,13 @@ class StoreSettings:
     # Sentinels as "HOST:PORT"; when set, the primary is whatever they name for sentinel_service
     sentinels: tuple[str, ...] = ()
     sentinel_service: str = "extauthz"
+    # Redis Cluster startup nodes as "HOST:PORT" (central only; replaces redis_url's host and
+    # the Sentinels: the cluster names each slot's primary and fails over by itself)
+    cluster_nodes: tuple[str, ...] = ()
     # replicated: this node's local read replica
     replica_url: str = ""
     # replicas a login/logout/revocation waits for (WAIT): "auto", "all" or a count.
-    # auto: central 1 with Sentinels (else 0), replicated "all", sticky 0
+    # auto: central 1 with Sentinels or a Cluster (else 0), replicated "all", sticky 0
     wait_replicas: int | str = "auto"
     # below timeout_seconds: WAIT blocks the connection, whose read timeout that is
     wait_timeout_ms: int = 250
@@ -115,7 +122,9 @@ class StoreSettings:
     wait_replicas_resolved: int | str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        resolved = resolve_wait_replicas(self.wait_replicas, self.strategy, self.sentinels)
+        resolved = resolve_wait_replicas(
+            self.wait_replicas, self.strategy, self.sentinels, self.cluster_nodes
+        )
         object.__setattr__(self, "wait_replicas_resolved", resolved)
 
 

@@ -171,6 +171,7 @@ def _validate_store_topology(s: model.StoreSettings) -> None:
             "store.sentinels: the sticky strategy keeps a node-local store; a Sentinel-managed "
             "primary is shared (use the central or replicated strategy)"
         )
+    _validate_cluster(s)
     if s.strategy == StoreStrategy.REPLICATED:
         if not s.replica_url:
             raise SettingsError(
@@ -182,6 +183,30 @@ def _validate_store_topology(s: model.StoreSettings) -> None:
         raise SettingsError(
             f"store.replica_url: only the replicated strategy reads from a node-local replica, "
             f"not '{s.strategy}'"
+        )
+
+
+def _validate_cluster(s: model.StoreSettings) -> None:
+    """Redis Cluster: central only, never beside Sentinels (docs/strategies.md, 'Redis
+    Cluster')."""
+    if not s.cluster_nodes:
+        return
+    for address in s.cluster_nodes:
+        _check_listen("store.cluster_nodes", address)
+    if s.sentinels:
+        raise SettingsError(
+            "store.cluster_nodes: a Redis Cluster fails over by itself; set either "
+            "store.cluster_nodes or store.sentinels, not both"
+        )
+    if s.backend != StoreBackend.REDIS or s.strategy != StoreStrategy.CENTRAL:
+        raise SettingsError(
+            f"store.cluster_nodes: only the central strategy on the redis backend runs on a "
+            f"Redis Cluster, not '{s.strategy}' on '{s.backend}'"
+        )
+    if urlsplit(s.redis_url).path not in ("", "/", "/0"):
+        raise SettingsError(
+            "store.redis_url: a Redis Cluster has only database 0; with store.cluster_nodes "
+            "the URL's host is not used"
         )
 
 

@@ -45,7 +45,7 @@ def new_session(
 ) -> Session:
     now = clock()
     values: dict[str, object] = {
-        "sid": sid or uuid.uuid4().hex,
+        "sid": sid or tokens.mint_sid(tokens.subject_tag(sub)),
         "sub": sub,
         "created_at": now,
         "last_seen": now,
@@ -59,8 +59,9 @@ def new_session(
     return Session(**values)  # type: ignore[arg-type]
 
 
-def a_hash() -> str:
-    return tokens.token_hash(tokens.mint_token())
+def a_hash(sub: str = "alice") -> str:
+    """A token hash of ``sub``'s tag (on a Redis Cluster a session's keys share its slot)."""
+    return tokens.token_hash(tokens.mint_token(tag=tokens.subject_tag(sub)))
 
 
 # -- the store protocol ---------------------------------------------------------------------------
@@ -122,13 +123,13 @@ async def test_revoke_sid(store: SessionStore, clock: FakeClock) -> None:
 
 async def test_revoke_subject_and_list_subject(store: SessionStore, clock: FakeClock) -> None:
     alice = []
-    for i in range(3):
-        s = new_session(clock, "alice", sid=f"a{i}")
+    for _ in range(3):
+        s = new_session(clock, "alice")
         await store.create(a_hash(), s)
         alice.append(s)
         clock.advance(1)
     bob = new_session(clock, "bob")
-    hb = a_hash()
+    hb = a_hash("bob")
     await store.create(hb, bob)
     assert await store.list_subject("alice") == alice  # oldest first
     assert await store.list_subject("nobody") == []
@@ -342,8 +343,9 @@ async def test_redis_ttl_follows_the_deadline(
 ) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
-    s = new_session(clock, expires_at=clock() + 2 * IDLE)
-    h = a_hash()
+    # a session from before tags (untagged token and sid): the keys it had then
+    s = new_session(clock, sid=uuid.uuid4().hex, expires_at=clock() + 2 * IDLE)
+    h = tokens.token_hash(tokens.mint_token())
     await store.create(h, s)
     ttl = await redis_client.pttl(f"{p}session:{h}")
     assert IDLE * 1000 - 2000 < ttl <= IDLE * 1000  # idle deadline comes first
@@ -364,8 +366,8 @@ async def test_redis_touch_after_revoke_leaves_no_key(
 ) -> None:
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
-    s = new_session(clock)
-    h = a_hash()
+    s = new_session(clock, sid=uuid.uuid4().hex)  # from before tags
+    h = tokens.token_hash(tokens.mint_token())
     await store.create(h, s)
     await store.revoke(h)
     assert await store.touch(h, s.touched(clock())) is False
@@ -395,7 +397,7 @@ async def test_redis_corrupt_record_is_no_session(
     p = prefix()
     store = RedisSessionStore(redis_client, p, clock=clock)
     h = a_hash()
-    await redis_client.set(f"{p}session:{h}", b"\xff{not json")
+    await redis_client.set(store.keys.record(h), b"\xff{not json")
     assert await store.get(h) is None
 
 

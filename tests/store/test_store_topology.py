@@ -13,6 +13,7 @@ from extauthz.store.redis.replication import replica_staleness
 
 REDIS = {"EXTAUTHZ_STORE_BACKEND": "redis", "EXTAUTHZ_STORE_REDIS_URL": "redis://127.0.0.1:1/0"}
 SENTINELS = "127.0.0.1:26001,127.0.0.1:26002,127.0.0.1:26003"
+CLUSTER = "127.0.0.1:7001,127.0.0.1:7002"
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,20 @@ SENTINELS = "127.0.0.1:26001,127.0.0.1:26002,127.0.0.1:26003"
          "store.wait_replicas: the replicated strategy must wait"),
         ({"EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_WAIT_REPLICAS": "some"},
          'store.wait_replicas: expected "auto", "all" or a count'),
+        ({"EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_SENTINELS": SENTINELS,
+          "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER},
+         "store.cluster_nodes: a Redis Cluster fails over by itself; set either"),
+        ({"EXTAUTHZ_STORE_STRATEGY": "replicated", "EXTAUTHZ_STORE_REPLICA_URL": "redis://r:1/0",
+          "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER},
+         "store.cluster_nodes: only the central strategy on the redis backend runs on a Redis "
+         "Cluster, not 'replicated'"),
+        ({"EXTAUTHZ_STORE_STRATEGY": "sticky", "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER},
+         "store.cluster_nodes: only the central strategy on the redis backend"),
+        ({"EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": "nohost"},
+         "store.cluster_nodes: expected HOST:PORT"),
+        ({"EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": CLUSTER,
+          "EXTAUTHZ_STORE_REDIS_URL": "redis://h:1/3"},
+         "store.redis_url: a Redis Cluster has only database 0"),
         ({"EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_SENTINELS": SENTINELS,
           "EXTAUTHZ_STORE_WAIT_TIMEOUT_MS": "500"},
          "store.wait_timeout_ms: expected 1 ms up to below store.timeout_seconds (500 ms)"),
@@ -127,3 +142,14 @@ def test_the_composition_root_hands_the_store_plain_values() -> None:
     assert endpoints.sentinels == (("127.0.0.1", 26001), ("127.0.0.1", 26002), ("127.0.0.1", 26003))
     assert endpoints.replica_url == "" and endpoints.timeout_seconds == 0.5
     assert endpoints.client_name("primary") == "extauthz:edge_1:primary"  # no spaces in a name
+
+
+def test_a_cluster_is_loaded_waits_for_one_replica_and_is_described() -> None:
+    environ = {**REDIS, "EXTAUTHZ_STORE_STRATEGY": "central"}
+    environ["EXTAUTHZ_STORE_CLUSTER_NODES"] = CLUSTER
+    s = load_settings(None, environ).store
+    assert s.cluster_nodes == ("127.0.0.1:7001", "127.0.0.1:7002")
+    assert s.wait_replicas_resolved == 1
+    assert topology.describe(s) == "cluster nodes=2 wait_replicas=1"
+    endpoints = topology.redis_endpoints(load_settings(None, environ))
+    assert endpoints.cluster_nodes == (("127.0.0.1", 7001), ("127.0.0.1", 7002))

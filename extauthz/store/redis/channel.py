@@ -8,6 +8,11 @@ ask for (the cache's liveness proofs). Each listener is told when the subscripti
 connection pings every ``ping_interval`` seconds and counts as lost after ``silence``
 seconds without any reply (a half-open connection raises no error); both are the smallest
 any listener asked for.
+
+On a Redis Cluster every channel of the node hashes to one slot (``{inv}``): the subscription is
+``SSUBSCRIBE`` on the primary that owns that slot, found anew (slot map read again) at every
+(re)subscription, so that after the shard's failover the node subscribes on the promoted
+primary (https://redis.io/docs/latest/develop/pubsub/#sharded-pubsub).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from extauthz.loops import Loop
+from extauthz.store.redis.clients import Redis
+from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import REDIS_ERRORS, StoreUnavailable, text
 
 log = logging.getLogger("extauthz.store.channel")
@@ -47,7 +54,7 @@ class Channel:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Redis,
         channel: str,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -96,19 +103,33 @@ class Channel:
             await self._loop.stop()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
+        kind = text(message["type"])
+        if kind == "sunsubscribe":
+            # the server dropped the shard channel (its slot moved away from this node)
+            raise ConnectionError(f"shard channel {text(message['channel'])} unsubscribed")
         for listener in self._listeners:
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 listener.message(text(message["channel"]), text(message["data"]))
-            elif kind == "subscribe":
+            elif kind in ("subscribe", "ssubscribe"):
                 listener.subscribed()
+
+    async def _subscribe(self) -> PubSub:
+        """A pub/sub connection subscribed to every channel (see the module docstring)."""
+        if isinstance(self._redis, StoreCluster):
+            await self._redis.refresh()
+            pubsub = (await self._redis.shard_for(self.channel)).pubsub()
+            await pubsub.ssubscribe(*self._channels)
+            return pubsub
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(*self._channels)
+        return pubsub
 
     async def _session(self) -> None:
         """One subscription, until it is lost (raises :class:`StoreUnavailable` then) or the
         loop is stopped."""
-        pubsub = self._redis.pubsub()
+        pubsub: PubSub | None = None
         try:
-            await pubsub.subscribe(*self._channels)
+            pubsub = await self._subscribe()
             heard = next_ping = self._clock()
             # the stop flag, not only the cancellation: one can be swallowed inside redis-py's
             # read timeout (Python 3.11), and the subscription would go on after stop()
@@ -133,5 +154,6 @@ class Channel:
                 listener.lost(why)
             raise StoreUnavailable(f"invalidation channel lost ({why})") from exc
         finally:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()
+            if pubsub is not None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()

@@ -2,9 +2,10 @@
 
 Roles: the **primary** and, for the ``replicated`` strategy, the node's **local replica**.
 :class:`RedisClients` is their only owner; every connection asks one Sentinel discovery
-(:class:`EpochSentinel`) and retries a bounded number of times (:data:`RETRY_COUNT`,
-:data:`RETRY_BACKOFF_CAP_SECONDS`). Who uses which role, and why: docs/strategies.md,
-'Redis clients'.
+(:class:`EpochSentinel`), or, with ``cluster_nodes``, the primary is a Redis Cluster
+(:class:`~extauthz.store.redis.cluster.StoreCluster`); each retries a bounded number of times
+(:data:`RETRY_COUNT`, :data:`RETRY_BACKOFF_CAP_SECONDS`). Who uses which role, and why:
+docs/strategies.md, 'Redis clients'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import REDIS_ERRORS
 from extauthz.store.redis.pool import (
     PoolStats,
@@ -37,7 +39,8 @@ RETRY_COUNT = 2
 RETRY_BACKOFF_BASE_SECONDS = 0.01
 RETRY_BACKOFF_CAP_SECONDS = 0.05
 
-Redis = aioredis.Redis
+Redis = aioredis.Redis | StoreCluster
+"""A client of the primary: one server (Sentinel-managed or not), or a Redis Cluster."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class RedisEndpoints:
     :param primary_url: the primary when no Sentinels are given (``redis://``, ``rediss://``,
         ``unix://``).
     :param sentinels: ``(host, port)`` of each Sentinel; when given, they name the primary.
+    :param cluster_nodes: ``(host, port)`` of Redis Cluster startup nodes; when given, the
+        primary is the cluster (each slot's primary, as the cluster names it).
     :param replica_url: the node's local replica (``replicated``), empty for none.
     :param timeout_seconds: connect and read timeout of every connection.
     :param name: the node's part of the client name (``CLIENT SETNAME``).
@@ -57,6 +62,7 @@ class RedisEndpoints:
     primary_url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_service: str = "extauthz"
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
     replica_url: str = ""
     timeout_seconds: float = 0.5
     name: str = "node"
@@ -185,16 +191,24 @@ class PrimaryConnection(SentinelManagedConnection):
 class RedisClients:
     """One client per role of a node (module docstring); the owner of every connection.
 
-    ``primary`` is a ``redis.asyncio.Redis`` (Sentinel-managed when Sentinels are given),
-    ``replica`` one of the local replica or ``None``. No I/O here; :meth:`aclose` closes
-    both and the Sentinel discovery, once.
+    ``primary`` is a ``redis.asyncio.Redis`` (Sentinel-managed when Sentinels are given) or
+    a :class:`~extauthz.store.redis.cluster.StoreCluster`, ``replica`` one of the local replica
+    or ``None``. No I/O here; :meth:`aclose` closes both and the Sentinel discovery, once.
     """
 
     def __init__(self, endpoints: RedisEndpoints) -> None:
         self.endpoints = endpoints
         e = endpoints
         self._sentinel: EpochSentinel | None = None
-        if e.sentinels:
+        self.primary: Redis
+        if e.cluster_nodes:
+            self.primary = StoreCluster(
+                e.cluster_nodes,
+                pool_size=e.pool_size,
+                pool_wait_seconds=e.pool_wait_seconds,
+                **self._kwargs("primary"),
+            )
+        elif e.sentinels:
             self._sentinel = EpochSentinel(
                 list(e.sentinels),
                 sentinel_kwargs={
@@ -204,7 +218,7 @@ class RedisClients:
                 },
                 **self._kwargs("primary"),
             )
-            self.primary: Redis = self._sentinel.master_for(
+            self.primary = self._sentinel.master_for(
                 e.sentinel_service,
                 connection_class=PrimaryConnection,
                 connection_pool_class=WaitingSentinelPool,
@@ -212,12 +226,12 @@ class RedisClients:
             )
         else:
             self.primary = self._client(e.primary_url, "primary")
-        self.replica: Redis | None = (
+        self.replica: aioredis.Redis | None = (
             self._client(e.replica_url, "replica") if e.replica_url else None
         )
         self._closed = False
 
-    def _client(self, url: str, role: str) -> Redis:
+    def _client(self, url: str, role: str) -> aioredis.Redis:
         pool = WaitingConnectionPool.from_url(url, **self._kwargs(role), **self._pool_kwargs())
         return aioredis.Redis.from_pool(pool)
 
@@ -248,7 +262,9 @@ class RedisClients:
 
     def sentinel_managed(self) -> bool:
         """Whether the primary is named by Sentinels."""
-        return isinstance(self.primary.connection_pool, SentinelConnectionPool)
+        return not isinstance(self.primary, StoreCluster) and isinstance(
+            self.primary.connection_pool, SentinelConnectionPool
+        )
 
     async def aclose(self) -> None:
         """Close every connection of the node (idempotent)."""
@@ -256,6 +272,8 @@ class RedisClients:
             return
         self._closed = True
         await self.primary.aclose()
+        if isinstance(self.primary, StoreCluster):
+            await self.primary.aclose_shards()
         if self.replica is not None:
             await self.replica.aclose()
         if self._sentinel is not None:
@@ -263,5 +281,7 @@ class RedisClients:
 
 
 def _counts(client: Redis) -> dict[str, int]:
+    if isinstance(client, StoreCluster):
+        return dataclasses.asdict(client.stats)
     pool = client.connection_pool
     return dataclasses.asdict(pool.stats if isinstance(pool, WaitingPool) else PoolStats())

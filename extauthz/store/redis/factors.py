@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import redis.asyncio
-
 from extauthz.errors import StoreUnavailable
 from extauthz.login.mfa.factors import (
     CHANGE_ATTEMPTS,
@@ -19,6 +17,7 @@ from extauthz.login.mfa.factors import (
 )
 from extauthz.login.users.records import validate_name
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import store_errors, text, translated
 
 
@@ -28,7 +27,7 @@ class RedisFactorStore:
     factor's field. Raises :class:`~extauthz.errors.StoreUnavailable` when Redis fails and
     :class:`FactorStoreError` naming the key for a malformed record."""
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "extauthz:") -> None:
+    def __init__(self, client: Redis, key_prefix: str = "extauthz:") -> None:
         self._redis = client
         self._prefix = key_prefix + "mfa:"
         self._cas = client.register_script(scripts.SET_FIELD_IF_UNCHANGED)

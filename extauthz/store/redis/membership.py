@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from extauthz.clock import MAX_CLOCK_OFFSET_SECONDS
 from extauthz.errors import SettingsError
 from extauthz.loops import Loop
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
+from extauthz.store.redis.cluster import is_cluster
 from extauthz.store.redis.errors import StoreUnavailable, store_errors, text, translated
 
 log = logging.getLogger("extauthz.store.membership")
@@ -74,7 +74,7 @@ class Membership:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Redis,
         key_prefix: str,
         node_id: str,
         *,
@@ -115,7 +115,10 @@ class Membership:
         )
 
     def keys(self, role: Role) -> list[str]:
-        return [self._prefix + role.members, self._prefix + role.acks]
+        """``[members, acks]`` of ``role``; one hash tag on a cluster (the scripts read both),
+        the names of old on a single primary."""
+        p = self._prefix + ("{membership}" if is_cluster(self._redis) else "")
+        return [p + role.members, p + role.acks]
 
     # -- the node record ----------------------------------------------------------------------
 
@@ -143,12 +146,29 @@ class Membership:
             f"registered in the same store ({self.key}) run another strategy: {named}"
         )
 
-    async def register(self) -> None:
-        """Check and register atomically.
+    @translated("cluster mode")
+    async def _on_cluster_node(self) -> bool:
+        """Whether this node's single-primary client talks to a Redis Cluster node
+        (``INFO cluster``: ``cluster_enabled:1``)."""
+        if is_cluster(self._redis):
+            return False
+        info = await self._redis.info("cluster")
+        return str(info.get("cluster_enabled", "0")) == "1"
 
-        :raises SettingsError: live nodes in this store run another strategy (named).
+    async def register(self) -> None:
+        """Check and register atomically. A node configured for a single primary (or
+        Sentinels) whose primary is a Redis Cluster node is refused: it would share the
+        cluster with nodes configured for it (``store.cluster_nodes``), with other key names.
+
+        :raises SettingsError: live nodes in this store run another strategy (named), or the
+            store is a Redis Cluster that this node is not configured for.
         :raises StoreUnavailable: the store did not answer.
         """
+        if await self._on_cluster_node():
+            raise SettingsError(
+                "store.cluster_nodes: the store is a Redis Cluster node; configure every node "
+                "of the deployment with store.cluster_nodes (docs/strategies.md, 'Redis Cluster')"
+            )
         registered, conflicts = await self._call("check")
         if not registered:
             raise self._conflict_error(conflicts)
@@ -293,8 +313,12 @@ class Membership:
     @translated("publish")
     async def publish(self, channel: str, message: str) -> None:
         """Publish ``message`` on ``channel`` through the primary (a member's liveness
-        proof, :mod:`~extauthz.store.redis.invalidation`)."""
-        await self._redis.publish(channel, message)
+        proof, :mod:`~extauthz.store.redis.invalidation`); a shard channel (``SPUBLISH``) on
+        a cluster, where the node subscribes with ``SSUBSCRIBE``."""
+        if is_cluster(self._redis):
+            await self._redis.spublish(channel, message)
+        else:
+            await self._redis.publish(channel, message)
 
     @translated("pending acknowledgements")
     async def pending(self, role: Role, seq: int) -> list[str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import redis.asyncio
-
 from extauthz.oauth.clients import (
     ClientStoreError,
     OAuthClient,
@@ -15,6 +13,7 @@ from extauthz.oauth.clients import (
     is_client_id,
     sorted_clients,
 )
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import text, translated
 
 
@@ -32,7 +31,7 @@ class RedisClientStore:
     record is malformed.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "extauthz:") -> None:
+    def __init__(self, client: Redis, key_prefix: str = "extauthz:") -> None:
         self._redis = client
         self.key = key_prefix + "oauth_clients"
 

@@ -12,8 +12,12 @@ or refresh token; ``<subh>`` is SHA-256 of the subject):
 - ``consent:<subh>:<client_id>`` the approved scopes (JSON list), with a TTL.
 
 Adding to a family and revoking it are each one ``MULTI``: an add either sees the
-revocation or is seen by it. Every Redis failure raises
-:class:`~extauthz.errors.StoreUnavailable`; a malformed record reads as absent.
+revocation or is seen by it. On a Redis Cluster the keys that one ``MULTI`` reads or writes
+share a hash tag: ``rt:{<hash>}``/``rt_used:{<hash>}`` and ``fam:{<id>}``, ``fam:{<id>}:sids``,
+``fam:{<id>}:rts`` (:func:`~extauthz.store.redis.cluster.tagged`; the names on a single primary
+are unchanged); the refresh tokens of a revoked family are then deleted without ``MULTI``.
+Every Redis failure raises :class:`~extauthz.errors.StoreUnavailable`; a malformed record reads
+as absent.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import hashlib
 import json
 import time
 
-import redis.asyncio
-
 from extauthz.oauth.records import CodeRecord, FamilyMembers, RefreshRecord, Taken
+from extauthz.store.redis.clients import Redis
+from extauthz.store.redis.cluster import is_cluster, tagged
 from extauthz.store.redis.errors import text, translated
 
 REVOKED_MEMORY_SECONDS = 3600  # a family revoked before anything joined it
@@ -42,7 +46,7 @@ class RedisOAuthRecords:
     """:class:`~extauthz.oauth.records.OAuthRecords` in Redis (works with
     ``decode_responses`` on or off)."""
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "extauthz:") -> None:
+    def __init__(self, client: Redis, key_prefix: str = "extauthz:") -> None:
         self._redis = client
         self._p = key_prefix + "oauth:"
 
@@ -72,17 +76,20 @@ class RedisOAuthRecords:
 
     # -- refresh tokens ------------------------------------------------------------------
 
+    def _rt(self, token_hash: str, used: bool = False) -> str:
+        return self._p + ("rt_used:" if used else "rt:") + tagged(token_hash, self._redis)
+
     @translated("oauth put_refresh")
     async def put_refresh(self, token_hash: str, record: RefreshRecord) -> None:
         await self._redis.set(
-            self._p + "rt:" + token_hash, record.to_json(),
+            self._rt(token_hash), record.to_json(),
             pxat=_ms(record.family_expires_at),
         )
 
     async def _refresh(self, token_hash: str) -> tuple[RefreshRecord, bool] | None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(self._p + "rt:" + token_hash)
-            pipe.exists(self._p + "rt_used:" + token_hash)
+            pipe.get(self._rt(token_hash))
+            pipe.exists(self._rt(token_hash, used=True))
             raw, used = await pipe.execute()
         if raw is None:
             return None
@@ -106,14 +113,14 @@ class RedisOAuthRecords:
             return None
         record = found[0]
         first = await self._redis.set(
-            self._p + "rt_used:" + token_hash, "1", nx=True, pxat=_ms(record.family_expires_at)
+            self._rt(token_hash, used=True), "1", nx=True, pxat=_ms(record.family_expires_at)
         )
         return Taken(record, bool(first))
 
     # -- families ------------------------------------------------------------------------
 
     def _fam(self, family: str) -> str:
-        return self._p + "fam:" + family
+        return self._p + "fam:" + tagged(family, self._redis)
 
     def _client_index(self, client_id: str) -> str:
         return self._p + "client:" + client_id + ":fams"
@@ -159,14 +166,18 @@ class RedisOAuthRecords:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(fam, "revoked", "1")
             pipe.pexpire(fam, _ms(REVOKED_MEMORY_SECONDS), nx=True)
-            pipe.smembers(fam + ":sids")
-            pipe.smembers(fam + ":rts")
+            # raw SMEMBERS: redis-py 8.1's cluster MULTI hands smembers()'s ``keys=`` to the
+            # reply callback, which refuses it (TypeError)
+            pipe.execute_command("SMEMBERS", fam + ":sids")
+            pipe.execute_command("SMEMBERS", fam + ":rts")
             pipe.hget(fam, "client_id")
             _, _, sids, rts, client_id = await pipe.execute()
         hashes = frozenset(text(h) for h in rts)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # the family is marked revoked above: what follows needs no MULTI, and a cluster's
+        # refresh tokens live in many slots
+        async with self._redis.pipeline(transaction=not is_cluster(self._redis)) as pipe:
             for token_hash in hashes:
-                pipe.delete(self._p + "rt:" + token_hash)
+                pipe.delete(self._rt(token_hash))
             if client_id is not None:
                 pipe.srem(self._client_index(text(client_id)), family)
             await pipe.execute()

@@ -7,9 +7,8 @@ import math
 import time
 from collections.abc import Callable
 
-import redis.asyncio
-
 from extauthz.login.mfa.pending import PendingLogin
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import text, translated
 
 
@@ -19,7 +18,7 @@ class RedisPendingLogins:
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: Redis,
         key_prefix: str = "extauthz:",
         clock: Callable[[], float] = time.time,
     ) -> None:

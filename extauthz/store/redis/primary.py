@@ -16,9 +16,12 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from extauthz.store.model import Session
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
+from extauthz.store.redis.cluster import StoreCluster, is_cluster, slot_channel
 from extauthz.store.redis.durable import DurablePipeline
 from extauthz.store.redis.errors import (
     StoreUnavailable,
@@ -38,7 +41,7 @@ class RedisPrimary:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Redis,
         key_prefix: str = "extauthz:",
         *,
         wait_replicas: int | str = 0,
@@ -64,7 +67,12 @@ class RedisPrimary:
         self._clock = clock
         self._observe = observe
         self.keys = SessionKeys(key_prefix)
-        self.invalidation_channel = key_prefix + "invalidate"
+        # on a cluster every channel and key of the invalidation shares one slot
+        # (extauthz.store.redis.cluster); on a single primary the names stay as they were
+        tag = "{inv}" if is_cluster(client) else ""
+        self.invalidation_channel = key_prefix + tag + "invalidate"
+        # the script that numbers and publishes an invalidation (a shard channel on a cluster)
+        self.publish_script = scripts.SHARDED_PUBLISH if is_cluster(client) else scripts.PUBLISH
 
     def _session_key(self, token_hash: str) -> str:
         return self.keys.record(token_hash)
@@ -82,15 +90,17 @@ class RedisPrimary:
         return max(1, math.ceil((session.deadline - self._clock()) * 1000))
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Redis:
         """The primary's client (for components that share the store, e.g. the registry)."""
         return self._redis
 
     async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` against the primary. When the node turns out to be demoted
         (``READONLY``, or ``WAIT`` refused by a replica), or ``WAIT`` falls short while the
-        Sentinels already name another primary, re-resolve the primary and try once more.
-        Every store operation passes here: the one place it is timed (``observe``)."""
+        Sentinels already name another primary, re-resolve the primary and try once more. On a
+        cluster: after a connection error or a redirection, read the slot map again and try
+        once more (the shard's replica may have been promoted). Every store operation passes
+        here: the one place it is timed (``observe``)."""
         if self._observe is None:
             return await self._run_once_more(what, op)
         started = time.perf_counter()
@@ -111,6 +121,8 @@ class RedisPrimary:
 
     async def _repoint(self, exc: StoreUnavailable) -> bool:
         """After ``exc``: should the operation be tried again on a re-resolved primary?"""
+        if isinstance(self._redis, StoreCluster):
+            return await _refreshed(self._redis, exc)
         pool = self._redis.connection_pool
         was_demoted = demoted(exc)
         if not was_demoted and not isinstance(exc, StoreWriteNotDurable):
@@ -135,26 +147,35 @@ class RedisPrimary:
         """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
         return await self._online_replicas()
 
-    async def _online_replicas(self) -> int:
-        info = await self._redis.info("replication")
+    async def _online_replicas(self, shard: aioredis.Redis | None = None) -> int:
+        if shard is None and isinstance(self._redis, StoreCluster):
+            return 0  # one shard's count says nothing of the others
+        info = await (shard or self._redis).info("replication")
         return sum(1 for key, value in info.items() if _is_online_replica(key, value))
 
-    async def _all_replicas(self) -> int:
+    async def _all_replicas(self, shard: aioredis.Redis) -> int:
         """What ``WAIT "all"`` waits for (see :meth:`__init__`)."""
         if self._replicas_read is None:
-            return await self._online_replicas()
-        online, read = await asyncio.gather(self._online_replicas(), self._replicas_read())
+            return await self._online_replicas(shard)
+        online, read = await asyncio.gather(self._online_replicas(shard), self._replicas_read())
         return min(online, max(1, read))
 
-    async def _transaction(self) -> DurablePipeline:
+    async def _transaction(self, key: str = "") -> DurablePipeline:
         """A pipeline whose ``execute`` runs its commands in ``MULTI``/``EXEC``, then waits
         (``WAIT``) for ``wait_replicas`` replicas on the same connection
-        (:class:`~extauthz.store.redis.durable.DurablePipeline`)."""
+        (:class:`~extauthz.store.redis.durable.DurablePipeline`). On a cluster, on the primary
+        that owns ``key``'s slot (every key of the transaction must share that slot), and
+        ``"all"`` counts that shard's replicas."""
+        client = self._redis
+        if isinstance(client, StoreCluster):
+            shard = await client.shard_for(key)
+        else:
+            shard = client
         wanted = self._wait_replicas
         if wanted == "all":
-            wanted = await self._all_replicas()
+            wanted = await self._all_replicas(shard)
         assert isinstance(wanted, int)
-        return DurablePipeline(self._redis, wanted, self._wait_timeout_ms)
+        return DurablePipeline(shard, wanted, self._wait_timeout_ms)
 
     async def _publish(self, what: str, token_hash: str) -> int:
         """Publish the invalidation of ``token_hash`` (:data:`~extauthz.store.redis.scripts.
@@ -174,9 +195,9 @@ class RedisPrimary:
         """
 
         async def op() -> int:
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self.invalidation_channel) as pipe:
                 pipe.eval(
-                    scripts.PUBLISH,
+                    self.publish_script,
                     1,
                     self.invalidation_channel + ":seq",
                     self.invalidation_channel,
@@ -186,6 +207,21 @@ class RedisPrimary:
             return int(seq)
 
         return await self._run(what, op)
+
+    async def _replicated_write(self, key: str) -> None:
+        """A write that replicates and leaves nothing behind, and its ``WAIT``, on ``key``'s
+        primary: a ``PUBLISH`` that no one hears on one primary; on a cluster an ``SPUBLISH``
+        (a cluster's ``PUBLISH`` is not in the shard's replication stream) on a channel in
+        ``key``'s slot (:func:`~extauthz.store.redis.cluster.slot_channel`).
+
+        :raises StoreWriteNotDurable: fewer replicas acknowledged within ``wait_timeout_ms``.
+        """
+        async with await self._transaction(key) as pipe:
+            if is_cluster(self._redis):
+                pipe.spublish(slot_channel(key, "sync"), "")
+            else:
+                pipe.publish(self.invalidation_channel + ":sync", "")
+            await pipe.execute()
 
     async def _barriers(self, seq: int) -> None:
         """Wait until the change numbered ``seq`` reached every reader's replica and every
@@ -216,9 +252,11 @@ class RedisPrimary:
         if self._invalidation_barrier is not None:
             await self._invalidation_barrier(seq)
 
-    async def _found_or_replicated(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
-        """``read`` on the primary; when it finds nothing, also wait until ``wait_replicas``
-        replicas have everything the primary wrote before.
+    async def _found_or_replicated(
+        self, what: str, key: str, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``read`` (of ``key``) on the primary; when it finds nothing, also wait until
+        ``wait_replicas`` replicas have everything the primary (``key``'s) wrote before.
 
         A revocation whose ``WAIT`` fell short has deleted the record on the primary only; a
         retry that finds nothing must not report success before the deletion is on the
@@ -235,12 +273,36 @@ class RedisPrimary:
         async def op() -> T:
             found = await read()
             if not found and self._wait_replicas != 0:
-                async with await self._transaction() as pipe:
-                    pipe.publish(self.invalidation_channel + ":sync", "")
-                    await pipe.execute()  # raises StoreWriteNotDurable
+                await self._replicated_write(key)  # raises StoreWriteNotDurable
             return found
 
         return await self._run(what, op)
+
+
+async def _refreshed(cluster: StoreCluster, exc: StoreUnavailable) -> bool:
+    """After ``exc`` on a cluster: read the slot map again when the error may mean that the
+    slot's primary changed (a lost connection, ``MOVED``/``ASK``, ``READONLY``, ``CLUSTERDOWN``,
+    a transaction aborted by one of those); ``True`` when the owner of some slot changed, so
+    a second try may reach the promoted primary."""
+    cause = exc.__cause__
+    moved = isinstance(cause, (ConnectionError, TimeoutError, OSError)) or demoted(exc) or (
+        isinstance(cause, RedisError)
+        and any(sign in str(cause) for sign in ("MOVED", "ASK", "CLUSTERDOWN", "EXECABORT"))
+    )
+    if not moved and not isinstance(exc, StoreWriteNotDurable):
+        return False
+    before = dict(cluster.nodes_manager.slots_cache)
+    try:
+        async with store_errors("cluster slots"):
+            await cluster.refresh()
+    except StoreUnavailable:
+        return False
+    after = cluster.nodes_manager.slots_cache
+    changed = any(
+        [n.name for n in nodes[:1]] != [n.name for n in after.get(slot, [])[:1]]
+        for slot, nodes in before.items()
+    )
+    return changed or (moved and not isinstance(exc, StoreWriteNotDurable))
 
 
 def _is_online_replica(key: Any, value: Any) -> bool:

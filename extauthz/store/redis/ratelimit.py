@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis.asyncio
-
 from extauthz.login.ratelimit import RateKey, Verdict, _check_config, _verdict
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import translated
 
 
@@ -17,7 +16,7 @@ class RedisRateLimiter:
     A Redis that does not answer raises :class:`~extauthz.errors.StoreUnavailable`.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str, limit: int,
+    def __init__(self, client: Redis, key_prefix: str, limit: int,
                  window_seconds: int) -> None:
         _check_config(limit, window_seconds)
         self.limit = limit

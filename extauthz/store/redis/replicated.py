@@ -27,6 +27,7 @@ from extauthz.store.model import (
     Successor,
 )
 from extauthz.store.redis.channel import Channel
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import StoreUnavailable, store_errors
 from extauthz.store.redis.lease import LEASE_RENEW_SECONDS, LEASE_SLACK_SECONDS, ReplicaReadLease
 from extauthz.store.redis.membership import Membership
@@ -102,7 +103,7 @@ class ReplicatedSessionStore:
         self.primary_reads = 0
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Redis:
         """The primary's client."""
         return self._primary.client
 

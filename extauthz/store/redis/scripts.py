@@ -25,6 +25,10 @@ redis.call('PUBLISH', ARGV[1], seq .. ':' .. ARGV[2])
 return seq
 """
 
+# The same on a Redis Cluster: a shard channel (SPUBLISH, Redis 7.0+), which must hash to the
+# slot of KEYS[1] (p+"{inv}invalidate:seq" and p+"{inv}invalidate": extauthz.store.redis.cluster)
+SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
+
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 #
 # Keys: extauthz.store.redis.keys. Every script below touches the keys of one session, so one

@@ -27,6 +27,7 @@ from extauthz.store.model import (
     VersionConflict,
 )
 from extauthz.store.redis import scripts
+from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
 from extauthz.tokens import TAG_LENGTH, subject_tag
@@ -63,7 +64,7 @@ class RedisSessionStore(RedisPrimary):
             if self._wait_replicas == 0:  # no WAIT: the script alone (EVALSHA), one reply
                 await self._create_script(keys=keys, args=args)
                 return
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(scripts.CREATE, len(keys), *keys, *args)
                 await pipe.execute()  # raises StoreWriteNotDurable
 
@@ -78,7 +79,7 @@ class RedisSessionStore(RedisPrimary):
         absolute_ms = max(1, math.ceil((session.expires_at - self._clock()) * 1000))
         index, _ = self.keys.index(session.sid)
         subject_key = self.keys.legacy_subject(session.sub)
-        async with await self._transaction() as pipe:
+        async with await self._transaction(self._session_key(token_hash)) as pipe:
             pipe.set(self._session_key(token_hash), record, px=ttl)
             pipe.set(index, token_hash, px=ttl)
             # the marker: a cookie of this session that idled out is not taken for a guess
@@ -172,7 +173,7 @@ class RedisSessionStore(RedisPrimary):
 
         async def op() -> int:
             index, field = self.keys.index(new.sid)
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.REPLACE_IF_VERSION, 2, self._session_key(token_hash), index,
                     new.to_record(), version, self.keys.index_value(token_hash), field,
@@ -206,7 +207,7 @@ class RedisSessionStore(RedisPrimary):
         async def op() -> tuple[Session | None, bool]:
             raw = await self._redis.get(self._session_key(token_hash))
             session = self._decode(raw)
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 if session is None and raw is not None and self.keys.record_lasts_until_expiry(
                     token_hash
                 ):
@@ -266,7 +267,7 @@ class RedisSessionStore(RedisPrimary):
             now = self._clock()
             tombstone_ms = max(0, math.ceil((session.expires_at - now) * 1000))
             index, field = self.keys.index(session.sid)
-            async with await self._transaction() as pipe:
+            async with await self._transaction(self._session_key(token_hash)) as pipe:
                 pipe.eval(
                     scripts.ROTATE, 6, self._session_key(token_hash),
                     self._successor_key(token_hash), self._session_key(successor.token_hash),
@@ -302,7 +303,9 @@ class RedisSessionStore(RedisPrimary):
         return found if found.until > self._clock() else None
 
     async def revoke_sid(self, sid: str) -> Session | None:
-        token_hash = await self._found_or_replicated("revoke_sid", lambda: self._index_get(sid))
+        token_hash = await self._found_or_replicated(
+            "revoke_sid", self.keys.index(sid)[0], lambda: self._index_get(sid)
+        )
         if token_hash is None:
             await self._settle("revoke_sid")
             return None
@@ -315,7 +318,9 @@ class RedisSessionStore(RedisPrimary):
         return revoked
 
     async def revoke_subject(self, sub: str) -> int:
-        sids = await self._found_or_replicated("revoke_subject", lambda: self._subject_sids(sub))
+        sids = await self._found_or_replicated(
+            "revoke_subject", self.keys.tag_index(subject_tag(sub)), lambda: self._subject_sids(sub)
+        )
         if not sids:
             await self._settle("revoke_subject")
         revoked = 0
@@ -360,9 +365,12 @@ class RedisSessionStore(RedisPrimary):
         """Answer when the primary does. With a Sentinel-managed client, first ask the
         Sentinels who the primary is: after a graceful failover the old primary keeps
         accepting connections for seconds, and this re-points the pool (the health reporter
-        calls it every ``server.health_check_interval_seconds``)."""
+        calls it every ``server.health_check_interval_seconds``). On a cluster: when one
+        primary does (a failed shard costs its own sessions 503s, not the node's health)."""
 
         async def op() -> None:
+            if isinstance(self._redis, StoreCluster):
+                return await self._redis.ping_any()
             pool = self._redis.connection_pool
             if isinstance(pool, SentinelConnectionPool):
                 await pool.get_master_address()

@@ -6,8 +6,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
-import redis.asyncio
-
 from extauthz.login.users.records import (
     _NAME,
     UserRecord,
@@ -17,6 +15,7 @@ from extauthz.login.users.records import (
     validate_name,
 )
 from extauthz.store.redis import scripts
+from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.errors import text, translated
 
 
@@ -41,7 +40,7 @@ class RedisUserStore:
     :class:`UserStoreError` naming the key when a stored record is malformed.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "extauthz:") -> None:
+    def __init__(self, client: Redis, key_prefix: str = "extauthz:") -> None:
         self._redis = client
         self._prefix = key_prefix + "user:"
         self._set_hash = client.register_script(scripts.SET_HASH_IF_EXISTS)
