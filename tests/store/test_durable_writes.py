@@ -268,3 +268,30 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
     assert await store.revoke_sid(session.sid) is None  # confirmed: the replica has it
     assert replica.command(*index_probe(SessionKeys(prefix), session.sid)) == 0
     assert await store.revoke_subject("alice") == 0
+
+
+async def test_a_revocation_short_of_replicas_still_publishes_its_invalidation(
+    nodes: tuple[RedisNode, RedisNode], clients: RedisClients
+) -> None:
+    """Regression: the deletion and its invalidation are two steps (one slot each on a Redis
+    Cluster). When the deletion's ``WAIT`` fell short the invalidation was not published, and a
+    retry by ``sid`` (which finds the index entry gone) waited only for older numbers: the
+    revoking node acknowledged the logout while the caches kept the session until their max
+    age (seen through Envoy in the replicated topology with a partitioned node). The number is
+    published before the error, so the retry's wait covers it."""
+    primary, replica = nodes
+    prefix = f"d{uuid.uuid4().hex[:6]}:"
+    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
+    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    await _acknowledged_write(clients, "attached")
+    _, session = await sessions.create("alice")
+    seq_key = store.invalidation_channel + ":seq"
+    before = int(primary.command("GET", seq_key) or 0)
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreWriteNotDurable):
+            await store.revoke_sid(session.sid)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert int(primary.command("GET", seq_key) or 0) > before

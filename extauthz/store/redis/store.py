@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
+from extauthz.errors import StoreWriteNotDurable
 from extauthz.store.model import (
     UPDATE_ATTEMPTS,
     Session,
@@ -228,7 +229,12 @@ class RedisSessionStore(RedisPrimary):
                 results = await pipe.execute()  # raises StoreWriteNotDurable
             return session, session is not None and int(results[0]) == 0
 
-        session, moved = await self._run("revoke", op)
+        try:
+            session, moved = await self._run("revoke", op)
+        except StoreWriteNotDurable:
+            # deleted on the primary: publish, a retry by sid only waits for the newest (_settle)
+            await self._publish("revoke", token_hash)
+            raise
         await self._barriers(await self._publish("revoke", token_hash))
         if moved and session is not None and hops > 0:
             # rotated between the read and the write: the session lives on under its new token
