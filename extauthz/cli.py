@@ -32,17 +32,10 @@ def _configure_logging(level: str) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from extauthz.server.app import serve
-    from extauthz.settings import StoreBackend, load_settings
+    from extauthz.settings import load_settings
 
     _configure_logging(args.log_level)
     settings = load_settings(args.config)
-    auto = settings.server.workers == "auto" and settings.store.backend != StoreBackend.MEMORY
-    if auto and settings.worker_count < settings.cpu_count:
-        logging.getLogger("extauthz.server").warning(
-            "server.workers = auto: %d of %d CPUs, the gRPC ports from server.grpc_listen's "
-            "up to server.http_listen's: move one of them to use every CPU",
-            settings.worker_count, settings.cpu_count,
-        )  # fmt: skip
     if settings.worker_count > 1:  # a supervisor and its worker processes
         from extauthz.server.worker_wiring import serve_workers
 

@@ -52,6 +52,7 @@ from extauthz.server.store_wiring import (
 )
 from extauthz.server.tasks import KeyReloader
 from extauthz.server.tracing_wiring import build_tracing
+from extauthz.server.worker_wiring import auto_workers_note
 from extauthz.server.workers import WorkerLink
 from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
@@ -331,6 +332,8 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"
         )
+    if (note := auto_workers_note(settings)) is not None:
+        log.warning("%s", note)
     await stop.wait()
     shutdown.begin()  # (a signal began it already)
     # refuse new calls first, then tell the health watchers: a client that sees NOT_SERVING

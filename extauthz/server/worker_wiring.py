@@ -27,7 +27,7 @@ from extauthz.errors import ExtauthzError
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.shutdown import MARGIN_SECONDS
 from extauthz.server.workers import SETTINGS_ERROR_EXIT, Supervisor, WorkerLink
-from extauthz.settings import Settings
+from extauthz.settings import Settings, StoreBackend
 
 __all__ = ["serve_workers", "worker_settings"]
 
@@ -47,6 +47,22 @@ def worker_settings(settings: Settings, node_id: str, index: int) -> Settings:
         node_id=f"{node_id}-w{index}", workers=settings.worker_count,
     )  # fmt: skip
     return dataclasses.replace(settings, server=server)
+
+
+def auto_workers_note(settings: Settings) -> str | None:
+    """The warning a node logs when ``server.workers = "auto"`` uses fewer workers than it has
+    CPUs because the gRPC ports run into ``server.http_listen``'s (``Settings.worker_count``);
+    ``None`` otherwise."""
+    redis = settings.store.backend != StoreBackend.MEMORY
+    if settings.server.workers != "auto" or not redis:
+        return None
+    if settings.worker_count >= settings.cpu_count:
+        return None
+    return (
+        f"server.workers = auto: {settings.worker_count} of {settings.cpu_count} CPUs, the gRPC "
+        "ports from server.grpc_listen's up to server.http_listen's: move one of them to use "
+        "every CPU"
+    )
 
 
 def serve_workers(settings: Settings, log_level: str) -> int:
