@@ -32,6 +32,8 @@ CHECK_ANSWER_MARGIN_MS = 100
 # extauthz.store.redis.invalidation.BARRIER_MARGIN_SECONDS, in milliseconds (the settings do not
 # import the store package)
 CACHE_BARRIER_MARGIN_MS = 100
+# server.workers: a count beyond any machine's cores is a typo, not thousands of processes
+MAX_WORKERS = 256
 
 
 def validate(s: Settings) -> None:
@@ -58,7 +60,8 @@ def validate(s: Settings) -> None:
 
 def _check_listen(dotted: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: str.isdigit() also takes "²" (int() refuses it) and other scripts' digits
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
 
 
@@ -78,6 +81,8 @@ def _validate_workers(s: Settings) -> None:
     workers = s.server.workers
     if isinstance(workers, str) and workers != "auto" or isinstance(workers, int) and workers < 1:
         raise SettingsError(f"server.workers: expected a count >= 1 or 'auto', got {workers!r}")
+    if isinstance(workers, int) and workers > MAX_WORKERS:
+        raise SettingsError(f"server.workers: at most {MAX_WORKERS}, got {workers}")
     if isinstance(workers, int) and workers > 1 and s.store.backend == StoreBackend.MEMORY:
         raise SettingsError(
             f"server.workers: {workers} workers need store.backend = redis (the in-memory "
