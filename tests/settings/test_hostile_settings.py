@@ -4,6 +4,8 @@ accepts but ``int()`` refuses (or reads from another script), are one-line setti
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from extauthz.envoy_config.model import Endpoint
@@ -70,3 +72,28 @@ def test_ipv6_listen_addresses_in_brackets_load() -> None:
     settings = load_settings(environ=environ)
     assert settings.server.grpc_listen == "[::1]:9001"
     assert Endpoint.parse("[::1]:9001") == Endpoint("::1", 9001)
+
+
+@pytest.mark.parametrize(
+    "node", ["127.0.0.1:7000;10.0.0.2:7001", "redis 1:7000", "127.0.0.1:7000/0:7001", "[::1:7000"]
+)
+def test_a_cluster_node_that_is_not_one_host_is_a_settings_error(node: str) -> None:
+    environ = {**REDIS, "EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": node}
+    with pytest.raises(SettingsError, match=r"^store\.cluster_nodes: expected HOST:PORT"):
+        load_settings(environ=environ)
+
+
+def test_two_nodes_in_one_string_of_the_file_are_a_settings_error(tmp_path: Path) -> None:
+    path = tmp_path / "extauthz.toml"
+    path.write_text(
+        '[store]\nbackend = "redis"\nstrategy = "central"\n'
+        'cluster_nodes = ["127.0.0.1:7000,127.0.0.1:7001"]\n'
+    )
+    with pytest.raises(SettingsError, match=r"^store\.cluster_nodes: expected HOST:PORT"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("node", ["[::1]:7000", "::1:7000", "redis-0.redis.ns.svc:7000"])
+def test_cluster_node_hosts_that_load(node: str) -> None:
+    environ = {**REDIS, "EXTAUTHZ_STORE_STRATEGY": "central", "EXTAUTHZ_STORE_CLUSTER_NODES": node}
+    assert load_settings(environ=environ).store.cluster_nodes == (node,)
