@@ -121,16 +121,17 @@ def has_token_shape(candidate: str, prefix: str | tuple[str, ...] = PREFIX) -> b
 
 def token_tag(token: str) -> str | None:
     """The tag of a token of the tagged shape (checked: :func:`has_token_shape`), else ``None``."""
-    if len(token) != TAGGED_TOKEN_LENGTH:
-        return None
-    return token[len(PREFIX) : len(PREFIX) + TAG_LENGTH]
+    tag = token[len(PREFIX) : len(PREFIX) + TAG_LENGTH]
+    # any 57 characters reach token_hash (an OAuth code): never a "{" or ":" into a key
+    return tag if len(token) == TAGGED_TOKEN_LENGTH and _TAG.fullmatch(tag) else None
 
 
 def token_hash(token: str) -> str:
     """The store key part for ``token``, SHA-256 of the token: for a tagged token its tag, a
     dot and the digest in URL-safe base64 without padding (48 characters,
     ``"Ab3d.<43 chars>"``); for an untagged one the digest in hex (64 characters)."""
-    digest = hashlib.sha256(token.encode("ascii"))
+    # UTF-8 is ASCII's bytes for every token; other text (a hostile OAuth code) hashes too
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass"))
     tag = token_tag(token)
     if tag is None:
         return digest.hexdigest()

@@ -31,7 +31,7 @@ class Endpoint:
         """:raises SettingsError: not ``HOST:PORT`` with a port in 1-65535."""
         host, _, port = text.strip().rpartition(":")
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise SettingsError(f"expected HOST:PORT, got {text!r}")
         return cls(host, int(port))
 

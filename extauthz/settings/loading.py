@@ -85,7 +85,8 @@ def _from_text(dotted: str, kind: Any, text: str) -> Any:
     if kind == tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind == int | str:
-        return int(text.strip()) if text.strip().isdigit() else text.strip()
+        stripped = text.strip()
+        return int(stripped) if stripped.isascii() and stripped.isdigit() else stripped
     if _is_enum(kind):
         return _member(dotted, kind, text)
     return text

@@ -25,6 +25,8 @@ _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 6265 token
 # RFC 1035 host name labels (a leading dot is ignored by RFC 6265 §5.2.3 and allowed here)
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"\.?(?:{_LABEL}\.)*{_LABEL}")
+# HOST of HOST:PORT: a name or address, IPv6 in brackets or bare; no space, comma, separator
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9._:-]+|\[[0-9A-Za-z.:%]+\]")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # what a Check needs besides the store, inside Envoy's ext_authz timeout: the gRPC round trip,
 # the JWT, the event loop's other work (docs/strategies.md, 'A Check's budget')
@@ -32,6 +34,7 @@ CHECK_ANSWER_MARGIN_MS = 100
 # extauthz.store.redis.invalidation.BARRIER_MARGIN_SECONDS, in milliseconds (the settings do not
 # import the store package)
 CACHE_BARRIER_MARGIN_MS = 100
+MAX_WORKERS = 256  # server.workers: more is a typo, not thousands of processes to start
 
 
 def validate(s: Settings) -> None:
@@ -58,8 +61,11 @@ def validate(s: Settings) -> None:
 
 def _check_listen(dotted: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: str.isdigit() also takes "²" (int() refuses it) and other scripts' digits
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise SettingsError(f"{dotted}: expected HOST:PORT with a port 1-65535, got {value!r}")
+    if not _LISTEN_HOST.fullmatch(host):
+        raise SettingsError(f"{dotted}: expected HOST:PORT, a host name or address, got {value!r}")
 
 
 def _validate_server(s: model.ServerSettings) -> None:
@@ -78,6 +84,8 @@ def _validate_workers(s: Settings) -> None:
     workers = s.server.workers
     if isinstance(workers, str) and workers != "auto" or isinstance(workers, int) and workers < 1:
         raise SettingsError(f"server.workers: expected a count >= 1 or 'auto', got {workers!r}")
+    if isinstance(workers, int) and workers > MAX_WORKERS:
+        raise SettingsError(f"server.workers: at most {MAX_WORKERS}, got {workers}")
     if isinstance(workers, int) and workers > 1 and s.store.backend == StoreBackend.MEMORY:
         raise SettingsError(
             f"server.workers: {workers} workers need store.backend = redis (the in-memory "

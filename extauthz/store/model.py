@@ -131,8 +131,8 @@ class Session:
                 name: (json.loads(record[code]) if code == "d" else record[code])
                 for code, name in RECORD_FIELDS.items() if code in record
             }))  # fmt: skip
-        except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError,
-                msgpack.StackError) as exc:  # fmt: skip
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError,
+                msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:  # fmt: skip
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
 
     @classmethod
@@ -143,25 +143,26 @@ class Session:
             return cls(
                 sid=str(record["sid"]),
                 sub=str(record["sub"]),
-                created_at=float(record["created_at"]),
-                last_seen=float(record["last_seen"]),
+                created_at=_finite(record["created_at"]),
+                last_seen=_finite(record["last_seen"]),
                 idle_timeout=int(record["idle_timeout"]),
-                expires_at=float(record["expires_at"]),
-                scopes=tuple(str(s) for s in record.get("scopes", ())),
-                roles=tuple(str(r) for r in record.get("roles", ())),
+                expires_at=_finite(record["expires_at"]),
+                scopes=tuple(str(s) for s in _list(record.get("scopes", ()))),
+                roles=tuple(str(r) for r in _list(record.get("roles", ()))),
                 data=dict(record.get("data") or {}),
                 version=int(record.get("version", 1)),
                 rotated_at=(
-                    None if record.get("rotated_at") is None else float(record["rotated_at"])
+                    None if record.get("rotated_at") is None else _finite(record["rotated_at"])
                 ),
                 kind=_kind(record.get("kind", "session")),
                 client_id=(None if record.get("client_id") is None else str(record["client_id"])),
                 amr=_amr(record.get("amr", ())),
                 auth_time=(
-                    None if record.get("auth_time") is None else float(record["auth_time"])
+                    None if record.get("auth_time") is None else _finite(record["auth_time"])
                 ),
             )
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError, RecursionError,
+                json.JSONDecodeError) as exc:  # fmt: skip
             raise ValueError(f"not a session record: {exc.__class__.__name__}") from None
 
 
@@ -184,6 +185,21 @@ and ``E`` stand for ``l`` and ``e`` as offsets from ``c``."""
 
 SESSION_KINDS = ("session", "oauth", "api_key")
 """The kinds of credential a session record stands for (:attr:`Session.kind`)."""
+
+
+def _finite(value: object) -> float:
+    """A stored time (epoch seconds): NaN or infinity would keep a record alive forever."""
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise TypeError("a time must be a finite number")
+    return number
+
+
+def _list(value: object) -> list[Any] | tuple[Any, ...]:
+    """A stored list (scopes, roles): a string would read as one scope per character."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("expected a list")
+    return value
 
 
 def _kind(value: object) -> str:
@@ -230,7 +246,8 @@ class Successor:
         try:
             record = json.loads(text)
             return cls(str(record["token_hash"]), str(record["sealed"]), float(record["until"]))
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError, RecursionError,
+                json.JSONDecodeError) as exc:  # fmt: skip
             raise ValueError(f"not a successor record: {exc.__class__.__name__}") from None
 
 
