@@ -21,7 +21,8 @@ The phases, in order (docs/benchmarks.md):
 2. **One connection** (benchmarks/latency.py): ``wrk -c1``, one request at a time: p50 ... p99.9
    and what each auth step adds over Envoy alone.
 3. **Open loop** (benchmarks/latency.py): h2load at a fixed offered rate (``--open-loop-fraction``
-   of the no-op server's measured peak), latency from the intended send time.
+   of the lower of the no-op server's and extauthz's measured peaks), latency from the
+   intended send time.
 4. **Scaling** (benchmarks/scaling.py): extauthz with 1, 2, ... ``server.workers``.
 5. **Memory** (benchmarks/memory.py): RSS of each extauthz process after
    ``--checks-for-memory`` Checks.

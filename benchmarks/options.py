@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     add("--latency-duration", type=int, default=5,
         help="seconds of one-connection load per scenario (wrk -c1)")  # fmt: skip
     add("--open-loop-fraction", type=float, default=0.5,
-        help="the open-loop rate as a fraction of the no-op server's measured peak (0.5)")
+        help="the open-loop rate as a fraction of the lower of the no-op server's and "
+             "extauthz's (cache on) measured peaks (0.5)")  # fmt: skip
     add("--open-loop-duration", type=float, default=10.0,
         help="seconds of open-loop load per scenario (10)")  # fmt: skip
     add("--scaling", type=_workers, metavar="N,N,...",

@@ -75,10 +75,11 @@ def run_phases(args: argparse.Namespace, stack: Stack, report: dict[str, Any]) -
 def open_loop_phase(
     args: argparse.Namespace, stack: Stack, throughput: list[dict[str, Any]], problems: list[str]
 ) -> dict[str, Any]:
-    """Every scenario with headroom at one offered rate: ``--open-loop-fraction`` of the no-op
-    server's peak (at most :data:`SMOKE_OPEN_LOOP_RATE` with ``--smoke``)."""
+    """Every scenario with headroom at one offered rate: ``--open-loop-fraction`` of the lower
+    of the no-op server's and extauthz's (cache on) peaks, so that the two compared scenarios
+    both run at it (at most :data:`SMOKE_OPEN_LOOP_RATE` with ``--smoke``)."""
     peaks = {r["scenario"]: r["rps"] for r in throughput}
-    rate = args.open_loop_fraction * peaks["ext_authz_noop"]
+    rate = args.open_loop_fraction * min(peaks["ext_authz_noop"], peaks["ext_authz"])
     if args.smoke:
         rate = min(rate, SMOKE_OPEN_LOOP_RATE)
     runs, skipped = [], []

@@ -111,7 +111,8 @@ def open_loop_section(report: dict[str, Any]) -> str:
     skipped = "".join(f"\n* not run: {s['label']}: {s['reason']}" for s in ol.get("skipped", []))
     return (
         f"## Open loop at a fixed offered rate ({ol['rate']:.0f} req/s = {ol['fraction']:.0%} of "
-        f"the no-op server's measured peak, {ol['duration_s']:g} s per scenario)\n\n"
+        f"the lower of the no-op server's and extauthz's measured peaks, {ol['duration_s']:g} s "
+        "per scenario)\n\n"
         "h2load sends on a schedule whatever the answers do; latency in ms from each request's "
         "intended send time (coordinated omission corrected); *sender lag*: how far h2load "
         "itself fell behind its schedule (counted into the latencies).\n\n"
