@@ -82,6 +82,25 @@ def free_ports(count: int, host: str = LOOPBACK) -> int:
     raise OSError(f"no {count} consecutive free ports on {host}")
 
 
+def free_port_pair(offset: int, host: str = LOOPBACK) -> int:
+    """A port free together with ``port + offset`` (a Redis Cluster node and its bus port),
+    both below the kernel's ephemeral range and never handed out before, like
+    :func:`free_port`'s.
+
+    :raises OSError: no such pair could be found in 500 tries.
+    """
+    high = _ephemeral_low() - offset
+    for _ in range(500):
+        port = random.randrange(FIRST_PORT, max(FIRST_PORT + 1, high))
+        pair = (port, port + offset)
+        if any(p in _handed_out or p in RESERVED_PORTS for p in pair):
+            continue
+        if all(_bindable(host, p) for p in pair):
+            _handed_out.update(pair)
+            return port
+    raise OSError(f"no free port pair (port, port + {offset}) on {host}")
+
+
 def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
     """True when a TCP connection to ``host:port`` succeeds now."""
     try:

@@ -10,50 +10,27 @@ is ready when every node reports ``cluster_state:ok``.
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Self
 
 import redis
 
-from .ports import FIRST_PORT, LOOPBACK, RESERVED_PORTS, _ephemeral_low
+from .ports import LOOPBACK, free_port_pair
 from .process import ProcessError, wait_until
 from .redis import RedisServer
 
 BUS_PORT_OFFSET = 10000
 """A cluster node's bus port is its port plus this (Redis's fixed rule)."""
 
-_handed_out: set[int] = set()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_cluster_port() -> int:
-    """A loopback port that is free together with its bus port (``port + 10000``), both
-    below the kernel's ephemeral range (see :func:`harness.ports.free_port`).
+    """A loopback port that is free together with its bus port (``port + 10000``)
+    (:func:`harness.ports.free_port_pair`).
 
-    :raises OSError: none found in 500 tries.
+    :raises OSError: none found.
     """
-    high = _ephemeral_low() - BUS_PORT_OFFSET
-    for _ in range(500):
-        port = random.randrange(FIRST_PORT, max(FIRST_PORT + 1, high))
-        pair = (port, port + BUS_PORT_OFFSET)
-        if any(p in _handed_out or p in RESERVED_PORTS for p in pair):
-            continue
-        if all(_bindable(p) for p in pair):
-            _handed_out.update(pair)
-            return port
-    raise OSError("no free port pair (port, port + 10000) on loopback")
+    return free_port_pair(BUS_PORT_OFFSET)
 
 
 def cli_binary() -> str | None:

@@ -27,3 +27,12 @@ def test_the_ephemeral_range_is_read_from_the_kernel_or_defaults(tmp_path: Path)
     assert _ephemeral_low(str(tmp_path / "missing")) == 32768
     (tmp_path / "junk").write_text("")
     assert _ephemeral_low(str(tmp_path / "junk")) == 32768
+
+
+def test_a_cluster_port_pair_is_never_handed_out_again() -> None:
+    # the pair search shares free_port's record: neither port nor its bus port comes back
+    from harness.ports import _handed_out, free_port_pair
+
+    first = free_port_pair(10000)
+    assert {first, first + 10000} <= _handed_out
+    assert all(free_port() not in (first, first + 10000) for _ in range(200))
