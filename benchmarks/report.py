@@ -22,18 +22,23 @@ def render_table(results: list[dict[str, Any]]) -> str:
         for r in results
     ]
     cpu_head = ("scenario", "envoy", "authz server", "redis", "wrk", "other", "redis cmds/req")
-    cpu_rows = [
-        (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} us ({r['cpu_cores'][k]:.2f})"
-                       for k in ("envoy", "extauthz", "redis", "wrk", "other")),
-         f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
-        for r in results
-    ]
     return (
         _table(head, rows)
         + "\n\nCPU per request in microseconds (in parentheses: cores busy over the run; "
         "other: the rest of the machine)\n"
-        + _table(cpu_head, cpu_rows)
+        + _table(cpu_head, cpu_rows(results, " us"))
     )
+
+
+def cpu_rows(results: list[dict[str, Any]], unit: str = "") -> list[tuple[str, ...]]:
+    """Per scenario: its label, the CPU per request of each process (µs, ``unit`` after the
+    number) with the cores it kept busy, and Redis commands per request."""
+    return [
+        (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f}{unit} ({r['cpu_cores'][k]:.2f})"
+                       for k in ("envoy", "extauthz", "redis", "wrk", "other")),
+         f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
+        for r in results
+    ]
 
 
 def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:

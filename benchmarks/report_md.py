@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import cpu_rows
+
 # the hot-path targets (issue 13, item 2): extauthz (session cache on) against the no-op Check
 TARGET_CPU_RATIO = 1.15  # CPU per Check in the authz server, at most this × the no-op's
 TARGET_RPS_RATIO = 0.85  # throughput, at least this × the no-op's
@@ -36,12 +38,6 @@ def throughput_section(report: dict[str, Any]) -> str:
     p = report["params"]
     rows = [(r["label"], f"{r['rps']:.0f}", _ms(r["p50_ms"]), _ms(r["p90_ms"]), _ms(r["p99_ms"]),
              str(r["non_2xx"]), str(r["requests"])) for r in results]  # fmt: skip
-    cpu_rows = [
-        (r["label"], *(f"{r['cpu_us_per_request'][k]:.0f} ({r['cpu_cores'][k]:.2f})"
-                       for k in ("envoy", "extauthz", "redis", "wrk", "other")),
-         f"{r['redis_commands_per_request']:.2f}")  # fmt: skip
-        for r in results
-    ]
     return (
         f"## Throughput (closed loop: wrk -t{p['threads']} -c{p['connections']} "
         f"-d{p['duration_s']}s)\n\n"
@@ -49,7 +45,7 @@ def throughput_section(report: dict[str, Any]) -> str:
         + "\n\nCPU per request in µs, per process (in parentheses: cores busy over the run; "
         "the authz server is the process Envoy called; other: the rest of the machine)\n\n"
         + table(("scenario", "Envoy", "authz server", "Redis", "wrk", "other", "Redis cmds/req"),
-                cpu_rows)  # fmt: skip
+                cpu_rows(results))  # fmt: skip
     )
 
 
