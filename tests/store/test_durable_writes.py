@@ -22,6 +22,7 @@ import pytest
 from extauthz import tokens
 from extauthz.errors import StoreWriteNotDurable, Unauthenticated
 from extauthz.store.manager import SessionManager
+from extauthz.store.model import Session
 from extauthz.store.redis.clients import RedisClients, RedisEndpoints
 from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import RedisSessionStore
@@ -69,6 +70,19 @@ async def _acknowledged_write(clients: RedisClients, key: str, replicas: int = 1
         pipe.set(key, "1")
         pipe.execute_command("WAIT", replicas, 5000)
         assert (await pipe.execute())[-1] == replicas
+
+
+async def _alice_on_a_replicated_store(
+    clients: RedisClients,
+) -> tuple[str, RedisSessionStore, Session]:
+    """A store of its own key prefix that confirms a write once 1 replica has it, and a
+    session of alice's created on it (after the replica's first acknowledgement)."""
+    prefix = f"d{uuid.uuid4().hex[:6]}:"
+    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
+    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
+    await _acknowledged_write(clients, "attached")
+    _, session = await sessions.create("alice")
+    return prefix, store, session
 
 
 async def test_no_write_is_confirmed_while_the_only_replica_is_stopped(
@@ -247,11 +261,7 @@ async def test_a_retried_revocation_is_not_confirmed_until_the_replicas_have_the
     network namespaces). The retry now succeeds only once the replicas have everything the
     primary wrote before it."""
     primary, replica = nodes
-    prefix = f"d{uuid.uuid4().hex[:6]}:"
-    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
-    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
-    await _acknowledged_write(clients, "attached")
-    _, session = await sessions.create("alice")
+    prefix, store, session = await _alice_on_a_replicated_store(clients)
     assert replica.pid is not None
     os.kill(replica.pid, signal.SIGSTOP)
     try:
@@ -280,11 +290,7 @@ async def test_a_revocation_short_of_replicas_still_publishes_its_invalidation(
     age (seen through Envoy in the replicated topology with a partitioned node). The number is
     published before the error, so the retry's wait covers it."""
     primary, replica = nodes
-    prefix = f"d{uuid.uuid4().hex[:6]}:"
-    store = RedisSessionStore(clients.primary, prefix, wait_replicas=1, wait_timeout_ms=200)
-    sessions = SessionManager(store, idle_timeout=600, absolute_timeout=3600)
-    await _acknowledged_write(clients, "attached")
-    _, session = await sessions.create("alice")
+    prefix, store, session = await _alice_on_a_replicated_store(clients)
     seq_key = store.invalidation_channel + ":seq"
     before = int(primary.command("GET", seq_key) or 0)
     assert replica.pid is not None
