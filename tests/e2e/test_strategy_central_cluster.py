@@ -69,16 +69,6 @@ async def clients(nodes: list[ExtauthzProcess]) -> AsyncIterator[list[AuthzClien
         await client.close()
 
 
-async def _warm(client: AuthzClient, token: str, deadline: float) -> None:
-    while True:
-        result = await client.check(token)
-        assert result.allowed, result
-        if result.cache == "hit":
-            return
-        assert time.monotonic() < deadline, f"{client.target} never answered from its cache"
-        await asyncio.sleep(0.02)
-
-
 async def test_create_lookup_revoke_and_revoke_all_on_the_cluster(
     clients: list[AuthzClient], nodes: list[ExtauthzProcess]
 ) -> None:
@@ -112,7 +102,7 @@ async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
     for trial in range(TRIALS):
         token, sid = await first.create_session(f"user-{trial}")
         deadline = time.monotonic() + 10
-        await asyncio.gather(*(_warm(c, token, deadline) for c in clients))
+        await asyncio.gather(*(c.warm(token, deadline) for c in clients))
         assert await first.revoke(sid)
         results = await asyncio.gather(*(c.check(token) for c in clients))
         allowed_after_revoke += sum(1 for r in results if r.allowed)

@@ -102,18 +102,6 @@ async def clients(nodes: list[ExtauthzProcess]) -> AsyncIterator[list[AuthzClien
         await client.close()
 
 
-async def _warm(client: AuthzClient, token: str, deadline: float) -> None:
-    """Check until the node answers from its cache (its channel may still be proving itself
-    alive right after start or after a cut)."""
-    while True:
-        result = await client.check(token)
-        assert result.allowed, result
-        if result.cache == "hit":
-            return
-        assert time.monotonic() < deadline, f"{client.target} never answered from its cache"
-        await asyncio.sleep(0.02)
-
-
 async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
     clients: list[AuthzClient],
 ) -> None:
@@ -125,7 +113,7 @@ async def test_revocation_through_one_node_is_seen_by_every_warm_cache(
     for trial in range(TRIALS):
         token, sid = await first.create_session(f"user-{trial}")
         deadline = time.monotonic() + 10
-        await asyncio.gather(*(_warm(c, token, deadline) for c in clients))
+        await asyncio.gather(*(c.warm(token, deadline) for c in clients))
         t0 = time.perf_counter()
         hit = await clients[trial % 3].check(token)
         hit_ms.append((time.perf_counter() - t0) * 1000)
@@ -175,13 +163,13 @@ async def test_a_node_with_its_push_channel_cut_does_not_answer_from_its_cache(
         # publish) is still answered from the warm caches -- so the test can tell
         control, _ = await first.create_session("control")
         deadline = time.monotonic() + 10
-        await asyncio.gather(*(_warm(c, control, deadline) for c in clients))
+        await asyncio.gather(*(c.warm(control, deadline) for c in clients))
         admin.delete(_session_key(control))
         assert (await second.check(control)).cache == "hit"
         assert (await third.check(control)).allowed
 
         token, sid = await first.create_session("cut-user")
-        await asyncio.gather(*(_warm(c, token, deadline) for c in clients))
+        await asyncio.gather(*(c.warm(token, deadline) for c in clients))
 
         # cut node 3's push channel: no channel permission, its pub/sub connection killed;
         # its reconnection attempts fail (NOPERM) while its reads keep working
@@ -209,7 +197,7 @@ async def test_a_node_with_its_push_channel_cut_does_not_answer_from_its_cache(
             assert time.monotonic() < deadline, "node 3 never left the caching nodes"
             await asyncio.sleep(0.05)
         other, other_sid = await first.create_session("cut-revoke")
-        await _warm(second, other, time.monotonic() + 10)
+        await second.warm(other, time.monotonic() + 10)
         assert (await third.check(other)).cache == "bypass"
         t0 = time.perf_counter()
         assert await first.revoke(other_sid)

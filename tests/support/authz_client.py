@@ -6,6 +6,8 @@ unlike the CLI): one :class:`AuthzClient` per node, each with its own channel.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -48,6 +50,18 @@ class AuthzClient:
         resp = await self._authz.Check(bearer_request(token, path), timeout=self.timeout)
         metadata = {k: str(v) for k, v in resp.dynamic_metadata.items()}
         return CheckResult(resp.status.code == code_pb2.OK, resp.status.code, metadata)
+
+    async def warm(self, token: str, deadline: float) -> None:
+        """Check until the node answers ``token`` from its cache (its channel may still be
+        proving itself alive right after start or after a cut), by ``deadline``
+        (``time.monotonic()``); every answer must allow."""
+        while True:
+            result = await self.check(token)
+            assert result.allowed, result
+            if result.cache == "hit":
+                return
+            assert time.monotonic() < deadline, f"{self.target} never answered from its cache"
+            await asyncio.sleep(0.02)
 
     async def create_session(self, sub: str) -> tuple[str, str]:
         """``(opaque token, sid)`` of a new session for ``sub``."""
