@@ -45,8 +45,10 @@ class _Context:
         raise RuntimeError(args)
 
 
-async def run(calls: int) -> tuple[float, float]:
-    """(fastest, median) CPU microseconds per call."""
+async def pipeline() -> tuple[Any, bytes]:
+    """The composition root's ``AuthorizationServicer`` on an in-memory store with one
+    session, and the bytes of a ``CheckRequest`` Envoy would send for it (shared with
+    :mod:`benchmarks.check_hosted`)."""
     from extauthz.server.app import build_components
     from extauthz.server.grpc_server import AuthorizationServicer
     from extauthz.settings import load_settings
@@ -64,10 +66,17 @@ async def run(calls: int) -> tuple[float, float]:
     request.attributes.context_extensions["client"] = "auto"
     request.attributes.source.address.socket_address.address = "127.0.0.1"
     wire = request.SerializeToString()
-    servicer, context = AuthorizationServicer(components.authorizer), _Context()
-    first = await servicer.Check(CheckRequest.FromString(wire), context)
+    servicer = AuthorizationServicer(components.authorizer)
+    first = await servicer.Check(CheckRequest.FromString(wire), _Context())
     if first.status.code != 0:
         raise SystemExit(f"the Check did not allow: {first}")
+    return servicer, wire
+
+
+async def run(calls: int) -> tuple[float, float]:
+    """(fastest, median) CPU microseconds per call."""
+    servicer, wire = await pipeline()
+    context = _Context()
     for _ in range(2000):
         (await servicer.Check(CheckRequest.FromString(wire), context)).SerializeToString()
     batch, results = max(calls // 7, 1), []
