@@ -138,9 +138,14 @@ def test_the_store_figures_against_their_targets() -> None:
     figures = {"sessions": 2000, "concurrency": 50, "bytes_per_session": 388.2,
                "keys_per_session": 2.0, "creates_per_second": 4100,
                "python_cpu_us_per_create": 120.5, "redis_cpu_us_per_create": 30.1,
-               "redis_version": "7.0.15"}  # fmt: skip
+               "redis_version": "7.0.15", "processes": 2, "node_creates_per_second": 4900,
+               "node_python_cpu_us_per_create": 130.0}  # fmt: skip
     text = store_section({"store_bench": {"figures": figures}})
     assert "| 388.2 | ≤ 400 | met |" in text
-    assert "| 4100 | ≥ 5000 | not met |" in text
+    # the target is per node (every worker process of one node at once), not per process
+    assert "one process | 4100 |  |" in text
+    assert "one node (2 processes at once) | 4900 | ≥ 5000 | not met |" in text
+    figures["node_creates_per_second"] = 8200
+    assert "| 8200 | ≥ 5000 | met |" in store_section({"store_bench": {"figures": figures}})
     note = store_section({"store_bench": {"note": "Not measured: no store_bench.py."}})
     assert note.endswith("Not measured: no store_bench.py.")
