@@ -122,12 +122,18 @@ TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context, §3
 def trace_context(request: CheckRequest) -> dict[str, str]:
     """The checked request's W3C Trace Context headers (``traceparent``, ``tracestate``;
     lower-case names), those that are there, as Envoy forwarded them in
-    ``attributes.request.http`` (``headers`` or ``header_map``)."""
+    ``attributes.request.http`` (``headers`` or ``header_map``).
+
+    Repeated lines are joined with ``,`` as :func:`to_request_context` joins them (and as
+    Envoy does in ``headers``): ``tracestate`` lines make one list (W3C Trace Context §3.3.1.1),
+    and two ``traceparent`` lines make a value that is not a ``traceparent``, so the Check
+    starts a trace of its own instead of following whichever line came last (§3.2.2.1)."""
     http = request.attributes.request.http
     if http.header_map.headers:
-        return {
-            e.key.lower(): e.raw_value.decode("utf-8", "replace") if e.raw_value else e.value
+        return join_headers(
+            (e.key, e.raw_value.decode("utf-8", "replace") if e.raw_value else e.value)
             for e in http.header_map.headers
             if e.key.lower() in TRACE_CONTEXT_HEADERS
-        }
-    return {k.lower(): v for k, v in http.headers.items() if k.lower() in TRACE_CONTEXT_HEADERS}
+        )
+    fields = http.headers
+    return join_headers((k, fields[k]) for k in fields if k.lower() in TRACE_CONTEXT_HEADERS)

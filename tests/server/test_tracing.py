@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from extauthz.check.envoy_adapter import trace_context
 from extauthz.errors import StoreUnavailable
 from extauthz.server.app import Components, build_components
 from extauthz.server.grpc_server import AuthorizationServicer
@@ -102,6 +103,26 @@ async def test_without_call_metadata_the_request_headers_carry_the_trace(traced_
     assert format(span.context.trace_id, "032x") == ENVOY_TRACE
     assert dict(span.attributes or {})["extauthz.decision"] == "deny"
     assert traced_node.finished(STORE_SPAN) == []  # a malformed token never reaches the store
+
+
+async def test_repeated_traceparent_lines_start_a_trace_of_their_own(traced_node: Node) -> None:
+    """Two ``traceparent`` lines (``header_map``, Envoy's ``encode_raw_headers``): the Check
+    follows neither, not whichever came last (W3C Trace Context §3.2.2.1); ``tracestate``
+    lines are one list (§3.3.1.1)."""
+    request = _bearer("xat_bad")
+    lines = [("traceparent", traceparent(HEADER_PARENT)), ("tracestate", "a=1"),
+             ("traceparent", traceparent(CALL_PARENT)), ("tracestate", "b=2")]  # fmt: skip
+    for name, line in lines:
+        entry = request.attributes.request.http.header_map.headers.add()
+        entry.key, entry.raw_value = name, line.encode()
+    assert trace_context(request) == {
+        "traceparent": f"{traceparent(HEADER_PARENT)},{traceparent(CALL_PARENT)}",
+        "tracestate": "a=1,b=2",
+    }
+    await traced_node.check.Check(request, FakeServicerContext())
+    (span,) = traced_node.finished(CHECK_SPAN)
+    assert span.parent is None
+    assert format(span.context.trace_id, "032x") != ENVOY_TRACE
 
 
 async def test_a_check_without_trace_context_starts_its_own(traced_node: Node) -> None:
