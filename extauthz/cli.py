@@ -45,7 +45,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_envoy_config(args: argparse.Namespace) -> int:
     from extauthz.check.context import check_headers
-    from extauthz.envoy_config import SettingsValues, run
+    from extauthz.envoy_config import SettingsValues
+    from extauthz.envoy_config.command import run
     from extauthz.settings import load_settings
 
     settings = load_settings(args.config)
