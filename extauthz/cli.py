@@ -31,7 +31,6 @@ def _configure_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extauthz.server.app import serve
     from extauthz.settings import load_settings
 
     _configure_logging(args.log_level)
@@ -40,6 +39,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from extauthz.server.worker_wiring import serve_workers
 
         return serve_workers(settings, args.log_level)
+    from extauthz.server.app import serve  # the node: not in a supervisor, which serves nothing
+
     return asyncio.run(serve(settings))
 
 

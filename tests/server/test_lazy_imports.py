@@ -67,3 +67,27 @@ def test_oauth_on_loads_authlib(tmp_path: Path) -> None:
     node_settings(tmp_path, "n1", MEMORY, oauth={"enabled": True, "issuer": "https://auth.example"})
     loaded = _watched(_loaded_at_start_up(tmp_path / "n1.toml"))
     assert loaded == {"authlib", "extauthz.oauth.server"}
+
+
+@pytest.mark.e2e
+def test_a_supervisor_does_not_load_the_node(tmp_path: Path) -> None:
+    """With ``server.workers`` > 1 the process ``extauthz serve`` started only supervises:
+    the node (``extauthz.server.app`` and what it imports) is loaded by each worker."""
+    redis = {"strategy": "central", "backend": "redis", "redis_url": "redis://127.0.0.1:1/0"}
+    node_settings(tmp_path, "n1", redis, server={"node_id": "n1", "workers": 2,
+                                                 "grpc_listen": "127.0.0.1:9101"})  # no I/O
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from extauthz.server import worker_wiring
+        worker_wiring.serve_workers = lambda settings, log_level: 0  # no workers started
+        from extauthz.cli import main
+        assert main(["serve", "--config", {str(tmp_path / "n1.toml")!r}]) == 0
+        print("\\n".join(m for m in ("extauthz.server.app", "aiohttp")
+                         if m in sys.modules))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
