@@ -31,7 +31,6 @@ def _configure_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extauthz.server.app import serve
     from extauthz.settings import load_settings
 
     _configure_logging(args.log_level)
@@ -40,12 +39,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from extauthz.server.worker_wiring import serve_workers
 
         return serve_workers(settings, args.log_level)
+    from extauthz.server.app import serve  # the node: not in a supervisor, which serves nothing
+
     return asyncio.run(serve(settings))
 
 
 def _cmd_envoy_config(args: argparse.Namespace) -> int:
     from extauthz.check.context import check_headers
-    from extauthz.envoy_config import SettingsValues, run
+    from extauthz.envoy_config import SettingsValues
+    from extauthz.envoy_config.command import run
     from extauthz.settings import load_settings
 
     settings = load_settings(args.config)

@@ -40,7 +40,7 @@ from extauthz.server.http_server import ForwardAuth, build_http_app
 from extauthz.server.listeners import bind_tcp
 from extauthz.server.metrics_wiring import build_metrics, metrics_services, watch_keys
 from extauthz.server.node_state import NodeProbe
-from extauthz.server.oauth_wiring import OAuthHandlers, build_oauth
+from extauthz.server.oauth_wiring import build_oauth
 from extauthz.server.shutdown import MARGIN_SECONDS, Shutdown
 from extauthz.server.store_wiring import (
     RedisSide,
@@ -58,9 +58,10 @@ from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
 
-if TYPE_CHECKING:  # loaded only when tracing is on
+if TYPE_CHECKING:  # loaded only when tracing, or OAuth, is on
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from extauthz.oauth.http import OAuthHandlers
     from extauthz.server.tracing import CheckTracing
 
 __all__ = ["Components", "build_components", "serve"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -31,8 +32,10 @@ from extauthz.check.forwarded import (
 from extauthz.errors import BadRequest, Reason, StoreUnavailable
 from extauthz.keys.keyring import KeyRing
 from extauthz.login.http import AuthHandlers, client_address
-from extauthz.oauth.http import OAuthHandlers
 from extauthz.server.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:  # loaded only when oauth.enabled (extauthz.server.oauth_wiring)
+    from extauthz.oauth.http import OAuthHandlers
 
 JWKS_PATH = "/.well-known/jwks.json"
 KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring", KeyRing)

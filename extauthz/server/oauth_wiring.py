@@ -1,12 +1,15 @@
 """The composition root's OAuth part (``[oauth]``, :mod:`extauthz.oauth`): built by
 :func:`build_oauth` when ``oauth.enabled`` is true. A module of its own beside ``app.py``
-(which is at the size limit), with the same right to read settings."""
+(which is at the size limit), with the same right to read settings.
+
+The authorization server (Authlib and the modules over it) is imported by :func:`build_oauth`
+when it is on, and only then: a node without it does not carry Authlib (tested by
+tests/server/test_lazy_imports.py)."""
 
 from __future__ import annotations
 
 import logging
-
-from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+from typing import TYPE_CHECKING
 
 from extauthz.check.minting import JwtMinter
 from extauthz.errors import SettingsError
@@ -14,8 +17,6 @@ from extauthz.login.csrf import SameSiteCheck
 from extauthz.login.http import AuthHandlers
 from extauthz.oauth.clients import ClientStore
 from extauthz.oauth.consent import parse_descriptions
-from extauthz.oauth.grants import build_server
-from extauthz.oauth.http import OAuthHandlers
 from extauthz.oauth.issuer import Lifetimes, TokenIssuer
 from extauthz.oauth.metadata import metadata
 from extauthz.oauth.records import MemoryOAuthRecords, OAuthRecords
@@ -25,7 +26,10 @@ from extauthz.store.manager import SessionManager
 from extauthz.store.redis.clients import Redis
 from extauthz.store.redis.oauth_records import RedisOAuthRecords
 
-__all__ = ["OAuthHandlers", "build_oauth"]
+if TYPE_CHECKING:  # loaded only when oauth.enabled (module docstring)
+    from extauthz.oauth.http import OAuthHandlers
+
+__all__ = ["build_oauth"]
 
 log = logging.getLogger("extauthz")
 
@@ -48,6 +52,11 @@ def build_oauth(
     own_tokens = client_credentials_revoker(sessions.store)
     if not settings.oauth.enabled:
         return None, own_tokens
+    from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+
+    from extauthz.oauth.grants import build_server
+    from extauthz.oauth.http import OAuthHandlers
+
     o = settings.oauth
     records: OAuthRecords = (
         RedisOAuthRecords(client, settings.store.key_prefix)

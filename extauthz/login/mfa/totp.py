@@ -3,7 +3,8 @@ digits, 30-second steps, one step of clock drift either way. A code is accepted 
 factor remembers the last time-step used (``data.last_step``) and accepts only later ones,
 written by compare-and-set (:meth:`~extauthz.login.mfa.factors.FactorStore.change`).
 Enrolment shows the ``otpauth://`` URI as a QR code drawn here as inline SVG (segno), and the
-secret in text.
+secret in text. segno is imported by :meth:`TotpKind.qr_svg`, on the first enrolment: a node
+that enrols nobody does not carry it (about 1 MiB per process).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import secrets
 from dataclasses import replace
 
 import pyotp
-import segno
 
 from extauthz.login.mfa.factors import Factor, FactorRejected
 from extauthz.login.mfa.kinds import Attempt
@@ -58,6 +58,8 @@ class TotpKind:
     @staticmethod
     def qr_svg(uri: str) -> str:
         """The URI as an inline ``<svg>`` element (no script, no external image)."""
+        import segno  # here only: enrolment is rare (module docstring)
+
         return str(segno.make(uri, error="m").svg_inline(scale=4, title="QR code"))
 
     @staticmethod
