@@ -51,6 +51,14 @@ IDLE_TIMEOUT = 1800  # session.idle_timeout_seconds's default
 ABSOLUTE_TIMEOUT = 43200  # session.absolute_timeout_seconds's default
 
 
+def _session_manager(client: aioredis.Redis) -> SessionManager:
+    """Sessions with the default timeouts on a ``RedisSessionStore`` over ``client``."""
+    return SessionManager(
+        RedisSessionStore(client, PREFIX),
+        idle_timeout=IDLE_TIMEOUT, absolute_timeout=ABSOLUTE_TIMEOUT,
+    )  # fmt: skip
+
+
 async def _used_memory(client: aioredis.Redis) -> int:
     return int((await client.info("memory"))["used_memory"])
 
@@ -98,10 +106,7 @@ async def _key_usage(client: aioredis.Redis) -> dict[str, int]:
 async def measure(url: str, count: int, per_subject: int, concurrency: int) -> dict[str, Any]:
     client = aioredis.Redis.from_url(url, max_connections=concurrency + 4)
     try:
-        store = RedisSessionStore(client, PREFIX)
-        sessions = SessionManager(
-            store, idle_timeout=IDLE_TIMEOUT, absolute_timeout=ABSOLUTE_TIMEOUT
-        )
+        sessions = _session_manager(client)
         await sessions.create("warm-up")  # connections, scripts, the seq key
         await client.delete(*[k async for k in client.scan_iter(match=f"{PREFIX}*")])
         memory_before, keys_before = await _used_memory(client), int(await client.dbsize())
@@ -132,10 +137,7 @@ async def _node_share(
 ) -> tuple[float, float, float]:
     client = aioredis.Redis.from_url(url, max_connections=concurrency + 4)
     try:
-        sessions = SessionManager(
-            RedisSessionStore(client, PREFIX),
-            idle_timeout=IDLE_TIMEOUT, absolute_timeout=ABSOLUTE_TIMEOUT,
-        )  # fmt: skip
+        sessions = _session_manager(client)
         await sessions.create(f"warm-up-{first_n}")
         await asyncio.sleep(max(0.0, start_at - time.time()))
         started, cpu = time.time(), time.process_time()
