@@ -34,6 +34,7 @@ from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.auth_wiring import build_auth
 from extauthz.server.client_admin import ClientAdminServicer, RevokeClientTokens
 from extauthz.server.factor_admin import FactorAdminServicer
+from extauthz.server.footprint import release_freed_heap
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import ForwardAuth, build_http_app
@@ -335,6 +336,7 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
         )
     if (note := auto_workers_note(settings)) is not None:
         log.warning("%s", note)
+    release_freed_heap()  # what start-up freed goes back to the kernel
     await stop.wait()
     shutdown.begin()  # (a signal began it already)
     # refuse new calls first, then tell the health watchers: a client that sees NOT_SERVING
