@@ -166,7 +166,7 @@ async def test_a_prune_of_a_large_index_takes_bounded_steps(
     """A slot's index in hashtable encoding (more entries than ``hash-max-listpack-entries``)
     is pruned a few entries per creation (an ``HSCAN`` step), its cursor kept in ``#``, until
     the scan is done: then every ended entry is gone and the live ones stay."""
-    before = (await view.config_get("hash-max-listpack-entries"))["hash-max-listpack-entries"]
+    before = str((await view.config_get("hash-max-listpack-entries"))["hash-max-listpack-entries"])
     await view.config_set("hash-max-listpack-entries", 8)
     monkeypatch.setattr(store_module, "INDEX_PRUNE_STEP", 2)
     try:

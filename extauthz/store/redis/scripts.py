@@ -32,10 +32,11 @@ SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 #
 # Keys: extauthz.store.redis.keys. Every script below touches the keys of one session, so one
-# slot (tagged sessions also read records of their tag found in the index: the same slot). A
-# session's index entry is either a string key (sessions from before tags: GET/SET/DEL, and a
-# subject set) or a field of the tag's index hash (HGET/HSET/HDEL): ``field`` is '' for the
-# first. Records are MessagePack (Session.to_record) or, written before it, JSON.
+# slot (tagged sessions also read records found in their index: the same slot). A session's
+# index entry is either a string key (sessions from before tags: GET/SET/DEL, and a subject set)
+# or a field of an index hash (HGET/HSET/HDEL), its slot's or, for sids minted before slot
+# indexes, its tag's: ``field`` is '' for the first. Records are MessagePack
+# (Session.to_record) or, written before it, JSON.
 
 # Defines ``index_get(key, field)``.
 INDEX = """
@@ -127,7 +128,7 @@ return deleted
 # KEYS[1] = the session record, KEYS[2] = its index key; ARGV[1] = the touched record, ARGV[2] =
 # its TTL (ms), ARGV[3] = the version it replaces, ARGV[4] = the index field. 1: written; 0:
 # missing (revoked) or changed meanwhile (a session update): never re-created, never
-# overwritten. A string index entry expires with the record; a tag's index hash outlives it.
+# overwritten. A string index entry expires with the record; an index hash outlives it.
 TOUCH = (
     STORED_VERSION
     + """

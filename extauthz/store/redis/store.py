@@ -185,7 +185,7 @@ class RedisSessionStore(RedisPrimary):
         return await self._run("update", op)
 
     async def token_hash_of(self, sid: str) -> str | None:
-        """Only of a live session (a tag's index keeps entries until the absolute expiry)."""
+        """Only of a live session (an index hash keeps entries until the absolute expiry)."""
 
         async def op() -> str | None:
             token_hash = await self._index_get(sid)
