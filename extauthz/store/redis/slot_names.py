@@ -6,7 +6,8 @@ https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#key-d
 first, then in base62 order) that hashes to it, so that ``p + "{" + slot_tag(slot) + "}i"`` lives
 in the slot of every subject tag that hashes there (:mod:`extauthz.store.redis.keys`). The table
 is the same on every node and every version: changing the order would lose the indexes already
-written. Built once per process (:func:`slot_tags`, about 0.15 s), on the first use.
+written. Built once per process (:func:`slot_tags`, about 0.15 s), when the store's key names
+are (:class:`~extauthz.store.redis.keys.SessionKeys`, at start-up).
 """
 
 from __future__ import annotations
