@@ -105,10 +105,6 @@ class SessionKeys:
         ``tag + "-"``."""
         return f"{self.prefix}{{{slot_tag(tag)}}}i"
 
-    def tag_records(self, tag: str) -> str:
-        """The common start of the record keys of ``tag`` (the scripts append a hash)."""
-        return f"{self.prefix}{{{tag}}}s:"
-
     def entry_token_hash(self, sid: str, value: str) -> str:
         """The token hash that the index entry of ``sid`` names by ``value`` (tagged sids:
         the hash without its tag, :meth:`index_value`; sids from before tags: the hash)."""

@@ -39,6 +39,8 @@ ROTATED_REVOKE_HOPS = 3
 # (an HSCAN COUNT) per creation
 INDEX_PRUNE_ABOVE = 32
 INDEX_PRUNE_STEP = 128
+# the HSCAN COUNT of a subject's listing and revoke-all (a listpack-encoded index answers whole)
+INDEX_SCAN_COUNT = 512
 
 
 class RedisSessionStore(RedisPrimary):
@@ -55,7 +57,8 @@ class RedisSessionStore(RedisPrimary):
             await self._run("create", lambda: self._create_legacy(token_hash, session, record))
             return
         index, field = self.keys.index(session.sid)
-        entry_tag = "" if field == session.sid else session.sid[:TAG_LENGTH]  # a slot's index
+        # the tag of every entry of a tag's index; '' for a slot's, whose fields start with it
+        entry_tag = "" if field == session.sid else session.sid[:TAG_LENGTH]
         keys = (self._session_key(token_hash), index)
         args = (
             record, self._record_ttl_ms(token_hash, session), field,
@@ -344,7 +347,9 @@ class RedisSessionStore(RedisPrimary):
         sids = {text(s) for s in await self._redis.smembers(self.keys.legacy_subject(sub))}
         old = await self._redis.hgetall(self.keys.tag_index(tag))
         entries = {f"{tag}.{text(f)}": text(v) for f, v in old.items() if text(f) != "#"}
-        slot_index = self._redis.hscan_iter(self.keys.slot_index(tag), match=f"{tag}-*")
+        slot_index = self._redis.hscan_iter(
+            self.keys.slot_index(tag), match=f"{tag}-*", count=INDEX_SCAN_COUNT
+        )
         entries.update({text(f): text(v) async for f, v in slot_index})
         for sid, value in entries.items():
             raw = await self._redis.get(self._session_key(f"{tag}.{value}"))
