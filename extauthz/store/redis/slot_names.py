@@ -2,11 +2,11 @@
 
 Redis Cluster puts a key in slot ``CRC16(tag) mod 16384`` (CRC-16/XMODEM of the key's hash tag;
 https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#key-distribution-model).
-:func:`slot_tag` gives, for every slot, the first string of 1 to 3 base62 characters (shortest
-first, then in base62 order) that hashes to it, so that ``p + "{" + slot_tag(slot) + "}i"`` lives
+:func:`slot_tags` gives, for every slot, the first string of 1 to 3 base62 characters (shortest
+first, then in base62 order) that hashes to it, so that ``p + "{" + slot_tag(t) + "}i"`` lives
 in the slot of every subject tag that hashes there (:mod:`extauthz.store.redis.keys`). The table
 is the same on every node and every version: changing the order would lose the indexes already
-written. Built once per process (:func:`slot_tags`, about 0.15 s), when the store's key names
+written. Built once per process (:func:`slot_tags`, about 0.15 s and 1 MiB), when the key names
 are (:class:`~extauthz.store.redis.keys.SessionKeys`, at start-up).
 """
 
