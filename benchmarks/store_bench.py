@@ -16,7 +16,7 @@ from ``--concurrency`` coroutines of one event loop, and prints:
   one above (``--processes 1``: not measured).
 
 ``--sessions-per-subject`` spreads the sessions over fewer subjects (default 1: every session
-its own subject, the dearest case for the per-subject index). ``--json OUT`` writes the figures.
+its own subject, the dearest case: no two sessions share a tag). ``--json OUT`` writes the figures.
 
     python benchmarks/store_bench.py [--sessions 100000] [--processes N] [--json out.json]
 """

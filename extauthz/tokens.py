@@ -63,7 +63,10 @@ _BODY = re.compile(rf"[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}")
 _TAGGED_BODY = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH + _BODY_LEN + _CHECK_LEN}}}")
 _TAG = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}")
 _SID_RANDOM_BYTES = 16
-_TAGGED_SID = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{22}}")
+SID_SEPARATOR = "-"
+"""Between a session id's tag and its random part (``.`` in sids minted before slot indexes:
+the store keeps their index entries where they were, store/redis/keys.py)."""
+_TAGGED_SID = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}[.-][0-9A-Za-z_-]{{22}}")
 _HASH_SEPARATOR = "."
 _TAGGED_HASH = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{43}}")
 
@@ -146,15 +149,16 @@ def hash_tag(token_hash: str) -> str | None:
 
 
 def mint_sid(tag: str | None) -> str:
-    """A new session id: ``tag``, a dot and 128 random bits as URL-safe base64 (27
-    characters); without a tag only the random part (22, the shape of sessions from before
-    tags)."""
+    """A new session id: ``tag``, a dash (:data:`SID_SEPARATOR`) and 128 random bits as
+    URL-safe base64 (27 characters); without a tag only the random part (22, the shape of
+    sessions from before tags). Sids minted before slot indexes have a dot after the tag."""
     random_part = secrets.token_urlsafe(_SID_RANDOM_BYTES)
-    return random_part if tag is None else tag + _HASH_SEPARATOR + random_part
+    return random_part if tag is None else tag + SID_SEPARATOR + random_part
 
 
 def sid_tag(sid: str) -> str | None:
-    """The tag a session id from :func:`mint_sid` carries, ``None`` for any other string."""
+    """The tag a session id from :func:`mint_sid` carries (after it a dash, or a dot in sids
+    minted before slot indexes), ``None`` for any other string."""
     return sid[:TAG_LENGTH] if _TAGGED_SID.fullmatch(sid) else None
 
 

@@ -173,8 +173,9 @@ def test_a_tagged_hash_carries_the_tag_and_the_digest() -> None:
 
 def test_a_session_id_carries_the_tag() -> None:
     sid = tokens.mint_sid("Ab3d")
-    assert re.fullmatch(r"Ab3d\.[0-9A-Za-z_-]{22}", sid) and tokens.sid_tag(sid) == "Ab3d"
+    assert re.fullmatch(r"Ab3d-[0-9A-Za-z_-]{22}", sid) and tokens.sid_tag(sid) == "Ab3d"
+    assert tokens.sid_tag("Ab3d." + sid[5:]) == "Ab3d"  # minted before slot indexes
     old = tokens.mint_sid(None)
     assert len(old) == 22 and tokens.sid_tag(old) is None
-    for other in ("", "Ab3d.", "Ab3d." + "x" * 23, "Ab3d-" + "x" * 22, "Ab3d.x{y}" + "x" * 15):
+    for other in ("", "Ab3d-", "Ab3d." + "x" * 23, "Ab3d_" + "x" * 22, "Ab3d-x{y}" + "x" * 15):
         assert tokens.sid_tag(other) is None

@@ -190,3 +190,29 @@ async def test_a_login_is_not_reported_durable_while_its_shards_replica_is_stopp
         await manager.create(other)  # another shard's replicas are not stopped
     finally:
         os.kill(replica.pid, signal.SIGCONT)
+
+
+async def test_sessions_are_found_by_sid_listed_and_revoked_through_the_slots_index(
+    clients: RedisClients,
+) -> None:
+    """On the cluster: the slot's index (``{c}i``, in the slot of the subject's tag, on that
+    shard) serves the lookup by sid, a session update, a rotation, the listing and revoke-all
+    of each subject (scripts and ``HSCAN`` routed to the tag's shard), and its prune."""
+    store = RedisSessionStore(clients.primary, "idx:")
+    manager = SessionManager(store, idle_timeout=600, absolute_timeout=3600, touch_interval=0.0)
+    made = {sub: [await manager.create(sub) for _ in range(2)] for sub in ("ann", "ben", "cy")}
+    for sub, sessions in made.items():
+        for token, session in sessions:
+            assert (await store.get_by_sid(session.sid)) == session
+            assert await store.token_hash_of(session.sid) == tokens.token_hash(token)
+        assert await store.update(sessions[0][1].sid, lambda s: s) is not None
+        rotated = await manager.rotate(sessions[0][0])
+        assert rotated.token is not None and (await manager.lookup(rotated.token)).sub == sub
+        listed = await store.list_subject(sub)
+        assert sorted(s.sid for s in listed) == sorted(s.sid for _, s in sessions)
+    assert await store.revoke_subject("ben") == 2
+    assert await store.list_subject("ben") == [] and len(await store.list_subject("ann")) == 2
+    for _ in range(33):
+        await manager.create("dee")
+    index = store.keys.slot_index(tokens.subject_tag("dee"))
+    assert await clients.primary.hget(index, "#") == b"33 0"  # pruned once, nothing ended

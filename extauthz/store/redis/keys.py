@@ -9,23 +9,29 @@ no extra round trip, and create, revoke and revoke-all of a subject run in one s
 
     p + "{" + tag + "}s:" + <hash>     the session record (MessagePack), kept until the absolute
                                        expiry: it is also the token's "issued" marker
-    p + "{" + tag + "}x"               the tag's index: a hash <sid> -> <hash> (listpack-small),
-                                       expiring with the last absolute expiry in it
+    p + "{" + c + "}i"                 the slot's index: a hash <sid> -> <hash> over every tag
+                                       of the slot (c: extauthz.store.redis.slot_names), with
+                                       a bookkeeping field "#" (its pruning); expiring with
+                                       the last absolute expiry in it
+    p + "{" + tag + "}x"               the tag's index of sids minted before slot indexes
+                                       (<tag>.<22>): <sid without tag> -> <hash>
     p + "{" + tag + "}r:" + <hash>     a revoked token's tombstone
     p + "{" + tag + "}n:" + <hash>     a rotated token's successor
 
-(``<hash>`` and ``<sid>`` without their tag and dot.) The index serves both the lookup by sid and
-"every session of a subject" (the subjects that share a tag are told apart by the records), so
-a session costs one key of its own. Sessions from before tags (untagged token hashes and sids)
-keep the keys they were written under (``p + "session:" + <hash>``, ``"sid:"``, ``"subject:"``,
-``"revoked:"``, ``"issued:"``, ``"successor:"``): on one primary they keep working; on Redis
-Cluster those keys are spread over slots (:func:`is_tagged` tells them apart). Layout and
-expiries: docs/strategies.md, 'Keys'.
+(``<hash>`` without its tag and dot; a sid ``<tag>-<22>`` whole, its tag starts the field.) The
+index serves both the lookup by sid and "every session of a subject" (``HSCAN MATCH <tag>-*``;
+the subjects that share a tag are told apart by the records), so a session costs one key of
+its own and a field of a hash shared with the other tags of its slot. Sessions from before tags
+(untagged token hashes and sids) keep the keys they were written under (``p + "session:" +
+<hash>``, ``"sid:"``, ``"subject:"``, ``"revoked:"``, ``"issued:"``, ``"successor:"``): on one
+primary they keep working; on Redis Cluster those keys are spread over slots (:func:`is_tagged`
+tells them apart). Layout and expiries: docs/strategies.md, 'Keys'.
 """
 
 from __future__ import annotations
 
-from extauthz.tokens import TAG_LENGTH, hash_tag, sid_tag
+from extauthz.store.redis.slot_names import slot_tag, slot_tags
+from extauthz.tokens import SID_SEPARATOR, TAG_LENGTH, hash_tag, sid_tag
 
 _TAG_END = TAG_LENGTH + 1  # the tag and its dot
 
@@ -40,6 +46,7 @@ class SessionKeys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        slot_tags()  # the slots' names, built once per process at start-up (~0.15 s)
 
     def _by_hash(self, kind: str, legacy: str, token_hash: str) -> str:
         tag = hash_tag(token_hash)
@@ -72,13 +79,16 @@ class SessionKeys:
         return self._by_hash("n", "successor", token_hash)
 
     def index(self, sid: str) -> tuple[str, str]:
-        """Where session ``sid``'s current token hash is kept: ``(key, field)``, the tag's
-        index hash and the sid without its tag, or, for a sid from before tags, its own
+        """Where session ``sid``'s current token hash is kept: ``(key, field)``, the slot's
+        index hash and the sid; for a sid minted before slot indexes (a dot after the tag),
+        the tag's index hash and the sid without its tag; for a sid from before tags, its own
         string key and ``""``."""
         tag = sid_tag(sid)
         if tag is None:
             return f"{self.prefix}sid:{sid}", ""
-        return f"{self.prefix}{{{tag}}}x", sid[_TAG_END:]
+        if sid[TAG_LENGTH] == SID_SEPARATOR:
+            return self.slot_index(tag), sid
+        return self.tag_index(tag), sid[_TAG_END:]
 
     @staticmethod
     def index_value(token_hash: str) -> str:
@@ -87,12 +97,19 @@ class SessionKeys:
         return token_hash[_TAG_END:] if is_tagged(token_hash) else token_hash
 
     def tag_index(self, tag: str) -> str:
-        """The index hash of ``tag`` (:meth:`index`)."""
+        """The index hash of ``tag``'s sids minted before slot indexes (:meth:`index`)."""
         return f"{self.prefix}{{{tag}}}x"
 
-    def tag_records(self, tag: str) -> str:
-        """The common start of the record keys of ``tag`` (the scripts append a hash)."""
-        return f"{self.prefix}{{{tag}}}s:"
+    def slot_index(self, tag: str) -> str:
+        """The index hash of the slot of ``tag`` (:meth:`index`): its sids start with
+        ``tag + "-"``."""
+        return f"{self.prefix}{{{slot_tag(tag)}}}i"
+
+    def entry_token_hash(self, sid: str, value: str) -> str:
+        """The token hash that the index entry of ``sid`` names by ``value`` (tagged sids:
+        the hash without its tag, :meth:`index_value`; sids from before tags: the hash)."""
+        tag = sid_tag(sid)
+        return value if tag is None else f"{tag}.{value}"
 
     def legacy_subject(self, sub: str) -> str:
         """The set of the session ids of ``sub``'s sessions from before tags (tagged

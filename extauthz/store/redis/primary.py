@@ -1,6 +1,7 @@
 """The primary's side of the Redis session store: the key layout, running an operation on the
 primary (re-resolving it after a failover: ``READONLY``, a short ``WAIT``), durable
-transactions (``MULTI``/``EXEC`` then ``WAIT``) and the barriers a published change waits for.
+transactions (``MULTI``/``EXEC`` then ``WAIT``), the barriers a published change waits for, and
+the health probe (:meth:`RedisPrimary.ping`).
 :class:`~extauthz.store.redis.store.RedisSessionStore` builds the session operations on it.
 Key layout, ``WAIT`` and ``READONLY`` handling: docs/strategies.md, 'Keys' and 'Writes that
 must survive a failover'.
@@ -143,6 +144,23 @@ class RedisPrimary:
         return True
 
     @translated("online replicas")
+    async def ping(self) -> None:
+        """Answer when the primary does. With a Sentinel-managed client, first ask the
+        Sentinels who the primary is: after a graceful failover the old primary keeps
+        accepting connections for seconds, and this re-points the pool (the health reporter
+        calls it every ``server.health_check_interval_seconds``). On a cluster: when one
+        primary does (a failed shard costs its own sessions 503s, not the node's health)."""
+
+        async def op() -> None:
+            if isinstance(self._redis, StoreCluster):
+                return await self._redis.ping_any()
+            pool = self._redis.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                await pool.get_master_address()
+            await self._redis.ping()
+
+        await self._run("ping", op)
+
     async def online_replicas(self) -> int:
         """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
         return await self._online_replicas()

@@ -32,10 +32,11 @@ SHARDED_PUBLISH = PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 # -- session records (extauthz.store.redis.store) ------------------------------------------------
 #
 # Keys: extauthz.store.redis.keys. Every script below touches the keys of one session, so one
-# slot (tagged sessions also read records of their tag found in the index: the same slot). A
-# session's index entry is either a string key (sessions from before tags: GET/SET/DEL, and a
-# subject set) or a field of the tag's index hash (HGET/HSET/HDEL): ``field`` is '' for the
-# first. Records are MessagePack (Session.to_record) or, written before it, JSON.
+# slot (tagged sessions also read records found in their index: the same slot). A session's
+# index entry is either a string key (sessions from before tags: GET/SET/DEL, and a subject set)
+# or a field of an index hash (HGET/HSET/HDEL), its slot's or, for sids minted before slot
+# indexes, its tag's: ``field`` is '' for the first. Records are MessagePack
+# (Session.to_record) or, written before it, JSON.
 
 # Defines ``index_get(key, field)``.
 INDEX = """
@@ -62,26 +63,43 @@ if raw then
 end
 """
 
-# A tagged session's creation. KEYS[1] = the record, KEYS[2] = the tag's index hash; ARGV[1] =
-# the record, ARGV[2] = its TTL (ms, until the absolute expiry), ARGV[3] = the index field (the
-# sid without its tag), ARGV[4] = the index value (the token hash without its tag), ARGV[5] =
-# the tag's record key prefix, ARGV[6] = the index size above which entries whose record is
-# gone (past its absolute expiry) are removed (records of the tag: the same slot). The index
-# expires with the last absolute expiry of its sessions. Returns 1.
+# A tagged session's creation. KEYS[1] = the record, KEYS[2] = its index hash (the slot's, or
+# the tag's for a sid minted before slot indexes); ARGV[1] = the record, ARGV[2] = its TTL (ms,
+# until the absolute expiry), ARGV[3] = the index field, ARGV[4] = the index value (the token
+# hash without its tag), ARGV[5] = the key prefix, ARGV[6] = the index size above which
+# entries whose record is gone (past its absolute expiry) are pruned, ARGV[7] = the tag of
+# every entry ('': each field starts with its own tag, the slot's index), ARGV[8] = the entries
+# one creation examines at most (an HSCAN COUNT; a listpack-encoded hash answers whole). The
+# index expires with the last absolute expiry of its sessions. A prune starts when the index
+# holds more than ARGV[6] entries and more than twice as many as the last prune left; its state
+# is the field '#' = '<entries the last prune left> <HSCAN cursor, 0: no prune under way>'.
+# Records of the index's tags are in its slot. Returns 1.
 CREATE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 if redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT') == 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[2], 'NX')
 end
-if redis.call('HLEN', KEYS[2]) > tonumber(ARGV[6]) then
-  local entries = redis.call('HGETALL', KEYS[2])
-  for i = 1, #entries, 2 do
-    if redis.call('EXISTS', ARGV[5] .. entries[i + 1]) == 0 then
+local kept, cursor = 0, '0'
+local a, b = string.match(redis.call('HGET', KEYS[2], '#') or '', '^(%d+) (%d+)$')
+if a then kept, cursor = tonumber(a), b end
+local size = redis.call('HLEN', KEYS[2]) - redis.call('HEXISTS', KEYS[2], '#')
+if cursor == '0' and size <= math.max(tonumber(ARGV[6]), 2 * kept) then return 1 end
+local reply = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', ARGV[8])
+local entries = reply[2]
+for i = 1, #entries, 2 do
+  if entries[i] ~= '#' then
+    local tag = ARGV[7]
+    if tag == '' then tag = string.sub(entries[i], 1, 4) end
+    if redis.call('EXISTS', ARGV[5] .. '{' .. tag .. '}s:' .. entries[i + 1]) == 0 then
       redis.call('HDEL', KEYS[2], entries[i])
     end
   end
 end
+if reply[1] == '0' then
+  kept = redis.call('HLEN', KEYS[2]) - redis.call('HEXISTS', KEYS[2], '#')
+end
+redis.call('HSET', KEYS[2], '#', kept .. ' ' .. reply[1])
 return 1
 """
 
@@ -110,7 +128,7 @@ return deleted
 # KEYS[1] = the session record, KEYS[2] = its index key; ARGV[1] = the touched record, ARGV[2] =
 # its TTL (ms), ARGV[3] = the version it replaces, ARGV[4] = the index field. 1: written; 0:
 # missing (revoked) or changed meanwhile (a session update): never re-created, never
-# overwritten. A string index entry expires with the record; a tag's index hash outlives it.
+# overwritten. A string index entry expires with the record; an index hash outlives it.
 TOUCH = (
     STORED_VERSION
     + """

@@ -1,4 +1,4 @@
-"""The Redis session store: session records, the per-subject index, revocations, token
+"""The Redis session store: session records, the index by sid and subject, revocations, token
 rotations and session updates that publish an invalidation (and wait for the barriers they are
 given), and ``WAIT`` for the replicas before a write counts (else
 :class:`StoreWriteNotDurable`); the primary's plumbing is :class:`~extauthz.store.redis.primary.
@@ -16,7 +16,6 @@ import math
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from extauthz.errors import StoreWriteNotDurable
@@ -28,7 +27,6 @@ from extauthz.store.model import (
     VersionConflict,
 )
 from extauthz.store.redis import scripts
-from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import text
 from extauthz.store.redis.primary import RedisPrimary
 from extauthz.tokens import TAG_LENGTH, subject_tag
@@ -36,8 +34,13 @@ from extauthz.tokens import TAG_LENGTH, subject_tag
 T = TypeVar("T")
 # how many further tokens one revocation follows when rotations moved the session meanwhile
 ROTATED_REVOKE_HOPS = 3
-# a tag's index is cleared of sessions past their absolute expiry when it grows beyond this
+# an index is cleared of sessions past their absolute expiry when it grows beyond this, then
+# whenever it has doubled since (scripts.CREATE), examining at most INDEX_PRUNE_STEP entries
+# (an HSCAN COUNT) per creation
 INDEX_PRUNE_ABOVE = 32
+INDEX_PRUNE_STEP = 128
+# the HSCAN COUNT of a subject's listing and revoke-all (a listpack-encoded index answers whole)
+INDEX_SCAN_COUNT = 512
 
 
 class RedisSessionStore(RedisPrimary):
@@ -47,18 +50,20 @@ class RedisSessionStore(RedisPrimary):
 
     async def create(self, token_hash: str, session: Session) -> None:
         """A tagged session: one script (:data:`~extauthz.store.redis.scripts.CREATE`, the
-        record and the tag's index) in one durable round trip; one from before tags: the keys
+        record and the slot's index) in one durable round trip; one from before tags: the keys
         it had then."""
         record = session.to_record()
         if not self.keys.record_lasts_until_expiry(token_hash):
             await self._run("create", lambda: self._create_legacy(token_hash, session, record))
             return
         index, field = self.keys.index(session.sid)
-        tag = index[len(self.keys.prefix) + 1 : len(self.keys.prefix) + 1 + TAG_LENGTH]
+        # the tag of every entry of a tag's index; '' for a slot's, whose fields start with it
+        entry_tag = "" if field == session.sid else session.sid[:TAG_LENGTH]
         keys = (self._session_key(token_hash), index)
         args = (
             record, self._record_ttl_ms(token_hash, session), field,
-            self.keys.index_value(token_hash), self.keys.tag_records(tag), INDEX_PRUNE_ABOVE,
+            self.keys.index_value(token_hash), self.keys.prefix, INDEX_PRUNE_ABOVE, entry_tag,
+            INDEX_PRUNE_STEP,
         )  # fmt: skip
 
         async def op() -> None:
@@ -138,9 +143,7 @@ class RedisSessionStore(RedisPrimary):
         """The token hash session ``sid``'s index entry names (inside an operation)."""
         index, field = self.keys.index(sid)
         found = await (self._redis.hget(index, field) if field else self._redis.get(index))
-        if found is None:
-            return None
-        return f"{sid[:TAG_LENGTH]}.{text(found)}" if field else text(found)
+        return None if found is None else self.keys.entry_token_hash(sid, text(found))
 
     async def update(
         self, sid: str, change: SessionChange, *, attempts: int = UPDATE_ATTEMPTS
@@ -185,7 +188,7 @@ class RedisSessionStore(RedisPrimary):
         return await self._run("update", op)
 
     async def token_hash_of(self, sid: str) -> str | None:
-        """Only of a live session (a tag's index keeps entries until the absolute expiry)."""
+        """Only of a live session (an index hash keeps entries until the absolute expiry)."""
 
         async def op() -> str | None:
             token_hash = await self._index_get(sid)
@@ -336,15 +339,20 @@ class RedisSessionStore(RedisPrimary):
         return revoked
 
     async def _subject_sids(self, sub: str) -> list[str]:
-        """The ids of ``sub``'s sessions, sorted: the entries of its tag's index whose record
-        is ``sub``'s (or is gone: then nothing tells, and revoking it changes nothing), and the
-        members of its set from before tags."""
+        """The ids of ``sub``'s sessions, sorted: the entries of its tag in its slot's index
+        (``HSCAN MATCH <tag>-*``) and in its tag's index (sids minted before slot indexes)
+        whose record is ``sub``'s (or is gone: then nothing tells, and revoking it changes
+        nothing), and the members of its set from before tags."""
         tag = subject_tag(sub)
         sids = {text(s) for s in await self._redis.smembers(self.keys.legacy_subject(sub))}
-        entries = await self._redis.hgetall(self.keys.tag_index(tag))
-        for field, value in entries.items():
-            sid = f"{tag}.{text(field)}"
-            raw = await self._redis.get(self._session_key(f"{tag}.{text(value)}"))
+        old = await self._redis.hgetall(self.keys.tag_index(tag))
+        entries = {f"{tag}.{text(f)}": text(v) for f, v in old.items() if text(f) != "#"}
+        slot_index = self._redis.hscan_iter(
+            self.keys.slot_index(tag), match=f"{tag}-*", count=INDEX_SCAN_COUNT
+        )
+        entries.update({text(f): text(v) async for f, v in slot_index})
+        for sid, value in entries.items():
+            raw = await self._redis.get(self._session_key(f"{tag}.{value}"))
             if raw is None:  # rotated since the index was read, or ended: read it again
                 current = await self._index_get(sid)
                 raw = None if current is None else await self._redis.get(self._session_key(current))
@@ -366,23 +374,6 @@ class RedisSessionStore(RedisPrimary):
         records = await self._run("list_subject", op)
         sessions = [s for s in map(self._decode, records) if s is not None and s.sub == sub]
         return sorted(sessions, key=lambda s: s.created_at)
-
-    async def ping(self) -> None:
-        """Answer when the primary does. With a Sentinel-managed client, first ask the
-        Sentinels who the primary is: after a graceful failover the old primary keeps
-        accepting connections for seconds, and this re-points the pool (the health reporter
-        calls it every ``server.health_check_interval_seconds``). On a cluster: when one
-        primary does (a failed shard costs its own sessions 503s, not the node's health)."""
-
-        async def op() -> None:
-            if isinstance(self._redis, StoreCluster):
-                return await self._redis.ping_any()
-            pool = self._redis.connection_pool
-            if isinstance(pool, SentinelConnectionPool):
-                await pool.get_master_address()
-            await self._redis.ping()
-
-        await self._run("ping", op)
 
     async def start(self) -> None:
         """Nothing runs in the background here."""

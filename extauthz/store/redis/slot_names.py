@@ -1,0 +1,54 @@
+"""A short hash tag for each Redis Cluster slot: the name of a slot's session index.
+
+Redis Cluster puts a key in slot ``CRC16(tag) mod 16384`` (CRC-16/XMODEM of the key's hash tag;
+https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#key-distribution-model).
+:func:`slot_tags` gives, for every slot, the first string of 1 to 3 base62 characters (shortest
+first, then in base62 order) that hashes to it, so that ``p + "{" + slot_tag(t) + "}i"`` lives
+in the slot of every subject tag that hashes there (:mod:`extauthz.store.redis.keys`). The table
+is the same on every node and every version: changing the order would lose the indexes already
+written. Built once per process (:func:`slot_tags`, about 0.15 s and 1 MiB), when the key names
+are (:class:`~extauthz.store.redis.keys.SessionKeys`, at start-up).
+"""
+
+from __future__ import annotations
+
+import functools
+from binascii import crc_hqx
+from itertools import product
+
+SLOTS = 16384
+"""Redis Cluster's hash slots."""
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_MAX_LENGTH = 3  # 62 + 62**2 + 62**3 = 242,234 candidates cover all 16,384 slots
+
+
+def key_slot(tag: str) -> int:
+    """The slot (0 to 16,383) of keys whose hash tag is ``tag`` (ASCII, no braces)."""
+    return crc_hqx(tag.encode("ascii"), 0) % SLOTS
+
+
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """The tag of each slot, indexed by slot: 16,384 strings of 1 to 3 base62 characters.
+
+    :raises RuntimeError: a slot that no candidate reaches (never with CRC16: the test of
+        this module checks every slot).
+    """
+    table: list[str | None] = [None] * SLOTS
+    left = SLOTS
+    for length in range(1, _MAX_LENGTH + 1):
+        for chars in product(_ALPHABET, repeat=length):
+            name = "".join(chars)
+            slot = crc_hqx(name.encode("ascii"), 0) % SLOTS
+            if table[slot] is None:
+                table[slot] = name
+                left -= 1
+                if left == 0:
+                    return tuple(t for t in table if t is not None)
+    missing = [slot for slot, name in enumerate(table) if name is None]
+    raise RuntimeError(f"no tag of at most {_MAX_LENGTH} characters for slots {missing[:5]}")
+
+
+def slot_tag(tag: str) -> str:
+    """The slot tag (1 to 3 characters) of the slot that ``tag`` hashes to."""
+    return slot_tags()[key_slot(tag)]
