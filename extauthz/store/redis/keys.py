@@ -30,7 +30,7 @@ tells them apart). Layout and expiries: docs/strategies.md, 'Keys'.
 
 from __future__ import annotations
 
-from extauthz.store.redis.slot_names import slot_tag, slot_tags
+from extauthz.store.redis.slot_names import slot_names, slot_tag
 from extauthz.tokens import SID_SEPARATOR, TAG_LENGTH, hash_tag, sid_tag
 
 _TAG_END = TAG_LENGTH + 1  # the tag and its dot
@@ -46,7 +46,7 @@ class SessionKeys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        slot_tags()  # the slots' names, built once per process at start-up (~0.15 s)
+        slot_names()  # the slots' names, built once per process at start-up (~0.15 s)
 
     def _by_hash(self, kind: str, legacy: str, token_hash: str) -> str:
         tag = hash_tag(token_hash)

@@ -2,12 +2,12 @@
 
 Redis Cluster puts a key in slot ``CRC16(tag) mod 16384`` (CRC-16/XMODEM of the key's hash tag;
 https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#key-distribution-model).
-:func:`slot_tags` gives, for every slot, the first string of 1 to 3 base62 characters (shortest
+:func:`slot_names` gives, for every slot, the first string of 1 to 3 base62 characters (shortest
 first, then in base62 order) that hashes to it, so that ``p + "{" + slot_tag(t) + "}i"`` lives
 in the slot of every subject tag that hashes there (:mod:`extauthz.store.redis.keys`). The table
 is the same on every node and every version: changing the order would lose the indexes already
-written. Built once per process (:func:`slot_tags`, about 0.15 s and 1 MiB), when the key names
-are (:class:`~extauthz.store.redis.keys.SessionKeys`, at start-up).
+written. Built once per process (:func:`slot_names`, about 0.15 s, kept in 48 KiB), when the key
+names are (:class:`~extauthz.store.redis.keys.SessionKeys`, at start-up).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def key_slot(tag: str) -> int:
 
 
 @functools.cache
-def slot_tags() -> tuple[str, ...]:
-    """The tag of each slot, indexed by slot: 16,384 strings of 1 to 3 base62 characters.
+def slot_names() -> str:
+    """The name of each slot, packed: 3 characters a slot (a shorter name padded with spaces),
+    slot 0 first; 49,152 characters, one str (as 16,384 str objects it was ~1 MiB a process).
 
     :raises RuntimeError: a slot that no candidate reaches (never with CRC16: the test of
         this module checks every slot).
@@ -44,11 +45,17 @@ def slot_tags() -> tuple[str, ...]:
                 table[slot] = name
                 left -= 1
                 if left == 0:
-                    return tuple(t for t in table if t is not None)
+                    return "".join(t.ljust(_MAX_LENGTH) for t in table if t is not None)
     missing = [slot for slot, name in enumerate(table) if name is None]
     raise RuntimeError(f"no tag of at most {_MAX_LENGTH} characters for slots {missing[:5]}")
 
 
+def slot_name(slot: int) -> str:
+    """The name (1 to 3 base62 characters) of ``slot`` (0 to 16,383)."""
+    start = slot * _MAX_LENGTH
+    return slot_names()[start : start + _MAX_LENGTH].rstrip()
+
+
 def slot_tag(tag: str) -> str:
-    """The slot tag (1 to 3 characters) of the slot that ``tag`` hashes to."""
-    return slot_tags()[key_slot(tag)]
+    """The name of the slot that ``tag`` hashes to (1 to 3 characters)."""
+    return slot_name(key_slot(tag))
