@@ -8,17 +8,25 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
   module absent in ``sys.modules`` before redis-py is imported makes redis-py take its own
   "SDK not installed" branch: 1.7 MiB and ~50 modules fewer per process.
 * :func:`release_freed_heap`: start-up frees more than it keeps (the parser of every
-  subcommand, settings validation, the argon2id warm-up); glibc keeps the freed pages of its
-  heap until ``malloc_trim(3)`` hands them back.
+  subcommand, settings validation, the argon2id warm-up), and bursts of Checks leave free
+  pages inside glibc's heaps (one per thread that allocates: the event loop's, grpc's); glibc
+  keeps them until ``malloc_trim(3)`` hands them back. Called once after start-up, then by
+  :class:`HeapTrimmer` every minute.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import sys
+import time
 
-__all__ = ["UNUSED", "leave_out_unused_libraries", "release_freed_heap"]
+from extauthz.loops import Loop
+
+__all__ = ["UNUSED", "HeapTrimmer", "leave_out_unused_libraries", "release_freed_heap"]
+
+log = logging.getLogger("extauthz")
 
 # modules a serving process must not load: a library imports them for a feature extauthz
 # leaves off (module -> the feature)
@@ -34,13 +42,40 @@ def leave_out_unused_libraries() -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-def release_freed_heap() -> int:
-    """Collect garbage, then return the free pages at the top of glibc's heaps to the kernel
-    (``malloc_trim(0)``). Returns 1 when memory was released, 0 when none was or the C
-    library has no ``malloc_trim`` (musl): nothing else changes."""
-    gc.collect()
+def release_freed_heap(*, collect: bool = True) -> int:
+    """Collect garbage (when ``collect``), then return the whole free pages of glibc's heaps to
+    the kernel (``malloc_trim(0)``: every arena, the top of each and the pages inside it).
+    Returns 1 when memory was released, 0 when none was or the C library has no
+    ``malloc_trim`` (musl): nothing else changes."""
+    if collect:
+        gc.collect()
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):
         return 0
     return int(trim(0))
+
+
+class HeapTrimmer:
+    """:func:`release_freed_heap` every ``interval`` seconds (:meth:`start`/:meth:`stop`),
+    without the garbage collection (a full collection would stall the event loop for tens of
+    milliseconds; ``malloc_trim`` takes well under one)."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self._loop = Loop("heap-trim", self._step, interval=interval, first_delay=interval)
+
+    async def _step(self) -> None:
+        started = time.perf_counter()
+        released = release_freed_heap(collect=False)
+        log.debug("heap trimmed: released=%d in %.2f ms", released,
+                  (time.perf_counter() - started) * 1000)  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        return self._loop.running
+
+    async def start(self) -> None:
+        await self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
