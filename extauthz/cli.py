@@ -281,7 +281,10 @@ TOKEN_HINT = (
 SID_HELP = "the session id; write --sid=ID (an id may start with '-')"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
+    """The command line's parser. ``serve_only``: just the ``serve`` subcommand, for a command
+    line that starts with it (a serving process then never loads the modules the other
+    subcommands' parsers come from: ~0.7 MiB resident, issue 13)."""
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="settings TOML file (EXTAUTHZ_* variables override it)")
     serve.add_argument("--log-level", default=os.environ.get("EXTAUTHZ_LOG_LEVEL", "info"))
     serve.set_defaults(func=_cmd_serve)
+    if serve_only:
+        return parser
 
     sessions = sub.add_parser("sessions", help="create, inspect and revoke sessions")
     actions = sessions.add_subparsers(dest="action", required=True)
@@ -361,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(serve_only=argv[:1] == ["serve"]).parse_args(argv)
     try:
         return int(args.func(args))
     except ExtauthzError as exc:

@@ -24,19 +24,23 @@ LAZY = {
     "yaml": "extauthz envoy-config (extauthz.envoy_config.command)",
     "envoy.config.bootstrap": "extauthz envoy-config (extauthz.envoy_config.command)",
     "envoy.config.listener": "extauthz envoy-config (extauthz.envoy_config.command)",
+    "extauthz.envoy_config": "the parser of every subcommand (extauthz.cli.build_parser)",
+    "extauthz.oauth.clients_cli": "the parser of every subcommand (extauthz.cli.build_parser)",
 }
 
 
 def _loaded_at_start_up(settings_file: Path) -> set[str]:
-    """``sys.modules`` of a fresh interpreter once it has built ``serve``'s parser and the
+    """``sys.modules`` of a fresh interpreter once it has parsed ``serve``'s command line the
+    way ``extauthz serve`` does (``extauthz.cli.main``, stopped by ``--help``) and built the
     components of ``settings_file``."""
     code = textwrap.dedent(
         f"""
-        import sys
-        from extauthz.cli import build_parser
+        import contextlib, io, sys
+        from extauthz.cli import main
         from extauthz.server.app import build_components
         from extauthz.settings import load_settings
-        build_parser()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+            main(["serve", "--help"])
         build_components(load_settings({str(settings_file)!r}, environ={{}}))
         print("\\n".join(sys.modules))
         """
