@@ -34,7 +34,7 @@ from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.auth_wiring import build_auth
 from extauthz.server.client_admin import ClientAdminServicer, RevokeClientTokens
 from extauthz.server.factor_admin import FactorAdminServicer
-from extauthz.server.footprint import HeapTrimmer, release_freed_heap
+from extauthz.server.footprint import HeapTrimmer, limit_malloc_arenas, release_freed_heap
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import ForwardAuth, build_http_app
@@ -235,6 +235,7 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
         strategy; the admin API is enabled without a usable token (:func:`_admin_guard`,
         before anything starts).
     """
+    limit_malloc_arenas()  # before grpc starts its threads
     guard = _admin_guard(settings)  # before anything starts: refusing leaves nothing behind
     components = build_components(settings)
     grace = settings.server.shutdown_grace_seconds

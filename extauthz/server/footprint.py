@@ -7,6 +7,10 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
   turns on; it is installed here for tracing, which needs only the trace SDK. Marking the
   module absent in ``sys.modules`` before redis-py is imported makes redis-py take its own
   "SDK not installed" branch: 1.7 MiB and ~50 modules fewer per process.
+* :func:`limit_malloc_arenas`: glibc gives each thread that allocates an arena of its own
+  (grpc's event-engine and timer threads: four or five), each keeping its own free pages;
+  one arena for the process, as ``MALLOC_ARENA_MAX=1`` would, kept ~1 MiB less after 300,000
+  Checks at the same throughput.
 * :func:`release_freed_heap`: start-up frees more than it keeps (the parser of every
   subcommand, settings validation, the argon2id warm-up), and bursts of Checks leave free
   pages inside glibc's heaps (one per thread that allocates: the event loop's, grpc's); glibc
@@ -24,7 +28,13 @@ import time
 
 from extauthz.loops import Loop
 
-__all__ = ["UNUSED", "HeapTrimmer", "leave_out_unused_libraries", "release_freed_heap"]
+__all__ = [
+    "UNUSED",
+    "HeapTrimmer",
+    "leave_out_unused_libraries",
+    "limit_malloc_arenas",
+    "release_freed_heap",
+]
 
 log = logging.getLogger("extauthz")
 
@@ -40,6 +50,21 @@ def leave_out_unused_libraries() -> None:
     first imported, before anything imports redis-py."""
     for name in UNUSED:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+_M_ARENA_MAX = -8  # mallopt(3)'s parameter number, glibc's malloc.h
+
+
+def limit_malloc_arenas(count: int = 1) -> bool:
+    """At most ``count`` glibc malloc arenas for the threads created from now on
+    (``mallopt(M_ARENA_MAX, count)``; an environment's ``MALLOC_ARENA_MAX`` is replaced).
+    Returns False, changing nothing, when the C library has no ``mallopt`` (musl) or refuses
+    the value."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
 
 
 def release_freed_heap(*, collect: bool = True) -> int:

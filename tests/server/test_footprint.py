@@ -90,3 +90,39 @@ async def test_the_trimmer_trims_every_interval(caplog: pytest.LogCaptureFixture
     trims = [r for r in caplog.records if r.getMessage().startswith("heap trimmed: released=")]
     assert 3 <= len(trims) <= 9
     assert not trimmer.running
+
+
+ARENAS = """
+import ctypes, threading
+from extauthz.server.footprint import limit_malloc_arenas
+{setup}
+def allocate():
+    kept = [bytearray(600) for _ in range(2000)]  # glibc's malloc, from this thread's arena
+    done.wait()
+done = threading.Event()
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads:
+    t.start()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+done.set()
+for t in threads:
+    t.join()
+"""
+
+
+def _arenas(setup: str) -> int:
+    done = subprocess.run([sys.executable, "-c", ARENAS.format(setup=setup)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr.count("Arena ")
+
+
+@pytest.mark.e2e
+def test_one_arena_serves_every_thread() -> None:
+    assert _arenas("assert limit_malloc_arenas()") == 1
+
+
+@pytest.mark.e2e
+def test_without_the_limit_threads_take_arenas_of_their_own() -> None:
+    """The other side: the count above sees the arenas threads make."""
+    assert _arenas("") > 1
