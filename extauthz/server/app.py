@@ -34,7 +34,7 @@ from extauthz.server.apikey_admin import ApiKeyAdminServicer
 from extauthz.server.auth_wiring import build_auth
 from extauthz.server.client_admin import ClientAdminServicer, RevokeClientTokens
 from extauthz.server.factor_admin import FactorAdminServicer
-from extauthz.server.footprint import HeapTrimmer, limit_malloc_arenas, release_freed_heap
+from extauthz.server.footprint import heap_trimmer, limit_malloc_arenas, release_freed_heap
 from extauthz.server.grpc_server import StoreHealthReporter, build_server
 from extauthz.server.health import HealthServicer
 from extauthz.server.http_server import ForwardAuth, build_http_app
@@ -300,7 +300,7 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
             peers=worker,
         ),
         KeyReloader(components.keyring, settings.jwt.keys_reload_seconds),
-        HeapTrimmer(),
+        heap_trimmer(),
     ]
     await start_all(loops)
     await server.start()

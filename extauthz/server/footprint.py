@@ -15,7 +15,7 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
   subcommand, settings validation, the argon2id warm-up), and bursts of Checks leave free
   pages inside glibc's heaps (one per thread that allocates: the event loop's, grpc's); glibc
   keeps them until ``malloc_trim(3)`` hands them back. Called once after start-up, then by
-  :class:`HeapTrimmer` every minute.
+  :func:`heap_trimmer` every minute.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from extauthz.loops import Loop
 
 __all__ = [
     "UNUSED",
-    "HeapTrimmer",
+    "heap_trimmer",
     "leave_out_unused_libraries",
     "limit_malloc_arenas",
     "release_freed_heap",
@@ -81,26 +81,15 @@ def release_freed_heap(*, collect: bool = True) -> int:
     return int(trim(0))
 
 
-class HeapTrimmer:
-    """:func:`release_freed_heap` every ``interval`` seconds (:meth:`start`/:meth:`stop`),
-    without the garbage collection (a full collection would stall the event loop for tens of
-    milliseconds; ``malloc_trim`` takes well under one)."""
+async def _trim_step() -> None:
+    started = time.perf_counter()
+    released = release_freed_heap(collect=False)
+    log.debug("heap trimmed: released=%d in %.2f ms", released,
+              (time.perf_counter() - started) * 1000)  # fmt: skip
 
-    def __init__(self, interval: float = 60.0) -> None:
-        self._loop = Loop("heap-trim", self._step, interval=interval, first_delay=interval)
 
-    async def _step(self) -> None:
-        started = time.perf_counter()
-        released = release_freed_heap(collect=False)
-        log.debug("heap trimmed: released=%d in %.2f ms", released,
-                  (time.perf_counter() - started) * 1000)  # fmt: skip
-
-    @property
-    def running(self) -> bool:
-        return self._loop.running
-
-    async def start(self) -> None:
-        await self._loop.start()
-
-    async def stop(self) -> None:
-        await self._loop.stop()
+def heap_trimmer(interval: float = 60.0) -> Loop:
+    """:func:`release_freed_heap` every ``interval`` seconds (a :class:`~extauthz.loops.Loop`:
+    ``start``/``stop``), without the garbage collection (a full collection would stall the
+    event loop for tens of milliseconds; ``malloc_trim`` takes well under one)."""
+    return Loop("heap-trim", _trim_step, interval=interval, first_delay=interval, logger=log)

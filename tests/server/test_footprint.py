@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from extauthz.server.footprint import HeapTrimmer
+from extauthz.server.footprint import heap_trimmer
 
 PROBE = """
 import sys
@@ -79,7 +79,7 @@ def test_release_freed_heap_gives_freed_memory_back() -> None:
 
 
 async def test_the_trimmer_trims_every_interval(caplog: pytest.LogCaptureFixture) -> None:
-    trimmer = HeapTrimmer(interval=0.05)
+    trimmer = heap_trimmer(interval=0.05)
     with caplog.at_level(logging.DEBUG, logger="extauthz"):
         await trimmer.start()
         try:
