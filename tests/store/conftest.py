@@ -23,6 +23,14 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture
+async def redis_client(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's redis-server, answering in bytes like the store's."""
+    client = aioredis.Redis.from_url(redis_process.url)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture(
     params=[
         "memory",

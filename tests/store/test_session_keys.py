@@ -4,7 +4,6 @@ session of a subject, in one Redis Cluster slot; sessions written before tags ke
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -18,7 +17,6 @@ from extauthz.store.model import Session
 from extauthz.store.redis.keys import SessionKeys, is_tagged
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock
-from tests.support import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -31,33 +29,26 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def client(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(redis_process.url)
-    yield redis_client
-    await redis_client.aclose()
-
-
 def _manager(store: RedisSessionStore, clock: FakeClock) -> SessionManager:
     return SessionManager(
         store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0
     )
 
 
-async def _keys(client: aioredis.Redis, prefix: str) -> list[str]:
+async def _keys(redis_client: aioredis.Redis, prefix: str) -> list[str]:
     """The session keys under ``prefix`` (not the invalidation's sequence number)."""
-    found = [k.decode() async for k in client.scan_iter(match=f"{prefix}*")]
+    found = [k.decode() async for k in redis_client.scan_iter(match=f"{prefix}*")]
     return sorted(k for k in found if not k.startswith(f"{prefix}invalidate"))
 
 
 async def test_every_key_of_a_subjects_sessions_shares_one_slot(
-    client: aioredis.Redis, clock: FakeClock
+    redis_client: aioredis.Redis, clock: FakeClock
 ) -> None:
     """Create two sessions of one subject, touch, update, rotate and revoke one of them: every
     key written (record, sid index, subject set, issued markers, successor, tombstone) carries
     the subject's tag and maps to one slot; another subject's keys to its own tag."""
     prefix = f"k{uuid.uuid4().hex[:8]}:"
-    store = RedisSessionStore(client, prefix, clock=clock)
+    store = RedisSessionStore(redis_client, prefix, clock=clock)
     sessions = _manager(store, clock)
     first, session = await sessions.create("alice", roles=["admin"])
     second, _ = await sessions.create("alice")
@@ -68,7 +59,7 @@ async def test_every_key_of_a_subjects_sessions_shares_one_slot(
     assert rotated.token is not None and len(rotated.token) == tokens.TAGGED_TOKEN_LENGTH
     await sessions.revoke_token(second)
     tag = tokens.subject_tag("alice")
-    keys = await _keys(client, prefix)
+    keys = await _keys(redis_client, prefix)
     index = SessionKeys(prefix).slot_index(tag)
     assert index in keys and index.endswith("}i")  # the slot's index, named by the slot
     tagged = [key for key in keys if key != index]
@@ -77,17 +68,17 @@ async def test_every_key_of_a_subjects_sessions_shares_one_slot(
     assert all(key.startswith(f"{prefix}{{{tag}}}") for key in tagged), keys
     assert len({key_slot(key.encode()) for key in keys}) == 1
     other, _ = await sessions.create("bob")
-    bob_keys = set(await _keys(client, prefix)) - set(keys)
+    bob_keys = set(await _keys(redis_client, prefix)) - set(keys)
     assert len(bob_keys) == 2  # the record and the index of bob's slot
     bob_slot = key_slot(tokens.subject_tag("bob").encode())  # the slot of {tag} is the tag's
     assert {key_slot(k.encode()) for k in bob_keys} == {bob_slot}
     assert await sessions.revoke_token(other) is not None
     assert await store.revoke_subject("alice") == 1
-    assert [k for k in await _keys(client, prefix) if "}s:" in k] == []
+    assert [k for k in await _keys(redis_client, prefix) if "}s:" in k] == []
 
 
 async def _legacy_session(
-    client: aioredis.Redis, prefix: str, clock: FakeClock, sub: str
+    redis_client: aioredis.Redis, prefix: str, clock: FakeClock, sub: str
 ) -> tuple[str, Session]:
     """A session as extauthz wrote it before tags: an untagged token and sid, the keys
     ``session:``/``sid:``/``issued:``/``subject:`` and a JSON record."""
@@ -99,36 +90,36 @@ async def _legacy_session(
         idle_timeout=IDLE, expires_at=now + ABSOLUTE, roles=("user",),
     )
     assert not is_tagged(token_hash) and len(token) == tokens.TOKEN_LENGTH
-    await client.set(f"{prefix}session:{token_hash}", session.to_json(), px=IDLE * 1000)
-    await client.set(f"{prefix}sid:{session.sid}", token_hash, px=IDLE * 1000)
-    await client.set(f"{prefix}issued:{token_hash}", "1", px=ABSOLUTE * 1000)
-    await client.sadd(f"{prefix}subject:{sub}", session.sid)
+    await redis_client.set(f"{prefix}session:{token_hash}", session.to_json(), px=IDLE * 1000)
+    await redis_client.set(f"{prefix}sid:{session.sid}", token_hash, px=IDLE * 1000)
+    await redis_client.set(f"{prefix}issued:{token_hash}", "1", px=ABSOLUTE * 1000)
+    await redis_client.sadd(f"{prefix}subject:{sub}", session.sid)
     return token, session
 
 
 async def test_a_session_from_before_tags_keeps_working(
-    client: aioredis.Redis, clock: FakeClock
+    redis_client: aioredis.Redis, clock: FakeClock
 ) -> None:
     """Looked up, touched, updated, rotated (its new token stays untagged, its keys where they
     were), listed with the subject's tagged sessions, and revoked with them."""
     prefix = f"o{uuid.uuid4().hex[:8]}:"
-    store = RedisSessionStore(client, prefix, clock=clock)
+    store = RedisSessionStore(redis_client, prefix, clock=clock)
     sessions = _manager(store, clock)
-    old, session = await _legacy_session(client, prefix, clock, "carol")
+    old, session = await _legacy_session(redis_client, prefix, clock, "carol")
     new, _ = await sessions.create("carol")
     clock.advance(1)
-    assert (await client.get(f"{prefix}session:{tokens.token_hash(old)}") or b"")[:1] == b"{"
+    assert (await redis_client.get(f"{prefix}session:{tokens.token_hash(old)}") or b"")[:1] == b"{"
     assert (await sessions.lookup(old)).sid == session.sid
     # the touch rewrote the JSON record compactly, in place
-    raw = await client.get(f"{prefix}session:{tokens.token_hash(old)}")
+    raw = await redis_client.get(f"{prefix}session:{tokens.token_hash(old)}")
     assert raw is not None and raw[:1] != b"{" and Session.from_record(raw).version == 2
     updated = await store.update(session.sid, lambda s: s)
     assert updated is not None and updated.version == 3  # touched, then updated
     rotated = await sessions.rotate(old)
     assert rotated.token is not None and len(rotated.token) == tokens.TOKEN_LENGTH
     assert (await sessions.lookup(rotated.token)).sid == session.sid
-    assert await client.exists(f"{prefix}session:{tokens.token_hash(rotated.token)}") == 1
-    assert await client.get(f"{prefix}sid:{session.sid}") == tokens.token_hash(
+    assert await redis_client.exists(f"{prefix}session:{tokens.token_hash(rotated.token)}") == 1
+    assert await redis_client.get(f"{prefix}sid:{session.sid}") == tokens.token_hash(
         rotated.token
     ).encode()
     listed = await store.list_subject("carol")
@@ -139,7 +130,7 @@ async def test_a_session_from_before_tags_keeps_working(
             await sessions.lookup(token)
         assert denied.value.reason == Reason.REVOKED_SESSION
     keys = SessionKeys(prefix)
-    assert await client.exists(keys.index(session.sid)[0], keys.legacy_subject("carol")) == 0
+    assert await redis_client.exists(keys.index(session.sid)[0], keys.legacy_subject("carol")) == 0
 
 
 async def test_a_key_prefix_with_a_brace_would_move_the_tag() -> None:
@@ -153,23 +144,23 @@ async def test_a_key_prefix_with_a_brace_would_move_the_tag() -> None:
 
 
 async def test_a_json_record_is_read_and_rewritten_compactly(
-    client: aioredis.Redis, clock: FakeClock
+    redis_client: aioredis.Redis, clock: FakeClock
 ) -> None:
     """A record in JSON (the encoding before MessagePack) under tagged keys: read by the store
     and by the scripts (the version of a session update's compare-and-set), and written back
     compactly by the update, which publishes it."""
     prefix = f"j{uuid.uuid4().hex[:8]}:"
-    store = RedisSessionStore(client, prefix, clock=clock)
+    store = RedisSessionStore(redis_client, prefix, clock=clock)
     sessions = _manager(store, clock)
     token, session = await sessions.create("dave", roles=["user"], data={"n": 1})
     key = SessionKeys(prefix).record(tokens.token_hash(token))
-    await client.set(key, session.to_json(), keepttl=True)
-    assert Session.from_record(await client.get(key) or b"") == session
+    await redis_client.set(key, session.to_json(), keepttl=True)
+    assert Session.from_record(await redis_client.get(key) or b"") == session
     assert (await sessions.lookup(token)) == session.touched(clock())  # read, then touched
-    assert (await client.get(key) or b"")[:1] != b"{"
-    await client.set(key, session.to_json(), keepttl=True)  # JSON again, version 1
+    assert (await redis_client.get(key) or b"")[:1] != b"{"
+    await redis_client.set(key, session.to_json(), keepttl=True)  # JSON again, version 1
     updated = await store.update(session.sid, lambda s: replace(s, data={"n": 2}))
     assert updated is not None and updated.version == 2 and updated.data == {"n": 2}
-    raw = await client.get(key)
+    raw = await redis_client.get(key)
     assert raw is not None and raw[:1] != b"{" and Session.from_record(raw) == updated
     assert len(raw) < len(updated.to_json()) / 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -27,17 +26,10 @@ from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore
 from extauthz.store.redis.store import RedisSessionStore
 from tests.fixtures.core import FakeClock
-from tests.support import RedisServer, free_port
+from tests.support import free_port
 
 IDLE = 600
 ABSOLUTE = 3600
-
-
-@pytest.fixture
-async def redis_client(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_process.url)
-    yield client
-    await client.aclose()
 
 
 def new_session(

@@ -28,14 +28,6 @@ ABSOLUTE = 3600
 
 
 @pytest.fixture
-async def client(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """The store's client (records are bytes)."""
-    redis_client = aioredis.Redis.from_url(redis_process.url)
-    yield redis_client
-    await redis_client.aclose()
-
-
-@pytest.fixture
 async def view(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """The test's client for looking at the index: answers in strings."""
     redis_client = aioredis.Redis.from_url(redis_process.url, decode_responses=True)
@@ -43,10 +35,12 @@ async def view(redis_process: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await redis_client.aclose()
 
 
-def _stack(client: aioredis.Redis) -> tuple[RedisSessionStore, SessionManager, FakeClock, str]:
+def _stack(
+    redis_client: aioredis.Redis,
+) -> tuple[RedisSessionStore, SessionManager, FakeClock, str]:
     clock = FakeClock()
     prefix = f"i{uuid.uuid4().hex[:8]}:"
-    store = RedisSessionStore(client, prefix, clock=clock)
+    store = RedisSessionStore(redis_client, prefix, clock=clock)
     manager = SessionManager(
         store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0
     )
@@ -54,7 +48,7 @@ def _stack(client: aioredis.Redis) -> tuple[RedisSessionStore, SessionManager, F
 
 
 async def _session_of_the_version_before(
-    client: aioredis.Redis, prefix: str, clock: FakeClock, sub: str
+    redis_client: aioredis.Redis, prefix: str, clock: FakeClock, sub: str
 ) -> tuple[str, Session]:
     """A session as the version before slot indexes wrote it: a sid ``<tag>.<22>``, its
     record, and its entry ``<sid without tag> -> <hash without tag>`` in ``p{tag}x``."""
@@ -68,22 +62,22 @@ async def _session_of_the_version_before(
     )  # fmt: skip
     assert tokens.sid_tag(session.sid) == tag
     record = SessionKeys(prefix).record(token_hash)
-    await client.set(record, session.to_record(), px=ABSOLUTE * 1000)
+    await redis_client.set(record, session.to_record(), px=ABSOLUTE * 1000)
     index = f"{prefix}{{{tag}}}x"
-    await client.hset(index, session.sid[len(tag) + 1 :], token_hash[len(tag) + 1 :])
-    await client.pexpire(index, ABSOLUTE * 1000)
+    await redis_client.hset(index, session.sid[len(tag) + 1 :], token_hash[len(tag) + 1 :])
+    await redis_client.pexpire(index, ABSOLUTE * 1000)
     return token, session
 
 
 async def test_a_session_of_the_version_before_is_found_refreshed_and_revoked(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     view: aioredis.Redis,
 ) -> None:
     """Beside a session of this version (same subject): looked up by token and by sid,
     touched, updated, rotated (its entry stays in its tag's index), listed, and revoked by
     revoke-all with the new one; both indexes are empty after."""
-    store, sessions, clock, prefix = _stack(client)
-    old_token, old = await _session_of_the_version_before(client, prefix, clock, "frank")
+    store, sessions, clock, prefix = _stack(redis_client)
+    old_token, old = await _session_of_the_version_before(redis_client, prefix, clock, "frank")
     new_token, new = await sessions.create("frank")
     assert new.sid[tokens.TAG_LENGTH] == "-" and old.sid[tokens.TAG_LENGTH] == "."
     clock.advance(1)
@@ -104,17 +98,17 @@ async def test_a_session_of_the_version_before_is_found_refreshed_and_revoked(
         with pytest.raises(Unauthenticated) as denied:
             await sessions.lookup(token)
         assert denied.value.reason == Reason.REVOKED_SESSION
-    assert await client.exists(tag_index) == 0
+    assert await redis_client.exists(tag_index) == 0
     slot_index = SessionKeys(prefix).slot_index(tokens.subject_tag("frank"))
     assert [f async for f in view.hscan_iter(slot_index, match="*-*")] == []
 
 
 async def test_revoke_all_reaches_only_the_subjects_tag_in_the_slot_index(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
 ) -> None:
     """Two tags of one slot share its index: revoking every session of one subject leaves
     the other's alone."""
-    store, sessions, _, prefix = _stack(client)
+    store, sessions, _, prefix = _stack(redis_client)
     keys = SessionKeys(prefix)
     alone = "grace-0"
     target = keys.slot_index(tokens.subject_tag(alone))
@@ -133,23 +127,23 @@ async def test_revoke_all_reaches_only_the_subjects_tag_in_the_slot_index(
     assert [s.sub for s in await store.list_subject(alone)] == [alone]
 
 
-async def _gone(client: aioredis.Redis, store: RedisSessionStore, tokens_: list[str]) -> None:
+async def _gone(redis_client: aioredis.Redis, store: RedisSessionStore, tokens_: list[str]) -> None:
     """End sessions as their absolute expiry does: the record (their TTL) goes."""
-    await client.delete(*(store.keys.record(tokens.token_hash(t)) for t in tokens_))
+    await redis_client.delete(*(store.keys.record(tokens.token_hash(t)) for t in tokens_))
 
 
 async def test_the_slot_index_is_pruned_above_32_then_when_it_has_doubled(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     view: aioredis.Redis,
 ) -> None:
     """33 creations (one subject: one slot's index) prune once (nothing ended yet); after 30
     sessions ended the index keeps growing until it has doubled (66), and the next creation
     removes the 30 ended entries."""
-    store, sessions, _, _ = _stack(client)
+    store, sessions, _, _ = _stack(redis_client)
     index = store.keys.slot_index(tokens.subject_tag("heidi"))
     made = [(await sessions.create("heidi"))[0] for _ in range(INDEX_PRUNE_ABOVE + 1)]
     assert await view.hget(index, "#") == "33 0"
-    await _gone(client, store, made[:30])
+    await _gone(redis_client, store, made[:30])
     for _ in range(2 * 33 - len(made)):
         made.append((await sessions.create("heidi"))[0])
     assert await view.hlen(index) == 66 + 1  # not pruned yet: 66 is not above 2 x 33
@@ -161,7 +155,7 @@ async def test_the_slot_index_is_pruned_above_32_then_when_it_has_doubled(
 
 
 async def test_a_prune_of_a_large_index_takes_bounded_steps(
-    client: aioredis.Redis, view: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: aioredis.Redis, view: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slot's index in hashtable encoding (more entries than ``hash-max-listpack-entries``)
     is pruned a few entries per creation (an ``HSCAN`` step), its cursor kept in ``#``, until
@@ -170,10 +164,10 @@ async def test_a_prune_of_a_large_index_takes_bounded_steps(
     await view.config_set("hash-max-listpack-entries", 8)
     monkeypatch.setattr(store_module, "INDEX_PRUNE_STEP", 2)
     try:
-        store, sessions, _, _ = _stack(client)
+        store, sessions, _, _ = _stack(redis_client)
         index = store.keys.slot_index(tokens.subject_tag("ivan"))
         made = [(await sessions.create("ivan"))[0] for _ in range(INDEX_PRUNE_ABOVE)]
-        await _gone(client, store, made[:20])
+        await _gone(redis_client, store, made[:20])
         assert await view.object("encoding", index) == "hashtable"
         made.append((await sessions.create("ivan"))[0])  # 33 entries: the prune starts
         cursors = [(await view.hget(index, "#") or "").split()[1]]
