@@ -53,17 +53,16 @@ from extauthz.server.store_wiring import (
 )
 from extauthz.server.tasks import KeyReloader
 from extauthz.server.tracing_wiring import build_tracing
-from extauthz.server.worker_wiring import auto_workers_note
-from extauthz.server.workers import WorkerLink
 from extauthz.settings import Settings
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
 
-if TYPE_CHECKING:  # loaded only when tracing, or OAuth, is on
+if TYPE_CHECKING:  # loaded only when tracing, or OAuth, is on; or in a worker process
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from extauthz.oauth.http import OAuthHandlers
     from extauthz.server.tracing import CheckTracing
+    from extauthz.server.workers import WorkerLink
 
 __all__ = ["Components", "build_components", "serve"]
 
@@ -336,8 +335,11 @@ async def serve(settings: Settings, worker: WorkerLink | None = None) -> int:
             "session.cookie_secure = false: the session cookie is sent over plain HTTP; "
             "use this only for local development on 127.0.0.1"
         )
-    if (note := auto_workers_note(settings)) is not None:
-        log.warning("%s", note)
+    if settings.server.workers == "auto":  # (multiprocessing stays out of a lone node)
+        from extauthz.server.worker_wiring import auto_workers_note
+
+        if (note := auto_workers_note(settings)) is not None:
+            log.warning("%s", note)
     release_freed_heap()  # what start-up freed goes back to the kernel
     await stop.wait()
     shutdown.begin()  # (a signal began it already)

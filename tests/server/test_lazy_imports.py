@@ -26,6 +26,7 @@ LAZY = {
     "envoy.config.listener": "extauthz envoy-config (extauthz.envoy_config.command)",
     "extauthz.envoy_config": "the parser of every subcommand (extauthz.cli.build_parser)",
     "extauthz.oauth.clients_cli": "the parser of every subcommand (extauthz.cli.build_parser)",
+    "multiprocessing": "server.workers > 1 (extauthz.server.worker_wiring)",
 }
 
 
