@@ -182,3 +182,30 @@ async def test_a_prune_of_a_large_index_takes_bounded_steps(
         assert left == live
     finally:
         await view.config_set("hash-max-listpack-entries", before)
+
+
+@pytest.mark.parametrize(
+    "bookkeeping",
+    [
+        "5 18446744073709551616",  # a cursor past 2^64: HSCAN refuses it ("invalid cursor")
+        "99999999999999999999999 0",  # a count no index reaches twice: never pruned again
+    ],
+)
+async def test_a_malformed_bookkeeping_field_fails_no_creation_and_the_prune_starts_over(
+    redis_client: aioredis.Redis, view: aioredis.Redis, bookkeeping: str
+) -> None:
+    """Regression: a '#' that the create script did not write (by hand, a bad restore) made
+    every creation in the slot fail after writing its record (a refused cursor), or stopped
+    the pruning for good (an absurd count). The script reads such a value as no prune state:
+    the creation succeeds and the prune runs from the start."""
+    store, sessions, _, _ = _stack(redis_client)
+    index = store.keys.slot_index(tokens.subject_tag("judy"))
+    made = [(await sessions.create("judy"))[0] for _ in range(INDEX_PRUNE_ABOVE + 8)]
+    await _gone(redis_client, store, made[:10])
+    await view.hset(index, "#", bookkeeping)
+    made.append((await sessions.create("judy"))[0])
+    live = len(made) - 10
+    assert await view.hget(index, "#") == f"{live} 0"
+    assert len(await store.list_subject("judy")) == live
+    for token in made[10:]:
+        assert (await sessions.lookup(token)).sub == "judy"
