@@ -7,12 +7,14 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from extauthz import tokens
 from extauthz.errors import Reason, Unauthenticated
+from extauthz.server.app import build_components
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import Session
 from extauthz.store.redis import store as store_module
@@ -20,6 +22,7 @@ from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import INDEX_PRUNE_ABOVE, RedisSessionStore
 from tests.fixtures.core import FakeClock
 from tests.support import RedisServer
+from tests.support.extauthz_nodes import node_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -209,3 +212,47 @@ async def test_a_malformed_bookkeeping_field_fails_no_creation_and_the_prune_sta
     assert len(await store.list_subject("judy")) == live
     for token in made[10:]:
         assert (await sessions.lookup(token)).sub == "judy"
+
+
+async def test_index_by_tag_writes_new_sessions_as_the_version_before_did(
+    redis_client: aioredis.Redis, view: aioredis.Redis
+) -> None:
+    """Regression (rolling upgrade): nodes of the version before take a sid ``t-<22>`` for one
+    from before tags, so on a cluster their touches, logouts and rotations of such sessions
+    fail (CROSSSLOT) and on one primary their rotations move them out of every index.
+    ``store.session_index = "tag"`` mints ``t.<22>`` into ``p{t}x``, the layout that version
+    reads; once every node is upgraded, ``"slot"`` again, and revoke-all reaches both kinds."""
+    store, _, clock, prefix = _stack(redis_client)
+    by_tag = SessionManager(
+        store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0,
+        sid_separator=tokens.TAG_INDEX_SID_SEPARATOR,
+    )  # fmt: skip
+    tag = tokens.subject_tag("kate")
+    token, session = await by_tag.create("kate")
+    assert session.sid.startswith(f"{tag}.") and tokens.sid_tag(session.sid) == tag
+    entry = await view.hget(f"{prefix}{{{tag}}}x", session.sid[len(tag) + 1 :])
+    assert entry == tokens.token_hash(token)[len(tag) + 1 :]
+    assert await view.exists(SessionKeys(prefix).slot_index(tag)) == 0
+    by_slot = SessionManager(
+        store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0
+    )
+    later_token, later = await by_slot.create("kate")
+    assert later.sid.startswith(f"{tag}-")
+    assert sorted(s.sid for s in await store.list_subject("kate")) == sorted(
+        [session.sid, later.sid]
+    )
+    assert await store.revoke_subject("kate") == 2
+    for gone in (token, later_token):
+        with pytest.raises(Unauthenticated):
+            await by_slot.lookup(gone)
+
+
+@pytest.mark.parametrize(("setting", "separator"), [("tag", "."), ("slot", "-"), (None, "-")])
+async def test_store_session_index_chooses_the_sid_a_node_mints(
+    tmp_path: Path, setting: str | None, separator: str
+) -> None:
+    table = {"strategy": "sticky", "backend": "memory"}
+    chosen = {"session_index": setting} if setting else {}
+    components = build_components(node_settings(tmp_path, "n1", table | chosen))
+    _, session = await components.sessions.create("lena")
+    assert session.sid[tokens.TAG_LENGTH] == separator
