@@ -256,3 +256,22 @@ async def test_store_session_index_chooses_the_sid_a_node_mints(
     components = build_components(node_settings(tmp_path, "n1", table | chosen))
     _, session = await components.sessions.create("lena")
     assert session.sid[tokens.TAG_LENGTH] == separator
+
+
+async def test_glob_characters_in_a_sid_or_subject_reach_no_other_session(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A subject's listing scans its slot's index with ``MATCH <tag>-*``: the pattern is built
+    from the tag (4 base62 characters of a hash), never from the subject or a sid, so ``*``,
+    ``?``, ``[``, ``\\`` in either reach no one else's sessions."""
+    store, sessions, _, _ = _stack(redis_client)
+    token, session = await sessions.create("victim")
+    tag = session.sid[: tokens.TAG_LENGTH]
+    for sid in ("*", f"{tag}-*", f"{tag}-" + "?" * 22, f"{tag}.[a-z]*", "\\*", "#", ""):
+        assert await store.get_by_sid(sid) is None
+        assert await store.token_hash_of(sid) is None
+        assert await store.revoke_sid(sid) is None
+    for sub in ("*", "?", "[", "\\", "victim*", "*-*", "#"):
+        assert await store.list_subject(sub) == []
+        assert await store.revoke_subject(sub) == 0
+    assert (await sessions.lookup(token)).sid == session.sid
