@@ -275,3 +275,31 @@ async def test_glob_characters_in_a_sid_or_subject_reach_no_other_session(
         assert await store.list_subject(sub) == []
         assert await store.revoke_subject(sub) == 0
     assert (await sessions.lookup(token)).sid == session.sid
+
+
+async def test_revoke_all_spares_another_subject_with_the_same_tag(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Two subjects whose tags collide (62^4 tags: a few thousand subjects find a pair) share
+    ``MATCH <tag>-*`` and ``p{tag}x``: their records tell them apart, in both indexes."""
+    seen: dict[str, str] = {}
+    pair = None
+    for n in range(100_000):
+        tag = tokens.subject_tag(f"user-{n}")
+        if tag in seen:
+            pair = (seen[tag], f"user-{n}")
+            break
+        seen[tag] = f"user-{n}"
+    assert pair is not None
+    one, other = pair
+    store, sessions, clock, prefix = _stack(redis_client)
+    _, mine = await sessions.create(one)
+    _, mine_before = await _session_of_the_version_before(redis_client, prefix, clock, one)
+    theirs = [(await sessions.create(other))[0]]
+    theirs.append((await _session_of_the_version_before(redis_client, prefix, clock, other))[0])
+    listed = sorted(s.sid for s in await store.list_subject(one))
+    assert listed == sorted([mine.sid, mine_before.sid])
+    assert await store.revoke_subject(one) == 2
+    for token in theirs:
+        assert (await sessions.lookup(token)).sub == other
+    assert len(await store.list_subject(other)) == 2
