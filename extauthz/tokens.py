@@ -66,6 +66,9 @@ _SID_RANDOM_BYTES = 16
 SID_SEPARATOR = "-"
 """Between a session id's tag and its random part (``.`` in sids minted before slot indexes:
 the store keeps their index entries where they were, store/redis/keys.py)."""
+TAG_INDEX_SID_SEPARATOR = "."
+"""The separator of sids indexed by tag (``store.session_index = "tag"``: what the version
+before slot indexes mints and reads)."""
 _TAGGED_SID = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}[.-][0-9A-Za-z_-]{{22}}")
 _HASH_SEPARATOR = "."
 _TAGGED_HASH = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{43}}")
@@ -148,12 +151,18 @@ def hash_tag(token_hash: str) -> str | None:
     return token_hash[:TAG_LENGTH] if _TAGGED_HASH.fullmatch(token_hash) else None
 
 
-def mint_sid(tag: str | None) -> str:
-    """A new session id: ``tag``, a dash (:data:`SID_SEPARATOR`) and 128 random bits as
-    URL-safe base64 (27 characters); without a tag only the random part (22, the shape of
-    sessions from before tags). Sids minted before slot indexes have a dot after the tag."""
+def mint_sid(tag: str | None, *, separator: str = SID_SEPARATOR) -> str:
+    """A new session id: ``tag``, ``separator`` (a dash, :data:`SID_SEPARATOR`, or a dot,
+    :data:`TAG_INDEX_SID_SEPARATOR`: indexed by tag, as before slot indexes) and 128 random
+    bits as URL-safe base64 (27 characters); without a tag only the random part (22, the
+    shape of sessions from before tags).
+
+    :raises ValueError: another separator.
+    """
+    if separator not in (SID_SEPARATOR, TAG_INDEX_SID_SEPARATOR):
+        raise ValueError(f"a sid's separator is '-' or '.', not {separator!r}")
     random_part = secrets.token_urlsafe(_SID_RANDOM_BYTES)
-    return random_part if tag is None else tag + SID_SEPARATOR + random_part
+    return random_part if tag is None else tag + separator + random_part
 
 
 def sid_tag(sid: str) -> str | None:

@@ -179,3 +179,12 @@ def test_a_session_id_carries_the_tag() -> None:
     assert len(old) == 22 and tokens.sid_tag(old) is None
     for other in ("", "Ab3d-", "Ab3d." + "x" * 23, "Ab3d_" + "x" * 22, "Ab3d-x{y}" + "x" * 15):
         assert tokens.sid_tag(other) is None
+
+
+def test_a_session_id_indexed_by_tag_has_the_dot_of_the_version_before() -> None:
+    """``store.session_index = "tag"`` (a rolling upgrade): the sid that version mints."""
+    sid = tokens.mint_sid("Ab3d", separator=tokens.TAG_INDEX_SID_SEPARATOR)
+    assert re.fullmatch(r"Ab3d\.[0-9A-Za-z_-]{22}", sid) and tokens.sid_tag(sid) == "Ab3d"
+    for separator in ("", "_", ":", "{", "--"):
+        with pytest.raises(ValueError, match="separator"):
+            tokens.mint_sid("Ab3d", separator=separator)

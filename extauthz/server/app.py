@@ -54,8 +54,10 @@ from extauthz.server.store_wiring import (
 from extauthz.server.tasks import KeyReloader
 from extauthz.server.tracing_wiring import build_tracing
 from extauthz.settings import Settings
+from extauthz.settings.model import SessionIndex
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import SessionStore
+from extauthz.tokens import SID_SEPARATOR, TAG_INDEX_SID_SEPARATOR
 
 if TYPE_CHECKING:  # loaded only when tracing, or OAuth, is on; or in a worker process
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -148,6 +150,11 @@ def build_components(
         check_session=minter.check_size,  # a session whose JWT would be too large is refused
         rotation_grace_seconds=settings.session.rotation_grace_seconds,
         api_key_touch_interval=settings.api_keys.touch_interval_seconds,
+        sid_separator=(  # a rolling upgrade from the version before slot indexes: "tag"
+            TAG_INDEX_SID_SEPARATOR
+            if settings.store.session_index == SessionIndex.TAG
+            else SID_SEPARATOR
+        ),
     )
     if parts.cache is not None:
         parts.cache.set_on_drop(minter.forget)  # a revoked session's cached JWT goes with it

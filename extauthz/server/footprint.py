@@ -6,7 +6,9 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
   whenever it is installed (``redis.observability.providers``), for an export extauthz never
   turns on; it is installed here for tracing, which needs only the trace SDK. Marking the
   module absent in ``sys.modules`` before redis-py is imported makes redis-py take its own
-  "SDK not installed" branch: 1.7 MiB and ~50 modules fewer per process.
+  "SDK not installed" branch: 1.7 MiB and ~50 modules fewer per process. A feature that is
+  turned on and needs the module takes it back (:func:`readmit`: the OTLP trace exporter
+  imports the metrics SDK's export types).
 * :func:`limit_malloc_arenas`: glibc gives each thread that allocates an arena of its own
   (grpc's event-engine and timer threads: four or five), each keeping its own free pages;
   one arena for the process, as ``MALLOC_ARENA_MAX=1`` would, kept ~1 MiB less after 300,000
@@ -33,6 +35,7 @@ __all__ = [
     "heap_trimmer",
     "leave_out_unused_libraries",
     "limit_malloc_arenas",
+    "readmit",
     "release_freed_heap",
 ]
 
@@ -50,6 +53,16 @@ def leave_out_unused_libraries() -> None:
     first imported, before anything imports redis-py."""
     for name in UNUSED:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+def readmit(name: str) -> None:
+    """Undo :func:`leave_out_unused_libraries` for ``name`` (a key of :data:`UNUSED`): a
+    feature that is turned on imports it (``tracing.exporter = "otlp"``: the OTLP exporter
+    imports ``opentelemetry.sdk.metrics.export``, and would fail as if not installed). Only
+    the absent mark goes; a library that was imported meanwhile keeps the branch it took
+    (redis-py, imported before any feature is built, stays without its metrics)."""
+    if name in sys.modules and sys.modules[name] is None:
+        del sys.modules[name]
 
 
 _M_ARENA_MAX = -8  # mallopt(3)'s parameter number, glibc's malloc.h

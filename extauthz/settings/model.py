@@ -28,6 +28,15 @@ class UserBackend(enum.StrEnum):
 
 
 @enum.unique
+class SessionIndex(enum.StrEnum):
+    """Where the Redis store indexes a new session by its sid (``store.session_index``;
+    docs/strategies.md, 'Keys')."""
+
+    SLOT = "slot"  # one hash per Redis Cluster slot, sids <tag>-<22>
+    TAG = "tag"  # one hash per subject tag, sids <tag>.<22>: the version before slot indexes
+
+
+@enum.unique
 class ClientBackend(enum.StrEnum):
     """Where OAuth clients live (``oauth_clients.backend``); ``users``: as ``users.backend``."""
 
@@ -118,6 +127,9 @@ class StoreSettings:
     replica_max_staleness_seconds: float = 5.0
     # node registration in the store (see extauthz.store.redis.membership)
     heartbeat_seconds: float = 5.0
+    # where new sessions are indexed by sid (redis): "slot", or "tag" while nodes of the version
+    # before slot indexes share the store (a rolling upgrade: docs/strategies.md, 'Keys')
+    session_index: SessionIndex = SessionIndex.SLOT
     # derived: resolve_wait_replicas(), a count or "all" ("auto" never remains)
     wait_replicas_resolved: int | str = field(init=False, repr=False, compare=False)
 

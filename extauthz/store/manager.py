@@ -130,7 +130,7 @@ class SessionManager:
         :class:`ValueError` to refuse it (the JWT minter's size bound, ``jwt.max_bytes``).
     :param rotation_grace_seconds: how long a rotated token stays valid
         (``session.rotation_grace_seconds``).
-    """
+    :param sid_separator: after a new sid's tag (``store.session_index``, tokens.mint_sid)."""
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class SessionManager:
         check_session: Callable[[Session], None] | None = None,
         rotation_grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS,
         api_key_touch_interval: float = 300.0,
+        sid_separator: str = tokens.SID_SEPARATOR,
     ) -> None:
         self.store = store
         self.idle_timeout = idle_timeout
@@ -153,7 +154,7 @@ class SessionManager:
         self._touch_interval = (
             touch_interval if touch_interval is not None else min(60.0, idle_timeout / 10)
         )
-        self._api_key_touch_interval = api_key_touch_interval
+        self._api_key_touch_interval, self._sid_separator = api_key_touch_interval, sid_separator
 
     def _touch_due(self, session: Session, now: float) -> bool:
         if session.kind != "api_key":
@@ -184,9 +185,8 @@ class SessionManager:
         ``"api_key"`` session's token has the API-key prefix (:data:`tokens.API_KEY_PREFIX`).
 
         :raises ValueError: a subject that :func:`validate_subject` refuses (empty, too long,
-            control characters), a scope or role that is not an RFC 6749 §3.3
-            scope token, bad session data, or a session that ``check_session`` refuses (its
-            JWT would exceed ``jwt.max_bytes``).
+            control characters), a scope or role that is not an RFC 6749 §3.3 scope token, bad
+            session data, or a session that ``check_session`` refuses (``jwt.max_bytes``).
         :raises StoreUnavailable: the store did not take the write (incl. ``WAIT`` failure).
         """
         validate_subject(sub)
@@ -197,7 +197,7 @@ class SessionManager:
         now = self._clock()
         tag = tokens.subject_tag(sub)  # every key of the session in one slot: store/redis/keys
         session = Session(
-            sid=tokens.mint_sid(tag),
+            sid=tokens.mint_sid(tag, separator=self._sid_separator),
             sub=sub,
             created_at=now,
             last_seen=now,

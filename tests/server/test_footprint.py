@@ -52,6 +52,37 @@ def test_a_module_loaded_already_is_left_in_place() -> None:
 
 
 @pytest.mark.e2e
+def test_the_otlp_trace_exporter_gets_the_metrics_sdk_back() -> None:
+    """Regression: ``tracing.exporter = "otlp"``: the OTLP exporter's first imports include
+    ``opentelemetry.sdk.metrics.export`` (MetricExportResult, MetricsData); while the module
+    was marked absent, ``serve`` refused to start, saying the installed package was not
+    installed. Building that exporter takes the module back; redis-py, imported before,
+    keeps its "not installed" branch. (This venv lacks the exporter package: the build stops
+    at its import, then the import the exporter makes is made here.)"""
+    out = _in_fresh_interpreter(
+        """
+        import extauthz.server
+        import redis.observability.providers as redis_otel
+        from extauthz.errors import SettingsError
+        from extauthz.server.tracing_wiring import build_tracing
+        from extauthz.settings import Settings
+        from extauthz.settings.tracing import TracingExporter, TracingSettings
+
+        traced = Settings(tracing=TracingSettings(enabled=True, exporter=TracingExporter.OTLP))
+        try:
+            print("built" if build_tracing(traced) is not None else "none")
+        except SettingsError:
+            print("not-installed")
+        from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
+        print(redis_otel.OTEL_AVAILABLE)
+        """
+    )
+    built, redis_metrics = out.split()
+    assert built in ("built", "not-installed")
+    assert redis_metrics == "False"
+
+
+@pytest.mark.e2e
 def test_release_freed_heap_gives_freed_memory_back() -> None:
     """200,000 small objects freed, all but every 1,000th (which pins glibc's heap top):
     malloc_trim hands the free pages inside the heap back, so the resident set shrinks."""

@@ -95,6 +95,7 @@ def test_node_id_defaults_to_host_and_pid() -> None:
             "store.redis_url",
         ),
         ("[store]\nstrategyy = \"sticky\"\n", {}, "store.strategyy"),
+        ('[store]\nsession_index = "subject"\n', {}, "store.session_index"),
         ('[stores]\nstrategy = "sticky"\n', {}, "stores"),
         ('store = "sticky"\n', {}, "store"),
     ],

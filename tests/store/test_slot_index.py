@@ -7,12 +7,14 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from extauthz import tokens
 from extauthz.errors import Reason, Unauthenticated
+from extauthz.server.app import build_components
 from extauthz.store.manager import SessionManager
 from extauthz.store.model import Session
 from extauthz.store.redis import store as store_module
@@ -20,6 +22,7 @@ from extauthz.store.redis.keys import SessionKeys
 from extauthz.store.redis.store import INDEX_PRUNE_ABOVE, RedisSessionStore
 from tests.fixtures.core import FakeClock
 from tests.support import RedisServer
+from tests.support.extauthz_nodes import node_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +185,121 @@ async def test_a_prune_of_a_large_index_takes_bounded_steps(
         assert left == live
     finally:
         await view.config_set("hash-max-listpack-entries", before)
+
+
+@pytest.mark.parametrize(
+    "bookkeeping",
+    [
+        "5 18446744073709551616",  # a cursor past 2^64: HSCAN refuses it ("invalid cursor")
+        "99999999999999999999999 0",  # a count no index reaches twice: never pruned again
+    ],
+)
+async def test_a_malformed_bookkeeping_field_fails_no_creation_and_the_prune_starts_over(
+    redis_client: aioredis.Redis, view: aioredis.Redis, bookkeeping: str
+) -> None:
+    """Regression: a '#' that the create script did not write (by hand, a bad restore) made
+    every creation in the slot fail after writing its record (a refused cursor), or stopped
+    the pruning for good (an absurd count). The script reads such a value as no prune state:
+    the creation succeeds and the prune runs from the start."""
+    store, sessions, _, _ = _stack(redis_client)
+    index = store.keys.slot_index(tokens.subject_tag("judy"))
+    made = [(await sessions.create("judy"))[0] for _ in range(INDEX_PRUNE_ABOVE + 8)]
+    await _gone(redis_client, store, made[:10])
+    await view.hset(index, "#", bookkeeping)
+    made.append((await sessions.create("judy"))[0])
+    live = len(made) - 10
+    assert await view.hget(index, "#") == f"{live} 0"
+    assert len(await store.list_subject("judy")) == live
+    for token in made[10:]:
+        assert (await sessions.lookup(token)).sub == "judy"
+
+
+async def test_index_by_tag_writes_new_sessions_as_the_version_before_did(
+    redis_client: aioredis.Redis, view: aioredis.Redis
+) -> None:
+    """Regression (rolling upgrade): nodes of the version before take a sid ``t-<22>`` for one
+    from before tags, so on a cluster their touches, logouts and rotations of such sessions
+    fail (CROSSSLOT) and on one primary their rotations move them out of every index.
+    ``store.session_index = "tag"`` mints ``t.<22>`` into ``p{t}x``, the layout that version
+    reads; once every node is upgraded, ``"slot"`` again, and revoke-all reaches both kinds."""
+    store, _, clock, prefix = _stack(redis_client)
+    by_tag = SessionManager(
+        store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0,
+        sid_separator=tokens.TAG_INDEX_SID_SEPARATOR,
+    )  # fmt: skip
+    tag = tokens.subject_tag("kate")
+    token, session = await by_tag.create("kate")
+    assert session.sid.startswith(f"{tag}.") and tokens.sid_tag(session.sid) == tag
+    entry = await view.hget(f"{prefix}{{{tag}}}x", session.sid[len(tag) + 1 :])
+    assert entry == tokens.token_hash(token)[len(tag) + 1 :]
+    assert await view.exists(SessionKeys(prefix).slot_index(tag)) == 0
+    by_slot = SessionManager(
+        store, idle_timeout=IDLE, absolute_timeout=ABSOLUTE, clock=clock, touch_interval=0.0
+    )
+    later_token, later = await by_slot.create("kate")
+    assert later.sid.startswith(f"{tag}-")
+    assert sorted(s.sid for s in await store.list_subject("kate")) == sorted(
+        [session.sid, later.sid]
+    )
+    assert await store.revoke_subject("kate") == 2
+    for gone in (token, later_token):
+        with pytest.raises(Unauthenticated):
+            await by_slot.lookup(gone)
+
+
+@pytest.mark.parametrize(("setting", "separator"), [("tag", "."), ("slot", "-"), (None, "-")])
+async def test_store_session_index_chooses_the_sid_a_node_mints(
+    tmp_path: Path, setting: str | None, separator: str
+) -> None:
+    table = {"strategy": "sticky", "backend": "memory"}
+    chosen = {"session_index": setting} if setting else {}
+    components = build_components(node_settings(tmp_path, "n1", table | chosen))
+    _, session = await components.sessions.create("lena")
+    assert session.sid[tokens.TAG_LENGTH] == separator
+
+
+async def test_glob_characters_in_a_sid_or_subject_reach_no_other_session(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A subject's listing scans its slot's index with ``MATCH <tag>-*``: the pattern is built
+    from the tag (4 base62 characters of a hash), never from the subject or a sid, so ``*``,
+    ``?``, ``[``, ``\\`` in either reach no one else's sessions."""
+    store, sessions, _, _ = _stack(redis_client)
+    token, session = await sessions.create("victim")
+    tag = session.sid[: tokens.TAG_LENGTH]
+    for sid in ("*", f"{tag}-*", f"{tag}-" + "?" * 22, f"{tag}.[a-z]*", "\\*", "#", ""):
+        assert await store.get_by_sid(sid) is None
+        assert await store.token_hash_of(sid) is None
+        assert await store.revoke_sid(sid) is None
+    for sub in ("*", "?", "[", "\\", "victim*", "*-*", "#"):
+        assert await store.list_subject(sub) == []
+        assert await store.revoke_subject(sub) == 0
+    assert (await sessions.lookup(token)).sid == session.sid
+
+
+async def test_revoke_all_spares_another_subject_with_the_same_tag(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Two subjects whose tags collide (62^4 tags: a few thousand subjects find a pair) share
+    ``MATCH <tag>-*`` and ``p{tag}x``: their records tell them apart, in both indexes."""
+    seen: dict[str, str] = {}
+    pair = None
+    for n in range(100_000):
+        tag = tokens.subject_tag(f"user-{n}")
+        if tag in seen:
+            pair = (seen[tag], f"user-{n}")
+            break
+        seen[tag] = f"user-{n}"
+    assert pair is not None
+    one, other = pair
+    store, sessions, clock, prefix = _stack(redis_client)
+    _, mine = await sessions.create(one)
+    _, mine_before = await _session_of_the_version_before(redis_client, prefix, clock, one)
+    theirs = [(await sessions.create(other))[0]]
+    theirs.append((await _session_of_the_version_before(redis_client, prefix, clock, other))[0])
+    listed = sorted(s.sid for s in await store.list_subject(one))
+    assert listed == sorted([mine.sid, mine_before.sid])
+    assert await store.revoke_subject(one) == 2
+    for token in theirs:
+        assert (await sessions.lookup(token)).sub == other
+    assert len(await store.list_subject(other)) == 2

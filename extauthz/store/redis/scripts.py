@@ -72,8 +72,10 @@ end
 # one creation examines at most (an HSCAN COUNT; a listpack-encoded hash answers whole). The
 # index expires with the last absolute expiry of its sessions. A prune starts when the index
 # holds more than ARGV[6] entries and more than twice as many as the last prune left; its state
-# is the field '#' = '<entries the last prune left> <HSCAN cursor, 0: no prune under way>'.
-# Records of the index's tags are in its slot. Returns 1.
+# is the field '#' = '<entries the last prune left> <HSCAN cursor, 0: no prune under way>';
+# any other value (a count beyond 14 digits, a cursor beyond 19: HSCAN refuses one past 2^64,
+# and the script would fail every creation in the slot) starts over from '0 0'. Records of the
+# index's tags are in its slot. Returns 1.
 CREATE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
@@ -82,7 +84,7 @@ if redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT') == 0 then
 end
 local kept, cursor = 0, '0'
 local a, b = string.match(redis.call('HGET', KEYS[2], '#') or '', '^(%d+) (%d+)$')
-if a then kept, cursor = tonumber(a), b end
+if a and #a <= 14 and #b <= 19 then kept, cursor = tonumber(a), b end
 local size = redis.call('HLEN', KEYS[2]) - redis.call('HEXISTS', KEYS[2], '#')
 if cursor == '0' and size <= math.max(tonumber(ARGV[6]), 2 * kept) then return 1 end
 local reply = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', ARGV[8])
