@@ -143,7 +143,6 @@ class RedisPrimary:
         await pool.disconnect()
         return True
 
-    @translated("online replicas")
     async def ping(self) -> None:
         """Answer when the primary does. With a Sentinel-managed client, first ask the
         Sentinels who the primary is: after a graceful failover the old primary keeps
@@ -161,6 +160,7 @@ class RedisPrimary:
 
         await self._run("ping", op)
 
+    @translated("online replicas")
     async def online_replicas(self) -> int:
         """How many replicas the primary reports ``state=online`` (``INFO replication``)."""
         return await self._online_replicas()
