@@ -352,7 +352,7 @@ class RedisSessionStore(RedisPrimary):
         )
         entries.update({text(f): text(v) async for f, v in slot_index})
         for sid, value in entries.items():
-            raw = await self._redis.get(self._session_key(f"{tag}.{value}"))
+            raw = await self._redis.get(self._session_key(self.keys.entry_token_hash(sid, value)))
             if raw is None:  # rotated since the index was read, or ended: read it again
                 current = await self._index_get(sid)
                 raw = None if current is None else await self._redis.get(self._session_key(current))
