@@ -1,6 +1,6 @@
 """What a serving process keeps resident (issue 13: RSS per worker ≤ 80 MiB).
 
-Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
+Each measured in docs/benchmarks.md ('Memory, third pass'):
 
 * :func:`leave_out_unused_libraries`: redis-py 8 imports the OpenTelemetry *metrics* SDK
   whenever it is installed (``redis.observability.providers``), for an export extauthz never
@@ -13,8 +13,8 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
   (grpc's event-engine and timer threads: four or five), each keeping its own free pages;
   one arena for the process, as ``MALLOC_ARENA_MAX=1`` would, kept ~1 MiB less after 300,000
   Checks at the same throughput.
-* :func:`release_freed_heap`: start-up frees more than it keeps (the parser of every
-  subcommand, settings validation, the argon2id warm-up), and bursts of Checks leave free
+* :func:`release_freed_heap`: start-up frees more than it keeps (the command line's parser,
+  settings validation, the argon2id warm-up), and bursts of Checks leave free
   pages inside glibc's heaps (one per thread that allocates: the event loop's, grpc's); glibc
   keeps them until ``malloc_trim(3)`` hands them back. Called once after start-up, then by
   :func:`heap_trimmer` every minute.
@@ -23,10 +23,12 @@ Two things, both measured in docs/benchmarks.md ('Memory, third pass'):
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import sys
 import time
+from typing import Any
 
 from extauthz.loops import Loop
 
@@ -68,16 +70,23 @@ def readmit(name: str) -> None:
 _M_ARENA_MAX = -8  # mallopt(3)'s parameter number, glibc's malloc.h
 
 
+@functools.cache
+def _libc_function(name: str) -> Any:
+    """The C library's function ``name`` (looked up once), ``None`` when it has none (musl
+    has no ``mallopt`` or ``malloc_trim``)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (AttributeError, OSError):
+        return None
+
+
 def limit_malloc_arenas(count: int = 1) -> bool:
     """At most ``count`` glibc malloc arenas for the threads created from now on
     (``mallopt(M_ARENA_MAX, count)``; an environment's ``MALLOC_ARENA_MAX`` is replaced).
     Returns False, changing nothing, when the C library has no ``mallopt`` (musl) or refuses
     the value."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, count))
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, count))
 
 
 def release_freed_heap(*, collect: bool = True) -> int:
@@ -87,11 +96,8 @@ def release_freed_heap(*, collect: bool = True) -> int:
     ``malloc_trim`` (musl): nothing else changes."""
     if collect:
         gc.collect()
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return 0
-    return int(trim(0))
+    trim = _libc_function("malloc_trim")
+    return 0 if trim is None else int(trim(0))
 
 
 async def _trim_step() -> None:
