@@ -22,11 +22,16 @@ print(type(sys.modules.get("opentelemetry.sdk.metrics")).__name__, len(loaded))
 """
 
 
-def _in_fresh_interpreter(code: str) -> str:
+def _run_fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter, which must exit 0."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return done
+
+
+def _in_fresh_interpreter(code: str) -> str:
+    return _run_fresh(code).stdout.strip()
 
 
 @pytest.mark.e2e
@@ -142,10 +147,7 @@ for t in threads:
 
 
 def _arenas(setup: str) -> int:
-    done = subprocess.run([sys.executable, "-c", ARENAS.format(setup=setup)],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stderr.count("Arena ")
+    return _run_fresh(ARENAS.format(setup=setup)).stderr.count("Arena ")
 
 
 @pytest.mark.e2e
