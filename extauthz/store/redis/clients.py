@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -25,6 +26,7 @@ from redis.asyncio.sentinel import (
     SentinelManagedConnection,
 )
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.driver_info import DriverInfo
 
 from extauthz.store.redis.cluster import StoreCluster
 from extauthz.store.redis.errors import REDIS_ERRORS
@@ -38,6 +40,11 @@ from extauthz.store.redis.pool import (
 RETRY_COUNT = 2
 RETRY_BACKOFF_BASE_SECONDS = 0.01
 RETRY_BACKOFF_CAP_SECONDS = 0.05
+
+DRIVER_INFO = DriverInfo(lib_version=redis.__version__)
+"""What every connection reports by ``CLIENT SETINFO`` (Redis 7.2+): redis-py's name and
+version, given here (left out, redis-py reads its version with ``importlib.metadata`` at each
+connection: :mod:`extauthz.server.footprint`)."""
 
 Redis = aioredis.Redis | StoreCluster
 """A client of the primary: one server (Sentinel-managed or not), or a Redis Cluster."""
@@ -215,6 +222,7 @@ class RedisClients:
                     **self._timeouts(),
                     "retry": Retry(NoBackoff(), 0),
                     "client_name": e.client_name("sentinel"),
+                    "driver_info": DRIVER_INFO,
                 },
                 **self._kwargs("primary"),
             )
@@ -258,6 +266,7 @@ class RedisClients:
             **self._timeouts(),
             "retry": client_retry(),
             "client_name": self.endpoints.client_name(role),
+            "driver_info": DRIVER_INFO,
         }
 
     def sentinel_managed(self) -> bool:
