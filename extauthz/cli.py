@@ -31,7 +31,10 @@ def _configure_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from extauthz.server.footprint import prefer_native_resolver
     from extauthz.settings import load_settings
+
+    prefer_native_resolver()  # before gRPC is imported here or in a worker (which inherits it)
 
     _configure_logging(args.log_level)
     settings = load_settings(args.config)

@@ -3,6 +3,7 @@ loop and the composition root that wires them (app.py; its store part in store_w
 (docs/architecture.md).
 """
 
-from extauthz.server.footprint import leave_out_unused_libraries
+from extauthz.server.footprint import defer_unused_modules, import_redis_py
 
-leave_out_unused_libraries()  # before any server module imports redis-py
+defer_unused_modules()  # before the libraries that import them (extauthz.server.footprint)
+import_redis_py()  # before any server module imports it: without its OpenTelemetry metrics

@@ -1,14 +1,19 @@
 """What a serving process keeps resident (issue 13: RSS per worker ≤ 80 MiB).
 
-Each measured in docs/benchmarks.md ('Memory, third pass'):
+Each measured in docs/benchmarks.md ('Memory, third pass' and 'fourth pass'):
 
-* :func:`leave_out_unused_libraries`: redis-py 8 imports the OpenTelemetry *metrics* SDK
-  whenever it is installed (``redis.observability.providers``), for an export extauthz never
-  turns on; it is installed here for tracing, which needs only the trace SDK. Marking the
-  module absent in ``sys.modules`` before redis-py is imported makes redis-py take its own
-  "SDK not installed" branch: 1.7 MiB and ~50 modules fewer per process. A feature that is
-  turned on and needs the module takes it back (:func:`readmit`: the OTLP trace exporter
-  imports the metrics SDK's export types).
+* :func:`import_redis_py`: redis-py 8 imports OpenTelemetry's metrics API and SDK whenever
+  they are installed (``redis.observability``), for an export extauthz never turns on (they
+  are installed for tracing). While redis-py is imported both are marked absent in
+  ``sys.modules``, so it takes its own "not installed" branch (2 MiB and ~60 modules fewer);
+  then the marks go, and tracing imports them as usual.
+* :func:`defer_import` of each module of :data:`DEFERRED`: imported at start-up by a library,
+  used only for what extauthz leaves off, loaded at its first use instead (2.1 MiB):
+  ``importlib.metadata`` (redis-py reads its own version with it at each connection; the
+  clients give it: :data:`extauthz.store.redis.clients.DRIVER_INFO`), ``cryptography.x509``
+  (PyJWT), protobuf's pure-Python messages.
+* :func:`prefer_native_resolver`: gRPC's c-ares resolver, for names a server resolves only to
+  bind (0.3 MiB).
 * :func:`limit_malloc_arenas`: glibc gives each thread that allocates an arena of its own
   (grpc's event-engine and timer threads: four or five), each keeping its own free pages;
   one arena for the process, as ``MALLOC_ARENA_MAX=1`` would, kept ~1 MiB less after 300,000
@@ -25,7 +30,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import importlib
+import importlib.util
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -33,38 +41,82 @@ from typing import Any
 from extauthz.loops import Loop
 
 __all__ = [
-    "UNUSED",
+    "HIDDEN_FROM_REDIS_PY",
+    "DEFERRED",
+    "defer_import",
+    "defer_unused_modules",
     "heap_trimmer",
-    "leave_out_unused_libraries",
+    "import_redis_py",
     "limit_malloc_arenas",
-    "readmit",
+    "prefer_native_resolver",
     "release_freed_heap",
 ]
 
 log = logging.getLogger("extauthz")
 
-# modules a serving process must not load: a library imports them for a feature extauthz
-# leaves off (module -> the feature)
-UNUSED = {"opentelemetry.sdk.metrics": "redis-py's OpenTelemetry metrics export"}
+# what redis-py imports for a feature extauthz leaves off (module -> the feature)
+HIDDEN_FROM_REDIS_PY = {
+    "opentelemetry.metrics": "redis-py's OpenTelemetry metrics",
+    "opentelemetry.sdk.metrics": "redis-py's OpenTelemetry metrics export",
+}
+
+# what libraries import at start-up but use only for a feature extauthz leaves off, loaded at
+# its first use instead (module -> where it is used)
+DEFERRED = {
+    "importlib.metadata": "redis-py reads its own version (extauthz gives it: DRIVER_INFO)",
+    "cryptography.x509": "PyJWT tells a certificate from an HMAC secret (extauthz signs and "
+    "verifies with keys, never with certificates or HMAC secrets)",
+    "google.protobuf.internal.python_message": "protobuf's pure-Python messages (the upb "
+    "implementation serves instead)",
+}
 
 
-def leave_out_unused_libraries() -> None:
-    """Mark each module of :data:`UNUSED` absent (``sys.modules[name] = None``: an import of it
-    raises ``ImportError``, which the importing library treats as "not installed"). A module
-    this interpreter has loaded already is left as it is. Called when ``extauthz.server`` is
-    first imported, before anything imports redis-py."""
-    for name in UNUSED:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+def defer_import(name: str) -> bool:
+    """Make the module ``name`` load at the first use of one of its attributes instead of at
+    its import (``importlib.util.LazyLoader``; ``from parent import child`` then binds the
+    module unloaded too). An import statement of it after this loads it (Python 3.11's import
+    system reads its ``__spec__``). Returns False, changing nothing, when it is loaded
+    already or cannot be found."""
+    if name in sys.modules:
+        return False
+    spec = importlib.util.find_spec(name)  # (imports the parent package, which may import it)
+    if spec is None or spec.loader is None or name in sys.modules:
+        return False
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return True
 
 
-def readmit(name: str) -> None:
-    """Undo :func:`leave_out_unused_libraries` for ``name`` (a key of :data:`UNUSED`): a
-    feature that is turned on imports it (``tracing.exporter = "otlp"``: the OTLP exporter
-    imports ``opentelemetry.sdk.metrics.export``, and would fail as if not installed). Only
-    the absent mark goes; a library that was imported meanwhile keeps the branch it took
-    (redis-py, imported before any feature is built, stays without its metrics)."""
-    if name in sys.modules and sys.modules[name] is None:
-        del sys.modules[name]
+def defer_unused_modules() -> None:
+    """:func:`defer_import` each module of :data:`DEFERRED`. Called when ``extauthz.server`` is
+    first imported, before the libraries that import them are."""
+    for name in DEFERRED:
+        defer_import(name)
+
+
+def import_redis_py() -> None:
+    """Import ``redis.asyncio`` without what :data:`HIDDEN_FROM_REDIS_PY` lists: each module of
+    it that is not loaded yet is marked absent (``sys.modules[name] = None``: its import raises
+    ``ImportError``, which redis-py treats as "not installed") while redis-py is imported, and
+    unmarked after. Called when ``extauthz.server`` is first imported. Once redis-py is
+    loaded, this changes nothing."""
+    if "redis" in sys.modules:
+        return
+    marked = [name for name in HIDDEN_FROM_REDIS_PY if name not in sys.modules]
+    for name in marked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        importlib.import_module("redis.asyncio")
+    finally:
+        for name in marked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 _M_ARENA_MAX = -8  # mallopt(3)'s parameter number, glibc's malloc.h
@@ -87,6 +139,19 @@ def limit_malloc_arenas(count: int = 1) -> bool:
     the value."""
     mallopt = _libc_function("mallopt")
     return mallopt is not None and bool(mallopt(_M_ARENA_MAX, count))
+
+
+def prefer_native_resolver() -> bool:
+    """Have gRPC resolve names with ``getaddrinfo(3)`` (``GRPC_DNS_RESOLVER=native``, gRPC's
+    doc/environment_variables.md) instead of its default c-ares resolver, which sets up
+    machinery of its own (0.35 MiB resident) for names a server resolves only to bind its
+    listen address. gRPC reads it when it is imported: ``extauthz serve`` calls this first
+    (its workers inherit the environment). An operator's ``GRPC_DNS_RESOLVER`` stays.
+    Returns whether it was set here."""
+    if "GRPC_DNS_RESOLVER" in os.environ:
+        return False
+    os.environ["GRPC_DNS_RESOLVER"] = "native"
+    return True
 
 
 def release_freed_heap(*, collect: bool = True) -> int:

@@ -59,9 +59,6 @@ def _exporter(t: TracingSettings) -> SpanExporter | None:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    from extauthz.server.footprint import readmit
-
-    readmit("opentelemetry.sdk.metrics")  # the exporter imports its export types
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
             OTLPSpanExporter,

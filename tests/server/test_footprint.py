@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,13 +13,18 @@ import textwrap
 import pytest
 
 from extauthz.server.footprint import heap_trimmer
+from harness.redis import RedisServer
 
 PROBE = """
 import sys
 {setup}
 import redis.asyncio
+import redis.observability.metrics as redis_metrics
+import redis.observability.providers as redis_providers
 loaded = [m for m in sys.modules if m.startswith("opentelemetry.sdk.metrics.")]
-print(type(sys.modules.get("opentelemetry.sdk.metrics")).__name__, len(loaded))
+print(type(sys.modules.get("opentelemetry.sdk.metrics")).__name__, len(loaded),
+      type(sys.modules.get("opentelemetry.metrics")).__name__,
+      redis_metrics.OTEL_AVAILABLE, redis_providers.OTEL_AVAILABLE)
 """
 
 
@@ -35,34 +41,35 @@ def _in_fresh_interpreter(code: str) -> str:
 
 
 @pytest.mark.e2e
-def test_the_server_package_keeps_redis_py_from_loading_the_metrics_sdk() -> None:
-    """redis-py 8 imports opentelemetry.sdk.metrics whenever it is installed; once
-    extauthz.server is imported it takes its "not installed" branch (the module is marked
-    absent: None), and none of the SDK's submodules load."""
-    assert _in_fresh_interpreter(PROBE.format(setup="import extauthz.server")) == "NoneType 0"
+def test_the_server_package_imports_redis_py_without_opentelemetry_metrics() -> None:
+    """redis-py 8 imports OpenTelemetry's metrics API and SDK whenever they are installed;
+    imported by extauthz.server it takes its "not installed" branches, and neither loads."""
+    out = _in_fresh_interpreter(PROBE.format(setup="import extauthz.server"))
+    assert out == "NoneType 0 NoneType False False"
 
 
 @pytest.mark.e2e
-def test_without_the_server_package_redis_py_loads_it() -> None:
-    """The other side: the probe above sees the SDK when redis-py does load it."""
-    kind, submodules = _in_fresh_interpreter(PROBE.format(setup="")).split()
-    assert kind == "module" and int(submodules) > 10
+def test_without_the_server_package_redis_py_loads_them() -> None:
+    """The other side: the probe above sees the API and the SDK when redis-py loads them."""
+    kind, submodules, api, *available = _in_fresh_interpreter(PROBE.format(setup="")).split()
+    assert kind == "module" and int(submodules) > 10 and api == "module"
+    assert available == ["True", "True"]
 
 
 @pytest.mark.e2e
 def test_a_module_loaded_already_is_left_in_place() -> None:
-    """A process that imported the SDK itself keeps it (only absent modules are marked)."""
+    """A process that imported the SDK itself keeps it (only modules not loaded are hidden)."""
     setup = "import opentelemetry.sdk.metrics\nimport extauthz.server"
     assert _in_fresh_interpreter(PROBE.format(setup=setup)).startswith("module ")
 
 
 @pytest.mark.e2e
-def test_the_otlp_trace_exporter_gets_the_metrics_sdk_back() -> None:
-    """Regression: ``tracing.exporter = "otlp"``: the OTLP exporter's first imports include
-    ``opentelemetry.sdk.metrics.export`` (MetricExportResult, MetricsData); while the module
-    was marked absent, ``serve`` refused to start, saying the installed package was not
-    installed. Building that exporter takes the module back; redis-py, imported before,
-    keeps its "not installed" branch. (This venv lacks the exporter package: the build stops
+def test_tracing_and_the_otlp_exporter_import_the_metrics_modules_after_redis_py() -> None:
+    """Regression: the trace SDK imports the metrics API, and the OTLP exporter
+    ``opentelemetry.sdk.metrics.export``; while a module was marked absent for the whole
+    process, ``serve`` with tracing refused to start, saying an installed package was not
+    installed. The marks last only while redis-py is imported: both import, and redis-py
+    keeps its "not installed" branch. (This venv lacks the exporter package: its build stops
     at its import, then the import the exporter makes is made here.)"""
     out = _in_fresh_interpreter(
         """
@@ -73,18 +80,116 @@ def test_the_otlp_trace_exporter_gets_the_metrics_sdk_back() -> None:
         from extauthz.settings import Settings
         from extauthz.settings.tracing import TracingExporter, TracingSettings
 
-        traced = Settings(tracing=TracingSettings(enabled=True, exporter=TracingExporter.OTLP))
+        traced = Settings(tracing=TracingSettings(enabled=True, exporter=TracingExporter.NONE))
+        print("traced" if build_tracing(traced) is not None else "none")
+        otlp = Settings(tracing=TracingSettings(enabled=True, exporter=TracingExporter.OTLP))
         try:
-            print("built" if build_tracing(traced) is not None else "none")
+            print("built" if build_tracing(otlp) is not None else "none")
         except SettingsError:
             print("not-installed")
         from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
         print(redis_otel.OTEL_AVAILABLE)
         """
     )
-    built, redis_metrics = out.split()
+    traced, built, redis_metrics = out.split()
+    assert traced == "traced"
     assert built in ("built", "not-installed")
     assert redis_metrics == "False"
+
+
+DEFERRED_PROBE = """
+import asyncio, sys
+import extauthz.server
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from extauthz.server.footprint import DEFERRED
+from extauthz.store.redis.clients import RedisClients, RedisEndpoints
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+def kinds():
+    return " ".join(type(sys.modules[name]).__name__ for name in DEFERRED)
+
+async def use_redis():
+    clients = RedisClients(RedisEndpoints({url!r}))
+    try:
+        await clients.primary.set("footprint-probe", "1")
+        info = clients.primary.connection_pool.connection_kwargs["driver_info"]
+        return (await clients.primary.get("footprint-probe")).decode(), info.lib_version
+    finally:
+        await clients.aclose()
+
+key = ec.generate_private_key(ec.SECP256R1())
+token = jwt.encode({{"sub": "u1"}}, key, algorithm="ES256")
+assert jwt.decode(token, key.public_key(), algorithms=["ES256"])["sub"] == "u1"
+assert CheckRequest.FromString(CheckRequest(attributes={{"request": {{}}}}).SerializeToString())
+print(kinds(), *asyncio.run(use_redis()), redis_version := __import__("redis").__version__)
+# each still works when used: its first use loads it
+import importlib.metadata
+from cryptography import x509
+from google.protobuf.internal import python_message
+print(importlib.metadata.version("redis") == redis_version, x509.Name([]).rfc4514_string() == "",
+      callable(python_message.GeneratedProtocolMessageType), kinds())
+"""
+
+
+@pytest.mark.e2e
+def test_deferred_modules_stay_unloaded_while_redis_jwt_and_protobuf_serve(
+    redis_server: RedisServer,
+) -> None:
+    """``importlib.metadata`` (redis-py's version, given by ``DRIVER_INFO`` instead),
+    ``cryptography.x509`` (PyJWT) and protobuf's pure-Python messages are imported at
+    start-up but not used by what serves Checks: a Redis round trip, an ES256 JWT signed and
+    verified, a CheckRequest parsed leave them unloaded; a use loads them, and they work."""
+    first, second = _in_fresh_interpreter(DEFERRED_PROBE.format(url=redis_server.url)).splitlines()
+    *kinds, stored, lib_version, redis_version = first.split()
+    assert kinds == ["_LazyModule"] * 3
+    assert stored == "1" and lib_version == redis_version
+    assert second.split() == ["True", "True", "True", "module", "module", "module"]
+
+
+@pytest.mark.e2e
+def test_without_the_server_package_they_load_at_start_up() -> None:
+    """The other side: the kinds above are those of modules that really are deferred."""
+    out = _in_fresh_interpreter(
+        """
+        import sys, redis.asyncio, jwt, google.protobuf.descriptor_pool
+        from extauthz.server.footprint import DEFERRED  # (imports redis-py: loaded already)
+        print(" ".join(type(sys.modules[name]).__name__ for name in DEFERRED))
+        """
+    )
+    assert out == "module module module"
+
+
+@pytest.mark.e2e
+def test_defer_import_leaves_a_loaded_or_unknown_module_alone() -> None:
+    out = _in_fresh_interpreter(
+        """
+        import json, sys
+        from extauthz.server.footprint import defer_import
+        print(defer_import("json"), type(sys.modules["json"]).__name__,
+              defer_import("no_such_module_here"), "no_such_module_here" in sys.modules)
+        """
+    )
+    assert out == "False module False False"
+
+
+@pytest.mark.e2e
+def test_serve_has_grpc_resolve_names_natively_unless_told_otherwise() -> None:
+    """``GRPC_DNS_RESOLVER=native`` is set before gRPC is imported (it reads it then); an
+    operator's own value stays."""
+    code = """
+        import os
+        from extauthz.server.footprint import prefer_native_resolver
+        print(prefer_native_resolver(), os.environ["GRPC_DNS_RESOLVER"])
+        """
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_DNS_RESOLVER"}
+    unset = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                           text=True, timeout=60, check=True, env=env)  # fmt: skip
+    assert unset.stdout.split() == ["True", "native"]
+    env["GRPC_DNS_RESOLVER"] = "ares"
+    kept = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60, check=True, env=env)  # fmt: skip
+    assert kept.stdout.split() == ["False", "ares"]
 
 
 @pytest.mark.e2e
