@@ -40,6 +40,7 @@ fast error path. Exit status: 0 success, 1 a check failed, 2 a tool is missing.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import shlex
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         for what in missing:
             say(f"missing: {what}")
         return 2
+    # extauthz served as installed: pip byte-compiles a wheel's modules when it installs them;
+    # this venv's editable install, under PYTHONDONTWRITEBYTECODE, would have every process
+    # compile each module from source at start (0.3 MiB more resident, docs/benchmarks.md)
+    compileall.compile_dir(REPO / "extauthz", quiet=1)
 
     # SIGTERM (e.g. from a test timeout) stops the children like Ctrl-C does
     def on_term(signum: int, frame: object) -> None:
