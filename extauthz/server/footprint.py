@@ -31,11 +31,14 @@ import ctypes
 import functools
 import gc
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from extauthz.loops import Loop
@@ -71,12 +74,49 @@ DEFERRED = {
 }
 
 
+class _LoadedSubmodules:  # a finder and its loader (importlib.abc's: 6 modules more)
+    """The submodule of a deferred package that loading the package imported, handed back.
+
+    Importing ``package.sub`` while ``package`` is still deferred loads ``package`` (the import
+    system reads its ``__path__``), whose code imports ``package.sub``; Python 3.11 then goes on
+    to execute ``package.sub`` a second time, into a second module that replaces the first in
+    ``sys.modules``: two copies of each class, the package's (which its own code and
+    cryptography's Rust code use) and the submodule's. First on ``sys.meta_path``, this finds
+    such a submodule already in ``sys.modules`` and loads it as itself."""
+
+    def __init__(self) -> None:
+        self.packages: set[str] = set()
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        module = sys.modules.get(fullname)
+        if module is None or target is not None:  # (not loaded, or a reload)
+            return None
+        own = getattr(module, "__spec__", None)
+        if own is None or fullname.rpartition(".")[0] not in self.packages:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self, loader_state=own)  # type: ignore[arg-type]
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return sys.modules[spec.name]
+
+    def exec_module(self, module: ModuleType) -> None:
+        ours = module.__spec__  # (the import set it)
+        if ours is not None:
+            module.__spec__ = ours.loader_state  # its own again
+
+
+_LOADED_SUBMODULES = _LoadedSubmodules()
+
+
 def defer_import(name: str) -> bool:
     """Make the module ``name`` load at the first use of one of its attributes instead of at
     its import (``importlib.util.LazyLoader``; ``from parent import child`` then binds the
     module unloaded too). An import statement of it after this loads it (Python 3.11's import
-    system reads its ``__spec__``). Returns False, changing nothing, when it is loaded
-    already or cannot be found."""
+    system reads its ``__spec__``), and a package's submodule imported first loads it and
+    then itself once (:class:`_LoadedSubmodules`). Returns False, changing nothing, when it
+    is loaded already or cannot be found."""
     if name in sys.modules:
         return False
     spec = importlib.util.find_spec(name)  # (imports the parent package, which may import it)
@@ -90,6 +130,10 @@ def defer_import(name: str) -> bool:
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, module)
+    if spec.submodule_search_locations is not None:  # a package: its submodules load once
+        _LOADED_SUBMODULES.packages.add(name)
+        if _LOADED_SUBMODULES not in sys.meta_path:
+            sys.meta_path.insert(0, _LOADED_SUBMODULES)
     return True
 
 

@@ -161,6 +161,46 @@ def test_without_the_server_package_they_load_at_start_up() -> None:
 
 
 @pytest.mark.e2e
+def test_a_submodule_imported_before_its_deferred_package_loads_once() -> None:
+    """Regression: importing a submodule of a deferred package first (``from
+    cryptography.x509.extensions import SubjectAlternativeName``) loaded the package, which
+    imported the submodule, then executed the submodule a second time into a new module: its
+    classes were not the package's, and a certificate's extension of that class was "not
+    found". Each submodule now loads once, and its spec stays its own."""
+    out = _in_fresh_interpreter(
+        """
+        import datetime
+        import extauthz.server
+        from cryptography.x509.extensions import SubjectAlternativeName
+        import importlib.metadata._adapters as adapters
+        import importlib.metadata
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        print(SubjectAlternativeName is x509.SubjectAlternativeName,
+              adapters is importlib.metadata._adapters,
+              type(importlib.metadata.metadata("redis")) is adapters.Message,
+              x509.extensions.__spec__.name == "cryptography.x509.extensions",
+              x509.extensions.__spec__.origin.endswith("extensions.py"))
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "a")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("a.example")]), False)
+            .sign(key, hashes.SHA256())
+        )
+        san = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
+        print(san.get_values_for_type(x509.DNSName))
+        """
+    )
+    assert out.splitlines() == ["True True True True True", "['a.example']"]
+
+
+@pytest.mark.e2e
 def test_defer_import_leaves_a_loaded_or_unknown_module_alone() -> None:
     out = _in_fresh_interpreter(
         """
