@@ -36,6 +36,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from types import ModuleType
@@ -109,6 +110,42 @@ class _LoadedSubmodules:  # a finder and its loader (importlib.abc's: 6 modules 
 
 _LOADED_SUBMODULES = _LoadedSubmodules()
 
+_LAZY_LOAD = threading.RLock()
+_LOADING: set[int] = set()  # id() of each deferred module being loaded
+
+
+class _LazyModule(ModuleType):
+    """A deferred module (``LazyLoader``'s ``_LazyModule``) that one thread loads while the
+    others wait.
+
+    Python 3.11's ``LazyLoader`` makes the module ordinary, then executes it: another thread
+    that used it meanwhile found it half-executed (``AttributeError``; Python 3.12.3 added a
+    lock). Here the module stays deferred for the other threads until it is loaded (the lock);
+    the loading thread (the imports its code makes) sees it as it is so far."""
+
+    def __getattribute__(self, attr: str) -> Any:
+        with _LAZY_LOAD:
+            if type(self) is _LazyModule:
+                if id(self) in _LOADING:  # this thread is loading it
+                    return ModuleType.__getattribute__(self, attr)
+                _LOADING.add(id(self))
+                try:
+                    _load(self)
+                finally:
+                    _LOADING.discard(id(self))
+        return getattr(self, attr)
+
+
+def _load(module: ModuleType) -> None:
+    """Execute a deferred module, keeping what was set on it meanwhile (as ``LazyLoader``)."""
+    spec = ModuleType.__getattribute__(module, "__spec__")
+    then = spec.loader_state["__dict__"]
+    now = ModuleType.__getattribute__(module, "__dict__")
+    updated = {k: v for k, v in now.items() if k not in then or v is not then[k]}
+    spec.loader.exec_module(module)
+    now.update(updated)
+    module.__class__ = ModuleType
+
 
 def defer_import(name: str) -> bool:
     """Make the module ``name`` load at the first use of one of its attributes instead of at
@@ -127,6 +164,7 @@ def defer_import(name: str) -> bool:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
+    module.__class__ = _LazyModule  # (instead of LazyLoader's: loaded under a lock)
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, module)

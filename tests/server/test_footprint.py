@@ -201,6 +201,38 @@ def test_a_submodule_imported_before_its_deferred_package_loads_once() -> None:
 
 
 @pytest.mark.e2e
+def test_threads_first_using_a_deferred_module_together_each_find_it_loaded() -> None:
+    """Regression: on Python 3.11, ``LazyLoader`` made a module ordinary before executing it;
+    threads that used it meanwhile (eight at once here, as a thread pool may) found it
+    half-executed: AttributeError in all but the loading one."""
+    out = _in_fresh_interpreter(
+        """
+        import sys, threading
+        import extauthz.server
+        from cryptography import x509  # the deferred module, as PyJWT binds it
+        import importlib.metadata as metadata_at_import  # an import statement loads it
+        failures, ready = [], threading.Barrier(8)
+
+        def use():
+            ready.wait()
+            try:
+                x509.load_der_x509_certificate
+            except Exception as exc:
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=use) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(len(failures), type(sys.modules["cryptography.x509"]).__name__,
+              callable(metadata_at_import.version), failures[:1])
+        """
+    )
+    assert out == "0 module True []"
+
+
+@pytest.mark.e2e
 def test_defer_import_leaves_a_loaded_or_unknown_module_alone() -> None:
     out = _in_fresh_interpreter(
         """
