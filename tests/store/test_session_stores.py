@@ -21,7 +21,7 @@ from extauthz.errors import (
     StoreWriteNotDurable,
     Unauthenticated,
 )
-from extauthz.store.manager import SessionManager, validate_session_data
+from extauthz.store.manager import SessionManager, validate_session_data, validate_subject
 from extauthz.store.memory import MemorySessionStore
 from extauthz.store.model import Session, SessionStore
 from extauthz.store.redis.store import RedisSessionStore
@@ -278,6 +278,21 @@ async def test_create_validates_subject_and_data(clock: FakeClock) -> None:
         validate_session_data({"f": object()})
     with pytest.raises(ValueError):
         validate_session_data(["not", "an", "object"])  # type: ignore[arg-type]
+
+
+def test_a_subject_with_any_control_or_bidi_character_is_refused_ascii_or_not() -> None:
+    """The all-printable-ASCII fast path of validate_subject takes no control character:
+    each C0 character and DEL, in any position, is refused as before, and so are C1, line
+    and paragraph separators, lone surrogates and bidirectional controls."""
+    unsafe = [chr(c) for c in (*range(32), 127)] + ["\x85", "\u2028", "\u2029", "\ud800",
+                                                     "\u202e", "\u2066"]
+    for c in unsafe:
+        for sub in (c, f"alice{c}", f"{c}alice", f"al{c}ice"):
+            with pytest.raises(ValueError):
+                validate_subject(sub)
+    printable_ascii = "".join(chr(c) for c in range(32, 127))
+    assert validate_subject(printable_ascii) == printable_ascii
+    assert validate_subject("zoë ☃") == "zoë ☃"
 
 
 def test_session_data_with_a_non_finite_number_is_refused() -> None:
