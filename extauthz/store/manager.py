@@ -31,7 +31,7 @@ _BIDI_CONTROLS = frozenset(
 def _is_unsafe_char(c: str) -> bool:
     """Control characters (C0, DEL, C1), line and paragraph separators, lone surrogates and
     bidirectional overrides/isolates: what could break a log line, a header or how a name
-    is displayed."""
+    is displayed. None is printable ASCII (validate_subject's one-call common case)."""
     return unicodedata.category(c) in _UNSAFE_CATEGORIES or c in _BIDI_CONTROLS
 
 
@@ -44,9 +44,7 @@ def validate_subject(sub: str) -> str:
     """
     if not 1 <= len(sub) <= MAX_SUBJECT_CHARS:
         raise ValueError(f"subject must be 1-{MAX_SUBJECT_CHARS} characters")
-    if sub.isascii() and sub.isprintable():  # none of them (the common case, one C call)
-        return sub
-    if any(_is_unsafe_char(c) for c in sub):
+    if not (sub.isascii() and sub.isprintable()) and any(_is_unsafe_char(c) for c in sub):
         raise ValueError("subject must not contain control characters")
     return sub
 
