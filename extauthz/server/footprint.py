@@ -115,13 +115,14 @@ _LOADING: set[int] = set()  # id() of each deferred module being loaded
 
 
 class _LazyModule(ModuleType):
-    """A deferred module (``LazyLoader``'s ``_LazyModule``) that one thread loads while the
-    others wait.
+    """A deferred module: executed at the first use of one of its attributes, by one thread
+    while the others wait.
 
-    Python 3.11's ``LazyLoader`` makes the module ordinary, then executes it: another thread
-    that used it meanwhile found it half-executed (``AttributeError``; Python 3.12.3 added a
-    lock). Here the module stays deferred for the other threads until it is loaded (the lock);
-    the loading thread (the imports its code makes) sees it as it is so far."""
+    (Python 3.11's ``importlib.util.LazyLoader`` makes the module ordinary, then executes it:
+    another thread that used it meanwhile found it half-executed, ``AttributeError``; Python
+    3.12.3 added a lock.) Here the module stays deferred for the other threads until it is
+    loaded (the lock); the loading thread (the imports its code makes) sees it as it is so
+    far."""
 
     def __getattribute__(self, attr: str) -> Any:
         with _LAZY_LOAD:
@@ -137,7 +138,8 @@ class _LazyModule(ModuleType):
 
 
 def _load(module: ModuleType) -> None:
-    """Execute a deferred module, keeping what was set on it meanwhile (as ``LazyLoader``)."""
+    """Execute a deferred module by its own loader, keeping what was set on it meanwhile (a
+    submodule's name, set by its import) over what its code sets, as an eager import would."""
     spec = ModuleType.__getattribute__(module, "__spec__")
     then = spec.loader_state["__dict__"]
     now = ModuleType.__getattribute__(module, "__dict__")
@@ -149,22 +151,20 @@ def _load(module: ModuleType) -> None:
 
 def defer_import(name: str) -> bool:
     """Make the module ``name`` load at the first use of one of its attributes instead of at
-    its import (``importlib.util.LazyLoader``; ``from parent import child`` then binds the
-    module unloaded too). An import statement of it after this loads it (Python 3.11's import
-    system reads its ``__spec__``), and a package's submodule imported first loads it and
-    then itself once (:class:`_LoadedSubmodules`). Returns False, changing nothing, when it
-    is loaded already or cannot be found."""
+    its import (:class:`_LazyModule`; ``from parent import child`` then binds the module
+    unloaded too). An import statement of it after this loads it (Python 3.11's import system
+    reads its ``__spec__``), and a package's submodule imported first loads it and then itself
+    once (:class:`_LoadedSubmodules`). Returns False, changing nothing, when it is loaded
+    already or cannot be found."""
     if name in sys.modules:
         return False
     spec = importlib.util.find_spec(name)  # (imports the parent package, which may import it)
     if spec is None or spec.loader is None or name in sys.modules:
         return False
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
+    module = importlib.util.module_from_spec(spec)  # (its attributes, its code not run)
+    spec.loader_state = {"__dict__": module.__dict__.copy()}  # what _load compares with
+    module.__class__ = _LazyModule
     sys.modules[name] = module
-    loader.exec_module(module)
-    module.__class__ = _LazyModule  # (instead of LazyLoader's: loaded under a lock)
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, module)
