@@ -2,8 +2,8 @@
 
 Shapes (ASCII)::
 
-    xat_ <4 base62: tag> <43 base62: 256 random bits> <6 base62: CRC32 of the rest>   57 chars
-    xat_ <43 base62: 256 random bits> <6 base62: CRC32 of the rest>                   53 chars
+    xat_ <4 base62: tag> <43 random base62: 256 bits> <6 base62: CRC32 of the rest>   57 chars
+    xat_ <43 random base62: 256 bits> <6 base62: CRC32 of the rest>                   53 chars
 
 A session's tokens carry its **tag** (:func:`subject_tag`, 4 base62 characters of a hash of its
 ``sub``; a session id carries it too, :func:`mint_sid`), so that every Redis key of the session
@@ -74,6 +74,23 @@ _HASH_SEPARATOR = "."
 _TAGGED_HASH = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{43}}")
 
 
+# a random byte below 248 (4 * 62) names an alphabet character (its value modulo 62, every
+# character equally likely); the 8 bytes above are dropped (rejection sampling, so no bias)
+_RANDOM_CHARACTER = bytes(ord(_ALPHABET[b % 62]) if b < 248 else 0 for b in range(256))
+_REJECTED = bytes(range(248, 256))
+# random bytes drawn per attempt at a body: 43 are needed, 2 of these 64 are dropped on average
+_BODY_DRAW = 64
+
+
+def _random_body() -> str:
+    """``_BODY_LEN`` characters, each uniform over the alphabet, from :mod:`secrets`
+    (43 × log2 62 = 256.03 bits)."""
+    while True:
+        kept = secrets.token_bytes(_BODY_DRAW).translate(_RANDOM_CHARACTER, _REJECTED)
+        if len(kept) >= _BODY_LEN:  # fails for one draw in about 10^17
+            return kept[:_BODY_LEN].decode("ascii")
+
+
 def _base62(value: int, width: int) -> str:
     chars = []
     for _ in range(width):
@@ -96,9 +113,9 @@ def subject_tag(sub: str) -> str:
 
 
 def mint_token(prefix: str = PREFIX, *, tag: str | None = None) -> str:
-    """Return a new opaque token carrying 256 bits from :mod:`secrets`, with ``prefix`` (one
-    of :data:`PREFIXES`) and, given one, ``tag`` (:func:`subject_tag`): 57 characters, else
-    the untagged 53.
+    """Return a new opaque token carrying 256 bits from :mod:`secrets` (43 characters drawn
+    uniformly from the alphabet), with ``prefix`` (one of :data:`PREFIXES`) and, given one,
+    ``tag`` (:func:`subject_tag`): 57 characters, else the untagged 53.
 
     :raises ValueError: an unknown prefix, or a tag that is not 4 base62 characters.
     """
@@ -106,7 +123,7 @@ def mint_token(prefix: str = PREFIX, *, tag: str | None = None) -> str:
         raise ValueError(f"unknown token prefix {prefix!r}")
     if tag is not None and not _TAG.fullmatch(tag):
         raise ValueError("a tag is 4 base62 characters")
-    head = prefix + (tag or "") + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _BODY_LEN)
+    head = prefix + (tag or "") + _random_body()
     return head + _checksum(head)
 
 

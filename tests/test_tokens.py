@@ -142,6 +142,18 @@ def test_a_tagged_token_keeps_256_random_bits() -> None:
     assert len(bodies) == 200 and all(len(b) == 43 for b in bodies)
 
 
+def test_every_body_character_is_equally_likely() -> None:
+    # 4,000 bodies: 172,000 characters, 2,774 expected of each (standard deviation 52); a
+    # modulo bias (a random byte taken modulo 62 without rejecting the 8 above 247) gives the
+    # first 8 characters 21 % more, a short alphabet leaves characters out
+    counts = dict.fromkeys(ALPHABET, 0)
+    for _ in range(4000):
+        for character in tokens.mint_token(tag="Ab3d")[8:51]:
+            counts[character] += 1
+    expected = 4000 * 43 / 62
+    assert all(abs(n - expected) < 0.1 * expected for n in counts.values()), counts
+
+
 def test_a_changed_tag_fails_the_checksum() -> None:
     token = tokens.mint_token(tag="AAAA")
     assert not tokens.has_token_shape(token[:4] + "AAAB" + token[8:])
