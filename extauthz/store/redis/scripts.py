@@ -8,6 +8,8 @@ kept in Redis are milliseconds unless a script says otherwise.
 
 from __future__ import annotations
 
+from extauthz.tokens import TAG_LENGTH
+
 CLOCK = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -75,7 +77,8 @@ end
 # is the field '#' = '<entries the last prune left> <HSCAN cursor, 0: no prune under way>';
 # any other value (a count beyond 14 digits, a cursor beyond 19: HSCAN refuses one past 2^64,
 # and the script would fail every creation in the slot) starts over from '0 0'. Records of the
-# index's tags are in its slot. Returns 1.
+# index's tags are in its slot. A slot index's fields start with their tag (tokens.TAG_LENGTH
+# characters). Returns 1.
 CREATE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
@@ -92,7 +95,7 @@ local entries = reply[2]
 for i = 1, #entries, 2 do
   if entries[i] ~= '#' then
     local tag = ARGV[7]
-    if tag == '' then tag = string.sub(entries[i], 1, 4) end
+    if tag == '' then tag = string.sub(entries[i], 1, TAG_LENGTH) end
     if redis.call('EXISTS', ARGV[5] .. '{' .. tag .. '}s:' .. entries[i + 1]) == 0 then
       redis.call('HDEL', KEYS[2], entries[i])
     end
@@ -103,7 +106,7 @@ if reply[1] == '0' then
 end
 redis.call('HSET', KEYS[2], '#', kept .. ' ' .. reply[1])
 return 1
-"""
+""".replace("TAG_LENGTH", str(TAG_LENGTH))
 
 # KEYS[1] = the session record, KEYS[2] = its index key, KEYS[3] = the subject's set (sessions
 # from before tags; else the index again); ARGV[1] = the index value of the token hash
