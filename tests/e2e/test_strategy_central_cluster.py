@@ -119,19 +119,24 @@ class Answers:
         self.items: list[tuple[float, str]] = []
         self.stop = False
 
-    def add(self, answer: str) -> None:
-        self.items.append((time.monotonic(), answer))
+    def add(self, answer: str, sent: float | None = None) -> None:
+        """``answer`` at ``sent`` (when its request left; default: now)."""
+        self.items.append((time.monotonic() if sent is None else sent, answer))
 
 
 async def _checks(client: AuthzClient, tokens: list[str], answers: Answers) -> None:
     while not answers.stop:
         for token in tokens:
+            # a Check is timed by when it was sent: one sent before the recovery and answered
+            # 503 after it (its store budget ran out meanwhile) is not a 503 after the recovery
+            sent = time.monotonic()
             try:
                 result = await client.check(token)
-                answers.add("allow" if result.allowed else f"deny:{result.metadata['reason']}")
+                answers.add("allow" if result.allowed else f"deny:{result.metadata['reason']}",
+                            sent)  # fmt: skip
             except grpc.aio.AioRpcError as exc:
                 answers.add("unavailable" if exc.code() == grpc.StatusCode.UNAVAILABLE else
-                            exc.code().name)  # fmt: skip
+                            exc.code().name, sent)  # fmt: skip
             if answers.items[-1][1] != "allow":
                 await asyncio.sleep(0.01)
 
