@@ -86,15 +86,19 @@ class Recorder:
         self.stop = threading.Event()
         self.lock = threading.Lock()
 
-    def add(self, answer: str) -> None:
+    def add(self, answer: str, sent: float | None = None) -> None:
+        """``answer`` at ``sent`` (when its request left; default: now)."""
         with self.lock:
-            self.answers.append((time.monotonic(), answer))
+            self.answers.append((time.monotonic() if sent is None else sent, answer))
 
 
 def _check_loop(client: CheckClient, tokens: list[str], rec: Recorder, deadline: float) -> None:
     while not rec.stop.is_set() and time.monotonic() < deadline:
         for token in tokens:
-            rec.add(client.check(token))
+            # timed by when it was sent: a Check sent before the recovery and answered 503
+            # after it (its store budget ran out meanwhile) is not a 503 after the recovery
+            sent = time.monotonic()
+            rec.add(client.check(token), sent)
 
 
 def _write_loop(
