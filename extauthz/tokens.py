@@ -76,8 +76,11 @@ _TAGGED_HASH = re.compile(rf"[0-9A-Za-z]{{{TAG_LENGTH}}}\.[0-9A-Za-z_-]{{43}}")
 
 # a random byte below 248 (4 * 62) names an alphabet character (its value modulo 62, every
 # character equally likely); the 8 bytes above are dropped (rejection sampling, so no bias)
-_RANDOM_CHARACTER = bytes(ord(_ALPHABET[b % 62]) if b < 248 else 0 for b in range(256))
-_REJECTED = bytes(range(248, 256))
+_ACCEPTED_BELOW = 256 - 256 % len(_ALPHABET)
+_RANDOM_CHARACTER = bytes(
+    ord(_ALPHABET[b % len(_ALPHABET)]) if b < _ACCEPTED_BELOW else 0 for b in range(256)
+)
+_REJECTED = bytes(range(_ACCEPTED_BELOW, 256))
 # random bytes drawn per attempt at a body: 43 are needed, 2 of these 64 are dropped on average
 _BODY_DRAW = 64
 
